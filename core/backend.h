@@ -1,0 +1,62 @@
+/* backend.h — the interface every compute backend implements.
+ *
+ * Modelled on ggml's backend split (device → buffer type → buffer), kept
+ * small: a backend owns buffers on its device, says which nodes it can run
+ * (supports_op is the single gate for fallback), and computes a contiguous
+ * range of graph nodes. The executor (executor.h) places each node on the
+ * first backend that supports it and inserts the copies between devices.
+ *
+ * Buffers: the CPU backend's buffers are host memory (host_ptr != NULL), so
+ * tensors in them carry `data`. Device backends return NULL from host_ptr and
+ * address tensors by (buf, offs).
+ */
+#ifndef LETHE_BACKEND_H
+#define LETHE_BACKEND_H
+
+#include "graph.h"
+#include "lethe.h"
+
+typedef struct lethe_backend lethe_backend;
+
+typedef struct lethe_buffer {
+    lethe_backend *backend;
+    size_t size;
+    void *host_ptr;          /* host address of byte 0, or NULL              */
+    void *impl;              /* backend's own handle                         */
+} lethe_buffer;
+
+typedef struct lethe_backend_info {
+    const char *name;        /* "cpu", "vulkan", "cuda"                      */
+    char device_name[128];   /* "AMD EPYC (2 threads)", "NVIDIA H100 ..."    */
+    size_t mem_total, mem_free;
+} lethe_backend_info;
+
+typedef struct lethe_backend_iface {
+    void (*free)(lethe_backend *be);
+    void (*get_info)(lethe_backend *be, lethe_backend_info *info);
+
+    lethe_status (*buffer_alloc)(lethe_backend *be, size_t size, lethe_buffer **out);
+    void (*buffer_free)(lethe_buffer *buf);
+    lethe_status (*buffer_set)(lethe_buffer *buf, size_t offs, const void *src, size_t size);
+    lethe_status (*buffer_get)(lethe_buffer *buf, size_t offs, void *dst, size_t size);
+
+    /* Can this backend compute node `n` (op, dtypes, shapes)? */
+    bool (*supports_op)(lethe_backend *be, const lethe_node *n);
+    /* Compute nodes [begin, end) of g, in order. Every node in the range is
+     * placed on this backend and its inputs are reachable from it. Returns
+     * LETHE_ERR_ABORTED if `abort_fn` (checked between nodes) asks to stop. */
+    lethe_status (*compute)(lethe_backend *be, lethe_graph *g, int begin, int end,
+                            lethe_abort_fn abort_fn, void *abort_user);
+    lethe_status (*synchronize)(lethe_backend *be);
+} lethe_backend_iface;
+
+struct lethe_backend {
+    const lethe_backend_iface *iface;
+    void *ctx;               /* backend's own state */
+};
+
+/* The CPU backend (backends/cpu): n_threads <= 0 means all cores. */
+lethe_backend *lethe_backend_cpu_new(int n_threads);
+int lethe_backend_cpu_n_threads(lethe_backend *be);
+
+#endif

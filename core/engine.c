@@ -1,0 +1,288 @@
+/* engine.c — contexts: the KV cache, micro-batching, decode, logits, stats.
+ *
+ * A decode call is a transaction over the KV cache: it is split into
+ * micro-batches of at most n_batch tokens, each reserved in the cache, built
+ * as a graph and executed; if any step fails the cache is rolled back to its
+ * state before the call. */
+#include "common.h"
+#include "executor.h"
+#include "kv_cache.h"
+#include "llama.h"
+#include "model.h"
+
+#include <string.h>
+#include <unistd.h>
+
+struct lethe_context {
+    lethe_model *model;
+    lethe_context_params params;
+    lethe_backend *cpu;
+    lethe_executor *ex;
+    lethe_kv_cache kv;
+    lethe_graph *graph;
+    /* micro-batch scratch, [n_batch] each */
+    int32_t *ub_tokens, *ub_seq, *ub_pos, *ub_out;
+    lethe_ubatch ub;
+    /* logits of the last decode: rows [n_logits][n_vocab]; row_of[i] maps
+     * batch index i to its row, -1 if i did not ask for logits */
+    float *logits;
+    int32_t *row_of;
+    int32_t n_logits, cap_logits, last_batch_n;
+    lethe_abort_fn abort_fn;
+    void *abort_user;
+};
+
+lethe_context_params lethe_context_default_params(void) {
+    lethe_context_params p = {0};
+    p.n_ctx = 0;
+    p.n_seq_max = 1;
+    p.n_batch = 512;
+    p.n_threads = 0;
+    p.kv_type = LETHE_KV_F16;
+    p.kv_budget_bytes = 0;
+    return p;
+}
+
+void lethe_context_free(lethe_context *c) {
+    if (!c) return;
+    lethe_executor_free(c->ex);
+    if (c->cpu) c->cpu->iface->free(c->cpu);
+    lethe_kv_free(&c->kv);
+    lethe_graph_free(c->graph);
+    free(c->ub_tokens);
+    free(c->ub_seq);
+    free(c->ub_pos);
+    free(c->ub_out);
+    free(c->logits);
+    free(c->row_of);
+    free(c);
+}
+
+lethe_context *lethe_context_new(lethe_model *m, lethe_context_params p, lethe_status *status) {
+    lethe_status st = LETHE_OK;
+    lethe_context *c = NULL;
+    lethe_clear_error();
+    if (!m) { st = lethe_fail(LETHE_ERR_INVALID_ARG, "context: model is NULL"); goto fail; }
+    const lethe_hparams *hp = &m->hp;
+    if (p.n_ctx == 0) p.n_ctx = LETHE_MIN(hp->n_ctx_train, 4096);
+    if (p.n_ctx < 1 || p.n_ctx > (1 << 24) || p.n_seq_max < 1 || p.n_seq_max > 4096 || p.n_batch < 1 ||
+        p.n_threads < 0 || p.n_threads > 1024 || (p.kv_type != LETHE_KV_F16 && p.kv_type != LETHE_KV_F32)) {
+        st = lethe_fail(LETHE_ERR_INVALID_ARG,
+                        "context: invalid parameters (n_ctx %d, n_seq_max %d, n_batch %d, n_threads %d)",
+                        p.n_ctx, p.n_seq_max, p.n_batch, p.n_threads);
+        goto fail;
+    }
+    if (p.n_batch > p.n_ctx) p.n_batch = p.n_ctx;
+    c = calloc(1, sizeof *c);
+    if (!c) { st = lethe_fail(LETHE_ERR_OOM, "context"); goto fail; }
+    c->model = m;
+    c->params = p;
+
+    lethe_dtype kt = p.kv_type == LETHE_KV_F16 ? LETHE_F16 : LETHE_F32;
+    size_t budget = p.kv_budget_bytes;
+    if (!budget) {   /* room for every sequence at full context, page-rounded per stream */
+        size_t pages = (size_t)((p.n_ctx + LETHE_KV_PAGE - 1) / LETHE_KV_PAGE);
+        budget = pages * 2 * LETHE_KV_PAGE * lethe_row_size(kt, hp->head_dim) *
+                 (size_t)hp->n_layer * hp->n_head_kv * p.n_seq_max;
+    }
+    if ((st = lethe_kv_init(&c->kv, p.n_seq_max, hp->n_layer, hp->n_head_kv, hp->head_dim, kt,
+                            budget, p.n_batch)) != LETHE_OK)
+        goto fail;
+
+    int n_threads = p.n_threads > 0 ? p.n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    c->cpu = lethe_backend_cpu_new(n_threads);
+    if (!c->cpu) { st = lethe_fail(LETHE_ERR_BACKEND, "context: cannot create the CPU backend"); goto fail; }
+    c->ex = lethe_executor_new(&c->cpu, 1);
+    c->graph = lethe_graph_new(lethe_llama_graph_size(m));
+    size_t nb = (size_t)p.n_batch;
+    c->ub_tokens = malloc(nb * sizeof(int32_t));
+    c->ub_seq = malloc(nb * sizeof(int32_t));
+    c->ub_pos = malloc(nb * sizeof(int32_t));
+    c->ub_out = malloc(nb * sizeof(int32_t));
+    if (!c->ex || !c->graph || !c->ub_tokens || !c->ub_seq || !c->ub_pos || !c->ub_out) {
+        st = lethe_fail(LETHE_ERR_OOM, "context");
+        goto fail;
+    }
+    c->ub.seq_id = c->ub_seq;
+    c->ub.pos = c->ub_pos;
+    if (status) *status = LETHE_OK;
+    return c;
+fail:
+    lethe_context_free(c);
+    if (status) *status = st;
+    return NULL;
+}
+
+int32_t lethe_n_ctx(const lethe_context *c) { return c ? c->params.n_ctx : 0; }
+
+lethe_batch lethe_batch_one(const lethe_token *tokens, int32_t n_tokens) {
+    lethe_batch b = {0};
+    b.n_tokens = n_tokens;
+    b.tokens = tokens;
+    return b;
+}
+
+void lethe_set_abort_callback(lethe_context *c, lethe_abort_fn fn, void *user) {
+    if (!c) return;
+    c->abort_fn = fn;
+    c->abort_user = user;
+}
+
+/* Run one micro-batch (already in c->ub_*); logits rows go to `row0`... */
+static lethe_status run_ubatch(lethe_context *c, int32_t n, int32_t n_out, int32_t row0) {
+    lethe_status st = lethe_kv_reserve(&c->kv, n, c->ub_seq, c->ub_pos);
+    if (st != LETHE_OK) return st;
+    c->ub.n_tokens = n;
+    lethe_graph_reset(c->graph);
+    lethe_node *logits = lethe_llama_build(c->graph, c->model, &c->kv, &c->ub, c->ub_tokens,
+                                           c->ub_out, n_out);
+    if (!logits) return c->graph->status != LETHE_OK ? c->graph->status
+                                                     : lethe_fail(LETHE_ERR_INTERNAL, "graph build failed");
+    st = lethe_executor_run(c->ex, c->graph, c->abort_fn, c->abort_user);
+    if (st != LETHE_OK) return st;
+    if (n_out > 0)
+        memcpy(c->logits + (size_t)row0 * c->model->hp.n_vocab, logits->t.data,
+               (size_t)n_out * c->model->hp.n_vocab * sizeof(float));
+    return LETHE_OK;
+}
+
+lethe_status lethe_decode(lethe_context *c, lethe_batch b) {
+    if (!c) return lethe_fail(LETHE_ERR_INVALID_ARG, "decode: context is NULL");
+    lethe_clear_error();
+    const int32_t n = b.n_tokens, V = c->model->hp.n_vocab;
+    if (n <= 0 || !b.tokens) return lethe_fail(LETHE_ERR_INVALID_ARG, "decode: empty batch");
+    lethe_kv_cache *kv = &c->kv;
+
+    /* Validate everything before touching the cache. */
+    int32_t add[kv->n_seq];
+    memset(add, 0, sizeof add);
+    int32_t n_out = 0;
+    for (int32_t i = 0; i < n; i++) {
+        int32_t s = b.seq_id ? b.seq_id[i] : 0;
+        if (s < 0 || s >= kv->n_seq)
+            return lethe_fail(LETHE_ERR_INVALID_ARG, "decode: token %d has sequence id %d, outside [0, %d)",
+                              i, s, kv->n_seq);
+        if (b.tokens[i] < 0 || b.tokens[i] >= V)
+            return lethe_fail(LETHE_ERR_INVALID_ARG, "decode: token %d has id %d, outside the vocabulary [0, %d)",
+                              i, b.tokens[i], V);
+        int32_t expect = kv->seq_pos[s] + add[s];
+        if (b.pos && b.pos[i] != expect)
+            return lethe_fail(LETHE_ERR_INVALID_ARG,
+                              "decode: token %d of sequence %d has position %d, expected %d (positions continue the sequence)",
+                              i, s, b.pos[i], expect);
+        add[s]++;
+        if (b.logits ? b.logits[i] != 0 : i == n - 1) n_out++;
+    }
+    for (int s = 0; s < kv->n_seq; s++)
+        if (add[s] && kv->seq_pos[s] + add[s] > c->params.n_ctx)
+            return lethe_fail(LETHE_ERR_CONTEXT_FULL,
+                              "decode: sequence %d would hold %d tokens, more than the context of %d",
+                              s, kv->seq_pos[s] + add[s], c->params.n_ctx);
+    if (n_out > c->cap_logits || n > c->last_batch_n) {
+        float *lg = realloc(c->logits, (size_t)LETHE_MAX(n_out, 1) * V * sizeof(float));
+        if (!lg) return lethe_fail(LETHE_ERR_OOM, "decode: logits buffer");
+        c->logits = lg;
+        c->cap_logits = LETHE_MAX(n_out, 1);
+        int32_t *ro = realloc(c->row_of, (size_t)n * sizeof(int32_t));
+        if (!ro) return lethe_fail(LETHE_ERR_OOM, "decode: logits index");
+        c->row_of = ro;
+    }
+    c->last_batch_n = n;
+    c->n_logits = 0;
+
+    lethe_kv_begin(kv);
+    int32_t next_pos[kv->n_seq];
+    memcpy(next_pos, kv->seq_pos, sizeof next_pos);
+    lethe_status st = LETHE_OK;
+    int32_t row = 0;
+    for (int32_t i0 = 0; i0 < n && st == LETHE_OK; i0 += c->params.n_batch) {
+        int32_t m = LETHE_MIN(c->params.n_batch, n - i0), m_out = 0, row0 = row;
+        for (int32_t j = 0; j < m; j++) {
+            int32_t i = i0 + j, s = b.seq_id ? b.seq_id[i] : 0;
+            c->ub_tokens[j] = b.tokens[i];
+            c->ub_seq[j] = s;
+            c->ub_pos[j] = next_pos[s]++;
+            bool want = b.logits ? b.logits[i] != 0 : i == n - 1;
+            c->row_of[i] = want ? row : -1;
+            if (want) { c->ub_out[m_out++] = j; row++; }
+        }
+        st = run_ubatch(c, m, m_out, row0);
+    }
+    if (st != LETHE_OK) {
+        lethe_kv_rollback(kv);
+        c->n_logits = 0;
+        c->last_batch_n = 0;
+        return st;
+    }
+    lethe_kv_commit(kv);
+    c->n_logits = row;
+    return LETHE_OK;
+}
+
+const float *lethe_get_logits(lethe_context *c, int32_t i) {
+    if (!c || c->n_logits == 0) {
+        lethe_fail(LETHE_ERR_INVALID_ARG, "get_logits: no logits (no successful decode asked for them)");
+        return NULL;
+    }
+    int32_t row;
+    if (i < 0) {
+        row = c->n_logits - 1;
+    } else if (i >= c->last_batch_n || (row = c->row_of[i]) < 0) {
+        lethe_fail(LETHE_ERR_INVALID_ARG, "get_logits: token %d of the last batch did not ask for logits", i);
+        return NULL;
+    }
+    return c->logits + (size_t)row * c->model->hp.n_vocab;
+}
+
+int32_t lethe_seq_len(const lethe_context *c, int32_t s) {
+    if (!c || s < 0 || s >= c->kv.n_seq) return -1;
+    return c->kv.seq_pos[s];
+}
+
+lethe_status lethe_seq_clear(lethe_context *c, int32_t s) {
+    if (!c || s < -1 || s >= c->kv.n_seq)
+        return lethe_fail(LETHE_ERR_INVALID_ARG, "seq_clear: sequence %d out of range", s);
+    for (int i = 0; i < c->kv.n_seq; i++)
+        if (s == -1 || s == i) lethe_kv_seq_clear(&c->kv, i);
+    if (s == -1) c->kv.reads = 0;
+    return LETHE_OK;
+}
+
+lethe_status lethe_seq_fork(lethe_context *c, int32_t src, int32_t dst) {
+    if (!c || src < 0 || dst < 0 || src >= c->kv.n_seq || dst >= c->kv.n_seq)
+        return lethe_fail(LETHE_ERR_INVALID_ARG, "seq_fork: sequence out of range");
+    return lethe_kv_seq_copy(&c->kv, src, dst);
+}
+
+lethe_kv_stats lethe_get_kv_stats(const lethe_context *c) {
+    lethe_kv_stats s = {0};
+    if (!c) return s;
+    const lethe_kv_cache *kv = &c->kv;
+    int64_t live = 0, streams = 0;
+    for (int q = 0; q < kv->n_seq; q++) {
+        if (kv->seq_pos[q] == 0) continue;
+        s.tokens_seen += kv->seq_pos[q];
+        for (int l = 0; l < kv->n_layer; l++)
+            for (int h = 0; h < kv->n_head_kv; h++) {
+                live += lethe_kv_stream_at(kv, q, l, h)->len;
+                streams++;
+            }
+    }
+    int n_live_seq = 0;
+    for (int q = 0; q < kv->n_seq; q++) n_live_seq += kv->seq_pos[q] > 0;
+    s.mean_live_slots = streams ? (double)live / streams : 0.0;
+    /* CR per the reference: tokens seen per sequence over mean live slots */
+    s.compression_ratio = s.mean_live_slots > 0 ? (double)s.tokens_seen / n_live_seq / s.mean_live_slots : 1.0;
+    s.bytes_resident = lethe_kv_bytes_resident(kv);
+    s.bytes_peak = kv->bytes_peak;
+    s.bytes_capacity = (size_t)kv->n_pages * kv->page_bytes;
+    s.reads = kv->reads;
+    return s;
+}
+
+int32_t lethe_kv_head_len(const lethe_context *c, int32_t s, int32_t layer, int32_t head) {
+    if (!c || s < 0 || s >= c->kv.n_seq || layer < 0 || layer >= c->kv.n_layer || head < 0 ||
+        head >= c->kv.n_head_kv)
+        return -1;
+    return lethe_kv_stream_at(&c->kv, s, layer, head)->len;
+}

@@ -1,0 +1,48 @@
+/* model.h — a loaded model: hyper-parameters, weights (in place in the
+ * mapped GGUF file), tokenizer and chat template. Read-only after load, so
+ * many contexts may share one. */
+#ifndef LETHE_MODEL_H
+#define LETHE_MODEL_H
+
+#include "gguf.h"
+#include "graph.h"
+#include "tensor.h"
+#include "tokenizer.h"
+
+typedef enum lethe_arch { LETHE_ARCH_LLAMA = 0, LETHE_ARCH_QWEN2, LETHE_ARCH_QWEN3 } lethe_arch;
+
+typedef struct lethe_hparams {
+    lethe_arch arch;
+    char arch_name[32];
+    int32_t n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff, n_vocab, n_ctx_train;
+    float norm_eps;
+    lethe_rope_params rope;   /* freq_factors points into the file when present */
+    bool qkv_bias;            /* qwen2 */
+    bool qk_norm;             /* qwen3: per-head RMSNorm of q and k before RoPE */
+    bool tied_output;         /* no output.weight: reuse token_embd */
+} lethe_hparams;
+
+typedef struct lethe_layer {
+    lethe_tensor attn_norm;                  /* [E] f32                    */
+    lethe_tensor wq, wk, wv, wo;             /* [Hq*D, E] [Hkv*D, E] x2, [E, Hq*D] */
+    lethe_tensor bq, bk, bv;                 /* qwen2 biases                */
+    lethe_tensor q_norm, k_norm;             /* qwen3 [D]                   */
+    lethe_tensor ffn_norm;                   /* [E] f32                    */
+    lethe_tensor w_gate, w_up, w_down;       /* [F, E] [F, E] [E, F]        */
+} lethe_layer;
+
+struct lethe_model {
+    lethe_gguf *gguf;
+    lethe_hparams hp;
+    lethe_tensor tok_embd;                   /* [V, E]                      */
+    lethe_tensor output_norm;                /* [E]                         */
+    lethe_tensor output;                     /* [V, E] (= tok_embd if tied) */
+    lethe_layer *layers;                     /* [n_layer]                   */
+    lethe_tokenizer *tok;
+    lethe_chat_style chat_style;
+    char *chat_system;                       /* template's default system message */
+    lethe_model_info info;
+    lethe_model_params params;
+};
+
+#endif

@@ -1,0 +1,258 @@
+/*
+ * lethe.h — the public C API of lethe, a portable LLM inference engine whose
+ * KV cache learns to forget (Dynamic Memory Sparsification).
+ *
+ * Conventions
+ *  - Opaque handles. Constructors return NULL on failure; the reason is
+ *    available from lethe_last_error() (thread-local) and the status from the
+ *    optional `lethe_status *` out-parameter.
+ *  - Every fallible call returns a lethe_status; lethe_strerror() names it.
+ *  - `*_default_params()` returns a params struct by value; change what you
+ *    need and pass it back by value.
+ *  - The library never prints to stdout and never exits: diagnostics go to
+ *    the log callback (stderr, level >= WARN, by default).
+ *  - A failed lethe_decode() leaves the KV cache exactly as it was.
+ *
+ * Thread safety: a lethe_model is read-only after load and may be shared by
+ * many contexts; a lethe_context must be used by one thread at a time.
+ */
+#ifndef LETHE_H
+#define LETHE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#  define LETHE_API __declspec(dllexport)
+#elif defined(__GNUC__)
+#  define LETHE_API __attribute__((visibility("default")))
+#else
+#  define LETHE_API
+#endif
+
+#define LETHE_VERSION_MAJOR 0
+#define LETHE_VERSION_MINOR 1
+#define LETHE_VERSION_PATCH 0
+
+/* ---- status and errors -------------------------------------------------- */
+
+typedef enum lethe_status {
+    LETHE_OK = 0,
+    LETHE_ERR_INVALID_ARG,      /* a NULL handle, a bad parameter value            */
+    LETHE_ERR_OOM,              /* an allocation failed                            */
+    LETHE_ERR_IO,               /* open/read/mmap failed (missing file, ...)       */
+    LETHE_ERR_BAD_MAGIC,        /* not a model file of the expected format         */
+    LETHE_ERR_BAD_VERSION,      /* a format version this build does not read       */
+    LETHE_ERR_TRUNCATED,        /* the file ends before its header/data says       */
+    LETHE_ERR_CORRUPT,          /* inconsistent content (offsets, sizes, strings)  */
+    LETHE_ERR_UNSUPPORTED,      /* a valid file using something not implemented    */
+    LETHE_ERR_UNSUPPORTED_DTYPE,/* a tensor dtype this build cannot compute with   */
+    LETHE_ERR_MISSING_TENSOR,   /* the architecture needs a tensor the file lacks  */
+    LETHE_ERR_SHAPE,            /* a tensor's shape does not match the config      */
+    LETHE_ERR_CONTEXT_FULL,     /* the tokens do not fit in the context / budget   */
+    LETHE_ERR_BACKEND,          /* a backend failed or is not available            */
+    LETHE_ERR_TOKENIZER,        /* tokenizer data missing or invalid               */
+    LETHE_ERR_ABORTED,          /* stopped by the abort callback                   */
+    LETHE_ERR_INTERNAL,         /* a bug: an invariant did not hold                */
+    LETHE_STATUS_COUNT
+} lethe_status;
+
+/* Short, stable, human-readable name of a status ("file is truncated", ...). */
+LETHE_API const char *lethe_strerror(lethe_status s);
+/* Detailed message of the last failure on this thread ("" if none). */
+LETHE_API const char *lethe_last_error(void);
+
+/* ---- logging ------------------------------------------------------------ */
+
+typedef enum lethe_log_level {
+    LETHE_LOG_DEBUG = 0, LETHE_LOG_INFO, LETHE_LOG_WARN, LETHE_LOG_ERROR
+} lethe_log_level;
+
+typedef void (*lethe_log_fn)(lethe_log_level level, const char *msg, void *user);
+/* Replace the log sink (NULL restores the default: stderr, WARN and above). */
+LETHE_API void lethe_set_log(lethe_log_fn fn, void *user);
+/* Minimum level passed to the sink. */
+LETHE_API void lethe_set_log_level(lethe_log_level level);
+
+/* "0.1.0 (backends: cpu vulkan cuda)" */
+LETHE_API const char *lethe_version(void);
+
+/* ---- model -------------------------------------------------------------- */
+
+typedef struct lethe_model lethe_model;
+typedef struct lethe_context lethe_context;
+typedef int32_t lethe_token;
+
+/* Called while loading with progress in [0,1]; return false to cancel. */
+typedef bool (*lethe_progress_fn)(float progress, void *user);
+
+typedef struct lethe_model_params {
+    const char *backend;          /* "cpu" (default), "vulkan", "cuda", "auto"  */
+    int device;                   /* device index within the backend (0)        */
+    bool use_mmap;                /* map the file instead of reading it (true)  */
+    lethe_progress_fn progress;   /* optional                                   */
+    void *progress_user;
+} lethe_model_params;
+
+LETHE_API lethe_model_params lethe_model_default_params(void);
+
+/* Load a GGUF file. Returns NULL and sets *status (if non-NULL) on failure. */
+LETHE_API lethe_model *lethe_model_load(const char *path, lethe_model_params params,
+                                        lethe_status *status);
+LETHE_API void lethe_model_free(lethe_model *model);
+
+typedef struct lethe_model_info {
+    char arch[32];                /* "llama", "qwen2", "qwen3"                   */
+    char name[128];               /* general.name, or ""                         */
+    int32_t n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff, n_vocab;
+    int32_t n_ctx_train;
+    uint64_t n_params;            /* number of weights                           */
+    uint64_t weight_bytes;        /* bytes of weights as stored                  */
+} lethe_model_info;
+
+LETHE_API lethe_model_info lethe_model_get_info(const lethe_model *model);
+/* A metadata value of the model file rendered as text; returns the length
+ * written (excluding NUL) or -1 if the key does not exist. */
+LETHE_API int lethe_model_meta_str(const lethe_model *model, const char *key,
+                                   char *buf, size_t buf_size);
+
+/* ---- tokenizer ---------------------------------------------------------- */
+
+/* Tokenize UTF-8 text. `add_special`: add BOS/EOS as the model asks.
+ * `parse_special`: recognise special-token text such as "<|im_start|>".
+ * Returns the number of tokens; if larger than max_tokens nothing beyond
+ * max_tokens is written and the caller should retry with a larger buffer.
+ * Returns a negative lethe_status on error. */
+LETHE_API int32_t lethe_tokenize(const lethe_model *model, const char *text, size_t text_len,
+                                 lethe_token *tokens, int32_t max_tokens,
+                                 bool add_special, bool parse_special);
+/* Bytes of one token's text (may be a partial UTF-8 sequence). Returns the
+ * length (which may exceed buf_size: nothing is written then) or < 0. */
+LETHE_API int32_t lethe_token_to_piece(const lethe_model *model, lethe_token token,
+                                       char *buf, int32_t buf_size, bool render_special);
+LETHE_API lethe_token lethe_token_bos(const lethe_model *model);   /* -1 if none */
+LETHE_API lethe_token lethe_token_eos(const lethe_model *model);
+/* End of generation: EOS, EOT, <|im_end|>, <|eot_id|>, ... */
+LETHE_API bool lethe_token_is_eog(const lethe_model *model, lethe_token token);
+LETHE_API int32_t lethe_n_vocab(const lethe_model *model);
+
+/* ---- chat templates ----------------------------------------------------- */
+
+typedef struct lethe_chat_message {
+    const char *role;     /* "system", "user", "assistant" */
+    const char *content;
+} lethe_chat_message;
+
+/* Render messages with the model's chat template (ChatML or Llama 3, detected
+ * from the GGUF template; ChatML if the model has none). Returns the length
+ * of the rendered text (excluding NUL); if >= buf_size the output is
+ * truncated and the caller should retry. Negative lethe_status on error. */
+LETHE_API int32_t lethe_chat_apply(const lethe_model *model, const lethe_chat_message *msgs,
+                                   size_t n_msgs, bool add_assistant_prompt,
+                                   char *buf, int32_t buf_size);
+
+/* ---- context ------------------------------------------------------------ */
+
+typedef enum lethe_kv_type { LETHE_KV_F16 = 0, LETHE_KV_F32 = 1 } lethe_kv_type;
+
+typedef struct lethe_context_params {
+    int32_t n_ctx;            /* max tokens per sequence (0: model's training ctx, capped at 4096) */
+    int32_t n_seq_max;        /* max concurrent sequences (1)                       */
+    int32_t n_batch;          /* max tokens per lethe_decode call (512)             */
+    int32_t n_threads;        /* CPU threads (0: all cores)                         */
+    lethe_kv_type kv_type;    /* storage type of K and V (F16)                      */
+    size_t kv_budget_bytes;   /* KV pool size; 0: enough for n_ctx * n_seq_max      */
+} lethe_context_params;
+
+LETHE_API lethe_context_params lethe_context_default_params(void);
+LETHE_API lethe_context *lethe_context_new(lethe_model *model, lethe_context_params params,
+                                           lethe_status *status);
+LETHE_API void lethe_context_free(lethe_context *ctx);
+LETHE_API int32_t lethe_n_ctx(const lethe_context *ctx);
+
+/* A batch: n_tokens tokens, each with its sequence id and position. Positions
+ * of one sequence must continue that sequence (pos == its current length) and
+ * increase by one. `logits[i]` asks for the logits of token i; if `logits` is
+ * NULL only the last token of the batch gets logits. */
+typedef struct lethe_batch {
+    int32_t n_tokens;
+    const lethe_token *tokens;
+    const int32_t *pos;       /* NULL: continue each sequence                  */
+    const int32_t *seq_id;    /* NULL: all in sequence 0                       */
+    const int8_t *logits;     /* NULL: only the last token                     */
+} lethe_batch;
+
+/* Convenience: a single-sequence batch of n tokens continuing sequence 0. */
+LETHE_API lethe_batch lethe_batch_one(const lethe_token *tokens, int32_t n_tokens);
+
+/* Run the model on a batch, appending to the KV cache. On failure the cache
+ * is left as it was before the call. Large batches are processed in chunks
+ * of n_batch internally. */
+LETHE_API lethe_status lethe_decode(lethe_context *ctx, lethe_batch batch);
+
+/* Logits of the i-th token of the last batch that asked for them
+ * (i = -1: the last such token). n_vocab floats, valid until the next decode. */
+LETHE_API const float *lethe_get_logits(lethe_context *ctx, int32_t i);
+
+/* Sequence management. */
+LETHE_API int32_t lethe_seq_len(const lethe_context *ctx, int32_t seq_id); /* tokens seen */
+LETHE_API lethe_status lethe_seq_clear(lethe_context *ctx, int32_t seq_id); /* -1: all */
+/* Copy the cache of src into dst (dst is cleared first): parallel sampling
+ * from a shared prompt. */
+LETHE_API lethe_status lethe_seq_fork(lethe_context *ctx, int32_t src, int32_t dst);
+
+/* Abort: called between graph nodes; return true to stop (LETHE_ERR_ABORTED). */
+typedef bool (*lethe_abort_fn)(void *user);
+LETHE_API void lethe_set_abort_callback(lethe_context *ctx, lethe_abort_fn fn, void *user);
+
+/* ---- KV statistics ------------------------------------------------------ */
+
+typedef struct lethe_kv_stats {
+    int64_t tokens_seen;        /* tokens inserted over all live sequences        */
+    double  mean_live_slots;    /* mean over (seq, layer, kv head) of live slots  */
+    double  compression_ratio;  /* tokens_seen / mean live slots (1.0 without eviction) */
+    size_t  bytes_resident;     /* KV bytes held by live slots (page granular)    */
+    size_t  bytes_peak;         /* peak of bytes_resident                         */
+    size_t  bytes_capacity;     /* pool size                                      */
+    uint64_t reads;             /* sum over steps, layers, heads of live length read */
+} lethe_kv_stats;
+
+LETHE_API lethe_kv_stats lethe_get_kv_stats(const lethe_context *ctx);
+/* Live slots of (seq, layer, kv head); -1 if out of range. */
+LETHE_API int32_t lethe_kv_head_len(const lethe_context *ctx, int32_t seq_id,
+                                    int32_t layer, int32_t head);
+
+/* ---- sampling ----------------------------------------------------------- */
+
+typedef struct lethe_sampler lethe_sampler;
+
+typedef struct lethe_sampler_params {
+    float temperature;        /* 0: greedy (0.8)                                 */
+    int32_t top_k;            /* 0: off (40)                                     */
+    float top_p;              /* 1: off (0.95)                                   */
+    float min_p;              /* 0: off (0.05)                                   */
+    float repeat_penalty;     /* 1: off (1.0)                                    */
+    int32_t repeat_last_n;    /* window of previous tokens penalised (64)        */
+    uint64_t seed;            /* 0xFFFFFFFF... : random seed from the clock      */
+} lethe_sampler_params;
+
+#define LETHE_SEED_RANDOM UINT64_MAX
+
+LETHE_API lethe_sampler_params lethe_sampler_default_params(void);
+LETHE_API lethe_sampler *lethe_sampler_new(lethe_sampler_params params, int32_t n_vocab);
+LETHE_API void lethe_sampler_free(lethe_sampler *s);
+/* Pick a token from n_vocab logits (not modified). */
+LETHE_API lethe_token lethe_sampler_sample(lethe_sampler *s, const float *logits);
+/* Tell the sampler a token was appended (for the repetition penalty). */
+LETHE_API void lethe_sampler_accept(lethe_sampler *s, lethe_token token);
+LETHE_API void lethe_sampler_reset(lethe_sampler *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LETHE_H */
