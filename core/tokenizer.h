@@ -4,8 +4,15 @@
  * pre-tokenizer of tokenizer.ggml.pre (gpt2, llama3/llama-bpe, smollm,
  * qwen2, ...) with PCRE2 (UTF + UCP), each piece mapped to GPT-2's byte
  * alphabet and merged by rank from tokenizer.ggml.merges. Special tokens
- * (token type CONTROL / USER_DEFINED) are matched in the raw text first when
- * parse_special is set.
+ * (token type CONTROL / USER_DEFINED) are matched in the raw text first,
+ * leftmost-longest: USER_DEFINED always, CONTROL only when parse_special is
+ * set (as Hugging Face and llama.cpp do).
+ *
+ * SentencePiece vocabularies (tokenizer.ggml.model = "llama") are supported
+ * too (score-ordered merges, "▁" for spaces, <0xAB> byte fallback).
+ * Ids match llama.cpp's test vectors for every supported vocabulary (see
+ * tests/test_tokenizer.c). Implementation: tokenizer.c, tokenizer_pre.c
+ * (pre-tokenizer regexes), tokenizer_spm.c, tokenizer_impl.h (internal).
  */
 #ifndef LETHE_TOKENIZER_H
 #define LETHE_TOKENIZER_H
