@@ -1,0 +1,326 @@
+/* cmd_generate.c — the one-shot subcommands: generate, tokenize, logits, info. */
+#include "cli.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Parse argv; returns -1 to go on, else the exit status (help shown or error). */
+static int parse_or_exit(int cmd, const char *name, const char *summary, int argc, char **argv, cli_opts *o) {
+    int rc = cli_parse(cmd, name, argc, argv, o);
+    if (rc) return rc;
+    if (o->help) {
+        cli_print_help(cmd, name, summary);
+        return 0;
+    }
+    return -1;
+}
+
+/* ---- generate ----------------------------------------------------------- */
+
+static const char k_generate_help[] =
+    "Continue a prompt. Only the continuation goes to stdout (no prompt echo);\n"
+    "timings go to stderr with -v or --stats. --temp 0 is greedy and deterministic.\n"
+    "example: lethe generate -p \"The capital of France is\" -n 16 --temp 0";
+
+int cli_cmd_generate(int argc, char **argv) {
+    cli_opts o;
+    int rc = parse_or_exit(CLI_GENERATE, "generate", k_generate_help, argc, argv, &o);
+    if (rc >= 0) return rc;
+    if (!o.n_predict_set) o.n_predict = 128;
+
+    size_t len = 0;
+    char *text = cli_input_text(&o, &len, false, NULL);
+    if (!text) return CLI_EXIT_USAGE;
+
+    rc = CLI_EXIT_FAIL;
+    lethe_model *m = NULL;
+    lethe_context *ctx = NULL;
+    lethe_sampler *smp = NULL;
+    lethe_token *toks = NULL;
+    int32_t n_prompt = 0;
+
+    m = cli_load_model(&o, false);
+    if (!m) goto done;
+    toks = cli_tokenize(m, text, len, true, true, &n_prompt);
+    if (!toks) goto done;
+    if (n_prompt == 0) {
+        cli_error("the prompt is empty (no tokens)");
+        goto done;
+    }
+    ctx = cli_new_context(m, &o, 0);
+    if (!ctx) goto done;
+    const int32_t n_ctx = lethe_n_ctx(ctx);
+    if (n_prompt > n_ctx) {
+        cli_error("the prompt is %d tokens but the context holds %d (raise -c)", n_prompt, n_ctx);
+        goto done;
+    }
+    smp = lethe_sampler_new(o.sp, lethe_n_vocab(m));
+    if (!smp) {
+        cli_error_status(LETHE_ERR_INVALID_ARG, "bad sampling parameters");
+        goto done;
+    }
+    /* the prompt feeds the repetition penalty, as in llama.cpp */
+    for (int32_t i = 0; i < n_prompt; i++) lethe_sampler_accept(smp, toks[i]);
+
+    double t0 = cli_now_s();
+    lethe_status st = lethe_decode(ctx, lethe_batch_one(toks, n_prompt));
+    if (st != LETHE_OK) {
+        cli_error_status(st, "prompt decode failed");
+        goto done;
+    }
+    double t1 = cli_now_s();
+
+    int32_t n_gen = 0;
+    bool ctx_full = false;
+    for (; o.n_predict < 0 || n_gen < o.n_predict; ) {
+        const float *logits = lethe_get_logits(ctx, -1);
+        if (!logits) {
+            cli_error_status(LETHE_ERR_INTERNAL, "no logits after decode");
+            goto done;
+        }
+        lethe_token t = lethe_sampler_sample(smp, logits);
+        if (t < 0) {
+            cli_error_status(LETHE_ERR_INTERNAL, "sampling failed");
+            goto done;
+        }
+        if (!o.ignore_eos && lethe_token_is_eog(m, t)) break;
+        cli_write_piece(m, t, stdout, false);
+        fflush(stdout);   /* stream token by token */
+        lethe_sampler_accept(smp, t);
+        n_gen++;
+        if (o.n_predict >= 0 && n_gen >= o.n_predict) break;   /* no need to decode the last one */
+        if (lethe_seq_len(ctx, 0) >= n_ctx) {
+            ctx_full = true;
+            break;
+        }
+        st = lethe_decode(ctx, lethe_batch_one(&t, 1));
+        if (st != LETHE_OK) {
+            fputc('\n', stdout);
+            cli_error_status(st, "decode failed");
+            goto done;
+        }
+    }
+    double t2 = cli_now_s();
+    if (isatty(STDOUT_FILENO)) fputc('\n', stdout);
+    fflush(stdout);
+    if (ctx_full) cli_warn("context full (%d tokens): stopped after %d generated tokens (raise -c)", n_ctx, n_gen);
+    if (o.verbose || o.stats) {
+        fprintf(stderr, "lethe: prompt %d tokens in %.1f ms (%.2f t/s); generated %d tokens in %.1f ms (%.2f t/s)\n",
+                n_prompt, (t1 - t0) * 1e3, n_prompt / ((t1 - t0) > 0 ? (t1 - t0) : 1e-9), n_gen, (t2 - t1) * 1e3,
+                n_gen / ((t2 - t1) > 0 ? (t2 - t1) : 1e-9));
+        lethe_kv_stats ks = lethe_get_kv_stats(ctx);
+        fprintf(stderr, "lethe: KV %zu bytes resident (peak %zu), compression %.2fx, reads %llu\n",
+                ks.bytes_resident, ks.bytes_peak, ks.compression_ratio, (unsigned long long)ks.reads);
+    }
+    rc = 0;
+done:
+    lethe_sampler_free(smp);
+    free(toks);
+    lethe_context_free(ctx);
+    lethe_model_free(m);
+    free(text);
+    return rc;
+}
+
+/* ---- tokenize ----------------------------------------------------------- */
+
+static const char k_tokenize_help[] =
+    "Print the token ids of -p TEXT or -f FILE, space-separated on one line.\n"
+    "Special tokens are added (BOS as the model asks) and parsed unless --no-special.";
+
+/* Piece with control bytes escaped so one token stays on one line. */
+static void print_piece_escaped(const lethe_model *m, lethe_token t) {
+    char buf[512];
+    int32_t n = lethe_token_to_piece(m, t, buf, sizeof buf, true);
+    if (n < 0 || n > (int32_t)sizeof buf) n = 0;
+    for (int32_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)buf[i];
+        if (ch == '\n') fputs("\\n", stdout);
+        else if (ch == '\t') fputs("\\t", stdout);
+        else if (ch == '\r') fputs("\\r", stdout);
+        else if (ch == '\\') fputs("\\\\", stdout);
+        else if (ch < 0x20 || ch == 0x7f) printf("\\x%02x", ch);
+        else fputc(ch, stdout);
+    }
+}
+
+int cli_cmd_tokenize(int argc, char **argv) {
+    cli_opts o;
+    int rc = parse_or_exit(CLI_TOKENIZE, "tokenize", k_tokenize_help, argc, argv, &o);
+    if (rc >= 0) return rc;
+    size_t len = 0;
+    char *text = cli_input_text(&o, &len, false, NULL);
+    if (!text) return CLI_EXIT_USAGE;
+    rc = CLI_EXIT_FAIL;
+    lethe_model *m = cli_load_model(&o, false);
+    lethe_token *toks = NULL;
+    int32_t n = 0;
+    if (!m) goto done;
+    toks = cli_tokenize(m, text, len, !o.no_special, !o.no_special, &n);
+    if (!toks) goto done;
+    for (int32_t i = 0; i < n; i++) {
+        if (o.pieces) {
+            printf("%d\t", toks[i]);
+            print_piece_escaped(m, toks[i]);
+            fputc('\n', stdout);
+        } else {
+            printf(i ? " %d" : "%d", toks[i]);
+        }
+    }
+    if (!o.pieces) fputc('\n', stdout);
+    rc = 0;
+done:
+    free(toks);
+    lethe_model_free(m);
+    free(text);
+    return rc;
+}
+
+/* ---- logits ------------------------------------------------------------- */
+
+static const char k_logits_help[] =
+    "Write the logits of EVERY position as float32 little-endian, shape\n"
+    "[n_tokens, n_vocab], no header. Input: -p TEXT / -f FILE (tokenized with\n"
+    "special tokens) or --tokens 1,2,3.";
+
+int cli_cmd_logits(int argc, char **argv) {
+    cli_opts o;
+    int rc = parse_or_exit(CLI_LOGITS, "logits", k_logits_help, argc, argv, &o);
+    if (rc >= 0) return rc;
+    if (!o.output) return cli_error("'lethe logits' needs -o FILE"), CLI_EXIT_USAGE;
+    if (o.tokens && (o.prompt || o.file))
+        return cli_error("give either --tokens or -p/-f, not both"), CLI_EXIT_USAGE;
+
+    char *text = NULL;
+    size_t len = 0;
+    lethe_token *toks = NULL;
+    int32_t n_tok = 0;
+    if (o.tokens) {
+        int n = 0;
+        if (!cli_parse_i32_list("--tokens", o.tokens, 0, INT32_MAX, &toks, &n)) return CLI_EXIT_USAGE;
+        n_tok = n;
+    } else {
+        text = cli_input_text(&o, &len, false, NULL);
+        if (!text) return CLI_EXIT_USAGE;
+    }
+
+    rc = CLI_EXIT_FAIL;
+    lethe_context *ctx = NULL;
+    FILE *f = NULL;
+    bool wrote = false;
+    lethe_model *m = cli_load_model(&o, false);
+    if (!m) goto done;
+    const int32_t n_vocab = lethe_n_vocab(m);
+    if (text) {
+        toks = cli_tokenize(m, text, len, true, true, &n_tok);
+        if (!toks) goto done;
+    }
+    if (n_tok == 0) {
+        cli_error("no tokens to evaluate");
+        goto done;
+    }
+    for (int32_t i = 0; i < n_tok; i++) {
+        if (toks[i] >= n_vocab) {
+            cli_error("token id %d is out of range (the vocabulary has %d tokens)", toks[i], n_vocab);
+            goto done;
+        }
+    }
+    ctx = cli_new_context(m, &o, 0);
+    if (!ctx) goto done;
+    if (n_tok > lethe_n_ctx(ctx)) {
+        cli_error("%d tokens do not fit in the context of %d (raise -c)", n_tok, lethe_n_ctx(ctx));
+        goto done;
+    }
+    f = fopen(o.output, "wb");
+    if (!f) {
+        cli_error("cannot create '%s': %s", o.output, strerror(errno));
+        goto done;
+    }
+    wrote = true;
+    /* Chunks of n_batch so each decode's logits are all read before the next one. */
+    int8_t *want = malloc((size_t)o.n_batch);
+    if (!want) {
+        cli_error("out of memory");
+        goto done;
+    }
+    memset(want, 1, (size_t)o.n_batch);
+    for (int32_t start = 0; start < n_tok; start += o.n_batch) {
+        int32_t nb = n_tok - start < o.n_batch ? n_tok - start : o.n_batch;
+        lethe_batch b = lethe_batch_one(toks + start, nb);
+        b.logits = want;
+        lethe_status st = lethe_decode(ctx, b);
+        if (st != LETHE_OK) {
+            free(want);
+            cli_error_status(st, "decode failed");
+            goto done;
+        }
+        for (int32_t i = 0; i < nb; i++) {
+            const float *row = lethe_get_logits(ctx, i);   /* [n_vocab] */
+            if (!row) {
+                free(want);
+                cli_error_status(LETHE_ERR_INTERNAL, "no logits for a position");
+                goto done;
+            }
+            /* float32 little-endian: the host order on every target lethe builds for */
+            if (fwrite(row, sizeof(float), (size_t)n_vocab, f) != (size_t)n_vocab) {
+                free(want);
+                cli_error("cannot write '%s': %s", o.output, strerror(errno));
+                goto done;
+            }
+        }
+    }
+    free(want);
+    if (fclose(f) != 0) {
+        f = NULL;
+        cli_error("cannot write '%s': %s", o.output, strerror(errno));
+        goto done;
+    }
+    f = NULL;
+    if (o.verbose) fprintf(stderr, "lethe: wrote %d x %d logits to %s\n", n_tok, n_vocab, o.output);
+    rc = 0;
+done:
+    if (f) fclose(f);
+    if (rc != 0 && wrote) unlink(o.output);   /* no half-written file that looks valid */
+    lethe_context_free(ctx);
+    lethe_model_free(m);
+    free(toks);
+    free(text);
+    return rc;
+}
+
+/* ---- info --------------------------------------------------------------- */
+
+static const char k_info_help[] = "Print the model's architecture, sizes and a few metadata keys.";
+
+int cli_cmd_info(int argc, char **argv) {
+    cli_opts o;
+    int rc = parse_or_exit(CLI_INFO, "info", k_info_help, argc, argv, &o);
+    if (rc >= 0) return rc;
+    lethe_model *m = cli_load_model(&o, false);
+    if (!m) return CLI_EXIT_FAIL;
+    lethe_model_info mi = lethe_model_get_info(m);
+    printf("file         %s\n", o.model ? o.model : cli_default_model_path());
+    printf("arch         %s\n", mi.arch);
+    printf("name         %s\n", mi.name);
+    printf("n_layer      %d\n", mi.n_layer);
+    printf("n_embd       %d\n", mi.n_embd);
+    printf("n_head       %d\n", mi.n_head);
+    printf("n_head_kv    %d\n", mi.n_head_kv);
+    printf("head_dim     %d\n", mi.head_dim);
+    printf("n_ff         %d\n", mi.n_ff);
+    printf("n_vocab      %d\n", mi.n_vocab);
+    printf("n_ctx_train  %d\n", mi.n_ctx_train);
+    printf("n_params     %llu\n", (unsigned long long)mi.n_params);
+    printf("weight_bytes %llu (%.2f MiB)\n", (unsigned long long)mi.weight_bytes, mi.weight_bytes / 1048576.0);
+    printf("bos          %d\n", lethe_token_bos(m));
+    printf("eos          %d\n", lethe_token_eos(m));
+    static const char *const keys[] = {"general.architecture", "general.name", "general.file_type",
+                                       "tokenizer.ggml.model", "tokenizer.ggml.pre"};
+    char buf[512];
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        if (lethe_model_meta_str(m, keys[i], buf, sizeof buf) >= 0) printf("%-22s %s\n", keys[i], buf);
+    lethe_model_free(m);
+    return 0;
+}
