@@ -120,15 +120,15 @@ static lethe_status bind(const lethe_gguf *g, lethe_tensor *t, const char *name,
         if (required) return lethe_fail(LETHE_ERR_MISSING_TENSOR, "model: tensor '%s' is missing", name);
         return LETHE_OK;
     }
+    if (!lethe_dtype_supported(gt->type))
+        return lethe_fail(LETHE_ERR_UNSUPPORTED_DTYPE, "model: tensor '%s' has type %s, which lethe cannot compute with",
+                          name, lethe_dtype_name(gt->type));
     int64_t want1 = ne1 ? ne1 : 1;
     if (gt->ne[0] != ne0 || gt->ne[1] != want1 || gt->ne[2] != 1 || gt->ne[3] != 1)
         return lethe_fail(LETHE_ERR_SHAPE,
                           "model: tensor '%s' has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld]",
                           name, (long long)gt->ne[0], (long long)gt->ne[1], (long long)gt->ne[2],
                           (long long)gt->ne[3], (long long)ne0, (long long)want1);
-    if (!lethe_dtype_supported(gt->type))
-        return lethe_fail(LETHE_ERR_UNSUPPORTED_DTYPE, "model: tensor '%s' has type %s, which lethe cannot compute with",
-                          name, lethe_dtype_name(gt->type));
     if (!ne1 && gt->type != LETHE_F32)   /* norms, biases: f32 vectors */
         return lethe_fail(LETHE_ERR_UNSUPPORTED_DTYPE, "model: tensor '%s' must be f32, not %s",
                           name, lethe_dtype_name(gt->type));
