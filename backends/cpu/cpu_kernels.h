@@ -1,0 +1,112 @@
+/* cpu_kernels.h — internal interface between the CPU backend's graph loop
+ * (cpu_backend.c) and its kernels (cpu_matmul.c, cpu_quant.c,
+ * cpu_attention.c, cpu_ops.c).
+ *
+ * Every node kernel is called by ALL threads of the OpenMP region with
+ * (ith, nth); it computes its share and may use `#pragma omp barrier`
+ * internally (all threads reach the same barriers because they all run the
+ * same kernel). Scratch comes from the context: `shared` (one block seen by
+ * all threads) and `ws[ith]` (per thread), both sized before the region by
+ * lethe_cpu_*_ws() so no kernel allocates.
+ */
+#ifndef LETHE_CPU_KERNELS_H
+#define LETHE_CPU_KERNELS_H
+
+#include "backend.h"
+#include "common.h"
+#include "dtype.h"
+#include "graph.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Activations quantized for the integer dot products against 32-element
+ * weight blocks (q4_0, q4_1, q5_0, q5_1, q8_0). This is our own layout, not a
+ * GGUF one: d and s stay f32 (no f16 round trip; s = d * sum(qs) carries the
+ * term the weight minimum m multiplies, for q4_1 / q5_1). */
+typedef struct lethe_cpu_q8a {
+    float d, s;
+    int8_t qs[32];
+} lethe_cpu_q8a; /* 40 B */
+
+/* What a weight type's dot product wants its activations as. */
+typedef enum lethe_cpu_act {
+    LETHE_CPU_ACT_F32 = 0,  /* f32, f16, bf16 weights: activations stay f32 */
+    LETHE_CPU_ACT_Q8A,      /* 32-blocks: lethe_cpu_q8a                      */
+    LETHE_CPU_ACT_Q8K,      /* k-quants: lethe_block_q8_k                    */
+} lethe_cpu_act;
+
+/* Dot products of `nr` consecutive weight rows (row stride w_stride bytes)
+ * with one activation row of k elements in the format the type wants:
+ * out[r] = w_r . x. nr is 1..4. */
+typedef void (*lethe_cpu_dot_fn)(int64_t k, const void *w, size_t w_stride, int nr,
+                                 const void *x, float *out);
+
+typedef struct lethe_cpu_type_kernels {
+    lethe_cpu_act act;
+    lethe_cpu_dot_fn dot;
+} lethe_cpu_type_kernels;
+
+/* Kernels of a weight type; NULL dot if the type is not supported. */
+const lethe_cpu_type_kernels *lethe_cpu_kernels_for(lethe_dtype t);
+/* Bytes of one activation row of k elements in format `a`. */
+size_t lethe_cpu_act_row_size(lethe_cpu_act a, int64_t k);
+/* Quantize one activation row (k multiple of 32, resp. 256). */
+void lethe_cpu_quantize_q8a(const float *x, lethe_cpu_q8a *y, int64_t k);
+void lethe_cpu_quantize_q8k(const float *x, lethe_block_q8_k *y, int64_t k);
+/* Scalar twin of the SIMD 32-block dot products (tests pin SIMD to it). */
+float lethe_cpu_dot32_scalar_ref(lethe_dtype t, int64_t k, const void *w, const lethe_cpu_q8a *x);
+/* Fast dequantization of a row (falls back to the dtype.c reference). */
+void lethe_cpu_dequant_row(lethe_dtype t, const void *src, float *dst, int64_t k);
+
+/* f32 helpers (SIMD where available). */
+float lethe_cpu_dot_f32(int64_t n, const float *a, const float *b);
+float lethe_cpu_dot_f16_f32(int64_t n, const lethe_f16 *a, const float *b);
+void lethe_cpu_f16_to_f32_row(const lethe_f16 *src, float *dst, int64_t n);
+void lethe_cpu_f32_to_f16_row(const float *src, lethe_f16 *dst, int64_t n);
+
+/* Per-node execution context handed to kernels. */
+typedef struct lethe_cpu_exec {
+    int ith, nth;
+    uint8_t *shared;       /* shared scratch, all threads               */
+    uint8_t *ws;           /* this thread's scratch                     */
+    int *error;            /* shared: set (any thread) to a lethe_status */
+} lethe_cpu_exec;
+
+/* Scratch each node needs: per thread and shared (bytes). */
+void lethe_cpu_node_ws(const lethe_node *n, int nth, size_t *per_thread, size_t *shared);
+
+/* Node kernels (cpu_matmul.c, cpu_attention.c, cpu_ops.c). */
+void lethe_cpu_matmul(const lethe_cpu_exec *ex, lethe_node *n);
+void lethe_cpu_matmul_ws(const lethe_node *n, int nth, size_t *per_thread, size_t *shared);
+void lethe_cpu_kv_store(const lethe_cpu_exec *ex, lethe_node *n);
+void lethe_cpu_attention(const lethe_cpu_exec *ex, lethe_node *n);
+void lethe_cpu_attention_ws(const lethe_node *n, int nth, size_t *per_thread, size_t *shared);
+void lethe_cpu_get_rows(const lethe_cpu_exec *ex, lethe_node *n);
+void lethe_cpu_rms_norm(const lethe_cpu_exec *ex, lethe_node *n);
+void lethe_cpu_binary(const lethe_cpu_exec *ex, lethe_node *n); /* ADD, MUL */
+void lethe_cpu_rope(const lethe_cpu_exec *ex, lethe_node *n);
+void lethe_cpu_rope_ws(const lethe_node *n, int nth, size_t *per_thread, size_t *shared);
+void lethe_cpu_swiglu(const lethe_cpu_exec *ex, lethe_node *n);
+
+/* Llama-3 scaled inverse frequency of rotary pair i (shared with tests). */
+double lethe_rope_inv_freq(const lethe_rope_params *p, int i);
+
+/* Split [0, n) into nth near-equal parts, part ith is [*b, *e); `align`
+ * rounds part boundaries to multiples (the last part takes the rest). */
+static inline void lethe_cpu_split(int64_t n, int ith, int nth, int64_t align, int64_t *b,
+                                   int64_t *e) {
+    int64_t units = (n + align - 1) / align;
+    int64_t per = units / nth, rem = units % nth;
+    int64_t ub = ith * per + (ith < rem ? ith : rem);
+    int64_t ue = ub + per + (ith < rem ? 1 : 0);
+    *b = ub * align < n ? ub * align : n;
+    *e = ue * align < n ? ue * align : n;
+}
+
+#define LETHE_CPU_ALIGN 64
+static inline size_t lethe_cpu_align_up(size_t x) {
+    return (x + LETHE_CPU_ALIGN - 1) & ~(size_t)(LETHE_CPU_ALIGN - 1);
+}
+
+#endif
