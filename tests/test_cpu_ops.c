@@ -369,17 +369,18 @@ static double ref_inv_freq(const lethe_rope_params *p, int i) {
         bool medium = !(wl < hi_wl) && !(wl > lo_wl);
         inv = medium ? smoothed : scaled;
     }
+    if (p->freq_factors) inv /= p->freq_factors[i];
     return inv * p->freq_scale;
 }
 
-static void rope_case(lethe_rope_mode mode, int n_rot, float freq_scale, float l3) {
+static void rope_case_ff(lethe_rope_mode mode, int n_rot, float freq_scale, float l3, const float *ff) {
     const int64_t D = 64, H = 3, T = 5;
     int32_t pos[5] = {0, 1, 17, 250, 8191};
     int32_t seq[5] = {0};
     lethe_ubatch ub = {.n_tokens = (int32_t)T, .seq_id = seq, .pos = pos};
     lethe_rope_params p = {.mode = mode, .n_rot = n_rot, .freq_base = 500000.0f, .freq_scale = freq_scale,
                            .llama3_factor = l3, .llama3_low_freq_factor = 1.0f, .llama3_high_freq_factor = 4.0f,
-                           .llama3_orig_ctx = 8192};
+                           .llama3_orig_ctx = 8192, .freq_factors = ff};
     allocs a = {0};
     float *x = randf(&a, (size_t)(D * H * T), 31);
     lethe_graph *g = lethe_graph_new(8);
@@ -405,8 +406,16 @@ static void rope_case(lethe_rope_mode mode, int n_rot, float freq_scale, float l
     free_all(&a);
 }
 
+static void rope_case(lethe_rope_mode mode, int n_rot, float freq_scale, float l3) {
+    rope_case_ff(mode, n_rot, freq_scale, l3, NULL);
+}
+
 static void test_rope(void **state) {
     (void)state;
+    /* GGUF rope_freqs.weight: per-pair divisors (Llama 3 scaling as converted) */
+    float ff[32];
+    for (int i = 0; i < 32; i++) ff[i] = 1.0f + (float)i * 0.25f;
+    rope_case_ff(LETHE_ROPE_NORM, 64, 1.0f, 0.0f, ff);
     rope_case(LETHE_ROPE_NORM, 64, 1.0f, 0.0f);
     rope_case(LETHE_ROPE_NEOX, 64, 1.0f, 0.0f);
     rope_case(LETHE_ROPE_NEOX, 32, 0.5f, 0.0f); /* partial rotation, linear scaling */

@@ -21,9 +21,13 @@
 #include <stdint.h>
 
 /* Activations quantized for the integer dot products against 32-element
- * weight blocks (q4_0, q4_1, q5_0, q5_1, q8_0). This is our own layout, not a
- * GGUF one: d and s stay f32 (no f16 round trip; s = d * sum(qs) carries the
- * term the weight minimum m multiplies, for q4_1 / q5_1). */
+ * weight blocks (q4_0, q4_1, q5_0, q5_1, q8_0). d and s (= d * sum(qs), the
+ * term the weight minimum m multiplies for q4_1 / q5_1) are held as f32 for
+ * speed but rounded through f16 exactly as GGUF's q8_0 / q8_1 blocks store
+ * them: the same values llama.cpp computes with, so the two engines agree to
+ * the last bit wherever their sums run in the same order. */
+static inline float lethe_f16_round(float x) { return lethe_f16_to_f32(lethe_f32_to_f16(x)); }
+
 typedef struct lethe_cpu_q8a {
     float d, s;
     int8_t qs[32];

@@ -2,18 +2,22 @@
  *
  * Legend: N output rows (weight rows), K inner dim, T tokens.
  *
- * Two paths, picked per shape:
- *  - decode (T < LETHE_CPU_GEMM_MIN_T, or weights without a fast dequant):
+ * Two paths:
+ *  - quantized weights, any T (and float weights at T < LETHE_CPU_GEMM_MIN_T):
  *    the activation rows are quantized once per node into the format the
  *    weight type pairs with (shared scratch, threads split T), then threads
  *    split N and run integer SIMD dot products, 4 weight rows per step so each
  *    activation block is loaded once per 4 rows, all T tokens per row group
  *    so the weight rows are read from memory once.
- *  - prefill (larger T): each thread takes a block of N rows, dequantizes a
- *    tile of them to f32 in its own scratch and calls single-threaded
- *    cblas_sgemm (the backend pins OpenBLAS to 1 thread: the parallelism is
- *    ours).
- */
+ *  - float weights (f32, f16, bf16) at larger T: each thread takes a block
+ *    of N rows, converts a tile of them to f32 in its own scratch and calls
+ *    single-threaded cblas_sgemm (the backend pins OpenBLAS to 1 thread: the
+ *    parallelism is ours).
+ * Quantized weights always take the dot path, as llama.cpp does: the
+ * result for a token then does not depend on how many tokens share the
+ * batch (chunked prefill, one-by-one decode and batched sequences give the
+ * same bits), and it is what the peer computes. The dot path measured even
+ * with dequantize+sgemm at T >= 32 on the SmolLM2 shapes. */
 #include "cpu_kernels.h"
 
 #include <cblas.h>
@@ -35,7 +39,9 @@
 #define PRIVATE_ACT_MAX_T 4
 
 static bool use_gemm(const lethe_node *n) {
-    const int64_t T = lethe_tensor_nelements(&n->src[1]->t) / n->src[0]->t.ne[0];
+    const lethe_tensor *w = &n->src[0]->t;
+    if (lethe_dtype_get(w->type)->quantized) return false;
+    const int64_t T = lethe_tensor_nelements(&n->src[1]->t) / w->ne[0];
     return T >= LETHE_CPU_GEMM_MIN_T;
 }
 

@@ -104,6 +104,7 @@ double lethe_rope_inv_freq(const lethe_rope_params *p, int i) {
             inv = (1.0 - smooth) * inv / factor + smooth * inv;
         }
     }
+    if (p->freq_factors) inv /= (double)p->freq_factors[i];
     return inv * (double)p->freq_scale;
 }
 

@@ -62,8 +62,8 @@ void lethe_cpu_quantize_q8a(const float *x, lethe_cpu_q8a *y, int64_t k) {
         __m256i p = _mm256_packs_epi16(p01, p23);
         p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         _mm256_storeu_si256((__m256i *)y[i].qs, p);
-        y[i].d = d;
-        y[i].s = d * (float)_mm_cvtsi128_si32(s4);
+        y[i].d = lethe_f16_round(d);
+        y[i].s = lethe_f16_round(d * (float)_mm_cvtsi128_si32(s4));
 #else
         float amax = 0.0f;
         for (int j = 0; j < 32; j++) amax = fmaxf(amax, fabsf(x[j]));
@@ -74,8 +74,8 @@ void lethe_cpu_quantize_q8a(const float *x, lethe_cpu_q8a *y, int64_t k) {
             y[i].qs[j] = (int8_t)q;
             sum += q;
         }
-        y[i].d = d;
-        y[i].s = d * (float)sum;
+        y[i].d = lethe_f16_round(d);
+        y[i].s = lethe_f16_round(d * (float)sum);
 #endif
     }
 }
