@@ -340,7 +340,7 @@ static lethe_status parse_kvs(gguf_impl *gi, rd *r) {
         lethe_gguf_kv *kv = &g->kv[i];
         char what[64];
         snprintf(what, sizeof what, "key %" PRIu64, i);
-        lethe_gguf_str key;
+        lethe_gguf_str key = {0};
         lethe_status s = rd_str(r, &key, what);
         if (!s) s = copy_name(&key, &kv->key, "key", i);
         if (s) return s;

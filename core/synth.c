@@ -111,7 +111,7 @@ lethe_status lethe_synth_write(const char *path, lethe_synth_params p) {
     TRY(lethe_gguf_writer_add_f32(w, KEY("attention.layer_norm_rms_epsilon"), 1e-5f));
 
     /* vocabulary: 256 byte tokens, then merges of frequent pairs, then specials */
-    char buf[8];
+    char buf[16];
     for (int b = 0; b < 256; b++) {
         byte_token(b, buf);
         tokens[b] = strdup(buf);
