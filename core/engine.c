@@ -27,7 +27,7 @@ struct lethe_context {
      * batch index i to its row, -1 if i did not ask for logits */
     float *logits;
     int32_t *row_of;
-    int32_t n_logits, cap_logits, last_batch_n;
+    int32_t n_logits, cap_logits, cap_rows, last_batch_n;
     lethe_abort_fn abort_fn;
     void *abort_user;
 };
@@ -178,14 +178,18 @@ lethe_status lethe_decode(lethe_context *c, lethe_batch b) {
             return lethe_fail(LETHE_ERR_CONTEXT_FULL,
                               "decode: sequence %d would hold %d tokens, more than the context of %d",
                               s, kv->seq_pos[s] + add[s], c->params.n_ctx);
-    if (n_out > c->cap_logits || n > c->last_batch_n) {
-        float *lg = realloc(c->logits, (size_t)LETHE_MAX(n_out, 1) * V * sizeof(float));
+    /* grow-only buffers: steady decoding allocates nothing */
+    if (n_out > c->cap_logits) {
+        float *lg = realloc(c->logits, (size_t)n_out * V * sizeof(float));
         if (!lg) return lethe_fail(LETHE_ERR_OOM, "decode: logits buffer");
         c->logits = lg;
-        c->cap_logits = LETHE_MAX(n_out, 1);
+        c->cap_logits = n_out;
+    }
+    if (n > c->cap_rows) {
         int32_t *ro = realloc(c->row_of, (size_t)n * sizeof(int32_t));
         if (!ro) return lethe_fail(LETHE_ERR_OOM, "decode: logits index");
         c->row_of = ro;
+        c->cap_rows = n;
     }
     c->last_batch_n = n;
     c->n_logits = 0;
