@@ -244,6 +244,70 @@ static void test_dot_simd_vs_scalar(void **state) {
     free_all(&a);
 }
 
+/* Batch invariance of quantized weights: a token's matmul result has the
+ * same bits in a batch of 37 as alone (chunked prefill == token-by-token
+ * relies on it). Float weights take sgemm for large T and are exempt. */
+static void test_matmul_batch_invariant(void **state) {
+    (void)state;
+    const lethe_dtype types[] = {LETHE_Q4_0, LETHE_Q4_1, LETHE_Q5_0, LETHE_Q5_1, LETHE_Q8_0, LETHE_Q4_K, LETHE_Q6_K};
+    /* T = 70: a 64-token chunk, a 4-token tile and a 2-token tile; T = 37:
+     * 4-token tiles and a 1-token tail. Rows 44 (N = 45) are a 1-row tail. */
+    const int64_t N = 45, Ts[] = {37, 70}, picks[] = {0, 20, 36, 66, 68, 69};
+    for (size_t i = 0; i < LETHE_ARRAY_SIZE(types); i++) {
+        for (size_t ti = 0; ti < LETHE_ARRAY_SIZE(Ts); ti++) {
+            allocs a = {0};
+            const lethe_dtype t = types[i];
+            const int64_t T = Ts[ti];
+            const int64_t K = lethe_dtype_get(t)->blck_size == LETHE_QK_K ? 256 : 96;
+            void *w = make_weights(&a, t, N, K, 300);
+            float *x = randf(&a, (size_t)(T * K), 301);
+            lethe_graph *g = lethe_graph_new(16);
+            lethe_node *wn = lethe_input(g, t, 2, (int64_t[]){K, N}, w, "w");
+            lethe_node *all = lethe_matmul(g, wn, lethe_input(g, LETHE_F32, 2, (int64_t[]){K, T}, x, "x"));
+            lethe_node *one[LETHE_ARRAY_SIZE(picks)] = {0};
+            for (size_t p = 0; p < LETHE_ARRAY_SIZE(picks); p++)
+                if (picks[p] < T)
+                    one[p] = lethe_matmul(g, wn, lethe_input(g, LETHE_F32, 2, (int64_t[]){K, 1}, x + picks[p] * K, "x1"));
+            give_memory(g, &a);
+            assert_int_equal(run(g), LETHE_OK);
+            for (size_t p = 0; p < LETHE_ARRAY_SIZE(picks); p++)
+                if (one[p])
+                    assert_memory_equal((float *)all->t.data + picks[p] * N, one[p]->t.data, (size_t)N * sizeof(float));
+            lethe_graph_free(g);
+            free_all(&a);
+        }
+    }
+}
+
+/* The register tiles (rows x tokens) give each (row, token) the bits of the
+ * one-token dot: every nr 1..4 and nt 1..4. */
+static void test_tile_equals_dot(void **state) {
+    (void)state;
+    const lethe_dtype types[] = {LETHE_Q4_0, LETHE_Q4_1, LETHE_Q5_0, LETHE_Q5_1, LETHE_Q8_0};
+    const int64_t K = 320;
+    allocs a = {0};
+    float *x = randf(&a, (size_t)(4 * K), 83);
+    const size_t as = lethe_cpu_act_row_size(LETHE_CPU_ACT_Q8A, K);
+    uint8_t *xq = keep(&a, malloc(4 * as));
+    for (int t = 0; t < 4; t++) lethe_cpu_quantize_q8a(x + t * K, (lethe_cpu_q8a *)(xq + t * as), K);
+    for (size_t i = 0; i < LETHE_ARRAY_SIZE(types); i++) {
+        const lethe_cpu_type_kernels *kk = lethe_cpu_kernels_for(types[i]);
+        if (!kk->tile) continue; /* no tile kernel on this CPU: matmul loops over dot */
+        const size_t rs = lethe_row_size(types[i], K);
+        uint8_t *w = make_weights(&a, types[i], 4, K, 95 + i);
+        for (int nr = 1; nr <= 4; nr++)
+            for (int nt = 1; nt <= 4; nt++) {
+                float tile[4 * 4], ref[4];
+                kk->tile(K, w, rs, nr, xq, as, nt, tile, 4);
+                for (int t = 0; t < nt; t++) {
+                    kk->dot(K, w, rs, nr, xq + t * as, ref);
+                    assert_memory_equal(tile + t * 4, ref, (size_t)nr * sizeof(float));
+                }
+            }
+    }
+    free_all(&a);
+}
+
 static void test_matmul_unsupported(void **state) {
     (void)state;
     allocs a = {0};
@@ -446,8 +510,9 @@ static void compact(lethe_kv_cache *kv, lethe_kv_stream *s, const int *drop, int
 }
 
 /* Store a batch for (layer); returns the graph with q, attention nodes. */
-static void attention_case(lethe_dtype kvt) {
-    enum { NSEQ = 3, NL = 2, HKV = 2, G = 3, HQ = HKV * G, D = 40, LAYER = 1 };
+static void attention_case(lethe_dtype kvt, const int D) {
+    enum { NSEQ = 3, NL = 2, HKV = 2, G = 3, HQ = HKV * G, LAYER = 1 };
+    assert_true(D <= 128);
     lethe_kv_cache kv;
     assert_int_equal(lethe_kv_init(&kv, NSEQ, NL, HKV, D, kvt, 64u << 20, 64), LETHE_OK);
     allocs a = {0};
@@ -519,7 +584,7 @@ static void attention_case(lethe_dtype kvt) {
         for (int h = 0; h < HQ; h++) {
             const lethe_kv_stream *s = lethe_kv_stream_at(&kv, seq[t], LAYER, h / G);
             if (h % G == 0) reads += (uint64_t)s->len;
-            double sc[128], mx = -INFINITY, sum = 0, o[D];
+            double sc[128], mx = -INFINITY, sum = 0, o[128];
             assert_true(s->len <= 128);
             for (int i = 0; i < s->len; i++) {
                 sc[i] = -INFINITY;
@@ -546,8 +611,9 @@ static void attention_case(lethe_dtype kvt) {
     lethe_kv_free(&kv);
 }
 
-static void test_attention_f32(void **state) { (void)state; attention_case(LETHE_F32); }
-static void test_attention_f16(void **state) { (void)state; attention_case(LETHE_F16); }
+/* D = 64 with an f16 cache takes the register-resident SIMD path. */
+static void test_attention_f32(void **state) { (void)state; attention_case(LETHE_F32, 40); attention_case(LETHE_F32, 64); }
+static void test_attention_f16(void **state) { (void)state; attention_case(LETHE_F16, 40); attention_case(LETHE_F16, 64); }
 
 /* ----------------------------------------------------------------- abort */
 
@@ -614,6 +680,8 @@ int main(void) {
         cmocka_unit_test(test_quant_roundtrip),
         cmocka_unit_test(test_matmul_all_dtypes),
         cmocka_unit_test(test_dot_simd_vs_scalar),
+        cmocka_unit_test(test_matmul_batch_invariant),
+        cmocka_unit_test(test_tile_equals_dot),
         cmocka_unit_test(test_matmul_unsupported),
         cmocka_unit_test(test_get_rows),
         cmocka_unit_test(test_rms_norm),

@@ -4,7 +4,7 @@
  * KV head, D head dim, L live slots of a head stream (its own length), P
  * slots per page (LETHE_KV_PAGE).
  *
- * Threads split (token, KV head) pairs. For one pair the G query heads of
+ * Threads take (token, KV head) pairs round-robin. For one pair the G query heads of
  * the group walk the stream's pages once: each key row is read once for G
  * dot products, each value row once for G weighted sums. Softmax is two-pass
  * in f32 (scores kept in the thread's scratch, [G][L]).
@@ -77,6 +77,129 @@ static void axpy(int64_t n, float a, const float *x, float *y) {
     for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
 }
 
+#if defined(__AVX512F__)
+#  include <immintrin.h>
+#endif
+
+/* One key row (converted to f32) against the G queries of its group:
+ * sc[g] = scale * (k . q_g). The same float operations for a (query, key)
+ * pair whatever the batch holds, so attention stays batch invariant. */
+static inline void key_scores(int64_t D, const float *k, const float *const *qg, int64_t G, float scale,
+                              float *sc) {
+#if defined(__AVX512F__)
+    if (D % 16 == 0) {
+        for (int64_t g = 0; g < G; g++) {
+            __m512 acc = _mm512_setzero_ps();
+            for (int64_t d = 0; d < D; d += 16)
+                acc = _mm512_fmadd_ps(_mm512_loadu_ps(k + d), _mm512_loadu_ps(qg[g] + d), acc);
+            sc[g] = scale * _mm512_reduce_add_ps(acc);
+        }
+        return;
+    }
+#endif
+    for (int64_t g = 0; g < G; g++) sc[g] = scale * lethe_cpu_dot_f32(D, k, qg[g]);
+}
+
+#if defined(__AVX512F__) && defined(__AVX512VL__) && defined(__F16C__)
+#  define LETHE_ATTN_FAST 1
+#  define LETHE_INLINE static inline __attribute__((always_inline))
+
+/* e^x for x <= 0, lane by lane (so a weight never depends on its lane):
+ * x = n ln2 + r, |r| <= ln2/2, degree-6 Taylor (relative error ~1e-7),
+ * scaled by 2^n. Lanes below -104 underflow to (near) zero. */
+static inline __m512 exp512(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+static inline void load_row64(const lethe_f16 *p, __m512 v[4]) {
+    for (int c = 0; c < 4; c++) v[c] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 16 * c)));
+}
+
+/* One (token, KV head) pair, f16 cache, D = 64, G queries (constant):
+ * queries and accumulators live in registers; every (query, key) score and
+ * weight is computed by the same operations whatever else the batch holds. */
+LETHE_INLINE void attend_f16_d64(const int G, const lethe_kv_cache *kv, const lethe_kv_stream *s, int32_t L,
+                                 int32_t pq, const float *const *qg, float scale, float *scores, int32_t Lmax,
+                                 float *out) {
+    __m512 q[4][4], acc[4][4];
+    float mx[4], sum[4];
+    for (int g = 0; g < G; g++) {
+        for (int c = 0; c < 4; c++) {
+            q[g][c] = _mm512_loadu_ps(qg[g] + 16 * c);
+            acc[g][c] = _mm512_setzero_ps();
+        }
+        mx[g] = -INFINITY;
+        sum[g] = 0.0f;
+    }
+    /* pass 1: scores */
+    for (int32_t i0 = 0; i0 < L; i0 += LETHE_KV_PAGE) {
+        const int32_t np = LETHE_MIN(LETHE_KV_PAGE, L - i0);
+        const uint8_t *kp = lethe_kv_k(kv, s, i0);
+        const int32_t *pp = lethe_kv_pos(kv, s, i0);
+        for (int32_t j = 0; j < np; j++) {
+            if (pp[j] > pq) { /* a later token of this micro-batch */
+                for (int g = 0; g < G; g++) scores[g * Lmax + i0 + j] = -INFINITY;
+                continue;
+            }
+            __m512 k[4];
+            load_row64((const lethe_f16 *)(kp + (size_t)j * kv->slot_bytes), k);
+            for (int g = 0; g < G; g++) {
+                __m512 a = _mm512_mul_ps(k[0], q[g][0]);
+                a = _mm512_fmadd_ps(k[1], q[g][1], a);
+                a = _mm512_fmadd_ps(k[2], q[g][2], a);
+                a = _mm512_fmadd_ps(k[3], q[g][3], a);
+                const float sc = scale * _mm512_reduce_add_ps(a);
+                scores[g * Lmax + i0 + j] = sc;
+                mx[g] = sc > mx[g] ? sc : mx[g];
+            }
+        }
+    }
+    /* softmax numerators in place, 16 keys at a time (lane-wise exp) */
+    for (int g = 0; g < G; g++) {
+        const __m512 m = _mm512_set1_ps(mx[g]);
+        float *row = scores + (size_t)g * Lmax;
+        for (int32_t j = 0; j < L; j += 16) {
+            const __mmask16 k = L - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (L - j)) - 1);
+            const __m512 v = _mm512_maskz_loadu_ps(k, row + j);
+            _mm512_mask_storeu_ps(row + j, k, exp512(_mm512_sub_ps(v, m)));
+        }
+    }
+    /* pass 2: weighted V sum over the visible keys, in slot order */
+    for (int32_t i0 = 0; i0 < L; i0 += LETHE_KV_PAGE) {
+        const int32_t np = LETHE_MIN(LETHE_KV_PAGE, L - i0);
+        const uint8_t *vp = lethe_kv_v(kv, s, i0);
+        const int32_t *pp = lethe_kv_pos(kv, s, i0);
+        for (int32_t j = 0; j < np; j++) {
+            if (pp[j] > pq) continue;
+            __m512 v[4];
+            load_row64((const lethe_f16 *)(vp + (size_t)j * kv->slot_bytes), v);
+            for (int g = 0; g < G; g++) {
+                const float w = scores[g * Lmax + i0 + j];
+                sum[g] += w;
+                const __m512 wv = _mm512_set1_ps(w);
+                for (int c = 0; c < 4; c++) acc[g][c] = _mm512_fmadd_ps(wv, v[c], acc[g][c]);
+            }
+        }
+    }
+    for (int g = 0; g < G; g++) {
+        const __m512 inv = _mm512_set1_ps(sum[g] > 0.0f ? 1.0f / sum[g] : 0.0f); /* no visible key: zeros */
+        for (int c = 0; c < 4; c++) _mm512_storeu_ps(out + g * 64 + 16 * c, _mm512_mul_ps(acc[g][c], inv));
+    }
+}
+#endif
+
 void lethe_cpu_attention(const lethe_cpu_exec *ex, lethe_node *n) {
     lethe_kv_cache *kv = n->kv;
     const lethe_tensor *q = &n->src[0]->t;
@@ -91,9 +214,9 @@ void lethe_cpu_attention(const lethe_cpu_exec *ex, lethe_node *n) {
     float *vbuf = acc + (size_t)G * D;        /* [D] */
     uint64_t reads = 0;
 
-    int64_t b, e;
-    lethe_cpu_split(T * Hkv, ex->ith, ex->nth, 1, &b, &e);
-    for (int64_t r = b; r < e; r++) {
+    /* (token, KV head) pairs dealt round-robin: under a causal mask later
+     * tokens see more keys, so contiguous ranges would load one thread 3:1 */
+    for (int64_t r = ex->ith; r < T * Hkv; r += ex->nth) {
         const int64_t t = r / Hkv, hk = r % Hkv;
         const int32_t seq = n->ub->seq_id[t], pq = n->ub->pos[t];
         float *out = (float *)n->t.data + (size_t)(t * Hq + hk * G) * (size_t)D; /* [T, Hq*D] */
@@ -113,20 +236,38 @@ void lethe_cpu_attention(const lethe_cpu_exec *ex, lethe_node *n) {
             mx[g] = -INFINITY;
         }
 
+#if LETHE_ATTN_FAST
+        if (f16 && D == 64 && G <= 4) {
+            switch (G) {
+            case 1: attend_f16_d64(1, kv, s, L, pq, qg, scale, scores, Lmax, out); break;
+            case 2: attend_f16_d64(2, kv, s, L, pq, qg, scale, scores, Lmax, out); break;
+            case 3: attend_f16_d64(3, kv, s, L, pq, qg, scale, scores, Lmax, out); break;
+            default: attend_f16_d64(4, kv, s, L, pq, qg, scale, scores, Lmax, out); break;
+            }
+            continue;
+        }
+#endif
         /* pass 1: scores, page by page (slots of a page are contiguous) */
         for (int32_t i0 = 0; i0 < L; i0 += LETHE_KV_PAGE) {
             const int32_t np = LETHE_MIN(LETHE_KV_PAGE, L - i0);
             const uint8_t *kp = lethe_kv_k(kv, s, i0);
             const int32_t *pp = lethe_kv_pos(kv, s, i0);
             for (int32_t j = 0; j < np; j++) {
-                const bool vis = pp[j] <= pq;
+                if (pp[j] > pq) { /* a later token of this micro-batch */
+                    for (int64_t g = 0; g < G; g++) scores[g * Lmax + i0 + j] = -INFINITY;
+                    continue;
+                }
                 const void *kr = kp + (size_t)j * kv->slot_bytes;
+                const float *kf = kr;
+                if (f16) {
+                    lethe_cpu_f16_to_f32_row(kr, vbuf, D);
+                    kf = vbuf;
+                }
+                float sc[64];
+                key_scores(D, kf, qg, G, scale, sc);
                 for (int64_t g = 0; g < G; g++) {
-                    float sc = -INFINITY;
-                    if (vis)
-                        sc = scale * (f16 ? lethe_cpu_dot_f16_f32(D, kr, qg[g]) : lethe_cpu_dot_f32(D, kr, qg[g]));
-                    scores[g * Lmax + i0 + j] = sc;
-                    mx[g] = fmaxf(mx[g], sc);
+                    scores[g * Lmax + i0 + j] = sc[g];
+                    mx[g] = sc[g] > mx[g] ? sc[g] : mx[g];
                 }
             }
         }

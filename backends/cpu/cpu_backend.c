@@ -14,7 +14,9 @@
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <limits.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 typedef struct cpu_ctx {
@@ -24,6 +26,7 @@ typedef struct cpu_ctx {
     uint8_t *shared;      /* [shared_size] */
     size_t shared_size;
     char device_name[128];
+    int barrier_spins;    /* see lethe_cpu_barrier; from OMP_WAIT_POLICY */
 } cpu_ctx;
 
 /* ------------------------------------------------------------- buffers */
@@ -189,11 +192,19 @@ static lethe_status cpu_compute(lethe_backend *be, lethe_graph *g, int begin, in
     int abort_flag[2] = {0, 0}; /* slot = parity of computed nodes; a barrier separates reuses */
     int aborted = 0;
 
+    lethe_cpu_barrier bar = {.n = c->n_threads, .spins = c->barrier_spins};
+    atomic_init(&bar.count, 0);
+    atomic_init(&bar.gen, 0);
+
 #pragma omp parallel num_threads(c->n_threads)
     {
+        /* OpenMP may give fewer threads than asked: the barrier counts the real team */
+        if (omp_get_thread_num() == 0) bar.n = omp_get_num_threads();
+#pragma omp barrier
         lethe_cpu_exec ex = {
             .ith = omp_get_thread_num(),
             .nth = omp_get_num_threads(),
+            .bar = &bar,
             .shared = c->shared,
             .error = &error,
         };
@@ -205,7 +216,7 @@ static lethe_status cpu_compute(lethe_backend *be, lethe_graph *g, int begin, in
             run_node(&ex, n);
             if (ex.ith == 0 && abort_fn && abort_fn(abort_user))
                 __atomic_store_n(&abort_flag[k & 1], 1, __ATOMIC_RELAXED);
-#pragma omp barrier
+            lethe_cpu_barrier_wait(&bar);
             if (__atomic_load_n(&abort_flag[k & 1], __ATOMIC_RELAXED)) {
                 if (ex.ith == 0) aborted = 1;
                 break;
@@ -298,6 +309,20 @@ lethe_backend *lethe_backend_cpu_new(int n_threads) {
         return NULL;
     }
     c->n_threads = n_threads;
+    /* The node barrier honours OMP_WAIT_POLICY as OpenMP's would: passive
+     * sleeps (OpenMP's barrier), active spins without yielding, unset spins
+     * briefly and then yields (OpenMP's barrier when oversubscribed). */
+    const char *wp = getenv("OMP_WAIT_POLICY");
+    c->barrier_spins = LETHE_CPU_BARRIER_SPINS;
+#ifdef LETHE_CPU_OMP_BARRIER /* build option: always OpenMP's barrier, for comparisons */
+    c->barrier_spins = -1;
+#endif
+    /* more threads than cores: a spinner holds the core a waited-for thread
+     * needs; OpenMP's barrier then sleeps sooner (measured -t 4 on 2 cores:
+     * 50 vs 29 tokens/s) */
+    if (n_threads > omp_get_num_procs()) c->barrier_spins = -1;
+    if (wp && strcasecmp(wp, "passive") == 0) c->barrier_spins = -1;
+    if (wp && strcasecmp(wp, "active") == 0) c->barrier_spins = INT_MAX;
     read_cpu_model(c->device_name, sizeof c->device_name, n_threads);
     /* Our OpenMP threads each call sgemm on their own tile: OpenBLAS must not
      * start threads of its own inside the region (oversubscription). */

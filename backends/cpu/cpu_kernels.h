@@ -3,7 +3,7 @@
  * cpu_attention.c, cpu_ops.c).
  *
  * Every node kernel is called by ALL threads of the OpenMP region with
- * (ith, nth); it computes its share and may use `#pragma omp barrier`
+ * (ith, nth); it computes its share and may use lethe_cpu_barrier_wait(ex->bar)
  * internally (all threads reach the same barriers because they all run the
  * same kernel). Scratch comes from the context: `shared` (one block seen by
  * all threads) and `ws[ith]` (per thread), both sized before the region by
@@ -17,8 +17,18 @@
 #include "dtype.h"
 #include "graph.h"
 
+#include <sched.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#if defined(__x86_64__) || defined(__i386__)
+#  include <immintrin.h>
+static inline void lethe_cpu_relax(void) { _mm_pause(); }
+#elif defined(__aarch64__)
+static inline void lethe_cpu_relax(void) { __asm__ __volatile__("yield"); }
+#else
+static inline void lethe_cpu_relax(void) {}
+#endif
 
 /* Activations quantized for the integer dot products against 32-element
  * weight blocks (q4_0, q4_1, q5_0, q5_1, q8_0). d and s (= d * sum(qs), the
@@ -46,9 +56,16 @@ typedef enum lethe_cpu_act {
 typedef void (*lethe_cpu_dot_fn)(int64_t k, const void *w, size_t w_stride, int nr,
                                  const void *x, float *out);
 
+/* A tile: nr (1..4) weight rows x nt (1..4) activation rows (stride x_stride
+ * bytes): out[t * ldo + r] = w_r . x_t. Each (r, t) result is the same bits
+ * `dot` gives (batch invariance). */
+typedef void (*lethe_cpu_tile_fn)(int64_t k, const void *w, size_t w_stride, int nr, const void *x,
+                                  size_t x_stride, int nt, float *out, size_t ldo);
+
 typedef struct lethe_cpu_type_kernels {
     lethe_cpu_act act;
     lethe_cpu_dot_fn dot;
+    lethe_cpu_tile_fn tile; /* NULL: loop over dot */
 } lethe_cpu_type_kernels;
 
 /* Kernels of a weight type; NULL dot if the type is not supported. */
@@ -69,9 +86,47 @@ float lethe_cpu_dot_f16_f32(int64_t n, const lethe_f16 *a, const float *b);
 void lethe_cpu_f16_to_f32_row(const lethe_f16 *src, float *dst, int64_t n);
 void lethe_cpu_f32_to_f16_row(const float *src, lethe_f16 *dst, int64_t n);
 
+/* The barrier between nodes (and inside kernels that share scratch): a
+ * generation counter over C11 atomics, as ggml does. A waiter spins briefly
+ * (a node is a few microseconds; an OpenMP barrier costs about as much
+ * again) and then yields its core, so an oversubscribed machine (tests
+ * run 2 processes on 2 cores) still makes progress. */
+typedef struct lethe_cpu_barrier {
+    _Alignas(64) atomic_int count; /* arrivals in this generation */
+    _Alignas(64) atomic_int gen;
+    int n;                         /* threads taking part */
+    int spins;                     /* pauses before yielding; < 0: OpenMP's barrier */
+} lethe_cpu_barrier;
+
+#ifndef LETHE_CPU_BARRIER_SPINS
+#define LETHE_CPU_BARRIER_SPINS 2048
+#endif
+
+static inline void lethe_cpu_barrier_wait(lethe_cpu_barrier *b) {
+    if (b->n <= 1) return;
+    if (b->spins < 0) { /* OMP_WAIT_POLICY=passive: waiters sleep in OpenMP's barrier */
+        _Pragma("omp barrier");
+        return;
+    }
+    /* read the generation BEFORE arriving: the last arrival bumps it */
+    const int gen = atomic_load_explicit(&b->gen, memory_order_relaxed);
+    if (atomic_fetch_add_explicit(&b->count, 1, memory_order_acq_rel) == b->n - 1) {
+        atomic_store_explicit(&b->count, 0, memory_order_relaxed);
+        atomic_store_explicit(&b->gen, gen + 1, memory_order_release);
+        return;
+    }
+    for (int spins = 0; atomic_load_explicit(&b->gen, memory_order_acquire) == gen; spins++) {
+        if (spins < b->spins)
+            lethe_cpu_relax();
+        else
+            sched_yield();
+    }
+}
+
 /* Per-node execution context handed to kernels. */
 typedef struct lethe_cpu_exec {
     int ith, nth;
+    lethe_cpu_barrier *bar; /* all threads of the region */
     uint8_t *shared;       /* shared scratch, all threads               */
     uint8_t *ws;           /* this thread's scratch                     */
     int *error;            /* shared: set (any thread) to a lethe_status */

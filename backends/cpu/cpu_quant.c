@@ -12,6 +12,9 @@
  * (q4_0's -8, q5_0's -16) become m_w = -8 d_w, -16 d_w.
  *
  * Each SIMD path has a scalar twin below it; both compute the same sums.
+ * With AVX-512 VNNI the 32-block types use register tiles (one kernel for
+ * decode and prefill, see "AVX-512 VNNI tiles") whose per-lane arithmetic
+ * is exactly the AVX2 kernel's, so results match the AVX2 build bit for bit.
  * Legend: k elements per row, nb = k / 32 blocks, nr rows handled together
  * (the activation block is loaded once for all nr rows).
  */
@@ -232,6 +235,174 @@ LETHE_INLINE void q8_0_rows(int nb, const uint8_t *w, size_t ws, const lethe_cpu
 }
 #endif /* LETHE_CPU_AVX2 */
 
+/* ------------------------------------ AVX-512 VNNI tiles (GEMV and GEMM)
+ *
+ * One kernel serves both decode (1 token) and prefill (a tile of 4 weight
+ * rows x 2 or 4 tokens). Each (row, token) pair keeps the same 8 f32 lanes
+ * as the AVX2 kernel above: lane j accumulates, block by block,
+ *   acc_j = fma(float(sum of 4 u8 x s8 products), d_w * d_x, acc_j),
+ * and the m_w * s_x terms go to a separate sequential sum; the result is
+ * hsum8(acc) + msum. A 512-bit register holds two such 8-lane groups: two
+ * rows of one token (decode) or one row of two tokens (prefill). Which pairs
+ * share a register changes nothing in any lane, so a token's result is the
+ * same bits whatever T is (batch invariance) and the same as the AVX2 path.
+ * The weight block is unpacked once per tile, not once per token. */
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__) && \
+    LETHE_CPU_AVX2
+#  define LETHE_CPU_AVX512 1
+
+/* hsum8 (same addition order) of the low / high 8 lanes. */
+static inline float hsum8_lo(__m512 v) { return hsum8(_mm512_castps512_ps256(v)); }
+static inline float hsum8_hi(__m512 v) {
+    return hsum8(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+
+#ifndef LETHE_CPU_PF_GROUPS
+#  define LETHE_CPU_PF_GROUPS 4
+#endif
+
+/* [a, b] -> 512 bits. */
+static inline __m512i cat256(__m256i a, __m256i b) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
+}
+
+/* [d0 m0 d1 m1 d2 m2 d3 m3] from four [d, m, 0, 0]. */
+static inline __m512 dm4(__m128 a, __m128 b, __m128 c, __m128 d) {
+    const __m256 v = _mm256_set_m128(_mm_castpd_ps(_mm_unpacklo_pd(_mm_castps_pd(c), _mm_castps_pd(d))),
+                                     _mm_castpd_ps(_mm_unpacklo_pd(_mm_castps_pd(a), _mm_castps_pd(b))));
+    return _mm512_castps256_ps512(v);
+}
+static inline __m512i idx2(int a, int b) { /* [a x8, b x8] */
+    return _mm512_inserti64x4(_mm512_set1_epi32(a), _mm256_set1_epi32(b), 1);
+}
+
+/* Row r of the tile at w + r ws, blocks of BT; rows >= nr repeat the last
+ * row (computed, not stored). HAS_M: the type has a minimum (q8_0 does
+ * not). SIGNED (q8_0): codes go through u = q ^ 0x80 with the exact integer
+ * correction - 128 sum(y) per lane. */
+#define DEF_TILE512(NAME, BT, READ_U, READ_DM, HAS_M, SIGNED)                                    \
+    /* decode: 4 rows x 1 token, rows paired in a register */                                   \
+    LETHE_INLINE void NAME##_gemv512(int nb, const uint8_t *w, size_t ws, const lethe_cpu_q8a *x, \
+                                     float *out, int nr) {                                       \
+        __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();                           \
+        __m128 msum = _mm_setzero_ps();                                                          \
+        const BT *b0 = (const BT *)w, *b1 = (const BT *)(w + (size_t)(nr > 1) * ws);            \
+        const BT *b2 = (const BT *)(w + (size_t)(nr > 2 ? 2 : nr - 1) * ws);                    \
+        const BT *b3 = (const BT *)(w + (size_t)(nr > 3 ? 3 : nr - 1) * ws);                    \
+        const __m512i i01 = idx2(0, 2), i23 = idx2(4, 6);                                        \
+        const __m256i im = _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7);                            \
+        /* a row group a few groups ahead, as many bytes per block step as  \
+         * this group consumes (decode streams the weights from DRAM:       \
+         * hardware prefetch alone leaves about half the bandwidth idle) */ \
+        const char *pf = (const char *)w + (size_t)LETHE_CPU_PF_GROUPS * 4 * ws;                \
+        for (int i = 0; i < nb; i++) {                                                           \
+            for (int o = 0; o < 4 * (int)sizeof(BT); o += 64)                                    \
+                _mm_prefetch(pf + (size_t)i * 4 * sizeof(BT) + o, _MM_HINT_T0);                  \
+            const __m512i Y = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)x[i].qs)); \
+            const __m128 ds = _mm_castpd_ps(_mm_load_sd((const double *)&x[i].d));              \
+            const __m512 dm = dm4(READ_DM(&b0[i]), READ_DM(&b1[i]), READ_DM(&b2[i]), READ_DM(&b3[i])); \
+            const __m512 dx = _mm512_broadcastss_ps(ds);                                         \
+            __m512i U0 = cat256(READ_U(&b0[i]), READ_U(&b1[i]));                                 \
+            __m512i U1 = cat256(READ_U(&b2[i]), READ_U(&b3[i]));                                 \
+            __m512i p0, p1;                                                                      \
+            if (SIGNED) {                                                                        \
+                const __m512i f = _mm512_set1_epi8((char)0x80);                                  \
+                const __m512i corr = _mm512_dpbusd_epi32(_mm512_setzero_si512(), f, Y);          \
+                p0 = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(U0, f), Y), corr); \
+                p1 = _mm512_sub_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(U1, f), Y), corr); \
+            } else {                                                                             \
+                p0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), U0, Y);                         \
+                p1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), U1, Y);                         \
+            }                                                                                    \
+            acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), _mm512_mul_ps(_mm512_permutexvar_ps(i01, dm), dx), acc0); \
+            acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), _mm512_mul_ps(_mm512_permutexvar_ps(i23, dm), dx), acc1); \
+            if (HAS_M) {                                                                         \
+                const __m128 m = _mm256_castps256_ps128(                                         \
+                    _mm256_permutevar8x32_ps(_mm512_castps512_ps256(dm), im));                   \
+                msum = _mm_add_ps(msum, _mm_mul_ps(m, _mm_permute_ps(ds, 0x55)));                \
+            }                                                                                    \
+        }                                                                                        \
+        float v[4] = {hsum8_lo(acc0), hsum8_hi(acc0), hsum8_lo(acc1), hsum8_hi(acc1)}, ms[4];   \
+        _mm_storeu_ps(ms, msum);                                                                 \
+        for (int r = 0; r < nr; r++) out[r] = HAS_M ? v[r] + ms[r] : v[r];                       \
+    }                                                                                            \
+    /* prefill: 4 rows x NT (2 or 4) tokens, token pairs in a register */                       \
+    LETHE_INLINE void NAME##_gemm512(int nb, const uint8_t *w, size_t ws, const uint8_t *xb,     \
+                                     size_t xs, const int NT, float *out, size_t ldo, int nr) {   \
+        const int NPT = NT / 2;                                                                  \
+        __m512 acc[4][2], msum = _mm512_setzero_ps();                                            \
+        for (int r = 0; r < 4; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();                 \
+        const BT *bw[4];                                                                         \
+        for (int r = 0; r < 4; r++) bw[r] = (const BT *)(w + (size_t)(r < nr ? r : nr - 1) * ws); \
+        const lethe_cpu_q8a *xr[4];                                                              \
+        for (int t = 0; t < 4; t++) xr[t] = (const lethe_cpu_q8a *)(xb + (size_t)(t < NT ? t : NT - 1) * xs); \
+        int vM[16], vS[16];                                                                      \
+        for (int h = 0; h < 16; h++) { vM[h] = 2 * (h / 4) + 1; vS[h] = 2 * (h % 4) + 1; }         \
+        const __m512i iM = _mm512_loadu_si512(vM), iS = _mm512_loadu_si512(vS);                  \
+        const __m512i iX[2] = {idx2(0, 2), idx2(4, 6)};                                          \
+        for (int i = 0; i < nb; i++) {                                                           \
+            __m512i Y[2], corr[2];                                                               \
+            __m512 X[2];                                                                         \
+            const __m128 ds01 = _mm_castpd_ps(_mm_loadh_pd(_mm_load_sd((const double *)&xr[0][i].d), (const double *)&xr[1][i].d)); \
+            const __m128 ds23 = _mm_castpd_ps(_mm_loadh_pd(_mm_load_sd((const double *)&xr[2][i].d), (const double *)&xr[3][i].d)); \
+            const __m512 ds = _mm512_castps256_ps512(_mm256_set_m128(ds23, ds01));               \
+            for (int pt = 0; pt < NPT; pt++) {                                                   \
+                Y[pt] = cat256(_mm256_loadu_si256((const __m256i *)xr[2 * pt][i].qs),            \
+                               _mm256_loadu_si256((const __m256i *)xr[2 * pt + 1][i].qs));       \
+                X[pt] = _mm512_permutexvar_ps(iX[pt], ds);                                        \
+                if (SIGNED) corr[pt] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8((char)0x80), Y[pt]); \
+            }                                                                                    \
+            const __m512 dm = dm4(READ_DM(&bw[0][i]), READ_DM(&bw[1][i]), READ_DM(&bw[2][i]), READ_DM(&bw[3][i])); \
+            if (HAS_M)                                                                           \
+                msum = _mm512_add_ps(msum, _mm512_mul_ps(_mm512_permutexvar_ps(iM, dm),          \
+                                                         _mm512_permutexvar_ps(iS, ds)));        \
+            for (int r = 0; r < 4; r++) {                                                        \
+                __m512i U = _mm512_broadcast_i64x4(READ_U(&bw[r][i]));                           \
+                if (SIGNED) U = _mm512_xor_si512(U, _mm512_set1_epi8((char)0x80));               \
+                const __m512 D = _mm512_permutexvar_ps(_mm512_set1_epi32(2 * r), dm);            \
+                for (int pt = 0; pt < NPT; pt++) {                                               \
+                    __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), U, Y[pt]);           \
+                    if (SIGNED) p = _mm512_sub_epi32(p, corr[pt]);                               \
+                    acc[r][pt] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(D, X[pt]), acc[r][pt]); \
+                }                                                                                \
+            }                                                                                    \
+        }                                                                                        \
+        float ms[16];                                                                            \
+        _mm512_storeu_ps(ms, msum);                                                              \
+        for (int r = 0; r < nr; r++)                                                             \
+            for (int t = 0; t < NT; t++) {                                                       \
+                float v = (t & 1) ? hsum8_hi(acc[r][t >> 1]) : hsum8_lo(acc[r][t >> 1]);          \
+                if (HAS_M) v = v + ms[r * 4 + t];                                                \
+                out[(size_t)t * ldo + r] = v;                                                    \
+            }                                                                                    \
+    }                                                                                            \
+    static void tile_##NAME(int64_t k, const void *w, size_t ws, int nr, const void *x,          \
+                            size_t xs, int nt, float *out, size_t ldo) {                         \
+        const int nb = (int)(k / 32);                                                            \
+        if (nt == 4)                                                                             \
+            NAME##_gemm512(nb, w, ws, x, xs, 4, out, ldo, nr);                                   \
+        else if (nt == 2)                                                                        \
+            NAME##_gemm512(nb, w, ws, x, xs, 2, out, ldo, nr);                                   \
+        else                                                                                     \
+            for (int t = 0; t < nt; t++)                                                         \
+                NAME##_gemv512(nb, w, ws, (const lethe_cpu_q8a *)((const uint8_t *)x + (size_t)t * xs), \
+                               out + (size_t)t * ldo, nr);                                       \
+    }                                                                                            \
+    static void dot512_##NAME(int64_t k, const void *w, size_t ws, int nr, const void *x,        \
+                              float *out) {                                                      \
+        NAME##_gemv512((int)(k / 32), w, ws, x, out, nr);                                        \
+    }
+
+static inline __m256i u_q8_0(const lethe_block_q8_0 *b) { return _mm256_loadu_si256((const __m256i *)b->qs); }
+static inline __m128 dm_q8_0(const lethe_block_q8_0 *b) { return _mm_set_ss(_cvtsh_ss(b->d)); }
+
+DEF_TILE512(q4_0, lethe_block_q4_0, u_q4_0, dm_q4_0, 1, 0)
+DEF_TILE512(q4_1, lethe_block_q4_1, u_q4_1, dm_q4_1, 1, 0)
+DEF_TILE512(q5_0, lethe_block_q5_0, u_q5_0, dm_q5_0, 1, 0)
+DEF_TILE512(q5_1, lethe_block_q5_1, u_q5_1, dm_q5_1, 1, 0)
+DEF_TILE512(q8_0, lethe_block_q8_0, u_q8_0, dm_q8_0, 0, 1)
+#endif /* AVX-512 VNNI */
+
 /* Scalar twins: unsigned codes of block i into u[32], and (d, m). */
 static void sc_q4_0(const void *p, uint8_t *u, float *d, float *m) {
     const lethe_block_q4_0 *b = p;
@@ -294,7 +465,7 @@ static float dot_q8_0_scalar(int nb, const lethe_block_q8_0 *w, const lethe_cpu_
 
 #if LETHE_CPU_AVX2
 #define DEF_DOT32(NAME, BT)                                                                     \
-    static void dot_##NAME(int64_t k, const void *w, size_t ws, int nr, const void *x,          \
+    __attribute__((unused)) static void dot_##NAME(int64_t k, const void *w, size_t ws, int nr, const void *x,          \
                            float *out) {                                                        \
         const int nb = (int)(k / 32);                                                           \
         if (nr == 4) {                                                                          \
@@ -306,7 +477,7 @@ static float dot_q8_0_scalar(int nb, const lethe_block_q8_0 *w, const lethe_cpu_
     }
 #else
 #define DEF_DOT32(NAME, BT)                                                                     \
-    static void dot_##NAME(int64_t k, const void *w, size_t ws, int nr, const void *x,          \
+    __attribute__((unused)) static void dot_##NAME(int64_t k, const void *w, size_t ws, int nr, const void *x,          \
                            float *out) {                                                        \
         for (int r = 0; r < nr; r++)                                                            \
             out[r] = dot32_scalar((int)(k / 32), (const uint8_t *)w + (size_t)r * ws,           \
@@ -318,7 +489,7 @@ DEF_DOT32(q4_1, lethe_block_q4_1)
 DEF_DOT32(q5_0, lethe_block_q5_0)
 DEF_DOT32(q5_1, lethe_block_q5_1)
 
-static void dot_q8_0(int64_t k, const void *w, size_t ws, int nr, const void *x, float *out) {
+__attribute__((unused)) static void dot_q8_0(int64_t k, const void *w, size_t ws, int nr, const void *x, float *out) {
 #if LETHE_CPU_AVX2
     if (nr == 4) {
         q8_0_rows((int)(k / 32), w, ws, x, out, 4);
@@ -552,11 +723,19 @@ static const lethe_cpu_type_kernels k_kernels[LETHE_DTYPE_MAX] = {
     [LETHE_F32] = {LETHE_CPU_ACT_F32, dot_f32},
     [LETHE_F16] = {LETHE_CPU_ACT_F32, dot_f16},
     [LETHE_BF16] = {LETHE_CPU_ACT_F32, dot_bf16},
-    [LETHE_Q4_0] = {LETHE_CPU_ACT_Q8A, dot_q4_0},
-    [LETHE_Q4_1] = {LETHE_CPU_ACT_Q8A, dot_q4_1},
-    [LETHE_Q5_0] = {LETHE_CPU_ACT_Q8A, dot_q5_0},
-    [LETHE_Q5_1] = {LETHE_CPU_ACT_Q8A, dot_q5_1},
-    [LETHE_Q8_0] = {LETHE_CPU_ACT_Q8A, dot_q8_0},
+#if LETHE_CPU_AVX512
+    [LETHE_Q4_0] = {LETHE_CPU_ACT_Q8A, dot512_q4_0, tile_q4_0},
+    [LETHE_Q4_1] = {LETHE_CPU_ACT_Q8A, dot512_q4_1, tile_q4_1},
+    [LETHE_Q5_0] = {LETHE_CPU_ACT_Q8A, dot512_q5_0, tile_q5_0},
+    [LETHE_Q5_1] = {LETHE_CPU_ACT_Q8A, dot512_q5_1, tile_q5_1},
+    [LETHE_Q8_0] = {LETHE_CPU_ACT_Q8A, dot512_q8_0, tile_q8_0},
+#else
+    [LETHE_Q4_0] = {LETHE_CPU_ACT_Q8A, dot_q4_0, NULL},
+    [LETHE_Q4_1] = {LETHE_CPU_ACT_Q8A, dot_q4_1, NULL},
+    [LETHE_Q5_0] = {LETHE_CPU_ACT_Q8A, dot_q5_0, NULL},
+    [LETHE_Q5_1] = {LETHE_CPU_ACT_Q8A, dot_q5_1, NULL},
+    [LETHE_Q8_0] = {LETHE_CPU_ACT_Q8A, dot_q8_0, NULL},
+#endif
     [LETHE_Q4_K] = {LETHE_CPU_ACT_Q8K, dot_q4_k},
     [LETHE_Q5_K] = {LETHE_CPU_ACT_Q8K, dot_q5_k},
     [LETHE_Q6_K] = {LETHE_CPU_ACT_Q8K, dot_q6_k},
