@@ -254,7 +254,7 @@ lethe_token lethe_sampler_sample(lethe_sampler *s, const float *logits) {
     apply_repeat_penalty(s);
 
     /* Greedy: the first best in candidate order (lowest id on ties). */
-    if (s->params.temperature <= 0.0f || s->params.top_k == 1) {
+    if (!(s->params.temperature > 1e-6f) || s->params.top_k == 1) { /* tiny T: 1/T overflows; greedy is its limit */
         int32_t best = 0;
         for (int32_t i = 1; i < nv; i++)
             if (cand_before(&c[i], &c[best])) best = i;
