@@ -77,8 +77,8 @@ static lethe_status load_hparams(const lethe_gguf *g, lethe_hparams *hp) {
     TRY(get_i32(g, a, "attention.value_length", &vlen, false, 1, 4096));
     if (vlen != hp->head_dim)
         return lethe_fail(LETHE_ERR_UNSUPPORTED, "model: key length %d != value length %d", hp->head_dim, vlen);
-    if (hp->head_dim % 2)
-        return lethe_fail(LETHE_ERR_CORRUPT, "model: head dimension %d is odd", hp->head_dim);
+    if (hp->head_dim < 2 || hp->head_dim % 2)
+        return lethe_fail(LETHE_ERR_CORRUPT, "model: head dimension %d must be even and >= 2", hp->head_dim);
     hp->norm_eps = 1e-5f;
     TRY(get_f32(g, a, "attention.layer_norm_rms_epsilon", &hp->norm_eps));
     if (!(hp->norm_eps > 0 && hp->norm_eps < 1))
