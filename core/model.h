@@ -11,6 +11,21 @@
 
 typedef enum lethe_arch { LETHE_ARCH_LLAMA = 0, LETHE_ARCH_QWEN2, LETHE_ARCH_QWEN3 } lethe_arch;
 
+/* DMS (DESIGN.md §3.1): how a retrofitted model flags tokens for eviction. */
+typedef enum lethe_dms_variant {
+    LETHE_DMS_NONE = 0,      /* not a DMS model                                    */
+    LETHE_DMS_NEURON,        /* borrowed channel: q[h*G][D-1] before RoPE          */
+    LETHE_DMS_ADAPTER        /* dms_proj_alpha . RMSNorm_alpha(layer input)        */
+} lethe_dms_variant;
+
+typedef struct lethe_dms_hparams {
+    lethe_dms_variant variant;
+    int32_t window;           /* w: a flagged token stays visible for w more queries (512) */
+    float alpha_scale;        /* logit = alpha_scale * x - alpha_offset (100, 5)    */
+    float alpha_offset;
+    bool per_layer;           /* alpha_per "layer": every head uses head 0's decision */
+} lethe_dms_hparams;
+
 typedef struct lethe_hparams {
     lethe_arch arch;
     char arch_name[32];
@@ -20,6 +35,7 @@ typedef struct lethe_hparams {
     bool qkv_bias;            /* qwen2 */
     bool qk_norm;             /* qwen3: per-head RMSNorm of q and k before RoPE */
     bool tied_output;         /* no output.weight: reuse token_embd */
+    lethe_dms_hparams dms;    /* variant NONE for ordinary models */
 } lethe_hparams;
 
 typedef struct lethe_layer {
@@ -29,6 +45,9 @@ typedef struct lethe_layer {
     lethe_tensor q_norm, k_norm;             /* qwen3 [D]                   */
     lethe_tensor ffn_norm;                   /* [E] f32                    */
     lethe_tensor w_gate, w_up, w_down;       /* [F, E] [F, E] [E, F]        */
+    /* DMS adapter variant: decision logits per KV head from the layer input */
+    lethe_tensor dms_alpha;                  /* [Hkv, E] (or [1, E] per layer) */
+    lethe_tensor dms_alpha_norm;             /* [E] f32                     */
 } lethe_layer;
 
 struct lethe_model {
