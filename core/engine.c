@@ -30,7 +30,93 @@ struct lethe_context {
     int32_t n_logits, cap_logits, cap_rows, last_batch_n;
     lethe_abort_fn abort_fn;
     void *abort_user;
+    lethe_kv_policy_kind policy;   /* resolved: never AUTO */
+    lethe_dms_run dms;             /* decisions the graph computes */
 };
+
+static const char *const k_policy_names[] = {"auto", "none", "dms", "window", "tova", "h2o", "quest"};
+_Static_assert(LETHE_ARRAY_SIZE(k_policy_names) == LETHE_KV_POLICY_QUEST + 1, "a name per policy");
+
+const char *lethe_kv_policy_name(lethe_kv_policy_kind p) {
+    return (unsigned)p < LETHE_ARRAY_SIZE(k_policy_names) ? k_policy_names[p] : "?";
+}
+
+lethe_status lethe_kv_policy_parse(const char *name, lethe_kv_policy_kind *out) {
+    for (unsigned i = 0; name && i < LETHE_ARRAY_SIZE(k_policy_names); i++)
+        if (!strcmp(name, k_policy_names[i])) {
+            if (out) *out = (lethe_kv_policy_kind)i;
+            return LETHE_OK;
+        }
+    return lethe_fail(LETHE_ERR_INVALID_ARG, "unknown KV policy '%s' (auto, none, dms, window, tova, h2o, quest)",
+                      name ? name : "(null)");
+}
+
+/* Resolve the policy of a context from its parameters and the model:
+ * everything checked here, before anything is allocated. */
+static lethe_status resolve_policy(const lethe_hparams *hp, const lethe_context_params *p,
+                                   lethe_kv_policy_kind *kind, lethe_kv_policy *kvp, lethe_dms_run *dms) {
+    memset(kvp, 0, sizeof *kvp);
+    memset(dms, 0, sizeof *dms);
+    lethe_kv_policy_kind k = p->kv_policy;
+    if ((unsigned)k > LETHE_KV_POLICY_QUEST)
+        return lethe_fail(LETHE_ERR_INVALID_ARG, "context: unknown KV policy %d", (int)k);
+    const bool dms_model = hp->dms.variant != LETHE_DMS_NONE;
+    const bool forced = !(p->dms_force_rate < 0.0f);   /* NaN counts as set, and is refused below */
+    if (k == LETHE_KV_POLICY_AUTO) k = dms_model || forced ? LETHE_KV_POLICY_DMS : LETHE_KV_POLICY_NONE;
+    *kind = k;
+    if (forced && (k != LETHE_KV_POLICY_DMS || !(p->dms_force_rate <= 1.0f)))
+        return lethe_fail(LETHE_ERR_INVALID_ARG,
+                          "context: dms_force_rate %g must be in [0, 1] and goes with the dms policy",
+                          (double)p->dms_force_rate);
+    if (p->dms_window < -1 || p->kv_budget_tokens < 0)
+        return lethe_fail(LETHE_ERR_INVALID_ARG, "context: dms_window %d / kv_budget_tokens %d out of range",
+                          p->dms_window, p->kv_budget_tokens);
+    switch (k) {
+    case LETHE_KV_POLICY_NONE:
+        return LETHE_OK;
+    case LETHE_KV_POLICY_DMS: {
+        if (!dms_model && !forced)
+            return lethe_fail(LETHE_ERR_INVALID_ARG,
+                              "context: the model makes no DMS decisions (not a DMS model): use another policy, or "
+                              "dms_force_rate to measure forced eviction");
+        int32_t w = p->dms_window >= 0 ? p->dms_window : dms_model ? hp->dms.window : -1;
+        if (w < 0)
+            return lethe_fail(LETHE_ERR_INVALID_ARG, "context: forced DMS on a non-DMS model needs dms_window");
+        if (w >= p->n_ctx)
+            return lethe_fail(LETHE_ERR_INVALID_ARG,
+                              "context: DMS window %d is not smaller than the context of %d tokens: nothing could "
+                              "ever be evicted", w, p->n_ctx);
+        kvp->rule = LETHE_KV_RULE_DMS;
+        kvp->window = w;
+        dms->on = true;
+        if (forced) {
+            dms->mode = LETHE_DMS_FORCED;
+            dms->rate = p->dms_force_rate;
+        } else {
+            dms->mode = hp->dms.variant == LETHE_DMS_ADAPTER ? LETHE_DMS_FROM_ADAPTER : LETHE_DMS_FROM_Q;
+            dms->scale = hp->dms.alpha_scale;
+            dms->offset = hp->dms.alpha_offset;
+            dms->per_layer = hp->dms.per_layer;
+        }
+        return LETHE_OK;
+    }
+    default: {
+        const int32_t b = p->kv_budget_tokens;
+        const int32_t min_b = k == LETHE_KV_POLICY_WINDOW ? 5 : k == LETHE_KV_POLICY_QUEST ? LETHE_KV_PAGE : 2;
+        if (b < min_b)
+            return lethe_fail(LETHE_ERR_INVALID_ARG, "context: the %s policy needs kv_budget_tokens >= %d (got %d)",
+                              lethe_kv_policy_name(k), min_b, b);
+        kvp->budget = b;
+        kvp->rule = k == LETHE_KV_POLICY_WINDOW ? LETHE_KV_RULE_WINDOW
+                  : k == LETHE_KV_POLICY_TOVA   ? LETHE_KV_RULE_TOVA
+                  : k == LETHE_KV_POLICY_H2O    ? LETHE_KV_RULE_H2O
+                                                : LETHE_KV_RULE_QUEST;
+        kvp->sinks = 4;
+        kvp->recent = b / 2;
+        return LETHE_OK;
+    }
+    }
+}
 
 lethe_context_params lethe_context_default_params(void) {
     lethe_context_params p = {0};
@@ -40,6 +126,10 @@ lethe_context_params lethe_context_default_params(void) {
     p.n_threads = 0;
     p.kv_type = LETHE_KV_F16;
     p.kv_budget_bytes = 0;
+    p.kv_policy = LETHE_KV_POLICY_AUTO;
+    p.kv_budget_tokens = 0;
+    p.dms_window = -1;
+    p.dms_force_rate = -1.0f;
     return p;
 }
 
@@ -73,10 +163,16 @@ lethe_context *lethe_context_new(lethe_model *m, lethe_context_params p, lethe_s
         goto fail;
     }
     if (p.n_batch > p.n_ctx) p.n_batch = p.n_ctx;
+    lethe_kv_policy kvp;
+    lethe_kv_policy_kind kind = LETHE_KV_POLICY_NONE;
+    lethe_dms_run dms;
+    if ((st = resolve_policy(hp, &p, &kind, &kvp, &dms)) != LETHE_OK) goto fail;
     c = calloc(1, sizeof *c);
     if (!c) { st = lethe_fail(LETHE_ERR_OOM, "context"); goto fail; }
     c->model = m;
     c->params = p;
+    c->policy = kind;
+    c->dms = dms;
 
     lethe_dtype kt = p.kv_type == LETHE_KV_F16 ? LETHE_F16 : LETHE_F32;
     size_t budget = p.kv_budget_bytes;
@@ -86,7 +182,7 @@ lethe_context *lethe_context_new(lethe_model *m, lethe_context_params p, lethe_s
                  (size_t)hp->n_layer * hp->n_head_kv * p.n_seq_max;
     }
     if ((st = lethe_kv_init(&c->kv, p.n_seq_max, hp->n_layer, hp->n_head_kv, hp->head_dim, kt,
-                            budget, p.n_batch)) != LETHE_OK)
+                            budget, p.n_batch, &kvp)) != LETHE_OK)
         goto fail;
 
     int n_threads = p.n_threads > 0 ? p.n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
@@ -135,11 +231,12 @@ static lethe_status run_ubatch(lethe_context *c, int32_t n, int32_t n_out, int32
     c->ub.n_tokens = n;
     lethe_graph_reset(c->graph);
     lethe_node *logits = lethe_llama_build(c->graph, c->model, &c->kv, &c->ub, c->ub_tokens,
-                                           c->ub_out, n_out);
+                                           c->ub_out, n_out, &c->dms);
     if (!logits) return c->graph->status != LETHE_OK ? c->graph->status
                                                      : lethe_fail(LETHE_ERR_INTERNAL, "graph build failed");
     st = lethe_executor_run(c->ex, c->graph, c->abort_fn, c->abort_user);
     if (st != LETHE_OK) return st;
+    lethe_kv_settle(&c->kv, n, c->ub_seq);
     if (n_out > 0)
         memcpy(c->logits + (size_t)row0 * c->model->hp.n_vocab, logits->t.data,
                (size_t)n_out * c->model->hp.n_vocab * sizeof(float));
@@ -248,7 +345,7 @@ lethe_status lethe_seq_clear(lethe_context *c, int32_t s) {
         return lethe_fail(LETHE_ERR_INVALID_ARG, "seq_clear: sequence %d out of range", s);
     for (int i = 0; i < c->kv.n_seq; i++)
         if (s == -1 || s == i) lethe_kv_seq_clear(&c->kv, i);
-    if (s == -1) c->kv.reads = 0;
+    if (s == -1) c->kv.reads = c->kv.evicted = 0;
     return LETHE_OK;
 }
 
@@ -268,7 +365,7 @@ lethe_kv_stats lethe_get_kv_stats(const lethe_context *c) {
         s.tokens_seen += kv->seq_pos[q];
         for (int l = 0; l < kv->n_layer; l++)
             for (int h = 0; h < kv->n_head_kv; h++) {
-                live += lethe_kv_stream_at(kv, q, l, h)->len;
+                live += lethe_kv_live(lethe_kv_stream_at(kv, q, l, h));
                 streams++;
             }
     }
@@ -281,6 +378,9 @@ lethe_kv_stats lethe_get_kv_stats(const lethe_context *c) {
     s.bytes_peak = kv->bytes_peak;
     s.bytes_capacity = (size_t)kv->n_pages * kv->page_bytes;
     s.reads = kv->reads;
+    s.evicted = kv->evicted;
+    s.policy = c->policy;
+    s.dms_window = kv->policy.rule == LETHE_KV_RULE_DMS ? kv->policy.window : 0;
     return s;
 }
 
@@ -288,5 +388,5 @@ int32_t lethe_kv_head_len(const lethe_context *c, int32_t s, int32_t layer, int3
     if (!c || s < 0 || s >= c->kv.n_seq || layer < 0 || layer >= c->kv.n_layer || head < 0 ||
         head >= c->kv.n_head_kv)
         return -1;
-    return lethe_kv_stream_at(&c->kv, s, layer, head)->len;
+    return lethe_kv_live(lethe_kv_stream_at(&c->kv, s, layer, head));
 }

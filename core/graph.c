@@ -5,6 +5,7 @@
 #include "graph.h"
 #include "common.h"
 
+#include <math.h>
 #include <string.h>
 
 static const char *const k_op_names[] = {
@@ -18,6 +19,7 @@ static const char *const k_op_names[] = {
     [LETHE_OP_SWIGLU] = "swiglu",
     [LETHE_OP_KV_STORE] = "kv_store",
     [LETHE_OP_ATTENTION] = "attention",
+    [LETHE_OP_DMS_DECISION] = "dms_decision",
 };
 _Static_assert(LETHE_ARRAY_SIZE(k_op_names) == LETHE_OP_COUNT, "every op needs a name");
 
@@ -155,6 +157,55 @@ lethe_node *lethe_rope(lethe_graph *g, lethe_node *x, const lethe_rope_params *p
     return n;
 }
 
+lethe_node *lethe_rope_borrow(lethe_graph *g, lethe_node *x, const lethe_rope_params *p,
+                              const lethe_ubatch *ub, int group) {
+    NEED(x);
+    CHECK(g, group > 0 && x->t.ne[1] % group == 0, "rope: borrow group must divide the head count");
+    lethe_node *n = lethe_rope(g, x, p, ub);
+    NEED(n);
+    n->iparams[0] = group;
+    return n;
+}
+
+lethe_node *lethe_dms_decision(lethe_graph *g, lethe_node *x, lethe_dms_mode mode, int n_head_kv,
+                               int group, bool per_layer, float scale, float offset, float rate,
+                               int layer, const lethe_ubatch *ub) {
+    CHECK(g, n_head_kv > 0 && group > 0, "dms_decision: bad head counts");
+    switch (mode) {
+    case LETHE_DMS_FROM_Q:
+        NEED(x);
+        CHECK(g, x->t.type == LETHE_F32 && x->t.ne[2] == ub->n_tokens && x->t.ne[1] == (int64_t)n_head_kv * group,
+              "dms_decision: q must be [T, Hkv*G, D]");
+        break;
+    case LETHE_DMS_FROM_ADAPTER:
+        NEED(x);
+        CHECK(g, x->t.type == LETHE_F32 && x->t.ne[1] == ub->n_tokens &&
+                 (x->t.ne[0] == n_head_kv || x->t.ne[0] == 1),
+              "dms_decision: adapter projections must be [T, Hkv] or [T, 1]");
+        break;
+    case LETHE_DMS_FORCED:
+        CHECK(g, rate >= 0.0f && rate <= 1.0f, "dms_decision: forced rate must be in [0, 1]");
+        break;
+    default:
+        CHECK(g, false, "dms_decision: unknown mode");
+    }
+    CHECK(g, isfinite(scale) && isfinite(offset), "dms_decision: scale and offset must be finite");
+    int64_t ne[2] = {n_head_kv, ub->n_tokens};
+    lethe_node *n = new_node(g, LETHE_OP_DMS_DECISION, LETHE_F32, 2, ne);
+    NEED(n);
+    n->src[0] = x;
+    n->ub = ub;
+    n->iparams[0] = (int32_t)mode;
+    n->iparams[1] = n_head_kv;
+    n->iparams[2] = group;
+    n->iparams[3] = per_layer;
+    n->iparams[4] = layer;
+    n->fparams[0] = scale;
+    n->fparams[1] = offset;
+    n->fparams[2] = rate;
+    return n;
+}
+
 lethe_node *lethe_swiglu(lethe_graph *g, lethe_node *gate, lethe_node *up) {
     NEED(gate && up);
     CHECK(g, gate->t.type == LETHE_F32 && up->t.type == LETHE_F32, "swiglu: f32 only");
@@ -168,8 +219,12 @@ lethe_node *lethe_swiglu(lethe_graph *g, lethe_node *gate, lethe_node *up) {
 }
 
 lethe_node *lethe_kv_store(lethe_graph *g, struct lethe_kv_cache *kv, int layer,
-                           lethe_node *k, lethe_node *v, const lethe_ubatch *ub) {
+                           lethe_node *k, lethe_node *v, lethe_node *decision,
+                           const lethe_ubatch *ub) {
     NEED(k && v);
+    CHECK(g, !decision || (decision->op == LETHE_OP_DMS_DECISION && decision->t.ne[0] == k->t.ne[1] &&
+                           decision->t.ne[1] == ub->n_tokens),
+          "kv_store: decision must be a [T, Hkv] dms_decision node");
     CHECK(g, k->t.type == LETHE_F32 && v->t.type == LETHE_F32, "kv_store: f32 only");
     CHECK(g, k->t.ne[2] == ub->n_tokens && v->t.ne[2] == ub->n_tokens &&
              k->t.ne[0] == v->t.ne[0] && k->t.ne[1] == v->t.ne[1], "kv_store: k, v must be [T, Hkv, D]");
@@ -178,6 +233,7 @@ lethe_node *lethe_kv_store(lethe_graph *g, struct lethe_kv_cache *kv, int layer,
     NEED(n);
     n->src[0] = k;
     n->src[1] = v;
+    n->src[2] = decision;
     n->kv = kv;
     n->ub = ub;
     n->iparams[0] = layer;

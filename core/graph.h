@@ -28,6 +28,7 @@ typedef enum lethe_op {
     LETHE_OP_SWIGLU,       /* silu(gate) * up                                  */
     LETHE_OP_KV_STORE,     /* write K and V rows into the per-head KV cache    */
     LETHE_OP_ATTENTION,    /* attention of queries over the per-head KV cache  */
+    LETHE_OP_DMS_DECISION, /* DMS eviction logits per token and KV head        */
     LETHE_OP_COUNT
 } lethe_op;
 
@@ -112,9 +113,14 @@ lethe_node *lethe_matmul(lethe_graph *g, lethe_node *w, lethe_node *x);
 lethe_node *lethe_add(lethe_graph *g, lethe_node *a, lethe_node *b);
 lethe_node *lethe_mul(lethe_graph *g, lethe_node *a, lethe_node *b);
 
-/* ROPE: x [T, H, D] f32 -> [T, H, D] f32, token t rotated by ub->pos[t]. */
+/* ROPE: x [T, H, D] f32 -> [T, H, D] f32, token t rotated by ub->pos[t].
+ * iparams[0] = G > 0 (lethe_rope_borrow): the DMS borrowed channel — in the
+ * first query head of every group of G (h % G == 0) channel D-1 is set to 0
+ * before the rotation and again after it (DESIGN.md §3.1.2). */
 lethe_node *lethe_rope(lethe_graph *g, lethe_node *x, const lethe_rope_params *p,
                        const lethe_ubatch *ub);
+lethe_node *lethe_rope_borrow(lethe_graph *g, lethe_node *x, const lethe_rope_params *p,
+                              const lethe_ubatch *ub, int group);
 
 /* SWIGLU: gate [T, F], up [T, F] f32 -> [T, F]: silu(gate) * up. */
 lethe_node *lethe_swiglu(lethe_graph *g, lethe_node *gate, lethe_node *up);
@@ -122,18 +128,39 @@ lethe_node *lethe_swiglu(lethe_graph *g, lethe_node *gate, lethe_node *up);
 /* KV_STORE: k [T, Hkv, D], v [T, Hkv, D] f32 -> writes token t's rows into
  * the cache slots the engine reserved for it in `layer` (kv_cache.h). The
  * result is a 1-element dummy that ATTENTION takes as a source, so ordering
- * is explicit. iparams[0] = layer. */
+ * is explicit. iparams[0] = layer.
+ * decision [T, Hkv] f32 (DMS_DECISION) or NULL: when decision[t, h] > 0 and
+ * token t is not its sequence's first, the previous token of that sequence
+ * is flagged in stream (seq, layer, h): it expires at pos[t] + w
+ * (w = kv->policy.window), i.e. stays visible to queries up to w past it. */
 lethe_node *lethe_kv_store(lethe_graph *g, struct lethe_kv_cache *kv, int layer,
-                           lethe_node *k, lethe_node *v, const lethe_ubatch *ub);
+                           lethe_node *k, lethe_node *v, lethe_node *decision,
+                           const lethe_ubatch *ub);
 
 /* ATTENTION: q [T, Hq, D] f32 (after RoPE) -> [T, Hq*D] f32.
  * For token t of sequence s = ub->seq_id[t] at position p = ub->pos[t], query
- * head h reads KV head h / (Hq/Hkv) of (s, layer) and attends to the live
- * slots whose position <= p, softmax(scale * q.k) v.
+ * head h reads KV head h / (Hq/Hkv) of (s, layer) and attends to the slots j
+ * visible to it (pos[j] <= p < expire[j], kv_cache.h), softmax(scale * q.k) v.
+ * Score policies (kv->score) also get each slot's attention weight from the
+ * last query of its sequence, averaged over the group (TOVA: replaced, H2O:
+ * accumulated); QUEST reads only the pages with the highest score bound.
  * iparams[0] = layer; fparams[0] = scale (1/sqrt(D)). src[1] = the KV_STORE. */
 lethe_node *lethe_attention(lethe_graph *g, struct lethe_kv_cache *kv, int layer,
                             lethe_node *q, lethe_node *kv_store, float scale,
                             const lethe_ubatch *ub);
+
+/* DMS_DECISION -> [T, Hkv] f32 eviction logits, logit > 0 = evict
+ * (DESIGN.md §3.1.1), logit = scale * x - offset:
+ *   NEURON:  x = q [T, Hq, D] (after q_norm, before RoPE), x_th = q[t, h*G, D-1];
+ *   ADAPTER: x = [T, Hkv] (or [T, 1]) projections dms_proj_alpha . RMSNorm(x_res);
+ *   FORCED:  x = NULL; a position hash flags a `rate` fraction of tokens
+ *            (benchmarking eviction on a model that was never retrofitted).
+ * per_layer: every head takes head 0's decision. iparams: [0] mode, [1] Hkv,
+ * [2] G, [3] per_layer, [4] layer; fparams: [0] scale, [1] offset, [2] rate. */
+typedef enum lethe_dms_mode { LETHE_DMS_FROM_Q = 0, LETHE_DMS_FROM_ADAPTER, LETHE_DMS_FORCED } lethe_dms_mode;
+lethe_node *lethe_dms_decision(lethe_graph *g, lethe_node *x, lethe_dms_mode mode, int n_head_kv,
+                               int group, bool per_layer, float scale, float offset, float rate,
+                               int layer, const lethe_ubatch *ub);
 
 /* Reinterpret a node's contiguous result with a new shape of the same number
  * of elements, in place (no new node, no copy): e.g. the [T, Hq*D] output of

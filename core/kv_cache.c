@@ -1,17 +1,30 @@
-/* kv_cache.c — per-(sequence, layer, KV head) paged storage. See kv_cache.h. */
+/* kv_cache.c — per-(sequence, layer, KV head) paged storage, slot reuse,
+ * eviction and compaction. See kv_cache.h for the model. */
 #include "kv_cache.h"
 #include "common.h"
 
+#include <math.h>
 #include <string.h>
+
+static size_t streams_per_seq(const lethe_kv_cache *kv) {
+    return (size_t)kv->n_layer * kv->n_head_kv;
+}
+static lethe_kv_stream *seq_streams(const lethe_kv_cache *kv, int seq) {
+    return &kv->streams[(size_t)seq * streams_per_seq(kv)];
+}
 
 lethe_status lethe_kv_init(lethe_kv_cache *kv, int n_seq, int n_layer, int n_head_kv,
                            int head_dim, lethe_dtype type, size_t budget_bytes,
-                           int max_batch) {
+                           int max_batch, const lethe_kv_policy *policy) {
     memset(kv, 0, sizeof *kv);
     if (n_seq <= 0 || n_layer <= 0 || n_head_kv <= 0 || head_dim <= 0 || max_batch <= 0)
         return lethe_fail(LETHE_ERR_INVALID_ARG, "kv cache: bad dimensions");
     if (type != LETHE_F16 && type != LETHE_F32)
         return lethe_fail(LETHE_ERR_INVALID_ARG, "kv cache: type must be f16 or f32");
+    if (policy) kv->policy = *policy;
+    const lethe_kv_policy *p = &kv->policy;
+    if (p->window < 0 || p->budget < 0 || p->sinks < 0 || p->recent < 0)
+        return lethe_fail(LETHE_ERR_INVALID_ARG, "kv cache: negative policy parameter");
     kv->n_seq = n_seq;
     kv->n_layer = n_layer;
     kv->n_head_kv = n_head_kv;
@@ -25,18 +38,29 @@ lethe_status lethe_kv_init(lethe_kv_cache *kv, int n_seq, int n_layer, int n_hea
                           budget_bytes, n_pages);
     kv->n_pages = (int32_t)n_pages;
     size_t n_streams = (size_t)n_seq * n_layer * n_head_kv;
+    size_t n_slots = n_pages * LETHE_KV_PAGE;
     kv->pool = aligned_alloc(64, n_pages * kv->page_bytes);
-    kv->pos = malloc(n_pages * LETHE_KV_PAGE * sizeof(int32_t));
+    kv->pos = malloc(n_slots * sizeof(int32_t));
+    kv->expire = malloc(n_slots * sizeof(int32_t));
     kv->free_list = malloc(n_pages * sizeof(int32_t));
     kv->streams = calloc(n_streams, sizeof *kv->streams);
     kv->seq_pos = calloc((size_t)n_seq, sizeof(int32_t));
     kv->saved_seq_pos = calloc((size_t)n_seq, sizeof(int32_t));
-    kv->res_slot = malloc((size_t)max_batch * sizeof(int32_t));
+    kv->res_slot = malloc(streams_per_seq(kv) * (size_t)max_batch * sizeof(int32_t));
+    kv->prev_t = malloc((size_t)max_batch * sizeof(int32_t));
+    bool ok = kv->pool && kv->pos && kv->expire && kv->free_list && kv->streams && kv->seq_pos &&
+              kv->saved_seq_pos && kv->res_slot && kv->prev_t;
+    if (ok && (p->rule == LETHE_KV_RULE_TOVA || p->rule == LETHE_KV_RULE_H2O))
+        ok = (kv->score = calloc(n_slots, sizeof(float))) != NULL;
+    if (ok && p->rule == LETHE_KV_RULE_QUEST)
+        ok = (kv->kmin = malloc(n_pages * (size_t)head_dim * sizeof(float))) &&
+             (kv->kmax = malloc(n_pages * (size_t)head_dim * sizeof(float)));
     kv->max_batch = max_batch;
-    if (!kv->pool || !kv->pos || !kv->free_list || !kv->streams || !kv->seq_pos || !kv->saved_seq_pos || !kv->res_slot) {
+    if (!ok) {
         lethe_kv_free(kv);
         return lethe_fail(LETHE_ERR_OOM, "kv cache: cannot allocate %zu bytes", n_pages * kv->page_bytes);
     }
+    for (size_t i = 0; i < n_streams; i++) kv->streams[i].last = kv->streams[i].prev = -1;
     /* Pop order: lowest page id first, so a fresh cache fills memory in order. */
     for (int32_t i = 0; i < kv->n_pages; i++) kv->free_list[i] = kv->n_pages - 1 - i;
     kv->n_free = kv->n_pages;
@@ -45,16 +69,25 @@ lethe_status lethe_kv_init(lethe_kv_cache *kv, int n_seq, int n_layer, int n_hea
 
 void lethe_kv_free(lethe_kv_cache *kv) {
     if (kv->streams) {
-        size_t n_streams = (size_t)kv->n_seq * kv->n_layer * kv->n_head_kv;
-        for (size_t i = 0; i < n_streams; i++) free(kv->streams[i].pages);
+        size_t n_streams = (size_t)kv->n_seq * streams_per_seq(kv);
+        for (size_t i = 0; i < n_streams; i++) {
+            free(kv->streams[i].pages);
+            free(kv->streams[i].pend);
+        }
     }
     free(kv->pool);
     free(kv->pos);
+    free(kv->expire);
+    free(kv->score);
+    free(kv->kmin);
+    free(kv->kmax);
     free(kv->free_list);
     free(kv->streams);
     free(kv->seq_pos);
     free(kv->saved_seq_pos);
     free(kv->res_slot);
+    free(kv->prev_t);
+    free(kv->map);
     memset(kv, 0, sizeof *kv);
 }
 
@@ -62,8 +95,9 @@ size_t lethe_kv_bytes_resident(const lethe_kv_cache *kv) {
     return (size_t)(kv->n_pages - kv->n_free) * kv->page_bytes;
 }
 
-static size_t streams_per_seq(const lethe_kv_cache *kv) {
-    return (size_t)kv->n_layer * kv->n_head_kv;
+static void note_peak(lethe_kv_cache *kv) {
+    size_t res = lethe_kv_bytes_resident(kv);
+    if (res > kv->bytes_peak) kv->bytes_peak = res;
 }
 
 /* Return a stream's pages beyond `keep_pages` to the pool. */
@@ -71,12 +105,41 @@ static void stream_shrink(lethe_kv_cache *kv, lethe_kv_stream *s, int32_t keep_p
     while (s->n_pages > keep_pages) kv->free_list[kv->n_free++] = s->pages[--s->n_pages];
 }
 
+static bool grow_i32(int32_t **a, int32_t *cap, int32_t need) {
+    if (need <= *cap) return true;
+    int32_t c = LETHE_MAX(need, *cap < INT32_MAX / 2 ? 2 * *cap : INT32_MAX);
+    int32_t *p = realloc(*a, (size_t)c * sizeof(int32_t));
+    if (!p) return false;
+    *a = p;
+    *cap = c;
+    return true;
+}
+
+/* Room for `extra` more FIFO entries: slide the live range to the front
+ * first, then grow. */
+static bool pend_reserve(lethe_kv_stream *s, int32_t extra) {
+    if (s->pend_head + s->pend_n + extra <= s->pend_cap) return true;
+    if (s->pend_head) {
+        memmove(s->pend, s->pend + s->pend_head, (size_t)s->pend_n * sizeof(int32_t));
+        s->pend_head = 0;
+    }
+    return grow_i32(&s->pend, &s->pend_cap, s->pend_n + extra);
+}
+
+/* Expiry a token gets when inserted: only WINDOW knows it up front. */
+static int32_t insert_expire(const lethe_kv_policy *p, int32_t pos) {
+    if (p->rule == LETHE_KV_RULE_WINDOW && pos >= p->sinks) {
+        int32_t recent = LETHE_MAX(p->budget - p->sinks, 1);
+        return pos > LETHE_KV_NEVER - recent ? LETHE_KV_NEVER : pos + recent;
+    }
+    return LETHE_KV_NEVER;
+}
+
 lethe_status lethe_kv_reserve(lethe_kv_cache *kv, int32_t n_tokens, const int32_t *seq_id,
                               const int32_t *pos) {
     if (n_tokens > kv->max_batch)
         return lethe_fail(LETHE_ERR_INTERNAL, "kv cache: micro-batch of %d > %d", n_tokens, kv->max_batch);
-    /* Count the new tokens of each sequence to size the page demand first,
-     * so a batch that does not fit leaves the cache untouched. */
+    const size_t S = streams_per_seq(kv);
     int32_t add[kv->n_seq];
     memset(add, 0, sizeof add);
     for (int32_t t = 0; t < n_tokens; t++) {
@@ -85,87 +148,233 @@ lethe_status lethe_kv_reserve(lethe_kv_cache *kv, int32_t n_tokens, const int32_
                               seq_id[t], kv->n_seq);
         add[seq_id[t]]++;
     }
+    /* Size the page demand first (holes are filled before the stream grows),
+     * so a batch that does not fit leaves the cache untouched. */
     int64_t need = 0;
-    for (int s = 0; s < kv->n_seq; s++) {
-        if (!add[s]) continue;
-        /* plain cache: every stream of a sequence has the same length */
-        const lethe_kv_stream *st = lethe_kv_stream_at(kv, s, 0, 0);
-        int32_t pages_after = (st->len + add[s] + LETHE_KV_PAGE - 1) / LETHE_KV_PAGE;
-        need += (int64_t)(pages_after - st->n_pages) * (int64_t)streams_per_seq(kv);
+    int32_t max_len = 0;
+    for (int q = 0; q < kv->n_seq; q++) {
+        if (!add[q]) continue;
+        const lethe_kv_stream *ss = seq_streams(kv, q);
+        for (size_t i = 0; i < S; i++) {
+            int32_t len_after = ss[i].len + LETHE_MAX(add[q] - ss[i].n_holes, 0);
+            int32_t pages_after = (len_after + LETHE_KV_PAGE - 1) / LETHE_KV_PAGE;
+            need += LETHE_MAX(pages_after - ss[i].n_pages, 0);
+            max_len = LETHE_MAX(max_len, len_after);
+        }
     }
     if (need > kv->n_free)
         return lethe_fail(LETHE_ERR_CONTEXT_FULL,
                           "kv cache: the batch needs %lld more pages, %d free (budget %zu bytes)",
                           (long long)need, kv->n_free, (size_t)kv->n_pages * kv->page_bytes);
-
-    for (int s = 0; s < kv->n_seq; s++) {
-        if (!add[s]) continue;
-        for (size_t i = 0; i < streams_per_seq(kv); i++) {
-            lethe_kv_stream *st = &kv->streams[(size_t)s * streams_per_seq(kv) + i];
-            int32_t pages_after = (st->len + add[s] + LETHE_KV_PAGE - 1) / LETHE_KV_PAGE;
-            if (pages_after > st->cap_pages) {
-                int32_t cap = LETHE_MAX(pages_after, 2 * st->cap_pages);
-                int32_t *p = realloc(st->pages, (size_t)cap * sizeof(int32_t));
-                if (!p) /* the engine rolls the whole call back */
-                    return lethe_fail(LETHE_ERR_OOM, "kv cache: page list");
-                st->pages = p;
-                st->cap_pages = cap;
-            }
+    /* Every allocation that can fail happens before the first page is taken;
+     * a failure after that is rolled back by the engine with the call. */
+    if (!grow_i32(&kv->map, &kv->map_cap, max_len))
+        return lethe_fail(LETHE_ERR_OOM, "kv cache: compaction scratch");
+    for (int q = 0; q < kv->n_seq; q++) {
+        if (!add[q]) continue;
+        lethe_kv_stream *ss = seq_streams(kv, q);
+        for (size_t i = 0; i < S; i++) {
+            lethe_kv_stream *st = &ss[i];
+            int32_t len_after = st->len + LETHE_MAX(add[q] - st->n_holes, 0);
+            int32_t pages_after = (len_after + LETHE_KV_PAGE - 1) / LETHE_KV_PAGE;
+            if (!grow_i32(&st->pages, &st->cap_pages, pages_after) || !pend_reserve(st, add[q] + 1))
+                return lethe_fail(LETHE_ERR_OOM, "kv cache: page list");
             while (st->n_pages < pages_after) st->pages[st->n_pages++] = kv->free_list[--kv->n_free];
+            st->prev = st->last;
         }
     }
-    /* Slots in batch order; positions written now (K/V rows by KV_STORE). */
-    int32_t next[kv->n_seq];
-    for (int s = 0; s < kv->n_seq; s++) next[s] = lethe_kv_stream_at(kv, s, 0, 0)->len;
+    /* Slots in batch order; positions and insert-time expiry written now
+     * (K/V rows and DMS flags by KV_STORE). */
+    int32_t last_t[kv->n_seq];
+    for (int q = 0; q < kv->n_seq; q++) last_t[q] = -1;
     for (int32_t t = 0; t < n_tokens; t++) {
-        int s = seq_id[t];
-        int32_t slot = next[s]++;
-        kv->res_slot[t] = slot;
-        for (size_t i = 0; i < streams_per_seq(kv); i++) {
-            lethe_kv_stream *st = &kv->streams[(size_t)s * streams_per_seq(kv) + i];
-            *lethe_kv_pos(kv, st, slot) = pos[t];
+        const int q = seq_id[t];
+        kv->prev_t[t] = last_t[q];
+        last_t[q] = t;
+        const int32_t ex = insert_expire(&kv->policy, pos[t]);
+        lethe_kv_stream *ss = seq_streams(kv, q);
+        for (size_t i = 0; i < S; i++) {
+            lethe_kv_stream *st = &ss[i];
+            int32_t slot = st->n_holes ? st->holes[--st->n_holes] : st->len++;
+            kv->res_slot[i * kv->max_batch + t] = slot;
+            const size_t m = lethe_kv_meta(st, slot);
+            kv->pos[m] = pos[t];
+            kv->expire[m] = ex;
+            if (kv->score) kv->score[m] = 0.0f;
+            st->last = slot;
         }
     }
-    for (int s = 0; s < kv->n_seq; s++) {
-        if (!add[s]) continue;
-        for (size_t i = 0; i < streams_per_seq(kv); i++)
-            kv->streams[(size_t)s * streams_per_seq(kv) + i].len += add[s];
-        kv->seq_pos[s] += add[s];
-    }
+    for (int q = 0; q < kv->n_seq; q++) kv->seq_pos[q] += add[q];
     kv->n_reserved_tokens = n_tokens;
-    size_t res = lethe_kv_bytes_resident(kv);
-    if (res > kv->bytes_peak) kv->bytes_peak = res;
+    note_peak(kv);
     return LETHE_OK;
+}
+
+void lethe_kv_settle(lethe_kv_cache *kv, int32_t n_tokens, const int32_t *seq_id) {
+    const size_t S = streams_per_seq(kv);
+    /* A token's expiry is final once its successor ran (DMS: the successor's
+     * decision flags it). Queue it then, exactly once: the stream's `prev`
+     * by the micro-batch's first token of the sequence, every other token by
+     * the next one in the micro-batch. Expiries are nondecreasing in queue
+     * order for DMS (j + w + 1) and WINDOW (j + recent). */
+    for (int32_t t = 0; t < n_tokens; t++) {
+        lethe_kv_stream *ss = seq_streams(kv, seq_id[t]);
+        const int32_t pt = kv->prev_t[t];
+        for (size_t i = 0; i < S; i++) {
+            lethe_kv_stream *st = &ss[i];
+            int32_t slot = pt >= 0 ? kv->res_slot[i * kv->max_batch + pt] : st->prev;
+            if (slot < 0 || *lethe_kv_expire(kv, st, slot) == LETHE_KV_NEVER) continue;
+            LETHE_ASSERT(st->pend_head + st->pend_n < st->pend_cap);   /* reserved */
+            st->pend[st->pend_head + st->pend_n++] = slot;
+        }
+    }
 }
 
 void lethe_kv_begin(lethe_kv_cache *kv) {
     size_t n = (size_t)kv->n_seq * streams_per_seq(kv);
     for (size_t i = 0; i < n; i++) {
-        kv->streams[i].saved_len = kv->streams[i].len;
-        kv->streams[i].saved_n_pages = kv->streams[i].n_pages;
+        lethe_kv_stream *st = &kv->streams[i];
+        st->saved_len = st->len;
+        st->saved_n_pages = st->n_pages;
+        st->saved_n_holes = st->n_holes;
+        memcpy(st->saved_holes, st->holes, sizeof st->holes);
+        st->saved_last = st->last;
+        st->saved_pend_n = st->pend_n;
+        /* KV_STORE may flag the newest token: remember its expiry */
+        st->saved_last_expire = st->last >= 0 ? *lethe_kv_expire(kv, st, st->last) : LETHE_KV_NEVER;
     }
     memcpy(kv->saved_seq_pos, kv->seq_pos, (size_t)kv->n_seq * sizeof(int32_t));
     kv->n_reserved_tokens = 0;
 }
 
-void lethe_kv_commit(lethe_kv_cache *kv) { lethe_kv_begin(kv); }
-
 void lethe_kv_rollback(lethe_kv_cache *kv) {
     size_t n = (size_t)kv->n_seq * streams_per_seq(kv);
     for (size_t i = 0; i < n; i++) {
         lethe_kv_stream *st = &kv->streams[i];
+        if (st->len == st->saved_len && st->n_holes == st->saved_n_holes && st->last == st->saved_last)
+            continue;   /* untouched by the call */
+        /* holes taken during the call are holes again */
+        for (int32_t h = 0; h < st->saved_n_holes; h++)
+            *lethe_kv_pos(kv, st, st->saved_holes[h]) = LETHE_KV_HOLE;
         st->len = st->saved_len;
+        st->n_holes = st->saved_n_holes;
+        memcpy(st->holes, st->saved_holes, sizeof st->holes);
+        st->last = st->prev = st->saved_last;
+        if (st->last >= 0) *lethe_kv_expire(kv, st, st->last) = st->saved_last_expire;
+        st->pend_n = st->saved_pend_n;
         stream_shrink(kv, st, st->saved_n_pages);
     }
     memcpy(kv->seq_pos, kv->saved_seq_pos, (size_t)kv->n_seq * sizeof(int32_t));
     kv->n_reserved_tokens = 0;
 }
 
+/* Move slot `from` to slot `to` (to < from) within a stream. */
+static void move_slot(lethe_kv_cache *kv, lethe_kv_stream *s, int32_t from, int32_t to) {
+    memcpy(lethe_kv_k(kv, s, to), lethe_kv_k(kv, s, from), kv->slot_bytes);
+    memcpy(lethe_kv_v(kv, s, to), lethe_kv_v(kv, s, from), kv->slot_bytes);
+    const size_t a = lethe_kv_meta(s, to), b = lethe_kv_meta(s, from);
+    kv->pos[a] = kv->pos[b];
+    kv->expire[a] = kv->expire[b];
+    if (kv->score) kv->score[a] = kv->score[b];
+}
+
+/* Compaction: keep-flags -> prefix sum -> ascending scatter. Slots already
+ * marked as holes (pos == LETHE_KV_HOLE) go; the rest keep their order. */
+void lethe_kv_stream_compact(lethe_kv_cache *kv, lethe_kv_stream *s) {
+    int32_t *map = kv->map;   /* [len] old slot -> new slot, -1 if dropped */
+    LETHE_ASSERT(kv->map_cap >= s->len);
+    int32_t n = 0;
+    for (int32_t i = 0; i < s->len; i++) map[i] = *lethe_kv_pos(kv, s, i) == LETHE_KV_HOLE ? -1 : n++;
+    for (int32_t i = 0; i < s->len; i++)
+        if (map[i] >= 0 && map[i] != i) move_slot(kv, s, i, map[i]);   /* map[i] < i: never overtakes */
+    if (s->last >= 0) s->last = map[s->last];
+    s->prev = s->last;
+    for (int32_t k = 0; k < s->pend_n; k++) {
+        int32_t *e = &s->pend[s->pend_head + k];
+        LETHE_ASSERT(map[*e] >= 0);   /* queued tokens are live until they expire */
+        *e = map[*e];
+    }
+    if (kv->kmin) {   /* QUEST bounds of the rewritten pages are stale: redo them */
+        for (int32_t p = 0; p < (n + LETHE_KV_PAGE - 1) / LETHE_KV_PAGE; p++) {
+            float *mn = kv->kmin + (size_t)s->pages[p] * kv->head_dim;
+            float *mx = kv->kmax + (size_t)s->pages[p] * kv->head_dim;
+            for (int32_t d = 0; d < kv->head_dim; d++) { mn[d] = INFINITY; mx[d] = -INFINITY; }
+            for (int32_t j = p * LETHE_KV_PAGE; j < LETHE_MIN(n, (p + 1) * LETHE_KV_PAGE); j++) {
+                const void *k = lethe_kv_k(kv, s, j);
+                for (int32_t d = 0; d < kv->head_dim; d++) {
+                    float x = kv->type == LETHE_F16 ? lethe_f16_to_f32(((const lethe_f16 *)k)[d])
+                                                    : ((const float *)k)[d];
+                    mn[d] = x < mn[d] ? x : mn[d];
+                    mx[d] = x > mx[d] ? x : mx[d];
+                }
+            }
+        }
+    }
+    s->len = n;
+    s->n_holes = 0;
+    stream_shrink(kv, s, (n + LETHE_KV_PAGE - 1) / LETHE_KV_PAGE);
+}
+
+void lethe_kv_stream_drop(lethe_kv_cache *kv, lethe_kv_stream *s, const int32_t *slots, int32_t n) {
+    for (int32_t i = 0; i < n; i++) {
+        LETHE_ASSERT(slots[i] >= 0 && slots[i] < s->len);
+        *lethe_kv_pos(kv, s, slots[i]) = LETHE_KV_HOLE;
+        *lethe_kv_expire(kv, s, slots[i]) = LETHE_KV_NEVER;
+    }
+    kv->evicted += (uint64_t)n;
+    if (s->n_holes + n > LETHE_KV_MAX_HOLES) {
+        lethe_kv_stream_compact(kv, s);
+        return;
+    }
+    for (int32_t i = 0; i < n; i++) {
+        s->holes[s->n_holes++] = slots[i];
+        if (slots[i] == s->last) s->last = s->prev = -1;   /* a score policy dropped the newest */
+    }
+    /* holes at the end simply shorten the stream */
+    while (s->len > 0 && s->n_holes > 0 && *lethe_kv_pos(kv, s, s->len - 1) == LETHE_KV_HOLE) {
+        int32_t h = 0;
+        while (s->holes[h] != s->len - 1) h++;
+        s->holes[h] = s->holes[--s->n_holes];
+        s->len--;
+    }
+    stream_shrink(kv, s, (s->len + LETHE_KV_PAGE - 1) / LETHE_KV_PAGE);
+}
+
+/* Evict the queued tokens of a stream that the next query (position `next`)
+ * no longer sees. */
+static void stream_expire(lethe_kv_cache *kv, lethe_kv_stream *s, int32_t next) {
+    int32_t n = 0;
+    while (n < s->pend_n && *lethe_kv_expire(kv, s, s->pend[s->pend_head + n]) <= next) n++;
+    if (!n) return;
+    const int32_t *gone = s->pend + s->pend_head;
+    s->pend_head += n;
+    s->pend_n -= n;
+    lethe_kv_stream_drop(kv, s, gone, n);   /* reads `gone` before anything reuses it */
+    if (s->pend_n == 0) s->pend_head = 0;
+}
+
+void lethe_kv_commit(lethe_kv_cache *kv) {
+    const size_t S = streams_per_seq(kv);
+    for (int q = 0; q < kv->n_seq; q++) {
+        if (kv->seq_pos[q] == kv->saved_seq_pos[q]) continue;
+        lethe_kv_stream *ss = seq_streams(kv, q);
+        for (size_t i = 0; i < S; i++) {
+            stream_expire(kv, &ss[i], kv->seq_pos[q]);
+            if (kv->score) lethe_kv_policy_evict(kv, &ss[i], kv->seq_pos[q]);
+        }
+    }
+    lethe_kv_begin(kv);
+}
+
 void lethe_kv_seq_clear(lethe_kv_cache *kv, int seq) {
+    lethe_kv_stream *ss = seq_streams(kv, seq);
     for (size_t i = 0; i < streams_per_seq(kv); i++) {
-        lethe_kv_stream *st = &kv->streams[(size_t)seq * streams_per_seq(kv) + i];
+        lethe_kv_stream *st = &ss[i];
         stream_shrink(kv, st, 0);
         st->len = st->saved_len = st->saved_n_pages = 0;
+        st->n_holes = st->saved_n_holes = 0;
+        st->last = st->prev = st->saved_last = -1;
+        st->pend_head = st->pend_n = st->saved_pend_n = 0;
     }
     kv->seq_pos[seq] = kv->saved_seq_pos[seq] = 0;
 }
@@ -173,39 +382,57 @@ void lethe_kv_seq_clear(lethe_kv_cache *kv, int seq) {
 lethe_status lethe_kv_seq_copy(lethe_kv_cache *kv, int src, int dst) {
     if (src == dst) return LETHE_OK;
     lethe_kv_seq_clear(kv, dst);
+    const size_t S = streams_per_seq(kv);
+    lethe_kv_stream *as = seq_streams(kv, src), *bs = seq_streams(kv, dst);
     int64_t need = 0;
-    for (size_t i = 0; i < streams_per_seq(kv); i++)
-        need += kv->streams[(size_t)src * streams_per_seq(kv) + i].n_pages;
+    for (size_t i = 0; i < S; i++) need += as[i].n_pages;
     if (need > kv->n_free)
         return lethe_fail(LETHE_ERR_CONTEXT_FULL, "kv cache: fork needs %lld pages, %d free",
                           (long long)need, kv->n_free);
-    for (size_t i = 0; i < streams_per_seq(kv); i++) {
-        const lethe_kv_stream *a = &kv->streams[(size_t)src * streams_per_seq(kv) + i];
-        lethe_kv_stream *b = &kv->streams[(size_t)dst * streams_per_seq(kv) + i];
-        if (a->n_pages > b->cap_pages) {
-            int32_t *p = realloc(b->pages, (size_t)a->n_pages * sizeof(int32_t));
-            if (!p) {
-                lethe_kv_seq_clear(kv, dst);
-                return lethe_fail(LETHE_ERR_OOM, "kv cache: page list");
-            }
-            b->pages = p;
-            b->cap_pages = a->n_pages;
+    for (size_t i = 0; i < S; i++) {
+        lethe_kv_stream *b = &bs[i];
+        b->pend_head = 0;
+        if (!grow_i32(&b->pages, &b->cap_pages, as[i].n_pages) ||
+            !grow_i32(&b->pend, &b->pend_cap, as[i].pend_n)) {
+            lethe_kv_seq_clear(kv, dst);
+            return lethe_fail(LETHE_ERR_OOM, "kv cache: page list");
         }
-        /* Pages are copied, not shared: a later policy may evict per head
-         * differently in each branch. */
+    }
+    for (size_t i = 0; i < S; i++) {
+        const lethe_kv_stream *a = &as[i];
+        lethe_kv_stream *b = &bs[i];
+        /* Pages are copied, not shared: each branch evicts per head on its own. */
         for (int32_t p = 0; p < a->n_pages; p++) {
-            int32_t id = kv->free_list[--kv->n_free];
-            memcpy(kv->pool + (size_t)id * kv->page_bytes,
-                   kv->pool + (size_t)a->pages[p] * kv->page_bytes, kv->page_bytes);
-            memcpy(kv->pos + (size_t)id * LETHE_KV_PAGE, kv->pos + (size_t)a->pages[p] * LETHE_KV_PAGE,
-                   LETHE_KV_PAGE * sizeof(int32_t));
+            int32_t id = kv->free_list[--kv->n_free], from = a->pages[p];
+            memcpy(kv->pool + (size_t)id * kv->page_bytes, kv->pool + (size_t)from * kv->page_bytes,
+                   kv->page_bytes);
+            const size_t P = LETHE_KV_PAGE;
+            memcpy(kv->pos + id * P, kv->pos + from * P, P * sizeof(int32_t));
+            memcpy(kv->expire + id * P, kv->expire + from * P, P * sizeof(int32_t));
+            if (kv->score) memcpy(kv->score + id * P, kv->score + from * P, P * sizeof(float));
+            if (kv->kmin) {
+                const size_t D = (size_t)kv->head_dim;
+                memcpy(kv->kmin + id * D, kv->kmin + from * D, D * sizeof(float));
+                memcpy(kv->kmax + id * D, kv->kmax + from * D, D * sizeof(float));
+            }
             b->pages[b->n_pages++] = id;
         }
-        b->len = b->saved_len = a->len;
+        b->len = a->len;
+        b->n_holes = a->n_holes;
+        memcpy(b->holes, a->holes, sizeof b->holes);
+        b->last = b->prev = a->last;
+        memcpy(b->pend, a->pend + a->pend_head, (size_t)a->pend_n * sizeof(int32_t));
+        b->pend_n = a->pend_n;
+        /* the copy is committed state */
+        b->saved_len = b->len;
         b->saved_n_pages = b->n_pages;
+        b->saved_n_holes = b->n_holes;
+        memcpy(b->saved_holes, b->holes, sizeof b->holes);
+        b->saved_last = b->last;
+        b->saved_pend_n = b->pend_n;
+        b->saved_last_expire = b->last >= 0 ? *lethe_kv_expire(kv, b, b->last) : LETHE_KV_NEVER;
     }
     kv->seq_pos[dst] = kv->saved_seq_pos[dst] = kv->seq_pos[src];
-    size_t res = lethe_kv_bytes_resident(kv);
-    if (res > kv->bytes_peak) kv->bytes_peak = res;
+    note_peak(kv);
     return LETHE_OK;
 }

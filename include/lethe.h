@@ -160,6 +160,23 @@ LETHE_API int32_t lethe_chat_apply(const lethe_model *model, const lethe_chat_me
 
 typedef enum lethe_kv_type { LETHE_KV_F16 = 0, LETHE_KV_F32 = 1 } lethe_kv_type;
 
+/* Which tokens the KV cache forgets (DESIGN.md §3). Every policy works per
+ * (sequence, layer, KV head) and frees memory, except QUEST (reads only). */
+typedef enum lethe_kv_policy_kind {
+    LETHE_KV_POLICY_AUTO = 0, /* DMS for a DMS model, NONE otherwise                    */
+    LETHE_KV_POLICY_NONE,     /* keep every token                                       */
+    LETHE_KV_POLICY_DMS,      /* the model's learned decisions, delayed by the window   */
+    LETHE_KV_POLICY_WINDOW,   /* StreamingLLM: 4 sink tokens + the most recent          */
+    LETHE_KV_POLICY_TOVA,     /* over budget: drop the least attended by the last query */
+    LETHE_KV_POLICY_H2O,      /* recent half of the budget + heavy hitters              */
+    LETHE_KV_POLICY_QUEST,    /* keep all, attend to the top pages by a key bound       */
+} lethe_kv_policy_kind;
+
+/* "auto", "none", "dms", "window", "tova", "h2o", "quest" */
+LETHE_API const char *lethe_kv_policy_name(lethe_kv_policy_kind p);
+/* Parse a policy name; LETHE_ERR_INVALID_ARG for an unknown one. */
+LETHE_API lethe_status lethe_kv_policy_parse(const char *name, lethe_kv_policy_kind *out);
+
 typedef struct lethe_context_params {
     int32_t n_ctx;            /* max tokens per sequence (0: model's training ctx, capped at 4096) */
     int32_t n_seq_max;        /* max concurrent sequences (1)                       */
@@ -167,6 +184,13 @@ typedef struct lethe_context_params {
     int32_t n_threads;        /* CPU threads (0: all cores)                         */
     lethe_kv_type kv_type;    /* storage type of K and V (F16)                      */
     size_t kv_budget_bytes;   /* KV pool size; 0: enough for n_ctx * n_seq_max      */
+    lethe_kv_policy_kind kv_policy; /* (AUTO)                                       */
+    int32_t kv_budget_tokens; /* WINDOW/TOVA/H2O/QUEST: live tokens per head (0: none set) */
+    int32_t dms_window;       /* DMS window w; -1: the model's                       */
+    float dms_force_rate;     /* < 0: off (-1). In [0, 1]: DMS flags this fraction of
+                                 tokens by a position hash instead of the model's
+                                 decisions: measures eviction on any model, but the
+                                 answers are then not the model's                   */
 } lethe_context_params;
 
 LETHE_API lethe_context_params lethe_context_default_params(void);
@@ -220,10 +244,13 @@ typedef struct lethe_kv_stats {
     size_t  bytes_peak;         /* peak of bytes_resident                         */
     size_t  bytes_capacity;     /* pool size                                      */
     uint64_t reads;             /* sum over steps, layers, heads of live length read */
+    uint64_t evicted;           /* (token, layer, head) entries evicted so far    */
+    lethe_kv_policy_kind policy;/* the policy in effect (never AUTO)              */
+    int32_t dms_window;         /* w in effect (DMS), else 0                      */
 } lethe_kv_stats;
 
 LETHE_API lethe_kv_stats lethe_get_kv_stats(const lethe_context *ctx);
-/* Live slots of (seq, layer, kv head); -1 if out of range. */
+/* Live tokens of (seq, layer, kv head); -1 if out of range. */
 LETHE_API int32_t lethe_kv_head_len(const lethe_context *ctx, int32_t seq_id,
                                     int32_t layer, int32_t head);
 

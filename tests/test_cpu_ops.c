@@ -493,28 +493,12 @@ static float kv_elem(const lethe_kv_cache *kv, const void *row, int d) {
     return kv->type == LETHE_F16 ? lethe_f16_to_f32(((const lethe_f16 *)row)[d]) : ((const float *)row)[d];
 }
 
-/* Drop slots `drop` (ascending) of a stream by moving later slots down, as
- * an eviction policy's compaction does: gives streams of different lengths. */
-static void compact(lethe_kv_cache *kv, lethe_kv_stream *s, const int *drop, int nd) {
-    int w = 0, di = 0;
-    for (int i = 0; i < s->len; i++) {
-        if (di < nd && drop[di] == i) { di++; continue; }
-        if (w != i) {
-            memmove(lethe_kv_k(kv, s, w), lethe_kv_k(kv, s, i), kv->slot_bytes);
-            memmove(lethe_kv_v(kv, s, w), lethe_kv_v(kv, s, i), kv->slot_bytes);
-            *lethe_kv_pos(kv, s, w) = *lethe_kv_pos(kv, s, i);
-        }
-        w++;
-    }
-    s->len = w;
-}
-
 /* Store a batch for (layer); returns the graph with q, attention nodes. */
 static void attention_case(lethe_dtype kvt, const int D) {
     enum { NSEQ = 3, NL = 2, HKV = 2, G = 3, HQ = HKV * G, LAYER = 1 };
     assert_true(D <= 128);
     lethe_kv_cache kv;
-    assert_int_equal(lethe_kv_init(&kv, NSEQ, NL, HKV, D, kvt, 64u << 20, 64), LETHE_OK);
+    assert_int_equal(lethe_kv_init(&kv, NSEQ, NL, HKV, D, kvt, 64u << 20, 64, NULL), LETHE_OK);
     allocs a = {0};
 
     /* history: seq 0 has 5 tokens, seq 1 has 40 (two pages), seq 2 none */
@@ -527,7 +511,7 @@ static void attention_case(lethe_dtype kvt, const int D) {
         float *k = randf(&a, 45 * HKV * D, 51), *v = randf(&a, 45 * HKV * D, 52);
         lethe_node *kn = lethe_input(g, LETHE_F32, 3, (int64_t[]){D, HKV, 45}, k, "k");
         lethe_node *vn = lethe_input(g, LETHE_F32, 3, (int64_t[]){D, HKV, 45}, v, "v");
-        lethe_kv_store(g, &kv, LAYER, kn, vn, &hub);
+        lethe_kv_store(g, &kv, LAYER, kn, vn, NULL, &hub);
         give_memory(g, &a);
         assert_int_equal(run(g), LETHE_OK);
         lethe_graph_free(g);
@@ -546,7 +530,7 @@ static void attention_case(lethe_dtype kvt, const int D) {
     lethe_node *qn = lethe_input(g, LETHE_F32, 3, (int64_t[]){D, HQ, T}, q, "q");
     lethe_node *kn = lethe_input(g, LETHE_F32, 3, (int64_t[]){D, HKV, T}, k, "k");
     lethe_node *vn = lethe_input(g, LETHE_F32, 3, (int64_t[]){D, HKV, T}, v, "v");
-    lethe_node *st = lethe_kv_store(g, &kv, LAYER, kn, vn, &ub);
+    lethe_node *st = lethe_kv_store(g, &kv, LAYER, kn, vn, NULL, &ub);
     const float scale = 1.0f / sqrtf((float)D);
     lethe_node *at = lethe_attention(g, &kv, LAYER, qn, st, scale, &ub);
     give_memory(g, &a);
@@ -558,7 +542,7 @@ static void attention_case(lethe_dtype kvt, const int D) {
     for (int t = 0; t < T; t++)
         for (int h = 0; h < HKV; h++) {
             const lethe_kv_stream *s = lethe_kv_stream_at(&kv, seq[t], LAYER, h);
-            const int slot = kv.res_slot[t];
+            const int slot = kv.res_slot[(LAYER * HKV + h) * kv.max_batch + t];
             assert_int_equal(*lethe_kv_pos(&kv, s, slot), pos[t]);
             for (int d = 0; d < D; d++) {
                 float ek = k[(t * HKV + h) * D + d], ev = v[(t * HKV + h) * D + d];
@@ -568,11 +552,17 @@ static void attention_case(lethe_dtype kvt, const int D) {
             }
         }
 
-    /* ragged heads: evict some old slots of seq 1 head 1 and seq 0 head 0 */
-    const int drop1[] = {0, 7, 8, 33}, drop0[] = {2};
-    compact(&kv, lethe_kv_stream_at(&kv, 1, LAYER, 1), drop1, 4);
-    compact(&kv, lethe_kv_stream_at(&kv, 0, LAYER, 0), drop0, 1);
-    assert_int_not_equal(lethe_kv_stream_at(&kv, 1, LAYER, 0)->len, lethe_kv_stream_at(&kv, 1, LAYER, 1)->len);
+    /* ragged heads: evict old slots of seq 1 head 1 (many: compaction) and
+     * seq 0 head 0 (one: a hole the kernel must skip) */
+    const int32_t drop1[] = {0, 7, 8, 20, 21, 33}, drop0[] = {2};
+    lethe_kv_stream_drop(&kv, lethe_kv_stream_at(&kv, 1, LAYER, 1), drop1, 6);
+    lethe_kv_stream_drop(&kv, lethe_kv_stream_at(&kv, 0, LAYER, 0), drop0, 1);
+    assert_int_equal(lethe_kv_stream_at(&kv, 1, LAYER, 1)->len, 43 - 6);
+    assert_int_equal(lethe_kv_stream_at(&kv, 0, LAYER, 0)->n_holes, 1);
+    /* delayed eviction (DMS): slot 3 of seq 1 head 0 is visible to the query
+     * at position 40 only; slot 10 to none of this batch */
+    *lethe_kv_expire(&kv, lethe_kv_stream_at(&kv, 1, LAYER, 0), 3) = 41;
+    *lethe_kv_expire(&kv, lethe_kv_stream_at(&kv, 1, LAYER, 0), 10) = 12;
 
     const uint64_t reads0 = kv.reads;
     assert_int_equal(g_be->iface->compute(g_be, g, i_att, i_att + 1, NULL, NULL), LETHE_OK);
@@ -588,7 +578,7 @@ static void attention_case(lethe_dtype kvt, const int D) {
             assert_true(s->len <= 128);
             for (int i = 0; i < s->len; i++) {
                 sc[i] = -INFINITY;
-                if (*lethe_kv_pos(&kv, s, i) > pos[t]) continue;
+                if (*lethe_kv_pos(&kv, s, i) > pos[t] || pos[t] >= *lethe_kv_expire(&kv, s, i)) continue;
                 double dot = 0;
                 for (int d = 0; d < D; d++) dot += (double)q[(t * HQ + h) * D + d] * kv_elem(&kv, lethe_kv_k(&kv, s, i), d);
                 sc[i] = dot * scale;

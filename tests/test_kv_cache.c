@@ -38,7 +38,7 @@ static void test_reserve_and_layout(void **state) {
     (void)state;
     lethe_kv_cache kv;
     size_t page = 2 * LETHE_KV_PAGE * D * sizeof(float);
-    assert_int_equal(lethe_kv_init(&kv, NSEQ, NL, NH, D, LETHE_F32, 64 * page, 64), LETHE_OK);
+    assert_int_equal(lethe_kv_init(&kv, NSEQ, NL, NH, D, LETHE_F32, 64 * page, 64, NULL), LETHE_OK);
     assert_int_equal(kv.n_pages, 64);
     lethe_kv_begin(&kv);
     reserve_seq(&kv, 0, 40, LETHE_OK);              /* 40 slots: 2 pages per stream */
@@ -65,7 +65,7 @@ static void test_rollback_restores_everything(void **state) {
     (void)state;
     lethe_kv_cache kv;
     size_t page = 2 * LETHE_KV_PAGE * D * sizeof(float);
-    assert_int_equal(lethe_kv_init(&kv, NSEQ, NL, NH, D, LETHE_F32, 64 * page, 64), LETHE_OK);
+    assert_int_equal(lethe_kv_init(&kv, NSEQ, NL, NH, D, LETHE_F32, 64 * page, 64, NULL), LETHE_OK);
     lethe_kv_begin(&kv);
     reserve_seq(&kv, 0, 30, LETHE_OK);
     lethe_kv_commit(&kv);
@@ -90,7 +90,7 @@ static void test_budget_exhaustion_leaves_cache_untouched(void **state) {
     lethe_kv_cache kv;
     size_t page = 2 * LETHE_KV_PAGE * D * sizeof(float);
     /* NL*NH pages: exactly one page for each stream of sequence 0 */
-    assert_int_equal(lethe_kv_init(&kv, NSEQ, NL, NH, D, LETHE_F32, NL * NH * page, 64), LETHE_OK);
+    assert_int_equal(lethe_kv_init(&kv, NSEQ, NL, NH, D, LETHE_F32, NL * NH * page, 64, NULL), LETHE_OK);
     lethe_kv_begin(&kv);
     reserve_seq(&kv, 0, 32, LETHE_OK);
     lethe_kv_commit(&kv);
@@ -111,7 +111,7 @@ static void test_fork_copies(void **state) {
     (void)state;
     lethe_kv_cache kv;
     size_t page = 2 * LETHE_KV_PAGE * D * sizeof(float);
-    assert_int_equal(lethe_kv_init(&kv, NSEQ, NL, NH, D, LETHE_F32, 64 * page, 64), LETHE_OK);
+    assert_int_equal(lethe_kv_init(&kv, NSEQ, NL, NH, D, LETHE_F32, 64 * page, 64, NULL), LETHE_OK);
     lethe_kv_begin(&kv);
     reserve_seq(&kv, 0, 33, LETHE_OK);
     for (int i = 0; i < 33; i++) fill_slot(&kv, 0, i, (float)i);
@@ -141,9 +141,9 @@ static void test_fork_copies(void **state) {
 static void test_bad_init(void **state) {
     (void)state;
     lethe_kv_cache kv;
-    assert_int_equal(lethe_kv_init(&kv, 0, NL, NH, D, LETHE_F32, 1 << 20, 8), LETHE_ERR_INVALID_ARG);
-    assert_int_equal(lethe_kv_init(&kv, 1, NL, NH, D, LETHE_Q4_0, 1 << 20, 8), LETHE_ERR_INVALID_ARG);
-    assert_int_equal(lethe_kv_init(&kv, 1, NL, NH, D, LETHE_F32, 0, 8), LETHE_ERR_INVALID_ARG);
+    assert_int_equal(lethe_kv_init(&kv, 0, NL, NH, D, LETHE_F32, 1 << 20, 8, NULL), LETHE_ERR_INVALID_ARG);
+    assert_int_equal(lethe_kv_init(&kv, 1, NL, NH, D, LETHE_Q4_0, 1 << 20, 8, NULL), LETHE_ERR_INVALID_ARG);
+    assert_int_equal(lethe_kv_init(&kv, 1, NL, NH, D, LETHE_F32, 0, 8, NULL), LETHE_ERR_INVALID_ARG);
 }
 
 int main(void) {

@@ -15,24 +15,30 @@
 #include <math.h>
 #include <string.h>
 
-/* KV_STORE: k, v [T, Hkv, D] f32 -> slot res_slot[t] of stream
- * (seq_id[t], layer, h), in the cache dtype, with the token's position. */
+/* KV_STORE: k, v [T, Hkv, D] f32 -> the slot reserved for token t in stream
+ * (seq_id[t], layer, h), in the cache dtype. With a DMS decision, a positive
+ * logit flags the sequence's previous token: it expires at pos[t] + w. Every
+ * previous token is flagged by exactly one (t, h), so threads never race. */
 void lethe_cpu_kv_store(const lethe_cpu_exec *ex, lethe_node *n) {
     lethe_kv_cache *kv = n->kv;
     const lethe_tensor *k = &n->src[0]->t, *v = &n->src[1]->t;
+    const float *dec = n->src[2] ? (const float *)n->src[2]->t.data : NULL;   /* [T, Hkv] */
     const int layer = n->iparams[0];
     const int64_t D = kv->head_dim, Hkv = kv->n_head_kv, T = n->ub->n_tokens;
+    const int32_t w = kv->policy.window;
     int64_t b, e;
     lethe_cpu_split(T * Hkv, ex->ith, ex->nth, 1, &b, &e);
     for (int64_t r = b; r < e; r++) {
         const int64_t t = r / Hkv, h = r % Hkv;
-        const int32_t seq = n->ub->seq_id[t], slot = kv->res_slot[t];
+        const int32_t seq = n->ub->seq_id[t];
+        const size_t si = (size_t)layer * Hkv + h;
+        const int32_t slot = kv->res_slot[si * kv->max_batch + t];
         if (seq < 0 || seq >= kv->n_seq || slot < 0) {
             __atomic_store_n(ex->error, (int)LETHE_ERR_INVALID_ARG, __ATOMIC_RELAXED);
             continue;
         }
         const lethe_kv_stream *s = lethe_kv_stream_at(kv, seq, layer, (int)h);
-        if (slot / LETHE_KV_PAGE >= s->n_pages) { /* reserve did not give this slot: a bug upstream */
+        if (slot >= s->len) { /* reserve did not give this slot: a bug upstream */
             __atomic_store_n(ex->error, (int)LETHE_ERR_INTERNAL, __ATOMIC_RELAXED);
             continue;
         }
@@ -46,7 +52,12 @@ void lethe_cpu_kv_store(const lethe_cpu_exec *ex, lethe_node *n) {
             memcpy(kd, kr, (size_t)D * sizeof(float));
             memcpy(vd, vr, (size_t)D * sizeof(float));
         }
-        *lethe_kv_pos(kv, s, slot) = n->ub->pos[t];
+        if (dec && dec[r] > 0.0f) {
+            const int32_t pt = kv->prev_t[t];
+            const int32_t prev = pt >= 0 ? kv->res_slot[si * kv->max_batch + pt] : s->prev;
+            const int32_t p = n->ub->pos[t];
+            if (prev >= 0) *lethe_kv_expire(kv, s, prev) = p > LETHE_KV_NEVER - w ? LETHE_KV_NEVER : p + w;
+        }
     }
 }
 
@@ -147,9 +158,9 @@ LETHE_INLINE void attend_f16_d64(const int G, const lethe_kv_cache *kv, const le
     for (int32_t i0 = 0; i0 < L; i0 += LETHE_KV_PAGE) {
         const int32_t np = LETHE_MIN(LETHE_KV_PAGE, L - i0);
         const uint8_t *kp = lethe_kv_k(kv, s, i0);
-        const int32_t *pp = lethe_kv_pos(kv, s, i0);
+        const int32_t *pp = lethe_kv_pos(kv, s, i0), *ep = lethe_kv_expire(kv, s, i0);
         for (int32_t j = 0; j < np; j++) {
-            if (pp[j] > pq) { /* a later token of this micro-batch */
+            if (pp[j] > pq || pq >= ep[j]) { /* a later token of this micro-batch, evicted, or a hole */
                 for (int g = 0; g < G; g++) scores[g * Lmax + i0 + j] = -INFINITY;
                 continue;
             }
@@ -180,9 +191,9 @@ LETHE_INLINE void attend_f16_d64(const int G, const lethe_kv_cache *kv, const le
     for (int32_t i0 = 0; i0 < L; i0 += LETHE_KV_PAGE) {
         const int32_t np = LETHE_MIN(LETHE_KV_PAGE, L - i0);
         const uint8_t *vp = lethe_kv_v(kv, s, i0);
-        const int32_t *pp = lethe_kv_pos(kv, s, i0);
+        const int32_t *pp = lethe_kv_pos(kv, s, i0), *ep = lethe_kv_expire(kv, s, i0);
         for (int32_t j = 0; j < np; j++) {
-            if (pp[j] > pq) continue;
+            if (pp[j] > pq || pq >= ep[j]) continue;
             __m512 v[4];
             load_row64((const lethe_f16 *)(vp + (size_t)j * kv->slot_bytes), v);
             for (int g = 0; g < G; g++) {
@@ -251,9 +262,9 @@ void lethe_cpu_attention(const lethe_cpu_exec *ex, lethe_node *n) {
         for (int32_t i0 = 0; i0 < L; i0 += LETHE_KV_PAGE) {
             const int32_t np = LETHE_MIN(LETHE_KV_PAGE, L - i0);
             const uint8_t *kp = lethe_kv_k(kv, s, i0);
-            const int32_t *pp = lethe_kv_pos(kv, s, i0);
+            const int32_t *pp = lethe_kv_pos(kv, s, i0), *ep = lethe_kv_expire(kv, s, i0);
             for (int32_t j = 0; j < np; j++) {
-                if (pp[j] > pq) { /* a later token of this micro-batch */
+                if (pp[j] > pq || pq >= ep[j]) { /* a later token of this micro-batch, evicted, or a hole */
                     for (int64_t g = 0; g < G; g++) scores[g * Lmax + i0 + j] = -INFINITY;
                     continue;
                 }
@@ -279,9 +290,9 @@ void lethe_cpu_attention(const lethe_cpu_exec *ex, lethe_node *n) {
         for (int32_t i0 = 0; i0 < L; i0 += LETHE_KV_PAGE) {
             const int32_t np = LETHE_MIN(LETHE_KV_PAGE, L - i0);
             const uint8_t *vp = lethe_kv_v(kv, s, i0);
-            const int32_t *pp = lethe_kv_pos(kv, s, i0);
+            const int32_t *pp = lethe_kv_pos(kv, s, i0), *ep = lethe_kv_expire(kv, s, i0);
             for (int32_t j = 0; j < np; j++) {
-                if (pp[j] > pq) continue; /* a later token of this micro-batch */
+                if (pp[j] > pq || pq >= ep[j]) continue;
                 const void *vr = vp + (size_t)j * kv->slot_bytes;
                 const float *vf = vr;
                 if (f16) {

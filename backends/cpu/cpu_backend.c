@@ -102,6 +102,8 @@ static bool cpu_supports_op(lethe_backend *be, const lethe_node *n) {
     case LETHE_OP_ROPE:
         return is_f32(n->src[0]) && is_f32(n) && n->ub && n->rope.n_rot > 0 && n->rope.n_rot % 2 == 0 &&
                n->rope.n_rot <= n->src[0]->t.ne[0];
+    case LETHE_OP_DMS_DECISION:
+        return is_f32(n) && n->ub && (n->iparams[0] == LETHE_DMS_FORCED || is_f32(n->src[0]));
     case LETHE_OP_KV_STORE:
     case LETHE_OP_ATTENTION: {
         const lethe_kv_cache *kv = n->kv;
@@ -109,7 +111,7 @@ static bool cpu_supports_op(lethe_backend *be, const lethe_node *n) {
         if (n->iparams[0] < 0 || n->iparams[0] >= kv->n_layer) return false;
         if (n->op == LETHE_OP_KV_STORE)
             return is_f32(n->src[0]) && is_f32(n->src[1]) && n->src[0]->t.ne[0] == kv->head_dim &&
-                   n->src[1]->t.ne[0] == kv->head_dim;
+                   n->src[1]->t.ne[0] == kv->head_dim && (!n->src[2] || is_f32(n->src[2]));
         const lethe_tensor *q = &n->src[0]->t;
         return is_f32(n->src[0]) && is_f32(n) && q->ne[0] == kv->head_dim && kv->n_head_kv > 0 &&
                q->ne[1] % kv->n_head_kv == 0 && q->ne[1] / kv->n_head_kv <= 64;
@@ -142,6 +144,7 @@ static void run_node(const lethe_cpu_exec *ex, lethe_node *n) {
     case LETHE_OP_SWIGLU: lethe_cpu_swiglu(ex, n); break;
     case LETHE_OP_KV_STORE: lethe_cpu_kv_store(ex, n); break;
     case LETHE_OP_ATTENTION: lethe_cpu_attention(ex, n); break;
+    case LETHE_OP_DMS_DECISION: lethe_cpu_dms_decision(ex, n); break;
     default: break; /* NONE; anything else was refused before the region */
     }
 }

@@ -147,6 +147,9 @@ void lethe_cpu_binary(const lethe_cpu_exec *ex, lethe_node *n); /* ADD, MUL */
 void lethe_cpu_rope(const lethe_cpu_exec *ex, lethe_node *n);
 void lethe_cpu_rope_ws(const lethe_node *n, int nth, size_t *per_thread, size_t *shared);
 void lethe_cpu_swiglu(const lethe_cpu_exec *ex, lethe_node *n);
+void lethe_cpu_dms_decision(const lethe_cpu_exec *ex, lethe_node *n);   /* cpu_dms.c */
+/* The FORCED decision for (pos, layer, head): +1 for a `rate` fraction. */
+float lethe_dms_forced_logit(int32_t pos, int layer, int head, float rate);
 
 /* Llama-3 scaled inverse frequency of rotary pair i (shared with tests). */
 double lethe_rope_inv_freq(const lethe_rope_params *p, int i);

@@ -109,13 +109,18 @@ double lethe_rope_inv_freq(const lethe_rope_params *p, int i) {
 }
 
 void lethe_cpu_rope_ws(const lethe_node *n, int nth, size_t *per_thread, size_t *shared) {
-    /* inverse frequencies (double), cos and sin of the current token (float) */
-    *per_thread = (size_t)(n->rope.n_rot / 2 + 1) * (sizeof(double) + 2 * sizeof(float));
+    /* inverse frequencies (double), cos and sin of the current token (float),
+     * one row for the DMS borrowed channel */
+    *per_thread = (size_t)(n->rope.n_rot / 2 + 1) * (sizeof(double) + 2 * sizeof(float)) +
+                  (size_t)n->src[0]->t.ne[0] * sizeof(float);
     *shared = 0;
 }
 
 /* ROPE: x [T, H, D] -> rotated copy; token t at angle pos[t] * inv_freq(i).
- * NORM pairs (2i, 2i+1); NEOX pairs (i, i + n_rot/2). Dims >= n_rot copied. */
+ * NORM pairs (2i, 2i+1); NEOX pairs (i, i + n_rot/2). Dims >= n_rot copied.
+ * DMS borrowed channel (iparams[0] = G > 0): in heads h % G == 0 the last
+ * channel is zeroed before the rotation (so its partner rotates alone) and
+ * again after it. */
 void lethe_cpu_rope(const lethe_cpu_exec *ex, lethe_node *n) {
     const lethe_tensor *x = &n->src[0]->t;
     const lethe_rope_params *p = &n->rope;
@@ -123,6 +128,8 @@ void lethe_cpu_rope(const lethe_cpu_exec *ex, lethe_node *n) {
     const int half = p->n_rot / 2;
     double *invf = (double *)ex->ws;
     float *cs = (float *)(invf + half), *sn = cs + half;
+    float *row = sn + half + 1;   /* [D] the borrowed-channel copy */
+    const int64_t G = n->iparams[0];
     for (int i = 0; i < half; i++) invf[i] = lethe_rope_inv_freq(p, i);
     int64_t b, e;
     lethe_cpu_split(T * H, ex->ith, ex->nth, 1, &b, &e);
@@ -141,6 +148,12 @@ void lethe_cpu_rope(const lethe_cpu_exec *ex, lethe_node *n) {
         }
         const float *src = (const float *)x->data + (size_t)r * (size_t)D; /* r = t * H + h */
         float *dst = (float *)n->t.data + (size_t)r * (size_t)D;
+        const bool borrow = G > 0 && (r % H) % G == 0;
+        if (borrow) {
+            memcpy(row, src, (size_t)D * sizeof(float));
+            row[D - 1] = 0.0f;
+            src = row;
+        }
         if (p->mode == LETHE_ROPE_NEOX) {
             for (int i = 0; i < half; i++) {
                 const float x0 = src[i], x1 = src[i + half];
@@ -155,5 +168,6 @@ void lethe_cpu_rope(const lethe_cpu_exec *ex, lethe_node *n) {
             }
         }
         for (int64_t i = 2 * half; i < D; i++) dst[i] = src[i];
+        if (borrow) dst[D - 1] = 0.0f;
     }
 }
