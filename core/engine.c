@@ -5,6 +5,7 @@
  * as a graph and executed; if any step fails the cache is rolled back to its
  * state before the call. */
 #include "common.h"
+#include "engine.h"
 #include "executor.h"
 #include "kv_cache.h"
 #include "llama.h"
@@ -390,3 +391,5 @@ int32_t lethe_kv_head_len(const lethe_context *c, int32_t s, int32_t layer, int3
         return -1;
     return lethe_kv_live(lethe_kv_stream_at(&c->kv, s, layer, head));
 }
+
+const lethe_kv_cache *lethe_context_kv(const lethe_context *c) { return c ? &c->kv : NULL; }

@@ -111,6 +111,48 @@ static lethe_status load_hparams(const lethe_gguf *g, lethe_hparams *hp) {
     return LETHE_OK;
 }
 
+/* DMS keys (`<arch>.dms.*`, DESIGN.md §3.1.6). A DMS model is one with a
+ * window size, a variant, or adapter tensors; bad values are refused here,
+ * not discovered at the first decode. */
+static lethe_status load_dms_hparams(const lethe_gguf *g, lethe_hparams *hp) {
+    lethe_dms_hparams *d = &hp->dms;
+    const char *a = hp->arch_name;
+    char key[128], str[32] = "";
+    d->window = -1;
+    d->alpha_scale = 100.0f;
+    d->alpha_offset = 5.0f;
+    TRY(get_i32(g, a, "dms.window_size", &d->window, false, 0, 1 << 24));
+    TRY(get_f32(g, a, "dms.alpha_scale", &d->alpha_scale));
+    TRY(get_f32(g, a, "dms.alpha_offset", &d->alpha_offset));
+    snprintf(key, sizeof key, "%s.dms.variant", a);
+    const bool has_variant = lethe_gguf_get_str(g, key, str, sizeof str);
+    const bool has_adapter = lethe_gguf_find_tensor(g, "blk.0.dms_alpha.weight") != NULL;
+    if (d->window < 0 && !has_variant && !has_adapter) {
+        memset(d, 0, sizeof *d);   /* not a DMS model */
+        return LETHE_OK;
+    }
+    if (d->window < 0) d->window = 512;
+    if (!has_variant) {
+        d->variant = has_adapter ? LETHE_DMS_ADAPTER : LETHE_DMS_NEURON;
+    } else if (!strcmp(str, "neuron")) {
+        d->variant = LETHE_DMS_NEURON;
+    } else if (!strcmp(str, "adapter")) {
+        d->variant = LETHE_DMS_ADAPTER;
+    } else {
+        return lethe_fail(LETHE_ERR_CORRUPT, "model: %s = '%s' (expected \"neuron\" or \"adapter\")", key, str);
+    }
+    snprintf(key, sizeof key, "%s.dms.alpha_per", a);
+    str[0] = 0;
+    if (lethe_gguf_get_str(g, key, str, sizeof str)) {
+        if (!strcmp(str, "layer")) d->per_layer = true;
+        else if (strcmp(str, "head"))
+            return lethe_fail(LETHE_ERR_CORRUPT, "model: %s = '%s' (expected \"head\" or \"layer\")", key, str);
+    }
+    if (d->variant == LETHE_DMS_NEURON && hp->head_dim < 2)
+        return lethe_fail(LETHE_ERR_CORRUPT, "model: the DMS neuron variant needs a head dimension >= 2");
+    return LETHE_OK;
+}
+
 /* Bind a tensor by name and check its shape [ne1, ne0] (ne1 = 0: 1-D). */
 static lethe_status bind(const lethe_gguf *g, lethe_tensor *t, const char *name, int64_t ne0,
                          int64_t ne1, bool required, bool *found) {
@@ -190,6 +232,17 @@ static lethe_status load_weights(lethe_model *m) {
         B(w_gate, "ffn_gate.weight", E, F, true);
         B(w_up, "ffn_up.weight", E, F, true);
         B(w_down, "ffn_down.weight", F, E, true);
+        if (hp->dms.variant == LETHE_DMS_ADAPTER) {
+            /* one decision row per KV head, or one per layer (alpha_per "layer") */
+            snprintf(name, sizeof name, "blk.%d.dms_alpha.weight", l);
+            const lethe_gguf_tensor *t = lethe_gguf_find_tensor(g, name);
+            int64_t rows = t && t->ne[1] == 1 ? 1 : Hkv;
+            B(dms_alpha, "dms_alpha.weight", E, rows, true);
+            if (rows == 1 && Hkv > 1 && !hp->dms.per_layer)
+                return lethe_fail(LETHE_ERR_SHAPE, "model: %s has one row but the model decides per head "
+                                  "(%s.dms.alpha_per is not \"layer\")", name, hp->arch_name);
+            B(dms_alpha_norm, "dms_alpha_norm.weight", E, 0, true);
+        }
     }
 #undef B
     return LETHE_OK;
@@ -242,6 +295,7 @@ lethe_model *lethe_model_load(const char *path, lethe_model_params params, lethe
     m->gguf = lethe_gguf_open(path, params.use_mmap, &st);
     if (!m->gguf) goto fail;
     if ((st = load_hparams(m->gguf, &m->hp)) != LETHE_OK) goto fail;
+    if ((st = load_dms_hparams(m->gguf, &m->hp)) != LETHE_OK) goto fail;
     if ((st = load_weights(m)) != LETHE_OK) goto fail;
     m->tok = lethe_tokenizer_from_gguf(m->gguf, &st);
     if (!m->tok) goto fail;
@@ -273,6 +327,8 @@ lethe_model *lethe_model_load(const char *path, lethe_model_params params, lethe
     in->n_ff = hp->n_ff;
     in->n_vocab = hp->n_vocab;
     in->n_ctx_train = hp->n_ctx_train;
+    in->dms_variant = (int32_t)hp->dms.variant;
+    in->dms_window = hp->dms.variant ? hp->dms.window : 0;
     for (uint64_t i = 0; i < m->gguf->n_tensors; i++) {
         const lethe_gguf_tensor *t = &m->gguf->tensors[i];
         in->n_params += (uint64_t)(t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]);

@@ -21,6 +21,9 @@ lethe_synth_params lethe_synth_default_params(void) {
     p.tied_output = true;
     p.rope_base = 10000.0f;
     p.seed = 1;
+    p.dms_window = 16;
+    p.dms_alpha_scale = 100.0f;
+    p.dms_alpha_offset = 5.0f;
     return p;
 }
 
@@ -84,6 +87,8 @@ static int byte_token(int b, char *out) {
 #define TRY(x) do { st = (x); if (st != LETHE_OK) goto done; } while (0)
 
 lethe_status lethe_synth_write(const char *path, lethe_synth_params p) {
+    if (p.dms_variant < 0 || p.dms_variant > 2 || p.dms_window < 0)
+        return lethe_fail(LETHE_ERR_INVALID_ARG, "synth: invalid DMS parameters");
     if (!path || !p.arch || p.n_layer < 1 || p.n_embd < 2 || p.n_head < 1 || p.n_head_kv < 1 ||
         p.n_head % p.n_head_kv || p.n_embd % p.n_head || (p.n_embd / p.n_head) % 2 || p.n_ff < 1 ||
         p.n_vocab < 259)
@@ -109,6 +114,13 @@ lethe_status lethe_synth_write(const char *path, lethe_synth_params p) {
     TRY(lethe_gguf_writer_add_u32(w, KEY("attention.head_count_kv"), (uint32_t)p.n_head_kv));
     TRY(lethe_gguf_writer_add_f32(w, KEY("rope.freq_base"), p.rope_base));
     TRY(lethe_gguf_writer_add_f32(w, KEY("attention.layer_norm_rms_epsilon"), 1e-5f));
+    if (p.dms_variant) {
+        TRY(lethe_gguf_writer_add_u32(w, KEY("dms.window_size"), (uint32_t)p.dms_window));
+        TRY(lethe_gguf_writer_add_f32(w, KEY("dms.alpha_scale"), p.dms_alpha_scale));
+        TRY(lethe_gguf_writer_add_f32(w, KEY("dms.alpha_offset"), p.dms_alpha_offset));
+        TRY(lethe_gguf_writer_add_str(w, KEY("dms.variant"), p.dms_variant == 2 ? "adapter" : "neuron"));
+        TRY(lethe_gguf_writer_add_str(w, KEY("dms.alpha_per"), p.dms_per_layer ? "layer" : "head"));
+    }
 
     /* vocabulary: 256 byte tokens, then merges of frequent pairs, then specials */
     char buf[16];
@@ -185,6 +197,10 @@ lethe_status lethe_synth_write(const char *path, lethe_synth_params p) {
         TRY(add_matrix(w, NAME("ffn_gate.weight"), p.wtype, E, F, sdE, &seed));
         TRY(add_matrix(w, NAME("ffn_up.weight"), p.wtype, E, F, sdE, &seed));
         TRY(add_matrix(w, NAME("ffn_down.weight"), p.wtype, F, E, sdF, &seed));
+        if (p.dms_variant == 2) {
+            TRY(add_matrix(w, NAME("dms_alpha.weight"), LETHE_F32, E, p.dms_per_layer ? 1 : Hkv, sdE, &seed));
+            TRY(add_ones(w, NAME("dms_alpha_norm.weight"), E, &seed));
+        }
     }
     st = lethe_gguf_writer_write_file(w, path);
 done:

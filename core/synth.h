@@ -18,6 +18,12 @@ typedef struct lethe_synth_params {
     bool tied_output;            /* no output.weight                               */
     float rope_base;
     uint64_t seed;
+    /* DMS (0: none, 1: neuron, 2: adapter), written as <arch>.dms.* keys;
+     * the adapter gets random blk.N.dms_alpha[_norm] tensors. */
+    int32_t dms_variant;
+    int32_t dms_window;
+    float dms_alpha_scale, dms_alpha_offset;
+    bool dms_per_layer;
 } lethe_synth_params;
 
 lethe_synth_params lethe_synth_default_params(void);   /* a tiny llama: 2 layers, E 64 */

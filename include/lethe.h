@@ -113,6 +113,8 @@ typedef struct lethe_model_info {
     int32_t n_ctx_train;
     uint64_t n_params;            /* number of weights                           */
     uint64_t weight_bytes;        /* bytes of weights as stored                  */
+    int32_t dms_variant;          /* 0: not a DMS model, 1: neuron, 2: adapter   */
+    int32_t dms_window;           /* the model's DMS window w (0 if not DMS)     */
 } lethe_model_info;
 
 LETHE_API lethe_model_info lethe_model_get_info(const lethe_model *model);

@@ -1,0 +1,12 @@
+/* engine.h — library-internal view of a context, for tests and tools that
+ * need to look inside (the public API is include/lethe.h). */
+#ifndef LETHE_ENGINE_H
+#define LETHE_ENGINE_H
+
+#include "kv_cache.h"
+#include "lethe.h"
+
+/* The context's KV cache (read-only use: stats, per-slot flags in tests). */
+const lethe_kv_cache *lethe_context_kv(const lethe_context *ctx);
+
+#endif

@@ -1,0 +1,400 @@
+/* test_dms.c — DMS exactly as DESIGN.md §3.1 states it, against a float64
+ * dense reference that builds its attention mask from the flags.
+ *
+ * Tiny random llama- and qwen3-shaped models (f32 weights, f32 KV cache),
+ * both decision variants, windows 0..16, sequences several windows long so
+ * that evictions happen. Every engine path — one prefill, token by token,
+ * chunked prefill inside one call, prefill after decode across calls — must
+ * give the reference's logits (1e-5 relative), its flags (the expiry of
+ * every live slot) and its per-head live lengths.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine.h"
+#include "model.h"
+#include "synth.h"
+#include "testutil.h"
+
+/* ------------------------------------------------------------ reference */
+
+static const float *W(const lethe_tensor *t) { return (const float *)t->data; }
+
+static void ref_rmsnorm(const double *x, int n, const float *w, double eps, double *y) {
+    double ss = 0;
+    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    const double r = 1.0 / sqrt(ss / n + eps);
+    for (int i = 0; i < n; i++) y[i] = x[i] * r * (w ? w[i] : 1.0);
+}
+
+/* y[rows] = w[rows, cols] x[cols] */
+static void ref_matvec(const float *w, int rows, int cols, const double *x, double *y) {
+    for (int r = 0; r < rows; r++) {
+        double s = 0;
+        for (int c = 0; c < cols; c++) s += (double)w[(size_t)r * cols + c] * x[c];
+        y[r] = s;
+    }
+}
+
+static void ref_rope(double *x, int D, int pos, const lethe_rope_params *p) {
+    const int half = D / 2;
+    for (int i = 0; i < half; i++) {
+        const double th = pos * pow((double)p->freq_base, -2.0 * i / D);
+        const double c = cos(th), s = sin(th);
+        const int a = p->mode == LETHE_ROPE_NEOX ? i : 2 * i, b = p->mode == LETHE_ROPE_NEOX ? i + half : 2 * i + 1;
+        const double x0 = x[a], x1 = x[b];
+        x[a] = x0 * c - x1 * s;
+        x[b] = x0 * s + x1 * c;
+    }
+}
+
+/* The model over tokens[0, N) with DMS window w (dms = false: no eviction,
+ * but a neuron model still borrows its channel). Fills logits [N][V] and
+ * flag[l][j][h] = 1 if token j is flagged (by token j+1's decision). */
+static void ref_forward(const lethe_model *m, const int32_t *tok, int N, bool dms, int w, double *logits,
+                        uint8_t *flag) {
+    const lethe_hparams *hp = &m->hp;
+    const int E = hp->n_embd, D = hp->head_dim, Hq = hp->n_head, Hkv = hp->n_head_kv, G = Hq / Hkv;
+    const int F = hp->n_ff, V = hp->n_vocab, L = hp->n_layer;
+    const double eps = hp->norm_eps;
+    double *x = calloc((size_t)N * E, sizeof(double)), *h = malloc(sizeof(double) * E);
+    double *q = malloc(sizeof(double) * (size_t)N * Hq * D), *k = malloc(sizeof(double) * (size_t)N * Hkv * D);
+    double *v = malloc(sizeof(double) * (size_t)N * Hkv * D), *att = malloc(sizeof(double) * Hq * D);
+    double *o = malloc(sizeof(double) * E), *g = malloc(sizeof(double) * F), *u = malloc(sizeof(double) * F);
+    double *sc = malloc(sizeof(double) * N), *dec = malloc(sizeof(double) * (size_t)N * Hkv);
+    double *tmp = malloc(sizeof(double) * (Hq * D > E ? Hq * D : E));
+    for (int t = 0; t < N; t++)
+        for (int e = 0; e < E; e++) x[(size_t)t * E + e] = W(&m->tok_embd)[(size_t)tok[t] * E + e];
+    for (int l = 0; l < L; l++) {
+        const lethe_layer *Ly = &m->layers[l];
+        for (int t = 0; t < N; t++) {
+            double *xt = x + (size_t)t * E, *qt = q + (size_t)t * Hq * D, *kt = k + (size_t)t * Hkv * D;
+            double *vt = v + (size_t)t * Hkv * D;
+            if (hp->dms.variant == LETHE_DMS_ADAPTER) {
+                const int rows = (int)Ly->dms_alpha.ne[1];
+                ref_rmsnorm(xt, E, W(&Ly->dms_alpha_norm), eps, h);
+                ref_matvec(W(&Ly->dms_alpha), rows, E, h, tmp);
+                for (int hk = 0; hk < Hkv; hk++) dec[t * Hkv + hk] = tmp[rows == 1 || hp->dms.per_layer ? 0 : hk];
+            }
+            ref_rmsnorm(xt, E, W(&Ly->attn_norm), eps, h);
+            ref_matvec(W(&Ly->wq), Hq * D, E, h, qt);
+            ref_matvec(W(&Ly->wk), Hkv * D, E, h, kt);
+            ref_matvec(W(&Ly->wv), Hkv * D, E, h, vt);
+            if (hp->qkv_bias)
+                for (int i = 0; i < Hq * D; i++) qt[i] += W(&Ly->bq)[i];
+            if (hp->qkv_bias)
+                for (int i = 0; i < Hkv * D; i++) { kt[i] += W(&Ly->bk)[i]; vt[i] += W(&Ly->bv)[i]; }
+            if (hp->qk_norm) {
+                for (int hh = 0; hh < Hq; hh++) { ref_rmsnorm(qt + hh * D, D, W(&Ly->q_norm), eps, tmp); memcpy(qt + hh * D, tmp, sizeof(double) * D); }
+                for (int hh = 0; hh < Hkv; hh++) { ref_rmsnorm(kt + hh * D, D, W(&Ly->k_norm), eps, tmp); memcpy(kt + hh * D, tmp, sizeof(double) * D); }
+            }
+            for (int hk = 0; hk < Hkv; hk++) {
+                double *qh = qt + (size_t)hk * G * D;
+                if (hp->dms.variant == LETHE_DMS_NEURON) {
+                    dec[t * Hkv + hk] = (qt + (size_t)(hp->dms.per_layer ? 0 : hk) * G * D)[D - 1];
+                }
+                (void)qh;
+            }
+            for (int hh = 0; hh < Hq; hh++) {
+                const bool borrow = hp->dms.variant == LETHE_DMS_NEURON && hh % G == 0;
+                if (borrow) qt[hh * D + D - 1] = 0;
+                ref_rope(qt + hh * D, D, t, &hp->rope);
+                if (borrow) qt[hh * D + D - 1] = 0;
+            }
+            for (int hh = 0; hh < Hkv; hh++) ref_rope(kt + hh * D, D, t, &hp->rope);
+        }
+        /* flags: token j is flagged by token j+1's decision */
+        for (int j = 0; j < N; j++)
+            for (int hk = 0; hk < Hkv; hk++) {
+                const bool f = dms && j + 1 < N &&
+                               hp->dms.alpha_scale * dec[(j + 1) * Hkv + hk] - hp->dms.alpha_offset > 0;
+                flag[((size_t)l * N + j) * Hkv + hk] = f;
+            }
+        for (int i = 0; i < N; i++) {
+            for (int hh = 0; hh < Hq; hh++) {
+                const int hk = hh / G;
+                double mx = -INFINITY;
+                for (int j = 0; j <= i; j++) {
+                    const bool visible = i - j <= w || !flag[((size_t)l * N + j) * Hkv + hk] || !dms;
+                    sc[j] = -INFINITY;
+                    if (!visible) continue;
+                    double s = 0;
+                    for (int d = 0; d < D; d++) s += q[((size_t)i * Hq + hh) * D + d] * k[((size_t)j * Hkv + hk) * D + d];
+                    sc[j] = s / sqrt((double)D);
+                    mx = fmax(mx, sc[j]);
+                }
+                double sum = 0;
+                for (int d = 0; d < D; d++) att[hh * D + d] = 0;
+                for (int j = 0; j <= i; j++) {
+                    if (sc[j] == -INFINITY) continue;
+                    const double p = exp(sc[j] - mx);
+                    sum += p;
+                    for (int d = 0; d < D; d++) att[hh * D + d] += p * v[((size_t)j * Hkv + hk) * D + d];
+                }
+                for (int d = 0; d < D; d++) att[hh * D + d] /= sum;
+            }
+            double *xi = x + (size_t)i * E;
+            ref_matvec(W(&Ly->wo), E, Hq * D, att, o);
+            for (int e = 0; e < E; e++) tmp[e] = xi[e] + o[e];
+            memcpy(o, tmp, sizeof(double) * E);   /* o = residual after attention */
+            ref_rmsnorm(o, E, W(&Ly->ffn_norm), eps, h);
+            ref_matvec(W(&Ly->w_gate), F, E, h, g);
+            ref_matvec(W(&Ly->w_up), F, E, h, u);
+            for (int f = 0; f < F; f++) g[f] = g[f] / (1.0 + exp(-g[f])) * u[f];
+            ref_matvec(W(&Ly->w_down), E, F, g, h);
+            /* x of token i is final for this layer only after every query
+             * used the layer's k/v, which were computed above: safe */
+            for (int e = 0; e < E; e++) xi[e] = o[e] + h[e];
+        }
+    }
+    for (int t = 0; t < N; t++) {
+        ref_rmsnorm(x + (size_t)t * E, E, W(&m->output_norm), eps, h);
+        ref_matvec(W(&m->output), V, E, h, logits + (size_t)t * V);
+    }
+    free(x); free(h); free(q); free(k); free(v); free(att); free(o); free(g); free(u); free(sc); free(dec); free(tmp);
+}
+
+/* --------------------------------------------------------------- engine */
+
+typedef struct {
+    const char *arch;
+    int variant;        /* 1 neuron, 2 adapter */
+    bool per_layer;
+    int window;
+    float offset;       /* 5: mixed decisions; 1e6: all keep; -1e6: all evict */
+    int n_tokens;
+} dms_case;
+
+static char *make_model(const dms_case *dc, uint64_t seed) {
+    lethe_synth_params p = lethe_synth_default_params();
+    p.arch = dc->arch;
+    p.n_layer = 2;
+    p.n_embd = 64;
+    p.n_head = 4;
+    p.n_head_kv = 2;
+    p.n_ff = 96;
+    p.seed = seed;
+    p.dms_variant = dc->variant;
+    p.dms_window = dc->window;
+    p.dms_alpha_offset = dc->offset;
+    p.dms_per_layer = dc->per_layer;
+    char *path = tu_write_temp("", 0);
+    lethe_status st = lethe_synth_write(path, p);
+    if (st != LETHE_OK) fail_msg("synth: %s", lethe_last_error());
+    return path;
+}
+
+static lethe_model *load(const char *path) {
+    lethe_status st;
+    lethe_model *m = lethe_model_load(path, lethe_model_default_params(), &st);
+    if (!m) fail_msg("load: %s: %s", lethe_strerror(st), lethe_last_error());
+    return m;
+}
+
+static lethe_context *new_ctx(lethe_model *m, int n_batch, lethe_kv_policy_kind pol) {
+    lethe_context_params p = lethe_context_default_params();
+    p.n_ctx = 256;
+    p.n_batch = n_batch;
+    p.n_threads = 2;
+    p.kv_type = LETHE_KV_F32;
+    p.kv_policy = pol;
+    lethe_status st;
+    lethe_context *c = lethe_context_new(m, p, &st);
+    if (!c) fail_msg("context: %s: %s", lethe_strerror(st), lethe_last_error());
+    return c;
+}
+
+/* Feed tokens [0, N) in decode calls of the given sizes (cycled), keeping
+ * every position's logits: [N][V]. */
+static float *run_calls(lethe_context *c, const int32_t *tok, int N, const int *sizes, int n_sizes, int V) {
+    float *out = malloc(sizeof(float) * (size_t)N * V);
+    int8_t want[256];
+    memset(want, 1, sizeof want);
+    for (int i = 0, k = 0; i < N; k++) {
+        int n = sizes[k % n_sizes];
+        if (n > N - i) n = N - i;
+        lethe_batch b = lethe_batch_one(tok + i, n);
+        b.logits = want;
+        lethe_status st = lethe_decode(c, b);
+        if (st != LETHE_OK) fail_msg("decode: %s", lethe_last_error());
+        for (int j = 0; j < n; j++) memcpy(out + (size_t)(i + j) * V, lethe_get_logits(c, j), sizeof(float) * V);
+        i += n;
+    }
+    return out;
+}
+
+/* Worst |a - b| / max |b| over one position's logits, maxed over positions. */
+static double worst_rel(const float *got, const double *ref, int N, int V) {
+    double worst = 0;
+    for (int t = 0; t < N; t++) {
+        double mx = 0, err = 0;
+        for (int i = 0; i < V; i++) {
+            mx = fmax(mx, fabs(ref[(size_t)t * V + i]));
+            err = fmax(err, fabs(got[(size_t)t * V + i] - ref[(size_t)t * V + i]));
+        }
+        if (!(err == err)) return INFINITY;
+        worst = fmax(worst, err / mx);
+    }
+    return worst;
+}
+
+/* The cache after N tokens holds exactly the tokens the next query sees,
+ * each with the right flag: expire = j + w + 1 if flagged, else never. */
+static void check_cache(lethe_context *c, const lethe_model *m, const uint8_t *flag, int N, int w, const char *what) {
+    const lethe_kv_cache *kv = lethe_context_kv(c);
+    const int L = m->hp.n_layer, Hkv = m->hp.n_head_kv;
+    for (int l = 0; l < L; l++)
+        for (int h = 0; h < Hkv; h++) {
+            const lethe_kv_stream *s = lethe_kv_stream_at(kv, 0, l, h);
+            int expect_live = 0;
+            for (int j = 0; j < N; j++) expect_live += N - j <= w || !flag[((size_t)l * N + j) * Hkv + h];
+            if (lethe_kv_live(s) != expect_live || lethe_kv_head_len(c, 0, l, h) != expect_live)
+                fail_msg("%s: layer %d head %d holds %d live tokens, reference %d", what, l, h, lethe_kv_live(s),
+                         expect_live);
+            assert_true(s->n_holes <= LETHE_KV_MAX_HOLES);
+            uint8_t seen[256] = {0};
+            for (int i = 0; i < s->len; i++) {
+                const int32_t p = *lethe_kv_pos(kv, s, i), e = *lethe_kv_expire(kv, s, i);
+                if (p == LETHE_KV_HOLE) continue;
+                assert_true(p >= 0 && p < N && !seen[p]);
+                seen[p] = 1;
+                const bool f = flag[((size_t)l * N + p) * Hkv + h];
+                if (e != (f ? p + w + 1 : LETHE_KV_NEVER))
+                    fail_msg("%s: layer %d head %d token %d: expire %d, flag %d (w %d)", what, l, h, p, e, f, w);
+            }
+        }
+}
+
+static void run_case(const dms_case *dc, uint64_t seed) {
+    char *path = make_model(dc, seed);
+    lethe_model *m = load(path);
+    assert_int_equal(m->hp.dms.variant, dc->variant);
+    assert_int_equal(m->hp.dms.window, dc->window);
+    const int N = dc->n_tokens, V = m->hp.n_vocab, w = dc->window;
+    int32_t tok[256];
+    for (int i = 0; i < N; i++) tok[i] = (int32_t)((i * 7919u + seed * 31u) % 300u);
+    double *ref = malloc(sizeof(double) * (size_t)N * V);
+    uint8_t *flag = malloc((size_t)m->hp.n_layer * N * m->hp.n_head_kv);
+    ref_forward(m, tok, N, true, w, ref, flag);
+    int n_flag = 0;
+    for (size_t i = 0; i < (size_t)m->hp.n_layer * N * m->hp.n_head_kv; i++) n_flag += flag[i];
+
+    struct { const char *name; int n_batch; int sizes[4]; int n_sizes; } paths[] = {
+        {"one prefill", 256, {256}, 1},
+        {"token by token", 256, {1}, 1},
+        {"chunked prefill (n_batch 7)", 7, {256}, 1},
+        {"multi-turn (prefill, decode, prefill...)", 5, {13, 1, 9, 1}, 4},
+    };
+    for (size_t k = 0; k < sizeof paths / sizeof paths[0]; k++) {
+        lethe_context *c = new_ctx(m, paths[k].n_batch, LETHE_KV_POLICY_AUTO);
+        float *got = run_calls(c, tok, N, paths[k].sizes, paths[k].n_sizes, V);
+        const double err = worst_rel(got, ref, N, V);
+        if (!(err <= 1e-5))
+            fail_msg("%s %s w=%d offset %g: %s: logits off by %.3g relative", dc->arch,
+                     dc->variant == 1 ? "neuron" : "adapter", w, (double)dc->offset, paths[k].name, err);
+        check_cache(c, m, flag, N, w, paths[k].name);
+        lethe_kv_stats ks = lethe_get_kv_stats(c);
+        assert_int_equal(ks.policy, LETHE_KV_POLICY_DMS);
+        assert_int_equal(ks.tokens_seen, N);
+        free(got);
+        lethe_context_free(c);
+    }
+    if (dc->offset == 5.0f && dc->window < N - 2) assert_true(n_flag > 0);   /* evictions really happened */
+    free(ref);
+    free(flag);
+    lethe_model_free(m);
+    unlink(path);
+    free(path);
+}
+
+static void test_neuron_llama(void **state) {
+    (void)state;
+    for (int w = 0; w <= 16; w += w < 4 ? 4 : w) {   /* 0, 4, 8, 16 */
+        dms_case dc = {"llama", 1, false, w, 5.0f, 3 * w + 20};
+        run_case(&dc, 11 + (uint64_t)w);
+    }
+}
+
+static void test_neuron_qwen3(void **state) {
+    (void)state;
+    dms_case dc = {"qwen3", 1, false, 8, 5.0f, 48};
+    run_case(&dc, 21);
+    dms_case pl = {"qwen3", 1, true, 4, 5.0f, 40};   /* alpha_per layer */
+    run_case(&pl, 22);
+}
+
+static void test_adapter(void **state) {
+    (void)state;
+    dms_case dc = {"llama", 2, false, 8, 5.0f, 50};
+    run_case(&dc, 31);
+    dms_case q3 = {"qwen3", 2, false, 16, 5.0f, 64};
+    run_case(&q3, 32);
+    dms_case pl = {"qwen2", 2, true, 4, 5.0f, 30};
+    run_case(&pl, 33);
+}
+
+/* Every decision "evict": pure sliding-window attention over w + 1 tokens,
+ * the reference's mask with every flag set. Every decision "keep": the same
+ * bits as the model without eviction. */
+static void test_all_evict_all_keep(void **state) {
+    (void)state;
+    dms_case ev = {"llama", 1, false, 4, -1e6f, 30};
+    run_case(&ev, 41);
+    dms_case ka = {"qwen3", 2, false, 4, 1e6f, 30};
+    run_case(&ka, 42);
+
+    char *path = make_model(&ka, 43);
+    lethe_model *m = load(path);
+    const int N = 30, V = m->hp.n_vocab;
+    int32_t tok[30];
+    for (int i = 0; i < N; i++) tok[i] = (int32_t)(i * 37 % 300);
+    const int one[1] = {1};
+    lethe_context *a = new_ctx(m, 256, LETHE_KV_POLICY_DMS), *b = new_ctx(m, 256, LETHE_KV_POLICY_NONE);
+    float *la = run_calls(a, tok, N, one, 1, V), *lb = run_calls(b, tok, N, one, 1, V);
+    assert_memory_equal(la, lb, sizeof(float) * (size_t)N * V);
+    free(la);
+    free(lb);
+    lethe_context_free(a);
+    lethe_context_free(b);
+    lethe_model_free(m);
+    unlink(path);
+    free(path);
+
+    /* all evict: between steps every head holds the w newest tokens (the
+     * next one makes w + 1 while it attends) */
+    path = make_model(&ev, 44);
+    m = load(path);
+    lethe_context *c = new_ctx(m, 256, LETHE_KV_POLICY_AUTO);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(lethe_decode(c, lethe_batch_one(&tok[i], 1)), LETHE_OK);
+        for (int l = 0; l < m->hp.n_layer; l++)
+            for (int h = 0; h < m->hp.n_head_kv; h++) assert_int_equal(lethe_kv_head_len(c, 0, l, h), i + 1 < 4 ? i + 1 : 4);
+    }
+    /* the cache never grew past its pages for w + 1 = 5 slots: one page per head */
+    lethe_kv_stats ks = lethe_get_kv_stats(c);
+    assert_int_equal(ks.bytes_peak, (size_t)m->hp.n_layer * m->hp.n_head_kv * lethe_context_kv(c)->page_bytes);
+    assert_true(ks.compression_ratio == 7.5);   /* 30 tokens seen, 4 live */
+    lethe_context_free(c);
+    lethe_model_free(m);
+    unlink(path);
+    free(path);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_neuron_llama),
+        cmocka_unit_test(test_neuron_qwen3),
+        cmocka_unit_test(test_adapter),
+        cmocka_unit_test(test_all_evict_all_keep),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
