@@ -46,6 +46,13 @@ typedef struct cli_opts {
     int32_t repetitions;          /* -r (bench)                                 */
     int32_t n_chunks;             /* --chunks (perplexity); -1: all             */
     lethe_sampler_params sp;      /* --temp --top-k --top-p --min-p --repeat-* --seed */
+    lethe_kv_policy_kind kv_policy; /* --kv-policy                             */
+    int32_t kv_budget;            /* --kv-budget tokens per head (0: unset)     */
+    int32_t dms_window;           /* --dms-window (-1: the model's)             */
+    float dms_force_rate;         /* --dms-force-rate (-1: off)                 */
+    size_t kv_mem;                /* --kv-mem bytes of KV pool (0: enough for -c) */
+    bool kv_stats;                /* --kv-stats                                 */
+    int32_t parallel;             /* --parallel N (generate)                    */
     const char *backend;          /* --backend                                  */
     int32_t device;               /* --device                                   */
     int verbose;                  /* -v count                                   */
@@ -72,6 +79,8 @@ void cli_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * error line is printed and false returned. */
 bool cli_parse_i32(const char *flag, const char *s, int32_t lo, int32_t hi, int32_t *out);
 bool cli_parse_f32(const char *flag, const char *s, float lo, float hi, float *out);
+/* "4096", "512M", "2G" (binary units) → bytes. */
+bool cli_parse_size(const char *flag, const char *s, size_t *out);
 /* "512,1024" → malloc'ed array; false (error printed) on a bad list. */
 bool cli_parse_i32_list(const char *flag, const char *s, int32_t lo, int32_t hi,
                         int32_t **out, int *n_out);
@@ -86,7 +95,8 @@ const char *cli_default_model_path(void);
 /* Load the model of -m (or the default) with the backend options. Prints the
  * error line and returns NULL on failure. `progress` draws a bar on a tty. */
 lethe_model *cli_load_model(const cli_opts *o, bool progress);
-/* A context with -c/-b/-t applied; n_ctx_override > 0 replaces -c. */
+/* A context with -c/-b/-t, --parallel and the KV policy options applied;
+ * n_ctx_override > 0 replaces -c. */
 lethe_context *cli_new_context(lethe_model *m, const cli_opts *o, int32_t n_ctx_override);
 
 /* Whole file into a NUL-terminated malloc'ed buffer (error line on failure). */
@@ -105,6 +115,12 @@ bool cli_write_piece(const lethe_model *m, lethe_token t, FILE *f, bool render_s
 bool cli_piece_append(const lethe_model *m, lethe_token t, char **buf, size_t *len, size_t *cap);
 
 double cli_now_s(void);   /* CLOCK_MONOTONIC in seconds */
+/* Feed a sequence's tokens in n_batch-sized decode calls: each call is a
+ * transaction, and between calls an evicting cache frees what the next
+ * tokens will not see, so a long prompt never needs its full size at once. */
+lethe_status cli_decode_chunks(lethe_context *ctx, const lethe_token *toks, int32_t n, int32_t seq, int32_t n_batch);
+/* KV statistics on stderr; per (layer, head) live tokens with `per_head`. */
+void cli_print_kv_stats(lethe_context *ctx, const lethe_model *m, bool per_head);
 
 /* Subcommands. */
 int cli_cmd_chat(int argc, char **argv);

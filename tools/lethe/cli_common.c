@@ -20,7 +20,8 @@
 enum {
     OPT_TEMP = 256, OPT_TOP_K, OPT_TOP_P, OPT_MIN_P, OPT_REPEAT_PENALTY, OPT_REPEAT_LAST_N,
     OPT_SEED, OPT_BACKEND, OPT_DEVICE, OPT_SYSTEM, OPT_IGNORE_EOS, OPT_STATS, OPT_NO_SPECIAL,
-    OPT_PIECES, OPT_TOKENS, OPT_CHUNKS,
+    OPT_PIECES, OPT_TOKENS, OPT_CHUNKS, OPT_KV_POLICY, OPT_KV_BUDGET, OPT_DMS_WINDOW, OPT_DMS_FORCE,
+    OPT_KV_MEM, OPT_KV_STATS, OPT_PARALLEL,
 };
 
 typedef struct cli_optdef {
@@ -61,6 +62,15 @@ static const cli_optdef k_opts[] = {
     {"chunks", required_argument, OPT_CHUNKS, CLI_PERPLEXITY, "N", "score at most N windows (-1: all)"},
     {"depth", required_argument, 'd', CLI_BENCH, "N,..", "fill the cache with N tokens first, comma list (0)"},
     {"repetitions", required_argument, 'r', CLI_BENCH, "N", "timed runs per test after one warm-up (5)"},
+    {"kv-policy", required_argument, OPT_KV_POLICY, CLI_RUN, "NAME",
+     "KV eviction: dms (default for DMS models), none (default otherwise), window, tova, h2o, quest"},
+    {"kv-budget", required_argument, OPT_KV_BUDGET, CLI_RUN, "N", "live tokens per head for window/tova/h2o/quest"},
+    {"dms-window", required_argument, OPT_DMS_WINDOW, CLI_RUN, "W", "DMS: flagged tokens stay visible W more steps (model's)"},
+    {"dms-force-rate", required_argument, OPT_DMS_FORCE, CLI_RUN, "R",
+     "DMS on any model: flag a fraction R of tokens by a hash (speed/memory tests; not the model's answers)"},
+    {"kv-mem", required_argument, OPT_KV_MEM, CLI_RUN, "SIZE", "KV pool size, e.g. 512M, 1G (default: room for -c per sequence)"},
+    {"kv-stats", no_argument, OPT_KV_STATS, CLI_GENERATE | CLI_CHAT, NULL, "print KV cache statistics (live tokens per layer and head) on stderr"},
+    {"parallel", required_argument, OPT_PARALLEL, CLI_GENERATE, "N", "N continuations of one prompt, decoded together"},
     {"backend", required_argument, OPT_BACKEND, CLI_ALL, "NAME", "cpu (default), vulkan, cuda, auto"},
     {"device", required_argument, OPT_DEVICE, CLI_ALL, "N", "device index within the backend (0)"},
     {"verbose", no_argument, 'v', CLI_ALL, NULL, "more log output (repeat for debug)"},
@@ -145,6 +155,28 @@ bool cli_parse_f32(const char *flag, const char *s, float lo, float hi, float *o
     return true;
 }
 
+bool cli_parse_size(const char *flag, const char *s, size_t *out) {
+    char *end = NULL;
+    errno = 0;
+    double v = s ? strtod(s, &end) : 0;
+    double mul = 1;
+    if (end && *end) {
+        switch (*end) {
+        case 'k': case 'K': mul = 1024.0; break;
+        case 'm': case 'M': mul = 1048576.0; break;
+        case 'g': case 'G': mul = 1073741824.0; break;
+        default: mul = 0;
+        }
+        if (mul && end[1] && strcmp(end + 1, "iB") && strcmp(end + 1, "B")) mul = 0;
+    }
+    if (!s || !*s || end == s || errno == ERANGE || !isfinite(v) || v <= 0 || mul == 0 || v * mul > 1e15) {
+        cli_error("invalid value '%s' for %s: expected a size such as 4096, 512M or 2G", s ? s : "", flag);
+        return false;
+    }
+    *out = (size_t)(v * mul);
+    return true;
+}
+
 bool cli_parse_i32_list(const char *flag, const char *s, int32_t lo, int32_t hi, int32_t **out, int *n_out) {
     size_t n = 1;
     for (const char *c = s; *c; c++) n += *c == ',';
@@ -217,6 +249,9 @@ int cli_parse(int cmd, const char *cmd_name, int argc, char **argv, cli_opts *o)
     o->repetitions = 5;
     o->n_chunks = -1;
     o->sp = lethe_sampler_default_params();
+    o->dms_window = -1;
+    o->dms_force_rate = -1.0f;
+    o->parallel = 1;
 
     /* getopt_long table from k_opts (duplicates by name are harmless: the first wins,
      * and the code is the same). */
@@ -311,6 +346,19 @@ int cli_parse(int cmd, const char *cmd_name, int argc, char **argv, cli_opts *o)
         case OPT_PIECES: o->pieces = true; break;
         case OPT_TOKENS: o->tokens = optarg; break;
         case OPT_CHUNKS: ok = cli_parse_i32("--chunks", optarg, -1, INT32_MAX, &o->n_chunks); break;
+        case OPT_KV_POLICY:
+            if (lethe_kv_policy_parse(optarg, &o->kv_policy) != LETHE_OK) {
+                cli_error("invalid value '%s' for --kv-policy: expected dms, none, window, tova, h2o, quest or auto",
+                          optarg);
+                ok = false;
+            }
+            break;
+        case OPT_KV_BUDGET: ok = cli_parse_i32("--kv-budget", optarg, 1, 1 << 24, &o->kv_budget); break;
+        case OPT_DMS_WINDOW: ok = cli_parse_i32("--dms-window", optarg, 0, 1 << 24, &o->dms_window); break;
+        case OPT_DMS_FORCE: ok = cli_parse_f32("--dms-force-rate", optarg, 0.0f, 1.0f, &o->dms_force_rate); break;
+        case OPT_KV_MEM: ok = cli_parse_size("--kv-mem", optarg, &o->kv_mem); break;
+        case OPT_KV_STATS: o->kv_stats = true; break;
+        case OPT_PARALLEL: ok = cli_parse_i32("--parallel", optarg, 1, 4096, &o->parallel); break;
         default: return cli_error("internal: unhandled option %d", c), CLI_EXIT_USAGE;
         }
         if (!ok) return CLI_EXIT_USAGE;
@@ -388,6 +436,12 @@ lethe_context *cli_new_context(lethe_model *m, const cli_opts *o, int32_t n_ctx_
     else if (o->n_ctx_set) cp.n_ctx = o->n_ctx;
     cp.n_batch = o->n_batch;
     cp.n_threads = o->n_threads;
+    cp.n_seq_max = o->parallel > 1 ? o->parallel : 1;
+    cp.kv_policy = o->kv_policy;
+    cp.kv_budget_tokens = o->kv_budget;
+    cp.dms_window = o->dms_window;
+    cp.dms_force_rate = o->dms_force_rate;
+    cp.kv_budget_bytes = o->kv_mem;
     lethe_status st = LETHE_OK;
     lethe_context *ctx = lethe_context_new(m, cp, &st);
     if (!ctx) cli_error_status(st != LETHE_OK ? st : LETHE_ERR_INTERNAL, "cannot create a context");

@@ -22,7 +22,125 @@ static int parse_or_exit(int cmd, const char *name, const char *summary, int arg
 static const char k_generate_help[] =
     "Continue a prompt. Only the continuation goes to stdout (no prompt echo);\n"
     "timings go to stderr with -v or --stats. --temp 0 is greedy and deterministic.\n"
+    "--parallel N forks N sequences from the prompt and decodes them together,\n"
+    "each with its own cache and seed (--seed + i); they print when all are done.\n"
     "example: lethe generate -p \"The capital of France is\" -n 16 --temp 0";
+
+/* --parallel N: fork the prefilled prompt into N sequences, then one batched
+ * decode per step with one token of every live sequence. A sequence that
+ * does not fit the KV budget is refused (at fork) or retired (when a step
+ * runs out of pages), leaving the others untouched. */
+static int generate_parallel(const cli_opts *o, lethe_model *m, lethe_context *ctx, int32_t n_prompt) {
+    const int32_t N = o->parallel, n_ctx = lethe_n_ctx(ctx);
+    int rc = CLI_EXIT_FAIL;
+    lethe_sampler **smp = calloc((size_t)N, sizeof *smp);
+    char **text = calloc((size_t)N, sizeof *text);
+    size_t *len = calloc((size_t)N, sizeof *len), *cap = calloc((size_t)N, sizeof *cap);
+    int32_t *ids = malloc((size_t)N * sizeof *ids), *row = malloc((size_t)N * sizeof *row);
+    int32_t *n_gen = calloc((size_t)N, sizeof *n_gen);
+    lethe_token *next = malloc((size_t)N * sizeof *next);
+    int8_t *want = malloc((size_t)N);
+    bool *live = calloc((size_t)N, sizeof *live);
+    const char **why = calloc((size_t)N, sizeof *why);
+    if (!smp || !text || !len || !cap || !ids || !row || !n_gen || !next || !want || !live || !why) {
+        cli_error("out of memory");
+        goto done;
+    }
+    const float *prompt_logits = lethe_get_logits(ctx, -1);
+    float *first = prompt_logits ? malloc((size_t)lethe_n_vocab(m) * sizeof *first) : NULL;
+    if (!first) {
+        cli_error_status(LETHE_ERR_INTERNAL, "no logits after the prompt");
+        goto done;
+    }
+    memcpy(first, prompt_logits, (size_t)lethe_n_vocab(m) * sizeof *first);
+    int32_t n_live = 0;
+    for (int32_t s = 0; s < N; s++) {
+        lethe_sampler_params sp = o->sp;
+        if (sp.seed != LETHE_SEED_RANDOM) sp.seed += (uint64_t)s;
+        smp[s] = lethe_sampler_new(sp, lethe_n_vocab(m));
+        if (!smp[s]) {
+            free(first);
+            cli_error_status(LETHE_ERR_INVALID_ARG, "bad sampling parameters");
+            goto done;
+        }
+        if (s > 0) {
+            lethe_status st = lethe_seq_fork(ctx, 0, s);
+            if (st != LETHE_OK) {
+                cli_warn("sequence %d refused: %s (%s)", s, lethe_strerror(st), lethe_last_error());
+                why[s] = "refused: no room in the KV budget";
+                continue;
+            }
+        }
+        live[s] = true;
+        n_live++;
+        next[s] = lethe_sampler_sample(smp[s], first);
+    }
+    free(first);
+    while (n_live > 0) {
+        int32_t nb = 0;
+        for (int32_t s = 0; s < N; s++) {
+            if (!live[s]) continue;
+            lethe_token t = next[s];
+            if ((!o->ignore_eos && lethe_token_is_eog(m, t)) || t < 0) {
+                live[s] = false;
+                n_live--;
+                lethe_seq_clear(ctx, s);   /* its pages go back to the pool */
+                continue;
+            }
+            cli_piece_append(m, t, &text[s], &len[s], &cap[s]);
+            lethe_sampler_accept(smp[s], t);
+            if (++n_gen[s] >= o->n_predict && o->n_predict >= 0) {
+                live[s] = false;
+                n_live--;
+                continue;
+            }
+            if (lethe_seq_len(ctx, s) >= n_ctx) {
+                live[s] = false;
+                n_live--;
+                why[s] = "stopped: context full";
+                continue;
+            }
+            ids[nb] = s;
+            row[nb] = t;
+            want[nb] = 1;
+            nb++;
+        }
+        if (nb == 0) break;
+        lethe_batch b = {.n_tokens = nb, .tokens = row, .seq_id = ids, .logits = want};
+        lethe_status st = lethe_decode(ctx, b);
+        while (st == LETHE_ERR_CONTEXT_FULL && nb > 1) {
+            /* out of KV pages: retire the last sequence, the rest go on */
+            const int32_t s = ids[--nb];
+            live[s] = false;
+            n_live--;
+            why[s] = "stopped: the KV budget ran out";
+            lethe_seq_clear(ctx, s);
+            cli_warn("sequence %d stopped after %d tokens: the KV budget ran out", s, n_gen[s]);
+            b.n_tokens = nb;
+            st = lethe_decode(ctx, b);
+        }
+        if (st != LETHE_OK) {
+            cli_error_status(st, "decode failed");
+            goto done;
+        }
+        for (int32_t i = 0; i < nb; i++) next[ids[i]] = lethe_sampler_sample(smp[ids[i]], lethe_get_logits(ctx, i));
+    }
+    if (o->kv_stats) cli_print_kv_stats(ctx, m, false);
+    for (int32_t s = 0; s < N; s++) {
+        printf("=== sequence %d (%d tokens%s%s) ===\n", s, n_gen[s], why[s] ? ", " : "", why[s] ? why[s] : "");
+        if (len[s]) fwrite(text[s], 1, len[s], stdout);
+        printf("\n");
+    }
+    fflush(stdout);
+    (void)n_prompt;
+    rc = 0;
+done:
+    for (int32_t s = 0; smp && s < N; s++) lethe_sampler_free(smp[s]);
+    for (int32_t s = 0; text && s < N; s++) free(text[s]);
+    free(smp); free(text); free(len); free(cap); free(ids); free(row); free(n_gen); free(next); free(want);
+    free(live); free(why);
+    return rc;
+}
 
 int cli_cmd_generate(int argc, char **argv) {
     cli_opts o;
@@ -65,12 +183,16 @@ int cli_cmd_generate(int argc, char **argv) {
     for (int32_t i = 0; i < n_prompt; i++) lethe_sampler_accept(smp, toks[i]);
 
     double t0 = cli_now_s();
-    lethe_status st = lethe_decode(ctx, lethe_batch_one(toks, n_prompt));
+    lethe_status st = cli_decode_chunks(ctx, toks, n_prompt, 0, o.n_batch);
     if (st != LETHE_OK) {
         cli_error_status(st, "prompt decode failed");
         goto done;
     }
     double t1 = cli_now_s();
+    if (o.parallel > 1) {
+        rc = generate_parallel(&o, m, ctx, n_prompt);
+        goto done;
+    }
 
     int32_t n_gen = 0;
     bool ctx_full = false;
@@ -110,10 +232,9 @@ int cli_cmd_generate(int argc, char **argv) {
         fprintf(stderr, "lethe: prompt %d tokens in %.1f ms (%.2f t/s); generated %d tokens in %.1f ms (%.2f t/s)\n",
                 n_prompt, (t1 - t0) * 1e3, n_prompt / ((t1 - t0) > 0 ? (t1 - t0) : 1e-9), n_gen, (t2 - t1) * 1e3,
                 n_gen / ((t2 - t1) > 0 ? (t2 - t1) : 1e-9));
-        lethe_kv_stats ks = lethe_get_kv_stats(ctx);
-        fprintf(stderr, "lethe: KV %zu bytes resident (peak %zu), compression %.2fx, reads %llu\n",
-                ks.bytes_resident, ks.bytes_peak, ks.compression_ratio, (unsigned long long)ks.reads);
+        if (!o.kv_stats) cli_print_kv_stats(ctx, m, false);
     }
+    if (o.kv_stats) cli_print_kv_stats(ctx, m, true);
     rc = 0;
 done:
     lethe_sampler_free(smp);
