@@ -23,145 +23,8 @@
 #include "engine.h"
 #include "model.h"
 #include "synth.h"
+#include "ref_model.h"
 #include "testutil.h"
-
-/* ------------------------------------------------------------ reference */
-
-static const float *W(const lethe_tensor *t) { return (const float *)t->data; }
-
-static void ref_rmsnorm(const double *x, int n, const float *w, double eps, double *y) {
-    double ss = 0;
-    for (int i = 0; i < n; i++) ss += x[i] * x[i];
-    const double r = 1.0 / sqrt(ss / n + eps);
-    for (int i = 0; i < n; i++) y[i] = x[i] * r * (w ? w[i] : 1.0);
-}
-
-/* y[rows] = w[rows, cols] x[cols] */
-static void ref_matvec(const float *w, int rows, int cols, const double *x, double *y) {
-    for (int r = 0; r < rows; r++) {
-        double s = 0;
-        for (int c = 0; c < cols; c++) s += (double)w[(size_t)r * cols + c] * x[c];
-        y[r] = s;
-    }
-}
-
-static void ref_rope(double *x, int D, int pos, const lethe_rope_params *p) {
-    const int half = D / 2;
-    for (int i = 0; i < half; i++) {
-        const double th = pos * pow((double)p->freq_base, -2.0 * i / D);
-        const double c = cos(th), s = sin(th);
-        const int a = p->mode == LETHE_ROPE_NEOX ? i : 2 * i, b = p->mode == LETHE_ROPE_NEOX ? i + half : 2 * i + 1;
-        const double x0 = x[a], x1 = x[b];
-        x[a] = x0 * c - x1 * s;
-        x[b] = x0 * s + x1 * c;
-    }
-}
-
-/* The model over tokens[0, N) with DMS window w (dms = false: no eviction,
- * but a neuron model still borrows its channel). Fills logits [N][V] and
- * flag[l][j][h] = 1 if token j is flagged (by token j+1's decision). */
-static void ref_forward(const lethe_model *m, const int32_t *tok, int N, bool dms, int w, double *logits,
-                        uint8_t *flag) {
-    const lethe_hparams *hp = &m->hp;
-    const int E = hp->n_embd, D = hp->head_dim, Hq = hp->n_head, Hkv = hp->n_head_kv, G = Hq / Hkv;
-    const int F = hp->n_ff, V = hp->n_vocab, L = hp->n_layer;
-    const double eps = hp->norm_eps;
-    double *x = calloc((size_t)N * E, sizeof(double)), *h = malloc(sizeof(double) * E);
-    double *q = malloc(sizeof(double) * (size_t)N * Hq * D), *k = malloc(sizeof(double) * (size_t)N * Hkv * D);
-    double *v = malloc(sizeof(double) * (size_t)N * Hkv * D), *att = malloc(sizeof(double) * Hq * D);
-    double *o = malloc(sizeof(double) * E), *g = malloc(sizeof(double) * F), *u = malloc(sizeof(double) * F);
-    double *sc = malloc(sizeof(double) * N), *dec = malloc(sizeof(double) * (size_t)N * Hkv);
-    double *tmp = malloc(sizeof(double) * (Hq * D > E ? Hq * D : E));
-    for (int t = 0; t < N; t++)
-        for (int e = 0; e < E; e++) x[(size_t)t * E + e] = W(&m->tok_embd)[(size_t)tok[t] * E + e];
-    for (int l = 0; l < L; l++) {
-        const lethe_layer *Ly = &m->layers[l];
-        for (int t = 0; t < N; t++) {
-            double *xt = x + (size_t)t * E, *qt = q + (size_t)t * Hq * D, *kt = k + (size_t)t * Hkv * D;
-            double *vt = v + (size_t)t * Hkv * D;
-            if (hp->dms.variant == LETHE_DMS_ADAPTER) {
-                const int rows = (int)Ly->dms_alpha.ne[1];
-                ref_rmsnorm(xt, E, W(&Ly->dms_alpha_norm), eps, h);
-                ref_matvec(W(&Ly->dms_alpha), rows, E, h, tmp);
-                for (int hk = 0; hk < Hkv; hk++) dec[t * Hkv + hk] = tmp[rows == 1 || hp->dms.per_layer ? 0 : hk];
-            }
-            ref_rmsnorm(xt, E, W(&Ly->attn_norm), eps, h);
-            ref_matvec(W(&Ly->wq), Hq * D, E, h, qt);
-            ref_matvec(W(&Ly->wk), Hkv * D, E, h, kt);
-            ref_matvec(W(&Ly->wv), Hkv * D, E, h, vt);
-            if (hp->qkv_bias)
-                for (int i = 0; i < Hq * D; i++) qt[i] += W(&Ly->bq)[i];
-            if (hp->qkv_bias)
-                for (int i = 0; i < Hkv * D; i++) { kt[i] += W(&Ly->bk)[i]; vt[i] += W(&Ly->bv)[i]; }
-            if (hp->qk_norm) {
-                for (int hh = 0; hh < Hq; hh++) { ref_rmsnorm(qt + hh * D, D, W(&Ly->q_norm), eps, tmp); memcpy(qt + hh * D, tmp, sizeof(double) * D); }
-                for (int hh = 0; hh < Hkv; hh++) { ref_rmsnorm(kt + hh * D, D, W(&Ly->k_norm), eps, tmp); memcpy(kt + hh * D, tmp, sizeof(double) * D); }
-            }
-            for (int hk = 0; hk < Hkv; hk++) {
-                double *qh = qt + (size_t)hk * G * D;
-                if (hp->dms.variant == LETHE_DMS_NEURON) {
-                    dec[t * Hkv + hk] = (qt + (size_t)(hp->dms.per_layer ? 0 : hk) * G * D)[D - 1];
-                }
-                (void)qh;
-            }
-            for (int hh = 0; hh < Hq; hh++) {
-                const bool borrow = hp->dms.variant == LETHE_DMS_NEURON && hh % G == 0;
-                if (borrow) qt[hh * D + D - 1] = 0;
-                ref_rope(qt + hh * D, D, t, &hp->rope);
-                if (borrow) qt[hh * D + D - 1] = 0;
-            }
-            for (int hh = 0; hh < Hkv; hh++) ref_rope(kt + hh * D, D, t, &hp->rope);
-        }
-        /* flags: token j is flagged by token j+1's decision */
-        for (int j = 0; j < N; j++)
-            for (int hk = 0; hk < Hkv; hk++) {
-                const bool f = dms && j + 1 < N &&
-                               hp->dms.alpha_scale * dec[(j + 1) * Hkv + hk] - hp->dms.alpha_offset > 0;
-                flag[((size_t)l * N + j) * Hkv + hk] = f;
-            }
-        for (int i = 0; i < N; i++) {
-            for (int hh = 0; hh < Hq; hh++) {
-                const int hk = hh / G;
-                double mx = -INFINITY;
-                for (int j = 0; j <= i; j++) {
-                    const bool visible = i - j <= w || !flag[((size_t)l * N + j) * Hkv + hk] || !dms;
-                    sc[j] = -INFINITY;
-                    if (!visible) continue;
-                    double s = 0;
-                    for (int d = 0; d < D; d++) s += q[((size_t)i * Hq + hh) * D + d] * k[((size_t)j * Hkv + hk) * D + d];
-                    sc[j] = s / sqrt((double)D);
-                    mx = fmax(mx, sc[j]);
-                }
-                double sum = 0;
-                for (int d = 0; d < D; d++) att[hh * D + d] = 0;
-                for (int j = 0; j <= i; j++) {
-                    if (sc[j] == -INFINITY) continue;
-                    const double p = exp(sc[j] - mx);
-                    sum += p;
-                    for (int d = 0; d < D; d++) att[hh * D + d] += p * v[((size_t)j * Hkv + hk) * D + d];
-                }
-                for (int d = 0; d < D; d++) att[hh * D + d] /= sum;
-            }
-            double *xi = x + (size_t)i * E;
-            ref_matvec(W(&Ly->wo), E, Hq * D, att, o);
-            for (int e = 0; e < E; e++) tmp[e] = xi[e] + o[e];
-            memcpy(o, tmp, sizeof(double) * E);   /* o = residual after attention */
-            ref_rmsnorm(o, E, W(&Ly->ffn_norm), eps, h);
-            ref_matvec(W(&Ly->w_gate), F, E, h, g);
-            ref_matvec(W(&Ly->w_up), F, E, h, u);
-            for (int f = 0; f < F; f++) g[f] = g[f] / (1.0 + exp(-g[f])) * u[f];
-            ref_matvec(W(&Ly->w_down), E, F, g, h);
-            /* x of token i is final for this layer only after every query
-             * used the layer's k/v, which were computed above: safe */
-            for (int e = 0; e < E; e++) xi[e] = o[e] + h[e];
-        }
-    }
-    for (int t = 0; t < N; t++) {
-        ref_rmsnorm(x + (size_t)t * E, E, W(&m->output_norm), eps, h);
-        ref_matvec(W(&m->output), V, E, h, logits + (size_t)t * V);
-    }
-    free(x); free(h); free(q); free(k); free(v); free(att); free(o); free(g); free(u); free(sc); free(dec); free(tmp);
-}
 
 /* --------------------------------------------------------------- engine */
 
@@ -232,21 +95,6 @@ static float *run_calls(lethe_context *c, const int32_t *tok, int N, const int *
     return out;
 }
 
-/* Worst |a - b| / max |b| over one position's logits, maxed over positions. */
-static double worst_rel(const float *got, const double *ref, int N, int V) {
-    double worst = 0;
-    for (int t = 0; t < N; t++) {
-        double mx = 0, err = 0;
-        for (int i = 0; i < V; i++) {
-            mx = fmax(mx, fabs(ref[(size_t)t * V + i]));
-            err = fmax(err, fabs(got[(size_t)t * V + i] - ref[(size_t)t * V + i]));
-        }
-        if (!(err == err)) return INFINITY;
-        worst = fmax(worst, err / mx);
-    }
-    return worst;
-}
-
 /* The cache after N tokens holds exactly the tokens the next query sees,
  * each with the right flag: expire = j + w + 1 if flagged, else never. */
 static void check_cache(lethe_context *c, const lethe_model *m, const uint8_t *flag, int N, int w, const char *what) {
@@ -284,7 +132,8 @@ static void run_case(const dms_case *dc, uint64_t seed) {
     for (int i = 0; i < N; i++) tok[i] = (int32_t)((i * 7919u + seed * 31u) % 300u);
     double *ref = malloc(sizeof(double) * (size_t)N * V);
     uint8_t *flag = malloc((size_t)m->hp.n_layer * N * m->hp.n_head_kv);
-    ref_forward(m, tok, N, true, w, ref, flag);
+    const ref_policy pol = {.rule = REF_DMS, .window = w};
+    ref_forward(m, tok, N, &pol, ref, flag, NULL);
     int n_flag = 0;
     for (size_t i = 0; i < (size_t)m->hp.n_layer * N * m->hp.n_head_kv; i++) n_flag += flag[i];
 
@@ -297,7 +146,7 @@ static void run_case(const dms_case *dc, uint64_t seed) {
     for (size_t k = 0; k < sizeof paths / sizeof paths[0]; k++) {
         lethe_context *c = new_ctx(m, paths[k].n_batch, LETHE_KV_POLICY_AUTO);
         float *got = run_calls(c, tok, N, paths[k].sizes, paths[k].n_sizes, V);
-        const double err = worst_rel(got, ref, N, V);
+        const double err = ref_worst_rel(got, ref, N, V);
         if (!(err <= 1e-5))
             fail_msg("%s %s w=%d offset %g: %s: logits off by %.3g relative", dc->arch,
                      dc->variant == 1 ? "neuron" : "adapter", w, (double)dc->offset, paths[k].name, err);

@@ -79,8 +79,11 @@ void lethe_cpu_attention_ws(const lethe_node *n, int nth, size_t *per_thread, si
     const lethe_kv_cache *kv = n->kv;
     const int64_t D = kv->head_dim, T = LETHE_MAX(n->ub->n_tokens, 1);
     const int64_t G = lethe_tensor_nelements(&n->src[0]->t) / (D * T) / kv->n_head_kv;
-    /* scores [G][L] + accumulators [G][D] + one converted V row [D] */
-    *per_thread = ((size_t)G * (size_t)max_stream_len(n) + (size_t)G * D + (size_t)D) * sizeof(float);
+    /* scores [G][L] + accumulators [G][D] + one converted V row [D]
+     * + QUEST: page bounds [pages] and the selected page list [pages] */
+    const size_t pages = ((size_t)max_stream_len(n) + LETHE_KV_PAGE - 1) / LETHE_KV_PAGE;
+    *per_thread = ((size_t)G * (size_t)max_stream_len(n) + (size_t)G * D + (size_t)D + pages) * sizeof(float) +
+                  pages * sizeof(int32_t);
     *shared = 0;
 }
 
@@ -211,6 +214,82 @@ LETHE_INLINE void attend_f16_d64(const int G, const lethe_kv_cache *kv, const le
 }
 #endif
 
+/* QUEST (kv->kmin/kmax): refresh the key bounds of the pages this
+ * micro-batch wrote in stream s (slots from `first` on; QUEST never evicts,
+ * so new tokens only append). */
+static void quest_refresh(const lethe_kv_cache *kv, const lethe_kv_stream *s, int32_t first, float *vbuf) {
+    const int64_t D = kv->head_dim;
+    for (int32_t p = first / LETHE_KV_PAGE; p < s->n_pages; p++) {
+        float *mn = kv->kmin + (size_t)s->pages[p] * D, *mx = kv->kmax + (size_t)s->pages[p] * D;
+        for (int64_t d = 0; d < D; d++) { mn[d] = INFINITY; mx[d] = -INFINITY; }
+        for (int32_t j = p * LETHE_KV_PAGE; j < LETHE_MIN(s->len, (p + 1) * LETHE_KV_PAGE); j++) {
+            const void *kr = lethe_kv_k(kv, s, j);
+            const float *kf = kr;
+            if (kv->type == LETHE_F16) {
+                lethe_cpu_f16_to_f32_row(kr, vbuf, D);
+                kf = vbuf;
+            }
+            for (int64_t d = 0; d < D; d++) {
+                mn[d] = kf[d] < mn[d] ? kf[d] : mn[d];
+                mx[d] = kf[d] > mx[d] ? kf[d] : mx[d];
+            }
+        }
+    }
+}
+
+/* QUEST page selection for one query group: the page of the query's own
+ * token plus the pages with the highest bound on q.k (max over the group of
+ * sum_d max(q_d kmin_d, q_d kmax_d)) up to budget / P pages, in ascending
+ * order. Returns the number of pages in `sel`. */
+static int32_t quest_select(const lethe_kv_cache *kv, const lethe_kv_stream *s, int32_t L, int32_t pq,
+                            const float *const *qg, int64_t G, float *bound, int32_t *sel) {
+    const int64_t D = kv->head_dim;
+    const int32_t n_pages = (L + LETHE_KV_PAGE - 1) / LETHE_KV_PAGE;
+    int32_t k = LETHE_MAX(kv->policy.budget / LETHE_KV_PAGE, 1);
+    if (n_pages <= k) {
+        for (int32_t p = 0; p < n_pages; p++) sel[p] = p;
+        return n_pages;
+    }
+    int32_t own = -1;   /* the page holding the query's token: always read */
+    for (int32_t p = 0; p < n_pages; p++) {
+        const float *mn = kv->kmin + (size_t)s->pages[p] * D, *mx = kv->kmax + (size_t)s->pages[p] * D;
+        float best = -INFINITY;
+        for (int64_t g = 0; g < G; g++) {
+            float b = 0.0f;
+            for (int64_t d = 0; d < D; d++) {
+                const float a = qg[g][d] * mn[d], c = qg[g][d] * mx[d];
+                b += a > c ? a : c;
+            }
+            best = b > best ? b : best;
+        }
+        bound[p] = best;
+        const int32_t *pp = lethe_kv_pos(kv, s, p * LETHE_KV_PAGE);
+        for (int32_t j = 0; j < LETHE_MIN(LETHE_KV_PAGE, L - p * LETHE_KV_PAGE); j++)
+            if (pp[j] == pq) own = p;
+    }
+    int32_t n = 0;
+    if (own >= 0) {
+        sel[n++] = own;
+        bound[own] = -INFINITY;
+        k--;
+    }
+    for (; k > 0; k--) {   /* k is small (budget / 32): selection by repeated max */
+        int32_t b = -1;
+        for (int32_t p = 0; p < n_pages; p++)
+            if (bound[p] != -INFINITY && (b < 0 || bound[p] > bound[b])) b = p;
+        if (b < 0) break;
+        sel[n++] = b;
+        bound[b] = -INFINITY;
+    }
+    for (int32_t i = 1; i < n; i++)   /* ascending: slot order as without QUEST */
+        for (int32_t j = i; j > 0 && sel[j - 1] > sel[j]; j--) {
+            int32_t tmp = sel[j];
+            sel[j] = sel[j - 1];
+            sel[j - 1] = tmp;
+        }
+    return n;
+}
+
 void lethe_cpu_attention(const lethe_cpu_exec *ex, lethe_node *n) {
     lethe_kv_cache *kv = n->kv;
     const lethe_tensor *q = &n->src[0]->t;
@@ -220,16 +299,26 @@ void lethe_cpu_attention(const lethe_cpu_exec *ex, lethe_node *n) {
     const int64_t Hq = lethe_tensor_nelements(q) / (D * T), G = Hq / Hkv;
     const bool f16 = kv->type == LETHE_F16;
     const int32_t Lmax = max_stream_len(n);
+    const int32_t max_pages = (Lmax + LETHE_KV_PAGE - 1) / LETHE_KV_PAGE;
     float *scores = (float *)ex->ws;          /* [G][Lmax] */
     float *acc = scores + (size_t)G * Lmax;   /* [G][D] */
     float *vbuf = acc + (size_t)G * D;        /* [D] */
+    float *bound = vbuf + D;                  /* [max_pages] QUEST */
+    int32_t *sel = (int32_t *)(bound + max_pages);   /* [max_pages] pages to read */
+    const bool quest = kv->kmin != NULL;
+    const int score_mode = !kv->score ? 0 : kv->policy.rule == LETHE_KV_RULE_H2O ? 2 : 1;   /* 1 set, 2 add */
+    /* Policies that keep per-stream state (scores, bounds) give each stream to
+     * one thread, which walks its tokens in order: no races, and the result
+     * does not depend on the thread count. */
+    const bool by_stream = quest || score_mode;
     uint64_t reads = 0;
 
     /* (token, KV head) pairs dealt round-robin: under a causal mask later
      * tokens see more keys, so contiguous ranges would load one thread 3:1 */
-    for (int64_t r = ex->ith; r < T * Hkv; r += ex->nth) {
+    for (int64_t r = by_stream ? 0 : ex->ith; r < T * Hkv; r += by_stream ? 1 : ex->nth) {
         const int64_t t = r / Hkv, hk = r % Hkv;
         const int32_t seq = n->ub->seq_id[t], pq = n->ub->pos[t];
+        if (by_stream && (seq < 0 || (int)(((int64_t)seq * Hkv + hk) % ex->nth) != ex->ith)) continue;
         float *out = (float *)n->t.data + (size_t)(t * Hq + hk * G) * (size_t)D; /* [T, Hq*D] */
         if (seq < 0 || seq >= kv->n_seq) {
             __atomic_store_n(ex->error, (int)LETHE_ERR_INVALID_ARG, __ATOMIC_RELAXED);
@@ -238,7 +327,6 @@ void lethe_cpu_attention(const lethe_cpu_exec *ex, lethe_node *n) {
         }
         const lethe_kv_stream *s = lethe_kv_stream_at(kv, seq, layer, (int)hk);
         const int32_t L = s->len;
-        reads += (uint64_t)L;
         const float *qg[64];
         float mx[64];
         LETHE_ASSERT(G <= 64);
@@ -248,7 +336,8 @@ void lethe_cpu_attention(const lethe_cpu_exec *ex, lethe_node *n) {
         }
 
 #if LETHE_ATTN_FAST
-        if (f16 && D == 64 && G <= 4) {
+        if (f16 && D == 64 && G <= 4 && !by_stream) {
+            reads += (uint64_t)L;
             switch (G) {
             case 1: attend_f16_d64(1, kv, s, L, pq, qg, scale, scores, Lmax, out); break;
             case 2: attend_f16_d64(2, kv, s, L, pq, qg, scale, scores, Lmax, out); break;
@@ -258,9 +347,22 @@ void lethe_cpu_attention(const lethe_cpu_exec *ex, lethe_node *n) {
             continue;
         }
 #endif
+        int32_t n_sel = (L + LETHE_KV_PAGE - 1) / LETHE_KV_PAGE;
+        if (quest) {
+            const int32_t pt = kv->prev_t[t];
+            if (pt < 0) {   /* the stream's first token in this micro-batch: its pages changed */
+                const int32_t first = kv->res_slot[((size_t)layer * Hkv + hk) * kv->max_batch + t];
+                quest_refresh(kv, s, first, vbuf);
+            }
+            n_sel = quest_select(kv, s, L, pq, qg, G, bound, sel);
+        } else {
+            for (int32_t p = 0; p < n_sel; p++) sel[p] = p;
+        }
         /* pass 1: scores, page by page (slots of a page are contiguous) */
-        for (int32_t i0 = 0; i0 < L; i0 += LETHE_KV_PAGE) {
+        for (int32_t pi = 0; pi < n_sel; pi++) {
+            const int32_t i0 = sel[pi] * LETHE_KV_PAGE;
             const int32_t np = LETHE_MIN(LETHE_KV_PAGE, L - i0);
+            reads += (uint64_t)np;
             const uint8_t *kp = lethe_kv_k(kv, s, i0);
             const int32_t *pp = lethe_kv_pos(kv, s, i0), *ep = lethe_kv_expire(kv, s, i0);
             for (int32_t j = 0; j < np; j++) {
@@ -287,7 +389,8 @@ void lethe_cpu_attention(const lethe_cpu_exec *ex, lethe_node *n) {
         float sum[64];
         for (int64_t g = 0; g < G; g++) sum[g] = 0.0f;
         memset(acc, 0, (size_t)(G * D) * sizeof(float));
-        for (int32_t i0 = 0; i0 < L; i0 += LETHE_KV_PAGE) {
+        for (int32_t pi = 0; pi < n_sel; pi++) {
+            const int32_t i0 = sel[pi] * LETHE_KV_PAGE;
             const int32_t np = LETHE_MIN(LETHE_KV_PAGE, L - i0);
             const uint8_t *vp = lethe_kv_v(kv, s, i0);
             const int32_t *pp = lethe_kv_pos(kv, s, i0), *ep = lethe_kv_expire(kv, s, i0);
@@ -311,6 +414,19 @@ void lethe_cpu_attention(const lethe_cpu_exec *ex, lethe_node *n) {
         for (int64_t g = 0; g < G; g++) {
             const float inv = sum[g] > 0.0f ? 1.0f / sum[g] : 0.0f; /* no visible key: zeros */
             for (int64_t d = 0; d < D; d++) out[g * D + d] = acc[g * D + d] * inv;
+        }
+        if (score_mode) {
+            /* TOVA / H2O: each slot's softmax weight, averaged over the group;
+             * TOVA keeps the last query's, H2O sums every query's */
+            for (int32_t i = 0; i < L; i++) {
+                float wsum = 0.0f;
+                for (int64_t g = 0; g < G; g++) {
+                    const float sc = scores[g * Lmax + i];
+                    if (sc != -INFINITY && sum[g] > 0.0f) wsum += expf(sc - mx[g]) / sum[g];
+                }
+                float *dst = &kv->score[lethe_kv_meta(s, i)];
+                *dst = score_mode == 1 ? wsum / (float)G : *dst + wsum / (float)G;
+            }
         }
     }
     if (reads) __atomic_fetch_add(&kv->reads, reads, __ATOMIC_RELAXED);
