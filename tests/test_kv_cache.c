@@ -138,6 +138,162 @@ static void test_fork_copies(void **state) {
     lethe_kv_free(&kv);
 }
 
+/* ---- random DMS traffic against a naive tracker ----------------------- */
+
+enum { RS = 3, RL = 2, RH = 2, RD = 4, RMAXPOS = 2048 };
+
+typedef struct {
+    int32_t seq_pos[RS];
+    uint8_t flag[RS][RL * RH][RMAXPOS];   /* token flagged by its successor */
+    float val[RS][RL * RH][RMAXPOS];      /* the row written for the token (unique) */
+} naive;
+
+/* The cache must hold exactly the tokens the next query of each sequence
+ * sees, with their rows, flags (expiry) and no leaked page. */
+static void check_against(const lethe_kv_cache *kv, const naive *nv, int w) {
+    int32_t pages = 0;
+    for (int q = 0; q < RS; q++) {
+        assert_int_equal(kv->seq_pos[q], nv->seq_pos[q]);
+        for (int si = 0; si < RL * RH; si++) {
+            const lethe_kv_stream *s = &kv->streams[(size_t)q * RL * RH + si];
+            const int32_t next = nv->seq_pos[q];
+            uint8_t seen[RMAXPOS] = {0};
+            int live = 0;
+            for (int i = 0; i < s->len; i++) {
+                const int32_t p = *lethe_kv_pos(kv, s, i);
+                if (p == LETHE_KV_HOLE) continue;
+                assert_true(p >= 0 && p < next && !seen[p]);
+                seen[p] = 1;
+                live++;
+                if (((const float *)lethe_kv_k(kv, s, i))[0] != nv->val[q][si][p])
+                    fail_msg("seq %d stream %d slot %d pos %d: key %g", q, si, i, p, (double)((const float *)lethe_kv_k(kv, s, i))[0]);
+                assert_true(((const float *)lethe_kv_v(kv, s, i))[RD - 1] == -nv->val[q][si][p]);
+                const int32_t e = *lethe_kv_expire(kv, s, i);
+                assert_int_equal(e, nv->flag[q][si][p] ? p + w + 1 : LETHE_KV_NEVER);
+            }
+            for (int j = 0; j < next; j++) {
+                const bool gone = nv->flag[q][si][j] && j + w + 1 <= next;
+                if (seen[j] == gone) fail_msg("seq %d stream %d token %d: cache %d, naive %d", q, si, j, seen[j], !gone);
+            }
+            assert_int_equal(lethe_kv_live(s), live);
+            assert_true(s->n_holes <= LETHE_KV_MAX_HOLES);
+            assert_int_equal(s->n_pages, (s->len + LETHE_KV_PAGE - 1) / LETHE_KV_PAGE);
+            pages += s->n_pages;
+        }
+    }
+    assert_int_equal(pages + kv->n_free, kv->n_pages);   /* no page leaked or shared */
+}
+
+static uint64_t rng_next(uint64_t *x) {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    return *x;
+}
+
+static void random_run(int w, uint64_t seed, int pool_pages) {
+    lethe_kv_cache kv;
+    const size_t page = 2 * LETHE_KV_PAGE * RD * sizeof(float);
+    lethe_kv_policy pol = {.rule = LETHE_KV_RULE_DMS, .window = w};
+    assert_int_equal(lethe_kv_init(&kv, RS, RL, RH, RD, LETHE_F32, (size_t)pool_pages * page, 16, &pol), LETHE_OK);
+    static naive nv, saved;
+    memset(&nv, 0, sizeof nv);
+    uint64_t r = seed;
+    int n_full = 0, n_rollback = 0, n_evicted_checks = 0;
+    float counter = 1.0f;
+    for (int it = 0; it < 300; it++) {
+        const int op = (int)(rng_next(&r) % 10);
+        if (op == 0) {   /* fork */
+            const int a = (int)(rng_next(&r) % RS), b = (int)(rng_next(&r) % RS);
+            if (lethe_kv_seq_copy(&kv, a, b) == LETHE_OK && a != b) {
+                nv.seq_pos[b] = nv.seq_pos[a];
+                memcpy(nv.flag[b], nv.flag[a], sizeof nv.flag[a]);
+                memcpy(nv.val[b], nv.val[a], sizeof nv.val[a]);
+            } else if (a != b) {   /* refused: dst was cleared first */
+                nv.seq_pos[b] = 0;
+                memset(nv.flag[b], 0, sizeof nv.flag[b]);
+            }
+        } else if (op == 1) {   /* clear */
+            const int a = (int)(rng_next(&r) % RS);
+            lethe_kv_seq_clear(&kv, a);
+            nv.seq_pos[a] = 0;
+            memset(nv.flag[a], 0, sizeof nv.flag[a]);
+        } else {   /* a decode call of 1-3 micro-batches */
+            memcpy(&saved, &nv, sizeof nv);
+            lethe_kv_begin(&kv);
+            bool ok = true;
+            const int n_ub = 1 + (int)(rng_next(&r) % 3);
+            for (int u = 0; u < n_ub && ok; u++) {
+                int32_t seq[16], pos[16];
+                const int T = 1 + (int)(rng_next(&r) % (op < 6 ? 3 : 16));
+                int32_t next[RS];
+                memcpy(next, kv.seq_pos, sizeof next);
+                int n = 0;
+                for (int t = 0; t < T; t++) {
+                    const int q = (int)(rng_next(&r) % RS);
+                    if (next[q] >= RMAXPOS - 1) continue;
+                    seq[n] = q;
+                    pos[n++] = next[q]++;
+                }
+                if (!n) continue;
+                lethe_status st = lethe_kv_reserve(&kv, n, seq, pos);
+                if (st != LETHE_OK) {
+                    assert_int_equal(st, LETHE_ERR_CONTEXT_FULL);
+                    n_full++;
+                    ok = false;
+                    break;
+                }
+                /* what KV_STORE does: rows, then the previous token's flag */
+                for (int t = 0; t < n; t++)
+                    for (int si = 0; si < RL * RH; si++) {
+                        lethe_kv_stream *s = &kv.streams[(size_t)seq[t] * RL * RH + si];
+                        const int32_t slot = kv.res_slot[si * kv.max_batch + t];
+                        float *k = lethe_kv_k(&kv, s, slot), *v = lethe_kv_v(&kv, s, slot);
+                        for (int d = 0; d < RD; d++) k[d] = v[d] = 0;
+                        k[0] = nv.val[seq[t]][si][pos[t]] = counter;
+                        v[RD - 1] = -counter;
+                        counter += 1.0f;
+                        if (pos[t] > 0 && rng_next(&r) % 2) {
+                            const int32_t pt = kv.prev_t[t];
+                            const int32_t prev = pt >= 0 ? kv.res_slot[si * kv.max_batch + pt] : s->prev;
+                            assert_true(prev >= 0);
+                            assert_int_equal(*lethe_kv_pos(&kv, s, prev), pos[t] - 1);
+                            *lethe_kv_expire(&kv, s, prev) = pos[t] + w;
+                            nv.flag[seq[t]][si][pos[t] - 1] = 1;
+                        }
+                    }
+                lethe_kv_settle(&kv, n, seq);
+                for (int q = 0; q < RS; q++) nv.seq_pos[q] = next[q];
+            }
+            if (!ok || rng_next(&r) % 5 == 0) {
+                lethe_kv_rollback(&kv);
+                memcpy(&nv, &saved, sizeof nv);
+                n_rollback++;
+            } else {
+                lethe_kv_commit(&kv);
+            }
+        }
+        check_against(&kv, &nv, w);
+        n_evicted_checks += kv.evicted > 0;
+    }
+    assert_true(n_rollback > 0);
+    if (pool_pages < 40) assert_true(n_full > 0);   /* the small pool really ran out */
+    else assert_true(n_evicted_checks > 0);         /* the roomy one really evicted */
+    for (int q = 0; q < RS; q++) lethe_kv_seq_clear(&kv, q);
+    assert_int_equal(kv.n_free, kv.n_pages);   /* the budget returns to zero */
+    assert_int_equal(lethe_kv_bytes_resident(&kv), 0);
+    lethe_kv_free(&kv);
+}
+
+static void test_random_dms_against_naive(void **state) {
+    (void)state;
+    const int windows[] = {0, 1, 3, 8, 40};
+    for (int i = 0; i < 5; i++) {
+        random_run(windows[i], 0x1234567ull + (uint64_t)i, 400);   /* roomy pool */
+        random_run(windows[i], 0x7654321ull + (uint64_t)i, 14);    /* tight pool: admission failures */
+    }
+}
+
 static void test_bad_init(void **state) {
     (void)state;
     lethe_kv_cache kv;
@@ -152,6 +308,7 @@ int main(void) {
         cmocka_unit_test(test_rollback_restores_everything),
         cmocka_unit_test(test_budget_exhaustion_leaves_cache_untouched),
         cmocka_unit_test(test_fork_copies),
+        cmocka_unit_test(test_random_dms_against_naive),
         cmocka_unit_test(test_bad_init),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
