@@ -238,12 +238,173 @@ static void test_all_evict_all_keep(void **state) {
     free(path);
 }
 
+/* Parallel sequences: a prompt prefilled once, forked N ways, decoded in one
+ * batch per step (one token of each sequence) gives every sequence exactly
+ * the logits it gets alone; each has its own per-head cache. */
+static void test_parallel_equals_alone(void **state) {
+    (void)state;
+    dms_case dc = {"llama", 1, false, 4, 5.0f, 0};
+    char *path = make_model(&dc, 51);
+    lethe_model *m = load(path);
+    const int V = m->hp.n_vocab, NP = 12, NS = 4, STEPS = 20;
+    int32_t prompt[12], cont[4][20];
+    for (int i = 0; i < NP; i++) prompt[i] = (int32_t)(i * 19 % 300);
+    for (int s = 0; s < NS; s++)
+        for (int i = 0; i < STEPS; i++) cont[s][i] = (int32_t)((s * 101 + i * 7) % 300);
+
+    lethe_context_params p = lethe_context_default_params();
+    p.n_ctx = 64;
+    p.n_seq_max = NS;
+    p.n_threads = 2;
+    p.kv_type = LETHE_KV_F32;
+    lethe_status st;
+    lethe_context *c = lethe_context_new(m, p, &st);
+    assert_non_null(c);
+    assert_int_equal(lethe_decode(c, lethe_batch_one(prompt, NP)), LETHE_OK);
+    for (int s = 1; s < NS; s++) assert_int_equal(lethe_seq_fork(c, 0, s), LETHE_OK);
+    float *par = malloc(sizeof(float) * (size_t)NS * STEPS * V);
+    for (int i = 0; i < STEPS; i++) {
+        int32_t tok[4], ids[4];
+        int8_t want[4] = {1, 1, 1, 1};
+        for (int s = 0; s < NS; s++) { tok[s] = cont[s][i]; ids[s] = s; }
+        lethe_batch b = {.n_tokens = NS, .tokens = tok, .seq_id = ids, .logits = want};
+        assert_int_equal(lethe_decode(c, b), LETHE_OK);
+        for (int s = 0; s < NS; s++) memcpy(par + ((size_t)s * STEPS + i) * V, lethe_get_logits(c, s), sizeof(float) * V);
+    }
+    /* the heads of different sequences evicted differently */
+    bool differ = false;
+    for (int s = 1; s < NS; s++) differ = differ || lethe_kv_head_len(c, s, 1, 0) != lethe_kv_head_len(c, 0, 1, 0);
+    assert_true(differ);
+    lethe_context_free(c);
+
+    p.n_seq_max = 1;
+    for (int s = 0; s < NS; s++) {
+        lethe_context *a = lethe_context_new(m, p, &st);
+        assert_int_equal(lethe_decode(a, lethe_batch_one(prompt, NP)), LETHE_OK);
+        for (int i = 0; i < STEPS; i++) {
+            assert_int_equal(lethe_decode(a, lethe_batch_one(&cont[s][i], 1)), LETHE_OK);
+            assert_memory_equal(lethe_get_logits(a, -1), par + ((size_t)s * STEPS + i) * V, sizeof(float) * V);
+        }
+        lethe_context_free(a);
+    }
+    free(par);
+    lethe_model_free(m);
+    unlink(path);
+    free(path);
+}
+
+/* Under a KV byte budget: a fork that does not fit is refused with a status
+ * and disturbs nothing; a decode that runs out of pages fails and leaves
+ * every head as it was; eviction lets a DMS sequence go on where a plain
+ * one stops. */
+static void test_budget_admission(void **state) {
+    (void)state;
+    dms_case dc = {"llama", 1, false, 0, -1e6f, 0};   /* every token flagged, w = 0: one live token per head */
+    char *path = make_model(&dc, 61);
+    lethe_model *m = load(path);
+    lethe_context_params p = lethe_context_default_params();
+    p.n_ctx = 200;
+    p.n_seq_max = 3;
+    p.n_threads = 2;
+    p.kv_type = LETHE_KV_F32;
+    const size_t streams = (size_t)m->hp.n_layer * m->hp.n_head_kv;
+    lethe_status st;
+    lethe_context *c = lethe_context_new(m, p, &st);
+    const size_t page = lethe_context_kv(c)->page_bytes;
+    lethe_context_free(c);
+    p.kv_budget_bytes = 2 * streams * page;   /* two pages per head stream in all */
+    c = lethe_context_new(m, p, &st);
+    assert_non_null(c);
+    int32_t tok[150];
+    for (int i = 0; i < 150; i++) tok[i] = (int32_t)(i % 300);
+    /* DMS frees as it goes: 150 tokens in 10-token calls fit in one page per head */
+    for (int i = 0; i < 150; i += 10) assert_int_equal(lethe_decode(c, lethe_batch_one(tok + i, 10)), LETHE_OK);
+    assert_int_equal(lethe_kv_head_len(c, 0, 0, 0), 1);
+    assert_int_equal(lethe_seq_fork(c, 0, 1), LETHE_OK);                       /* the second page of each head */
+    assert_int_equal(lethe_seq_fork(c, 0, 2), LETHE_ERR_CONTEXT_FULL);         /* no third */
+    assert_int_equal(lethe_seq_len(c, 2), 0);
+    assert_int_equal(lethe_seq_len(c, 0), 150);
+    assert_int_equal(lethe_seq_len(c, 1), 150);
+    /* a call of 40 tokens needs a second page per head while it runs: refused, nothing changed */
+    int32_t lens[64];
+    for (int l = 0; l < m->hp.n_layer; l++)
+        for (int h = 0; h < m->hp.n_head_kv; h++) lens[l * m->hp.n_head_kv + h] = lethe_kv_head_len(c, 1, l, h);
+    lethe_kv_stats before = lethe_get_kv_stats(c);
+    assert_int_equal(lethe_decode(c, lethe_batch_one(tok, 40)), LETHE_ERR_CONTEXT_FULL);
+    lethe_kv_stats after = lethe_get_kv_stats(c);
+    assert_int_equal(after.bytes_resident, before.bytes_resident);
+    assert_int_equal(lethe_seq_len(c, 0), 150);
+    for (int l = 0; l < m->hp.n_layer; l++)
+        for (int h = 0; h < m->hp.n_head_kv; h++) assert_int_equal(lens[l * m->hp.n_head_kv + h], lethe_kv_head_len(c, 1, l, h));
+    /* and the sequences go on */
+    assert_int_equal(lethe_decode(c, lethe_batch_one(tok, 10)), LETHE_OK);
+    assert_int_equal(lethe_seq_len(c, 0), 160);
+    lethe_context_free(c);
+
+    /* the same budget without eviction runs out after two pages of tokens */
+    p.kv_policy = LETHE_KV_POLICY_NONE;
+    p.n_seq_max = 1;
+    c = lethe_context_new(m, p, &st);
+    int i = 0;
+    for (; i < 150; i += 10)
+        if ((st = lethe_decode(c, lethe_batch_one(tok + i, 10))) != LETHE_OK) break;
+    assert_int_equal(st, LETHE_ERR_CONTEXT_FULL);
+    assert_int_equal(lethe_seq_len(c, 0), 2 * LETHE_KV_PAGE - 4);   /* 60: the call to 70 did not fit */
+    lethe_context_free(c);
+    lethe_model_free(m);
+    unlink(path);
+    free(path);
+}
+
+/* Bad DMS metadata is refused at load with a clear status. */
+static void test_bad_dms_files(void **state) {
+    (void)state;
+    lethe_synth_params p = lethe_synth_default_params();
+    p.dms_variant = 2;
+    char *path = tu_write_temp("", 0);
+    assert_int_equal(lethe_synth_write(path, p), LETHE_OK);
+    /* corrupt the variant string in place */
+    size_t n;
+    char *bytes = tu_read_file(path, &n);
+    char *hit = memmem(bytes, n, "adapter", 7);
+    assert_non_null(hit);
+    hit[5] = 'o';   /* "adaptor" */
+    char *bad = tu_write_temp(bytes, n);
+    lethe_status st;
+    assert_null(lethe_model_load(bad, lethe_model_default_params(), &st));
+    assert_int_equal(st, LETHE_ERR_CORRUPT);
+    assert_non_null(strstr(lethe_last_error(), "dms.variant"));
+    unlink(bad);
+    free(bad);
+    /* an adapter variant without its layer-0 tensor */
+    hit[5] = 'e';
+    char *dup = memmem(bytes, n, "dms_alpha.weight", 16);
+    assert_non_null(dup);
+    dup[0] = 'x';   /* blk.0.xms_alpha.weight: the adapter of layer 0 is missing */
+    bad = tu_write_temp(bytes, n);
+    assert_null(lethe_model_load(bad, lethe_model_default_params(), &st));
+    assert_int_equal(st, LETHE_ERR_MISSING_TENSOR);
+    unlink(bad);
+    free(bad);
+    free(bytes);
+    unlink(path);
+    free(path);
+    p.dms_window = -3;
+    path = tu_write_temp("", 0);
+    assert_int_equal(lethe_synth_write(path, p), LETHE_ERR_INVALID_ARG);
+    unlink(path);
+    free(path);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_neuron_llama),
         cmocka_unit_test(test_neuron_qwen3),
         cmocka_unit_test(test_adapter),
         cmocka_unit_test(test_all_evict_all_keep),
+        cmocka_unit_test(test_parallel_equals_alone),
+        cmocka_unit_test(test_budget_admission),
+        cmocka_unit_test(test_bad_dms_files),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
