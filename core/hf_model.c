@@ -344,7 +344,7 @@ static lethe_status load_weights(lethe_model *m) {
 /* ---- files -------------------------------------------------------------------- */
 
 /* Read a whole small file (config, tokenizer). *text NULL if it does not exist. */
-static lethe_status read_text(const char *dir, const char *file, char **text, size_t *len, bool required) {
+lethe_status lethe_hf_read_text(const char *dir, const char *file, char **text, size_t *len, bool required) {
     *text = NULL;
     *len = 0;
     char path[4096];
@@ -422,7 +422,7 @@ lethe_status lethe_hf_load(lethe_model *m, const char *dir) {
     if (!hf) return lethe_fail(LETHE_ERR_OOM, "model: out of memory");
     m->hf = hf;
     size_t len;
-    TRY(read_text(dir, "config.json", &hf->config_text, &len, true));
+    TRY(lethe_hf_read_text(dir, "config.json", &hf->config_text, &len, true));
     TRY(lethe_hf_parse_config(hf->config_text, len, &m->hp));
     lethe_status s;
     hf->st = lethe_safetensors_open_dir(dir, &s);
@@ -431,11 +431,11 @@ lethe_status lethe_hf_load(lethe_model *m, const char *dir) {
 
     char *tj = NULL, *tc = NULL, *gc = NULL, *jinja = NULL;
     size_t tj_len, tc_len, gc_len, jinja_len;
-    s = read_text(dir, "tokenizer.json", &tj, &tj_len, true);
-    if (s == LETHE_OK) s = read_text(dir, "tokenizer_config.json", &tc, &tc_len, false);
-    if (s == LETHE_OK) s = read_text(dir, "generation_config.json", &gc, &gc_len, false);
-    if (s == LETHE_OK) s = read_text(dir, "chat_template.jinja", &jinja, &jinja_len, false);
-    lethe_hf_tokenizer_files files = {tj, tj_len, tc, tc_len, gc, gc_len, jinja};
+    s = lethe_hf_read_text(dir, "tokenizer.json", &tj, &tj_len, true);
+    if (s == LETHE_OK) s = lethe_hf_read_text(dir, "tokenizer_config.json", &tc, &tc_len, false);
+    if (s == LETHE_OK) s = lethe_hf_read_text(dir, "generation_config.json", &gc, &gc_len, false);
+    if (s == LETHE_OK) s = lethe_hf_read_text(dir, "chat_template.jinja", &jinja, &jinja_len, false);
+    lethe_hf_tokenizer_files files = {tj, tj_len, tc, tc_len, gc, gc_len, jinja, 0};
     char *tmpl = NULL;
     if (s == LETHE_OK) m->tok = lethe_tokenizer_from_hf(&files, &tmpl, &s);
     if (s == LETHE_OK && gc) s = parse_generation(hf, gc, gc_len);

@@ -36,6 +36,9 @@ bool lethe_hf_is_dir(const char *path);
 /* Load everything into m (m->hf set, m->gguf NULL). */
 lethe_status lethe_hf_load(lethe_model *m, const char *dir);
 void lethe_hf_free(lethe_hf *hf);
+/* Read dir/file whole (NUL-terminated, at most 1 GiB); *text NULL when the
+ * file does not exist and is not required. */
+lethe_status lethe_hf_read_text(const char *dir, const char *file, char **text, size_t *len, bool required);
 /* A config.json value as text (top-level scalars and "generation.*"). */
 int lethe_hf_meta_str(const lethe_hf *hf, const char *key, char *buf, size_t buf_size);
 

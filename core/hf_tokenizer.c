@@ -186,7 +186,7 @@ static const char *chat_template(json_t *cfg, const char *jinja) {
     return jinja;
 }
 
-static lethe_status convert(json_t *root, json_t *cfg, json_t *gen, const char *jinja, tok_build *b,
+static lethe_status convert(json_t *root, json_t *cfg, json_t *gen, const char *jinja, int32_t pad_to, tok_build *b,
                             lethe_gguf_writer *w) {
     if (!json_is_object(root)) return lethe_fail(LETHE_ERR_TOKENIZER, "tokenizer.json: not a JSON object");
     json_t *model = json_object_get(root, "model");
@@ -220,6 +220,7 @@ static lethe_status convert(json_t *root, json_t *cfg, json_t *gen, const char *
     }
     if (max_id < 0) return lethe_fail(LETHE_ERR_TOKENIZER, "tokenizer.json: empty vocabulary");
     b->n = (int32_t)max_id + 1;
+    if (pad_to > b->n) b->n = pad_to;
     b->text = calloc((size_t)b->n, sizeof *b->text);
     b->type = calloc((size_t)b->n, sizeof *b->type);
     if (!b->text || !b->type) return lethe_fail(LETHE_ERR_OOM, "tokenizer: out of memory");
@@ -427,7 +428,7 @@ lethe_status lethe_hf_tokenizer_to_gguf(const lethe_hf_tokenizer_files *f, lethe
     json_t *gen = s == LETHE_OK ? load_opt(f->generation_json, f->generation_json_len, "generation_config.json", &s) : NULL;
     if (s == LETHE_OK) {
         tok_build b = {0};
-        s = convert(root, cfg, gen, f->chat_template, &b, w);
+        s = convert(root, cfg, gen, f->chat_template, f->pad_to, &b, w);
         build_free(&b);
     }
     json_decref(root);

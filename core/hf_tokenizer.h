@@ -26,6 +26,8 @@ typedef struct lethe_hf_tokenizer_files {
     const char *config_json;    size_t config_json_len;      /* tokenizer_config.json, may be NULL */
     const char *generation_json; size_t generation_json_len; /* generation_config.json, may be NULL */
     const char *chat_template;                               /* chat_template.jinja, may be NULL */
+    int32_t pad_to;          /* > 0: pad the vocabulary with [PADi] tokens to this size (the
+                                embedding's rows), as llama.cpp expects; 0: as the file has it */
 } lethe_hf_tokenizer_files;
 
 /* Add the tokenizer.* keys (and tokenizer.chat_template when there is one). */

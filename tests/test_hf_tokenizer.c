@@ -29,7 +29,7 @@ static lethe_tokenizer *load(const char *name, size_t *n_texts, json_t **cases) 
     if (!tj) fail_msg("cannot read %s", p);
     snprintf(p, sizeof p, "%s/hf-tok/%s/tokenizer_config.json", tu_data_dir(), name);
     char *tc = tu_read_file(p, &cl);
-    lethe_hf_tokenizer_files f = {tj, tl, tc, cl, NULL, 0, NULL};
+    lethe_hf_tokenizer_files f = {tj, tl, tc, cl, NULL, 0, NULL, 0};
     lethe_status st;
     lethe_tokenizer *t = lethe_tokenizer_from_hf(&f, NULL, &st);
     if (!t) fail_msg("%s: %s: %s", name, lethe_strerror(st), lethe_last_error());
