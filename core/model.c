@@ -2,6 +2,7 @@
  * tensors checked against them (names, shapes, dtypes), tokenizer. */
 #include "model.h"
 #include "common.h"
+#include "hf_model.h"
 
 #include <string.h>
 
@@ -273,6 +274,7 @@ void lethe_model_free(lethe_model *m) {
     free(m->chat_system);
     free(m->layers);
     lethe_gguf_close(m->gguf);
+    lethe_hf_free(m->hf);
     free(m);
 }
 
@@ -292,6 +294,10 @@ lethe_model *lethe_model_load(const char *path, lethe_model_params params, lethe
     m = calloc(1, sizeof *m);
     if (!m) { st = lethe_fail(LETHE_ERR_OOM, "model"); goto fail; }
     m->params = params;
+    if (lethe_hf_is_dir(path)) {   /* a Hugging Face model directory (hf_model.c) */
+        if ((st = lethe_hf_load(m, path)) != LETHE_OK) goto fail;
+        goto loaded;
+    }
     m->gguf = lethe_gguf_open(path, params.use_mmap, &st);
     if (!m->gguf) goto fail;
     if ((st = load_hparams(m->gguf, &m->hp)) != LETHE_OK) goto fail;
@@ -314,11 +320,16 @@ lethe_model *lethe_model_load(const char *path, lethe_model_params params, lethe
     m->chat_system = tmpl_text ? lethe_chat_default_system(tmpl_text) : NULL;
     free(tmpl_text);
     if ((st = prefault(m)) != LETHE_OK) goto fail;
-
+    lethe_gguf_get_str(m->gguf, "general.name", m->info.name, sizeof m->info.name);
+    for (uint64_t i = 0; i < m->gguf->n_tensors; i++) {
+        const lethe_gguf_tensor *t = &m->gguf->tensors[i];
+        m->info.n_params += (uint64_t)(t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]);
+        m->info.weight_bytes += t->size;
+    }
+loaded:;
     lethe_model_info *in = &m->info;
     const lethe_hparams *hp = &m->hp;
     snprintf(in->arch, sizeof in->arch, "%s", hp->arch_name);
-    lethe_gguf_get_str(m->gguf, "general.name", in->name, sizeof in->name);
     in->n_layer = hp->n_layer;
     in->n_embd = hp->n_embd;
     in->n_head = hp->n_head;
@@ -329,11 +340,6 @@ lethe_model *lethe_model_load(const char *path, lethe_model_params params, lethe
     in->n_ctx_train = hp->n_ctx_train;
     in->dms_variant = (int32_t)hp->dms.variant;
     in->dms_window = hp->dms.variant ? hp->dms.window : 0;
-    for (uint64_t i = 0; i < m->gguf->n_tensors; i++) {
-        const lethe_gguf_tensor *t = &m->gguf->tensors[i];
-        in->n_params += (uint64_t)(t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]);
-        in->weight_bytes += t->size;
-    }
     if (status) *status = LETHE_OK;
     return m;
 fail:
@@ -349,6 +355,7 @@ lethe_model_info lethe_model_get_info(const lethe_model *m) {
 
 int lethe_model_meta_str(const lethe_model *m, const char *key, char *buf, size_t buf_size) {
     if (!m || !key) return -1;
+    if (m->hf) return lethe_hf_meta_str(m->hf, key, buf, buf_size);
     const lethe_gguf_kv *kv = lethe_gguf_find(m->gguf, key);
     if (!kv) return -1;
     return lethe_gguf_kv_to_string(kv, buf, buf_size);

@@ -50,8 +50,11 @@ typedef struct lethe_layer {
     lethe_tensor dms_alpha_norm;             /* [E] f32                     */
 } lethe_layer;
 
+struct lethe_hf;
+
 struct lethe_model {
-    lethe_gguf *gguf;
+    lethe_gguf *gguf;                        /* NULL for a Hugging Face directory */
+    struct lethe_hf *hf;                     /* NULL for a GGUF file (hf_model.h)  */
     lethe_hparams hp;
     lethe_tensor tok_embd;                   /* [V, E]                      */
     lethe_tensor output_norm;                /* [E]                         */

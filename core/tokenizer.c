@@ -15,8 +15,10 @@
 #include "common.h"
 #include "tokenizer_impl.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <utf8proc.h>
 
 /* ---- hash maps ------------------------------------------------------------ */
 
@@ -546,7 +548,28 @@ lethe_tokenizer *lethe_tokenizer_from_gguf(const lethe_gguf *g, lethe_status *st
     lethe_gguf_get_str(g, "tokenizer.ggml.pre", pre, sizeof pre);
     if (type == LETHE_VOCAB_BPE) {
         if (!pre[0]) LETHE_LOGW("tokenizer: no tokenizer.ggml.pre: using the generic pre-tokenizer (quality may suffer)");
-        t->pre = lethe_pretok_new(pre, &t->pre_flags, &st);
+        const lethe_gguf_kv *exprs = find_array(g, "tokenizer.lethe.pre_exprs", LETHE_GGUF_STRING, &st);
+        if (st != LETHE_OK) goto fail;
+        if (exprs) {   /* a tokenizer.json's own expressions (hf_tokenizer.c) */
+            const char *pats[8];
+            char *copies[8] = {0};
+            if (exprs->n > 8) {
+                st = lethe_fail(LETHE_ERR_UNSUPPORTED, "tokenizer: %llu pre-tokenizer expressions (at most 8)",
+                                (unsigned long long)exprs->n);
+                goto fail;
+            }
+            for (uint64_t i = 0; i < exprs->n; i++) {
+                copies[i] = strndup(exprs->arr_str[i].ptr, (size_t)exprs->arr_str[i].len);
+                pats[i] = copies[i] ? copies[i] : "";
+            }
+            t->pre = lethe_pretok_new_exprs(pats, (int)exprs->n, &st);
+            for (uint64_t i = 0; i < exprs->n; i++) free(copies[i]);
+            memset(&t->pre_flags, 0, sizeof t->pre_flags);
+            bool im;
+            if (lethe_gguf_get_bool(g, "tokenizer.lethe.ignore_merges", &im)) t->pre_flags.ignore_merges = im;
+        } else {
+            t->pre = lethe_pretok_new(pre, &t->pre_flags, &st);
+        }
         if (!t->pre) goto fail;
         if ((st = load_bpe_merges(t, g)) != LETHE_OK) goto fail;
         t->add_bos = t->pre_flags.add_bos_default;
@@ -571,6 +594,22 @@ lethe_tokenizer *lethe_tokenizer_from_gguf(const lethe_gguf *g, lethe_status *st
     if (lethe_gguf_get_bool(g, "tokenizer.ggml.add_eos_token", &b)) t->add_eos = b;
 
     find_eog(t);
+    /* extra end-of-generation ids (generation_config.json eos_token_id lists) */
+    const lethe_gguf_kv *eog_ids = find_array(g, "tokenizer.lethe.eog_ids", LETHE_GGUF_I32, &st);
+    if (st != LETHE_OK) goto fail;
+    for (uint64_t i = 0; eog_ids && i < eog_ids->n; i++) {
+        int32_t id = arr_i32(eog_ids, i);
+        if (id >= 0 && id < n) t->eog[id] = 1;
+    }
+    char norm[16] = {0};
+    if (lethe_gguf_get_str(g, "tokenizer.lethe.normalizer", norm, sizeof norm)) {
+        if (!strcmp(norm, "nfc")) t->normalize = LETHE_NORM_NFC;
+        else if (!strcmp(norm, "nfkc")) t->normalize = LETHE_NORM_NFKC;
+        else if (strcmp(norm, "none")) {
+            st = lethe_fail(LETHE_ERR_UNSUPPORTED, "tokenizer: normalizer '%s' is not supported", norm);
+            goto fail;
+        }
+    }
     if (type == LETHE_VOCAB_SPM) lethe_spm_set_strip(t, g);
     if ((st = build_specials(t)) != LETHE_OK) goto fail;
     if ((st = build_pieces(t)) != LETHE_OK) goto fail;
@@ -815,6 +854,21 @@ static lethe_status bpe_encode(const lethe_tokenizer *t, const char *text, const
 
 /* ---- public ------------------------------------------------------------------ */
 
+/* Unicode normalization (tokenizer.json normalizer NFC / NFKC) with utf8proc.
+ * Returns a malloc'ed copy and its length, or NULL if the text is not valid
+ * UTF-8 or is pure ASCII (which every normal form leaves as it is). */
+char *lethe_tok_normalize(lethe_normalizer nf, const char *text, size_t len, size_t *out_len) {
+    bool ascii = true;
+    for (size_t i = 0; i < len && ascii; i++) ascii = (unsigned char)text[i] < 0x80;
+    if (ascii || len > (size_t)PTRDIFF_MAX / 4) return NULL;
+    utf8proc_uint8_t *out = NULL;
+    int opts = UTF8PROC_STABLE | UTF8PROC_COMPOSE | (nf == LETHE_NORM_NFKC ? UTF8PROC_COMPAT : 0);
+    utf8proc_ssize_t n = utf8proc_map((const utf8proc_uint8_t *)text, (utf8proc_ssize_t)len, &out, opts);
+    if (n < 0) return NULL;
+    *out_len = (size_t)n;
+    return (char *)out;
+}
+
 int32_t lethe_tokenizer_encode(const lethe_tokenizer *t, const char *text, size_t len, lethe_token *out,
                                int32_t max_out, bool add_special, bool parse_special) {
     if (!t || (!text && len > 0) || max_out < 0 || (!out && max_out > 0))
@@ -822,6 +876,11 @@ int32_t lethe_tokenizer_encode(const lethe_tokenizer *t, const char *text, size_
     lethe_tokvec v = {0};
     lethe_status st = LETHE_OK;
     if (add_special && t->add_bos && t->bos >= 0) st = lethe_tokvec_push(&v, t->bos);
+    char *normed = NULL;
+    if (t->normalize != LETHE_NORM_NONE && len > 0) {
+        normed = lethe_tok_normalize(t->normalize, text, len, &len);
+        if (normed) text = normed;   /* NULL: not valid UTF-8, tokenized as it is */
+    }
     if (st == LETHE_OK && len > 0) {
         lethe_frags frags = {0};
         st = lethe_tok_partition(t, text, len, parse_special, &frags);
@@ -829,6 +888,7 @@ int32_t lethe_tokenizer_encode(const lethe_tokenizer *t, const char *text, size_
             st = t->type == LETHE_VOCAB_SPM ? lethe_spm_encode(t, text, len, &frags, &v) : bpe_encode(t, text, &frags, &v);
         free(frags.v);
     }
+    free(normed);
     if (st == LETHE_OK && add_special && t->add_eos && t->eos >= 0) st = lethe_tokvec_push(&v, t->eos);
     if (st == LETHE_OK && v.n > INT32_MAX) st = lethe_fail(LETHE_ERR_INVALID_ARG, "tokenize: more than 2^31 tokens");
     if (st != LETHE_OK) {

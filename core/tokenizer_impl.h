@@ -20,6 +20,8 @@ enum {
     LETHE_ATTR_RSTRIP = 128,      /* when matched, whitespace after it is dropped */
 };
 
+typedef enum lethe_normalizer { LETHE_NORM_NONE = 0, LETHE_NORM_NFC, LETHE_NORM_NFKC } lethe_normalizer;
+
 typedef enum lethe_vocab_type { LETHE_VOCAB_BPE = 0, LETHE_VOCAB_SPM } lethe_vocab_type;
 
 typedef struct lethe_merge_slot {
@@ -62,6 +64,7 @@ struct lethe_tokenizer {
 
     lethe_token bos, eos, eot, eom, unk, pad, fim_pad, fim_rep, fim_sep;
     bool add_bos, add_eos;
+    lethe_normalizer normalize;   /* applied to the whole text before anything else */
 };
 
 typedef struct lethe_tokvec {
@@ -70,6 +73,7 @@ typedef struct lethe_tokvec {
 } lethe_tokvec;
 
 lethe_status lethe_tokvec_push(lethe_tokvec *v, lethe_token id);
+char *lethe_tok_normalize(lethe_normalizer nf, const char *text, size_t len, size_t *out_len);
 lethe_token lethe_tok_lookup(const lethe_tokenizer *t, const char *s, size_t n);
 int lethe_tok_parse_byte(const char *s, size_t n);
 

@@ -145,16 +145,10 @@ static char *adapt_whitespace(const char *pat) {
     return out;
 }
 
-lethe_pretok *lethe_pretok_new(const char *name, lethe_pretok_flags *flags, lethe_status *status) {
-    lethe_status st_dummy;
-    if (!status) status = &st_dummy;
-    if (!name || !*name) name = "default";
-    const pre_def *def = NULL;
-    for (size_t i = 0; i < LETHE_ARRAY_SIZE(k_pre_defs) && !def; i++) {
-        if (name_in_list(k_pre_defs[i].names, name)) def = &k_pre_defs[i];
-    }
-    if (!def) {
-        *status = lethe_fail(LETHE_ERR_UNSUPPORTED, "tokenizer: unknown pre-tokenizer '%s' (tokenizer.ggml.pre)", name);
+/* Compile `exprs` into a new pre-tokenizer named `name`. */
+static lethe_pretok *compile_exprs(const char *name, const char *const *exprs, int n, lethe_status *status) {
+    if (n > MAX_EXPRS) {
+        *status = lethe_fail(LETHE_ERR_UNSUPPORTED, "tokenizer: %d pre-tokenizer expressions (at most %d)", n, MAX_EXPRS);
         return NULL;
     }
     lethe_pretok *p = calloc(1, sizeof *p);
@@ -163,8 +157,8 @@ lethe_pretok *lethe_pretok_new(const char *name, lethe_pretok_flags *flags, leth
         return NULL;
     }
     snprintf(p->name, sizeof p->name, "%s", name);
-    for (int i = 0; i < MAX_EXPRS && def->exprs[i]; i++) {
-        char *pat = adapt_whitespace(def->exprs[i]);
+    for (int i = 0; i < n; i++) {
+        char *pat = adapt_whitespace(exprs[i]);
         if (!pat) {
             lethe_pretok_free(p);
             *status = lethe_fail(LETHE_ERR_OOM, "tokenizer: out of memory");
@@ -181,16 +175,63 @@ lethe_pretok *lethe_pretok_new(const char *name, lethe_pretok_flags *flags, leth
             PCRE2_UCHAR msg[256];
             pcre2_get_error_message(err, msg, sizeof msg);
             lethe_pretok_free(p);
-            *status = lethe_fail(LETHE_ERR_INTERNAL, "tokenizer: pre-tokenizer '%s' expression %d: %s at %zu",
+            *status = lethe_fail(LETHE_ERR_TOKENIZER, "tokenizer: pre-tokenizer '%s' expression %d: %s at %zu",
                                  name, i, (const char *)msg, (size_t)erroff);
             return NULL;
         }
         pcre2_jit_compile(re, PCRE2_JIT_COMPLETE); /* optional: interpreted matching if JIT is unavailable */
         p->code[p->n_exprs++] = re;
     }
-    if (flags) *flags = def->flags;
     *status = LETHE_OK;
     return p;
+}
+
+lethe_pretok *lethe_pretok_new(const char *name, lethe_pretok_flags *flags, lethe_status *status) {
+    lethe_status st_dummy;
+    if (!status) status = &st_dummy;
+    if (!name || !*name) name = "default";
+    const pre_def *def = NULL;
+    for (size_t i = 0; i < LETHE_ARRAY_SIZE(k_pre_defs) && !def; i++) {
+        if (name_in_list(k_pre_defs[i].names, name)) def = &k_pre_defs[i];
+    }
+    if (!def) {
+        *status = lethe_fail(LETHE_ERR_UNSUPPORTED, "tokenizer: unknown pre-tokenizer '%s' (tokenizer.ggml.pre)", name);
+        return NULL;
+    }
+    int n = 0;
+    while (n < MAX_EXPRS && def->exprs[n]) n++;
+    lethe_pretok *p = compile_exprs(name, def->exprs, n, status);
+    if (p && flags) *flags = def->flags;
+    return p;
+}
+
+lethe_pretok *lethe_pretok_new_exprs(const char *const *exprs, int n, lethe_status *status) {
+    lethe_status st_dummy;
+    if (!status) status = &st_dummy;
+    return compile_exprs("custom", exprs, n, status);
+}
+
+const char *const lethe_pretok_gpt2_regex = RE_GPT2;
+
+const char *lethe_pretok_known_name(const char *const *exprs, int n) {
+    for (size_t i = 1; i < LETHE_ARRAY_SIZE(k_pre_defs); i++) {   /* 0 = "default": never written */
+        const pre_def *d = &k_pre_defs[i];
+        int k = 0;
+        while (k < MAX_EXPRS && d->exprs[k]) k++;
+        if (k != n) continue;
+        bool same = true;
+        for (int j = 0; j < n && same; j++) same = !strcmp(d->exprs[j], exprs[j]);
+        if (same) {
+            static _Thread_local char first[64];
+            const char *bar = strchr(d->names, '|');
+            size_t len = bar ? (size_t)(bar - d->names) : strlen(d->names);
+            if (len >= sizeof first) len = sizeof first - 1;
+            memcpy(first, d->names, len);
+            first[len] = 0;
+            return first;
+        }
+    }
+    return NULL;
 }
 
 void lethe_pretok_free(lethe_pretok *p) {

@@ -36,6 +36,12 @@ typedef struct lethe_spans {
 /* `name` is tokenizer.ggml.pre (NULL or "" → "default"). NULL + status
  * (LETHE_ERR_UNSUPPORTED for an unknown name) on failure. */
 lethe_pretok *lethe_pretok_new(const char *name, lethe_pretok_flags *flags, lethe_status *status);
+/* From expressions as written in a tokenizer.json (each an "Isolated" split). */
+lethe_pretok *lethe_pretok_new_exprs(const char *const *exprs, int n, lethe_status *status);
+/* GPT-2's ByteLevel expression (tokenizer.json ByteLevel with use_regex). */
+extern const char *const lethe_pretok_gpt2_regex;
+/* The tokenizer.ggml.pre name whose expressions are exactly `exprs`, or NULL. */
+const char *lethe_pretok_known_name(const char *const *exprs, int n);
 void lethe_pretok_free(lethe_pretok *p);
 const char *lethe_pretok_name(const lethe_pretok *p);
 

@@ -130,5 +130,6 @@ int cli_cmd_logits(int argc, char **argv);
 int cli_cmd_perplexity(int argc, char **argv);
 int cli_cmd_bench(int argc, char **argv);
 int cli_cmd_info(int argc, char **argv);
+int cli_cmd_convert(int argc, char **argv);   /* cmd_convert.c */
 
 #endif
