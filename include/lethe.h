@@ -27,8 +27,12 @@
 extern "C" {
 #endif
 
-#if defined(_WIN32)
+/* Exported symbols: the library is built with hidden visibility, so only
+ * what is marked LETHE_API is visible to applications. */
+#if defined(_WIN32) && defined(LETHE_BUILD)
 #  define LETHE_API __declspec(dllexport)
+#elif defined(_WIN32) && !defined(LETHE_STATIC)
+#  define LETHE_API __declspec(dllimport)
 #elif defined(__GNUC__)
 #  define LETHE_API __attribute__((visibility("default")))
 #else
@@ -79,8 +83,15 @@ LETHE_API void lethe_set_log(lethe_log_fn fn, void *user);
 /* Minimum level passed to the sink. */
 LETHE_API void lethe_set_log_level(lethe_log_level level);
 
-/* "0.1.0 (backends: cpu vulkan cuda)" */
+/* "0.1.0 (backends: cpu vulkan cuda)": the version and the backends this
+ * build of the library has. */
 LETHE_API const char *lethe_version(void);
+/* Folder where backends built as loadable modules (liblethe-<name>.so) are
+ * looked up: $LETHE_BACKEND_DIR if set, else "lethe/" next to the shared
+ * library (or <prefix>/lib/lethe for a program in <prefix>/bin that links
+ * lethe statically). Found from the library's own path, so it follows the
+ * install prefix. */
+LETHE_API const char *lethe_backend_dir(void);
 
 /* ---- model -------------------------------------------------------------- */
 
