@@ -1,11 +1,16 @@
 /* api.c — the thin public wrappers over the tokenizer and chat templates. */
 #include "common.h"
+#include "lethe_build_config.h"
 #include "model.h"
 
 #include <string.h>
 
+_Static_assert(LETHE_VERSION_MAJOR >= 0 && LETHE_VERSION_MINOR >= 0 && LETHE_VERSION_PATCH >= 0, "version macros");
+
 const char *lethe_version(void) {
-    return "0.1.0 (backends: cpu)";
+    /* both strings come from CMake: the version parsed from lethe.h, the
+     * backends from the blocks that built one */
+    return LETHE_VERSION_STRING " (backends: " LETHE_BACKENDS_STRING ")";
 }
 
 int32_t lethe_tokenize(const lethe_model *m, const char *text, size_t text_len, lethe_token *tokens,

@@ -48,6 +48,13 @@ typedef struct lethe_backend_iface {
     lethe_status (*compute)(lethe_backend *be, lethe_graph *g, int begin, int end,
                             lethe_abort_fn abort_fn, void *abort_user);
     lethe_status (*synchronize)(lethe_backend *be);
+
+    /* Optional (NULL: the backend keeps no scratch). Bytes of scratch memory
+     * the backend holds now (g == NULL), or would hold after computing
+     * nodes [begin, end) of g (scratch only grows). The executor checks the
+     * context's memory cap with it before compute() allocates, and the
+     * memory report (lethe_get_memory_info) adds it to the compute bytes. */
+    size_t (*scratch_bytes)(lethe_backend *be, const lethe_graph *g, int begin, int end);
 } lethe_backend_iface;
 
 struct lethe_backend {

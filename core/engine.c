@@ -149,6 +149,31 @@ void lethe_context_free(lethe_context *c) {
     free(c);
 }
 
+/* Memory cap (lethe_context_params.mem_limit_bytes). Fixed bytes = the KV
+ * pool + host buffers sized `logit_rows` rows of logits; what is left of
+ * the cap goes to the executor, which refuses a batch before allocating. */
+static size_t other_bytes(const lethe_context *c, int32_t logit_rows, int32_t rows) {
+    return (size_t)logit_rows * c->model->hp.n_vocab * sizeof(float) + (size_t)rows * sizeof(int32_t) +
+           4 * (size_t)c->params.n_batch * sizeof(int32_t) + (size_t)c->graph->cap * sizeof(lethe_node);
+}
+
+static size_t kv_pool_bytes(const lethe_context *c) { return (size_t)c->kv.n_pages * c->kv.page_bytes; }
+
+static lethe_status apply_mem_limit(lethe_context *c, int32_t n_out, int32_t n_rows) {
+    size_t cap = c->params.mem_limit_bytes;
+    if (!cap) return LETHE_OK;
+    size_t fixed = kv_pool_bytes(c) +
+                   other_bytes(c, LETHE_MAX(n_out, c->cap_logits), LETHE_MAX(n_rows, c->cap_rows));
+    size_t compute = lethe_executor_memory(c->ex);
+    if (fixed + compute > cap)
+        return lethe_fail(LETHE_ERR_OOM,
+                          "memory cap: %zu bytes of KV pool, %zu of compute buffers and %zu of logits and "
+                          "staging exceed mem_limit_bytes = %zu",
+                          kv_pool_bytes(c), compute, fixed - kv_pool_bytes(c), cap);
+    lethe_executor_set_mem_limit(c->ex, cap - fixed);
+    return LETHE_OK;
+}
+
 lethe_context *lethe_context_new(lethe_model *m, lethe_context_params p, lethe_status *status) {
     lethe_status st = LETHE_OK;
     lethe_context *c = NULL;
@@ -182,6 +207,11 @@ lethe_context *lethe_context_new(lethe_model *m, lethe_context_params p, lethe_s
         budget = pages * 2 * LETHE_KV_PAGE * lethe_row_size(kt, hp->head_dim) *
                  (size_t)hp->n_layer * hp->n_head_kv * p.n_seq_max;
     }
+    if (p.mem_limit_bytes && budget > p.mem_limit_bytes) {   /* refuse before allocating the pool */
+        st = lethe_fail(LETHE_ERR_OOM, "memory cap: a KV pool of %zu bytes exceeds mem_limit_bytes = %zu",
+                        budget, p.mem_limit_bytes);
+        goto fail;
+    }
     if ((st = lethe_kv_init(&c->kv, p.n_seq_max, hp->n_layer, hp->n_head_kv, hp->head_dim, kt,
                             budget, p.n_batch, &kvp)) != LETHE_OK)
         goto fail;
@@ -202,6 +232,7 @@ lethe_context *lethe_context_new(lethe_model *m, lethe_context_params p, lethe_s
     }
     c->ub.seq_id = c->ub_seq;
     c->ub.pos = c->ub_pos;
+    if ((st = apply_mem_limit(c, 0, 0)) != LETHE_OK) goto fail;
     if (status) *status = LETHE_OK;
     return c;
 fail:
@@ -276,6 +307,8 @@ lethe_status lethe_decode(lethe_context *c, lethe_batch b) {
             return lethe_fail(LETHE_ERR_CONTEXT_FULL,
                               "decode: sequence %d would hold %d tokens, more than the context of %d",
                               s, kv->seq_pos[s] + add[s], c->params.n_ctx);
+    lethe_status st = apply_mem_limit(c, n_out, n);
+    if (st != LETHE_OK) return st;
     /* grow-only buffers: steady decoding allocates nothing */
     if (n_out > c->cap_logits) {
         float *lg = realloc(c->logits, (size_t)n_out * V * sizeof(float));
@@ -295,7 +328,6 @@ lethe_status lethe_decode(lethe_context *c, lethe_batch b) {
     lethe_kv_begin(kv);
     int32_t next_pos[kv->n_seq];
     memcpy(next_pos, kv->seq_pos, sizeof next_pos);
-    lethe_status st = LETHE_OK;
     int32_t row = 0;
     for (int32_t i0 = 0; i0 < n && st == LETHE_OK; i0 += c->params.n_batch) {
         int32_t m = LETHE_MIN(c->params.n_batch, n - i0), m_out = 0, row0 = row;
@@ -393,3 +425,20 @@ int32_t lethe_kv_head_len(const lethe_context *c, int32_t s, int32_t layer, int3
 }
 
 const lethe_kv_cache *lethe_context_kv(const lethe_context *c) { return c ? &c->kv : NULL; }
+
+size_t lethe_model_memory_bytes(const lethe_model *m) {
+    if (!m || !m->gguf) return 0;
+    return m->gguf->map ? m->gguf->map_size : m->gguf->size;
+}
+
+lethe_memory_info lethe_get_memory_info(const lethe_context *c) {
+    lethe_memory_info mi = {0};
+    if (!c) return mi;
+    mi.model_bytes = lethe_model_memory_bytes(c->model);
+    mi.kv_bytes = kv_pool_bytes(c);
+    mi.compute_bytes = lethe_executor_memory(c->ex);
+    mi.other_bytes = other_bytes(c, c->cap_logits, c->cap_rows);
+    mi.context_bytes = mi.kv_bytes + mi.compute_bytes + mi.other_bytes;
+    mi.mem_limit_bytes = c->params.mem_limit_bytes;
+    return mi;
+}

@@ -16,6 +16,7 @@ struct lethe_executor {
     /* free-block list for planning: (offset, size) pairs sorted by offset */
     size_t *fb_off, *fb_size;
     int n_fb, cap_fb;
+    size_t mem_limit;           /* 0: none; see lethe_executor_set_mem_limit */
 };
 
 lethe_executor *lethe_executor_new(lethe_backend **backends, int n_backends) {
@@ -37,6 +38,41 @@ void lethe_executor_free(lethe_executor *ex) {
 }
 
 size_t lethe_executor_buffer_size(const lethe_executor *ex) { return ex->buf ? ex->buf->size : 0; }
+
+static size_t scratch_of(lethe_backend *be, const lethe_graph *g, int begin, int end) {
+    return be->iface->scratch_bytes ? be->iface->scratch_bytes(be, g, begin, end) : 0;
+}
+
+size_t lethe_executor_memory(const lethe_executor *ex) {
+    size_t total = lethe_executor_buffer_size(ex);
+    for (int b = 0; b < ex->n_backends; b++) total += scratch_of(ex->backends[b], NULL, 0, 0);
+    return total;
+}
+
+void lethe_executor_set_mem_limit(lethe_executor *ex, size_t limit) { ex->mem_limit = limit; }
+
+/* Would running g with a compute buffer of `buf_size` bytes keep the
+ * executor within its cap? Scratch is summed per backend over its ranges. */
+static lethe_status check_mem_limit(lethe_executor *ex, const lethe_graph *g, size_t buf_size) {
+    if (!ex->mem_limit) return LETHE_OK;
+    size_t need = buf_size;
+    for (int b = 0; b < ex->n_backends; b++) {
+        size_t sc = scratch_of(ex->backends[b], NULL, 0, 0);
+        for (int begin = 0; begin < g->n_nodes;) {
+            int end = begin + 1;
+            while (end < g->n_nodes && g->nodes[end].backend == g->nodes[begin].backend) end++;
+            if (g->nodes[begin].backend == b) sc = LETHE_MAX(sc, scratch_of(ex->backends[b], g, begin, end));
+            begin = end;
+        }
+        need += sc;
+    }
+    if (need > ex->mem_limit)
+        return lethe_fail(LETHE_ERR_OOM,
+                          "memory cap: this batch needs %zu bytes of compute buffers, %zu are left under the "
+                          "context's mem_limit_bytes (a smaller n_batch needs less)",
+                          need, ex->mem_limit);
+    return LETHE_OK;
+}
 
 static size_t align_up(size_t x) { return (x + LETHE_ALIGN - 1) & ~(size_t)(LETHE_ALIGN - 1); }
 
@@ -145,11 +181,14 @@ static lethe_status plan_memory(lethe_executor *ex, lethe_graph *g) {
                 return lethe_fail(LETHE_ERR_OOM, "executor: plan");
     }
     lethe_backend *be = ex->backends[0];
-    if (!ex->buf || ex->buf->size < high) {
+    bool grow = !ex->buf || ex->buf->size < high;
+    size_t size = grow ? high + high / 8 + LETHE_ALIGN : ex->buf->size;   /* headroom: fewer regrowths */
+    lethe_status st = check_mem_limit(ex, g, size);
+    if (st != LETHE_OK) return st;
+    if (grow) {
         if (ex->buf) be->iface->buffer_free(ex->buf);
         ex->buf = NULL;
-        size_t size = high + high / 8 + LETHE_ALIGN;   /* headroom: fewer regrowths */
-        lethe_status st = be->iface->buffer_alloc(be, size, &ex->buf);
+        st = be->iface->buffer_alloc(be, size, &ex->buf);
         if (st != LETHE_OK) return st;
         LETHE_LOGD("executor: compute buffer %.1f MiB", size / 1048576.0);
     }

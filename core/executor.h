@@ -24,4 +24,11 @@ lethe_status lethe_executor_run(lethe_executor *ex, lethe_graph *g,
 /* Bytes of the compute buffer (for the memory report). */
 size_t lethe_executor_buffer_size(const lethe_executor *ex);
 
+/* Compute buffer + every backend's scratch, in bytes (the "compute" line of
+ * the memory report). */
+size_t lethe_executor_memory(const lethe_executor *ex);
+/* Cap on lethe_executor_memory() (0: none). A run that would grow past it
+ * fails with LETHE_ERR_OOM before allocating or computing anything. */
+void lethe_executor_set_mem_limit(lethe_executor *ex, size_t limit);
+
 #endif

@@ -27,8 +27,12 @@
 extern "C" {
 #endif
 
-#if defined(_WIN32)
+/* Exported symbols: the library is built with hidden visibility, so only
+ * what is marked LETHE_API is visible to applications. */
+#if defined(_WIN32) && defined(LETHE_BUILD)
 #  define LETHE_API __declspec(dllexport)
+#elif defined(_WIN32) && !defined(LETHE_STATIC)
+#  define LETHE_API __declspec(dllimport)
 #elif defined(__GNUC__)
 #  define LETHE_API __attribute__((visibility("default")))
 #else
@@ -79,8 +83,15 @@ LETHE_API void lethe_set_log(lethe_log_fn fn, void *user);
 /* Minimum level passed to the sink. */
 LETHE_API void lethe_set_log_level(lethe_log_level level);
 
-/* "0.1.0 (backends: cpu vulkan cuda)" */
+/* "0.1.0 (backends: cpu vulkan cuda)": the version and the backends this
+ * build of the library has. */
 LETHE_API const char *lethe_version(void);
+/* Folder where backends built as loadable modules (liblethe-<name>.so) are
+ * looked up: $LETHE_BACKEND_DIR if set, else "lethe/" next to the shared
+ * library (or <prefix>/lib/lethe for a program in <prefix>/bin that links
+ * lethe statically). Found from the library's own path, so it follows the
+ * install prefix. */
+LETHE_API const char *lethe_backend_dir(void);
 
 /* ---- model -------------------------------------------------------------- */
 
@@ -184,6 +195,11 @@ typedef struct lethe_context_params {
     int32_t n_seq_max;        /* max concurrent sequences (1)                       */
     int32_t n_batch;          /* max tokens per lethe_decode call (512)             */
     int32_t n_threads;        /* CPU threads (0: all cores)                         */
+    size_t mem_limit_bytes;   /* cap on what the context allocates: KV pool, compute
+                                 buffers, logits (0: none). lethe_context_new fails
+                                 with LETHE_ERR_OOM when the KV pool does not fit,
+                                 lethe_decode (cache unchanged) when a batch would
+                                 need more; the shared model is not counted       */
     lethe_kv_type kv_type;    /* storage type of K and V (F16)                      */
     size_t kv_budget_bytes;   /* KV pool size; 0: enough for n_ctx * n_seq_max      */
     lethe_kv_policy_kind kv_policy; /* (AUTO)                                       */
@@ -232,9 +248,26 @@ LETHE_API lethe_status lethe_seq_clear(lethe_context *ctx, int32_t seq_id); /* -
  * from a shared prompt. */
 LETHE_API lethe_status lethe_seq_fork(lethe_context *ctx, int32_t src, int32_t dst);
 
-/* Abort: called between graph nodes; return true to stop (LETHE_ERR_ABORTED). */
+/* Abort: called between graph nodes; return true to stop (LETHE_ERR_ABORTED).
+ * The decode then leaves the cache as it was before the call. */
 typedef bool (*lethe_abort_fn)(void *user);
 LETHE_API void lethe_set_abort_callback(lethe_context *ctx, lethe_abort_fn fn, void *user);
+
+/* ---- memory ------------------------------------------------------------- */
+
+/* What a model and a context hold, in bytes. */
+typedef struct lethe_memory_info {
+    size_t model_bytes;       /* the model file in memory (mapped or read), shared by its contexts */
+    size_t kv_bytes;          /* KV pool, allocated whole at context creation   */
+    size_t compute_bytes;     /* graph buffers and backend scratch: grow to the largest batch run */
+    size_t other_bytes;       /* logits, batch staging, graph nodes             */
+    size_t context_bytes;     /* kv + compute + other: what mem_limit_bytes caps */
+    size_t mem_limit_bytes;   /* the context's cap (0: none)                    */
+} lethe_memory_info;
+
+LETHE_API lethe_memory_info lethe_get_memory_info(const lethe_context *ctx);
+/* Bytes of the model file held in memory (mapped or read). */
+LETHE_API size_t lethe_model_memory_bytes(const lethe_model *model);
 
 /* ---- KV statistics ------------------------------------------------------ */
 

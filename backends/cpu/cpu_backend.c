@@ -266,6 +266,21 @@ static void cpu_free(lethe_backend *be) {
     free(be);
 }
 
+/* Scratch held now, or after cpu_compute() has grown it for [begin, end):
+ * the same sizing as cpu_compute's, without allocating. */
+static size_t cpu_scratch_bytes(lethe_backend *be, const lethe_graph *g, int begin, int end) {
+    const cpu_ctx *c = be->ctx;
+    size_t pt = c->ws_stride, sh = c->shared_size;
+    for (int i = begin; g && i < end && i < g->n_nodes; i++) {
+        if (g->nodes[i].op == LETHE_OP_NONE) continue;
+        size_t a, b;
+        lethe_cpu_node_ws(&g->nodes[i], c->n_threads, &a, &b);
+        pt = LETHE_MAX(pt, lethe_cpu_align_up(a));
+        sh = LETHE_MAX(sh, b ? lethe_cpu_align_up(b) : 0);
+    }
+    return pt * (size_t)c->n_threads + sh;
+}
+
 static const lethe_backend_iface k_cpu_iface = {
     .free = cpu_free,
     .get_info = cpu_get_info,
@@ -276,6 +291,7 @@ static const lethe_backend_iface k_cpu_iface = {
     .supports_op = cpu_supports_op,
     .compute = cpu_compute,
     .synchronize = cpu_synchronize,
+    .scratch_bytes = cpu_scratch_bytes,
 };
 
 static void read_cpu_model(char *out, size_t size, int n_threads) {
