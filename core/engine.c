@@ -427,7 +427,8 @@ int32_t lethe_kv_head_len(const lethe_context *c, int32_t s, int32_t layer, int3
 const lethe_kv_cache *lethe_context_kv(const lethe_context *c) { return c ? &c->kv : NULL; }
 
 size_t lethe_model_memory_bytes(const lethe_model *m) {
-    if (!m || !m->gguf) return 0;
+    if (!m) return 0;
+    if (!m->gguf) return m->info.weight_bytes;   /* HF directory: the weights as mapped or converted */
     return m->gguf->map ? m->gguf->map_size : m->gguf->size;
 }
 
