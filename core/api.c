@@ -5,7 +5,11 @@
 #include <string.h>
 
 const char *lethe_version(void) {
+#ifdef LETHE_HAVE_VULKAN
+    return "0.1.0 (backends: cpu vulkan)";
+#else
     return "0.1.0 (backends: cpu)";
+#endif
 }
 
 int32_t lethe_tokenize(const lethe_model *m, const char *text, size_t text_len, lethe_token *tokens,
