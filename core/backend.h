@@ -66,4 +66,17 @@ struct lethe_backend {
 lethe_backend *lethe_backend_cpu_new(int n_threads);
 int lethe_backend_cpu_n_threads(lethe_backend *be);
 
+/* The Vulkan backend (backends/vulkan): device index N counts discrete GPUs
+ * first, then integrated, virtual and CPU devices (lavapipe); the
+ * environment variable LETHE_VK_DEVICE, when set, overrides `device`.
+ * Returns NULL with lethe_last_error() set when there is no driver, no such
+ * device, or the build has no Vulkan (core/backend_registry.c). */
+lethe_backend *lethe_backend_vulkan_new(int device);
+/* Device time of the backend's last compute() in ms (timestamps; 0 if none). */
+double lethe_backend_vulkan_last_ms(lethe_backend *be);
+
+/* A GPU backend by name ("vulkan", "cuda"), NULL with an error if it is not
+ * built in or cannot start. The engine falls back to the CPU then. */
+lethe_backend *lethe_backend_gpu_new(const char *name, int device);
+
 #endif

@@ -18,6 +18,7 @@ struct lethe_context {
     lethe_model *model;
     lethe_context_params params;
     lethe_backend *cpu;
+    lethe_backend *gpu;       /* NULL: CPU only (model params' backend, see start_gpu) */
     lethe_executor *ex;
     lethe_kv_cache kv;
     lethe_graph *graph;
@@ -137,6 +138,7 @@ lethe_context_params lethe_context_default_params(void) {
 void lethe_context_free(lethe_context *c) {
     if (!c) return;
     lethe_executor_free(c->ex);
+    if (c->gpu) c->gpu->iface->free(c->gpu);
     if (c->cpu) c->cpu->iface->free(c->cpu);
     lethe_kv_free(&c->kv);
     lethe_graph_free(c->graph);
@@ -172,6 +174,18 @@ static lethe_status apply_mem_limit(lethe_context *c, int32_t n_out, int32_t n_r
                           kv_pool_bytes(c), compute, fixed - kv_pool_bytes(c), cap);
     lethe_executor_set_mem_limit(c->ex, cap - fixed);
     return LETHE_OK;
+}
+
+/* The device backend the model params ask for ("vulkan"; "auto": the first
+ * that starts), or NULL for the CPU alone. A device that cannot start is a
+ * warning, not an error: the CPU runs everything then. */
+static lethe_backend *lethe_engine_start_gpu(const char *name, int device) {
+    if (!name || strcmp(name, "cpu") == 0) return NULL;
+    lethe_backend *be = lethe_backend_gpu_new(strcmp(name, "auto") == 0 ? "vulkan" : name, device);
+    if (!be && strcmp(name, "auto") != 0)
+        LETHE_LOGW("backend %s unavailable (%s): running on the CPU", name, lethe_last_error());
+    lethe_clear_error();
+    return be;
 }
 
 lethe_context *lethe_context_new(lethe_model *m, lethe_context_params p, lethe_status *status) {
@@ -219,7 +233,9 @@ lethe_context *lethe_context_new(lethe_model *m, lethe_context_params p, lethe_s
     int n_threads = p.n_threads > 0 ? p.n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     c->cpu = lethe_backend_cpu_new(n_threads);
     if (!c->cpu) { st = lethe_fail(LETHE_ERR_BACKEND, "context: cannot create the CPU backend"); goto fail; }
-    c->ex = lethe_executor_new(&c->cpu, 1);
+    c->gpu = lethe_engine_start_gpu(m->params.backend, m->params.device);
+    lethe_backend *bes[2] = {c->gpu, c->cpu};
+    c->ex = c->gpu ? lethe_executor_new(bes, 2) : lethe_executor_new(&c->cpu, 1);
     c->graph = lethe_graph_new(lethe_llama_graph_size(m));
     size_t nb = (size_t)p.n_batch;
     c->ub_tokens = malloc(nb * sizeof(int32_t));

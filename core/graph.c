@@ -82,6 +82,7 @@ lethe_node *lethe_input(lethe_graph *g, lethe_dtype type, int n_dims, const int6
     lethe_node *n = new_node(g, LETHE_OP_NONE, type, n_dims, ne);
     if (!n) return NULL;
     n->t.data = data;
+    n->is_input = true;
     snprintf(n->t.name, sizeof n->t.name, "%s", name);
     return n;
 }

@@ -78,6 +78,7 @@ typedef struct lethe_node {
     int backend;                         /* placement, set by the executor        */
     int last_use;                        /* index of the last node reading this   */
     bool is_output;                      /* result must survive the graph         */
+    bool is_input;                       /* leaf from lethe_input: data changes per run (not a weight) */
 } lethe_node;
 
 typedef struct lethe_graph {

@@ -27,7 +27,7 @@ lethe_setup_main() {
 
     # ---- packages (Debian 12 names)
     local pkgs=(build-essential cmake ninja-build pkg-config libvulkan-dev mesa-vulkan-drivers
-                glslc spirv-tools vulkan-tools libopenblas-dev libcmocka-dev libpcre2-dev
+                glslc spirv-tools vulkan-tools vulkan-validationlayers libopenblas-dev libcmocka-dev libpcre2-dev
                 libjansson-dev libutf8proc-dev python3 python3-pip unzip curl ca-certificates)
     local missing=() p status
     for p in "${pkgs[@]}"; do

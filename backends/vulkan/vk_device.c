@@ -1,0 +1,536 @@
+/* vk_device.c — the Vulkan backend's device side: instance and device
+ * selection, feature probing, memory, buffers and staging, pipelines (all
+ * built once, at creation), and the backend's life. See vk_internal.h. */
+#include "vk_internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+const char *lethe_vk_check(VkResult r) {
+    switch (r) {
+    case VK_SUCCESS: return "VK_SUCCESS";
+    case VK_ERROR_OUT_OF_HOST_MEMORY: return "VK_ERROR_OUT_OF_HOST_MEMORY";
+    case VK_ERROR_OUT_OF_DEVICE_MEMORY: return "VK_ERROR_OUT_OF_DEVICE_MEMORY";
+    case VK_ERROR_INITIALIZATION_FAILED: return "VK_ERROR_INITIALIZATION_FAILED";
+    case VK_ERROR_DEVICE_LOST: return "VK_ERROR_DEVICE_LOST";
+    case VK_ERROR_INCOMPATIBLE_DRIVER: return "VK_ERROR_INCOMPATIBLE_DRIVER";
+    case VK_ERROR_EXTENSION_NOT_PRESENT: return "VK_ERROR_EXTENSION_NOT_PRESENT";
+    case VK_ERROR_FEATURE_NOT_PRESENT: return "VK_ERROR_FEATURE_NOT_PRESENT";
+    case VK_ERROR_LAYER_NOT_PRESENT: return "VK_ERROR_LAYER_NOT_PRESENT";
+    case VK_ERROR_OUT_OF_POOL_MEMORY: return "VK_ERROR_OUT_OF_POOL_MEMORY";
+    case VK_ERROR_INVALID_SHADER_NV: return "VK_ERROR_INVALID_SHADER_NV";
+    case VK_TIMEOUT: return "VK_TIMEOUT";
+    default: return "VK_ERROR (other)";
+    }
+}
+
+#define VKF(call, what)                                                                          \
+    do {                                                                                         \
+        VkResult r_ = (call);                                                                    \
+        if (r_ != VK_SUCCESS) return lethe_fail(LETHE_ERR_BACKEND, "vulkan: %s failed: %s", what, \
+                                                lethe_vk_check(r_));                             \
+    } while (0)
+
+/* ------------------------------------------------------------- memory */
+
+static int find_memory(const vk_ctx *c, uint32_t bits, VkMemoryPropertyFlags want) {
+    for (uint32_t i = 0; i < c->mem_props.memoryTypeCount; i++)
+        if ((bits & (1u << i)) && (c->mem_props.memoryTypes[i].propertyFlags & want) == want) return (int)i;
+    return -1;
+}
+
+lethe_status lethe_vk_buf_create(vk_ctx *c, VkDeviceSize size, bool host_visible, vk_buf *out) {
+    memset(out, 0, sizeof *out);
+    size = (size + 15) & ~(VkDeviceSize)15;   /* never 0; shaders read whole words */
+    if (size == 0) size = 16;
+    VkBufferCreateInfo bi = {
+        .sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO,
+        .size = size,
+        .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
+                 VK_BUFFER_USAGE_TRANSFER_DST_BIT,
+        .sharingMode = VK_SHARING_MODE_EXCLUSIVE,
+    };
+    VKF(vkCreateBuffer(c->dev, &bi, NULL, &out->buf), "vkCreateBuffer");
+    VkMemoryRequirements req;
+    vkGetBufferMemoryRequirements(c->dev, out->buf, &req);
+    int type = host_visible
+        ? find_memory(c, req.memoryTypeBits, VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT)
+        : find_memory(c, req.memoryTypeBits, VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT);
+    if (type < 0 && !host_visible) type = find_memory(c, req.memoryTypeBits, 0);
+    if (type < 0) {
+        vkDestroyBuffer(c->dev, out->buf, NULL);
+        out->buf = VK_NULL_HANDLE;
+        return lethe_fail(LETHE_ERR_BACKEND, "vulkan: no %s memory type for a buffer",
+                          host_visible ? "host-visible coherent" : "device");
+    }
+    VkMemoryAllocateInfo ai = {
+        .sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO,
+        .allocationSize = req.size,
+        .memoryTypeIndex = (uint32_t)type,
+    };
+    VkResult r = vkAllocateMemory(c->dev, &ai, NULL, &out->mem);
+    if (r != VK_SUCCESS) {
+        vkDestroyBuffer(c->dev, out->buf, NULL);
+        out->buf = VK_NULL_HANDLE;
+        return lethe_fail(r == VK_ERROR_OUT_OF_DEVICE_MEMORY || r == VK_ERROR_OUT_OF_HOST_MEMORY ? LETHE_ERR_OOM
+                                                                                                 : LETHE_ERR_BACKEND,
+                          "vulkan: cannot allocate %.1f MiB of %s memory: %s", (double)size / 1048576.0,
+                          host_visible ? "host-visible" : "device", lethe_vk_check(r));
+    }
+    vkBindBufferMemory(c->dev, out->buf, out->mem, 0);
+    out->size = size;
+    if (host_visible) {
+        r = vkMapMemory(c->dev, out->mem, 0, VK_WHOLE_SIZE, 0, &out->map);
+        if (r != VK_SUCCESS) {
+            lethe_vk_buf_destroy(c, out);
+            return lethe_fail(LETHE_ERR_BACKEND, "vulkan: vkMapMemory failed: %s", lethe_vk_check(r));
+        }
+    }
+    return LETHE_OK;
+}
+
+void lethe_vk_buf_destroy(vk_ctx *c, vk_buf *b) {
+    if (!b || !c->dev) return;
+    if (b->buf) vkDestroyBuffer(c->dev, b->buf, NULL);
+    if (b->mem) vkFreeMemory(c->dev, b->mem, NULL);
+    memset(b, 0, sizeof *b);
+}
+
+/* Run the transfer command buffer recorded by `rec` and wait for it. */
+static lethe_status xfer_begin(vk_ctx *c) {
+    VKF(vkResetCommandBuffer(c->xfer, 0), "vkResetCommandBuffer");
+    VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
+                                   .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
+    VKF(vkBeginCommandBuffer(c->xfer, &bi), "vkBeginCommandBuffer");
+    return LETHE_OK;
+}
+
+static lethe_status xfer_submit(vk_ctx *c) {
+    VKF(vkEndCommandBuffer(c->xfer), "vkEndCommandBuffer");
+    VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &c->xfer};
+    VKF(vkResetFences(c->dev, 1, &c->fence), "vkResetFences");
+    VKF(vkQueueSubmit(c->queue, 1, &si, c->fence), "vkQueueSubmit (transfer)");
+    VKF(vkWaitForFences(c->dev, 1, &c->fence, VK_TRUE, UINT64_MAX), "vkWaitForFences (transfer)");
+    return LETHE_OK;
+}
+
+static lethe_status ensure_staging(vk_ctx *c, size_t need) {
+    if (c->staging.buf && c->staging.size >= need) return LETHE_OK;
+    lethe_vk_buf_destroy(c, &c->staging);
+    return lethe_vk_buf_create(c, need, true, &c->staging);
+}
+
+/* Copies go through a staging buffer of at most 64 MiB, in pieces. */
+#define STAGING_MAX ((size_t)64 << 20)
+
+lethe_status lethe_vk_write(vk_ctx *c, VkBuffer dst, VkDeviceSize offs, const void *src, size_t size) {
+    lethe_status st = ensure_staging(c, LETHE_MIN(size, STAGING_MAX));
+    if (st != LETHE_OK) return st;
+    for (size_t done = 0; done < size;) {
+        size_t n = LETHE_MIN(size - done, (size_t)c->staging.size);
+        memcpy(c->staging.map, (const uint8_t *)src + done, n);
+        if ((st = xfer_begin(c)) != LETHE_OK) return st;
+        VkBufferCopy cp = {.srcOffset = 0, .dstOffset = offs + done, .size = n};
+        vkCmdCopyBuffer(c->xfer, c->staging.buf, dst, 1, &cp);
+        if ((st = xfer_submit(c)) != LETHE_OK) return st;
+        done += n;
+    }
+    return LETHE_OK;
+}
+
+lethe_status lethe_vk_read(vk_ctx *c, VkBuffer src, VkDeviceSize offs, void *dst, size_t size) {
+    lethe_status st = ensure_staging(c, LETHE_MIN(size, STAGING_MAX));
+    if (st != LETHE_OK) return st;
+    for (size_t done = 0; done < size;) {
+        size_t n = LETHE_MIN(size - done, (size_t)c->staging.size);
+        if ((st = xfer_begin(c)) != LETHE_OK) return st;
+        VkBufferCopy cp = {.srcOffset = offs + done, .dstOffset = 0, .size = n};
+        vkCmdCopyBuffer(c->xfer, src, c->staging.buf, 1, &cp);
+        if ((st = xfer_submit(c)) != LETHE_OK) return st;
+        memcpy((uint8_t *)dst + done, c->staging.map, n);
+        done += n;
+    }
+    return LETHE_OK;
+}
+
+lethe_status lethe_vk_weight(vk_ctx *c, const void *host, size_t size, VkBuffer *out) {
+    for (int i = 0; i < c->n_weights; i++)
+        if (c->weights[i].host == host && c->weights[i].size == size) {
+            *out = c->weights[i].b.buf;
+            return LETHE_OK;
+        }
+    if (c->n_weights == c->cap_weights) {
+        int cap = c->cap_weights ? 2 * c->cap_weights : 64;
+        vk_weight *w = realloc(c->weights, (size_t)cap * sizeof *w);
+        if (!w) return lethe_fail(LETHE_ERR_OOM, "vulkan: weight table");
+        c->weights = w;
+        c->cap_weights = cap;
+    }
+    vk_weight *w = &c->weights[c->n_weights];
+    memset(w, 0, sizeof *w);
+    lethe_status st = lethe_vk_buf_create(c, size, false, &w->b);
+    if (st != LETHE_OK) return st;
+    if ((st = lethe_vk_write(c, w->b.buf, 0, host, size)) != LETHE_OK) {
+        lethe_vk_buf_destroy(c, &w->b);
+        return st;
+    }
+    w->host = host;
+    w->size = size;
+    c->n_weights++;
+    *out = w->b.buf;
+    return LETHE_OK;
+}
+
+/* ------------------------------------------------------------ buffers */
+
+static lethe_status vk_buffer_alloc(lethe_backend *be, size_t size, lethe_buffer **out) {
+    vk_ctx *c = be->ctx;
+    *out = NULL;
+    lethe_buffer *b = calloc(1, sizeof *b);
+    vk_buf *vb = calloc(1, sizeof *vb);
+    if (!b || !vb) {
+        free(b);
+        free(vb);
+        return lethe_fail(LETHE_ERR_OOM, "vulkan: buffer handle");
+    }
+    lethe_status st = lethe_vk_buf_create(c, size, false, vb);
+    if (st != LETHE_OK) {
+        free(b);
+        free(vb);
+        return st;
+    }
+    b->backend = be;
+    b->size = size;
+    b->impl = vb;
+    *out = b;
+    return LETHE_OK;
+}
+
+static void vk_buffer_free(lethe_buffer *buf) {
+    if (!buf) return;
+    vk_ctx *c = buf->backend->ctx;
+    vkDeviceWaitIdle(c->dev);
+    lethe_vk_buf_destroy(c, buf->impl);
+    free(buf->impl);
+    free(buf);
+}
+
+static lethe_status vk_buffer_set(lethe_buffer *buf, size_t offs, const void *src, size_t size) {
+    if (!buf || offs > buf->size || size > buf->size - offs)
+        return lethe_fail(LETHE_ERR_INVALID_ARG, "vulkan: buffer_set of %zu bytes at %zu is outside a buffer of %zu",
+                          size, offs, buf ? buf->size : 0);
+    if (!size) return LETHE_OK;
+    return lethe_vk_write(buf->backend->ctx, ((vk_buf *)buf->impl)->buf, offs, src, size);
+}
+
+static lethe_status vk_buffer_get(lethe_buffer *buf, size_t offs, void *dst, size_t size) {
+    if (!buf || offs > buf->size || size > buf->size - offs)
+        return lethe_fail(LETHE_ERR_INVALID_ARG, "vulkan: buffer_get of %zu bytes at %zu is outside a buffer of %zu",
+                          size, offs, buf ? buf->size : 0);
+    if (!size) return LETHE_OK;
+    return lethe_vk_read(buf->backend->ctx, ((vk_buf *)buf->impl)->buf, offs, dst, size);
+}
+
+/* ---------------------------------------------------------- pipelines */
+
+VkPipeline lethe_vk_pipeline(const vk_ctx *c, const char *name) {
+    for (int i = 0; i < c->n_pipes; i++)
+        if (strcmp(c->pipes[i].name, name) == 0) return c->pipes[i].pipe;
+    return VK_NULL_HANDLE;
+}
+
+/* Workgroup size (specialization constant 0) per shader family. */
+static uint32_t wg_size_for(const char *name) {
+    if (strncmp(name, "matmul_vec", 10) == 0) return 32;
+    if (strcmp(name, "rms_norm") == 0) return 64;
+    return 256;
+}
+
+/* Build every pipeline once. One that fails is logged and left NULL: the
+ * ops needing it report unsupported and run on the CPU. LETHE_VK_FAIL_PIPELINE
+ * (a variant name, or "all") simulates such a failure, for tests. */
+static lethe_status build_pipelines(vk_ctx *c) {
+    VkDescriptorSetLayoutBinding b[LETHE_VK_BINDINGS];
+    for (int i = 0; i < LETHE_VK_BINDINGS; i++)
+        b[i] = (VkDescriptorSetLayoutBinding){.binding = (uint32_t)i,
+                                              .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+                                              .descriptorCount = 1,
+                                              .stageFlags = VK_SHADER_STAGE_COMPUTE_BIT};
+    VkDescriptorSetLayoutCreateInfo dl = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO,
+                                          .bindingCount = LETHE_VK_BINDINGS, .pBindings = b};
+    VKF(vkCreateDescriptorSetLayout(c->dev, &dl, NULL, &c->dsl), "vkCreateDescriptorSetLayout");
+    VkPushConstantRange pr = {.stageFlags = VK_SHADER_STAGE_COMPUTE_BIT, .offset = 0, .size = LETHE_VK_PUSH_BYTES};
+    VkPipelineLayoutCreateInfo pl = {.sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO,
+                                     .setLayoutCount = 1, .pSetLayouts = &c->dsl,
+                                     .pushConstantRangeCount = 1, .pPushConstantRanges = &pr};
+    VKF(vkCreatePipelineLayout(c->dev, &pl, NULL, &c->layout), "vkCreatePipelineLayout");
+
+    int n = 0;
+    while (lethe_vk_spirv_table[n].name) n++;
+    c->pipes = calloc((size_t)n, sizeof *c->pipes);
+    if (!c->pipes) return lethe_fail(LETHE_ERR_OOM, "vulkan: pipelines");
+    c->n_pipes = n;
+    const char *fail = getenv("LETHE_VK_FAIL_PIPELINE");
+    int n_failed = 0;
+    for (int i = 0; i < n; i++) {
+        const lethe_vk_spirv *s = &lethe_vk_spirv_table[i];
+        c->pipes[i].name = s->name;
+        if (fail && (strcmp(fail, "all") == 0 || strcmp(fail, s->name) == 0)) {
+            LETHE_LOGW("vulkan: pipeline %s disabled by LETHE_VK_FAIL_PIPELINE: its ops run on the CPU", s->name);
+            n_failed++;
+            continue;
+        }
+        VkShaderModuleCreateInfo mi = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO,
+                                       .codeSize = s->size, .pCode = s->code};
+        VkShaderModule mod;
+        VkResult r = vkCreateShaderModule(c->dev, &mi, NULL, &mod);
+        if (r == VK_SUCCESS) {
+            uint32_t wg = wg_size_for(s->name);
+            VkSpecializationMapEntry me = {.constantID = 0, .offset = 0, .size = sizeof(uint32_t)};
+            VkSpecializationInfo si = {.mapEntryCount = 1, .pMapEntries = &me, .dataSize = sizeof wg, .pData = &wg};
+            VkComputePipelineCreateInfo ci = {
+                .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
+                .stage = {.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO,
+                          .stage = VK_SHADER_STAGE_COMPUTE_BIT, .module = mod, .pName = "main",
+                          .pSpecializationInfo = &si},
+                .layout = c->layout,
+            };
+            r = vkCreateComputePipelines(c->dev, VK_NULL_HANDLE, 1, &ci, NULL, &c->pipes[i].pipe);
+            vkDestroyShaderModule(c->dev, mod, NULL);
+        }
+        if (r != VK_SUCCESS) {
+            c->pipes[i].pipe = VK_NULL_HANDLE;
+            LETHE_LOGW("vulkan: pipeline %s failed to build (%s): its ops run on the CPU", s->name, lethe_vk_check(r));
+            n_failed++;
+        }
+    }
+    if (n_failed == n) return lethe_fail(LETHE_ERR_BACKEND, "vulkan: no compute pipeline could be built");
+    return LETHE_OK;
+}
+
+/* ------------------------------------------------------ device choice */
+
+/* Device index N counts discrete GPUs first, then integrated, virtual,
+ * CPU (lavapipe) and others, each group in the driver's order: --device 0
+ * is the best GPU on a machine that also has lavapipe installed. */
+static int type_rank(VkPhysicalDeviceType t) {
+    switch (t) {
+    case VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU: return 0;
+    case VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU: return 1;
+    case VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU: return 2;
+    case VK_PHYSICAL_DEVICE_TYPE_CPU: return 3;
+    default: return 4;
+    }
+}
+
+static lethe_status pick_device(vk_ctx *c, int index) {
+    uint32_t n = 0;
+    VKF(vkEnumeratePhysicalDevices(c->inst, &n, NULL), "vkEnumeratePhysicalDevices");
+    if (n == 0) return lethe_fail(LETHE_ERR_BACKEND, "vulkan: no Vulkan device found");
+    VkPhysicalDevice devs[64];
+    if (n > 64) n = 64;
+    VKF(vkEnumeratePhysicalDevices(c->inst, &n, devs), "vkEnumeratePhysicalDevices");
+    VkPhysicalDevice order[64];
+    int k = 0;
+    for (int rank = 0; rank <= 4; rank++)
+        for (uint32_t i = 0; i < n; i++) {
+            VkPhysicalDeviceProperties p;
+            vkGetPhysicalDeviceProperties(devs[i], &p);
+            if (type_rank(p.deviceType) == rank) order[k++] = devs[i];
+        }
+    if (index < 0 || index >= k)
+        return lethe_fail(LETHE_ERR_BACKEND, "vulkan: device %d requested, %d device%s found", index, k,
+                          k == 1 ? "" : "s");
+    c->phys = order[index];
+    c->device_index = index;
+    vkGetPhysicalDeviceProperties(c->phys, &c->props);
+    vkGetPhysicalDeviceMemoryProperties(c->phys, &c->mem_props);
+    snprintf(c->device_name, sizeof c->device_name, "%.127s", c->props.deviceName);
+    if (c->props.apiVersion < VK_API_VERSION_1_2)
+        return lethe_fail(LETHE_ERR_BACKEND, "vulkan: device %d (%s) supports Vulkan %u.%u; lethe's shaders need 1.2",
+                          index, c->device_name, VK_API_VERSION_MAJOR(c->props.apiVersion),
+                          VK_API_VERSION_MINOR(c->props.apiVersion));
+    return LETHE_OK;
+}
+
+static void probe_features(vk_ctx *c) {
+    VkPhysicalDeviceVulkan12Features f12 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES};
+    VkPhysicalDeviceVulkan11Features f11 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_1_FEATURES, .pNext = &f12};
+    VkPhysicalDeviceFeatures2 f2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &f11};
+    vkGetPhysicalDeviceFeatures2(c->phys, &f2);
+    c->fp16_storage = f11.storageBuffer16BitAccess;
+    c->int8_storage = f12.storageBuffer8BitAccess;
+    c->shader_f16 = f12.shaderFloat16;
+    c->shader_i8 = f12.shaderInt8;
+    VkPhysicalDeviceVulkan11Properties p11 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_1_PROPERTIES};
+    VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &p11};
+    vkGetPhysicalDeviceProperties2(c->phys, &p2);
+    c->subgroup_size = p11.subgroupSize;
+    uint32_t n_ext = 0;
+    vkEnumerateDeviceExtensionProperties(c->phys, NULL, &n_ext, NULL);
+    VkExtensionProperties *ext = calloc(n_ext ? n_ext : 1, sizeof *ext);
+    if (ext) {
+        vkEnumerateDeviceExtensionProperties(c->phys, NULL, &n_ext, ext);
+        for (uint32_t i = 0; i < n_ext; i++)
+            if (strcmp(ext[i].extensionName, "VK_KHR_shader_integer_dot_product") == 0) c->int_dot = true;
+        free(ext);
+    }
+    c->shared_mem = c->props.limits.maxComputeSharedMemorySize;
+    c->max_range = c->props.limits.maxStorageBufferRange;
+    c->align = LETHE_MAX((size_t)c->props.limits.minStorageBufferOffsetAlignment, (size_t)4);
+    /* the test hook LETHE_VK_MAX_RANGE forces small bindings, so the split
+     * of large tensors across bindings runs on any device */
+    const char *mr = getenv("LETHE_VK_MAX_RANGE");
+    if (mr && atol(mr) >= 1024 && (size_t)atol(mr) < c->max_range) c->max_range = (size_t)atol(mr);
+}
+
+/* --------------------------------------------------------------- life */
+
+static void vk_free(lethe_backend *be) {
+    if (!be) return;
+    vk_ctx *c = be->ctx;
+    if (c) {
+        if (c->dev) {
+            vkDeviceWaitIdle(c->dev);
+            for (int i = 0; i < c->n_weights; i++) lethe_vk_buf_destroy(c, &c->weights[i].b);
+            lethe_vk_buf_destroy(c, &c->staging);
+            lethe_vk_buf_destroy(c, &c->upload);
+            lethe_vk_buf_destroy(c, &c->dummy);
+            for (int i = 0; i < c->n_pipes; i++)
+                if (c->pipes[i].pipe) vkDestroyPipeline(c->dev, c->pipes[i].pipe, NULL);
+            if (c->dpool) vkDestroyDescriptorPool(c->dev, c->dpool, NULL);
+            if (c->layout) vkDestroyPipelineLayout(c->dev, c->layout, NULL);
+            if (c->dsl) vkDestroyDescriptorSetLayout(c->dev, c->dsl, NULL);
+            if (c->qpool) vkDestroyQueryPool(c->dev, c->qpool, NULL);
+            if (c->fence) vkDestroyFence(c->dev, c->fence, NULL);
+            if (c->cpool) vkDestroyCommandPool(c->dev, c->cpool, NULL);
+            vkDestroyDevice(c->dev, NULL);
+        }
+        if (c->inst) vkDestroyInstance(c->inst, NULL);
+        free(c->weights);
+        free(c->pipes);
+        free(c->sets);
+        free(c);
+    }
+    free(be);
+}
+
+static void vk_get_info(lethe_backend *be, lethe_backend_info *info) {
+    vk_ctx *c = be->ctx;
+    memset(info, 0, sizeof *info);
+    info->name = "vulkan";
+    snprintf(info->device_name, sizeof info->device_name, "%s", c->device_name);
+    for (uint32_t i = 0; i < c->mem_props.memoryHeapCount; i++)
+        if (c->mem_props.memoryHeaps[i].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT)
+            info->mem_total += c->mem_props.memoryHeaps[i].size;
+    info->mem_free = info->mem_total;   /* VK_EXT_memory_budget is optional: not queried */
+}
+
+static lethe_status vk_synchronize(lethe_backend *be) {
+    vk_ctx *c = be->ctx;
+    VKF(vkQueueWaitIdle(c->queue), "vkQueueWaitIdle");
+    return LETHE_OK;
+}
+
+static const lethe_backend_iface k_vk_iface = {
+    .free = vk_free,
+    .get_info = vk_get_info,
+    .buffer_alloc = vk_buffer_alloc,
+    .buffer_free = vk_buffer_free,
+    .buffer_set = vk_buffer_set,
+    .buffer_get = vk_buffer_get,
+    .supports_op = lethe_vk_supports_op,
+    .compute = lethe_vk_compute,
+    .synchronize = vk_synchronize,
+};
+
+static lethe_status vk_init(vk_ctx *c, int device) {
+    VkApplicationInfo app = {.sType = VK_STRUCTURE_TYPE_APPLICATION_INFO, .pApplicationName = "lethe",
+                             .pEngineName = "lethe", .apiVersion = VK_API_VERSION_1_2};
+    VkInstanceCreateInfo ii = {.sType = VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO, .pApplicationInfo = &app};
+    VkResult r = vkCreateInstance(&ii, NULL, &c->inst);
+    if (r != VK_SUCCESS) {
+        c->inst = VK_NULL_HANDLE;
+        return lethe_fail(LETHE_ERR_BACKEND, "vulkan: no Vulkan driver (vkCreateInstance: %s)", lethe_vk_check(r));
+    }
+    lethe_status st = pick_device(c, device);
+    if (st != LETHE_OK) return st;
+    probe_features(c);
+
+    uint32_t nq = 0;
+    vkGetPhysicalDeviceQueueFamilyProperties(c->phys, &nq, NULL);
+    VkQueueFamilyProperties qf[32];
+    if (nq > 32) nq = 32;
+    vkGetPhysicalDeviceQueueFamilyProperties(c->phys, &nq, qf);
+    int fam = -1;
+    for (uint32_t i = 0; i < nq && fam < 0; i++)
+        if (qf[i].queueFlags & VK_QUEUE_COMPUTE_BIT) fam = (int)i;
+    if (fam < 0) return lethe_fail(LETHE_ERR_BACKEND, "vulkan: device %s has no compute queue", c->device_name);
+    c->qfam = (uint32_t)fam;
+    float prio = 1.0f;
+    VkDeviceQueueCreateInfo qi = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO, .queueFamilyIndex = c->qfam,
+                                  .queueCount = 1, .pQueuePriorities = &prio};
+    VkDeviceCreateInfo di = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO, .queueCreateInfoCount = 1,
+                             .pQueueCreateInfos = &qi};
+    VKF(vkCreateDevice(c->phys, &di, NULL, &c->dev), "vkCreateDevice");
+    vkGetDeviceQueue(c->dev, c->qfam, 0, &c->queue);
+
+    VkCommandPoolCreateInfo pi = {.sType = VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO,
+                                  .flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT,
+                                  .queueFamilyIndex = c->qfam};
+    VKF(vkCreateCommandPool(c->dev, &pi, NULL, &c->cpool), "vkCreateCommandPool");
+    VkCommandBuffer cbs[2];
+    VkCommandBufferAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO, .commandPool = c->cpool,
+                                      .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY, .commandBufferCount = 2};
+    VKF(vkAllocateCommandBuffers(c->dev, &ai, cbs), "vkAllocateCommandBuffers");
+    c->cmd = cbs[0];
+    c->xfer = cbs[1];
+    VkFenceCreateInfo fi = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
+    VKF(vkCreateFence(c->dev, &fi, NULL, &c->fence), "vkCreateFence");
+    if (c->props.limits.timestampComputeAndGraphics && qf[c->qfam].timestampValidBits > 0) {
+        VkQueryPoolCreateInfo q = {.sType = VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO,
+                                   .queryType = VK_QUERY_TYPE_TIMESTAMP, .queryCount = 2};
+        if (vkCreateQueryPool(c->dev, &q, NULL, &c->qpool) != VK_SUCCESS) c->qpool = VK_NULL_HANDLE;
+        c->ts_period_ns = c->props.limits.timestampPeriod;
+    }
+    if ((st = lethe_vk_buf_create(c, 16, false, &c->dummy)) != LETHE_OK) return st;
+    return build_pipelines(c);
+}
+
+lethe_backend *lethe_backend_vulkan_new(int device) {
+    const char *env = getenv("LETHE_VK_DEVICE");
+    if (env && *env) {
+        char *end = NULL;
+        long v = strtol(env, &end, 10);
+        if (*end || v < 0 || v > 1024) {
+            lethe_fail(LETHE_ERR_INVALID_ARG, "vulkan: LETHE_VK_DEVICE='%s' is not a device index", env);
+            return NULL;
+        }
+        device = (int)v;
+    }
+    lethe_backend *be = calloc(1, sizeof *be);
+    vk_ctx *c = calloc(1, sizeof *c);
+    if (!be || !c) {
+        free(be);
+        free(c);
+        lethe_fail(LETHE_ERR_OOM, "vulkan: cannot allocate the backend");
+        return NULL;
+    }
+    be->iface = &k_vk_iface;
+    be->ctx = c;
+    if (vk_init(c, device) != LETHE_OK) {
+        vk_free(be);   /* keeps the failure message: vk_free does not call lethe_fail */
+        return NULL;
+    }
+    LETHE_LOGI("vulkan: device %d: %s (Vulkan %u.%u); fp16 storage %s, int8 storage %s, fp16 math %s, "
+               "int dot product %s, subgroup %u, shared memory %zu KiB, max binding %zu MiB",
+               c->device_index, c->device_name, VK_API_VERSION_MAJOR(c->props.apiVersion),
+               VK_API_VERSION_MINOR(c->props.apiVersion), c->fp16_storage ? "yes" : "no",
+               c->int8_storage ? "yes" : "no", c->shader_f16 ? "yes" : "no", c->int_dot ? "yes" : "no",
+               c->subgroup_size, c->shared_mem / 1024, c->max_range >> 20);
+    return be;
+}
+
+double lethe_backend_vulkan_last_ms(lethe_backend *be) {
+    return be && be->iface == &k_vk_iface ? ((vk_ctx *)be->ctx)->last_compute_ms : 0.0;
+}

@@ -1,0 +1,105 @@
+/* vk_internal.h — state shared by the Vulkan backend's files:
+ * vk_device.c (instance, device, memory, buffers, pipelines, life) and
+ * vk_ops.c (supports_op, graph recording, one function per op family).
+ *
+ * Memory model: the executor's compute buffers are device-local Vulkan
+ * buffers (lethe_buffer.impl = vk_buf). Weights (graph leaves with host data)
+ * are uploaded once, on first use, into device-local buffers cached by their
+ * host address: they live where this backend maps them. Graph inputs (token
+ * ids: leaves marked is_input) and host-computed tables (RoPE cos/sin) go
+ * each compute into a host-visible "upload" buffer that shaders read directly.
+ * compute() records the node range into one command buffer, submits it and
+ * waits, so a finished compute leaves nothing in flight.
+ */
+#ifndef LETHE_VK_INTERNAL_H
+#define LETHE_VK_INTERNAL_H
+
+#include "backend.h"
+#include "common.h"
+#include "vk_shaders.h"
+
+#include <vulkan/vulkan.h>
+
+#define LETHE_VK_BINDINGS 4      /* storage buffers per dispatch (set 0, bindings 0..3) */
+#define LETHE_VK_PUSH_BYTES 128  /* push-constant block, the minimum every device offers */
+
+typedef struct vk_buf {
+    VkBuffer buf;
+    VkDeviceMemory mem;
+    VkDeviceSize size;
+    void *map;               /* host address when host-visible, else NULL */
+} vk_buf;
+
+typedef struct vk_weight {   /* a weight uploaded on first use */
+    const void *host;
+    size_t size;
+    vk_buf b;
+} vk_weight;
+
+typedef struct vk_pipe {
+    const char *name;
+    VkPipeline pipe;         /* VK_NULL_HANDLE: failed to build, ops needing it fall back */
+} vk_pipe;
+
+typedef struct vk_ctx {
+    VkInstance inst;
+    VkPhysicalDevice phys;
+    VkDevice dev;
+    VkQueue queue;
+    uint32_t qfam;
+    VkPhysicalDeviceProperties props;
+    VkPhysicalDeviceMemoryProperties mem_props;
+    char device_name[128];
+    int device_index;
+
+    /* probed features (logged; the shaders need none of the optional ones) */
+    bool fp16_storage, int8_storage, shader_f16, shader_i8, int_dot;
+    uint32_t subgroup_size;
+    size_t shared_mem;       /* maxComputeSharedMemorySize */
+    size_t max_range;        /* maxStorageBufferRange (bytes one binding may span) */
+    size_t align;            /* minStorageBufferOffsetAlignment (>= 4) */
+
+    VkCommandPool cpool;
+    VkCommandBuffer cmd;     /* the graph's command buffer */
+    VkCommandBuffer xfer;    /* one-shot transfers (buffer_set/get, weight uploads) */
+    VkFence fence;
+    VkQueryPool qpool;       /* 2 timestamps around each compute; NULL if unsupported */
+    double ts_period_ns;
+    double last_compute_ms, total_compute_ms;
+
+    VkDescriptorSetLayout dsl;
+    VkPipelineLayout layout;
+    VkDescriptorPool dpool;
+    uint32_t dpool_cap;      /* sets the pool holds */
+    VkDescriptorSet *sets;   /* [cap_sets] handles allocated per compute */
+    uint32_t cap_sets;
+
+    vk_pipe *pipes;          /* parallel to lethe_vk_spirv_table */
+    int n_pipes;
+
+    vk_buf staging;          /* host-visible: buffer_set / buffer_get / weight uploads */
+    vk_buf upload;           /* host-visible, bound directly: inputs, RoPE tables */
+    size_t upload_used;
+    vk_buf dummy;            /* bound where a shader's binding is unused */
+
+    vk_weight *weights;
+    int n_weights, cap_weights;
+} vk_ctx;
+
+/* vk_device.c */
+lethe_status lethe_vk_buf_create(vk_ctx *c, VkDeviceSize size, bool host_visible, vk_buf *out);
+void lethe_vk_buf_destroy(vk_ctx *c, vk_buf *b);
+lethe_status lethe_vk_write(vk_ctx *c, VkBuffer dst, VkDeviceSize offs, const void *src, size_t size);
+lethe_status lethe_vk_read(vk_ctx *c, VkBuffer src, VkDeviceSize offs, void *dst, size_t size);
+/* The device buffer holding a weight (uploaded on first use). */
+lethe_status lethe_vk_weight(vk_ctx *c, const void *host, size_t size, VkBuffer *out);
+/* Pipeline by shader-variant name; VK_NULL_HANDLE if absent or failed. */
+VkPipeline lethe_vk_pipeline(const vk_ctx *c, const char *name);
+const char *lethe_vk_check(VkResult r); /* "VK_ERROR_..." */
+
+/* vk_ops.c */
+bool lethe_vk_supports_op(lethe_backend *be, const lethe_node *n);
+lethe_status lethe_vk_compute(lethe_backend *be, lethe_graph *g, int begin, int end,
+                              lethe_abort_fn abort_fn, void *abort_user);
+
+#endif

@@ -1,0 +1,490 @@
+/* vk_ops.c — the Vulkan backend's graph side: which nodes it runs
+ * (supports_op) and the recording of a node range into one command buffer.
+ *
+ * compute() walks the range twice with the same code: a dry pass counts
+ * dispatches and upload bytes (and uploads weights met for the first time),
+ * then the recording pass writes inputs and RoPE tables into the upload
+ * buffer and records every dispatch, each followed by a compute->compute
+ * barrier. One submit and one fence wait per range.
+ *
+ * Shapes as in graph.h (outermost first); every shader's push-constant
+ * block mirrors the struct passed here (shaders/, one file per op family).
+ */
+#include "vk_internal.h"
+#include "cpu_kernels.h"   /* lethe_rope_inv_freq: the CPU's exact frequencies */
+#include "kv_cache.h"
+
+#include <math.h>
+#include <string.h>
+
+typedef struct rec {
+    vk_ctx *c;
+    lethe_backend *be;
+    bool dry;                 /* pass 1: count only                              */
+    uint32_t n_dispatch;      /* dry: dispatches counted; record: next set index */
+    size_t upload_need;       /* dry: bytes of the upload buffer needed          */
+    VkDescriptorSet *sets;    /* record: [n_dispatch] allocated after pass 1     */
+    /* RoPE cos/sin table shared by every ROPE node of the range with the same
+     * parameters and micro-batch (q and k of every layer) */
+    bool rope_have;
+    const lethe_ubatch *rope_ub;
+    lethe_rope_params rope_p;
+    size_t rope_off;
+} rec;
+
+/* A storage-buffer binding: `buf` bound at `boff` (aligned) for `range`
+ * bytes; the data of interest starts `rem` bytes into it. */
+typedef struct vk_arg {
+    VkBuffer buf;
+    VkDeviceSize boff, range;
+    uint32_t rem;
+} vk_arg;
+
+static size_t align_to(size_t x, size_t a) { return (x + a - 1) / a * a; }
+
+/* Bytes [byte0, byte0 + nbytes) of node n's tensor as a binding. */
+static lethe_status arg_of(rec *r, const lethe_node *n, size_t byte0, size_t nbytes, vk_arg *a) {
+    vk_ctx *c = r->c;
+    const lethe_tensor *t = &n->t;
+    const size_t total = lethe_tensor_nbytes(t);
+    VkBuffer buf;
+    size_t base, bufsize;
+    if (t->buf && t->buf->backend == r->be) {
+        const vk_buf *vb = t->buf->impl;
+        buf = vb->buf;
+        base = t->offs;
+        bufsize = vb->size;
+    } else if (n->op == LETHE_OP_NONE && t->data && n->is_input) {
+        /* an input: copied into the upload buffer each compute */
+        size_t off = align_to(r->dry ? r->upload_need : c->upload_used, c->align);
+        if (r->dry) {
+            r->upload_need = off + align_to(total, 16);
+            *a = (vk_arg){c->dummy.buf, 0, 16, 0};
+            return LETHE_OK;
+        }
+        LETHE_ASSERT(off + total <= c->upload.size);
+        memcpy((uint8_t *)c->upload.map + off, t->data, total);
+        c->upload_used = off + align_to(total, 16);
+        buf = c->upload.buf;
+        base = off;
+        bufsize = c->upload.size;
+    } else if (n->op == LETHE_OP_NONE && t->data) {
+        lethe_status st = lethe_vk_weight(c, t->data, total, &buf);   /* uploaded once */
+        if (st != LETHE_OK) return st;
+        base = 0;
+        bufsize = align_to(total, 16);
+    } else {
+        return lethe_fail(LETHE_ERR_INTERNAL, "vulkan: tensor '%s' is neither on this device nor in host memory",
+                          t->name);
+    }
+    if (r->dry) {
+        *a = (vk_arg){c->dummy.buf, 0, 16, 0};
+        return LETHE_OK;
+    }
+    size_t start = base + byte0;
+    a->buf = buf;
+    a->boff = start / c->align * c->align;
+    a->rem = (uint32_t)(start - a->boff);
+    a->range = LETHE_MIN(align_to(a->rem + nbytes, 4), bufsize - a->boff);
+    if (a->range > c->max_range)
+        return lethe_fail(LETHE_ERR_INTERNAL, "vulkan: binding of %zu bytes of '%s' exceeds the device's %zu",
+                          (size_t)a->range, t->name, c->max_range);
+    return LETHE_OK;
+}
+
+static lethe_status arg_all(rec *r, const lethe_node *n, vk_arg *a) {
+    return arg_of(r, n, 0, lethe_tensor_nbytes(&n->t), a);
+}
+
+/* Host bytes placed in the upload buffer (RoPE tables). */
+static lethe_status arg_upload(rec *r, const void *src, size_t size, size_t *off_out, vk_arg *a) {
+    vk_ctx *c = r->c;
+    size_t off = align_to(r->dry ? r->upload_need : c->upload_used, c->align);
+    if (r->dry) {
+        r->upload_need = off + align_to(size, 16);
+    } else {
+        LETHE_ASSERT(off + size <= c->upload.size);
+        if (src) memcpy((uint8_t *)c->upload.map + off, src, size);
+        c->upload_used = off + align_to(size, 16);
+    }
+    if (off_out) *off_out = off;
+    if (a) {
+        if (r->dry) *a = (vk_arg){c->dummy.buf, 0, 16, 0};
+        else *a = (vk_arg){c->upload.buf, off, align_to(size, 4), 0};
+    }
+    return LETHE_OK;
+}
+
+/* Groups for n invocations of wg each: x up to 65535 (the portable limit), rest in y. */
+static void grid_1d(uint64_t n, uint32_t wg, uint32_t *gx, uint32_t *gy) {
+    uint64_t groups = (n + wg - 1) / wg;
+    if (groups == 0) groups = 1;
+    *gx = (uint32_t)LETHE_MIN(groups, (uint64_t)65535);
+    *gy = (uint32_t)((groups + *gx - 1) / *gx);
+}
+
+static lethe_status dispatch(rec *r, const char *pipe_name, const vk_arg *args, int n_args, const void *pc,
+                             size_t pc_size, uint32_t gx, uint32_t gy, uint32_t gz) {
+    vk_ctx *c = r->c;
+    VkPipeline pipe = lethe_vk_pipeline(c, pipe_name);
+    if (!pipe) return lethe_fail(LETHE_ERR_INTERNAL, "vulkan: pipeline %s is not available", pipe_name);
+    LETHE_ASSERT(pc_size <= LETHE_VK_PUSH_BYTES && n_args <= LETHE_VK_BINDINGS);
+    if (r->dry) {
+        r->n_dispatch++;
+        return LETHE_OK;
+    }
+    VkDescriptorSet set = r->sets[r->n_dispatch++];
+    VkDescriptorBufferInfo bi[LETHE_VK_BINDINGS];
+    VkWriteDescriptorSet w[LETHE_VK_BINDINGS];
+    for (int i = 0; i < LETHE_VK_BINDINGS; i++) {
+        bi[i] = i < n_args ? (VkDescriptorBufferInfo){args[i].buf, args[i].boff, args[i].range}
+                           : (VkDescriptorBufferInfo){c->dummy.buf, 0, VK_WHOLE_SIZE};
+        w[i] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET, .dstSet = set,
+                                      .dstBinding = (uint32_t)i, .descriptorCount = 1,
+                                      .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, .pBufferInfo = &bi[i]};
+    }
+    vkUpdateDescriptorSets(c->dev, LETHE_VK_BINDINGS, w, 0, NULL);
+    vkCmdBindPipeline(c->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe);
+    vkCmdBindDescriptorSets(c->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, c->layout, 0, 1, &set, 0, NULL);
+    vkCmdPushConstants(c->cmd, c->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, (uint32_t)pc_size, pc);
+    vkCmdDispatch(c->cmd, gx, gy, gz);
+    VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
+                          .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT,
+                          .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT};
+    vkCmdPipelineBarrier(c->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1,
+                         &mb, 0, NULL, 0, NULL);
+    return LETHE_OK;
+}
+
+/* ------------------------------------------------------------ op support */
+
+/* Weight dtypes with get_rows / matmul shaders (shaders/dequant.glsl). */
+static const char *wtype_suffix(lethe_dtype t) {
+    switch (t) {
+    case LETHE_F32: return "f32";
+    case LETHE_F16: return "f16";
+    case LETHE_BF16: return "bf16";
+    case LETHE_Q4_0: return "q4_0";
+    case LETHE_Q4_1: return "q4_1";
+    case LETHE_Q5_0: return "q5_0";
+    case LETHE_Q5_1: return "q5_1";
+    case LETHE_Q8_0: return "q8_0";
+    default: return NULL;
+    }
+}
+
+static bool has_pipe(const vk_ctx *c, const char *fmt, const char *suffix) {
+    char name[64];
+    snprintf(name, sizeof name, fmt, suffix ? suffix : "");
+    return lethe_vk_pipeline(c, name) != VK_NULL_HANDLE;
+}
+
+static bool f32n(const lethe_node *n) { return n && n->t.type == LETHE_F32; }
+
+/* An activation must fit one binding (weights are split by rows instead). */
+static bool fits(const vk_ctx *c, const lethe_node *n) {
+    return !n || lethe_tensor_nbytes(&n->t) + c->align <= c->max_range;
+}
+
+bool lethe_vk_supports_op(lethe_backend *be, const lethe_node *n) {
+    const vk_ctx *c = be->ctx;
+    if (n->op == LETHE_OP_NONE) return true;
+    for (int i = 0; i < LETHE_MAX_SRC; i++)
+        if (n->src[i] && !lethe_tensor_is_contiguous(&n->src[i]->t)) return false;
+    if (!f32n(n) || !fits(c, n)) return false;
+    switch (n->op) {
+    case LETHE_OP_GET_ROWS:
+    case LETHE_OP_MATMUL: {
+        const lethe_tensor *w = &n->src[0]->t;
+        const char *sfx = wtype_suffix(w->type);
+        const lethe_dtype_traits *tr = lethe_dtype_get(w->type);
+        if (!sfx || !tr || w->ne[0] % tr->blck_size != 0 || w->nb[1] + c->align > c->max_range) return false;
+        if (n->op == LETHE_OP_GET_ROWS)
+            return n->src[1] && n->src[1]->t.type == LETHE_I32 && fits(c, n->src[1]) &&
+                   has_pipe(c, "get_rows_%s", sfx);
+        return f32n(n->src[1]) && fits(c, n->src[1]) && n->src[1]->t.ne[0] == w->ne[0] &&
+               lethe_tensor_nrows(&n->src[1]->t) <= 65535 && has_pipe(c, "matmul_vec_%s", sfx);
+    }
+    case LETHE_OP_RMS_NORM:
+        return f32n(n->src[0]) && fits(c, n->src[0]) && (!n->src[1] || (f32n(n->src[1]) && fits(c, n->src[1]))) &&
+               has_pipe(c, "rms_norm", NULL);
+    case LETHE_OP_ADD:
+    case LETHE_OP_MUL:
+    case LETHE_OP_SWIGLU:
+        return f32n(n->src[0]) && f32n(n->src[1]) && fits(c, n->src[0]) && fits(c, n->src[1]) &&
+               has_pipe(c, n->op == LETHE_OP_ADD ? "add" : n->op == LETHE_OP_MUL ? "mul" : "swiglu", NULL);
+    case LETHE_OP_ROPE:
+        return f32n(n->src[0]) && fits(c, n->src[0]) && n->ub && n->ub->n_tokens > 0 && n->rope.n_rot > 0 &&
+               n->rope.n_rot % 2 == 0 && n->rope.n_rot <= n->src[0]->t.ne[0] && has_pipe(c, "rope", NULL);
+    default:   /* KV_STORE, ATTENTION: the KV pool is host memory (kv_cache.c) */
+        return false;
+    }
+}
+
+/* ------------------------------------------------------------------ ops */
+
+static lethe_status op_get_rows(rec *r, const lethe_node *n) {
+    const lethe_node *w = n->src[0], *ids = n->src[1];
+    const uint32_t E = (uint32_t)w->t.ne[0], R = (uint32_t)ids->t.ne[0];
+    const int64_t Nw = w->t.ne[1];
+    const size_t row_bytes = w->t.nb[1];
+    if (r->dry && ids->op == LETHE_OP_NONE && ids->t.data) {   /* bad ids: a status, not a read out of bounds */
+        const int32_t *id = ids->t.data;
+        for (uint32_t i = 0; i < R; i++)
+            if (id[i] < 0 || id[i] >= Nw)
+                return lethe_fail(LETHE_ERR_INVALID_ARG, "vulkan: get_rows id %d of '%s' is outside [0, %lld)",
+                                  id[i], ids->t.name, (long long)Nw);
+    }
+    char pipe[64];
+    snprintf(pipe, sizeof pipe, "get_rows_%s", wtype_suffix(w->t.type));
+    const int64_t per = LETHE_MAX((int64_t)1, (int64_t)((r->c->max_range - r->c->align) / row_bytes));
+    for (int64_t r0 = 0; r0 < Nw; r0 += per) {
+        const int64_t r1 = LETHE_MIN(Nw, r0 + per);
+        vk_arg a[3];
+        lethe_status st;
+        if ((st = arg_of(r, w, (size_t)r0 * row_bytes, (size_t)(r1 - r0) * row_bytes, &a[0])) != LETHE_OK ||
+            (st = arg_all(r, ids, &a[1])) != LETHE_OK || (st = arg_all(r, n, &a[2])) != LETHE_OK)
+            return st;
+        struct { uint32_t E, R, w_off, row_bytes, r0, r1, ids_off, out_off; } pc = {
+            E, R, a[0].rem, (uint32_t)row_bytes, (uint32_t)r0, (uint32_t)r1, a[1].rem / 4, a[2].rem / 4};
+        uint32_t gx, gy;
+        grid_1d((uint64_t)E * R, 256, &gx, &gy);
+        if ((st = dispatch(r, pipe, a, 3, &pc, sizeof pc, gx, gy, 1)) != LETHE_OK) return st;
+    }
+    return LETHE_OK;
+}
+
+static lethe_status op_matmul(rec *r, const lethe_node *n) {
+    const lethe_node *w = n->src[0], *x = n->src[1];
+    const uint32_t N = (uint32_t)w->t.ne[1], K = (uint32_t)w->t.ne[0], T = (uint32_t)lethe_tensor_nrows(&x->t);
+    const size_t row_bytes = w->t.nb[1];
+    const char *sfx = wtype_suffix(w->t.type);
+    /* T > 1: the tiled shader dequantizes each weight once per 16 tokens */
+    const bool tiled = T > 1 && has_pipe(r->c, "matmul_tile_%s", sfx);
+    char pipe[64];
+    snprintf(pipe, sizeof pipe, tiled ? "matmul_tile_%s" : "matmul_vec_%s", sfx);
+    const uint32_t per = (uint32_t)LETHE_MAX((size_t)1, (r->c->max_range - r->c->align) / row_bytes);
+    for (uint32_t n0 = 0; n0 < N; n0 += per) {
+        const uint32_t nc = LETHE_MIN(N - n0, per);
+        vk_arg a[3];
+        lethe_status st;
+        if ((st = arg_of(r, w, (size_t)n0 * row_bytes, (size_t)nc * row_bytes, &a[0])) != LETHE_OK ||
+            (st = arg_all(r, x, &a[1])) != LETHE_OK || (st = arg_all(r, n, &a[2])) != LETHE_OK)
+            return st;
+        struct { uint32_t N, K, T, w_off, row_bytes, x_off, out_off, out_stride, out_col0; } pc = {
+            nc, K, T, a[0].rem, (uint32_t)row_bytes, a[1].rem / 4, a[2].rem / 4, N, n0};
+        if (tiled) {
+            st = dispatch(r, pipe, a, 3, &pc, sizeof pc, (nc + 15) / 16, (T + 15) / 16, 1);
+        } else {
+            uint32_t gx = LETHE_MIN(nc, 65535u), gy = (nc + gx - 1) / gx;
+            st = dispatch(r, pipe, a, 3, &pc, sizeof pc, gx, gy, T);
+        }
+        if (st != LETHE_OK) return st;
+    }
+    return LETHE_OK;
+}
+
+static lethe_status op_rms_norm(rec *r, const lethe_node *n) {
+    const lethe_node *x = n->src[0], *w = n->src[1];
+    const uint32_t E = (uint32_t)x->t.ne[0], T = (uint32_t)lethe_tensor_nrows(&x->t);
+    vk_arg a[3];
+    lethe_status st;
+    if ((st = arg_all(r, x, &a[0])) != LETHE_OK) return st;
+    if (w) {
+        if ((st = arg_all(r, w, &a[1])) != LETHE_OK) return st;
+    } else {
+        a[1] = (vk_arg){r->c->dummy.buf, 0, 16, 0};
+    }
+    if ((st = arg_all(r, n, &a[2])) != LETHE_OK) return st;
+    struct { uint32_t E, T, x_off, w_off, out_off, has_w; float eps; } pc = {
+        E, T, a[0].rem / 4, a[1].rem / 4, a[2].rem / 4, w != NULL, n->fparams[0]};
+    uint32_t gx = LETHE_MIN(T, 65535u), gy = (T + gx - 1) / gx;
+    return dispatch(r, "rms_norm", a, 3, &pc, sizeof pc, gx, gy, 1);
+}
+
+static lethe_status op_eltwise(rec *r, const lethe_node *n) {
+    vk_arg a[3];
+    lethe_status st;
+    if ((st = arg_all(r, n->src[0], &a[0])) != LETHE_OK || (st = arg_all(r, n->src[1], &a[1])) != LETHE_OK ||
+        (st = arg_all(r, n, &a[2])) != LETHE_OK)
+        return st;
+    const uint32_t cnt = (uint32_t)lethe_tensor_nelements(&n->t);
+    uint32_t gx, gy;
+    grid_1d(cnt, 256, &gx, &gy);
+    if (n->op == LETHE_OP_SWIGLU) {
+        struct { uint32_t n, g_off, u_off, out_off; } pc = {cnt, a[0].rem / 4, a[1].rem / 4, a[2].rem / 4};
+        return dispatch(r, "swiglu", a, 3, &pc, sizeof pc, gx, gy, 1);
+    }
+    struct { uint32_t n, nb, a_off, b_off, out_off; } pc = {
+        cnt, (uint32_t)lethe_tensor_nelements(&n->src[1]->t), a[0].rem / 4, a[1].rem / 4, a[2].rem / 4};
+    return dispatch(r, n->op == LETHE_OP_ADD ? "add" : "mul", a, 3, &pc, sizeof pc, gx, gy, 1);
+}
+
+static lethe_status op_rope(rec *r, const lethe_node *n) {
+    const lethe_node *x = n->src[0];
+    const lethe_rope_params *p = &n->rope;
+    const uint32_t D = (uint32_t)x->t.ne[0], T = (uint32_t)n->ub->n_tokens;
+    const uint32_t H = (uint32_t)(lethe_tensor_nelements(&x->t) / ((int64_t)D * T));
+    const uint32_t half = (uint32_t)p->n_rot / 2;
+    const size_t tbytes = (size_t)T * half * 2 * sizeof(float);
+    /* cos/sin [T, half, 2] in double on the host, once per (params, ubatch) */
+    if (!(r->rope_have && r->rope_ub == n->ub && memcmp(&r->rope_p, p, sizeof *p) == 0)) {
+        size_t off;
+        arg_upload(r, NULL, tbytes, &off, NULL);
+        if (!r->dry) {
+            float *cs = (float *)((uint8_t *)r->c->upload.map + off);
+            for (uint32_t i = 0; i < half; i++) {
+                const double inv = lethe_rope_inv_freq(p, (int)i);
+                for (uint32_t t = 0; t < T; t++) {
+                    const double th = (double)n->ub->pos[t] * inv;
+                    cs[((size_t)t * half + i) * 2] = (float)cos(th);
+                    cs[((size_t)t * half + i) * 2 + 1] = (float)sin(th);
+                }
+            }
+        }
+        r->rope_have = true;
+        r->rope_ub = n->ub;
+        r->rope_p = *p;
+        r->rope_off = off;
+    }
+    vk_arg a[3];
+    lethe_status st;
+    if ((st = arg_all(r, x, &a[0])) != LETHE_OK || (st = arg_all(r, n, &a[2])) != LETHE_OK) return st;
+    a[1] = r->dry ? (vk_arg){r->c->dummy.buf, 0, 16, 0}
+                  : (vk_arg){r->c->upload.buf, r->rope_off, align_to(tbytes, 4), 0};
+    struct { uint32_t D, H, T, half, neox, x_off, cs_off, out_off; } pc = {
+        D, H, T, half, p->mode == LETHE_ROPE_NEOX, a[0].rem / 4, 0, a[2].rem / 4};
+    uint32_t gx, gy;
+    grid_1d((uint64_t)T * H * (D - half), 256, &gx, &gy);
+    return dispatch(r, "rope", a, 3, &pc, sizeof pc, gx, gy, 1);
+}
+
+static lethe_status record_range(rec *r, lethe_graph *g, int begin, int end) {
+    r->rope_have = false;
+    for (int i = begin; i < end; i++) {
+        const lethe_node *n = &g->nodes[i];
+        lethe_status st = LETHE_OK;
+        switch (n->op) {
+        case LETHE_OP_NONE: break;
+        case LETHE_OP_GET_ROWS: st = op_get_rows(r, n); break;
+        case LETHE_OP_MATMUL: st = op_matmul(r, n); break;
+        case LETHE_OP_RMS_NORM: st = op_rms_norm(r, n); break;
+        case LETHE_OP_ADD:
+        case LETHE_OP_MUL:
+        case LETHE_OP_SWIGLU: st = op_eltwise(r, n); break;
+        case LETHE_OP_ROPE: st = op_rope(r, n); break;
+        default:
+            st = lethe_fail(LETHE_ERR_UNSUPPORTED, "vulkan: cannot compute node %d '%s' (%s)", i, n->t.name,
+                            lethe_op_name(n->op));
+        }
+        if (st != LETHE_OK) return st;
+    }
+    return LETHE_OK;
+}
+
+#define VKF(call, what)                                                                          \
+    do {                                                                                         \
+        VkResult r_ = (call);                                                                    \
+        if (r_ != VK_SUCCESS) return lethe_fail(LETHE_ERR_BACKEND, "vulkan: %s failed: %s", what, \
+                                                lethe_vk_check(r_));                             \
+    } while (0)
+
+static lethe_status ensure_sets(vk_ctx *c, uint32_t n, VkDescriptorSet **sets, uint32_t *cap_sets) {
+    if (n > c->dpool_cap) {
+        if (c->dpool) vkDestroyDescriptorPool(c->dev, c->dpool, NULL);
+        c->dpool = VK_NULL_HANDLE;
+        c->dpool_cap = 0;
+        uint32_t cap = LETHE_MAX(n, 256u);
+        VkDescriptorPoolSize ps = {.type = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, .descriptorCount = cap * LETHE_VK_BINDINGS};
+        VkDescriptorPoolCreateInfo pi = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO, .maxSets = cap,
+                                         .poolSizeCount = 1, .pPoolSizes = &ps};
+        VKF(vkCreateDescriptorPool(c->dev, &pi, NULL, &c->dpool), "vkCreateDescriptorPool");
+        c->dpool_cap = cap;
+    } else {
+        VKF(vkResetDescriptorPool(c->dev, c->dpool, 0), "vkResetDescriptorPool");
+    }
+    if (n > *cap_sets) {
+        VkDescriptorSet *s = realloc(*sets, (size_t)n * sizeof *s);
+        if (!s) return lethe_fail(LETHE_ERR_OOM, "vulkan: descriptor sets");
+        *sets = s;
+        *cap_sets = n;
+    }
+    if (n == 0) return LETHE_OK;
+    VkDescriptorSetLayout *layouts = malloc((size_t)n * sizeof *layouts);
+    if (!layouts) return lethe_fail(LETHE_ERR_OOM, "vulkan: descriptor sets");
+    for (uint32_t i = 0; i < n; i++) layouts[i] = c->dsl;
+    VkDescriptorSetAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO,
+                                      .descriptorPool = c->dpool, .descriptorSetCount = n, .pSetLayouts = layouts};
+    VkResult res = vkAllocateDescriptorSets(c->dev, &ai, *sets);
+    free(layouts);
+    VKF(res, "vkAllocateDescriptorSets");
+    return LETHE_OK;
+}
+
+lethe_status lethe_vk_compute(lethe_backend *be, lethe_graph *g, int begin, int end, lethe_abort_fn abort_fn,
+                              void *abort_user) {
+    vk_ctx *c = be->ctx;
+    if (!g || begin < 0 || end > g->n_nodes || begin > end)
+        return lethe_fail(LETHE_ERR_INVALID_ARG, "vulkan: bad node range [%d, %d)", begin, end);
+    for (int i = begin; i < end; i++)
+        if (!lethe_vk_supports_op(be, &g->nodes[i]))
+            return lethe_fail(LETHE_ERR_UNSUPPORTED, "vulkan: cannot compute node %d '%s' (%s)", i,
+                              g->nodes[i].t.name, lethe_op_name(g->nodes[i].op));
+
+    /* pass 1: count dispatches and upload bytes, upload new weights */
+    rec r = {.c = c, .be = be, .dry = true};
+    lethe_status st = record_range(&r, g, begin, end);
+    if (st != LETHE_OK) return st;
+    if (r.n_dispatch == 0) return LETHE_OK;
+    if (r.upload_need > c->upload.size) {
+        lethe_vk_buf_destroy(c, &c->upload);
+        if ((st = lethe_vk_buf_create(c, r.upload_need + r.upload_need / 4, true, &c->upload)) != LETHE_OK) return st;
+    }
+    if ((st = ensure_sets(c, r.n_dispatch, &c->sets, &c->cap_sets)) != LETHE_OK) return st;
+
+    /* pass 2: record */
+    VKF(vkResetCommandBuffer(c->cmd, 0), "vkResetCommandBuffer");
+    VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
+                                   .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
+    VKF(vkBeginCommandBuffer(c->cmd, &bi), "vkBeginCommandBuffer");
+    if (c->qpool) {
+        vkCmdResetQueryPool(c->cmd, c->qpool, 0, 2);
+        vkCmdWriteTimestamp(c->cmd, VK_PIPELINE_STAGE_TOP_OF_PIPE_BIT, c->qpool, 0);
+    }
+    /* earlier transfers (buffer_set, weight uploads) before the shaders read */
+    VkMemoryBarrier in = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
+                          .srcAccessMask = VK_ACCESS_TRANSFER_WRITE_BIT | VK_ACCESS_HOST_WRITE_BIT,
+                          .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT};
+    vkCmdPipelineBarrier(c->cmd, VK_PIPELINE_STAGE_TRANSFER_BIT | VK_PIPELINE_STAGE_HOST_BIT,
+                         VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1, &in, 0, NULL, 0, NULL);
+    c->upload_used = 0;
+    const uint32_t n_sets = r.n_dispatch;
+    r = (rec){.c = c, .be = be, .dry = false, .sets = c->sets};
+    st = record_range(&r, g, begin, end);
+    LETHE_ASSERT(st != LETHE_OK || r.n_dispatch == n_sets);
+    /* results before later transfers (buffer_get) and host reads */
+    VkMemoryBarrier out = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
+                           .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT,
+                           .dstAccessMask = VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_HOST_READ_BIT};
+    vkCmdPipelineBarrier(c->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                         VK_PIPELINE_STAGE_TRANSFER_BIT | VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &out, 0, NULL, 0, NULL);
+    if (c->qpool) vkCmdWriteTimestamp(c->cmd, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, c->qpool, 1);
+    VKF(vkEndCommandBuffer(c->cmd), "vkEndCommandBuffer");
+    if (st != LETHE_OK) return st;
+    if (abort_fn && abort_fn(abort_user))
+        return lethe_fail(LETHE_ERR_ABORTED, "vulkan: compute stopped by the abort callback");
+
+    VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &c->cmd};
+    VKF(vkResetFences(c->dev, 1, &c->fence), "vkResetFences");
+    VKF(vkQueueSubmit(c->queue, 1, &si, c->fence), "vkQueueSubmit");
+    VKF(vkWaitForFences(c->dev, 1, &c->fence, VK_TRUE, UINT64_MAX), "vkWaitForFences");
+    if (c->qpool) {
+        uint64_t ts[2];
+        if (vkGetQueryPoolResults(c->dev, c->qpool, 0, 2, sizeof ts, ts, sizeof ts[0],
+                                  VK_QUERY_RESULT_64_BIT | VK_QUERY_RESULT_WAIT_BIT) == VK_SUCCESS) {
+            c->last_compute_ms = (double)(ts[1] - ts[0]) * c->ts_period_ns * 1e-6;
+            c->total_compute_ms += c->last_compute_ms;
+        }
+    }
+    return LETHE_OK;
+}

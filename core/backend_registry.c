@@ -1,0 +1,24 @@
+/* backend_registry.c — GPU backends by name, and stubs for those this build
+ * lacks, so callers (engine, tests) need no #ifdefs. */
+#include "backend.h"
+#include "common.h"
+
+#include <string.h>
+
+#ifndef LETHE_HAVE_VULKAN
+lethe_backend *lethe_backend_vulkan_new(int device) {
+    (void)device;
+    lethe_fail(LETHE_ERR_BACKEND, "vulkan: this build has no Vulkan backend (Vulkan or glslc was not found)");
+    return NULL;
+}
+double lethe_backend_vulkan_last_ms(lethe_backend *be) {
+    (void)be;
+    return 0.0;
+}
+#endif
+
+lethe_backend *lethe_backend_gpu_new(const char *name, int device) {
+    if (name && strcmp(name, "vulkan") == 0) return lethe_backend_vulkan_new(device);
+    lethe_fail(LETHE_ERR_BACKEND, "backend '%s' is not available in this build", name ? name : "(null)");
+    return NULL;
+}

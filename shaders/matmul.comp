@@ -1,0 +1,77 @@
+#version 450
+// matmul.comp — MATMUL: w [N, K] (WTYPE, dequantized here), x [T, K] f32 ->
+// out [T, N] f32, out[t, n] = sum_k w[n, k] * x[t, k].
+// Legend: N output rows (weight rows), K inner dim, T tokens.
+// Default (GEMV, for T = 1 and small T): one workgroup of WG invocations per
+// (row n, token t); invocations stride over k, a shared-memory tree reduces.
+// -DTILED (T > 1): a workgroup computes a TILE x TILE block of (n, t) with
+// the weight and activation tiles staged in shared memory, so each weight
+// element is dequantized once per TILE tokens.
+// The weight binding may hold only rows [n0, n0 + N) of a larger tensor
+// (tensors over maxStorageBufferRange go in row chunks); w_off is the byte
+// of row n0 in the binding and out_col0 = n0 places the results.
+#include "common.glsl"
+layout(binding = 0) readonly buffer Wq { uint wq[]; };
+layout(binding = 1) readonly buffer X { float x[]; };
+layout(binding = 2) writeonly buffer Out { float outp[]; };
+layout(push_constant) uniform P {
+    uint N, K, T;
+    uint w_off, row_bytes;
+    uint x_off, out_off;
+    uint out_stride;    // elements per output row (the full N of the tensor)
+    uint out_col0;      // first output column of this chunk
+} p;
+#include "dequant.glsl"
+
+#ifndef TILED
+layout(local_size_x_id = 0) in;
+layout(constant_id = 0) const uint WG = 32;
+shared float part[WG];
+
+void main() {
+    uint tid = gl_LocalInvocationID.x;
+    uint t = gl_WorkGroupID.z;
+    for (uint n = gl_WorkGroupID.x + gl_WorkGroupID.y * gl_NumWorkGroups.x; n < p.N;
+         n += gl_NumWorkGroups.x * gl_NumWorkGroups.y) {
+        uint rb = p.w_off + n * p.row_bytes, xr = p.x_off + t * p.K;
+        float s = 0.0;
+        for (uint k = tid; k < p.K; k += WG) s += deq(rb, k) * x[xr + k];
+        part[tid] = s;
+        barrier();
+        for (uint h = WG / 2u; h > 0u; h >>= 1) {
+            if (tid < h) part[tid] += part[tid + h];
+            barrier();
+        }
+        if (tid == 0u) outp[p.out_off + t * p.out_stride + p.out_col0 + n] = part[0];
+        barrier();
+    }
+}
+#else
+#define TILE 16u
+#define KT 32u
+layout(local_size_x = 16, local_size_y = 16) in;
+shared float ws[TILE][KT + 1u];
+shared float xs[TILE][KT + 1u];
+
+void main() {
+    uint lx = gl_LocalInvocationID.x, ly = gl_LocalInvocationID.y;   // lx: n, ly: t
+    uint n0 = gl_WorkGroupID.x * TILE, t0 = gl_WorkGroupID.y * TILE;
+    uint tid = ly * TILE + lx;
+    float acc = 0.0;
+    for (uint k0 = 0u; k0 < p.K; k0 += KT) {
+        // 256 invocations stage 16 x 32 weights and 16 x 32 activations
+        for (uint e = tid; e < TILE * KT; e += TILE * TILE) {
+            uint r = e / KT, k = e % KT;
+            uint n = n0 + r, t = t0 + r;
+            bool kin = k0 + k < p.K;
+            ws[r][k] = (n < p.N && kin) ? deq(p.w_off + n * p.row_bytes, k0 + k) : 0.0;
+            xs[r][k] = (t < p.T && kin) ? x[p.x_off + t * p.K + k0 + k] : 0.0;
+        }
+        barrier();
+        [[unroll]] for (uint k = 0u; k < KT; k++) acc += ws[lx][k] * xs[ly][k];
+        barrier();
+    }
+    uint n = n0 + lx, t = t0 + ly;
+    if (n < p.N && t < p.T) outp[p.out_off + t * p.out_stride + p.out_col0 + n] = acc;
+}
+#endif
