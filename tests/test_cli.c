@@ -164,6 +164,12 @@ static void test_bad_flags(void **state) {
     expect_one_error_line(ARGS("perplexity"), NULL, "-f");
     expect_one_error_line(ARGS("generate"), NULL, "-p");                    /* no prompt */
     expect_one_error_line(ARGS("generate", "-p", "a", "-f", "b"), NULL, NULL);
+    expect_one_error_line(ARGS("generate", "-p", "hi", "--kv-policy", "lru"), NULL, "lru");
+    expect_one_error_line(ARGS("generate", "-p", "hi", "--dms-force-rate", "1.5"), NULL, "--dms-force-rate");
+    expect_one_error_line(ARGS("generate", "-p", "hi", "--kv-budget", "0"), NULL, "--kv-budget");
+    expect_one_error_line(ARGS("generate", "-p", "hi", "--kv-mem", "12Q"), NULL, "--kv-mem");
+    expect_one_error_line(ARGS("generate", "-p", "hi", "--parallel", "0"), NULL, "--parallel");
+    expect_one_error_line(ARGS("tokenize", "-p", "hi", "--kv-policy", "dms"), NULL, "--kv-policy");
 }
 
 static void test_help(void **state) {
@@ -419,6 +425,44 @@ static void test_perplexity(void **state) {
     free(path);
 }
 
+/* KV policies from the command line: a policy the model cannot run is one
+ * error line; DMS forced on SmolLM2 evicts and --kv-stats reports it; N
+ * parallel continuations print N sections; a tiny KV pool refuses the
+ * sequences that do not fit and says so. */
+static void test_kv_options(void **state) {
+    (void)state;
+    need_model();
+    expect_one_error_line(ARGS("generate", "-p", "hi", "-n", "2", "--kv-policy", "dms"), NULL, "DMS");
+    expect_one_error_line(ARGS("generate", "-p", "hi", "-n", "2", "--kv-policy", "tova"), NULL, "kv_budget_tokens");
+    run_result r = run(ARGS("generate", "-p", "The capital of France is", "-n", "24", "--temp", "0", "--kv-policy",
+                            "dms", "--dms-force-rate", "0.9", "--dms-window", "4", "--kv-stats", "-t", "2"));
+    assert_int_equal(r.status, 0);
+    assert_non_null(strstr(r.err, "KV policy dms (window 4)"));
+    assert_non_null(strstr(r.err, "layer 29:"));
+    assert_null(strstr(r.err, " 0 evicted"));
+    free_result(&r);
+    r = run(ARGS("generate", "-p", "Once upon a time", "-n", "6", "--temp", "0.7", "--seed", "3", "--parallel", "3",
+                 "-t", "2"));
+    assert_int_equal(r.status, 0);
+    assert_non_null(strstr(r.out, "=== sequence 0 (6 tokens) ==="));
+    assert_non_null(strstr(r.out, "=== sequence 2 (6 tokens) ==="));
+    free_result(&r);
+    /* 30 layers x 3 heads x 2 pages of f16 64-dim slots = 1.4 MB: the prompt
+     * and one fork fit, the third sequence does not */
+    r = run(ARGS("generate", "-p", "Once upon a time", "-n", "4", "--temp", "0", "--parallel", "3", "--kv-mem",
+                 "1440K", "-t", "2"));
+    assert_int_equal(r.status, 0);
+    assert_non_null(strstr(r.err, "sequence 2 refused"));
+    assert_non_null(strstr(r.out, "=== sequence 1 (4 tokens) ==="));
+    assert_non_null(strstr(r.out, "=== sequence 2 (0 tokens, refused"));
+    free_result(&r);
+    r = run(ARGS("bench", "-p", "0", "-n", "4", "-d", "40", "-r", "1", "--kv-policy", "window", "--kv-budget", "16",
+                 "-o", "csv"));
+    assert_int_equal(r.status, 0);
+    assert_non_null(strstr(r.out, ",window 16,"));
+    free_result(&r);
+}
+
 static void test_bench(void **state) {
     (void)state;
     need_model();
@@ -452,6 +496,7 @@ int main(void) {
         cmocka_unit_test(test_chat_once),
         cmocka_unit_test(test_perplexity),
         cmocka_unit_test(test_bench),
+        cmocka_unit_test(test_kv_options),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -36,6 +36,7 @@ typedef struct bench_env {
     char model_desc[160];
     const char *backend;
     int threads_shown;
+    char kv_desc[64];   /* the KV policy in effect: "none", "dms w256 f0.90", "window 1024" */
 } bench_env;
 
 static lethe_token rand_token(bench_env *e) {
@@ -87,11 +88,11 @@ typedef struct bench_result {
 
 static void print_header(bench_fmt fmt) {
     if (fmt == FMT_MD) {
-        printf("| model | size | params | backend | threads | test | t/s | KV bytes | KV reads/tok |\n");
-        printf("| ----- | ---: | -----: | ------- | ------: | ---: | --: | -------: | -----------: |\n");
+        printf("| model | size | params | backend | threads | kv policy | test | t/s | KV bytes | KV reads/tok |\n");
+        printf("| ----- | ---: | -----: | ------- | ------: | --------- | ---: | --: | -------: | -----------: |\n");
     } else if (fmt == FMT_CSV) {
-        printf("model,size_bytes,n_params,backend,n_threads,n_batch,n_prompt,n_gen,n_depth,test,avg_ts,stddev_ts,"
-               "kv_bytes,kv_reads_per_token\n");
+        printf("model,size_bytes,n_params,backend,n_threads,kv_policy,n_batch,n_prompt,n_gen,n_depth,test,avg_ts,"
+               "stddev_ts,kv_bytes,kv_reads_per_token\n");
     } else {
         printf("[\n");
     }
@@ -110,20 +111,20 @@ static void print_row(const bench_env *e, const bench_result *r, bench_fmt fmt, 
         char size[32], kv[32];
         human_bytes(size, sizeof size, (double)e->mi.weight_bytes);
         human_bytes(kv, sizeof kv, (double)r->kv_bytes);
-        printf("| %s | %s | %.2f M | %s | %d | %s | %.2f ± %.2f | %s | %.0f |\n", e->model_desc, size,
-               e->mi.n_params / 1e6, e->backend, e->threads_shown, test, r->avg_ts, r->sd_ts, kv,
+        printf("| %s | %s | %.2f M | %s | %d | %s | %s | %.2f ± %.2f | %s | %.0f |\n", e->model_desc, size,
+               e->mi.n_params / 1e6, e->backend, e->threads_shown, e->kv_desc, test, r->avg_ts, r->sd_ts, kv,
                r->kv_reads_per_tok);
     } else if (fmt == FMT_CSV) {
-        printf("\"%s\",%llu,%llu,%s,%d,%d,%d,%d,%d,%s,%.6f,%.6f,%zu,%.3f\n", e->model_desc,
+        printf("\"%s\",%llu,%llu,%s,%d,%s,%d,%d,%d,%d,%s,%.6f,%.6f,%zu,%.3f\n", e->model_desc,
                (unsigned long long)e->mi.weight_bytes, (unsigned long long)e->mi.n_params, e->backend,
-               e->threads_shown, e->o->n_batch, r->n_prompt, r->n_gen, r->depth, test, r->avg_ts, r->sd_ts,
+               e->threads_shown, e->kv_desc, e->o->n_batch, r->n_prompt, r->n_gen, r->depth, test, r->avg_ts, r->sd_ts,
                r->kv_bytes, r->kv_reads_per_tok);
     } else {
         printf("%s  {\"model\": \"%s\", \"size_bytes\": %llu, \"n_params\": %llu, \"backend\": \"%s\", "
-               "\"n_threads\": %d, \"n_batch\": %d, \"n_prompt\": %d, \"n_gen\": %d, \"n_depth\": %d, "
-               "\"test\": \"%s\", \"avg_ts\": %.6f, \"stddev_ts\": %.6f, \"samples_ts\": [",
+               "\"n_threads\": %d, \"kv_policy\": \"%s\", \"n_batch\": %d, \"n_prompt\": %d, \"n_gen\": %d, "
+               "\"n_depth\": %d, \"test\": \"%s\", \"avg_ts\": %.6f, \"stddev_ts\": %.6f, \"samples_ts\": [",
                first ? "" : ",\n", e->model_desc, (unsigned long long)e->mi.weight_bytes,
-               (unsigned long long)e->mi.n_params, e->backend, e->threads_shown, e->o->n_batch, r->n_prompt,
+               (unsigned long long)e->mi.n_params, e->backend, e->threads_shown, e->kv_desc, e->o->n_batch, r->n_prompt,
                r->n_gen, r->depth, test, r->avg_ts, r->sd_ts);
         for (int i = 0; i < r->reps; i++) printf("%s%.6f", i ? ", " : "", r->samples[i]);
         printf("], \"kv_bytes\": %zu, \"kv_reads_per_token\": %.3f}", r->kv_bytes, r->kv_reads_per_tok);
@@ -161,6 +162,16 @@ static bool run_test(bench_env *e, bench_result *r) {
         sum += r->samples[i];
         lethe_kv_stats ks = lethe_get_kv_stats(ctx);
         r->kv_bytes = ks.bytes_resident;
+        if (i == 0) {   /* what the context resolved the policy to (auto -> dms or none) */
+            if (ks.policy == LETHE_KV_POLICY_DMS && o->dms_force_rate >= 0)
+                snprintf(e->kv_desc, sizeof e->kv_desc, "dms w%d forced %.2f", ks.dms_window, (double)o->dms_force_rate);
+            else if (ks.policy == LETHE_KV_POLICY_DMS)
+                snprintf(e->kv_desc, sizeof e->kv_desc, "dms w%d", ks.dms_window);
+            else if (ks.policy == LETHE_KV_POLICY_NONE)
+                snprintf(e->kv_desc, sizeof e->kv_desc, "none");
+            else
+                snprintf(e->kv_desc, sizeof e->kv_desc, "%s %d", lethe_kv_policy_name(ks.policy), o->kv_budget);
+        }
         r->kv_reads_per_tok = (double)(ks.reads - reads0) / n;
         if (o->verbose) fprintf(stderr, "lethe: rep %d: %.2f t/s\n", i + 1, r->samples[i]);
     }
