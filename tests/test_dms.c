@@ -122,14 +122,12 @@ static void check_cache(lethe_context *c, const lethe_model *m, const uint8_t *f
         }
 }
 
-static void run_case(const dms_case *dc, uint64_t seed) {
-    char *path = make_model(dc, seed);
-    lethe_model *m = load(path);
-    assert_int_equal(m->hp.dms.variant, dc->variant);
-    assert_int_equal(m->hp.dms.window, dc->window);
-    const int N = dc->n_tokens, V = m->hp.n_vocab, w = dc->window;
+/* Every engine path on model m against the reference; returns the number of
+ * (layer, token, head) flags the reference raised. */
+static int check_model(lethe_model *m, int N, uint64_t seed, const char *label) {
+    const int V = m->hp.n_vocab, w = m->hp.dms.window;
     int32_t tok[256];
-    for (int i = 0; i < N; i++) tok[i] = (int32_t)((i * 7919u + seed * 31u) % 300u);
+    for (int i = 0; i < N; i++) tok[i] = (int32_t)((i * 7919u + seed * 31u) % (uint32_t)(V < 300 ? V : 300));
     double *ref = malloc(sizeof(double) * (size_t)N * V);
     uint8_t *flag = malloc((size_t)m->hp.n_layer * N * m->hp.n_head_kv);
     const ref_policy pol = {.rule = REF_DMS, .window = w};
@@ -147,9 +145,7 @@ static void run_case(const dms_case *dc, uint64_t seed) {
         lethe_context *c = new_ctx(m, paths[k].n_batch, LETHE_KV_POLICY_AUTO);
         float *got = run_calls(c, tok, N, paths[k].sizes, paths[k].n_sizes, V);
         const double err = ref_worst_rel(got, ref, N, V);
-        if (!(err <= 1e-5))
-            fail_msg("%s %s w=%d offset %g: %s: logits off by %.3g relative", dc->arch,
-                     dc->variant == 1 ? "neuron" : "adapter", w, (double)dc->offset, paths[k].name, err);
+        if (!(err <= 1e-5)) fail_msg("%s w=%d: %s: logits off by %.3g relative", label, w, paths[k].name, err);
         check_cache(c, m, flag, N, w, paths[k].name);
         lethe_kv_stats ks = lethe_get_kv_stats(c);
         assert_int_equal(ks.policy, LETHE_KV_POLICY_DMS);
@@ -157,12 +153,40 @@ static void run_case(const dms_case *dc, uint64_t seed) {
         free(got);
         lethe_context_free(c);
     }
-    if (dc->offset == 5.0f && dc->window < N - 2) assert_true(n_flag > 0);   /* evictions really happened */
     free(ref);
     free(flag);
+    return n_flag;
+}
+
+static void run_case(const dms_case *dc, uint64_t seed) {
+    char *path = make_model(dc, seed);
+    lethe_model *m = load(path);
+    assert_int_equal(m->hp.dms.variant, dc->variant);
+    assert_int_equal(m->hp.dms.window, dc->window);
+    char label[96];
+    snprintf(label, sizeof label, "%s %s offset %g", dc->arch, dc->variant == 1 ? "neuron" : "adapter",
+             (double)dc->offset);
+    const int n_flag = check_model(m, dc->n_tokens, seed, label);
+    if (dc->offset == 5.0f && dc->window < dc->n_tokens - 2) assert_true(n_flag > 0);   /* evictions happened */
     lethe_model_free(m);
     unlink(path);
     free(path);
+}
+
+/* Hugging Face DMS checkpoints (config.json dms_* keys; tests/data/hf, made
+ * by tools/peer/make-hf-fixtures.py) run as DMS with no conversion. */
+static void test_hf_checkpoints(void **state) {
+    (void)state;
+    const char *dirs[] = {"dms-neuron", "dms-adapter"};
+    for (int i = 0; i < 2; i++) {
+        char path[1024];
+        snprintf(path, sizeof path, "%s/hf/%s", tu_data_dir(), dirs[i]);
+        lethe_model *m = load(path);
+        assert_int_equal(m->hp.dms.variant, i == 0 ? LETHE_DMS_NEURON : LETHE_DMS_ADAPTER);
+        const int n_flag = check_model(m, 60, 91 + (uint64_t)i, dirs[i]);
+        assert_true(n_flag > 0);   /* evictions happen */
+        lethe_model_free(m);
+    }
 }
 
 static void test_neuron_llama(void **state) {
@@ -402,6 +426,7 @@ int main(void) {
         cmocka_unit_test(test_neuron_qwen3),
         cmocka_unit_test(test_adapter),
         cmocka_unit_test(test_all_evict_all_keep),
+        cmocka_unit_test(test_hf_checkpoints),
         cmocka_unit_test(test_parallel_equals_alone),
         cmocka_unit_test(test_budget_admission),
         cmocka_unit_test(test_bad_dms_files),
