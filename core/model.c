@@ -273,6 +273,7 @@ void lethe_model_free(lethe_model *m) {
     lethe_tokenizer_free(m->tok);
     free(m->chat_system);
     free(m->layers);
+    free(m->dms_adapter_mem);
     lethe_gguf_close(m->gguf);
     lethe_hf_free(m->hf);
     free(m);
@@ -328,7 +329,8 @@ lethe_model *lethe_model_load(const char *path, lethe_model_params params, lethe
         m->info.n_params += (uint64_t)(t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]);
         m->info.weight_bytes += t->size;
     }
-loaded:;
+loaded:
+    if (params.dms_adapter && (st = lethe_dms_adapter_apply(m, params.dms_adapter)) != LETHE_OK) goto fail;
     lethe_model_info *in = &m->info;
     const lethe_hparams *hp = &m->hp;
     snprintf(in->arch, sizeof in->arch, "%s", hp->arch_name);

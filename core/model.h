@@ -65,6 +65,11 @@ struct lethe_model {
     char *chat_system;                       /* template's default system message */
     lethe_model_info info;
     lethe_model_params params;
+    float *dms_adapter_mem;                  /* --dms-adapter tensors (f32 copies) or NULL */
 };
+
+/* Apply a DMS adapter file to a model that is not DMS (dms_adapter.c);
+ * nothing changes unless every tensor is present and of the right shape. */
+lethe_status lethe_dms_adapter_apply(lethe_model *m, const char *path);
 
 #endif

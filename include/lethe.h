@@ -108,6 +108,8 @@ typedef struct lethe_model_params {
     bool use_mmap;                /* map the file instead of reading it (true)  */
     lethe_progress_fn progress;   /* optional                                   */
     void *progress_user;
+    const char *dms_adapter;      /* a DMS adapter (safetensors) to apply to a
+                                     model that is not DMS, or NULL            */
 } lethe_model_params;
 
 LETHE_API lethe_model_params lethe_model_default_params(void);

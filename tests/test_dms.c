@@ -420,6 +420,104 @@ static void test_bad_dms_files(void **state) {
     free(path);
 }
 
+/* A safetensors DMS adapter for a model of n_layer layers: rows x E alpha
+ * and E norm per layer (f32), random; `skip_layer` leaves one layer out;
+ * meta_window NULL: no metadata. Returns the temp path. */
+static char *write_adapter(int n_layer, int rows, int E, int skip_layer, const char *meta_window, uint64_t seed) {
+    char hdr[8192];
+    size_t off = 0, n = 0;
+    n += (size_t)snprintf(hdr + n, sizeof hdr - n, "{");
+    if (meta_window) n += (size_t)snprintf(hdr + n, sizeof hdr - n, "\"__metadata__\":{\"dms_window_size\":\"%s\"},", meta_window);
+    for (int l = 0; l < n_layer; l++) {
+        if (l == skip_layer) continue;
+        n += (size_t)snprintf(hdr + n, sizeof hdr - n,
+                              "\"model.layers.%d.self_attn.dms_proj_alpha.weight\":{\"dtype\":\"F32\",\"shape\":[%d,%d],"
+                              "\"data_offsets\":[%zu,%zu]},",
+                              l, rows, E, off, off + (size_t)rows * E * 4);
+        off += (size_t)rows * E * 4;
+        n += (size_t)snprintf(hdr + n, sizeof hdr - n,
+                              "\"model.layers.%d.self_attn.dms_proj_alpha_norm.weight\":{\"dtype\":\"F32\",\"shape\":[%d],"
+                              "\"data_offsets\":[%zu,%zu]},",
+                              l, E, off, off + (size_t)E * 4);
+        off += (size_t)E * 4;
+    }
+    hdr[n - 1] = '}';
+    const size_t total = 8 + n + off;
+    uint8_t *buf = malloc(total);
+    for (int i = 0; i < 8; i++) buf[i] = (uint8_t)((uint64_t)n >> (8 * i));
+    memcpy(buf + 8, hdr, n);
+    float *data = (float *)(buf + 8 + n);   /* unaligned is fine for memcpy-based readers */
+    float v[1];
+    uint64_t x = seed;
+    for (size_t i = 0; i < off / 4; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        v[0] = (float)((double)(x >> 40) / (double)(1ull << 24) - 0.5) * 0.6f;
+        memcpy((uint8_t *)data + 4 * i, v, 4);
+    }
+    char *path = tu_write_temp(buf, total);
+    free(buf);
+    return path;
+}
+
+/* --dms-adapter: a base model + a separately shipped adapter runs as a DMS
+ * model, exactly; a mismatched or broken adapter is refused with a status. */
+static void test_adapter_file(void **state) {
+    (void)state;
+    dms_case base = {"llama", 0, false, 0, 5.0f, 0};
+    char *path = make_model(&base, 71);
+    lethe_model_params mp = lethe_model_default_params();
+    lethe_status st;
+    char *ad = write_adapter(2, 2, 64, -1, "8", 5);
+    mp.dms_adapter = ad;
+    lethe_model *m = lethe_model_load(path, mp, &st);
+    if (!m) fail_msg("adapter: %s", lethe_last_error());
+    assert_int_equal(m->hp.dms.variant, LETHE_DMS_ADAPTER);
+    assert_int_equal(m->hp.dms.window, 8);
+    assert_int_equal(lethe_model_get_info(m).dms_variant, 2);
+    assert_true(check_model(m, 40, 72, "llama + adapter file") > 0);
+    /* the loaded values are the file's */
+    size_t n;
+    uint8_t *bytes = tu_read_file(ad, &n);
+    uint64_t hl = 0;
+    for (int i = 7; i >= 0; i--) hl = hl << 8 | bytes[i];
+    assert_memory_equal(m->layers[0].dms_alpha.data, bytes + 8 + hl, 2 * 64 * sizeof(float));
+    free(bytes);
+    lethe_model_free(m);
+    unlink(ad);
+    free(ad);
+
+    struct { int rows, E, skip; const char *meta; lethe_status want; } bad[] = {
+        {2, 65, -1, NULL, LETHE_ERR_SHAPE},          /* width of another model */
+        {3, 64, -1, NULL, LETHE_ERR_SHAPE},          /* more heads than the model */
+        {2, 64, 1, NULL, LETHE_ERR_MISSING_TENSOR},  /* layer 1 missing */
+        {2, 64, -1, "abc", LETHE_ERR_CORRUPT},       /* bad window metadata */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        ad = write_adapter(2, bad[i].rows, bad[i].E, bad[i].skip, bad[i].meta, 9);
+        mp.dms_adapter = ad;
+        assert_null(lethe_model_load(path, mp, &st));
+        if (st != bad[i].want) fail_msg("bad adapter %zu: status %s (%s)", i, lethe_strerror(st), lethe_last_error());
+        unlink(ad);
+        free(ad);
+    }
+    mp.dms_adapter = "/nonexistent/adapter.safetensors";
+    assert_null(lethe_model_load(path, mp, &st));
+    assert_int_equal(st, LETHE_ERR_IO);
+    unlink(path);
+    free(path);
+    /* a model that already is DMS takes no adapter */
+    dms_case neuron = {"llama", 1, false, 4, 5.0f, 0};
+    path = make_model(&neuron, 73);
+    ad = write_adapter(2, 2, 64, -1, NULL, 5);
+    mp.dms_adapter = ad;
+    assert_null(lethe_model_load(path, mp, &st));
+    assert_int_equal(st, LETHE_ERR_INVALID_ARG);
+    unlink(ad);
+    free(ad);
+    unlink(path);
+    free(path);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_neuron_llama),
@@ -427,6 +525,7 @@ int main(void) {
         cmocka_unit_test(test_adapter),
         cmocka_unit_test(test_all_evict_all_keep),
         cmocka_unit_test(test_hf_checkpoints),
+        cmocka_unit_test(test_adapter_file),
         cmocka_unit_test(test_parallel_equals_alone),
         cmocka_unit_test(test_budget_admission),
         cmocka_unit_test(test_bad_dms_files),

@@ -52,6 +52,7 @@ typedef struct cli_opts {
     float dms_force_rate;         /* --dms-force-rate (-1: off)                 */
     size_t kv_mem;                /* --kv-mem bytes of KV pool (0: enough for -c) */
     bool kv_stats;                /* --kv-stats                                 */
+    const char *dms_adapter;      /* --dms-adapter FILE                         */
     int32_t parallel;             /* --parallel N (generate)                    */
     const char *backend;          /* --backend                                  */
     int32_t device;               /* --device                                   */

@@ -21,7 +21,7 @@ enum {
     OPT_TEMP = 256, OPT_TOP_K, OPT_TOP_P, OPT_MIN_P, OPT_REPEAT_PENALTY, OPT_REPEAT_LAST_N,
     OPT_SEED, OPT_BACKEND, OPT_DEVICE, OPT_SYSTEM, OPT_IGNORE_EOS, OPT_STATS, OPT_NO_SPECIAL,
     OPT_PIECES, OPT_TOKENS, OPT_CHUNKS, OPT_KV_POLICY, OPT_KV_BUDGET, OPT_DMS_WINDOW, OPT_DMS_FORCE,
-    OPT_KV_MEM, OPT_KV_STATS, OPT_PARALLEL,
+    OPT_KV_MEM, OPT_KV_STATS, OPT_PARALLEL, OPT_DMS_ADAPTER,
 };
 
 typedef struct cli_optdef {
@@ -68,6 +68,8 @@ static const cli_optdef k_opts[] = {
     {"dms-window", required_argument, OPT_DMS_WINDOW, CLI_RUN, "W", "DMS: flagged tokens stay visible W more steps (model's)"},
     {"dms-force-rate", required_argument, OPT_DMS_FORCE, CLI_RUN, "R",
      "DMS on any model: flag a fraction R of tokens by a hash (speed/memory tests; not the model's answers)"},
+    {"dms-adapter", required_argument, OPT_DMS_ADAPTER, CLI_RUN | CLI_INFO, "FILE",
+     "apply a DMS adapter (safetensors) to a model that is not DMS"},
     {"kv-mem", required_argument, OPT_KV_MEM, CLI_RUN, "SIZE", "KV pool size, e.g. 512M, 1G (default: room for -c per sequence)"},
     {"kv-stats", no_argument, OPT_KV_STATS, CLI_GENERATE | CLI_CHAT, NULL, "print KV cache statistics (live tokens per layer and head) on stderr"},
     {"parallel", required_argument, OPT_PARALLEL, CLI_GENERATE, "N", "N continuations of one prompt, decoded together"},
@@ -358,6 +360,7 @@ int cli_parse(int cmd, const char *cmd_name, int argc, char **argv, cli_opts *o)
         case OPT_DMS_FORCE: ok = cli_parse_f32("--dms-force-rate", optarg, 0.0f, 1.0f, &o->dms_force_rate); break;
         case OPT_KV_MEM: ok = cli_parse_size("--kv-mem", optarg, &o->kv_mem); break;
         case OPT_KV_STATS: o->kv_stats = true; break;
+        case OPT_DMS_ADAPTER: o->dms_adapter = optarg; break;
         case OPT_PARALLEL: ok = cli_parse_i32("--parallel", optarg, 1, 4096, &o->parallel); break;
         default: return cli_error("internal: unhandled option %d", c), CLI_EXIT_USAGE;
         }
@@ -414,6 +417,7 @@ lethe_model *cli_load_model(const cli_opts *o, bool progress) {
     lethe_model_params mp = lethe_model_default_params();
     if (o->backend) mp.backend = o->backend;
     mp.device = o->device;
+    mp.dms_adapter = o->dms_adapter;
     bool bar = progress && isatty(STDERR_FILENO);
     if (bar) {
         g_progress_last = -1;

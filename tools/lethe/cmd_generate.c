@@ -432,6 +432,10 @@ int cli_cmd_info(int argc, char **argv) {
     printf("head_dim     %d\n", mi.head_dim);
     printf("n_ff         %d\n", mi.n_ff);
     printf("n_vocab      %d\n", mi.n_vocab);
+    if (mi.dms_variant)
+        printf("dms          %s variant, window %d\n", mi.dms_variant == 1 ? "neuron" : "adapter", mi.dms_window);
+    else
+        printf("dms          no (run with --kv-policy dms --dms-force-rate R --dms-window W to measure eviction)\n");
     printf("n_ctx_train  %d\n", mi.n_ctx_train);
     printf("n_params     %llu\n", (unsigned long long)mi.n_params);
     printf("weight_bytes %llu (%.2f MiB)\n", (unsigned long long)mi.weight_bytes, mi.weight_bytes / 1048576.0);
