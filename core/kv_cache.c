@@ -421,7 +421,7 @@ lethe_status lethe_kv_seq_copy(lethe_kv_cache *kv, int src, int dst) {
         b->n_holes = a->n_holes;
         memcpy(b->holes, a->holes, sizeof b->holes);
         b->last = b->prev = a->last;
-        memcpy(b->pend, a->pend + a->pend_head, (size_t)a->pend_n * sizeof(int32_t));
+        if (a->pend_n) memcpy(b->pend, a->pend + a->pend_head, (size_t)a->pend_n * sizeof(int32_t));
         b->pend_n = a->pend_n;
         /* the copy is committed state */
         b->saved_len = b->len;
