@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "engine.h"
+#include "hf_convert.h"
 #include "model.h"
 #include "synth.h"
 #include "ref_model.h"
@@ -186,6 +187,16 @@ static void test_hf_checkpoints(void **state) {
         const int n_flag = check_model(m, 60, 91 + (uint64_t)i, dirs[i]);
         assert_true(n_flag > 0);   /* evictions happen */
         lethe_model_free(m);
+        /* `lethe convert` (f32): the GGUF carries the DMS keys and tensors and runs the same */
+        char *gguf = tu_write_temp("", 0);
+        assert_int_equal(lethe_hf_convert(path, gguf, LETHE_F32), LETHE_OK);
+        m = load(gguf);
+        assert_int_equal(m->hp.dms.variant, i == 0 ? LETHE_DMS_NEURON : LETHE_DMS_ADAPTER);
+        assert_int_equal(m->hp.dms.window, 16);
+        check_model(m, 60, 91 + (uint64_t)i, dirs[i]);
+        lethe_model_free(m);
+        unlink(gguf);
+        free(gguf);
     }
 }
 

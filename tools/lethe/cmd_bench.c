@@ -136,6 +136,7 @@ static void print_row(const bench_env *e, const bench_result *r, bench_fmt fmt, 
 static bool run_test(bench_env *e, bench_result *r) {
     const cli_opts *o = e->o;
     int32_t need = r->n_prompt + r->n_gen + r->depth;
+    if (o->dms_window >= need) need = o->dms_window + 1;   /* a DMS window must fit in the context */
     lethe_context *ctx = cli_new_context(e->m, o, need > 16 ? need : 16);
     if (!ctx) return false;
     lethe_status st = LETHE_OK;
