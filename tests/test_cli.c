@@ -452,7 +452,7 @@ static void test_kv_options(void **state) {
     r = run(ARGS("generate", "-p", "Once upon a time", "-n", "4", "--temp", "0", "--parallel", "3", "--kv-mem",
                  "1440K", "-t", "2"));
     assert_int_equal(r.status, 0);
-    assert_non_null(strstr(r.err, "sequence 2 refused"));
+    assert_non_null(strstr(r.err, "sequence 2 refused"));   /* the last one: "sequence", not a range */
     assert_non_null(strstr(r.out, "=== sequence 1 (4 tokens) ==="));
     assert_non_null(strstr(r.out, "=== sequence 2 (0 tokens, refused"));
     free_result(&r);

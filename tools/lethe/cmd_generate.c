@@ -65,10 +65,11 @@ static int generate_parallel(const cli_opts *o, lethe_model *m, lethe_context *c
         }
         if (s > 0) {
             lethe_status st = lethe_seq_fork(ctx, 0, s);
-            if (st != LETHE_OK) {
-                cli_warn("sequence %d refused: %s (%s)", s, lethe_strerror(st), lethe_last_error());
-                why[s] = "refused: no room in the KV budget";
-                continue;
+            if (st != LETHE_OK) {   /* the others are the same size: refused too */
+                if (s < N - 1) cli_warn("sequences %d-%d refused: %s (%s)", s, N - 1, lethe_strerror(st), lethe_last_error());
+                else cli_warn("sequence %d refused: %s (%s)", s, lethe_strerror(st), lethe_last_error());
+                for (int32_t r = s; r < N; r++) why[r] = "refused: no room in the KV budget";
+                break;
             }
         }
         live[s] = true;
