@@ -1,0 +1,7 @@
+/* fuzz_hf_config.c — libFuzzer target (not built by default): tools/fuzz.sh builds
+ * and runs it; the body is lethe_fuzz_hf_config() in fuzz_targets.h. */
+#include "fuzz_targets.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) { return lethe_fuzz_hf_config(data, size); }
