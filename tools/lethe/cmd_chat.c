@@ -21,6 +21,7 @@ typedef struct chat_state {
     lethe_sampler *smp;
     const cli_opts *o;
     int32_t n_ctx;
+    int32_t n_batch;          /* tokens per decode call (-b)                  */
     lethe_chat_message *msgs;   /* [n_msgs] history; role literals, content malloc'ed */
     size_t n_msgs, cap_msgs;
     lethe_token *cached;        /* [n_ctx] tokens in the KV cache of sequence 0 */
@@ -79,18 +80,23 @@ static int32_t render_history(chat_state *c) {
 
 enum { TURN_OK = 0, TURN_FAIL = 1, TURN_CTX_FULL = 2 };
 
-/* Feed tokens to the cache, keeping `cached` in step. */
+/* Feed tokens to the cache, keeping `cached` in step. Long inputs go in
+ * n_batch-sized calls: an evicting cache frees memory
+ * between them, and each committed call is recorded at once. */
 static int feed(chat_state *c, const lethe_token *t, int32_t n) {
     if (n <= 0) return TURN_OK;
     if (c->n_cached + n > c->n_ctx) return TURN_CTX_FULL;
-    lethe_status st = lethe_decode(c->ctx, lethe_batch_one(t, n));
-    if (st == LETHE_ERR_CONTEXT_FULL) return TURN_CTX_FULL;
-    if (st != LETHE_OK) {
-        cli_error_status(st, "decode failed");
-        return TURN_FAIL;
+    for (int32_t i = 0; i < n; i += c->n_batch) {
+        const int32_t m = n - i < c->n_batch ? n - i : c->n_batch;
+        lethe_status st = lethe_decode(c->ctx, lethe_batch_one(t + i, m));
+        if (st == LETHE_ERR_CONTEXT_FULL) return TURN_CTX_FULL;
+        if (st != LETHE_OK) {
+            cli_error_status(st, "decode failed");
+            return TURN_FAIL;
+        }
+        memcpy(c->cached + c->n_cached, t + i, (size_t)m * sizeof *t);
+        c->n_cached += m;
     }
-    memcpy(c->cached + c->n_cached, t, (size_t)n * sizeof *t);
-    c->n_cached += n;
     return TURN_OK;
 }
 
@@ -229,6 +235,7 @@ int cli_cmd_chat(int argc, char **argv) {
     c.ctx = cli_new_context(c.m, &o, 0);
     if (!c.ctx) goto done;
     c.n_ctx = lethe_n_ctx(c.ctx);
+    c.n_batch = o.n_batch > 0 ? o.n_batch : 512;
     c.cached = malloc((size_t)c.n_ctx * sizeof *c.cached);
     c.render_cap = 4096;
     c.render = malloc((size_t)c.render_cap);
