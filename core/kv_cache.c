@@ -166,8 +166,8 @@ lethe_status lethe_kv_reserve(lethe_kv_cache *kv, int32_t n_tokens, const int32_
         return lethe_fail(LETHE_ERR_CONTEXT_FULL,
                           "kv cache: the batch needs %lld more pages, %d free (budget %zu bytes)",
                           (long long)need, kv->n_free, (size_t)kv->n_pages * kv->page_bytes);
-    /* Every allocation that can fail happens before the first page is taken;
-     * a failure after that is rolled back by the engine with the call. */
+    /* From here pages are taken stream by stream; if a page-list allocation
+     * fails midway, the engine's rollback of the call returns them. */
     if (!grow_i32(&kv->map, &kv->map_cap, max_len))
         return lethe_fail(LETHE_ERR_OOM, "kv cache: compaction scratch");
     for (int q = 0; q < kv->n_seq; q++) {
