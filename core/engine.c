@@ -315,6 +315,12 @@ lethe_status lethe_decode(lethe_context *c, lethe_batch b) {
             return lethe_fail(LETHE_ERR_INVALID_ARG,
                               "decode: token %d of sequence %d has position %d, expected %d (positions continue the sequence)",
                               i, s, b.pos[i], expect);
+        /* stop counting at the context: positions past it fail below, and
+         * the sum can then never overflow */
+        if (kv->seq_pos[s] + add[s] > c->params.n_ctx)
+            return lethe_fail(LETHE_ERR_CONTEXT_FULL,
+                              "decode: sequence %d would hold more than the context of %d tokens", s,
+                              c->params.n_ctx);
         add[s]++;
         if (b.logits ? b.logits[i] != 0 : i == n - 1) n_out++;
     }
@@ -375,7 +381,10 @@ const float *lethe_get_logits(lethe_context *c, int32_t i) {
         return NULL;
     }
     int32_t row;
-    if (i < 0) {
+    if (i < -1) {
+        lethe_fail(LETHE_ERR_INVALID_ARG, "get_logits: index %d (use -1 for the last token with logits)", i);
+        return NULL;
+    } else if (i < 0) {
         row = c->n_logits - 1;
     } else if (i >= c->last_batch_n || (row = c->row_of[i]) < 0) {
         lethe_fail(LETHE_ERR_INVALID_ARG, "get_logits: token %d of the last batch did not ask for logits", i);

@@ -305,7 +305,7 @@ int cli_parse(int cmd, const char *cmd_name, int argc, char **argv, cli_opts *o)
             }
             break;
         case 'c': ok = cli_parse_i32("-c", optarg, 1, INT32_MAX, &o->n_ctx); o->n_ctx_set = true; break;
-        case 't': ok = cli_parse_i32("-t", optarg, 0, 4096, &o->n_threads); break;
+        case 't': ok = cli_parse_i32("-t", optarg, 0, 1024, &o->n_threads); break;   /* the library's limit */
         case 'b': ok = cli_parse_i32("-b", optarg, 1, INT32_MAX, &o->n_batch); break;
         case 'o': o->output = optarg; break;
         case 'd': o->depth = optarg; break;
@@ -347,7 +347,13 @@ int cli_parse(int cmd, const char *cmd_name, int argc, char **argv, cli_opts *o)
         case OPT_NO_SPECIAL: o->no_special = true; break;
         case OPT_PIECES: o->pieces = true; break;
         case OPT_TOKENS: o->tokens = optarg; break;
-        case OPT_CHUNKS: ok = cli_parse_i32("--chunks", optarg, -1, INT32_MAX, &o->n_chunks); break;
+        case OPT_CHUNKS:
+            ok = cli_parse_i32("--chunks", optarg, -1, INT32_MAX, &o->n_chunks);
+            if (ok && o->n_chunks == 0) {   /* nothing to score: not a perplexity */
+                cli_error("invalid value '0' for --chunks: expected -1 (all) or at least 1");
+                ok = false;
+            }
+            break;
         case OPT_KV_POLICY:
             if (lethe_kv_policy_parse(optarg, &o->kv_policy) != LETHE_OK) {
                 cli_error("invalid value '%s' for --kv-policy: expected dms, none, window, tova, h2o, quest or auto",

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* Parse argv; returns -1 to go on, else the exit status (help shown or error). */
@@ -355,12 +356,17 @@ int cli_cmd_logits(int argc, char **argv) {
         cli_error("%d tokens do not fit in the context of %d (raise -c)", n_tok, lethe_n_ctx(ctx));
         goto done;
     }
+    struct stat before;
+    const bool was_link = lstat(o.output, &before) == 0 && S_ISLNK(before.st_mode);
     f = fopen(o.output, "wb");
     if (!f) {
         cli_error("cannot create '%s': %s", o.output, strerror(errno));
         goto done;
     }
-    wrote = true;
+    /* on failure, remove only a regular file written through its own name:
+     * never a device (-o /dev/stdout) or a symlink (its target stays) */
+    struct stat now;
+    wrote = !was_link && fstat(fileno(f), &now) == 0 && S_ISREG(now.st_mode);
     /* Chunks of n_batch so each decode's logits are all read before the next one. */
     int8_t *want = malloc((size_t)o.n_batch);
     if (!want) {
