@@ -463,6 +463,25 @@ static void test_kv_options(void **state) {
     free_result(&r);
 }
 
+/* lethe eval: every policy next to none on a text and on passkey prompts. */
+static void test_eval(void **state) {
+    (void)state;
+    need_model();
+    char text[4096];
+    snprintf(text, sizeof text, "%s/README.md", tu_data_dir());   /* any few hundred tokens of English */
+    run_result r = run(ARGS("eval", "-f", text, "-c", "96", "--passkey", "128", "--policies", "dms,window,none",
+                            "--kv-budget", "32", "--dms-force-rate", "0.5", "--dms-window", "8", "-o", "json", "-t", "2"));
+    assert_int_equal(r.status, 0);
+    assert_non_null(strstr(r.out, "{\"policy\": \"none\""));
+    assert_non_null(strstr(r.out, "{\"policy\": \"dms\""));
+    assert_non_null(strstr(r.out, "\"budget\": 32"));
+    assert_non_null(strstr(r.out, "\"passkey_n\": 3"));
+    assert_null(strstr(r.out, "\"error\""));
+    free_result(&r);
+    expect_one_error_line(ARGS("eval", "--policies", "dms"), NULL, "nothing to evaluate");
+    expect_one_error_line(ARGS("eval", "-f", text, "--policies", "lru"), NULL, "lru");
+}
+
 static void test_bench(void **state) {
     (void)state;
     need_model();
@@ -497,6 +516,7 @@ int main(void) {
         cmocka_unit_test(test_perplexity),
         cmocka_unit_test(test_bench),
         cmocka_unit_test(test_kv_options),
+        cmocka_unit_test(test_eval),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

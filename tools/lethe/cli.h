@@ -20,6 +20,7 @@ enum {
     CLI_PERPLEXITY = 1 << 4,
     CLI_BENCH = 1 << 5,
     CLI_INFO = 1 << 6,
+    CLI_EVAL = 1 << 7,
 };
 
 /* Exit statuses: 0 ok, 1 a runtime failure, 2 a usage error. */
@@ -53,6 +54,8 @@ typedef struct cli_opts {
     size_t kv_mem;                /* --kv-mem bytes of KV pool (0: enough for -c) */
     bool kv_stats;                /* --kv-stats                                 */
     const char *dms_adapter;      /* --dms-adapter FILE                         */
+    const char *policies;         /* --policies dms,window,... (eval)           */
+    const char *passkey;          /* --passkey 1024,2048 (eval)                 */
     int32_t parallel;             /* --parallel N (generate)                    */
     const char *backend;          /* --backend                                  */
     int32_t device;               /* --device                                   */
@@ -131,6 +134,7 @@ int cli_cmd_logits(int argc, char **argv);
 int cli_cmd_perplexity(int argc, char **argv);
 int cli_cmd_bench(int argc, char **argv);
 int cli_cmd_info(int argc, char **argv);
+int cli_cmd_eval(int argc, char **argv);
 int cli_cmd_convert(int argc, char **argv);   /* cmd_convert.c */
 
 #endif

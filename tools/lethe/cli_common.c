@@ -12,8 +12,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define CLI_ALL (CLI_CHAT | CLI_GENERATE | CLI_TOKENIZE | CLI_LOGITS | CLI_PERPLEXITY | CLI_BENCH | CLI_INFO)
-#define CLI_RUN (CLI_CHAT | CLI_GENERATE | CLI_LOGITS | CLI_PERPLEXITY | CLI_BENCH)
+#define CLI_ALL (CLI_CHAT | CLI_GENERATE | CLI_TOKENIZE | CLI_LOGITS | CLI_PERPLEXITY | CLI_BENCH | CLI_INFO | CLI_EVAL)
+#define CLI_RUN (CLI_CHAT | CLI_GENERATE | CLI_LOGITS | CLI_PERPLEXITY | CLI_BENCH | CLI_EVAL)
 #define CLI_SAMPLE (CLI_CHAT | CLI_GENERATE)
 
 /* Long-only options get codes above the char range. */
@@ -21,7 +21,7 @@ enum {
     OPT_TEMP = 256, OPT_TOP_K, OPT_TOP_P, OPT_MIN_P, OPT_REPEAT_PENALTY, OPT_REPEAT_LAST_N,
     OPT_SEED, OPT_BACKEND, OPT_DEVICE, OPT_SYSTEM, OPT_IGNORE_EOS, OPT_STATS, OPT_NO_SPECIAL,
     OPT_PIECES, OPT_TOKENS, OPT_CHUNKS, OPT_KV_POLICY, OPT_KV_BUDGET, OPT_DMS_WINDOW, OPT_DMS_FORCE,
-    OPT_KV_MEM, OPT_KV_STATS, OPT_PARALLEL, OPT_DMS_ADAPTER,
+    OPT_KV_MEM, OPT_KV_STATS, OPT_PARALLEL, OPT_DMS_ADAPTER, OPT_POLICIES, OPT_PASSKEY,
 };
 
 typedef struct cli_optdef {
@@ -38,10 +38,10 @@ static const cli_optdef k_opts[] = {
     {"model", required_argument, 'm', CLI_ALL, "FILE", "model file (GGUF); default: the SmolLM2-135M-Instruct download"},
     {"prompt", required_argument, 'p', CLI_CHAT | CLI_GENERATE | CLI_TOKENIZE | CLI_LOGITS, "TEXT", "prompt text (chat: answer once and exit)"},
     {"prompt", required_argument, 'p', CLI_BENCH, "N,..", "prompt sizes to test (pp), comma list (512; 0: none)"},
-    {"file", required_argument, 'f', CLI_GENERATE | CLI_TOKENIZE | CLI_LOGITS | CLI_PERPLEXITY, "FILE", "read the prompt/text from FILE"},
+    {"file", required_argument, 'f', CLI_GENERATE | CLI_TOKENIZE | CLI_LOGITS | CLI_PERPLEXITY | CLI_EVAL, "FILE", "read the prompt/text from FILE"},
     {"n-predict", required_argument, 'n', CLI_GENERATE | CLI_CHAT, "N", "tokens to generate (-1: until end of generation)"},
     {"n-predict", required_argument, 'n', CLI_BENCH, "N,..", "generation lengths to test (tg), comma list (128; 0: none)"},
-    {"ctx-size", required_argument, 'c', CLI_CHAT | CLI_GENERATE | CLI_LOGITS | CLI_PERPLEXITY, "N", "context size in tokens (perplexity: window, 512)"},
+    {"ctx-size", required_argument, 'c', CLI_CHAT | CLI_GENERATE | CLI_LOGITS | CLI_PERPLEXITY | CLI_EVAL, "N", "context size in tokens (perplexity: window, 512; eval: text window, 1024)"},
     {"threads", required_argument, 't', CLI_RUN, "N", "CPU threads (0: all cores)"},
     {"batch-size", required_argument, 'b', CLI_RUN, "N", "tokens per decode call (512)"},
     {"temp", required_argument, OPT_TEMP, CLI_SAMPLE, "T", "temperature (0: greedy)"},
@@ -50,7 +50,7 @@ static const cli_optdef k_opts[] = {
     {"min-p", required_argument, OPT_MIN_P, CLI_SAMPLE, "P", "drop tokens below P x the best probability (0: off)"},
     {"repeat-penalty", required_argument, OPT_REPEAT_PENALTY, CLI_SAMPLE, "X", "penalty for recent tokens (1: off)"},
     {"repeat-last-n", required_argument, OPT_REPEAT_LAST_N, CLI_SAMPLE, "N", "how many recent tokens are penalised"},
-    {"seed", required_argument, OPT_SEED, CLI_SAMPLE, "N", "sampling seed (-1: random)"},
+    {"seed", required_argument, OPT_SEED, CLI_SAMPLE | CLI_EVAL, "N", "sampling seed (-1: random; eval: passkey digits)"},
     {"system", required_argument, OPT_SYSTEM, CLI_CHAT, "TEXT", "system message"},
     {"ignore-eos", no_argument, OPT_IGNORE_EOS, CLI_GENERATE, NULL, "keep generating past end-of-generation tokens"},
     {"stats", no_argument, OPT_STATS, CLI_GENERATE | CLI_CHAT, NULL, "print timings on stderr"},
@@ -59,6 +59,9 @@ static const cli_optdef k_opts[] = {
     {"tokens", required_argument, OPT_TOKENS, CLI_LOGITS, "ID,..", "token ids instead of a prompt"},
     {"output", required_argument, 'o', CLI_LOGITS, "FILE", "output file: float32 [n_tokens, n_vocab]"},
     {"output", required_argument, 'o', CLI_BENCH, "FMT", "output format: md (default), csv, json"},
+    {"output", required_argument, 'o', CLI_EVAL, "FMT", "output format: md (default), json"},
+    {"policies", required_argument, OPT_POLICIES, CLI_EVAL, "P,..", "policies to compare with none (dms,window,tova,h2o)"},
+    {"passkey", required_argument, OPT_PASSKEY, CLI_EVAL, "L,..", "passkey retrieval at these prompt lengths (tokens)"},
     {"chunks", required_argument, OPT_CHUNKS, CLI_PERPLEXITY, "N", "score at most N windows (-1: all)"},
     {"depth", required_argument, 'd', CLI_BENCH, "N,..", "fill the cache with N tokens first, comma list (0)"},
     {"repetitions", required_argument, 'r', CLI_BENCH, "N", "timed runs per test after one warm-up (5)"},
@@ -367,6 +370,8 @@ int cli_parse(int cmd, const char *cmd_name, int argc, char **argv, cli_opts *o)
         case OPT_KV_MEM: ok = cli_parse_size("--kv-mem", optarg, &o->kv_mem); break;
         case OPT_KV_STATS: o->kv_stats = true; break;
         case OPT_DMS_ADAPTER: o->dms_adapter = optarg; break;
+        case OPT_POLICIES: o->policies = optarg; break;
+        case OPT_PASSKEY: o->passkey = optarg; break;
         case OPT_PARALLEL: ok = cli_parse_i32("--parallel", optarg, 1, 4096, &o->parallel); break;
         default: return cli_error("internal: unhandled option %d", c), CLI_EXIT_USAGE;
         }
