@@ -450,6 +450,11 @@ int32_t lethe_kv_head_len(const lethe_context *c, int32_t s, int32_t layer, int3
 }
 
 const lethe_kv_cache *lethe_context_kv(const lethe_context *c) { return c ? &c->kv : NULL; }
+lethe_kv_cache *lethe_context_kv_mut(lethe_context *c) {
+    if (c) c->n_logits = 0;   /* a changed cache makes the last logits stale */
+    return c ? &c->kv : NULL;
+}
+const struct lethe_model *lethe_context_model(const lethe_context *c) { return c ? c->model : NULL; }
 
 size_t lethe_model_memory_bytes(const lethe_model *m) {
     if (!m) return 0;

@@ -8,5 +8,8 @@
 
 /* The context's KV cache (read-only use: stats, per-slot flags in tests). */
 const lethe_kv_cache *lethe_context_kv(const lethe_context *ctx);
+/* The same, writable (state loading), and the context's model. */
+lethe_kv_cache *lethe_context_kv_mut(lethe_context *ctx);
+const struct lethe_model *lethe_context_model(const lethe_context *ctx);
 
 #endif

@@ -366,6 +366,19 @@ void lethe_kv_commit(lethe_kv_cache *kv) {
     lethe_kv_begin(kv);
 }
 
+lethe_status lethe_kv_stream_capacity(lethe_kv_cache *kv, lethe_kv_stream *s, int32_t pages, int32_t pend) {
+    if (!grow_i32(&s->pages, &s->cap_pages, pages) || !grow_i32(&s->pend, &s->pend_cap, pend) ||
+        !grow_i32(&kv->map, &kv->map_cap, pages * LETHE_KV_PAGE))   /* compaction scratch for that length */
+        return lethe_fail(LETHE_ERR_OOM, "kv cache: page list");
+    return LETHE_OK;
+}
+
+void lethe_kv_stream_take(lethe_kv_cache *kv, lethe_kv_stream *s, int32_t pages) {
+    LETHE_ASSERT(s->cap_pages >= pages && kv->n_free >= pages - s->n_pages);
+    while (s->n_pages < pages) s->pages[s->n_pages++] = kv->free_list[--kv->n_free];
+    note_peak(kv);
+}
+
 void lethe_kv_seq_clear(lethe_kv_cache *kv, int seq) {
     lethe_kv_stream *ss = seq_streams(kv, seq);
     for (size_t i = 0; i < streams_per_seq(kv); i++) {

@@ -164,6 +164,12 @@ void lethe_kv_seq_clear(lethe_kv_cache *kv, int seq);
 lethe_status lethe_kv_seq_copy(lethe_kv_cache *kv, int src, int dst);
 size_t lethe_kv_bytes_resident(const lethe_kv_cache *kv);
 
+/* State loading, outside a transaction: make room in a stream's lists for
+ * `pages` pages and `pend` FIFO entries (may fail, changes no content), then
+ * take the pages from the pool (cannot fail; the caller checked n_free). */
+lethe_status lethe_kv_stream_capacity(lethe_kv_cache *kv, lethe_kv_stream *s, int32_t pages, int32_t pend);
+void lethe_kv_stream_take(lethe_kv_cache *kv, lethe_kv_stream *s, int32_t pages);
+
 /* Score policies (kv_policy.c): evict down to the budget by the rule, at
  * commit, with `next` the position of the sequence's next token. */
 void lethe_kv_policy_evict(lethe_kv_cache *kv, lethe_kv_stream *s, int32_t next);

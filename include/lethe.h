@@ -250,6 +250,34 @@ LETHE_API lethe_status lethe_seq_clear(lethe_context *ctx, int32_t seq_id); /* -
  * from a shared prompt. */
 LETHE_API lethe_status lethe_seq_fork(lethe_context *ctx, int32_t src, int32_t dst);
 
+/* ---- state: save and restore sequences ---------------------------------- */
+/* A state holds sequence `seq` (-1: every sequence in use) of a context: its
+ * per-head KV rows, positions, DMS flags and pending evictions, together with
+ * token ids and an opaque blob the caller supplies (e.g. its own history).
+ * Loading it into a context of the same model and KV settings gives exactly
+ * the cache the saver had, so decoding continues as if never stopped.
+ * Logits are not part of a state: keep the last token out of the cache
+ * before saving (decode it after loading), or store its logits in `user`.
+ * The format is versioned and checksummed; a state of another model, other
+ * KV settings, or a truncated/corrupted one is refused with a status, and a
+ * refused or failed load leaves the cache unchanged. */
+LETHE_API lethe_status lethe_state_save(const lethe_context *ctx, int32_t seq, const lethe_token *tokens,
+                                        int32_t n_tokens, const void *user, size_t user_size,
+                                        void **out, size_t *out_size);   /* *out: free with lethe_free */
+/* seq >= 0: the state must hold one sequence, loaded into seq; -1: loads
+ * sequences 0..k-1 and clears the others. tokens/n_tokens and user/user_size
+ * (malloc'ed copy, free with lethe_free) may be NULL when not wanted. */
+LETHE_API lethe_status lethe_state_load(lethe_context *ctx, int32_t seq, const void *data, size_t size,
+                                        lethe_token *tokens, int32_t tokens_cap, int32_t *n_tokens,
+                                        void **user, size_t *user_size);
+LETHE_API lethe_status lethe_state_save_file(const lethe_context *ctx, int32_t seq, const char *path,
+                                             const lethe_token *tokens, int32_t n_tokens,
+                                             const void *user, size_t user_size);
+LETHE_API lethe_status lethe_state_load_file(lethe_context *ctx, int32_t seq, const char *path,
+                                             lethe_token *tokens, int32_t tokens_cap, int32_t *n_tokens,
+                                             void **user, size_t *user_size);
+LETHE_API void lethe_free(void *p);
+
 /* Abort: called between graph nodes; return true to stop (LETHE_ERR_ABORTED).
  * The decode then leaves the cache as it was before the call. */
 typedef bool (*lethe_abort_fn)(void *user);

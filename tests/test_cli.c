@@ -401,6 +401,40 @@ static void test_chat_once(void **state) {
     free(in);
 }
 
+/* chat --save / --load: a resumed chat (DMS evictions in its cache) answers
+ * like the unbroken one; a state that is not a chat is one error line. */
+static void test_chat_save_load(void **state) {
+    (void)state;
+    need_model();
+    char *st = tu_write_temp("", 0);
+#define KV "--kv-policy", "dms", "--dms-force-rate", "0.5", "--dms-window", "8"
+    run_result a = run(ARGS("chat", "-p", "Hi, what is the capital of France?", "--temp", "0", "-n", "16", KV, "--save",
+                            st, "-t", "2"));
+    assert_int_equal(a.status, 0);
+    run_result b = run(ARGS("chat", "--load", st, "-p", "And of Germany?", "--temp", "0", "-n", "16", KV, "-t", "2"));
+    assert_int_equal(b.status, 0);
+    const char script[] = "Hi, what is the capital of France?\nAnd of Germany?\n";
+    char *in = tu_write_temp(script, strlen(script));
+    run_result u = run_env(ARGS("chat", "--temp", "0", "-n", "16", KV, "-t", "2"),
+                           getenv("OMP_WAIT_POLICY") ? NULL : ARGS("OMP_WAIT_POLICY=passive"), in);
+    assert_int_equal(u.status, 0);
+    /* the unbroken chat printed both replies; the resumed one the second */
+    assert_true(b.out_len > 1 && u.out_len > b.out_len);
+    assert_string_equal(u.out + u.out_len - b.out_len, b.out);
+    assert_true(strncmp(u.out, a.out, a.out_len - 1) == 0);
+    free_result(&a);
+    free_result(&b);
+    free_result(&u);
+    /* other KV settings: refused in one line */
+    expect_one_error_line(ARGS("chat", "--load", st, "-p", "x", "-n", "1"), NULL, "KV policy");
+    expect_one_error_line(ARGS("chat", "--load", in, "-p", "x", "-n", "1"), NULL, "magic");
+#undef KV
+    unlink(in);
+    free(in);
+    unlink(st);
+    free(st);
+}
+
 static void test_perplexity(void **state) {
     (void)state;
     need_model();
@@ -513,6 +547,7 @@ int main(void) {
         cmocka_unit_test(test_prompt_too_long),
         cmocka_unit_test(test_logits),
         cmocka_unit_test(test_chat_once),
+        cmocka_unit_test(test_chat_save_load),
         cmocka_unit_test(test_perplexity),
         cmocka_unit_test(test_bench),
         cmocka_unit_test(test_kv_options),

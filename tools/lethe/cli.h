@@ -55,6 +55,7 @@ typedef struct cli_opts {
     bool kv_stats;                /* --kv-stats                                 */
     const char *dms_adapter;      /* --dms-adapter FILE                         */
     const char *policies;         /* --policies dms,window,... (eval)           */
+    const char *save, *load;      /* --save FILE / --load FILE (chat)           */
     const char *passkey;          /* --passkey 1024,2048 (eval)                 */
     int32_t parallel;             /* --parallel N (generate)                    */
     const char *backend;          /* --backend                                  */

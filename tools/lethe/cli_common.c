@@ -21,7 +21,7 @@ enum {
     OPT_TEMP = 256, OPT_TOP_K, OPT_TOP_P, OPT_MIN_P, OPT_REPEAT_PENALTY, OPT_REPEAT_LAST_N,
     OPT_SEED, OPT_BACKEND, OPT_DEVICE, OPT_SYSTEM, OPT_IGNORE_EOS, OPT_STATS, OPT_NO_SPECIAL,
     OPT_PIECES, OPT_TOKENS, OPT_CHUNKS, OPT_KV_POLICY, OPT_KV_BUDGET, OPT_DMS_WINDOW, OPT_DMS_FORCE,
-    OPT_KV_MEM, OPT_KV_STATS, OPT_PARALLEL, OPT_DMS_ADAPTER, OPT_POLICIES, OPT_PASSKEY,
+    OPT_KV_MEM, OPT_KV_STATS, OPT_PARALLEL, OPT_DMS_ADAPTER, OPT_POLICIES, OPT_PASSKEY, OPT_SAVE, OPT_LOAD,
 };
 
 typedef struct cli_optdef {
@@ -52,6 +52,8 @@ static const cli_optdef k_opts[] = {
     {"repeat-last-n", required_argument, OPT_REPEAT_LAST_N, CLI_SAMPLE, "N", "how many recent tokens are penalised"},
     {"seed", required_argument, OPT_SEED, CLI_SAMPLE | CLI_EVAL, "N", "sampling seed (-1: random; eval: passkey digits)"},
     {"system", required_argument, OPT_SYSTEM, CLI_CHAT, "TEXT", "system message"},
+    {"save", required_argument, OPT_SAVE, CLI_CHAT, "FILE", "save the conversation and its KV cache when the chat ends"},
+    {"load", required_argument, OPT_LOAD, CLI_CHAT, "FILE", "resume a conversation saved with --save"},
     {"ignore-eos", no_argument, OPT_IGNORE_EOS, CLI_GENERATE, NULL, "keep generating past end-of-generation tokens"},
     {"stats", no_argument, OPT_STATS, CLI_GENERATE | CLI_CHAT, NULL, "print timings on stderr"},
     {"no-special", no_argument, OPT_NO_SPECIAL, CLI_TOKENIZE, NULL, "no BOS/EOS and no special-token parsing"},
@@ -371,6 +373,8 @@ int cli_parse(int cmd, const char *cmd_name, int argc, char **argv, cli_opts *o)
         case OPT_KV_STATS: o->kv_stats = true; break;
         case OPT_DMS_ADAPTER: o->dms_adapter = optarg; break;
         case OPT_POLICIES: o->policies = optarg; break;
+        case OPT_SAVE: o->save = optarg; break;
+        case OPT_LOAD: o->load = optarg; break;
         case OPT_PASSKEY: o->passkey = optarg; break;
         case OPT_PARALLEL: ok = cli_parse_i32("--parallel", optarg, 1, 4096, &o->parallel); break;
         default: return cli_error("internal: unhandled option %d", c), CLI_EXIT_USAGE;

@@ -217,7 +217,61 @@ static int chat_user(chat_state *c, const char *text) {
 static const char k_chat_help[] =
     "Chat with the model using its chat template; replies stream token by token.\n"
     "Type /reset to start over, /quit (or end of input) to leave.\n"
-    "With -p TEXT: answer once and exit (for scripts).";
+    "With -p TEXT: answer once and exit (for scripts).\n"
+    "--save FILE keeps the conversation and its KV cache (DMS flags included) when the chat\n"
+    "ends; --load FILE resumes it: with --temp 0 the replies are those of an unbroken chat.";
+
+/* The history as the state's user data: "role\0content\0" per message. */
+static char *history_blob(const chat_state *c, size_t *size) {
+    size_t n = 0;
+    for (size_t i = 0; i < c->n_msgs; i++) n += strlen(c->msgs[i].role) + strlen(c->msgs[i].content) + 2;
+    char *b = malloc(n ? n : 1), *w = b;
+    if (!b) return NULL;
+    for (size_t i = 0; i < c->n_msgs; i++) {
+        const size_t r = strlen(c->msgs[i].role) + 1, t = strlen(c->msgs[i].content) + 1;
+        memcpy(w, c->msgs[i].role, r);
+        memcpy(w + r, c->msgs[i].content, t);
+        w += r + t;
+    }
+    *size = n;
+    return b;
+}
+
+static int chat_save(chat_state *c, const char *path) {
+    size_t n = 0;
+    char *blob = history_blob(c, &n);
+    if (!blob) return cli_error("out of memory");
+    lethe_status st = lethe_state_save_file(c->ctx, 0, path, c->cached, c->n_cached, blob, n);
+    free(blob);
+    if (st != LETHE_OK) return cli_error_status(st, "cannot save the chat");
+    return 0;
+}
+
+static int chat_load(chat_state *c, const char *path) {
+    void *blob = NULL;
+    size_t n = 0;
+    lethe_status st = lethe_state_load_file(c->ctx, 0, path, c->cached, c->n_ctx, &c->n_cached, &blob, &n);
+    if (st != LETHE_OK) return cli_error_status(st, "cannot resume the chat");
+    static const char *const roles[] = {"system", "user", "assistant"};
+    const char *b = blob, *end = b + n;
+    while (c->n_msgs) pop_msg(c);
+    while (b < end) {
+        const char *role = b, *z = memchr(b, 0, (size_t)(end - b));
+        const char *content = z ? z + 1 : end, *z2 = z ? memchr(content, 0, (size_t)(end - content)) : NULL;
+        const char *lit = NULL;
+        for (size_t i = 0; z2 && i < 3; i++)
+            if (!strcmp(role, roles[i])) lit = roles[i];
+        if (!lit || !push_msg(c, lit, content)) {
+            lethe_free(blob);
+            lethe_seq_clear(c->ctx, 0);
+            c->n_cached = 0;
+            return cli_error("'%s' holds no chat history (saved by another program?)", path);
+        }
+        b = z2 + 1;
+    }
+    lethe_free(blob);
+    return 0;
+}
 
 int cli_cmd_chat(int argc, char **argv) {
     cli_opts o;
@@ -248,13 +302,17 @@ int cli_cmd_chat(int argc, char **argv) {
         cli_error_status(LETHE_ERR_INVALID_ARG, "bad sampling parameters");
         goto done;
     }
-    if (o.system && !push_msg(&c, "system", o.system)) {
+    if (o.load) {
+        if (chat_load(&c, o.load)) goto done;
+        if (o.system) cli_warn("--system ignored: the loaded conversation has its own");
+    } else if (o.system && !push_msg(&c, "system", o.system)) {
         cli_error("out of memory");
         goto done;
     }
 
     if (o.prompt) {
         rc = chat_user(&c, o.prompt) == TURN_OK ? 0 : CLI_EXIT_FAIL;
+        if (rc == 0 && o.save && chat_save(&c, o.save)) rc = CLI_EXIT_FAIL;
         goto done;
     }
 
@@ -283,7 +341,7 @@ int cli_cmd_chat(int argc, char **argv) {
     }
     free(line);
     if (tty) fputc('\n', stdout);
-    rc = 0;
+    rc = o.save && chat_save(&c, o.save) ? CLI_EXIT_FAIL : 0;
 done:
     while (c.n_msgs) pop_msg(&c);
     free(c.msgs);
