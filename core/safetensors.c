@@ -174,6 +174,7 @@ static lethe_status parse_file(lethe_safetensors *st, const char *what, const ui
     if (s != LETHE_OK) return s;
     /* no two tensors may share bytes */
     size_t cnt = st->n_tensors - first;
+    if (cnt < 2) return LETHE_OK;   /* (st->tensors may still be NULL) */
     lethe_st_tensor *v = st->tensors + first;
     qsort(v, cnt, sizeof *v, cmp_by_offset);
     for (size_t i = 1; i < cnt; i++) {
@@ -187,6 +188,7 @@ static lethe_status parse_file(lethe_safetensors *st, const char *what, const ui
 
 /* Sort by name; a name twice (across shards) is an error. */
 static lethe_status finish(lethe_safetensors *st) {
+    if (st->n_tensors < 2) return LETHE_OK;
     qsort(st->tensors, st->n_tensors, sizeof *st->tensors, cmp_by_name);
     for (size_t i = 1; i < st->n_tensors; i++)
         if (!strcmp(st->tensors[i - 1].name, st->tensors[i].name))

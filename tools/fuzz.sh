@@ -22,7 +22,8 @@ OUT=build-fuzz
 mkdir -p "$OUT"
 FLAGS=(-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -D_GNU_SOURCE -Iinclude -Icore)
 HF_SRC=(core/common.c core/dtype.c core/gguf.c core/gguf_write.c core/safetensors.c core/hf_model.c
-        core/hf_tokenizer.c core/tokenizer.c core/tokenizer_pre.c core/tokenizer_spm.c core/chat.c)
+        core/hf_tokenizer.c core/tokenizer.c core/tokenizer_pre.c core/tokenizer_spm.c core/chat.c
+        core/tensor.c)
 LIBS=($(pkg-config --libs jansson libpcre2-8 libutf8proc) -lm)
 for t in "${TARGETS[@]}"; do
     case "$t" in
@@ -41,7 +42,8 @@ for t in "${TARGETS[@]}"; do
     (cd "$OUT" && ASAN_OPTIONS=detect_leaks=1 "./fuzz_$t" -max_total_time="$SECS" -max_len="$max" \
         -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 "corpus/$t" "${seeds[@]/#/$ROOT/}" 2>&1 |
         grep -E "stat::number_of_executed_units|Done|ERROR|SUMMARY|crash-|timeout-|oom-" || true)
-    if ls "$OUT"/crash-* "$OUT"/timeout-* "$OUT"/oom-* >/dev/null 2>&1; then
+    if compgen -G "$OUT/crash-*" >/dev/null || compgen -G "$OUT/timeout-*" >/dev/null ||
+       compgen -G "$OUT/oom-*" >/dev/null; then
         echo "fuzz.sh: $t found a failing input (see $OUT/)" >&2
         exit 1
     fi
