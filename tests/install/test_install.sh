@@ -97,4 +97,12 @@ OMP_WAIT_POLICY=passive "$PREFIX/bin/lethe" chat -m "$MODEL" -p "What is the cap
     > "$WORK/chat.out"
 cmp -s "$WORK/cpp.out" "$WORK/chat.out" || fail "the C++ example's answer '$(cat "$WORK/cpp.out")' differs from lethe chat's '$(cat "$WORK/chat.out")'"
 [ "$(wc -c < "$WORK/cpp.out")" -gt 10 ] || fail "the C++ example's answer is nearly empty"
+
+step "C++ example through find_package(lethe), lethe::lethe_static"
+cmake -S "$WORK/examples/cpp-chat" -B "$WORK/build-cpp-static" -G Ninja -DCMAKE_PREFIX_PATH="$PREFIX" \
+    -DLETHE_CHAT_STATIC=ON -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS="$XF" -DCMAKE_EXE_LINKER_FLAGS="$XF" >/dev/null
+cmake --build "$WORK/build-cpp-static" >/dev/null
+ldd "$WORK/build-cpp-static/lethe-chat" | grep -q liblethe && fail "lethe::lethe_static links liblethe.so"
+"$WORK/build-cpp-static/lethe-chat" "$MODEL" "What is the capital of France?" 16 > "$WORK/cpp-static.out"
+cmp -s "$WORK/cpp-static.out" "$WORK/chat.out" || fail "the static C++ example's answer differs from lethe chat's"
 step "ok"
