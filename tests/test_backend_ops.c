@@ -71,10 +71,12 @@ static const op_case k_cases[] = {
     MM(Q5_0, 40, 160, 1), MM(Q5_0, 40, 160, 17),
     MM(Q5_1, 40, 160, 1), MM(Q5_1, 40, 160, 17),
     MM(Q8_0, 67, 128, 1), MM(Q8_0, 67, 128, 19),
+    MM(Q4_1, 192, 576, 1), MM(Q4_1, 576, 1536, 1), MM(Q4_1, 64, 576, 5),   /* SmolLM2's widths */
     {"matmul q4_1 split T=1", LETHE_OP_MATMUL, LETHE_Q4_1, 150, 256, 1, .split = true, .limit = EPS_MM},
     {"matmul q8_0 split T=5", LETHE_OP_MATMUL, LETHE_Q8_0, 150, 128, 5, .split = true, .limit = EPS_MM},
     /* rms_norm: x [a, b] */
     {"rms_norm", LETHE_OP_RMS_NORM, LETHE_F32, 5, 96, .limit = EPS_ELEM},
+    {"rms_norm 576", LETHE_OP_RMS_NORM, LETHE_F32, 2, 576, .limit = EPS_ELEM},
     {"rms_norm no weight", LETHE_OP_RMS_NORM, LETHE_F32, 3, 200, .no_weight = true, .limit = EPS_ELEM},
     /* add / mul: a [a, b], b [a, b] or broadcast [b] */
     {"add", LETHE_OP_ADD, LETHE_F32, 7, 33, .limit = EPS_ELEM},
@@ -348,6 +350,7 @@ static int setup(void **state) {
     g_s.dev = lethe_backend_vulkan_new(0);
     if (g_s.dev) {
         g_s.dev_name = "vulkan";
+        tu_pin_vulkan_driver();
         setenv("LETHE_VK_MAX_RANGE", "4096", 1);
         g_s.dev_split = lethe_backend_vulkan_new(0);
         unsetenv("LETHE_VK_MAX_RANGE");
