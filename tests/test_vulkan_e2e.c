@@ -123,9 +123,34 @@ static void test_greedy_and_logits(void **state) {
     lethe_model_free(mc);
 }
 
+/* A Vulkan device that is not there: the context still opens, a warning
+ * says why, and everything runs on the CPU with the CPU's results. */
+static void test_no_device_falls_back(void **state) {
+    (void)state;
+    g_vk_lines = g_fallback_warnings = 0;
+    lethe_set_log(on_log, NULL);
+    lethe_set_log_level(LETHE_LOG_INFO);
+    setenv("LETHE_VK_DEVICE", "99", 1);
+    lethe_model *mc, *mv;
+    lethe_context *cc = open_ctx("cpu", &mc), *cv = open_ctx("vulkan", &mv);
+    unsetenv("LETHE_VK_DEVICE");
+    lethe_token t[2] = {504, 3575};
+    assert_int_equal(lethe_decode(cc, lethe_batch_one(t, 2)), LETHE_OK);
+    assert_int_equal(lethe_decode(cv, lethe_batch_one(t, 2)), LETHE_OK);
+    assert_true(tu_nmse(lethe_get_logits(cc, -1), lethe_get_logits(cv, -1), (size_t)lethe_n_vocab(mc)) == 0.0);
+    assert_int_equal(g_vk_lines, 0);
+    if (strstr(lethe_version(), "vulkan")) assert_int_equal(g_fallback_warnings, 1);
+    lethe_set_log(NULL, NULL);
+    lethe_context_free(cv);
+    lethe_context_free(cc);
+    lethe_model_free(mv);
+    lethe_model_free(mc);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_greedy_and_logits),
+        cmocka_unit_test(test_no_device_falls_back),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
