@@ -15,15 +15,21 @@ set(_vk_variants
   "add|binary.comp|OP_ADD=1"
   "mul|binary.comp|OP_MUL=1"
   "swiglu|swiglu.comp|"
-  "rope|rope.comp|")
+  "rope|rope.comp|"
+  "quantize_q8|quantize_q8.comp|")
 foreach(wt ${_vk_wtypes})
   string(REPLACE "=" ";" _p ${wt})
   list(GET _p 0 _tn)
   list(GET _p 1 _ti)
+  # 32-block quantized weights multiply q8 activations, as the CPU backend does
+  set(_act "")
+  if(_tn MATCHES "^q")
+    set(_act ",ACT_Q8=1")
+  endif()
   list(APPEND _vk_variants
     "get_rows_${_tn}|get_rows.comp|WTYPE=${_ti}"
-    "matmul_vec_${_tn}|matmul.comp|WTYPE=${_ti}"
-    "matmul_tile_${_tn}|matmul.comp|WTYPE=${_ti},TILED=1")
+    "matmul_vec_${_tn}|matmul.comp|WTYPE=${_ti}${_act}"
+    "matmul_tile_${_tn}|matmul.comp|WTYPE=${_ti},TILED=1${_act}")
 endforeach()
 
 set(_vk_out ${CMAKE_BINARY_DIR}/shaders)

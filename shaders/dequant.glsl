@@ -6,7 +6,21 @@
 
 uint wq_u8(uint b) { return (wq[b >> 2] >> ((b & 3u) << 3)) & 0xFFu; }
 uint wq_u16(uint b) { return (wq[b >> 2] >> ((b & 2u) << 3)) & 0xFFFFu; }
-float wq_f16(uint b) { return unpackHalf2x16(wq_u16(b)).x; }
+// 4 bytes from an even byte offset (block fields are 2-aligned, not 4-aligned)
+uint wq_u32(uint b) {
+    uint i = b >> 2;
+    return (b & 2u) == 0u ? wq[i] : (wq[i] >> 16) | (wq[i + 1u] << 16);
+}
+// binary16 bits -> f32 by hand: unpackHalf2x16 may flush f16 subnormals to
+// zero (lavapipe does), and quantized blocks of small weights have subnormal
+// scales; the CPU backend keeps them.
+float f16_value(uint h) {
+    uint sign = (h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
+    if (e == 0u) return uintBitsToFloat(sign | floatBitsToUint(float(m) * 5.9604644775390625e-8));
+    if (e == 31u) return uintBitsToFloat(sign | 0x7F800000u | (m << 13));
+    return uintBitsToFloat(sign | ((e + 112u) << 23) | (m << 13));
+}
+float wq_f16(uint b) { return f16_value(wq_u16(b)); }
 
 #if WTYPE == 0          // f32
 float deq(uint rb, uint k) { return uintBitsToFloat(wq[(rb >> 2) + k]); }
@@ -53,4 +67,79 @@ float deq(uint rb, uint k) {
 }
 #else
 #error "dequant.glsl: unsupported WTYPE"
+#endif
+
+// Integer view of the 32-element block types, for the q8 activation path
+// (the CPU backend's arithmetic): a block at byte wb has scale d, offset m and
+// quants u_j with w_j = d * u_j + m; q8_0's u_j are signed and m = 0.
+#if WTYPE == 2 || WTYPE == 3 || WTYPE == 6 || WTYPE == 7 || WTYPE == 8
+#define QBLOCK 1
+#if WTYPE == 2
+#define BS 18u
+void wscale(uint wb, out float d, out float m) { d = wq_f16(wb); m = -8.0 * d; }
+int wq_q(uint wb, uint j) { uint q = wq_u8(wb + 2u + (j & 15u)); return int(j < 16u ? (q & 15u) : (q >> 4)); }
+#elif WTYPE == 3
+#define BS 20u
+void wscale(uint wb, out float d, out float m) { d = wq_f16(wb); m = wq_f16(wb + 2u); }
+int wq_q(uint wb, uint j) { uint q = wq_u8(wb + 4u + (j & 15u)); return int(j < 16u ? (q & 15u) : (q >> 4)); }
+#elif WTYPE == 6
+#define BS 22u
+void wscale(uint wb, out float d, out float m) { d = wq_f16(wb); m = -16.0 * d; }
+int wq_q(uint wb, uint j) {
+    uint q = wq_u8(wb + 6u + (j & 15u)), qh = wq_u8(wb + 2u + (j >> 3));
+    return int((j < 16u ? (q & 15u) : (q >> 4)) | (((qh >> (j & 7u)) & 1u) << 4));
+}
+#elif WTYPE == 7
+#define BS 24u
+void wscale(uint wb, out float d, out float m) { d = wq_f16(wb); m = wq_f16(wb + 2u); }
+int wq_q(uint wb, uint j) {
+    uint q = wq_u8(wb + 8u + (j & 15u)), qh = wq_u8(wb + 4u + (j >> 3));
+    return int((j < 16u ? (q & 15u) : (q >> 4)) | (((qh >> (j & 7u)) & 1u) << 4));
+}
+#else
+#define BS 34u
+void wscale(uint wb, out float d, out float m) { d = wq_f16(wb); m = 0.0; }
+int wq_q(uint wb, uint j) { int q = int(wq_u8(wb + 2u + j)); return q >= 128 ? q - 256 : q; }
+#endif
+#endif
+
+#if defined(QBLOCK) && defined(ACT_Q8)
+// Integer dot of the weight block at byte wb with the q8 activation block at
+// word xb of `xq` (declared by the includer), 4 quants per load.
+int block_idot(uint wb, uint xb) {
+    int s = 0;
+#if WTYPE == 8
+    [[unroll]] for (uint w = 0u; w < 8u; w++) {
+        int q = int(wq_u32(wb + 2u + 4u * w)), x = int(xq[xb + 2u + w]);
+        [[unroll]] for (int k = 0; k < 32; k += 8) s += bitfieldExtract(q, k, 8) * bitfieldExtract(x, k, 8);
+    }
+#else
+#if WTYPE == 2
+    const uint qs_off = 2u;
+#elif WTYPE == 3
+    const uint qs_off = 4u;
+#elif WTYPE == 6
+    const uint qs_off = 6u, qh_off = 2u;
+#else
+    const uint qs_off = 8u, qh_off = 4u;
+#endif
+#if WTYPE == 6 || WTYPE == 7
+    uint qh = wq_u32(wb + qh_off);
+#endif
+    [[unroll]] for (uint w = 0u; w < 4u; w++) {
+        uint q = wq_u32(wb + qs_off + 4u * w);
+        int xl = int(xq[xb + 2u + w]), xh = int(xq[xb + 6u + w]);
+        [[unroll]] for (uint k = 0u; k < 4u; k++) {
+            uint lo = (q >> (8u * k)) & 15u, hi = (q >> (8u * k + 4u)) & 15u;
+#if WTYPE == 6 || WTYPE == 7
+            uint j = 4u * w + k;
+            lo |= ((qh >> j) & 1u) << 4;
+            hi |= ((qh >> (j + 16u)) & 1u) << 4;
+#endif
+            s += int(lo) * bitfieldExtract(xl, int(8u * k), 8) + int(hi) * bitfieldExtract(xh, int(8u * k), 8);
+        }
+    }
+#endif
+    return s;
+}
 #endif

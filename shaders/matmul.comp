@@ -7,12 +7,19 @@
 // -DTILED (T > 1): a workgroup computes a TILE x TILE block of (n, t) with
 // the weight and activation tiles staged in shared memory, so each weight
 // element is dequantized once per TILE tokens.
+// -DACT_Q8 (32-block weight types): x arrives as q8 blocks from
+// quantize_q8.comp and each block contributes d_w d_x (u . q) + m_w s_x, the
+// CPU backend's integer dot product, so both backends agree to rounding.
 // The weight binding may hold only rows [n0, n0 + N) of a larger tensor
 // (tensors over maxStorageBufferRange go in row chunks); w_off is the byte
 // of row n0 in the binding and out_col0 = n0 places the results.
 #include "common.glsl"
 layout(binding = 0) readonly buffer Wq { uint wq[]; };
+#ifdef ACT_Q8
+layout(binding = 1) readonly buffer X { uint xq[]; };   // [T, K/32] blocks of 10 words
+#else
 layout(binding = 1) readonly buffer X { float x[]; };
+#endif
 layout(binding = 2) writeonly buffer Out { float outp[]; };
 layout(push_constant) uniform P {
     uint N, K, T;
@@ -22,6 +29,21 @@ layout(push_constant) uniform P {
     uint out_col0;      // first output column of this chunk
 } p;
 #include "dequant.glsl"
+
+#ifdef ACT_Q8
+#ifndef QBLOCK
+#error "ACT_Q8 needs a 32-block weight type"
+#endif
+int xq8(uint xb, uint j) { return bitfieldExtract(int(xq[xb + 2u + (j >> 2)]), int((j & 3u) * 8u), 8); }
+// block b of weight row rb times block b of activation row t
+float block_dot(uint rb, uint t, uint b) {
+    uint wb = rb + b * BS, xb = p.x_off + (t * (p.K >> 5) + b) * 10u;
+    float d, m;
+    wscale(wb, d, m);
+    int s = block_idot(wb, xb);
+    return d * uintBitsToFloat(xq[xb]) * float(s) + m * uintBitsToFloat(xq[xb + 1u]);
+}
+#endif
 
 #ifndef TILED
 layout(local_size_x_id = 0) in;
@@ -35,7 +57,11 @@ void main() {
          n += gl_NumWorkGroups.x * gl_NumWorkGroups.y) {
         uint rb = p.w_off + n * p.row_bytes, xr = p.x_off + t * p.K;
         float s = 0.0;
+#ifdef ACT_Q8
+        for (uint b = tid; b < (p.K >> 5); b += WG) s += block_dot(rb, t, b);
+#else
         for (uint k = tid; k < p.K; k += WG) s += deq(rb, k) * x[xr + k];
+#endif
         part[tid] = s;
         barrier();
         for (uint h = WG / 2u; h > 0u; h >>= 1) {
@@ -45,6 +71,48 @@ void main() {
         if (tid == 0u) outp[p.out_off + t * p.out_stride + p.out_col0 + n] = part[0];
         barrier();
     }
+}
+#elif defined(ACT_Q8)
+// Tiled, q8 activations: per 32-block step the workgroup stages the integer
+// quants and scales of 16 weight rows and 16 activation rows.
+#define TILE 16u
+layout(local_size_x = 16, local_size_y = 16) in;
+shared int wu[TILE][33];
+shared int xu[TILE][33];
+shared float wd[TILE], wm[TILE], xd[TILE], xs[TILE];
+
+void main() {
+    uint lx = gl_LocalInvocationID.x, ly = gl_LocalInvocationID.y;   // lx: n, ly: t
+    uint n0 = gl_WorkGroupID.x * TILE, t0 = gl_WorkGroupID.y * TILE;
+    uint tid = ly * TILE + lx;
+    const uint nb = p.K >> 5;
+    float acc = 0.0;
+    for (uint b = 0u; b < nb; b++) {
+        for (uint e = tid; e < TILE * 32u; e += TILE * TILE) {
+            uint r = e >> 5, j = e & 31u;
+            uint n = n0 + r, t = t0 + r;
+            wu[r][j] = n < p.N ? wq_q(p.w_off + n * p.row_bytes + b * BS, j) : 0;
+            xu[r][j] = t < p.T ? xq8(p.x_off + (t * nb + b) * 10u, j) : 0;
+        }
+        if (tid < TILE) {
+            uint n = n0 + tid;
+            float d = 0.0, m = 0.0;
+            if (n < p.N) wscale(p.w_off + n * p.row_bytes + b * BS, d, m);
+            wd[tid] = d;
+            wm[tid] = m;
+        } else if (tid < 2u * TILE) {
+            uint r = tid - TILE, t = t0 + r, xb = p.x_off + (t * nb + b) * 10u;
+            xd[r] = t < p.T ? uintBitsToFloat(xq[xb]) : 0.0;
+            xs[r] = t < p.T ? uintBitsToFloat(xq[xb + 1u]) : 0.0;
+        }
+        barrier();
+        int s = 0;
+        [[unroll]] for (uint j = 0u; j < 32u; j++) s += wu[lx][j] * xu[ly][j];
+        acc += wd[lx] * xd[ly] * float(s) + wm[lx] * xs[ly];
+        barrier();
+    }
+    uint n = n0 + lx, t = t0 + ly;
+    if (n < p.N && t < p.T) outp[p.out_off + t * p.out_stride + p.out_col0 + n] = acc;
 }
 #else
 #define TILE 16u

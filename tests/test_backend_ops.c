@@ -71,10 +71,12 @@ static const op_case k_cases[] = {
     MM(Q5_0, 40, 160, 1), MM(Q5_0, 40, 160, 17),
     MM(Q5_1, 40, 160, 1), MM(Q5_1, 40, 160, 17),
     MM(Q8_0, 67, 128, 1), MM(Q8_0, 67, 128, 19),
+    MM(Q4_1, 192, 576, 1), MM(Q4_1, 576, 1536, 1), MM(Q4_1, 64, 576, 5),   /* SmolLM2's widths */
     {"matmul q4_1 split T=1", LETHE_OP_MATMUL, LETHE_Q4_1, 150, 256, 1, .split = true, .limit = EPS_MM},
     {"matmul q8_0 split T=5", LETHE_OP_MATMUL, LETHE_Q8_0, 150, 128, 5, .split = true, .limit = EPS_MM},
     /* rms_norm: x [a, b] */
     {"rms_norm", LETHE_OP_RMS_NORM, LETHE_F32, 5, 96, .limit = EPS_ELEM},
+    {"rms_norm 576", LETHE_OP_RMS_NORM, LETHE_F32, 2, 576, .limit = EPS_ELEM},
     {"rms_norm no weight", LETHE_OP_RMS_NORM, LETHE_F32, 3, 200, .no_weight = true, .limit = EPS_ELEM},
     /* add / mul: a [a, b], b [a, b] or broadcast [b] */
     {"add", LETHE_OP_ADD, LETHE_F32, 7, 33, .limit = EPS_ELEM},
@@ -341,6 +343,36 @@ static void test_no_device(void **state) {
     print_message("  device 999: %s\n", lethe_last_error());
 }
 
+/* A pipeline that fails to build: its ops report unsupported and run on the
+ * CPU (same result); with no pipeline at all the backend refuses to start. */
+static void test_pipeline_failure(void **state) {
+    (void)state;
+    if (!g_s.dev) skip();
+    setenv("LETHE_VK_FAIL_PIPELINE", "matmul_vec_q4_1", 1);
+    lethe_backend *be = lethe_backend_vulkan_new(0);
+    unsetenv("LETHE_VK_FAIL_PIPELINE");
+    assert_non_null(be);
+    op_case k = MM(Q4_1, 40, 64, 1);
+    built ref, got;
+    build(&k, &ref, 11);
+    build(&k, &got, 11);
+    float *yr = run_on(&g_s.cpu, 1, &ref);
+    lethe_backend *bes[2] = {be, g_s.cpu};
+    float *yg = run_on(bes, 2, &got);
+    assert_int_equal(got.out->backend, 1);   /* fell back to the CPU */
+    assert_true(tu_nmse(yr, yg, 40) == 0.0);
+    lethe_graph_free(ref.g);
+    lethe_graph_free(got.g);
+    be->iface->free(be);
+
+    setenv("LETHE_VK_FAIL_PIPELINE", "all", 1);
+    be = lethe_backend_vulkan_new(0);
+    unsetenv("LETHE_VK_FAIL_PIPELINE");
+    assert_null(be);
+    print_message("  no pipelines: %s\n", lethe_last_error());
+    assert_non_null(strstr(lethe_last_error(), "pipeline"));
+}
+
 static int setup(void **state) {
     (void)state;
     g_s.cpu = lethe_backend_cpu_new(2);
@@ -348,6 +380,7 @@ static int setup(void **state) {
     g_s.dev = lethe_backend_vulkan_new(0);
     if (g_s.dev) {
         g_s.dev_name = "vulkan";
+        tu_pin_vulkan_driver();
         setenv("LETHE_VK_MAX_RANGE", "4096", 1);
         g_s.dev_split = lethe_backend_vulkan_new(0);
         unsetenv("LETHE_VK_MAX_RANGE");
@@ -379,6 +412,7 @@ int main(void) {
         cmocka_unit_test(test_mixed_placement),
         cmocka_unit_test(test_bad_ids),
         cmocka_unit_test(test_no_device),
+        cmocka_unit_test(test_pipeline_failure),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

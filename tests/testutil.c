@@ -1,3 +1,4 @@
+#include <dlfcn.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -66,4 +67,10 @@ void tu_rand_fill(float *x, size_t n, uint64_t seed) {
         s ^= s << 13; s ^= s >> 7; s ^= s << 17;
         x[i] = (float)((s >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
     }
+}
+
+void tu_pin_vulkan_driver(void) {
+    /* RTLD_NOLOAD: take a reference only if the loader already opened it */
+    static const char *const k_icds[] = {"libvulkan_lvp.so"};
+    for (size_t i = 0; i < sizeof k_icds / sizeof k_icds[0]; i++) (void)dlopen(k_icds[i], RTLD_LAZY | RTLD_NOLOAD);
 }

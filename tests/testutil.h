@@ -19,4 +19,11 @@ char *tu_write_temp(const void *data, size_t size);
 /* Deterministic pseudo-random floats in [-1, 1). */
 void tu_rand_fill(float *x, size_t n, uint64_t seed);
 
+/* Keep an ICD the Vulkan loader opened (lavapipe) loaded until exit, so that
+ * LeakSanitizer can name the driver's own leaks and tests/lsan.supp can
+ * suppress them (the loader unloads ICDs at vkDestroyInstance, and leaks in
+ * an unloaded library show as "<unknown module>"). Call after creating a
+ * Vulkan backend. No effect when the driver is not loaded. */
+void tu_pin_vulkan_driver(void);
+
 #endif

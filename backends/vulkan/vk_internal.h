@@ -81,6 +81,7 @@ typedef struct vk_ctx {
     vk_buf upload;           /* host-visible, bound directly: inputs, RoPE tables */
     size_t upload_used;
     vk_buf dummy;            /* bound where a shader's binding is unused */
+    vk_buf act;              /* device scratch: q8 blocks of a matmul's activations */
 
     vk_weight *weights;
     int n_weights, cap_weights;

@@ -23,6 +23,8 @@ typedef struct rec {
     bool dry;                 /* pass 1: count only                              */
     uint32_t n_dispatch;      /* dry: dispatches counted; record: next set index */
     size_t upload_need;       /* dry: bytes of the upload buffer needed          */
+    size_t act_need;          /* dry: bytes of q8 activation scratch needed      */
+    const lethe_node *q8_of;  /* the node whose q8 blocks the scratch holds now  */
     VkDescriptorSet *sets;    /* record: [n_dispatch] allocated after pass 1     */
     /* RoPE cos/sin table shared by every ROPE node of the range with the same
      * parameters and micro-batch (q and k of every layer) */
@@ -173,6 +175,12 @@ static const char *wtype_suffix(lethe_dtype t) {
     }
 }
 
+/* 32-block weight types: activations are quantized to q8 first (the CPU
+ * backend's arithmetic, so the two agree to rounding). */
+static bool q8_path(lethe_dtype t) {
+    return t == LETHE_Q4_0 || t == LETHE_Q4_1 || t == LETHE_Q5_0 || t == LETHE_Q5_1 || t == LETHE_Q8_0;
+}
+
 static bool has_pipe(const vk_ctx *c, const char *fmt, const char *suffix) {
     char name[64];
     snprintf(name, sizeof name, fmt, suffix ? suffix : "");
@@ -203,7 +211,8 @@ bool lethe_vk_supports_op(lethe_backend *be, const lethe_node *n) {
             return n->src[1] && n->src[1]->t.type == LETHE_I32 && fits(c, n->src[1]) &&
                    has_pipe(c, "get_rows_%s", sfx);
         return f32n(n->src[1]) && fits(c, n->src[1]) && n->src[1]->t.ne[0] == w->ne[0] &&
-               lethe_tensor_nrows(&n->src[1]->t) <= 65535 && has_pipe(c, "matmul_vec_%s", sfx);
+               lethe_tensor_nrows(&n->src[1]->t) <= 65535 && has_pipe(c, "matmul_vec_%s", sfx) &&
+               (!q8_path(w->type) || has_pipe(c, "quantize_q8", NULL));
     }
     case LETHE_OP_RMS_NORM:
         return f32n(n->src[0]) && fits(c, n->src[0]) && (!n->src[1] || (f32n(n->src[1]) && fits(c, n->src[1]))) &&
@@ -254,6 +263,30 @@ static lethe_status op_get_rows(rec *r, const lethe_node *n) {
     return LETHE_OK;
 }
 
+#define Q8_BLOCK_BYTES 40
+#ifndef GEMV_ROWS
+#define GEMV_ROWS 8
+#endif   /* lethe_cpu_q8a: f32 d, f32 s, i8 qs[32] */
+
+/* x [T, K] -> q8 blocks [T, K/32] in the activation scratch (skipped when the
+ * scratch already holds this node's blocks: q, k and v share their input). */
+static lethe_status quantize_x(rec *r, const lethe_node *x, size_t *bytes) {
+    const uint64_t n_blocks = (uint64_t)lethe_tensor_nelements(&x->t) / 32;
+    *bytes = (size_t)n_blocks * Q8_BLOCK_BYTES;
+    if (r->dry) r->act_need = LETHE_MAX(r->act_need, *bytes);
+    if (r->q8_of == x) return LETHE_OK;
+    vk_arg a[2];
+    lethe_status st = arg_all(r, x, &a[0]);
+    if (st != LETHE_OK) return st;
+    a[1] = r->dry ? (vk_arg){r->c->dummy.buf, 0, 16, 0} : (vk_arg){r->c->act.buf, 0, align_to(*bytes, 4), 0};
+    struct { uint32_t n_blocks, x_off, q_off; } pc = {(uint32_t)n_blocks, a[0].rem / 4, 0};
+    uint32_t gx, gy;
+    grid_1d(n_blocks, 64, &gx, &gy);
+    if ((st = dispatch(r, "quantize_q8", a, 2, &pc, sizeof pc, gx, gy, 1)) != LETHE_OK) return st;
+    r->q8_of = x;
+    return LETHE_OK;
+}
+
 static lethe_status op_matmul(rec *r, const lethe_node *n) {
     const lethe_node *w = n->src[0], *x = n->src[1];
     const uint32_t N = (uint32_t)w->t.ne[1], K = (uint32_t)w->t.ne[0], T = (uint32_t)lethe_tensor_nrows(&x->t);
@@ -263,20 +296,32 @@ static lethe_status op_matmul(rec *r, const lethe_node *n) {
     const bool tiled = T > 1 && has_pipe(r->c, "matmul_tile_%s", sfx);
     char pipe[64];
     snprintf(pipe, sizeof pipe, tiled ? "matmul_tile_%s" : "matmul_vec_%s", sfx);
+    size_t q8_bytes = 0;
+    const bool q8 = q8_path(w->t.type);
+    lethe_status st;
+    if (q8 && (st = quantize_x(r, x, &q8_bytes)) != LETHE_OK) return st;
     const uint32_t per = (uint32_t)LETHE_MAX((size_t)1, (r->c->max_range - r->c->align) / row_bytes);
     for (uint32_t n0 = 0; n0 < N; n0 += per) {
         const uint32_t nc = LETHE_MIN(N - n0, per);
         vk_arg a[3];
-        lethe_status st;
         if ((st = arg_of(r, w, (size_t)n0 * row_bytes, (size_t)nc * row_bytes, &a[0])) != LETHE_OK ||
-            (st = arg_all(r, x, &a[1])) != LETHE_OK || (st = arg_all(r, n, &a[2])) != LETHE_OK)
+            (st = arg_all(r, n, &a[2])) != LETHE_OK)
             return st;
+        if (!q8) {
+            if ((st = arg_all(r, x, &a[1])) != LETHE_OK) return st;
+        } else {
+            a[1] = r->dry ? (vk_arg){r->c->dummy.buf, 0, 16, 0}
+                          : (vk_arg){r->c->act.buf, 0, align_to(q8_bytes, 4), 0};
+        }
         struct { uint32_t N, K, T, w_off, row_bytes, x_off, out_off, out_stride, out_col0; } pc = {
             nc, K, T, a[0].rem, (uint32_t)row_bytes, a[1].rem / 4, a[2].rem / 4, N, n0};
         if (tiled) {
             st = dispatch(r, pipe, a, 3, &pc, sizeof pc, (nc + 15) / 16, (T + 15) / 16, 1);
         } else {
-            uint32_t gx = LETHE_MIN(nc, 65535u), gy = (nc + gx - 1) / gx;
+            /* a workgroup loops over GEMV_ROWS rows: fewer, longer workgroups
+             * (the per-workgroup cost dominates on CPU drivers) */
+            const uint32_t groups = (nc + GEMV_ROWS - 1) / GEMV_ROWS;
+            uint32_t gx = LETHE_MIN(groups, 65535u), gy = (groups + gx - 1) / gx;
             st = dispatch(r, pipe, a, 3, &pc, sizeof pc, gx, gy, T);
         }
         if (st != LETHE_OK) return st;
@@ -361,6 +406,7 @@ static lethe_status op_rope(rec *r, const lethe_node *n) {
 
 static lethe_status record_range(rec *r, lethe_graph *g, int begin, int end) {
     r->rope_have = false;
+    r->q8_of = NULL;
     for (int i = begin; i < end; i++) {
         const lethe_node *n = &g->nodes[i];
         lethe_status st = LETHE_OK;
@@ -440,6 +486,10 @@ lethe_status lethe_vk_compute(lethe_backend *be, lethe_graph *g, int begin, int 
         lethe_vk_buf_destroy(c, &c->upload);
         if ((st = lethe_vk_buf_create(c, r.upload_need + r.upload_need / 4, true, &c->upload)) != LETHE_OK) return st;
     }
+    if (r.act_need > c->act.size) {
+        lethe_vk_buf_destroy(c, &c->act);
+        if ((st = lethe_vk_buf_create(c, r.act_need + r.act_need / 4, false, &c->act)) != LETHE_OK) return st;
+    }
     if ((st = ensure_sets(c, r.n_dispatch, &c->sets, &c->cap_sets)) != LETHE_OK) return st;
 
     /* pass 2: record */
@@ -484,6 +534,8 @@ lethe_status lethe_vk_compute(lethe_backend *be, lethe_graph *g, int begin, int 
                                   VK_QUERY_RESULT_64_BIT | VK_QUERY_RESULT_WAIT_BIT) == VK_SUCCESS) {
             c->last_compute_ms = (double)(ts[1] - ts[0]) * c->ts_period_ns * 1e-6;
             c->total_compute_ms += c->last_compute_ms;
+            LETHE_LOGD("vulkan: nodes [%d, %d): %u dispatches, %.3f ms on the device", begin, end, n_sets,
+                       c->last_compute_ms);
         }
     }
     return LETHE_OK;
