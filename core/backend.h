@@ -75,7 +75,14 @@ lethe_backend *lethe_backend_vulkan_new(int device);
 /* Device time of the backend's last compute() in ms (timestamps; 0 if none). */
 double lethe_backend_vulkan_last_ms(lethe_backend *be);
 
-/* A GPU backend by name ("vulkan", "cuda"), NULL with an error if it is not
+/* The CUDA backend (backends/cuda, the module liblethe-cuda.so): device N
+ * of the driver's order; LETHE_CUDA_DEVICE, when set, overrides `device`.
+ * NULL with lethe_last_error() set when the build has no CUDA, the machine
+ * has no NVIDIA driver (libcuda.so.1 is probed before the module loads), or
+ * there is no such device (core/backend_cuda.c). */
+lethe_backend *lethe_backend_cuda_new(int device);
+
+/* A GPU backend by name ("vulkan", "cuda"; "auto": CUDA, else Vulkan), NULL with an error if it is not
  * built in or cannot start. The engine falls back to the CPU then. */
 lethe_backend *lethe_backend_gpu_new(const char *name, int device);
 

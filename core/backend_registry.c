@@ -19,6 +19,13 @@ double lethe_backend_vulkan_last_ms(lethe_backend *be) {
 
 lethe_backend *lethe_backend_gpu_new(const char *name, int device) {
     if (name && strcmp(name, "vulkan") == 0) return lethe_backend_vulkan_new(device);
+    if (name && strcmp(name, "cuda") == 0) return lethe_backend_cuda_new(device);
+    if (name && strcmp(name, "auto") == 0) {   /* CUDA where an NVIDIA driver is, else Vulkan */
+        lethe_backend *be = lethe_backend_cuda_new(device);
+        if (be) return be;
+        lethe_clear_error();
+        return lethe_backend_vulkan_new(device);
+    }
     lethe_fail(LETHE_ERR_BACKEND, "backend '%s' is not available in this build", name ? name : "(null)");
     return NULL;
 }

@@ -181,7 +181,7 @@ static lethe_status apply_mem_limit(lethe_context *c, int32_t n_out, int32_t n_r
  * warning, not an error: the CPU runs everything then. */
 static lethe_backend *lethe_engine_start_gpu(const char *name, int device) {
     if (!name || strcmp(name, "cpu") == 0) return NULL;
-    lethe_backend *be = lethe_backend_gpu_new(strcmp(name, "auto") == 0 ? "vulkan" : name, device);
+    lethe_backend *be = lethe_backend_gpu_new(name, device);
     if (!be && strcmp(name, "auto") != 0)
         LETHE_LOGW("backend %s unavailable (%s): running on the CPU", name, lethe_last_error());
     lethe_clear_error();

@@ -289,7 +289,7 @@ lethe_model *lethe_model_load(const char *path, lethe_model_params params, lethe
     }
     /* device backends start with the context, which falls back to the CPU */
     if (params.backend && strcmp(params.backend, "cpu") && strcmp(params.backend, "auto") &&
-        strcmp(params.backend, "vulkan")) {
+        strcmp(params.backend, "vulkan") && strcmp(params.backend, "cuda")) {
         st = lethe_fail(LETHE_ERR_BACKEND, "backend '%s' is not available in this build (cpu is)",
                         params.backend);
         goto fail;

@@ -9,16 +9,20 @@
  * ops, 5e-4 for matmul (the CPU quantizes activations to q8 for quantized
  * weights; the shaders dequantize and multiply in f32); any NaN fails.
  *
- * Device backends: Vulkan when the build has it (in CI Mesa's lavapipe,
- * pinned by VK_LOADER_DRIVERS_SELECT in tests/CMakeLists.txt; shapes stay
- * small, lavapipe is ~150x slower than BLAS). A second Vulkan instance with a
+ * Device backends: every one found at run time. Vulkan when the build has it
+ * (in CI Mesa's lavapipe, pinned by VK_LOADER_DRIVERS_SELECT in
+ * tests/CMakeLists.txt; shapes stay small, lavapipe is ~150x slower than
+ * BLAS); CUDA when the build has it and the machine has an NVIDIA GPU (else
+ * its runs are skipped with a message saying so: CI has no GPU, and
+ * tools/gpu-check.sh runs this test on one). A second Vulkan instance with a
  * 4 KiB binding limit (LETHE_VK_MAX_RANGE) runs the "split" cases, which
  * need a weight spread over several bindings. The same executable runs again
  * under the Khronos validation layer (ctest fails on any "VUID-" message).
  *
- * KV_STORE and ATTENTION are not in the table yet: the Vulkan backend leaves
+ * KV_STORE and ATTENTION are not in the table yet: the device backends leave
  * them to the CPU (the KV pool is host memory); the mixed-placement case
- * checks the copies between backends instead.
+ * checks the copies between backends instead. DMS_DECISION and the RoPE
+ * borrowed channel run on CUDA only (cuda_only cases).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -52,6 +56,9 @@ typedef struct op_case {
     int n_rot;                /* ROPE: 0 = D                             */
     bool llama3, freq_factors, no_weight, bcast;
     bool split;               /* run on the 4 KiB-binding device backend */
+    int borrow;               /* ROPE: DMS borrowed channel, group G      */
+    int dms_mode;             /* DMS_DECISION: lethe_dms_mode            */
+    bool cuda_only;           /* ops the Vulkan backend leaves to the CPU */
     double limit;
 } op_case;
 
@@ -91,14 +98,33 @@ static const op_case k_cases[] = {
     {"rope norm llama3", LETHE_OP_ROPE, LETHE_F32, 4, 2, 128, LETHE_ROPE_NORM, .llama3 = true, .limit = EPS_ELEM},
     {"rope neox freq_factors", LETHE_OP_ROPE, LETHE_F32, 4, 2, 64, LETHE_ROPE_NEOX, .freq_factors = true,
      .limit = EPS_ELEM},
+    /* DMS: the borrowed channel (G = 3) and the decision logits [T = a, Hkv = b], D = c */
+    {"rope neox borrow G=3", LETHE_OP_ROPE, LETHE_F32, 3, 6, 64, LETHE_ROPE_NEOX, .borrow = 3, .cuda_only = true,
+     .limit = EPS_ELEM},
+    {"rope norm borrow G=2", LETHE_OP_ROPE, LETHE_F32, 3, 4, 64, LETHE_ROPE_NORM, .borrow = 2, .cuda_only = true,
+     .limit = EPS_ELEM},
+    {"dms_decision from q", LETHE_OP_DMS_DECISION, LETHE_F32, 5, 3, 64, .dms_mode = LETHE_DMS_FROM_Q,
+     .cuda_only = true, .limit = 0},
+    {"dms_decision adapter", LETHE_OP_DMS_DECISION, LETHE_F32, 5, 3, 64, .dms_mode = LETHE_DMS_FROM_ADAPTER,
+     .cuda_only = true, .limit = 0},
+    {"dms_decision forced", LETHE_OP_DMS_DECISION, LETHE_F32, 9, 4, 64, .dms_mode = LETHE_DMS_FORCED,
+     .cuda_only = true, .limit = 0},
+    /* decode GEMV with several sequences (T <= 8) and cuBLAS prefill at real widths */
+    MM(Q4_0, 96, 576, 8), MM(Q8_0, 96, 576, 3), MM(F16, 70, 256, 8), MM(Q4_0, 130, 256, 40),
+    MM(Q8_0, 64, 1536, 12), MM(F32, 50, 256, 24),
 };
 
 /* ------------------------------------------------------------- state */
 
+typedef struct device {
+    lethe_backend *be, *split;   /* split: the 4 KiB-binding twin (Vulkan), else be */
+    const char *name;
+} device;
+
 typedef struct {
     lethe_backend *cpu;
-    lethe_backend *dev, *dev_split;   /* NULL: no device backend */
-    const char *dev_name;
+    device devs[2];              /* the device backends found: Vulkan, CUDA */
+    int n_devs;
     /* every buffer a graph points at lives until the end: device backends
      * cache weights by host address, which must not be reused meanwhile */
     void **mem;
@@ -212,7 +238,27 @@ static void build(const op_case *k, built *b, uint64_t seed) {
             for (int i = 0; i < p.n_rot / 2; i++) ff[i] = 1.0f + (float)i / 7.0f;
             p.freq_factors = ff;
         }
-        n = lethe_rope(g, lethe_input(g, LETHE_F32, 3, nx, randf((size_t)(T * H * D), seed), "x"), &p, &b->ub);
+        lethe_node *x = lethe_input(g, LETHE_F32, 3, nx, randf((size_t)(T * H * D), seed), "x");
+        n = k->borrow ? lethe_rope_borrow(g, x, &p, &b->ub, k->borrow) : lethe_rope(g, x, &p, &b->ub);
+        break;
+    }
+    case LETHE_OP_DMS_DECISION: {
+        const int64_t T = k->a, Hkv = k->b, D = k->c, G = 2;
+        b->pos = keep(malloc((size_t)T * sizeof(int32_t)));
+        b->seq = keep(calloc((size_t)T, sizeof(int32_t)));
+        for (int64_t t = 0; t < T; t++) b->pos[t] = (int32_t)(t * 977 + 5);
+        b->ub = (lethe_ubatch){(int32_t)T, b->seq, b->pos};
+        lethe_node *x = NULL;
+        if (k->dms_mode == LETHE_DMS_FROM_Q) {
+            int64_t nq[3] = {D, Hkv * G, T};
+            float *q = randf((size_t)(T * Hkv * G * D), seed);
+            for (int64_t i = 0; i < T * Hkv * G * D; i++) q[i] *= 0.1f;   /* logits on both sides of 0 */
+            x = lethe_input(g, LETHE_F32, 3, nq, q, "q");
+        } else if (k->dms_mode == LETHE_DMS_FROM_ADAPTER) {
+            int64_t na[2] = {Hkv, T};
+            x = lethe_input(g, LETHE_F32, 2, na, randf((size_t)(T * Hkv), seed), "alpha");
+        }
+        n = lethe_dms_decision(g, x, k->dms_mode, (int)Hkv, (int)G, false, 100.0f, 5.0f, 0.3f, 7, &b->ub);
         break;
     }
     default:
@@ -240,36 +286,45 @@ static float *run_on(lethe_backend **bes, int n_bes, built *b) {
 
 /* ------------------------------------------------------------- tests */
 
-static void test_op_table(void **state) {
-    (void)state;
-    if (!g_s.dev) skip();
+/* The case table on one device: every case it must take, against the CPU. */
+static void run_table(const device *d) {
     int n_run = 0;
     for (size_t i = 0; i < LETHE_ARRAY_SIZE(k_cases); i++) {
         const op_case *k = &k_cases[i];
-        lethe_backend *dev = k->split ? g_s.dev_split : g_s.dev;
+        if (k->cuda_only && strcmp(d->name, "cuda") != 0) continue;
+        lethe_backend *dev = k->split ? d->split : d->be;
         built ref, got;
         build(k, &ref, 1000 + i);
         build(k, &got, 1000 + i);
         float *yr = run_on(&g_s.cpu, 1, &ref);
         lethe_backend *bes[2] = {dev, g_s.cpu};
         float *yg = run_on(bes, 2, &got);
-        if (got.out->backend != 0) fail_msg("%s: %s did not take the op (fell back to the CPU)", k->name, g_s.dev_name);
+        if (got.out->backend != 0) fail_msg("%s: %s did not take the op (fell back to the CPU)", k->name, d->name);
         size_t n = (size_t)lethe_tensor_nelements(&ref.out->t);
         double e = tu_nmse(yr, yg, n);
-        print_message("  %-28s %-7s NMSE %.3g (limit %.0e)\n", k->name, g_s.dev_name, e, k->limit);
-        if (!(e <= k->limit)) fail_msg("%s on %s: NMSE %.3g > %.3g", k->name, g_s.dev_name, e, k->limit);
+        print_message("  %-28s %-7s NMSE %.3g (limit %.0e)\n", k->name, d->name, e, k->limit);
+        if (!(e <= k->limit)) fail_msg("%s on %s: NMSE %.3g > %.3g", k->name, d->name, e, k->limit);
         lethe_graph_free(ref.g);
         lethe_graph_free(got.g);
         n_run++;
     }
-    assert_int_equal(n_run, (int)LETHE_ARRAY_SIZE(k_cases));
+    assert_true(n_run > 0);
+}
+
+static bool have_devices(void) {
+    if (g_s.n_devs == 0) print_message("  no device backend on this machine: skipped\n");
+    return g_s.n_devs > 0;
+}
+
+static void test_op_table(void **state) {
+    (void)state;
+    if (!have_devices()) skip();
+    for (int d = 0; d < g_s.n_devs; d++) run_table(&g_s.devs[d]);
 }
 
 /* Mixed placement: a q4_k matmul (no Vulkan shader) between device ops; the
  * executor must copy across both ways and bring the output back to the host. */
-static void test_mixed_placement(void **state) {
-    (void)state;
-    if (!g_s.dev) skip();
+static void mixed_placement(const device *d) {
     const int64_t T = 3, E = 256, N = 256;
     uint8_t *wk = keep(malloc(lethe_row_size(LETHE_Q4_K, E) * (size_t)N));
     uint64_t s = 77;
@@ -303,7 +358,7 @@ static void test_mixed_placement(void **state) {
         lethe_node *o = lethe_matmul(g, lethe_leaf(g, &t2), a);       /* device, output */
         lethe_set_output(o);
         assert_int_equal(g->status, LETHE_OK);
-        lethe_backend *bes[2] = {g_s.dev, g_s.cpu};
+        lethe_backend *bes[2] = {d->be, g_s.cpu};
         built b = {.g = g, .out = o};
         y[pass] = pass == 0 ? run_on(&g_s.cpu, 1, &b) : run_on(bes, 2, &b);
         if (pass == 1) {
@@ -315,23 +370,31 @@ static void test_mixed_placement(void **state) {
     assert_int_equal(placed_norm, 0);
     assert_int_equal(placed_mm, 1);
     double e = tu_nmse(y[0], y[1], (size_t)(T * E));
-    print_message("  mixed placement NMSE %.3g\n", e);
+    print_message("  mixed placement on %s NMSE %.3g\n", d->name, e);
     assert_true(e <= EPS_MM);
+}
+
+static void test_mixed_placement(void **state) {
+    (void)state;
+    if (!have_devices()) skip();
+    for (int d = 0; d < g_s.n_devs; d++) mixed_placement(&g_s.devs[d]);
 }
 
 /* Bad input reaches the device as a status, not a read out of bounds. */
 static void test_bad_ids(void **state) {
     (void)state;
-    if (!g_s.dev) skip();
-    op_case k = {"get_rows bad id", LETHE_OP_GET_ROWS, LETHE_F32, 8, 32, 3, .limit = EPS_ELEM};
-    built b;
-    build(&k, &b, 3);
-    b.ids[1] = 8;   /* == N */
-    lethe_backend *bes[2] = {g_s.dev, g_s.cpu};
-    lethe_executor *ex = lethe_executor_new(bes, 2);
-    assert_int_equal(lethe_executor_run(ex, b.g, NULL, NULL), LETHE_ERR_INVALID_ARG);
-    lethe_executor_free(ex);
-    lethe_graph_free(b.g);
+    if (!have_devices()) skip();
+    for (int d = 0; d < g_s.n_devs; d++) {
+        op_case k = {"get_rows bad id", LETHE_OP_GET_ROWS, LETHE_F32, 8, 32, 3, .limit = EPS_ELEM};
+        built b;
+        build(&k, &b, 3);
+        b.ids[1] = 8;   /* == N */
+        lethe_backend *bes[2] = {g_s.devs[d].be, g_s.cpu};
+        lethe_executor *ex = lethe_executor_new(bes, 2);
+        assert_int_equal(lethe_executor_run(ex, b.g, NULL, NULL), LETHE_ERR_INVALID_ARG);
+        lethe_executor_free(ex);
+        lethe_graph_free(b.g);
+    }
 }
 
 /* No such device: NULL and a clear message, never a crash. */
@@ -341,13 +404,17 @@ static void test_no_device(void **state) {
     assert_null(be);
     assert_true(strlen(lethe_last_error()) > 0);
     print_message("  device 999: %s\n", lethe_last_error());
+    lethe_clear_error();
+    assert_null(lethe_backend_cuda_new(999));
+    assert_true(strlen(lethe_last_error()) > 0);
+    print_message("  cuda device 999: %s\n", lethe_last_error());
 }
 
 /* A pipeline that fails to build: its ops report unsupported and run on the
  * CPU (same result); with no pipeline at all the backend refuses to start. */
 static void test_pipeline_failure(void **state) {
     (void)state;
-    if (!g_s.dev) skip();
+    if (g_s.n_devs == 0 || strcmp(g_s.devs[0].name, "vulkan") != 0) skip();   /* a Vulkan device */
     setenv("LETHE_VK_FAIL_PIPELINE", "matmul_vec_q4_1", 1);
     lethe_backend *be = lethe_backend_vulkan_new(0);
     unsetenv("LETHE_VK_FAIL_PIPELINE");
@@ -377,29 +444,41 @@ static int setup(void **state) {
     (void)state;
     g_s.cpu = lethe_backend_cpu_new(2);
     if (!g_s.cpu) return -1;
-    g_s.dev = lethe_backend_vulkan_new(0);
-    if (g_s.dev) {
-        g_s.dev_name = "vulkan";
+    lethe_backend *vk = lethe_backend_vulkan_new(0);
+    if (vk) {
+        device *d = &g_s.devs[g_s.n_devs++];
+        d->be = vk;
+        d->name = "vulkan";
         tu_pin_vulkan_driver();
         setenv("LETHE_VK_MAX_RANGE", "4096", 1);
-        g_s.dev_split = lethe_backend_vulkan_new(0);
+        d->split = lethe_backend_vulkan_new(0);
         unsetenv("LETHE_VK_MAX_RANGE");
-        if (!g_s.dev_split) return -1;
+        if (!d->split) return -1;
     } else {
-        print_message("no device backend: %s\n", lethe_last_error());
+        print_message("no Vulkan device: %s\n", lethe_last_error());
 #ifdef LETHE_HAVE_VULKAN
         /* the build has Vulkan and the setup script installs lavapipe:
          * a missing device is a broken environment, not a skip */
         if (!getenv("LETHE_TEST_ALLOW_NO_DEVICE")) return -1;
 #endif
     }
+    lethe_backend *cu = lethe_backend_cuda_new(0);
+    if (cu) {
+        g_s.devs[g_s.n_devs++] = (device){cu, cu, "cuda"};
+    } else {
+        /* CI has no GPU: the CUDA runs are skipped, and say so */
+        print_message("CUDA: skipped, no CUDA device here (%s)\n", lethe_last_error());
+        lethe_clear_error();
+    }
     return 0;
 }
 
 static int teardown(void **state) {
     (void)state;
-    if (g_s.dev_split) g_s.dev_split->iface->free(g_s.dev_split);
-    if (g_s.dev) g_s.dev->iface->free(g_s.dev);
+    for (int d = 0; d < g_s.n_devs; d++) {
+        if (g_s.devs[d].split != g_s.devs[d].be) g_s.devs[d].split->iface->free(g_s.devs[d].split);
+        g_s.devs[d].be->iface->free(g_s.devs[d].be);
+    }
     g_s.cpu->iface->free(g_s.cpu);
     for (int i = 0; i < g_s.n_mem; i++) free(g_s.mem[i]);
     free(g_s.mem);

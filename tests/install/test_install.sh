@@ -91,7 +91,8 @@ step "C++ example through find_package(lethe)"
 cmake -S "$WORK/examples/cpp-chat" -B "$WORK/build-cpp" -G Ninja -DCMAKE_PREFIX_PATH="$PREFIX" \
     -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS="$XF" -DCMAKE_EXE_LINKER_FLAGS="$XF" >/dev/null
 cmake --build "$WORK/build-cpp" >/dev/null
-ldd "$WORK/build-cpp/lethe-chat" | grep -q "$LIBDIR/liblethe.so" || fail "lethe-chat does not use the installed liblethe.so"
+# grep without -q: an early exit would SIGPIPE ldd, which pipefail reports as a failure
+ldd "$WORK/build-cpp/lethe-chat" | grep "$LIBDIR/liblethe.so" >/dev/null || fail "lethe-chat does not use the installed liblethe.so"
 "$WORK/build-cpp/lethe-chat" "$MODEL" "What is the capital of France?" 16 > "$WORK/cpp.out"
 OMP_WAIT_POLICY=passive "$PREFIX/bin/lethe" chat -m "$MODEL" -p "What is the capital of France?" -n 16 --temp 0 -c 512 \
     > "$WORK/chat.out"

@@ -1,0 +1,324 @@
+/* cuda_backend.c — the CUDA backend module: entry point, device, buffers,
+ * weights uploaded on first use, per-compute uploads. See cuda_internal.h
+ * for the memory model; cuda_ops.c runs the nodes.
+ */
+#include "cuda_internal.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const lethe_module_host *g_cu_host;
+
+size_t lethe_cu_align(size_t x) { return (x + CU_ALIGN - 1) / CU_ALIGN * CU_ALIGN; }
+
+/* ------------------------------------------------------------- weights */
+
+static size_t w_hash(const void *p, size_t cap) {
+    uint64_t x = (uint64_t)(uintptr_t)p;
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    return (size_t)x & (cap - 1);
+}
+
+static lethe_status w_grow(cu_ctx *c) {
+    size_t cap = c->w_cap ? 2 * c->w_cap : 1024;
+    cu_weight *t = calloc(cap, sizeof *t);
+    if (!t) return CU_FAIL(LETHE_ERR_OOM, "cuda: weight table");
+    for (size_t i = 0; i < c->w_cap; i++) {
+        if (!c->weights[i].host) continue;
+        size_t h = w_hash(c->weights[i].host, cap);
+        while (t[h].host) h = (h + 1) & (cap - 1);
+        t[h] = c->weights[i];
+    }
+    free(c->weights);
+    c->weights = t;
+    c->w_cap = cap;
+    return LETHE_OK;
+}
+
+lethe_status lethe_cu_weight(cu_ctx *c, const void *host, size_t size, void **dev) {
+    if (c->w_cap) {
+        size_t h = w_hash(host, c->w_cap);
+        for (; c->weights[h].host; h = (h + 1) & (c->w_cap - 1)) {
+            cu_weight *w = &c->weights[h];
+            if (w->host != host) continue;
+            if (w->size >= size) {
+                *dev = w->dev;
+                return LETHE_OK;
+            }
+            /* the same address seen with more bytes (another view): upload again, larger */
+            cudaFree(w->dev);
+            c->weight_bytes -= w->size;
+            w->dev = NULL;
+            CU_CHECK(cudaMalloc(&w->dev, size), "cudaMalloc (weight)");
+            CU_CHECK(cudaMemcpy(w->dev, host, size, cudaMemcpyHostToDevice), "upload weight");
+            w->size = size;
+            c->weight_bytes += size;
+            *dev = w->dev;
+            return LETHE_OK;
+        }
+    }
+    if (2 * (c->w_n + 1) > c->w_cap) {
+        lethe_status st = w_grow(c);
+        if (st != LETHE_OK) return st;
+    }
+    void *d = NULL;
+    CU_CHECK(cudaMalloc(&d, size ? size : 1), "cudaMalloc (weight)");
+    cudaError_t e = cudaMemcpy(d, host, size, cudaMemcpyHostToDevice);
+    if (e != cudaSuccess) {
+        cudaFree(d);
+        CU_CHECK(e, "upload weight");
+    }
+    size_t h = w_hash(host, c->w_cap);
+    while (c->weights[h].host) h = (h + 1) & (c->w_cap - 1);
+    c->weights[h] = (cu_weight){host, size, d};
+    c->w_n++;
+    c->weight_bytes += size;
+    *dev = d;
+    return LETHE_OK;
+}
+
+/* ------------------------------------------------------------- uploads */
+
+lethe_status lethe_cu_upload_reserve(cu_ctx *c, size_t need) {
+    c->up_used = 0;
+    c->n_ups = 0;
+    if (need <= c->up_cap) return LETHE_OK;
+    size_t cap = lethe_cu_align(need + need / 2 + 4096);
+    CU_CHECK(cudaStreamSynchronize(c->stream), "cudaStreamSynchronize");
+    cudaFreeHost(c->up_host);
+    cudaFree(c->up_dev);
+    c->up_host = NULL;
+    c->up_dev = NULL;
+    c->up_cap = 0;
+    CU_CHECK(cudaMallocHost((void **)&c->up_host, cap), "cudaMallocHost (staging)");
+    CU_CHECK(cudaMalloc((void **)&c->up_dev, cap), "cudaMalloc (upload buffer)");
+    c->up_cap = cap;
+    return LETHE_OK;
+}
+
+lethe_status lethe_cu_upload(cu_ctx *c, const void *host, size_t size, bool dedup, void **dev) {
+    for (int i = 0; dedup && i < c->n_ups; i++)
+        if (c->ups[i].host == host && c->ups[i].size >= size) {
+            *dev = c->ups[i].dev;
+            return LETHE_OK;
+        }
+    const size_t off = c->up_used, sz = lethe_cu_align(size ? size : 1);
+    if (off + sz > c->up_cap)
+        return CU_FAIL(LETHE_ERR_INTERNAL, "cuda: upload of %zu bytes past the planned %zu", size, c->up_cap);
+    if (c->n_ups == c->cap_ups) {
+        int cap = c->cap_ups ? 2 * c->cap_ups : 64;
+        cu_upload *u = realloc(c->ups, (size_t)cap * sizeof *u);
+        if (!u) return CU_FAIL(LETHE_ERR_OOM, "cuda: upload list");
+        c->ups = u;
+        c->cap_ups = cap;
+    }
+    /* the staging bytes stay untouched until the compute's final sync */
+    memcpy(c->up_host + off, host, size);
+    CU_CHECK(cudaMemcpyAsync(c->up_dev + off, c->up_host + off, size, cudaMemcpyHostToDevice, c->stream),
+             "cudaMemcpyAsync (upload)");
+    c->up_used = off + sz;
+    if (dedup) c->ups[c->n_ups++] = (cu_upload){host, size, c->up_dev + off};
+    *dev = c->up_dev + off;
+    return LETHE_OK;
+}
+
+lethe_status lethe_cu_scratch(cu_ctx *c, size_t need, void **out) {
+    if (need > c->scratch_cap) {
+        CU_CHECK(cudaStreamSynchronize(c->stream), "cudaStreamSynchronize");
+        cudaFree(c->scratch);
+        c->scratch = NULL;
+        c->scratch_cap = 0;
+        CU_CHECK(cudaMalloc(&c->scratch, need), "cudaMalloc (scratch)");
+        c->scratch_cap = need;
+    }
+    *out = c->scratch;
+    return LETHE_OK;
+}
+
+/* ------------------------------------------------------------- buffers */
+
+static lethe_status cu_buffer_alloc(lethe_backend *be, size_t size, lethe_buffer **out) {
+    cu_ctx *c = be->ctx;
+    *out = NULL;
+    CU_CHECK(cudaSetDevice(c->device), "cudaSetDevice");
+    lethe_buffer *b = calloc(1, sizeof *b);
+    if (!b) return CU_FAIL(LETHE_ERR_OOM, "cuda: buffer");
+    cudaError_t e = cudaMalloc(&b->impl, size ? size : 1);
+    if (e != cudaSuccess) {
+        free(b);
+        return CU_FAIL(LETHE_ERR_OOM, "cuda: cudaMalloc of %zu bytes: %s", size, cudaGetErrorString(e));
+    }
+    b->backend = be;
+    b->size = size;
+    *out = b;
+    return LETHE_OK;
+}
+
+static void cu_buffer_free(lethe_buffer *buf) {
+    if (!buf) return;
+    cudaFree(buf->impl);
+    free(buf);
+}
+
+static lethe_status cu_buffer_set(lethe_buffer *buf, size_t offs, const void *src, size_t size) {
+    cu_ctx *c = buf->backend->ctx;
+    if (offs > buf->size || size > buf->size - offs)
+        return CU_FAIL(LETHE_ERR_INVALID_ARG, "cuda: write of %zu bytes at %zu past a buffer of %zu", size, offs,
+                       buf->size);
+    CU_CHECK(cudaSetDevice(c->device), "cudaSetDevice");
+    CU_CHECK(cudaMemcpyAsync((uint8_t *)buf->impl + offs, src, size, cudaMemcpyHostToDevice, c->stream),
+             "cudaMemcpyAsync (buffer_set)");
+    CU_CHECK(cudaStreamSynchronize(c->stream), "cudaStreamSynchronize");
+    return LETHE_OK;
+}
+
+static lethe_status cu_buffer_get(lethe_buffer *buf, size_t offs, void *dst, size_t size) {
+    cu_ctx *c = buf->backend->ctx;
+    if (offs > buf->size || size > buf->size - offs)
+        return CU_FAIL(LETHE_ERR_INVALID_ARG, "cuda: read of %zu bytes at %zu past a buffer of %zu", size, offs,
+                       buf->size);
+    CU_CHECK(cudaSetDevice(c->device), "cudaSetDevice");
+    CU_CHECK(cudaMemcpyAsync(dst, (const uint8_t *)buf->impl + offs, size, cudaMemcpyDeviceToHost, c->stream),
+             "cudaMemcpyAsync (buffer_get)");
+    CU_CHECK(cudaStreamSynchronize(c->stream), "cudaStreamSynchronize");
+    return LETHE_OK;
+}
+
+static lethe_status cu_synchronize(lethe_backend *be) {
+    cu_ctx *c = be->ctx;
+    CU_CHECK(cudaSetDevice(c->device), "cudaSetDevice");
+    CU_CHECK(cudaStreamSynchronize(c->stream), "cudaStreamSynchronize");
+    return LETHE_OK;
+}
+
+static size_t cu_scratch_bytes(lethe_backend *be, const lethe_graph *g, int begin, int end) {
+    const cu_ctx *c = be->ctx;
+    size_t s = c->scratch_cap;
+    if (g)
+        for (int i = begin; i < end; i++) {
+            size_t need = lethe_cu_scratch_need(&g->nodes[i]);
+            s = need > s ? need : s;
+        }
+    return s + c->up_cap;
+}
+
+/* ---------------------------------------------------------------- life */
+
+static void cu_free(lethe_backend *be) {
+    if (!be) return;
+    cu_ctx *c = be->ctx;
+    if (c) {
+        cudaSetDevice(c->device);
+        if (c->stream) cudaStreamSynchronize(c->stream);
+        for (size_t i = 0; i < c->w_cap; i++)
+            if (c->weights[i].host) cudaFree(c->weights[i].dev);
+        free(c->weights);
+        free(c->ups);
+        cudaFreeHost(c->up_host);
+        cudaFree(c->up_dev);
+        cudaFree(c->scratch);
+        cudaFree(c->d_err);
+        if (c->blas) cublasDestroy(c->blas);
+        if (c->stream) cudaStreamDestroy(c->stream);
+        free(c);
+    }
+    free(be);
+}
+
+static void cu_get_info(lethe_backend *be, lethe_backend_info *info) {
+    cu_ctx *c = be->ctx;
+    memset(info, 0, sizeof *info);
+    info->name = "cuda";
+    snprintf(info->device_name, sizeof info->device_name, "%s", c->name);
+    size_t fr = 0, tot = 0;
+    if (cudaSetDevice(c->device) == cudaSuccess && cudaMemGetInfo(&fr, &tot) == cudaSuccess) {
+        info->mem_free = fr;
+        info->mem_total = tot;
+    }
+}
+
+static const lethe_backend_iface k_iface = {
+    .free = cu_free,
+    .get_info = cu_get_info,
+    .buffer_alloc = cu_buffer_alloc,
+    .buffer_free = cu_buffer_free,
+    .buffer_set = cu_buffer_set,
+    .buffer_get = cu_buffer_get,
+    .supports_op = lethe_cu_supports_op,
+    .compute = lethe_cu_compute,
+    .synchronize = cu_synchronize,
+    .scratch_bytes = cu_scratch_bytes,
+};
+
+static int cu_device_count(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError();   /* clear the sticky "no driver" error */
+        return 0;
+    }
+    return n;
+}
+
+static lethe_backend *cu_create(int device, lethe_status *status) {
+    lethe_status st = LETHE_OK;
+    lethe_backend *be = NULL;
+    int n = cu_device_count();
+    if (device < 0 || device >= n) {
+        st = CU_FAIL(LETHE_ERR_BACKEND, "cuda: no device %d (%d CUDA device%s found)", device, n, n == 1 ? "" : "s");
+        goto out;
+    }
+    be = calloc(1, sizeof *be);
+    cu_ctx *c = calloc(1, sizeof *c);
+    if (!be || !c) {
+        free(c);
+        st = CU_FAIL(LETHE_ERR_OOM, "cuda: backend");
+        goto out;
+    }
+    be->iface = &k_iface;
+    be->ctx = c;
+    c->device = device;
+    struct cudaDeviceProp prop;
+    cudaError_t e;
+    if ((e = cudaSetDevice(device)) != cudaSuccess || (e = cudaGetDeviceProperties(&prop, device)) != cudaSuccess ||
+        (e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess ||
+        (e = cudaMalloc((void **)&c->d_err, sizeof(int))) != cudaSuccess) {
+        st = CU_FAIL(LETHE_ERR_BACKEND, "cuda: device %d: %s", device, cudaGetErrorString(e));
+        goto out;
+    }
+    if (prop.major < 8) {
+        st = CU_FAIL(LETHE_ERR_UNSUPPORTED, "cuda: device %d (%s) is sm_%d%d; this build needs sm_80 or newer",
+                     device, prop.name, prop.major, prop.minor);
+        goto out;
+    }
+    snprintf(c->name, sizeof c->name, "%.127s", prop.name);
+    c->sm_count = prop.multiProcessorCount;
+    c->l2_bytes = (size_t)prop.l2CacheSize;
+    cublasStatus_t bs = cublasCreate(&c->blas);
+    if (bs != CUBLAS_STATUS_SUCCESS) {
+        c->blas = NULL;
+        st = CU_FAIL(LETHE_ERR_BACKEND, "cuda: cublasCreate failed (%d)", (int)bs);
+        goto out;
+    }
+    cublasSetStream(c->blas, c->stream);
+    CU_LOG(LETHE_LOG_INFO, "cuda: device %d: %s, sm_%d%d, %d SMs, %.1f GiB", device, prop.name, prop.major,
+           prop.minor, prop.multiProcessorCount, (double)prop.totalGlobalMem / (1u << 30));
+out:
+    if (st != LETHE_OK) {
+        cu_free(be);
+        be = NULL;
+    }
+    if (status) *status = st;
+    return be;
+}
+
+static const lethe_backend_module k_module = {LETHE_BACKEND_MODULE_ABI, "cuda", cu_device_count, cu_create};
+
+__attribute__((visibility("default"))) const lethe_backend_module *lethe_backend_module_entry(const lethe_module_host *host) {
+    if (!host || host->abi != LETHE_BACKEND_MODULE_ABI) return NULL;
+    g_cu_host = host;
+    return &k_module;
+}

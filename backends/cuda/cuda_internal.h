@@ -1,0 +1,93 @@
+/* cuda_internal.h — state shared by the CUDA backend's C files:
+ * cuda_backend.c (module entry, device, buffers, weights, uploads) and
+ * cuda_ops.c (supports_op and compute: one kernel launch per node).
+ *
+ * Memory model (like the Vulkan backend's): the executor's compute buffers
+ * are cudaMalloc'd (lethe_buffer.impl = device pointer, host_ptr = NULL).
+ * Weights (leaves with host data) are uploaded once, on first use, into
+ * their own device allocations, found again by their host address. Graph
+ * inputs (token ids: leaves marked is_input) and per-micro-batch tables
+ * (positions, RoPE frequencies) go through a pinned staging buffer into a
+ * device upload buffer each compute(). compute() enqueues the node range on
+ * the backend's stream and synchronizes once at the end.
+ *
+ * This is a module (liblethe-cuda.so): it cannot call liblethe's hidden
+ * functions, so errors and logs go through the host's services (g_cu_host).
+ */
+#ifndef LETHE_CUDA_INTERNAL_H
+#define LETHE_CUDA_INTERNAL_H
+
+#include "backend.h"
+#include "backend_module.h"
+#include "cuda_kernels.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+extern const lethe_module_host *g_cu_host;
+#define CU_FAIL(st, ...) g_cu_host->fail((st), __VA_ARGS__)
+#define CU_LOG(level, ...) g_cu_host->log((level), __VA_ARGS__)
+/* A failed CUDA call: status + message naming the call and the error. */
+#define CU_CHECK(call, what)                                                                         \
+    do {                                                                                             \
+        cudaError_t e_ = (call);                                                                     \
+        if (e_ != cudaSuccess)                                                                       \
+            return CU_FAIL(e_ == cudaErrorMemoryAllocation ? LETHE_ERR_OOM : LETHE_ERR_BACKEND,      \
+                           "cuda: %s: %s (%s)", what, cudaGetErrorString(e_), cudaGetErrorName(e_)); \
+    } while (0)
+
+#define CU_ALIGN 256   /* offsets of uploads and scratch parts */
+
+typedef struct cu_weight {   /* a weight uploaded on first use (open-addressing table slot) */
+    const void *host;
+    size_t size;
+    void *dev;
+} cu_weight;
+
+typedef struct cu_upload {   /* one host array uploaded in the current compute */
+    const void *host;
+    size_t size;
+    void *dev;
+} cu_upload;
+
+typedef struct cu_ctx {
+    int device;
+    char name[128];
+    int sm_count;
+    size_t l2_bytes;
+    cudaStream_t stream;
+    cublasHandle_t blas;
+
+    cu_weight *weights;      /* [w_cap] hash table by host address; NULL host = empty */
+    size_t w_cap, w_n, weight_bytes;
+
+    uint8_t *up_host;        /* pinned staging [up_cap]                       */
+    uint8_t *up_dev;         /* device upload buffer [up_cap]                 */
+    size_t up_cap, up_used;
+    cu_upload *ups;          /* uploads of the current compute (dedup)        */
+    int n_ups, cap_ups;
+
+    void *scratch;           /* prefill operands in f16/bf16 [scratch_cap]    */
+    size_t scratch_cap;
+    int *d_err;              /* device flag: a kernel met bad input (ids)     */
+} cu_ctx;
+
+/* cuda_backend.c */
+lethe_status lethe_cu_weight(cu_ctx *c, const void *host, size_t size, void **dev);
+/* Device copy of `size` host bytes for this compute; `dedup`: one copy per
+ * host address per compute (arrays that live through the compute, such as
+ * ub->pos), else always a fresh copy (tables on the caller's stack). The
+ * bytes are taken at the call. */
+lethe_status lethe_cu_upload(cu_ctx *c, const void *host, size_t size, bool dedup, void **dev);
+/* Grow the upload buffers to hold `need` bytes (called before the first upload of a compute). */
+lethe_status lethe_cu_upload_reserve(cu_ctx *c, size_t need);
+lethe_status lethe_cu_scratch(cu_ctx *c, size_t need, void **out);
+size_t lethe_cu_align(size_t x);
+
+/* cuda_ops.c */
+bool lethe_cu_supports_op(lethe_backend *be, const lethe_node *n);
+lethe_status lethe_cu_compute(lethe_backend *be, lethe_graph *g, int begin, int end, lethe_abort_fn abort_fn,
+                              void *abort_user);
+size_t lethe_cu_scratch_need(const lethe_node *n);
+
+#endif

@@ -1,0 +1,310 @@
+/* cuda_ops.c — which nodes the CUDA backend runs (supports_op) and the
+ * launch of a node range (compute): one kernel (or cuBLAS call) per node on
+ * the backend's stream, one synchronization per range.
+ *
+ * Shapes as in core/graph.h (outermost first). Matmul: T <= 8 tokens take
+ * the GEMV kernel (weights read once for every token, dequantized in
+ * registers); more take cuBLAS on f16/bf16 operands (quantized weights
+ * dequantized chunk by chunk into scratch), f32 weights cublasSgemm.
+ *
+ * KV_STORE and ATTENTION stay on the CPU for now: the KV pool is host memory
+ * (core/kv_cache.c); the executor copies q, k, v and the DMS decisions over
+ * and the attention output back (see docs/CUDA.md for the device-pool plan).
+ */
+#include "cuda_internal.h"
+
+#include <math.h>
+#include <string.h>
+
+#define PREFILL_CHUNK_BYTES ((size_t)64 << 20)   /* dequantized weight rows per cuBLAS call */
+
+/* --------------------------------------------------- tensors, module-side */
+
+/* Elements per block and bytes per block of the dtypes this backend meets
+ * (liblethe's dtype table is not visible to a module). 0: unknown. */
+static void dtype_sizes(lethe_dtype t, int *blck, size_t *bytes) {
+    switch (t) {
+    case LETHE_F32: case LETHE_I32: *blck = 1; *bytes = 4; return;
+    case LETHE_F16: case LETHE_BF16: *blck = 1; *bytes = 2; return;
+    case LETHE_Q4_0: *blck = 32; *bytes = sizeof(lethe_block_q4_0); return;
+    case LETHE_Q4_1: *blck = 32; *bytes = sizeof(lethe_block_q4_1); return;
+    case LETHE_Q5_0: *blck = 32; *bytes = sizeof(lethe_block_q5_0); return;
+    case LETHE_Q5_1: *blck = 32; *bytes = sizeof(lethe_block_q5_1); return;
+    case LETHE_Q8_0: *blck = 32; *bytes = sizeof(lethe_block_q8_0); return;
+    default: *blck = 0; *bytes = 0; return;
+    }
+}
+
+static size_t row_bytes_of(lethe_dtype t, int64_t n) {
+    int blck;
+    size_t bytes;
+    dtype_sizes(t, &blck, &bytes);
+    return blck && n % blck == 0 ? (size_t)(n / blck) * bytes : 0;
+}
+
+static int64_t nrows(const lethe_tensor *t) { return t->ne[1] * t->ne[2] * t->ne[3]; }
+static size_t nbytes(const lethe_tensor *t) { return row_bytes_of(t->type, t->ne[0]) * (size_t)nrows(t); }
+
+static bool contiguous(const lethe_tensor *t) {
+    const size_t rb = row_bytes_of(t->type, t->ne[0]);
+    if (!rb || t->nb[1] != rb) return false;
+    for (int i = 2; i < LETHE_MAX_DIMS; i++)
+        if (t->nb[i] != t->nb[i - 1] * (size_t)t->ne[i - 1]) return false;
+    return true;
+}
+
+static bool f32n(const lethe_node *n) { return n && n->t.type == LETHE_F32; }
+
+/* ------------------------------------------------------------ supports_op */
+
+bool lethe_cu_supports_op(lethe_backend *be, const lethe_node *n) {
+    (void)be;
+    if (n->op == LETHE_OP_NONE) return true;
+    for (int i = 0; i < LETHE_MAX_SRC; i++)
+        if (n->src[i] && !contiguous(&n->src[i]->t)) return false;
+    if (!f32n(n) || !contiguous(&n->t)) return false;
+    switch (n->op) {
+    case LETHE_OP_GET_ROWS:
+    case LETHE_OP_MATMUL: {
+        const lethe_tensor *w = &n->src[0]->t;
+        if (!lethe_cu_wtype_ok((int)w->type) || w->ne[0] % 32 != 0) return false;
+        if (n->op == LETHE_OP_GET_ROWS) return n->src[1] && n->src[1]->t.type == LETHE_I32;
+        return f32n(n->src[1]) && n->src[1]->t.ne[0] == w->ne[0];
+    }
+    case LETHE_OP_RMS_NORM:
+        return f32n(n->src[0]) && (!n->src[1] || f32n(n->src[1]));
+    case LETHE_OP_ADD:
+    case LETHE_OP_MUL:
+    case LETHE_OP_SWIGLU:
+        return f32n(n->src[0]) && f32n(n->src[1]);
+    case LETHE_OP_ROPE:
+        return f32n(n->src[0]) && n->ub && n->ub->n_tokens > 0 && n->rope.n_rot > 0 && n->rope.n_rot % 2 == 0 &&
+               n->rope.n_rot <= n->src[0]->t.ne[0];
+    case LETHE_OP_DMS_DECISION:
+        return n->ub && n->ub->n_tokens > 0 && (n->iparams[0] == LETHE_DMS_FORCED || f32n(n->src[0]));
+    default:   /* KV_STORE, ATTENTION: the KV pool is host memory (kv_cache.c) */
+        return false;
+    }
+}
+
+/* Scratch bytes a node needs (prefill matmul operands). */
+static size_t prefill_chunk_rows(int64_t N, int64_t K) {
+    int64_t rows = (int64_t)(PREFILL_CHUNK_BYTES / (2 * (size_t)K));
+    rows = rows < 64 ? 64 : rows;
+    return (size_t)(rows < N ? rows : N);
+}
+
+size_t lethe_cu_scratch_need(const lethe_node *n) {
+    if (n->op != LETHE_OP_MATMUL) return 0;
+    const lethe_tensor *w = &n->src[0]->t;
+    const int64_t T = nrows(&n->src[1]->t), K = w->ne[0], N = w->ne[1];
+    if (T <= LETHE_CU_GEMV_MAX_T || w->type == LETHE_F32) return 0;
+    size_t s = lethe_cu_align((size_t)T * (size_t)K * 2);
+    if (w->type != LETHE_F16 && w->type != LETHE_BF16) s += lethe_cu_align(prefill_chunk_rows(N, K) * (size_t)K * 2);
+    return s;
+}
+
+/* ---------------------------------------------------------------- compute */
+
+/* Device address of a node's data: in a buffer of this backend, an input
+ * uploaded for this compute, or a weight uploaded once. */
+static lethe_status ptr_of(lethe_backend *be, const lethe_node *n, void **p) {
+    cu_ctx *c = be->ctx;
+    const lethe_tensor *t = &n->t;
+    if (t->buf && t->buf->backend == be) {
+        *p = (uint8_t *)t->buf->impl + t->offs;
+        return LETHE_OK;
+    }
+    if (n->op == LETHE_OP_NONE && t->data)
+        return n->is_input ? lethe_cu_upload(c, t->data, nbytes(t), true, p) : lethe_cu_weight(c, t->data, nbytes(t), p);
+    return CU_FAIL(LETHE_ERR_INTERNAL, "cuda: tensor '%s' is neither on this device nor in host memory", t->name);
+}
+
+/* Upper bound of the bytes compute() uploads for nodes [begin, end). */
+static size_t upload_need(lethe_backend *be, const lethe_graph *g, int begin, int end) {
+    size_t need = 0;
+    for (int i = begin; i < end; i++) {
+        const lethe_node *n = &g->nodes[i];
+        if (n->op == LETHE_OP_NONE) continue;
+        for (int s = 0; s < LETHE_MAX_SRC; s++) {
+            const lethe_node *x = n->src[s];
+            if (x && x->op == LETHE_OP_NONE && x->is_input && x->t.data && !(x->t.buf && x->t.buf->backend == be))
+                need += lethe_cu_align(nbytes(&x->t));
+        }
+        if (n->ub) need += lethe_cu_align((size_t)n->ub->n_tokens * sizeof(int32_t));
+        if (n->op == LETHE_OP_ROPE) need += lethe_cu_align((size_t)(n->rope.n_rot / 2) * sizeof(double));
+    }
+    return need;
+}
+
+/* Inverse frequency of rotary pair i, computed as the CPU backend's
+ * lethe_rope_inv_freq does (same double arithmetic, same libm). */
+static double rope_inv_freq(const lethe_rope_params *p, int i) {
+    double inv = pow((double)p->freq_base, -2.0 * i / (double)p->n_rot);
+    if (p->llama3_factor > 0.0f) {
+        const double factor = p->llama3_factor, lo = p->llama3_low_freq_factor, hi = p->llama3_high_freq_factor;
+        const double ctx = p->llama3_orig_ctx;
+        const double lo_wavelen = ctx / lo, hi_wavelen = ctx / hi;
+        const double wavelen = 2.0 * M_PI / inv;
+        if (wavelen > lo_wavelen) {
+            inv = inv / factor;
+        } else if (wavelen >= hi_wavelen) {
+            const double smooth = (ctx / wavelen - lo) / (hi - lo);
+            inv = (1.0 - smooth) * inv / factor + smooth * inv;
+        }
+    }
+    if (p->freq_factors) inv /= (double)p->freq_factors[i];
+    return inv * (double)p->freq_scale;
+}
+
+#define LAUNCH(call, what) CU_CHECK((call), what)
+
+static lethe_status op_matmul(lethe_backend *be, const lethe_node *n, void *w, const float *x, float *y) {
+    cu_ctx *c = be->ctx;
+    const lethe_tensor *wt = &n->src[0]->t;
+    const int64_t T = nrows(&n->src[1]->t), K = wt->ne[0], N = wt->ne[1];
+    const int wtype = (int)wt->type;
+    const size_t rb = wt->nb[1];
+    if (T <= LETHE_CU_GEMV_MAX_T) {
+        LAUNCH(lethe_cu_gemv(wtype, w, rb, x, y, N, K, T, c->stream), "gemv");
+        return LETHE_OK;
+    }
+    const float one = 1.0f, zero = 0.0f;
+    cublasStatus_t bs;
+    if (wt->type == LETHE_F32) {
+        /* column-major view: Y^T [N, T] = W^T [N, K] . X^T [K, T] */
+        bs = cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)T, (int)K, &one, w, (int)K, x, (int)K, &zero,
+                         y, (int)N);
+        if (bs != CUBLAS_STATUS_SUCCESS) return CU_FAIL(LETHE_ERR_BACKEND, "cuda: cublasSgemm failed (%d)", (int)bs);
+        return LETHE_OK;
+    }
+    const int bf16 = wt->type == LETHE_BF16;
+    const cudaDataType_t ht = bf16 ? CUDA_R_16BF : CUDA_R_16F;
+    void *scratch;
+    lethe_status st = lethe_cu_scratch(c, lethe_cu_scratch_need(n), &scratch);
+    if (st != LETHE_OK) return st;
+    void *xh = scratch, *wh = (uint8_t *)scratch + lethe_cu_align((size_t)T * (size_t)K * 2);
+    LAUNCH(lethe_cu_f32_to_half(x, xh, T * K, bf16, c->stream), "f32_to_half");
+    const bool direct = wt->type == LETHE_F16 || wt->type == LETHE_BF16;
+    const int64_t chunk = direct ? N : (int64_t)prefill_chunk_rows(N, K);
+    for (int64_t r0 = 0; r0 < N; r0 += chunk) {
+        const int64_t r1 = r0 + chunk < N ? r0 + chunk : N;
+        const void *a = (const uint8_t *)w + (size_t)r0 * rb;
+        if (!direct) {
+            LAUNCH(lethe_cu_dequant_rows(wtype, w, rb, r0, r1, K, wh, 0, c->stream), "dequant_rows");
+            a = wh;
+        }
+        bs = cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)(r1 - r0), (int)T, (int)K, &one, a, ht, (int)K, xh,
+                          ht, (int)K, &zero, y + r0, CUDA_R_32F, (int)N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        if (bs != CUBLAS_STATUS_SUCCESS) return CU_FAIL(LETHE_ERR_BACKEND, "cuda: cublasGemmEx failed (%d)", (int)bs);
+    }
+    return LETHE_OK;
+}
+
+static lethe_status run_node(lethe_backend *be, lethe_node *n, bool *used_err) {
+    cu_ctx *c = be->ctx;
+    void *src[LETHE_MAX_SRC] = {0}, *dst;
+    lethe_status st;
+    for (int s = 0; s < LETHE_MAX_SRC; s++)
+        if (n->src[s] && (st = ptr_of(be, n->src[s], &src[s])) != LETHE_OK) return st;
+    if ((st = ptr_of(be, n, &dst)) != LETHE_OK) return st;
+    float *y = dst;
+    const lethe_tensor *a = n->src[0] ? &n->src[0]->t : NULL;
+    switch (n->op) {
+    case LETHE_OP_GET_ROWS: {
+        const lethe_node *ids = n->src[1];
+        const int64_t R = ids->t.ne[0] * ids->t.ne[1] * ids->t.ne[2] * ids->t.ne[3];
+        if (ids->op == LETHE_OP_NONE && ids->t.data) {   /* bad ids: a status, not a read out of bounds */
+            const int32_t *id = ids->t.data;
+            for (int64_t i = 0; i < R; i++)
+                if (id[i] < 0 || id[i] >= a->ne[1])
+                    return CU_FAIL(LETHE_ERR_INVALID_ARG, "cuda: get_rows id %d of '%s' is outside [0, %lld)", id[i],
+                                   ids->t.name, (long long)a->ne[1]);
+        }
+        *used_err = true;
+        LAUNCH(lethe_cu_get_rows((int)a->type, src[0], a->nb[1], a->ne[1], a->ne[0], src[1], R, y, c->d_err,
+                                 c->stream), "get_rows");
+        return LETHE_OK;
+    }
+    case LETHE_OP_MATMUL:
+        return op_matmul(be, n, src[0], src[1], y);
+    case LETHE_OP_RMS_NORM:
+        LAUNCH(lethe_cu_rms_norm(src[0], src[1], y, nrows(a), a->ne[0], n->fparams[0], c->stream), "rms_norm");
+        return LETHE_OK;
+    case LETHE_OP_ADD:
+    case LETHE_OP_MUL: {
+        const bool bcast = nrows(&n->src[1]->t) == 1 && nrows(a) != 1;
+        LAUNCH(lethe_cu_binary(n->op == LETHE_OP_MUL, src[0], src[1], y, nrows(a), a->ne[0], bcast, c->stream),
+               "binary");
+        return LETHE_OK;
+    }
+    case LETHE_OP_SWIGLU:
+        LAUNCH(lethe_cu_swiglu(src[0], src[1], y, nrows(a) * a->ne[0], c->stream), "swiglu");
+        return LETHE_OK;
+    case LETHE_OP_ROPE: {
+        const lethe_rope_params *p = &n->rope;
+        const int half = p->n_rot / 2;
+        double invf[512];
+        if (half > (int)(sizeof invf / sizeof invf[0]))
+            return CU_FAIL(LETHE_ERR_UNSUPPORTED, "cuda: rope over %d dims", p->n_rot);
+        for (int i = 0; i < half; i++) invf[i] = rope_inv_freq(p, i);
+        void *dpos, *dinv;
+        /* positions: once per compute; the table lives on this stack frame */
+        if ((st = lethe_cu_upload(c, n->ub->pos, (size_t)n->ub->n_tokens * sizeof(int32_t), true, &dpos)) != LETHE_OK ||
+            (st = lethe_cu_upload(c, invf, (size_t)half * sizeof(double), false, &dinv)) != LETHE_OK)
+            return st;
+        const int64_t D = a->ne[0], T = n->ub->n_tokens, H = (a->ne[0] * nrows(a)) / (D * T);
+        LAUNCH(lethe_cu_rope(src[0], y, T, H, D, p->n_rot, p->mode == LETHE_ROPE_NEOX, dpos, dinv, n->iparams[0],
+                             c->stream), "rope");
+        return LETHE_OK;
+    }
+    case LETHE_OP_DMS_DECISION: {
+        void *dpos;
+        if ((st = lethe_cu_upload(c, n->ub->pos, (size_t)n->ub->n_tokens * sizeof(int32_t), true, &dpos)) != LETHE_OK)
+            return st;
+        const int mode = n->iparams[0];
+        const int64_t xw = a ? a->ne[0] : 0;
+        LAUNCH(lethe_cu_dms_decision(mode == LETHE_DMS_FORCED ? 2 : mode == LETHE_DMS_FROM_Q ? 0 : 1, src[0], xw, xw, y,
+                                     n->ub->n_tokens, n->iparams[1], n->iparams[2], n->iparams[3], n->fparams[0],
+                                     n->fparams[1], n->fparams[2], n->iparams[4], dpos, c->stream), "dms_decision");
+        return LETHE_OK;
+    }
+    default:
+        return CU_FAIL(LETHE_ERR_UNSUPPORTED, "cuda: cannot compute %s", n->t.name);
+    }
+}
+
+lethe_status lethe_cu_compute(lethe_backend *be, lethe_graph *g, int begin, int end, lethe_abort_fn abort_fn,
+                              void *abort_user) {
+    cu_ctx *c = be->ctx;
+    CU_CHECK(cudaSetDevice(c->device), "cudaSetDevice");
+    lethe_status st = lethe_cu_upload_reserve(c, upload_need(be, g, begin, end));
+    if (st != LETHE_OK) return st;
+    bool used_err = false;
+    CU_CHECK(cudaMemsetAsync(c->d_err, 0, sizeof(int), c->stream), "cudaMemsetAsync");
+    for (int i = begin; i < end && st == LETHE_OK; i++) {
+        lethe_node *n = &g->nodes[i];
+        if (n->op == LETHE_OP_NONE) continue;
+        if (abort_fn && abort_fn(abort_user)) {
+            st = CU_FAIL(LETHE_ERR_ABORTED, "cuda: aborted");
+            break;
+        }
+        if (!lethe_cu_supports_op(be, n))
+            st = CU_FAIL(LETHE_ERR_UNSUPPORTED, "cuda: cannot compute node %d '%s'", i, n->t.name);
+        else
+            st = run_node(be, n, &used_err);
+    }
+    /* nothing stays in flight after compute(), also after a failure: the
+     * staging and upload buffers are reused by the next call */
+    cudaError_t e = cudaStreamSynchronize(c->stream);
+    if (st != LETHE_OK) return st;
+    if (e != cudaSuccess)
+        return CU_FAIL(LETHE_ERR_BACKEND, "cuda: kernels of nodes %d..%d failed: %s (%s)", begin, end - 1,
+                       cudaGetErrorString(e), cudaGetErrorName(e));
+    if (used_err) {
+        int err = 0;
+        CU_CHECK(cudaMemcpy(&err, c->d_err, sizeof err, cudaMemcpyDeviceToHost), "read error flag");
+        if (err) return CU_FAIL(LETHE_ERR_INVALID_ARG, "cuda: get_rows met an id outside its table");
+    }
+    return LETHE_OK;
+}

@@ -1,0 +1,33 @@
+# cuda_backend.cmake — the CUDA backend as a loadable module,
+# <libdir>/lethe/liblethe-cuda.so (core/backend_module.h).
+#
+# Every CUDA symbol stays inside this module: liblethe and the CLI never link
+# cudart or cuBLAS, so they start on machines without an NVIDIA driver. The
+# engine dlopens libcuda.so.1 first and loads the module only when the driver
+# is there (core/backend_registry.c). cudart is linked statically; cuBLAS
+# (shared) is found through the module's RPATH, the toolkit's library folder.
+# Kernels are CUDA C++ in one .cu file per op family behind a C ABI
+# (backends/cuda/cuda_kernels.h); the rest of the backend is C.
+file(GLOB LETHE_CUDA_SRC CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/backends/cuda/*.c ${PROJECT_SOURCE_DIR}/backends/cuda/*.cu)
+add_library(lethe-cuda MODULE ${LETHE_CUDA_SRC})
+target_include_directories(lethe-cuda PRIVATE ${PROJECT_SOURCE_DIR}/include ${PROJECT_SOURCE_DIR}/core
+                           ${PROJECT_SOURCE_DIR}/backends/cuda)
+target_link_libraries(lethe-cuda PRIVATE CUDA::cudart_static CUDA::cublas m)
+target_compile_options(lethe-cuda PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-lineinfo
+                       -Xcompiler=-fvisibility=hidden>)
+set_target_properties(lethe-cuda PROPERTIES
+  PREFIX lib
+  C_VISIBILITY_PRESET hidden
+  CUDA_VISIBILITY_PRESET hidden
+  LINKER_LANGUAGE CXX
+  LIBRARY_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/${CMAKE_INSTALL_LIBDIR}/${LETHE_MODULE_SUBDIR}
+  BUILD_RPATH "${CUDAToolkit_LIBRARY_DIR}"
+  INSTALL_RPATH "${CUDAToolkit_LIBRARY_DIR}")
+target_link_options(lethe-cuda PRIVATE -Wl,-z,defs)
+install(TARGETS lethe-cuda LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}/${LETHE_MODULE_SUBDIR})
+
+# The kernels' block decoding and GEMV lane code compiled for the host, so
+# the CPU-only test suite checks them (tests/test_cuda_host.c).
+add_library(lethe_cuda_hostcheck STATIC ${PROJECT_SOURCE_DIR}/backends/cuda/hostcheck/k_hostcheck.cu)
+target_include_directories(lethe_cuda_hostcheck PRIVATE ${PROJECT_SOURCE_DIR}/backends/cuda)
+target_link_libraries(lethe_cuda_hostcheck PUBLIC CUDA::cudart_static stdc++)

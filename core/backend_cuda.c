@@ -1,0 +1,45 @@
+/* backend_cuda.c — the CUDA backend, as seen from liblethe: a module
+ * (liblethe-cuda.so, backends/cuda/) loaded at run time, so that liblethe
+ * and the CLI never link cudart or cuBLAS and start without a driver.
+ *
+ * The driver decides first: libcuda.so.1 is dlopen'ed and closed again
+ * before the module (and with it cuBLAS, hundreds of MB) is touched, so a
+ * machine without an NVIDIA driver pays nothing and gets a clear message.
+ */
+#include "backend.h"
+#include "backend_module.h"
+#include "common.h"
+
+#include <dlfcn.h>
+#include <stdlib.h>
+
+lethe_backend *lethe_backend_cuda_new(int device) {
+#ifndef LETHE_HAVE_CUDA
+    (void)device;
+    lethe_fail(LETHE_ERR_BACKEND, "cuda: this build has no CUDA backend (the CUDA toolkit was not found at build time)");
+    return NULL;
+#else
+    const char *env = getenv("LETHE_CUDA_DEVICE");
+    if (env && *env) device = atoi(env);
+    void *drv = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!drv) {
+        const char *why = dlerror();
+        lethe_fail(LETHE_ERR_BACKEND, "cuda: no NVIDIA driver on this machine (%s)", why ? why : "libcuda.so.1 not found");
+        return NULL;
+    }
+    dlclose(drv);
+    const lethe_backend_module *m = NULL;
+    if (lethe_backend_module_load("cuda", &m) != LETHE_OK) return NULL;
+    int n = m->device_count ? m->device_count() : 0;
+    if (n <= 0) {
+        lethe_fail(LETHE_ERR_BACKEND, "cuda: the driver reports no usable CUDA device");
+        return NULL;
+    }
+    if (device < 0 || device >= n) {
+        lethe_fail(LETHE_ERR_BACKEND, "cuda: no device %d (%d found)", device, n);
+        return NULL;
+    }
+    lethe_status st = LETHE_OK;
+    return m->create(device, &st);
+#endif
+}
