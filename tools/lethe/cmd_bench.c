@@ -443,8 +443,10 @@ int cli_cmd_bench(int argc, char **argv) {
             grouped = p;
             bench_peer_free(&peer);
             progress(&e, i, s.n_points, "peer llama-bench");
+            double t_peer = cli_now_s();
             peer_ok = bench_peer_run(peer_name, peer_path, p->model, p->backend, p->threads, o.n_batch, pp, n_pp, tg,
                                      n_tg, s.depths, s.n_depths, o.repetitions, &peer);
+            e.t_start += cli_now_s() - t_peer;   /* the estimate counts our rows only */
             progress_clear(&e);
             if (!peer_ok) {   /* one line said why; our rows go on */
                 rc = CLI_EXIT_FAIL;
