@@ -55,6 +55,11 @@ typedef struct lethe_backend_iface {
      * context's memory cap with it before compute() allocates, and the
      * memory report (lethe_get_memory_info) adds it to the compute bytes. */
     size_t (*scratch_bytes)(lethe_backend *be, const lethe_graph *g, int begin, int end);
+
+    /* Optional (NULL: not offered). Copy `size` bytes between two buffers of
+     * this backend on the device, asynchronously (synchronize() waits).
+     * `lethe bench --roofline` times it as the device's bandwidth. */
+    lethe_status (*buffer_copy)(lethe_buffer *dst, size_t dst_offs, lethe_buffer *src, size_t src_offs, size_t size);
 } lethe_backend_iface;
 
 struct lethe_backend {

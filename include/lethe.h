@@ -344,6 +344,29 @@ LETHE_API lethe_token lethe_sampler_sample(lethe_sampler *s, const float *logits
 LETHE_API void lethe_sampler_accept(lethe_sampler *s, lethe_token token);
 LETHE_API void lethe_sampler_reset(lethe_sampler *s);
 
+/* ---- device bandwidth (the roofline of `lethe bench`) ------------------- */
+
+/* The name of a backend's device: the CPU model ("AMD EPYC 9B14") for "cpu",
+ * the GPU's name for "vulkan"/"cuda". LETHE_ERR_BACKEND if it cannot start. */
+LETHE_API lethe_status lethe_device_name(const char *backend, int device, char *buf, size_t buf_size);
+
+typedef struct lethe_bandwidth {
+    double gbps;              /* best repetition, 1e9 bytes per second           */
+    double seconds;           /* time of the best repetition                      */
+    size_t bytes;             /* bytes moved per repetition (a copy counts read + write) */
+    int n_threads;            /* CPU threads used (0 on a GPU)                    */
+    char method[48];          /* "streaming read", "device-to-device copy"        */
+    char device_name[128];
+} lethe_bandwidth;
+
+/* Measure the memory bandwidth that bounds decoding on a device: on "cpu" a
+ * streaming read of `bytes` (0: 1 GiB) by n_threads (0: all cores); on a GPU
+ * a device-to-device copy through the backend's buffer_copy, or
+ * LETHE_ERR_UNSUPPORTED when the backend offers none. Best of `reps`
+ * (>= 1) after one warm-up. */
+LETHE_API lethe_status lethe_measure_bandwidth(const char *backend, int device, int n_threads, size_t bytes,
+                                               int reps, lethe_bandwidth *out);
+
 #ifdef __cplusplus
 }
 #endif

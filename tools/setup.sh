@@ -3,6 +3,7 @@
 #
 #   tools/setup.sh              install missing packages, configure (once) and build into build/
 #   tools/setup.sh --deps-only  only install missing packages
+#   tools/setup.sh --plots      also install gnuplot (tools/bench_report.py plot); not in CI's default
 #
 # Idempotent and quick when everything is already there: the package check is
 # one dpkg-query call, apt-get runs only when something is missing, CMake
@@ -17,18 +18,22 @@ lethe_setup_main() {
     set -euo pipefail
     local root
     root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-    local deps_only=0
-    case "${1:-}" in
-        --deps-only) deps_only=1 ;;
-        "") ;;
-        -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}"; return 0 ;;
-        *) echo "setup.sh: unknown argument '$1'" >&2; return 2 ;;
-    esac
+    local deps_only=0 plots=0
+    local arg
+    for arg in "$@"; do
+        case "$arg" in
+            --deps-only) deps_only=1 ;;
+            --plots) plots=1 ;;
+            -h|--help) sed -n '2,14p' "${BASH_SOURCE[0]}"; return 0 ;;
+            *) echo "setup.sh: unknown argument '$arg'" >&2; return 2 ;;
+        esac
+    done
 
     # ---- packages (Debian 12 names)
     local pkgs=(build-essential cmake ninja-build pkg-config libvulkan-dev mesa-vulkan-drivers
                 glslc spirv-tools vulkan-tools vulkan-validationlayers libopenblas-dev libcmocka-dev libpcre2-dev
                 libjansson-dev libutf8proc-dev python3 python3-pip unzip curl ca-certificates)
+    ((plots)) && pkgs+=(gnuplot-nox)
     local missing=() p status
     for p in "${pkgs[@]}"; do
         # "install ok installed" is the only state in which a package is usable

@@ -66,6 +66,14 @@ typedef struct cli_opts {
     bool no_special;              /* --no-special (tokenize)                    */
     bool pieces;                  /* --pieces (tokenize)                        */
     bool help;                    /* -h                                         */
+    /* bench: these flags take comma lists there, kept as given (NULL: not
+     * given) and expanded by the sweep (bench_sweep.c) */
+    const char *threads_list, *backend_list, *device_list, *kv_policy_list;
+    const char *kv_budget_list, *dms_window_list, *dms_force_list, *parallel_list;
+    const char *peer;             /* --peer llama.cpp=PATH (bench)              */
+    const char *jsonl;            /* --jsonl FILE: rows also appended there     */
+    bool roofline;                /* --roofline (bench)                         */
+    int progress;                 /* --progress / --no-progress (-1: on a tty)  */
 } cli_opts;
 
 /* Parse argv (argv[0] is the subcommand name). Returns 0 on success, or an

@@ -22,6 +22,7 @@ enum {
     OPT_SEED, OPT_BACKEND, OPT_DEVICE, OPT_SYSTEM, OPT_IGNORE_EOS, OPT_STATS, OPT_NO_SPECIAL,
     OPT_PIECES, OPT_TOKENS, OPT_CHUNKS, OPT_KV_POLICY, OPT_KV_BUDGET, OPT_DMS_WINDOW, OPT_DMS_FORCE,
     OPT_KV_MEM, OPT_KV_STATS, OPT_PARALLEL, OPT_DMS_ADAPTER, OPT_POLICIES, OPT_PASSKEY, OPT_SAVE, OPT_LOAD,
+    OPT_PEER, OPT_JSONL, OPT_ROOFLINE, OPT_PROGRESS, OPT_NO_PROGRESS,
 };
 
 typedef struct cli_optdef {
@@ -78,6 +79,12 @@ static const cli_optdef k_opts[] = {
     {"kv-mem", required_argument, OPT_KV_MEM, CLI_RUN, "SIZE", "KV pool size, e.g. 512M, 1G (default: room for -c per sequence)"},
     {"kv-stats", no_argument, OPT_KV_STATS, CLI_GENERATE | CLI_CHAT, NULL, "print KV cache statistics (live tokens per layer and head) on stderr"},
     {"parallel", required_argument, OPT_PARALLEL, CLI_GENERATE, "N", "N continuations of one prompt, decoded together"},
+    {"parallel", required_argument, OPT_PARALLEL, CLI_BENCH, "N,..", "sequences decoding together; t/s is their sum (1)"},
+    {"peer", required_argument, OPT_PEER, CLI_BENCH, "NAME=PATH", "also run a peer on the same file and settings: llama.cpp=PATH to llama-bench (or its folder)"},
+    {"jsonl", required_argument, OPT_JSONL, CLI_BENCH, "FILE", "also append every row to FILE as a JSON line"},
+    {"roofline", no_argument, OPT_ROOFLINE, CLI_BENCH, NULL, "measure and cache each device's memory bandwidth (--backend, --device, -t, -r)"},
+    {"progress", no_argument, OPT_PROGRESS, CLI_BENCH, NULL, "progress line on stderr even when it is not a terminal"},
+    {"no-progress", no_argument, OPT_NO_PROGRESS, CLI_BENCH, NULL, "no progress line"},
     {"backend", required_argument, OPT_BACKEND, CLI_ALL, "NAME", "cpu (default), vulkan, cuda, auto"},
     {"device", required_argument, OPT_DEVICE, CLI_ALL, "N", "device index within the backend (0)"},
     {"verbose", no_argument, 'v', CLI_ALL, NULL, "more log output (repeat for debug)"},
@@ -216,6 +223,27 @@ bool cli_parse_i32_list(const char *flag, const char *s, int32_t lo, int32_t hi,
 
 /* ---- options ------------------------------------------------------------ */
 
+/* lethe bench: flags that take comma lists there are kept as given, for the
+ * sweep to expand; the bench-only flags too. True when `c` was taken. */
+static bool bench_opt(int c, const char *arg, cli_opts *o) {
+    switch (c) {
+    case 't': o->threads_list = arg; return true;
+    case OPT_BACKEND: o->backend_list = arg; return true;
+    case OPT_DEVICE: o->device_list = arg; return true;
+    case OPT_KV_POLICY: o->kv_policy_list = arg; return true;
+    case OPT_KV_BUDGET: o->kv_budget_list = arg; return true;
+    case OPT_DMS_WINDOW: o->dms_window_list = arg; return true;
+    case OPT_DMS_FORCE: o->dms_force_list = arg; return true;
+    case OPT_PARALLEL: o->parallel_list = arg; return true;
+    case OPT_PEER: o->peer = arg; return true;
+    case OPT_JSONL: o->jsonl = arg; return true;
+    case OPT_ROOFLINE: o->roofline = true; return true;
+    case OPT_PROGRESS: o->progress = 1; return true;
+    case OPT_NO_PROGRESS: o->progress = 0; return true;
+    default: return false;
+    }
+}
+
 static const cli_optdef *find_def(int code, int cmd) {
     for (size_t i = 0; i < N_OPTS; i++)
         if (k_opts[i].code == code && (k_opts[i].cmds & cmd)) return &k_opts[i];
@@ -259,6 +287,7 @@ int cli_parse(int cmd, const char *cmd_name, int argc, char **argv, cli_opts *o)
     o->dms_window = -1;
     o->dms_force_rate = -1.0f;
     o->parallel = 1;
+    o->progress = -1;
 
     /* getopt_long table from k_opts (duplicates by name are harmless: the first wins,
      * and the code is the same). */
@@ -297,6 +326,7 @@ int cli_parse(int cmd, const char *cmd_name, int argc, char **argv, cli_opts *o)
         if (!find_def(c, cmd))
             return cli_error("option %s does not apply to 'lethe %s' (see lethe %s --help)", flag_name(c), cmd_name,
                              cmd_name), CLI_EXIT_USAGE;
+        if (cmd == CLI_BENCH && bench_opt(c, optarg, o)) continue;
         bool ok = true;
         switch (c) {
         case 'm': o->model = optarg; break;

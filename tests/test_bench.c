@@ -1,0 +1,611 @@
+/* test_bench.c — `lethe bench` pieces (tools/lethe/bench_*.c, linked in by
+ * tests/CMakeLists.txt): statistics, sweep expansion, the formats (the md
+ * table parses back to the JSON numbers), the peer's output parser, the
+ * roofline cache; then the CLI end to end: a sweep with --jsonl whose md
+ * matches its JSON lines, --parallel rows, and the failures that must be
+ * one line, a non-zero exit and the rows already measured kept (bad flags,
+ * an unknown backend, a peer that does not run, a context that does not
+ * fit). No timing is asserted: only that numbers exist and agree. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <fcntl.h>
+#include <jansson.h>
+#include <math.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "bench.h"
+#include "testutil.h"
+
+extern char **environ;
+
+/* ---- statistics --------------------------------------------------------- */
+
+static void test_stats(void **state) {
+    (void)state;
+    const double x[] = {1, 2, 3, 4};
+    double m, sd;
+    bench_mean_sd(x, 4, &m, &sd);
+    assert_float_equal(m, 2.5, 1e-12);
+    assert_float_equal(sd, sqrt(5.0 / 3.0), 1e-12);   /* sample sd: n - 1 */
+    bench_mean_sd(x + 2, 1, &m, &sd);
+    assert_float_equal(m, 3.0, 1e-12);
+    assert_float_equal(sd, 0.0, 0.0);
+    /* large mean, tiny spread: the two-pass formula keeps the digits */
+    const double y[] = {1e9 + 1, 1e9 + 2, 1e9 + 3};
+    bench_mean_sd(y, 3, &m, &sd);
+    assert_float_equal(m, 1e9 + 2, 1e-6);
+    assert_float_equal(sd, 1.0, 1e-9);
+}
+
+/* ---- sweep -------------------------------------------------------------- */
+
+static void test_sweep_expansion(void **state) {
+    (void)state;
+    bench_sweep_args a = {
+        .default_model = "m.gguf", .threads = "1,2", .prompts = "0,8", .gens = "4", .depths = "0,32",
+        .parallel = "1,2", .kv_policies = "none,window,dms", .kv_budgets = "16,32", .dms_windows = "8,16",
+    };
+    bench_sweep s;
+    assert_true(bench_sweep_build(&a, &s));
+    /* threads 2 x (none 1 + window 2 budgets + dms 2 windows) x parallel 2 x (pp8, tg4) x depths 2 */
+    assert_int_equal(s.n_points, 2 * 5 * 2 * 2 * 2);
+    const bench_point *p = s.points;
+    assert_string_equal(p[0].model, "m.gguf");
+    assert_string_equal(p[0].backend, "cpu");
+    assert_int_equal(p[0].threads, 1);
+    assert_int_equal(p[0].kv_policy, LETHE_KV_POLICY_NONE);
+    assert_int_equal(p[0].kv_budget, 0);
+    assert_int_equal(p[0].dms_window, -1);
+    assert_int_equal(p[0].n_prompt, 8);
+    assert_int_equal(p[0].n_gen, 0);
+    assert_int_equal(p[0].depth, 0);
+    assert_int_equal(p[1].depth, 32);          /* depth innermost */
+    assert_int_equal(p[2].n_gen, 4);           /* then tg after pp */
+    assert_int_equal(p[2].n_prompt, 0);
+    assert_int_equal(p[4].parallel, 2);        /* then parallel */
+    assert_int_equal(p[8].kv_policy, LETHE_KV_POLICY_WINDOW);
+    assert_int_equal(p[8].kv_budget, 16);
+    assert_int_equal(p[16].kv_budget, 32);
+    assert_int_equal(p[24].kv_policy, LETHE_KV_POLICY_DMS);
+    assert_int_equal(p[24].dms_window, 8);
+    assert_int_equal(p[24].kv_budget, 0);      /* dms ignores the budget */
+    assert_int_equal(p[32].dms_window, 16);
+    assert_int_equal(p[40].threads, 2);        /* threads outermost here */
+    for (size_t i = 0; i < s.n_points; i++) assert_true((s.points[i].n_prompt > 0) != (s.points[i].n_gen > 0));
+    bench_sweep_free(&s);
+
+    /* models and backends are the outer axes */
+    bench_sweep_args b = {.models = "a.gguf,b.gguf", .backends = "cpu,vulkan", .prompts = "0", .gens = "1"};
+    assert_true(bench_sweep_build(&b, &s));
+    assert_int_equal(s.n_points, 4);
+    assert_string_equal(s.points[1].model, "a.gguf");
+    assert_string_equal(s.points[1].backend, "vulkan");
+    assert_string_equal(s.points[2].model, "b.gguf");
+    assert_int_equal(s.points[0].kv_policy, LETHE_KV_POLICY_AUTO);
+    bench_sweep_free(&s);
+}
+
+static void test_sweep_errors(void **state) {
+    (void)state;
+    bench_sweep s;
+    const bench_sweep_args bad[] = {
+        {.default_model = "m", .prompts = "1,,2"},
+        {.default_model = "m", .backends = "cpu,tpu"},
+        {.default_model = "m", .kv_policies = "none,lru"},
+        {.default_model = "m", .kv_budgets = "0"},
+        {.default_model = "m", .dms_windows = "-1"},
+        {.default_model = "m", .dms_force = "1.5"},
+        {.default_model = "m", .parallel = "0"},
+        {.default_model = "m", .threads = "x"},
+        {.default_model = "m", .prompts = "0", .gens = "0"},
+        {.models = "a,", .default_model = "m"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_false(bench_sweep_build(&bad[i], &s));
+        assert_null(s.points);
+    }
+}
+
+/* ---- formats ------------------------------------------------------------ */
+
+static void fill_row(bench_row *r) {
+    memset(r, 0, sizeof *r);
+    snprintf(r->engine, sizeof r->engine, "lethe");
+    snprintf(r->model, sizeof r->model, "llama a|b \"q\"");   /* a '|' and quotes survive every format */
+    snprintf(r->model_file, sizeof r->model_file, "/m/x,y.gguf");
+    r->model_bytes = 96576768;
+    r->n_params = 134515008;
+    snprintf(r->backend, sizeof r->backend, "cpu");
+    snprintf(r->device_name, sizeof r->device_name, "AMD EPYC");
+    r->threads = 2;
+    r->n_batch = 512;
+    r->parallel = 1;
+    snprintf(r->kv_policy, sizeof r->kv_policy, "dms w256 forced 0.90");
+    r->n_gen = 128;
+    r->depth = 4096;
+    bench_test_name(r->test, sizeof r->test, 0, 128, 4096, 1);
+    r->reps = 3;
+    r->samples[0] = 240.5;
+    r->samples[1] = 251.25;
+    r->samples[2] = 244.875;
+    bench_mean_sd(r->samples, 3, &r->avg_ts, &r->sd_ts);
+    r->kv_bytes = 15335424;
+    r->kv_peak = 16777216;
+    r->kv_reads_per_tok = 58004.25;
+    r->compression = 3.8671875;
+    r->gbps = 27.1234;
+    r->roofline_gbps = 29.5;
+    r->roofline_pct = 100.0 * r->gbps / r->roofline_gbps;
+    r->peer_ts = NAN;
+    r->ratio = NAN;
+    snprintf(r->date, sizeof r->date, "2026-11-23T15:00:00Z");
+    snprintf(r->commit, sizeof r->commit, "abc1234");
+    snprintf(r->command, sizeof r->command, "lethe bench -n 128 -d 4096 'a b'");
+}
+
+static char *print_to_string(bench_fmt fmt, const bench_row *rows, int n) {
+    /* static: GCC's -Wdangling-pointer takes the result for the address of a
+     * local that open_memstream was given; the buffer itself is the heap's */
+    static char *buf;
+    static size_t len;
+    buf = NULL;
+    len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    assert_non_null(f);
+    bench_print_header(f, fmt);
+    for (int i = 0; i < n; i++) bench_print_row(f, fmt, &rows[i], i == 0);
+    bench_print_footer(f, fmt, n > 0);
+    fclose(f);
+    return buf;
+}
+
+/* Split one md table line into trimmed cells; returns the count. */
+static int md_cells(const char *line, char cells[][160], int max) {
+    int n = 0;
+    const char *p = strchr(line, '|');
+    while (p && n < max) {
+        const char *q = strchr(p + 1, '|');
+        const char *nl = strchr(p + 1, '\n');
+        if (!q || (nl && nl < q)) break;
+        const char *b = p + 1, *e = q;
+        while (b < e && *b == ' ') b++;
+        while (e > b && e[-1] == ' ') e--;
+        snprintf(cells[n++], 160, "%.*s", (int)(e - b), b);
+        p = q;
+    }
+    return n;
+}
+
+static int col(char hdr[][160], int n, const char *name) {
+    for (int i = 0; i < n; i++)
+        if (!strcmp(hdr[i], name)) return i;
+    fail_msg("md column '%s' missing", name);
+    return -1;
+}
+
+static double jnum(json_t *o, const char *k) {
+    json_t *v = json_object_get(o, k);
+    assert_non_null(v);
+    return json_is_null(v) ? NAN : json_number_value(v);
+}
+
+/* md rows → the numbers of json rows, within the md's printed precision. */
+static void check_md_against_json(const char *md, json_t *rows) {
+    char hdr[32][160], cells[32][160];
+    const char *line = md;
+    int nh = md_cells(line, hdr, 32);
+    assert_true(nh >= 17);
+    line = strchr(line, '\n') + 1;   /* the separator */
+    line = strchr(line, '\n') + 1;
+    size_t i = 0;
+    for (; line && *line == '|'; i++) {
+        assert_true(i < json_array_size(rows));
+        json_t *o = json_array_get(rows, i);
+        int nc = md_cells(line, cells, 32);
+        assert_int_equal(nc, nh);
+        /* t/s "a ± b" */
+        double ts = 0, sd = 0;
+        assert_int_equal(sscanf(cells[col(hdr, nh, "t/s")], "%lf ± %lf", &ts, &sd), 2);
+        assert_float_equal(ts, jnum(o, "avg_ts"), 0.0051);
+        assert_float_equal(sd, jnum(o, "stddev_ts"), 0.0051);
+        assert_string_equal(cells[col(hdr, nh, "test")], json_string_value(json_object_get(o, "test")));
+        assert_string_equal(cells[col(hdr, nh, "engine")], json_string_value(json_object_get(o, "engine")));
+        assert_string_equal(cells[col(hdr, nh, "kv policy")], json_string_value(json_object_get(o, "kv_policy")));
+        assert_int_equal(atoi(cells[col(hdr, nh, "threads")]), (int)jnum(o, "n_threads"));
+        double size = bench_parse_human_bytes(cells[col(hdr, nh, "size")]);
+        assert_float_equal(size, jnum(o, "size_bytes"), 0.005 * 1048576 + 1);
+        assert_float_equal(atof(cells[col(hdr, nh, "params")]) * 1e6, jnum(o, "n_params"), 0.005e6 + 1);
+        struct { const char *md, *js; double tol; bool bytes; } num[] = {
+            {"KV resident", "kv_bytes", 0.005 * 1048576 + 1, true},
+            {"KV peak", "kv_peak_bytes", 0.005 * 1048576 + 1, true},
+            {"KV reads/tok", "kv_reads_per_token", 0.5, false},
+            {"CR", "compression", 0.0051, false},
+            {"GB/s", "gbps", 0.0051, false},
+            {"% roofline", "roofline_pct", 0.051, false},
+            {"peer t/s", "peer_ts", 0.0051, false},
+            {"ratio", "ratio", 0.0051, false},
+        };
+        for (size_t k = 0; k < sizeof num / sizeof num[0]; k++) {
+            const char *c = cells[col(hdr, nh, num[k].md)];
+            double want = jnum(o, num[k].js);
+            if (isnan(want)) {
+                assert_string_equal(c, "");   /* unknown: an empty cell */
+                continue;
+            }
+            double got = num[k].bytes ? bench_parse_human_bytes(c) : atof(c);
+            if (fabs(got - want) > num[k].tol) fail_msg("md %s = '%s', json %s = %g", num[k].md, c, num[k].js, want);
+        }
+        line = strchr(line, '\n');
+        line = line ? line + 1 : NULL;
+    }
+    assert_int_equal(i, json_array_size(rows));
+}
+
+static void test_formats(void **state) {
+    (void)state;
+    bench_row rows[2];
+    fill_row(&rows[0]);
+    fill_row(&rows[1]);
+    snprintf(rows[1].engine, sizeof rows[1].engine, "llama.cpp");
+    rows[1].kv_bytes = rows[1].kv_peak = rows[1].kv_reads_per_tok = rows[1].compression = NAN;
+    rows[1].gbps = rows[1].roofline_pct = rows[1].roofline_gbps = NAN;
+    rows[0].peer_ts = 123.456;
+    rows[0].ratio = rows[0].avg_ts / rows[0].peer_ts;
+
+    char *js = print_to_string(BENCH_JSON, rows, 2);
+    json_error_t err;
+    json_t *arr = json_loads(js, 0, &err);
+    if (!arr) fail_msg("json does not parse: %s\n%s", err.text, js);
+    assert_int_equal(json_array_size(arr), 2);
+    json_t *o = json_array_get(arr, 0);
+    assert_string_equal(json_string_value(json_object_get(o, "model")), "llama a|b \"q\"");
+    assert_string_equal(json_string_value(json_object_get(o, "command")), rows[0].command);
+    assert_float_equal(jnum(o, "avg_ts"), rows[0].avg_ts, 1e-6);
+    assert_int_equal(json_array_size(json_object_get(o, "samples_ts")), 3);
+    assert_float_equal(json_number_value(json_array_get(json_object_get(o, "samples_ts"), 1)), 251.25, 1e-9);
+    assert_true(json_is_null(json_object_get(json_array_get(arr, 1), "kv_bytes")));
+
+    char *md = print_to_string(BENCH_MD, rows, 2);
+    check_md_against_json(md, arr);
+    assert_non_null(strstr(md, "llama a_b"));   /* '|' cannot break the table */
+
+    /* jsonl: the same objects, one per line */
+    char *jl = print_to_string(BENCH_JSONL, rows, 2);
+    char *nl = strchr(jl, '\n');
+    assert_non_null(nl);
+    json_t *first = json_loadb(jl, (size_t)(nl - jl), 0, &err);
+    assert_non_null(first);
+    assert_true(json_equal(first, o));
+    json_decref(first);
+
+    /* csv: header names match the json keys, values match too */
+    char *csv = print_to_string(BENCH_CSV, rows, 1);
+    assert_non_null(strstr(csv, "\"/m/x,y.gguf\""));   /* quoted: it has a comma */
+    assert_non_null(strstr(csv, ",\"llama a|b \"\"q\"\"\","));
+    assert_non_null(strstr(csv, ",dms w256 forced 0.90,"));
+    const char *row = strchr(csv, '\n') + 1;
+    assert_non_null(strstr(row, ",tg128 @ d4096,"));
+    char avg[64];
+    snprintf(avg, sizeof avg, ",%.10g,", rows[0].avg_ts);
+    assert_non_null(strstr(row, avg));
+
+    free(js);
+    free(md);
+    free(jl);
+    free(csv);
+    json_decref(arr);
+
+    char name[48];
+    bench_test_name(name, sizeof name, 512, 0, 0, 1);
+    assert_string_equal(name, "pp512");
+    bench_test_name(name, sizeof name, 0, 64, 2048, 4);
+    assert_string_equal(name, "tg64 x4 @ d2048");
+    bench_fmt f;
+    assert_true(bench_fmt_parse("jsonl", &f) && f == BENCH_JSONL);
+    assert_false(bench_fmt_parse("xml", &f));
+    assert_float_equal(bench_parse_human_bytes("2.50 MiB"), 2.5 * 1048576, 1e-6);
+    assert_float_equal(bench_parse_human_bytes("512 B"), 512, 1e-9);
+}
+
+/* ---- peer --------------------------------------------------------------- */
+
+static void test_peer_parse(void **state) {
+    (void)state;
+    char name[32], path[4096];
+    assert_true(bench_peer_parse("llama.cpp=/no/such/llama-bench", name, sizeof name, path, sizeof path));
+    assert_string_equal(name, "llama.cpp");
+    assert_string_equal(path, "/no/such/llama-bench");
+    assert_true(bench_peer_parse("llama.cpp=/tmp", name, sizeof name, path, sizeof path));   /* a folder */
+    assert_string_equal(path, "/tmp/llama-bench");
+    assert_false(bench_peer_parse("llama.cpp", name, sizeof name, path, sizeof path));
+    assert_false(bench_peer_parse("vllm=/x", name, sizeof name, path, sizeof path));
+
+    /* llama-bench -o jsonl, abridged to the fields read, plus a log line */
+    const char *out =
+        "{\"build_commit\": \"abc\", \"cpu_info\": \"AMD EPYC\", \"gpu_info\": \"\", \"backends\": \"CPU\", "
+        "\"model_filename\": \"x.gguf\", \"model_type\": \"llama 256M Q4_1\", \"model_size\": 96576768, "
+        "\"model_n_params\": 134515008, \"n_batch\": 512, \"n_threads\": 2, \"n_prompt\": 512, \"n_gen\": 0, "
+        "\"n_depth\": 0, \"test_time\": \"2026-11-23T15:29:23Z\", \"avg_ts\": 436.5, \"stddev_ts\": 37.25, "
+        "\"samples_ts\": [400.0, 473.0]}\n"
+        "not json: ignored\n"
+        "{\"model_type\": \"llama 256M Q4_1\", \"n_threads\": 2, \"n_prompt\": 0, \"n_gen\": 128, \"n_depth\": 2048, "
+        "\"avg_ts\": 69.0, \"stddev_ts\": 1.0, \"samples_ts\": [68.0, 70.0]}\n";
+    bench_peer_result r;
+    assert_true(bench_peer_parse_jsonl("llama.cpp", out, &r));
+    assert_int_equal(r.n_rows, 2);
+    assert_string_equal(r.rows[0].engine, "llama.cpp");
+    assert_string_equal(r.rows[0].test, "pp512");
+    assert_float_equal(r.rows[0].avg_ts, 436.5, 1e-9);
+    assert_int_equal(r.rows[0].reps, 2);
+    assert_int_equal((int64_t)r.rows[0].model_bytes, 96576768);
+    assert_string_equal(r.rows[1].test, "tg128 @ d2048");
+    assert_true(isnan(r.rows[1].kv_bytes));
+    bench_peer_free(&r);
+    assert_false(bench_peer_parse_jsonl("llama.cpp", "{\"avg_ts\": \n", &r));
+    assert_false(bench_peer_parse_jsonl("llama.cpp", "{\"n_gen\": 1}\n", &r));   /* no avg_ts */
+
+    /* a peer path that does not run: one line, false, no rows */
+    const int32_t tg[] = {4}, dd[] = {0};
+    assert_false(bench_peer_run("llama.cpp", "/no/such/llama-bench", "m.gguf", "cpu", 1, 512, NULL, 0, tg, 1, dd, 1, 1,
+                                &r));
+    assert_int_equal(r.n_rows, 0);
+    /* one that runs but fails (exit status 1) */
+    assert_false(bench_peer_run("llama.cpp", "/bin/false", "m.gguf", "cpu", 1, 512, NULL, 0, tg, 1, dd, 1, 1, &r));
+    /* one that runs and prints nothing useful */
+    assert_false(bench_peer_run("llama.cpp", "/bin/true", "m.gguf", "cpu", 1, 512, NULL, 0, tg, 1, dd, 1, 1, &r));
+}
+
+/* ---- roofline ----------------------------------------------------------- */
+
+static void test_roofline(void **state) {
+    (void)state;
+    char dir[] = "/tmp/lethe-roofline-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    setenv("LETHE_CACHE", dir, 1);
+    char path[4096];
+    bench_roofline_path(path, sizeof path, "cuda", 1, "NVIDIA H100 80GB HBM3");
+    char want[4200];
+    snprintf(want, sizeof want, "%s/roofline/cuda-1-NVIDIA_H100_80GB_HBM3.json", dir);
+    assert_string_equal(path, want);
+    assert_true(isnan(bench_roofline_cached("cuda", 1, "NVIDIA H100 80GB HBM3")));
+    char sub[4200];
+    snprintf(sub, sizeof sub, "%s/roofline", dir);
+    assert_int_equal(mkdir(sub, 0755), 0);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("{\"gbps\": 3012.5, \"method\": \"device-to-device copy\"}", f);
+    fclose(f);
+    assert_float_equal(bench_roofline_cached("cuda", 1, "NVIDIA H100 80GB HBM3"), 3012.5, 1e-9);
+    assert_true(isnan(bench_roofline_cached("cuda", 0, "NVIDIA H100 80GB HBM3")));   /* another device */
+    unlink(path);
+    rmdir(sub);
+    rmdir(dir);
+    unsetenv("LETHE_CACHE");
+
+    /* the library's measurement, small: a number, the CPU's name, a method */
+    lethe_bandwidth bw;
+    assert_int_equal(lethe_measure_bandwidth("cpu", 0, 1, 8u << 20, 1, &bw), LETHE_OK);
+    assert_true(bw.gbps > 0 && bw.bytes == (8u << 20));
+    assert_string_equal(bw.method, "streaming read");
+    assert_true(bw.device_name[0] != '\0');
+    assert_int_equal(lethe_measure_bandwidth("cpu", 0, 1, 1024, 1, &bw), LETHE_ERR_INVALID_ARG);   /* fits a cache */
+    assert_int_equal(lethe_measure_bandwidth("cpu", 3, 1, 0, 1, &bw), LETHE_ERR_BACKEND);
+    assert_int_equal(lethe_measure_bandwidth("cpu", 0, 1, 0, 0, &bw), LETHE_ERR_INVALID_ARG);
+    /* a backend this build lacks, or one without a device copy: a status, never a crash */
+    assert_int_not_equal(lethe_measure_bandwidth("tpu", 0, 1, 8u << 20, 1, &bw), LETHE_OK);
+    char name[128];
+    assert_int_equal(lethe_device_name("cpu", 0, name, sizeof name), LETHE_OK);
+    assert_int_not_equal(lethe_device_name("tpu", 0, name, sizeof name), LETHE_OK);
+}
+
+/* ---- the CLI end to end ------------------------------------------------- */
+
+typedef struct run_result {
+    int status;
+    char *out, *err;
+} run_result;
+
+static char *slurp(const char *path) {
+    size_t n = 0;
+    char *raw = tu_read_file(path, &n);
+    char *s = calloc(1, n + 1);
+    if (raw) memcpy(s, raw, n);
+    free(raw);
+    return s;
+}
+
+/* `lethe bench args...` with stdout/stderr captured, OpenMP workers passive
+ * (tests share 2 cores) and LETHE_CACHE pointed at `cache` (no roofline). */
+static run_result bench(const char *cache, const char *const *args) {
+    const char *b = getenv("LETHE_BIN");
+    if (!b || access(b, X_OK) != 0) fail_msg("LETHE_BIN (%s) is not an executable", b ? b : "(unset)");
+    char out_path[] = "/tmp/lethe-bench-out-XXXXXX", err_path[] = "/tmp/lethe-bench-err-XXXXXX";
+    int fo = mkstemp(out_path), fe = mkstemp(err_path);
+    assert_true(fo >= 0 && fe >= 0);
+    close(fo);
+    close(fe);
+    const char *argv[64];
+    size_t na = 0;
+    argv[na++] = b;
+    argv[na++] = "bench";
+    argv[na++] = "-m";
+    argv[na++] = tu_model_path();
+    for (size_t i = 0; args[i] && na < 62; i++) argv[na++] = args[i];
+    argv[na] = NULL;
+    char cache_env[4200];
+    snprintf(cache_env, sizeof cache_env, "LETHE_CACHE=%s", cache);
+    const char *envp[512];
+    size_t ne = 0;
+    for (char **e = environ; *e && ne < 500; e++)
+        if (strncmp(*e, "LETHE_CACHE=", 12) && strncmp(*e, "OMP_WAIT_POLICY=", 16)) envp[ne++] = *e;
+    envp[ne++] = cache_env;
+    envp[ne++] = "OMP_WAIT_POLICY=passive";
+    envp[ne] = NULL;
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 1, out_path, O_WRONLY | O_TRUNC, 0);
+    posix_spawn_file_actions_addopen(&fa, 2, err_path, O_WRONLY | O_TRUNC, 0);
+    pid_t pid;
+    assert_int_equal(posix_spawn(&pid, b, &fa, NULL, (char *const *)argv, (char *const *)envp), 0);
+    posix_spawn_file_actions_destroy(&fa);
+    int ws = 0;
+    assert_true(waitpid(pid, &ws, 0) == pid);
+    run_result r = {WIFEXITED(ws) ? WEXITSTATUS(ws) : 128, slurp(out_path), slurp(err_path)};
+    unlink(out_path);
+    unlink(err_path);
+    return r;
+}
+
+static int count_char(const char *s, char c) {
+    int n = 0;
+    for (; *s; s++) n += *s == c;
+    return n;
+}
+
+static void free_run(run_result *r) {
+    free(r->out);
+    free(r->err);
+}
+
+#define ARGS(...) ((const char *const[]){__VA_ARGS__, NULL})
+
+static void test_cli_sweep(void **state) {
+    (void)state;
+    char dir[] = "/tmp/lethe-bench-cache-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char jsonl[4200];
+    snprintf(jsonl, sizeof jsonl, "%s/rows.jsonl", dir);
+    /* 2 policies (window: 2 budgets) x (pp6, tg3) x 2 depths = 12 rows */
+    run_result r = bench(dir, ARGS("-p", "6", "-n", "3", "-d", "0,20", "-r", "2", "-t", "1", "--kv-policy",
+                                   "none,window", "--kv-budget", "8,16", "--jsonl", jsonl, "--no-progress"));
+    if (r.status != 0) fail_msg("bench failed: %s", r.err);
+    assert_int_equal(count_char(r.out, '\n'), 2 + 12);
+    /* --jsonl holds the same rows as the md table */
+    char *jl = slurp(jsonl);
+    assert_int_equal(count_char(jl, '\n'), 12);
+    json_t *arr = json_array();
+    for (char *line = jl; *line;) {
+        char *nl = strchr(line, '\n');
+        json_error_t err;
+        json_t *o = json_loadb(line, (size_t)(nl - line), 0, &err);
+        if (!o) fail_msg("jsonl line does not parse: %s", err.text);
+        json_array_append_new(arr, o);
+        line = nl + 1;
+    }
+    check_md_against_json(r.out, arr);
+    json_t *o = json_array_get(arr, 7);   /* window 8, tg3 @ d20 */
+    assert_string_equal(json_string_value(json_object_get(o, "kv_policy")), "window 8");
+    assert_string_equal(json_string_value(json_object_get(o, "test")), "tg3 @ d20");
+    assert_true(jnum(o, "compression") > 1.0);   /* 24 tokens seen, 8 kept */
+    assert_true(jnum(o, "gbps") > 0);
+    assert_true(isnan(jnum(o, "roofline_pct")));   /* nothing cached in this LETHE_CACHE */
+    assert_non_null(strstr(r.err, "no roofline cached"));
+    assert_string_equal(json_string_value(json_object_get(o, "engine")), "lethe");
+    assert_non_null(strstr(json_string_value(json_object_get(o, "command")), "--kv-budget 8,16"));
+    json_decref(arr);
+    free(jl);
+    unlink(jsonl);
+    free_run(&r);
+
+    /* --parallel: aggregate rows, named "x P"; json closes its array */
+    r = bench(dir, ARGS("-p", "0", "-n", "2", "-d", "4", "--parallel", "1,3", "-r", "1", "-t", "1", "-o", "json"));
+    if (r.status != 0) fail_msg("bench --parallel failed: %s", r.err);
+    json_error_t err;
+    arr = json_loads(r.out, 0, &err);
+    assert_non_null(arr);
+    assert_int_equal(json_array_size(arr), 2);
+    o = json_array_get(arr, 1);
+    assert_string_equal(json_string_value(json_object_get(o, "test")), "tg2 x3 @ d4");
+    assert_int_equal((int)jnum(o, "n_parallel"), 3);
+    assert_true(jnum(o, "avg_ts") > 0);
+    json_decref(arr);
+    free_run(&r);
+    rmdir(dir);
+}
+
+/* One error line on stderr mentioning `needle`, exit status `status`. */
+static void expect_error(const run_result *r, int status, const char *needle) {
+    if (r->status != status) fail_msg("exit %d, expected %d; stderr: %s", r->status, status, r->err);
+    const char *e = strstr(r->err, "lethe: error: ");
+    if (!e) fail_msg("no error line; stderr: %s", r->err);
+    assert_null(strstr(e + 1, "lethe: error: "));   /* exactly one */
+    if (needle && !strstr(e, needle)) fail_msg("error line lacks '%s': %s", needle, e);
+}
+
+static void test_cli_failures(void **state) {
+    (void)state;
+    char dir[] = "/tmp/lethe-bench-cache-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    run_result r;
+    r = bench(dir, ARGS("--bogus"));
+    expect_error(&r, 2, "--bogus");
+    assert_string_equal(r.out, "");
+    free_run(&r);
+    r = bench(dir, ARGS("--backend", "cpu,tpu"));
+    expect_error(&r, 2, "tpu");
+    free_run(&r);
+    r = bench(dir, ARGS("-o", "xml"));
+    expect_error(&r, 2, "xml");
+    free_run(&r);
+    r = bench(dir, ARGS("--peer", "vllm=/x"));
+    expect_error(&r, 2, "vllm");
+    free_run(&r);
+    r = bench(dir, ARGS("-p", "0", "-n", "0"));
+    expect_error(&r, 2, "nothing to measure");
+    free_run(&r);
+
+    /* a peer that does not run: one line, our rows still print, exit 1 */
+    r = bench(dir, ARGS("-p", "0", "-n", "2", "-r", "1", "-t", "1", "--peer", "llama.cpp=/no/such/llama-bench",
+                        "-o", "csv"));
+    expect_error(&r, 1, "/no/such/llama-bench");
+    assert_int_equal(count_char(r.out, '\n'), 2);   /* header + our tg2 */
+    assert_non_null(strstr(r.out, "lethe,"));
+    free_run(&r);
+
+    /* a context that does not fit (a KV pool of one page per head stream at
+     * most, depths past it): the rows before are written, one line per
+     * refused row, exit 1, and json still closes its array */
+    r = bench(dir, ARGS("-p", "0", "-n", "2", "-d", "0,4000", "-r", "1", "-t", "1", "--kv-mem", "1M", "-o", "json"));
+    assert_int_equal(r.status, 1);
+    assert_non_null(strstr(r.err, "lethe: error: "));
+    assert_non_null(strstr(r.err, "tg2 @ d4000"));
+    json_error_t err;
+    json_t *arr = json_loads(r.out, 0, &err);
+    if (!arr) fail_msg("json output does not parse after an error: %s\n%s", err.text, r.out);
+    assert_int_equal(json_array_size(arr), 1);   /* tg2 was measured */
+    json_decref(arr);
+    free_run(&r);
+
+    /* a GPU backend that is not there must not run on the CPU under its name */
+    r = bench(dir, ARGS("-p", "0", "-n", "2", "-r", "1", "--backend", "cuda,cpu", "-t", "1", "-o", "csv"));
+    expect_error(&r, 1, "cuda");
+    assert_int_equal(count_char(r.out, '\n'), 2);   /* header + the cpu row */
+    assert_null(strstr(r.out, ",cuda,"));
+    free_run(&r);
+    rmdir(dir);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_stats),
+        cmocka_unit_test(test_sweep_expansion),
+        cmocka_unit_test(test_sweep_errors),
+        cmocka_unit_test(test_formats),
+        cmocka_unit_test(test_peer_parse),
+        cmocka_unit_test(test_roofline),
+        cmocka_unit_test(test_cli_sweep),
+        cmocka_unit_test(test_cli_failures),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

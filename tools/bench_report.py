@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""bench_report.py — tables and plots from `lethe bench` JSON rows.
+
+    tools/bench_report.py tables ROWS.jsonl...            markdown for docs/BENCHMARKS.md
+    tools/bench_report.py plot ROWS.jsonl... --out DIR [--name PREFIX] [--eval EVAL.json...]
+
+ROWS files hold the rows of `lethe bench -o jsonl` (or `--jsonl FILE`), or
+the array of `-o json`; peer rows (engine "llama.cpp") come in the same
+files. `tables` prints, per (date, commit, command) run: the provenance
+(date, machine, commit, command), the rows, and a backend x device table
+of t/s. `plot` writes, with gnuplot (Debian: gnuplot-nox, installed by
+`tools/setup.sh --plots`), SVG and PNG files into DIR:
+
+    PREFIX-tg-depth.svg/.png   tg t/s against depth, one line per engine and KV policy
+    PREFIX-pp-depth.svg/.png   the same for pp rows (when there are any)
+    PREFIX-pareto.svg/.png     with --eval (`lethe eval -o json` output): KL to
+                               `none` against compression, one point per policy
+
+Only the standard library: CI and GPU machines have python3, nothing more.
+"""
+import argparse
+import collections
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+
+def load_rows(paths):
+    rows = []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        stripped = text.lstrip()
+        if stripped.startswith("["):
+            rows.extend(json.loads(text))
+            continue
+        for n, line in enumerate(text.splitlines(), 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                sys.exit(f"bench_report: {path}:{n}: not a JSON row ({e})")
+    return rows
+
+
+def human_bytes(b):
+    if b is None:
+        return ""
+    for unit, div in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if b >= div:
+            return f"{b / div:.2f} {unit}"
+    return f"{b:.0f} B"
+
+
+def num(v, fmt):
+    return "" if v is None else format(v, fmt)
+
+
+def ts_cell(r):
+    return f"{r['avg_ts']:.2f} ± {r['stddev_ts']:.2f}"
+
+
+def group_runs(rows):
+    """Runs in file order, keyed by (date, commit, command) of the lethe rows.
+    A peer's rows come before ours in a run (it runs first): they join the
+    next lethe run of the same command."""
+    runs = collections.OrderedDict()
+    pending = []
+    for r in rows:
+        if r.get("engine") != "lethe":
+            pending.append(r)
+            continue
+        key = (r.get("date", ""), r.get("commit", ""), r.get("command", ""))
+        if key not in runs:
+            runs[key] = [p for p in pending if p.get("command") == key[2]]
+            pending = [p for p in pending if p.get("command") != key[2]]
+        runs[key].append(r)
+    for p in pending:
+        runs.setdefault((p.get("date", ""), p.get("commit", ""), p.get("command", "")), []).append(p)
+    return runs
+
+
+def cmd_tables(args):
+    rows = load_rows(args.rows)
+    if not rows:
+        sys.exit("bench_report: no rows")
+    out = []
+    for (date, commit, command), rs in group_runs(rows).items():
+        ours = [r for r in rs if r.get("engine") == "lethe"] or rs
+        devices = sorted({f"{r['backend']} {r.get('device', 0)}: {r.get('device_name', '')}" for r in ours})
+        models = sorted({f"{r['model']} ({human_bytes(r.get('size_bytes'))}, {os.path.basename(r.get('model_file', ''))})"
+                         for r in ours})
+        out.append(f"- Date: {date}; lethe commit {commit}")
+        out.append(f"- Machine: {'; '.join(devices)}")
+        out.append(f"- Model: {'; '.join(models)}")
+        out.append(f"- Command: `{command}`")
+        out.append("")
+        out.append("| test | engine | backend | threads | kv policy | t/s | KV resident | KV reads/tok | CR | GB/s "
+                   "| % roofline | ratio |")
+        out.append("| ---- | ------ | ------- | ------: | --------- | --: | ----------: | -----------: | -: | ---: "
+                   "| ---------: | ----: |")
+        for r in rs:
+            out.append(f"| {r['test']} | {r['engine']} | {r['backend']} | {r['n_threads']} | {r['kv_policy']} | "
+                       f"{ts_cell(r)} | {human_bytes(r.get('kv_bytes'))} | {num(r.get('kv_reads_per_token'), '.0f')} | "
+                       f"{num(r.get('compression'), '.2f')} | {num(r.get('gbps'), '.2f')} | "
+                       f"{num(r.get('roofline_pct'), '.1f')} | {num(r.get('ratio'), '.2f')} |")
+        out.append("")
+    # backend x device: mean t/s of lethe's rows per test, one column per device
+    ours = [r for r in rows if r.get("engine") == "lethe"]
+    cols = sorted({(r["backend"], r.get("device_name", "")) for r in ours})
+    if len(cols) > 1:
+        tests = list(collections.OrderedDict((f"{r['test']} ({r['kv_policy']})", None) for r in ours))
+        cell = collections.defaultdict(list)
+        for r in ours:
+            cell[(f"{r['test']} ({r['kv_policy']})", (r["backend"], r.get("device_name", "")))].append(r["avg_ts"])
+        out.append("| test | " + " | ".join(f"{b} · {d}" for b, d in cols) + " |")
+        out.append("| ---- | " + " | ".join("--:" for _ in cols) + " |")
+        for t in tests:
+            vals = [cell.get((t, c)) for c in cols]
+            out.append(f"| {t} | " + " | ".join(f"{sum(v) / len(v):.2f}" if v else "" for v in vals) + " |")
+        out.append("")
+    print("\n".join(out).rstrip())
+
+
+def gnuplot(script, what):
+    exe = shutil.which("gnuplot")
+    if not exe:
+        sys.exit("bench_report: gnuplot not found: install it with tools/setup.sh --plots (Debian: gnuplot-nox)")
+    p = subprocess.run([exe], input=script, text=True, capture_output=True)
+    if p.returncode != 0:
+        sys.exit(f"bench_report: gnuplot failed on {what}: {p.stderr.strip().splitlines()[-1] if p.stderr else p.returncode}")
+
+
+def esc(s):   # for a double-quoted gnuplot string (enhanced text is off)
+    return s.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def plot_lines(series, title, xlabel, ylabel, base, logx=False):
+    """series: {label: [(x, y, sd), ...]} → base.svg and base.png."""
+    data = base + ".dat"
+    with open(data, "w", encoding="utf-8") as f:
+        for label, pts in series.items():
+            f.write(f"# {label}\n")
+            for x, y, sd in sorted(pts):
+                f.write(f"{x} {y} {sd}\n")
+            f.write("\n\n")
+    plots = ", ".join(f"'{data}' index {i} using 1:2:3 with yerrorlines title \"{esc(label)}\""
+                      for i, label in enumerate(series))
+    common = (f"set title \"{esc(title)}\"\nset xlabel \"{xlabel}\"\nset ylabel \"{ylabel}\"\n"
+              "set termoption noenhanced\nset grid\nset key outside right top\nset yrange [0:*]\n" + ("set logscale x 2\n" if logx else ""))
+    for term, ext in (("svg size 720,420 dynamic font 'sans,11'", "svg"), ("pngcairo size 720,420 font 'sans,9'", "png")):
+        gnuplot(f"set terminal {term}\nset output '{base}.{ext}'\n{common}plot {plots}\n", f"{base}.{ext}")
+    os.remove(data)
+    return [base + ".svg", base + ".png"]
+
+
+def cmd_plot(args):
+    rows = load_rows(args.rows)
+    os.makedirs(args.out, exist_ok=True)
+    written = []
+    for kind, key in (("tg", "n_gen"), ("pp", "n_prompt")):
+        rs = [r for r in rows if r.get(key, 0) > 0]
+        if not rs:
+            continue
+        series = collections.OrderedDict()
+        for r in rs:
+            label = f"{r['engine']} {r['kv_policy']}"
+            if r.get("n_parallel", 1) > 1:
+                label += f" x{r['n_parallel']}"
+            if len({x['backend'] for x in rs if x['engine'] == 'lethe'}) > 1 and r["engine"] == "lethe":
+                label += f" ({r['backend']})"
+            series.setdefault(label, []).append((r["n_depth"], r["avg_ts"], r["stddev_ts"]))
+        sizes = sorted({r[key] for r in rs})
+        ours = [r for r in rs if r["engine"] == "lethe"] or rs
+        model = ours[0]["model"]
+        dev = ours[0].get("device_name", "")
+        title = f"{kind}{'/'.join(map(str, sizes))} t/s against depth — {model}, {dev}"
+        base = os.path.join(args.out, f"{args.name}-{kind}-depth")
+        written += plot_lines(series, title, "depth (tokens in the cache)", "tokens per second", base)
+    if args.eval:
+        series = collections.OrderedDict()
+        for path in args.eval:
+            with open(path, encoding="utf-8") as f:
+                for e in json.load(f):
+                    if e.get("policy") == "none" or e.get("kl") is None or e.get("compression") is None:
+                        continue
+                    label = e["policy"]
+                    series.setdefault(label, []).append((e["compression"], e["kl"], 0.0))
+        if series:
+            base = os.path.join(args.out, f"{args.name}-pareto")
+            written += plot_lines(series, "memory against accuracy (lethe eval)", "compression (tokens seen / live)",
+                                  "KL to the full cache (nats/token)", base, logx=True)
+    if not written:
+        sys.exit("bench_report: nothing to plot (no tg/pp rows, no eval data)")
+    for w in written:
+        print(w)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("tables", help="markdown tables for docs/BENCHMARKS.md")
+    t.add_argument("rows", nargs="+")
+    t.set_defaults(fn=cmd_tables)
+    p = sub.add_parser("plot", help="SVG and PNG plots (gnuplot)")
+    p.add_argument("rows", nargs="+")
+    p.add_argument("--out", required=True)
+    p.add_argument("--name", default="bench")
+    p.add_argument("--eval", nargs="*", default=[], help="lethe eval -o json outputs (Pareto view)")
+    p.set_defaults(fn=cmd_plot)
+    args = ap.parse_args()
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()
