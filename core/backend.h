@@ -60,6 +60,15 @@ typedef struct lethe_backend_iface {
      * this backend on the device, asynchronously (synchronize() waits).
      * `lethe bench --roofline` times it as the device's bandwidth. */
     lethe_status (*buffer_copy)(lethe_buffer *dst, size_t dst_offs, lethe_buffer *src, size_t src_offs, size_t size);
+
+    /* Optional (NULL: not offered). A buffer both the host and the device
+     * address: host_ptr != NULL and the device can bind it (Vulkan:
+     * HOST_VISIBLE | HOST_COHERENT memory; CUDA: managed or mapped pinned
+     * memory). The KV cache puts its pool and per-slot metadata there
+     * (kv_cache.h, lethe_kv_init's `mem`), so the host keeps doing the
+     * bookkeeping (slots, holes, evictions, compaction) with plain pointers
+     * while device kernels store and attend in place. */
+    lethe_status (*buffer_alloc_shared)(lethe_backend *be, size_t size, lethe_buffer **out);
 } lethe_backend_iface;
 
 struct lethe_backend {

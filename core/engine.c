@@ -138,9 +138,9 @@ lethe_context_params lethe_context_default_params(void) {
 void lethe_context_free(lethe_context *c) {
     if (!c) return;
     lethe_executor_free(c->ex);
+    lethe_kv_free(&c->kv);   /* before the backends: its pool may be a device's shared buffer */
     if (c->gpu) c->gpu->iface->free(c->gpu);
     if (c->cpu) c->cpu->iface->free(c->cpu);
-    lethe_kv_free(&c->kv);
     lethe_graph_free(c->graph);
     free(c->ub_tokens);
     free(c->ub_seq);
@@ -226,14 +226,15 @@ lethe_context *lethe_context_new(lethe_model *m, lethe_context_params p, lethe_s
                         budget, p.mem_limit_bytes);
         goto fail;
     }
-    if ((st = lethe_kv_init(&c->kv, p.n_seq_max, hp->n_layer, hp->n_head_kv, hp->head_dim, kt,
-                            budget, p.n_batch, &kvp)) != LETHE_OK)
-        goto fail;
-
     int n_threads = p.n_threads > 0 ? p.n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     c->cpu = lethe_backend_cpu_new(n_threads);
     if (!c->cpu) { st = lethe_fail(LETHE_ERR_BACKEND, "context: cannot create the CPU backend"); goto fail; }
     c->gpu = lethe_engine_start_gpu(m->params.backend, m->params.device);
+    /* a device that offers shared memory holds the KV pool, so its kernels
+     * read the cache in place while the host does the bookkeeping */
+    if ((st = lethe_kv_init(&c->kv, p.n_seq_max, hp->n_layer, hp->n_head_kv, hp->head_dim, kt,
+                            budget, p.n_batch, &kvp, c->gpu)) != LETHE_OK)
+        goto fail;
     lethe_backend *bes[2] = {c->gpu, c->cpu};
     c->ex = c->gpu ? lethe_executor_new(bes, 2) : lethe_executor_new(&c->cpu, 1);
     c->graph = lethe_graph_new(lethe_llama_graph_size(m));

@@ -1,6 +1,7 @@
 /* kv_cache.c — per-(sequence, layer, KV head) paged storage, slot reuse,
  * eviction and compaction. See kv_cache.h for the model. */
 #include "kv_cache.h"
+#include "backend.h"
 #include "common.h"
 
 #include <math.h>
@@ -15,7 +16,7 @@ static lethe_kv_stream *seq_streams(const lethe_kv_cache *kv, int seq) {
 
 lethe_status lethe_kv_init(lethe_kv_cache *kv, int n_seq, int n_layer, int n_head_kv,
                            int head_dim, lethe_dtype type, size_t budget_bytes,
-                           int max_batch, const lethe_kv_policy *policy) {
+                           int max_batch, const lethe_kv_policy *policy, lethe_backend *mem) {
     memset(kv, 0, sizeof *kv);
     if (n_seq <= 0 || n_layer <= 0 || n_head_kv <= 0 || head_dim <= 0 || max_batch <= 0)
         return lethe_fail(LETHE_ERR_INVALID_ARG, "kv cache: bad dimensions");
@@ -39,9 +40,25 @@ lethe_status lethe_kv_init(lethe_kv_cache *kv, int n_seq, int n_layer, int n_hea
     kv->n_pages = (int32_t)n_pages;
     size_t n_streams = (size_t)n_seq * n_layer * n_head_kv;
     size_t n_slots = n_pages * LETHE_KV_PAGE;
-    kv->pool = aligned_alloc(64, n_pages * kv->page_bytes);
-    kv->pos = malloc(n_slots * sizeof(int32_t));
-    kv->expire = malloc(n_slots * sizeof(int32_t));
+    if (mem && mem->iface->buffer_alloc_shared) {
+        /* one shared buffer: pool, then pos, then expire (64-byte aligned) */
+        kv->pos_offs = (n_pages * kv->page_bytes + 63) & ~(size_t)63;
+        kv->expire_offs = (kv->pos_offs + n_slots * sizeof(int32_t) + 63) & ~(size_t)63;
+        lethe_status st = mem->iface->buffer_alloc_shared(mem, kv->expire_offs + n_slots * sizeof(int32_t), &kv->shared);
+        if (st != LETHE_OK) {
+            kv->shared = NULL;   /* a device without shared memory: the pool stays on the host */
+            lethe_clear_error();
+        } else {
+            kv->pool = kv->shared->host_ptr;
+            kv->pos = (int32_t *)((uint8_t *)kv->shared->host_ptr + kv->pos_offs);
+            kv->expire = (int32_t *)((uint8_t *)kv->shared->host_ptr + kv->expire_offs);
+        }
+    }
+    if (!kv->shared) {
+        kv->pool = aligned_alloc(64, n_pages * kv->page_bytes);
+        kv->pos = malloc(n_slots * sizeof(int32_t));
+        kv->expire = malloc(n_slots * sizeof(int32_t));
+    }
     kv->free_list = malloc(n_pages * sizeof(int32_t));
     kv->streams = calloc(n_streams, sizeof *kv->streams);
     kv->seq_pos = calloc((size_t)n_seq, sizeof(int32_t));
@@ -75,9 +92,13 @@ void lethe_kv_free(lethe_kv_cache *kv) {
             free(kv->streams[i].pend);
         }
     }
-    free(kv->pool);
-    free(kv->pos);
-    free(kv->expire);
+    if (kv->shared) {
+        kv->shared->backend->iface->buffer_free(kv->shared);
+    } else {
+        free(kv->pool);
+        free(kv->pos);
+        free(kv->expire);
+    }
     free(kv->score);
     free(kv->kmin);
     free(kv->kmax);

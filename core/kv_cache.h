@@ -82,6 +82,9 @@ typedef struct lethe_kv_stream {
     int32_t saved_holes[LETHE_KV_MAX_HOLES];
 } lethe_kv_stream;
 
+struct lethe_backend;
+struct lethe_buffer;
+
 typedef struct lethe_kv_cache {
     int32_t n_seq, n_layer, n_head_kv, head_dim;
     lethe_dtype type;          /* LETHE_F16 or LETHE_F32                         */
@@ -112,12 +115,19 @@ typedef struct lethe_kv_cache {
     size_t bytes_peak;
     uint64_t reads;            /* sum of live lengths read by attention          */
     uint64_t evicted;          /* tokens evicted (all streams)                   */
+    /* When a device backend offered shared memory (lethe_kv_init's `mem`):
+     * the buffer holding pool, pos and expire back to back (pool at offset
+     * 0, pos at pos_offs, expire at expire_offs), else NULL (malloc'ed). */
+    struct lethe_buffer *shared;
+    size_t pos_offs, expire_offs;
 } lethe_kv_cache;
 
-/* Allocate a cache; pages = ceil(budget_bytes / page_bytes). */
+/* Allocate a cache; pages = ceil(budget_bytes / page_bytes). `mem`: a
+ * backend whose buffer_alloc_shared holds the pool and per-slot metadata so
+ * its kernels can read them in place, or NULL (host memory). */
 lethe_status lethe_kv_init(lethe_kv_cache *kv, int n_seq, int n_layer, int n_head_kv,
                            int head_dim, lethe_dtype type, size_t budget_bytes,
-                           int max_batch, const lethe_kv_policy *policy);
+                           int max_batch, const lethe_kv_policy *policy, struct lethe_backend *mem);
 void lethe_kv_free(lethe_kv_cache *kv);
 
 static inline lethe_kv_stream *lethe_kv_stream_at(const lethe_kv_cache *kv, int seq,

@@ -498,7 +498,7 @@ static void attention_case(lethe_dtype kvt, const int D) {
     enum { NSEQ = 3, NL = 2, HKV = 2, G = 3, HQ = HKV * G, LAYER = 1 };
     assert_true(D <= 128);
     lethe_kv_cache kv;
-    assert_int_equal(lethe_kv_init(&kv, NSEQ, NL, HKV, D, kvt, 64u << 20, 64, NULL), LETHE_OK);
+    assert_int_equal(lethe_kv_init(&kv, NSEQ, NL, HKV, D, kvt, 64u << 20, 64, NULL, NULL), LETHE_OK);
     allocs a = {0};
 
     /* history: seq 0 has 5 tokens, seq 1 has 40 (two pages), seq 2 none */

@@ -38,7 +38,7 @@ static void test_reserve_and_layout(void **state) {
     (void)state;
     lethe_kv_cache kv;
     size_t page = 2 * LETHE_KV_PAGE * D * sizeof(float);
-    assert_int_equal(lethe_kv_init(&kv, NSEQ, NL, NH, D, LETHE_F32, 64 * page, 64, NULL), LETHE_OK);
+    assert_int_equal(lethe_kv_init(&kv, NSEQ, NL, NH, D, LETHE_F32, 64 * page, 64, NULL, NULL), LETHE_OK);
     assert_int_equal(kv.n_pages, 64);
     lethe_kv_begin(&kv);
     reserve_seq(&kv, 0, 40, LETHE_OK);              /* 40 slots: 2 pages per stream */
@@ -65,7 +65,7 @@ static void test_rollback_restores_everything(void **state) {
     (void)state;
     lethe_kv_cache kv;
     size_t page = 2 * LETHE_KV_PAGE * D * sizeof(float);
-    assert_int_equal(lethe_kv_init(&kv, NSEQ, NL, NH, D, LETHE_F32, 64 * page, 64, NULL), LETHE_OK);
+    assert_int_equal(lethe_kv_init(&kv, NSEQ, NL, NH, D, LETHE_F32, 64 * page, 64, NULL, NULL), LETHE_OK);
     lethe_kv_begin(&kv);
     reserve_seq(&kv, 0, 30, LETHE_OK);
     lethe_kv_commit(&kv);
@@ -90,7 +90,7 @@ static void test_budget_exhaustion_leaves_cache_untouched(void **state) {
     lethe_kv_cache kv;
     size_t page = 2 * LETHE_KV_PAGE * D * sizeof(float);
     /* NL*NH pages: exactly one page for each stream of sequence 0 */
-    assert_int_equal(lethe_kv_init(&kv, NSEQ, NL, NH, D, LETHE_F32, NL * NH * page, 64, NULL), LETHE_OK);
+    assert_int_equal(lethe_kv_init(&kv, NSEQ, NL, NH, D, LETHE_F32, NL * NH * page, 64, NULL, NULL), LETHE_OK);
     lethe_kv_begin(&kv);
     reserve_seq(&kv, 0, 32, LETHE_OK);
     lethe_kv_commit(&kv);
@@ -111,7 +111,7 @@ static void test_fork_copies(void **state) {
     (void)state;
     lethe_kv_cache kv;
     size_t page = 2 * LETHE_KV_PAGE * D * sizeof(float);
-    assert_int_equal(lethe_kv_init(&kv, NSEQ, NL, NH, D, LETHE_F32, 64 * page, 64, NULL), LETHE_OK);
+    assert_int_equal(lethe_kv_init(&kv, NSEQ, NL, NH, D, LETHE_F32, 64 * page, 64, NULL, NULL), LETHE_OK);
     lethe_kv_begin(&kv);
     reserve_seq(&kv, 0, 33, LETHE_OK);
     for (int i = 0; i < 33; i++) fill_slot(&kv, 0, i, (float)i);
@@ -195,7 +195,7 @@ static void random_run(int w, uint64_t seed, int pool_pages) {
     lethe_kv_cache kv;
     const size_t page = 2 * LETHE_KV_PAGE * RD * sizeof(float);
     lethe_kv_policy pol = {.rule = LETHE_KV_RULE_DMS, .window = w};
-    assert_int_equal(lethe_kv_init(&kv, RS, RL, RH, RD, LETHE_F32, (size_t)pool_pages * page, 16, &pol), LETHE_OK);
+    assert_int_equal(lethe_kv_init(&kv, RS, RL, RH, RD, LETHE_F32, (size_t)pool_pages * page, 16, &pol, NULL), LETHE_OK);
     static naive nv, saved;
     memset(&nv, 0, sizeof nv);
     uint64_t r = seed;
@@ -297,9 +297,9 @@ static void test_random_dms_against_naive(void **state) {
 static void test_bad_init(void **state) {
     (void)state;
     lethe_kv_cache kv;
-    assert_int_equal(lethe_kv_init(&kv, 0, NL, NH, D, LETHE_F32, 1 << 20, 8, NULL), LETHE_ERR_INVALID_ARG);
-    assert_int_equal(lethe_kv_init(&kv, 1, NL, NH, D, LETHE_Q4_0, 1 << 20, 8, NULL), LETHE_ERR_INVALID_ARG);
-    assert_int_equal(lethe_kv_init(&kv, 1, NL, NH, D, LETHE_F32, 0, 8, NULL), LETHE_ERR_INVALID_ARG);
+    assert_int_equal(lethe_kv_init(&kv, 0, NL, NH, D, LETHE_F32, 1 << 20, 8, NULL, NULL), LETHE_ERR_INVALID_ARG);
+    assert_int_equal(lethe_kv_init(&kv, 1, NL, NH, D, LETHE_Q4_0, 1 << 20, 8, NULL, NULL), LETHE_ERR_INVALID_ARG);
+    assert_int_equal(lethe_kv_init(&kv, 1, NL, NH, D, LETHE_F32, 0, 8, NULL, NULL), LETHE_ERR_INVALID_ARG);
 }
 
 int main(void) {
