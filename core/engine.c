@@ -87,7 +87,7 @@ static lethe_status resolve_policy(const lethe_hparams *hp, const lethe_context_
         if (w >= p->n_ctx)
             return lethe_fail(LETHE_ERR_INVALID_ARG,
                               "context: DMS window %d is not smaller than the context of %d tokens: nothing could "
-                              "ever be evicted", w, p->n_ctx);
+                              "ever be evicted (raise n_ctx or lower dms_window)", w, p->n_ctx);
         kvp->rule = LETHE_KV_RULE_DMS;
         kvp->window = w;
         dms->on = true;
