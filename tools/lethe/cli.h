@@ -145,5 +145,6 @@ int cli_cmd_bench(int argc, char **argv);
 int cli_cmd_info(int argc, char **argv);
 int cli_cmd_eval(int argc, char **argv);
 int cli_cmd_convert(int argc, char **argv);   /* cmd_convert.c */
+int cli_cmd_synth(int argc, char **argv);     /* cmd_synth.c */
 
 #endif

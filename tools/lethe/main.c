@@ -20,6 +20,7 @@ static const cli_cmd k_cmds[] = {
     {"info", cli_cmd_info, "model metadata"},
     {"eval", cli_cmd_eval, "what forgetting costs: KL, greedy agreement, perplexity, passkey per KV policy"},
     {"convert", cli_cmd_convert, "write a Hugging Face model directory as a GGUF file"},
+    {"synth", cli_cmd_synth, "write a random-weight model of a real shape (llama3-8b, qwen3-8b) as GGUF"},
 };
 
 static void usage(FILE *f) {
@@ -45,6 +46,6 @@ int main(int argc, char **argv) {
     }
     for (size_t i = 0; i < sizeof k_cmds / sizeof k_cmds[0]; i++)
         if (!strcmp(name, k_cmds[i].name)) return k_cmds[i].run(argc - 1, argv + 1);
-    cli_error("unknown command '%s' (commands: chat generate tokenize logits perplexity bench info eval convert)", name);
+    cli_error("unknown command '%s' (commands: chat generate tokenize logits perplexity bench info eval convert synth)", name);
     return CLI_EXIT_USAGE;
 }
