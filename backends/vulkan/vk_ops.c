@@ -223,8 +223,10 @@ bool lethe_vk_supports_op(lethe_backend *be, const lethe_node *n) {
         return f32n(n->src[0]) && f32n(n->src[1]) && fits(c, n->src[0]) && fits(c, n->src[1]) &&
                has_pipe(c, n->op == LETHE_OP_ADD ? "add" : n->op == LETHE_OP_MUL ? "mul" : "swiglu", NULL);
     case LETHE_OP_ROPE:
+        /* iparams[0] > 0 (the DMS borrowed channel) is not in the shader yet: the CPU runs it */
         return f32n(n->src[0]) && fits(c, n->src[0]) && n->ub && n->ub->n_tokens > 0 && n->rope.n_rot > 0 &&
-               n->rope.n_rot % 2 == 0 && n->rope.n_rot <= n->src[0]->t.ne[0] && has_pipe(c, "rope", NULL);
+               n->rope.n_rot % 2 == 0 && n->rope.n_rot <= n->src[0]->t.ne[0] && n->iparams[0] == 0 &&
+               has_pipe(c, "rope", NULL);
     default:   /* KV_STORE, ATTENTION: the KV pool is host memory (kv_cache.c) */
         return false;
     }
