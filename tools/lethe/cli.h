@@ -53,6 +53,8 @@ typedef struct cli_opts {
     size_t kv_mem;                /* --kv-mem bytes of KV pool (0: enough for -c) */
     bool kv_stats;                /* --kv-stats                                 */
     const char *dms_adapter;      /* --dms-adapter FILE                         */
+    lethe_kv_type kv_type;        /* --kv-type (valid when kv_type_set)         */
+    bool kv_type_set;
     int32_t parallel;             /* --parallel N (generate)                    */
     const char *backend;          /* --backend                                  */
     int32_t device;               /* --device                                   */
