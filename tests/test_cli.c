@@ -170,6 +170,7 @@ static void test_bad_flags(void **state) {
     expect_one_error_line(ARGS("generate", "-p", "hi", "--kv-mem", "12Q"), NULL, "--kv-mem");
     expect_one_error_line(ARGS("generate", "-p", "hi", "--parallel", "0"), NULL, "--parallel");
     expect_one_error_line(ARGS("tokenize", "-p", "hi", "--kv-policy", "dms"), NULL, "--kv-policy");
+    expect_one_error_line(ARGS("logits", "--tokens", "1", "-o", "/dev/null", "--kv-type", "f64"), NULL, "f64");
 }
 
 static void test_help(void **state) {

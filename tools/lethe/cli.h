@@ -57,6 +57,8 @@ typedef struct cli_opts {
     const char *policies;         /* --policies dms,window,... (eval)           */
     const char *save, *load;      /* --save FILE / --load FILE (chat)           */
     const char *passkey;          /* --passkey 1024,2048 (eval)                 */
+    lethe_kv_type kv_type;        /* --kv-type (valid when kv_type_set)         */
+    bool kv_type_set;
     int32_t parallel;             /* --parallel N (generate)                    */
     const char *backend;          /* --backend                                  */
     int32_t device;               /* --device                                   */

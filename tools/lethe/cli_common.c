@@ -22,7 +22,7 @@ enum {
     OPT_SEED, OPT_BACKEND, OPT_DEVICE, OPT_SYSTEM, OPT_IGNORE_EOS, OPT_STATS, OPT_NO_SPECIAL,
     OPT_PIECES, OPT_TOKENS, OPT_CHUNKS, OPT_KV_POLICY, OPT_KV_BUDGET, OPT_DMS_WINDOW, OPT_DMS_FORCE,
     OPT_KV_MEM, OPT_KV_STATS, OPT_PARALLEL, OPT_DMS_ADAPTER, OPT_POLICIES, OPT_PASSKEY, OPT_SAVE, OPT_LOAD,
-    OPT_PEER, OPT_JSONL, OPT_ROOFLINE, OPT_PROGRESS, OPT_NO_PROGRESS,
+    OPT_PEER, OPT_JSONL, OPT_ROOFLINE, OPT_PROGRESS, OPT_NO_PROGRESS, OPT_KV_TYPE,
 };
 
 typedef struct cli_optdef {
@@ -77,6 +77,7 @@ static const cli_optdef k_opts[] = {
     {"dms-adapter", required_argument, OPT_DMS_ADAPTER, CLI_RUN | CLI_INFO, "FILE",
      "apply a DMS adapter (safetensors) to a model that is not DMS"},
     {"kv-mem", required_argument, OPT_KV_MEM, CLI_RUN, "SIZE", "KV pool size, e.g. 512M, 1G (default: room for -c per sequence)"},
+    {"kv-type", required_argument, OPT_KV_TYPE, CLI_RUN, "TYPE", "K/V storage type: f16 (default) or f32"},
     {"kv-stats", no_argument, OPT_KV_STATS, CLI_GENERATE | CLI_CHAT, NULL, "print KV cache statistics (live tokens per layer and head) on stderr"},
     {"parallel", required_argument, OPT_PARALLEL, CLI_GENERATE, "N", "N continuations of one prompt, decoded together"},
     {"parallel", required_argument, OPT_PARALLEL, CLI_BENCH, "N,..", "sequences decoding together; t/s is their sum (1)"},
@@ -406,6 +407,15 @@ int cli_parse(int cmd, const char *cmd_name, int argc, char **argv, cli_opts *o)
         case OPT_SAVE: o->save = optarg; break;
         case OPT_LOAD: o->load = optarg; break;
         case OPT_PASSKEY: o->passkey = optarg; break;
+        case OPT_KV_TYPE:
+            if (!strcmp(optarg, "f16")) o->kv_type = LETHE_KV_F16;
+            else if (!strcmp(optarg, "f32")) o->kv_type = LETHE_KV_F32;
+            else {
+                cli_error("invalid value '%s' for --kv-type: expected f16 or f32", optarg);
+                ok = false;
+            }
+            o->kv_type_set = ok;
+            break;
         case OPT_PARALLEL: ok = cli_parse_i32("--parallel", optarg, 1, 4096, &o->parallel); break;
         default: return cli_error("internal: unhandled option %d", c), CLI_EXIT_USAGE;
         }
@@ -491,6 +501,7 @@ lethe_context *cli_new_context(lethe_model *m, const cli_opts *o, int32_t n_ctx_
     cp.dms_window = o->dms_window;
     cp.dms_force_rate = o->dms_force_rate;
     cp.kv_budget_bytes = o->kv_mem;
+    if (o->kv_type_set) cp.kv_type = o->kv_type;
     lethe_status st = LETHE_OK;
     lethe_context *ctx = lethe_context_new(m, cp, &st);
     if (!ctx) cli_error_status(st != LETHE_OK ? st : LETHE_ERR_INTERNAL, "cannot create a context");
