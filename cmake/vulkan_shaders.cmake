@@ -16,7 +16,11 @@ set(_vk_variants
   "mul|binary.comp|OP_MUL=1"
   "swiglu|swiglu.comp|"
   "rope|rope.comp|"
-  "quantize_q8|quantize_q8.comp|")
+  "quantize_q8|quantize_q8.comp|"
+  "kv_store|kv_store.comp|"
+  "kv_flags|kv_store.comp|DMS_FLAGS=1"
+  "attention|attention.comp|"
+  "dms_decision|dms_decision.comp|")
 foreach(wt ${_vk_wtypes})
   string(REPLACE "=" ";" _p ${wt})
   list(GET _p 0 _tn)

@@ -19,10 +19,14 @@
  * need a weight spread over several bindings. The same executable runs again
  * under the Khronos validation layer (ctest fails on any "VUID-" message).
  *
- * KV_STORE and ATTENTION are not in the table yet: the device backends leave
- * them to the CPU (the KV pool is host memory); the mixed-placement case
- * checks the copies between backends instead. DMS_DECISION and the RoPE
- * borrowed channel run on CUDA only (cuda_only cases).
+ * KV_STORE and ATTENTION cases build a small cache in the device's shared
+ * memory (backend.h buffer_alloc_shared) with a history of two sequences,
+ * ragged per-head lengths (holes and compactions), DMS expiries and a
+ * micro-batch mixing both sequences; ref and device runs get identical
+ * caches. KV_STORE compares the cache afterwards (rows within the limit,
+ * every expire exactly: the DMS flags); ATTENTION (stored by a KV_STORE
+ * node first) compares the outputs. A device without shared memory, or
+ * without these ops (cuda_only-style flags: vk_only), skips them.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -40,6 +44,7 @@
 #include "dtype.h"
 #include "executor.h"
 #include "graph.h"
+#include "kv_cache.h"
 #include "testutil.h"
 
 #define EPS_ELEM 1e-7
@@ -59,6 +64,10 @@ typedef struct op_case {
     int borrow;               /* ROPE: DMS borrowed channel, group G      */
     int dms_mode;             /* DMS_DECISION: lethe_dms_mode            */
     bool cuda_only;           /* ops the Vulkan backend leaves to the CPU */
+    bool vk_only;             /* ops the CUDA backend leaves to the CPU   */
+    int kv_g;                 /* KV_STORE / ATTENTION: G = Hq / Hkv       */
+    bool kv_f16;              /* KV cache dtype F16 (else F32)            */
+    bool kv_dms;              /* KV_STORE: with DMS decisions             */
     double limit;
 } op_case;
 
@@ -99,16 +108,28 @@ static const op_case k_cases[] = {
     {"rope neox freq_factors", LETHE_OP_ROPE, LETHE_F32, 4, 2, 64, LETHE_ROPE_NEOX, .freq_factors = true,
      .limit = EPS_ELEM},
     /* DMS: the borrowed channel (G = 3) and the decision logits [T = a, Hkv = b], D = c */
-    {"rope neox borrow G=3", LETHE_OP_ROPE, LETHE_F32, 3, 6, 64, LETHE_ROPE_NEOX, .borrow = 3, .cuda_only = true,
+    {"rope neox borrow G=3", LETHE_OP_ROPE, LETHE_F32, 3, 6, 64, LETHE_ROPE_NEOX, .borrow = 3,
      .limit = EPS_ELEM},
-    {"rope norm borrow G=2", LETHE_OP_ROPE, LETHE_F32, 3, 4, 64, LETHE_ROPE_NORM, .borrow = 2, .cuda_only = true,
+    {"rope norm borrow G=2", LETHE_OP_ROPE, LETHE_F32, 3, 4, 64, LETHE_ROPE_NORM, .borrow = 2,
      .limit = EPS_ELEM},
-    {"dms_decision from q", LETHE_OP_DMS_DECISION, LETHE_F32, 5, 3, 64, .dms_mode = LETHE_DMS_FROM_Q,
-     .cuda_only = true, .limit = 0},
-    {"dms_decision adapter", LETHE_OP_DMS_DECISION, LETHE_F32, 5, 3, 64, .dms_mode = LETHE_DMS_FROM_ADAPTER,
-     .cuda_only = true, .limit = 0},
-    {"dms_decision forced", LETHE_OP_DMS_DECISION, LETHE_F32, 9, 4, 64, .dms_mode = LETHE_DMS_FORCED,
-     .cuda_only = true, .limit = 0},
+    {"dms_decision from q", LETHE_OP_DMS_DECISION, LETHE_F32, 5, 3, 64, .dms_mode = LETHE_DMS_FROM_Q, .limit = 0},
+    {"dms_decision adapter", LETHE_OP_DMS_DECISION, LETHE_F32, 5, 3, 64, .dms_mode = LETHE_DMS_FROM_ADAPTER, .limit = 0},
+    {"dms_decision forced", LETHE_OP_DMS_DECISION, LETHE_F32, 9, 4, 64, .dms_mode = LETHE_DMS_FORCED, .limit = 0},
+    /* KV cache: T = a tokens of 2 sequences, Hkv = b, D = c (KV_STORE limit:
+     * the cache rows; expires must match exactly whatever the limit) */
+    {"kv_store f32", LETHE_OP_KV_STORE, LETHE_F32, 5, 3, 64, .kv_g = 1, .vk_only = true, .limit = 0},
+    {"kv_store f16 dms", LETHE_OP_KV_STORE, LETHE_F32, 6, 2, 64, .kv_g = 1, .kv_f16 = true, .kv_dms = true,
+     .vk_only = true, .limit = EPS_ELEM},
+    {"kv_store f32 dms T=1", LETHE_OP_KV_STORE, LETHE_F32, 1, 3, 32, .kv_g = 1, .kv_dms = true, .vk_only = true,
+     .limit = 0},
+    {"attention f32 G=1", LETHE_OP_ATTENTION, LETHE_F32, 3, 2, 64, .kv_g = 1, .vk_only = true, .limit = EPS_MM},
+    {"attention f16 G=2", LETHE_OP_ATTENTION, LETHE_F32, 4, 2, 64, .kv_g = 2, .kv_f16 = true, .vk_only = true,
+     .limit = EPS_MM},
+    {"attention f16 G=3 D=128", LETHE_OP_ATTENTION, LETHE_F32, 2, 3, 128, .kv_g = 3, .kv_f16 = true,
+     .vk_only = true, .limit = EPS_MM},
+    {"attention f32 G=4 T=1", LETHE_OP_ATTENTION, LETHE_F32, 1, 2, 64, .kv_g = 4, .vk_only = true, .limit = EPS_MM},
+    {"attention f16 G=3 dms", LETHE_OP_ATTENTION, LETHE_F32, 5, 3, 64, .kv_g = 3, .kv_f16 = true, .kv_dms = true,
+     .vk_only = true, .limit = EPS_MM},
     /* decode GEMV with several sequences (T <= 8) and cuBLAS prefill at real widths */
     MM(Q4_0, 96, 576, 8), MM(Q8_0, 96, 576, 3), MM(F16, 70, 256, 8), MM(Q4_0, 130, 256, 40),
     MM(Q8_0, 64, 1536, 12), MM(F32, 50, 256, 24),
@@ -170,7 +191,138 @@ typedef struct built {
     lethe_node *out;
     lethe_ubatch ub;
     int32_t *seq, *pos, *ids;
+    lethe_kv_cache *kv;       /* KV cases: the cache (freed by the caller) */
+    int flagged0;             /* KV cases: finite expires before the run   */
 } built;
+
+/* The backend whose shared memory holds the KV cases' caches. */
+static lethe_backend *g_kv_mem;
+
+#define KV_LAYER 1            /* of 2: the layer's offset in res_slot matters */
+#define KV_W 3                /* DMS window */
+
+static void kv_fill_row(const lethe_kv_cache *kv, void *dst, uint64_t seed) {
+    float x[256];
+    tu_rand_fill(x, (size_t)kv->head_dim, seed);
+    if (kv->type == LETHE_F16) {
+        for (int d = 0; d < kv->head_dim; d++) ((lethe_f16 *)dst)[d] = lethe_f32_to_f16(x[d]);
+    } else {
+        memcpy(dst, x, (size_t)kv->head_dim * sizeof(float));
+    }
+}
+
+/* A cache of 2 sequences x 2 layers x Hkv heads in g_kv_mem's shared memory:
+ * histories of 37 (two pages) and 9 tokens with random rows, some expired
+ * or expiring (DMS), each head of layer KV_LAYER dropping a different number
+ * of slots (holes, or a compaction past LETHE_KV_MAX_HOLES), then a reserved
+ * micro-batch of T tokens alternating the sequences. */
+static lethe_kv_cache *kv_setup(const op_case *k, built *b, uint64_t seed) {
+    const int Hkv = (int)k->b, D = (int)k->c, T = (int)k->a;
+    lethe_kv_cache *kv = calloc(1, sizeof *kv);
+    assert_non_null(kv);
+    lethe_kv_policy pol = {.rule = LETHE_KV_RULE_DMS, .window = KV_W};
+    const lethe_dtype type = k->kv_f16 ? LETHE_F16 : LETHE_F32;
+    const size_t page = 2 * (size_t)LETHE_KV_PAGE * lethe_row_size(type, D);
+    assert_int_equal(lethe_kv_init(kv, 2, 2, Hkv, D, type, page * 64, 64, &pol, g_kv_mem), LETHE_OK);
+    assert_non_null(kv->shared);   /* the device offered shared memory */
+    const int hist[2] = {37, 9};
+    for (int sq = 0; sq < 2; sq++) {
+        int32_t ids[64], pos[64];
+        for (int i = 0; i < hist[sq]; i++) {
+            ids[i] = sq;
+            pos[i] = i;
+        }
+        lethe_kv_begin(kv);
+        assert_int_equal(lethe_kv_reserve(kv, hist[sq], ids, pos), LETHE_OK);
+        lethe_kv_commit(kv);
+    }
+    uint64_t r = seed;
+    for (int sq = 0; sq < 2; sq++)
+        for (int l = 0; l < 2; l++)
+            for (int h = 0; h < Hkv; h++) {
+                lethe_kv_stream *s = lethe_kv_stream_at(kv, sq, l, h);
+                for (int32_t j = 0; j < s->len; j++) {
+                    kv_fill_row(kv, lethe_kv_k(kv, s, j), ++r * 31);
+                    kv_fill_row(kv, lethe_kv_v(kv, s, j), ++r * 31);
+                    /* every 5th token flagged: expired (j + w + 1 < now) or, near the end, still visible */
+                    if ((j + h) % 5 == 2) *lethe_kv_expire(kv, s, j) = *lethe_kv_pos(kv, s, j) + KV_W + 1;
+                }
+                if (l == KV_LAYER && sq == 0) {   /* ragged: head h drops 2h + 1 slots */
+                    int32_t drop[16];
+                    int nd = LETHE_MIN(2 * h + 1, 16);
+                    for (int i = 0; i < nd; i++) drop[i] = 3 + 2 * i;
+                    lethe_kv_stream_drop(kv, s, drop, nd);
+                }
+            }
+    /* the micro-batch: alternate sequences, each at its next position */
+    b->seq = keep(malloc((size_t)LETHE_MAX(T, 1) * sizeof(int32_t)));
+    b->pos = keep(malloc((size_t)LETHE_MAX(T, 1) * sizeof(int32_t)));
+    int32_t next[2] = {hist[0], hist[1]};
+    for (int t = 0; t < T; t++) {
+        b->seq[t] = t % 2;
+        b->pos[t] = next[t % 2]++;
+    }
+    b->ub = (lethe_ubatch){T, b->seq, b->pos};
+    lethe_kv_begin(kv);
+    assert_int_equal(lethe_kv_reserve(kv, T, b->seq, b->pos), LETHE_OK);
+    b->kv = kv;
+    return kv;
+}
+
+/* Finite expires over the slots in use of every stream. */
+static int kv_flagged(const lethe_kv_cache *kv) {
+    int n = 0;
+    for (int sq = 0; sq < kv->n_seq; sq++)
+        for (int l = 0; l < kv->n_layer; l++)
+            for (int h = 0; h < kv->n_head_kv; h++) {
+                const lethe_kv_stream *s = lethe_kv_stream_at(kv, sq, l, h);
+                for (int32_t j = 0; j < s->len; j++) n += *lethe_kv_expire(kv, s, j) != LETHE_KV_NEVER;
+            }
+    return n;
+}
+
+/* KV_STORE (+ ATTENTION) nodes of a KV case; returns the case's result node. */
+static lethe_node *kv_build(const op_case *k, built *b, uint64_t seed) {
+    lethe_graph *g = b->g;
+    const int64_t T = k->a, Hkv = k->b, D = k->c, Hq = Hkv * k->kv_g;
+    lethe_kv_cache *kv = kv_setup(k, b, seed);
+    b->flagged0 = kv_flagged(kv);
+    int64_t nk[3] = {D, Hkv, T}, nq[3] = {D, Hq, T}, nd[2] = {Hkv, T};
+    lethe_node *kn = lethe_input(g, LETHE_F32, 3, nk, randf((size_t)(T * Hkv * D), seed + 1), "k");
+    lethe_node *vn = lethe_input(g, LETHE_F32, 3, nk, randf((size_t)(T * Hkv * D), seed + 2), "v");
+    lethe_node *dec = NULL;
+    if (k->kv_dms) {   /* adapter-style logits on both sides of 0 */
+        lethe_node *a = lethe_input(g, LETHE_F32, 2, nd, randf((size_t)(T * Hkv), seed + 3), "alpha");
+        dec = lethe_dms_decision(g, a, LETHE_DMS_FROM_ADAPTER, (int)Hkv, k->kv_g, false, 1.0f, 0.0f, 0.0f, KV_LAYER,
+                                 &b->ub);
+    }
+    lethe_node *st = lethe_kv_store(g, kv, KV_LAYER, kn, vn, dec, &b->ub);
+    if (k->op == LETHE_OP_KV_STORE) return st;
+    lethe_node *q = lethe_input(g, LETHE_F32, 3, nq, randf((size_t)(T * Hq * D), seed + 4), "q");
+    return lethe_attention(g, kv, KV_LAYER, q, st, 1.0f / sqrtf((float)D), &b->ub);
+}
+
+/* KV_STORE's result is the cache: every row of the layer's streams in f32,
+ * [n_seq][Hkv][len][2][D] (identical bookkeeping, so the same slots). */
+static float *kv_rows(const lethe_kv_cache *kv, size_t *n) {
+    size_t total = 0;
+    for (int sq = 0; sq < kv->n_seq; sq++)
+        for (int h = 0; h < kv->n_head_kv; h++)
+            total += (size_t)lethe_kv_stream_at(kv, sq, KV_LAYER, h)->len * 2 * (size_t)kv->head_dim;
+    float *y = keep(malloc(total * sizeof(float) + 4)), *o = y;
+    for (int sq = 0; sq < kv->n_seq; sq++)
+        for (int h = 0; h < kv->n_head_kv; h++) {
+            const lethe_kv_stream *s = lethe_kv_stream_at(kv, sq, KV_LAYER, h);
+            for (int32_t j = 0; j < s->len; j++)
+                for (int part = 0; part < 2; part++) {
+                    const void *row = part ? lethe_kv_v(kv, s, j) : lethe_kv_k(kv, s, j);
+                    for (int d = 0; d < kv->head_dim; d++)
+                        *o++ = kv->type == LETHE_F16 ? lethe_f16_to_f32(((const lethe_f16 *)row)[d]) : ((const float *)row)[d];
+                }
+        }
+    *n = total;
+    return y;
+}
 
 static void build(const op_case *k, built *b, uint64_t seed) {
     memset(b, 0, sizeof *b);
@@ -261,6 +413,10 @@ static void build(const op_case *k, built *b, uint64_t seed) {
         n = lethe_dms_decision(g, x, k->dms_mode, (int)Hkv, (int)G, false, 100.0f, 5.0f, 0.3f, 7, &b->ub);
         break;
     }
+    case LETHE_OP_KV_STORE:
+    case LETHE_OP_ATTENTION:
+        n = kv_build(k, b, seed);
+        break;
     default:
         fail_msg("case %s: op not in the table builder", k->name);
     }
@@ -292,8 +448,10 @@ static void run_table(const device *d) {
     for (size_t i = 0; i < LETHE_ARRAY_SIZE(k_cases); i++) {
         const op_case *k = &k_cases[i];
         if (k->cuda_only && strcmp(d->name, "cuda") != 0) continue;
+        if (k->vk_only && strcmp(d->name, "vulkan") != 0) continue;
         lethe_backend *dev = k->split ? d->split : d->be;
         built ref, got;
+        g_kv_mem = dev;
         build(k, &ref, 1000 + i);
         build(k, &got, 1000 + i);
         float *yr = run_on(&g_s.cpu, 1, &ref);
@@ -301,11 +459,43 @@ static void run_table(const device *d) {
         float *yg = run_on(bes, 2, &got);
         if (got.out->backend != 0) fail_msg("%s: %s did not take the op (fell back to the CPU)", k->name, d->name);
         size_t n = (size_t)lethe_tensor_nelements(&ref.out->t);
+        if (k->op == LETHE_OP_KV_STORE) {   /* the cache is the result */
+            size_t n2;
+            yr = kv_rows(ref.kv, &n);
+            yg = kv_rows(got.kv, &n2);
+            assert_int_equal(n, n2);
+            /* the DMS flags: every expire of every stream in use, exactly
+             * (free pages of the device memory hold whatever it held) */
+            int flagged = 0;
+            for (int sq = 0; sq < 2; sq++)
+                for (int l = 0; l < 2; l++)
+                    for (int h = 0; h < ref.kv->n_head_kv; h++) {
+                        const lethe_kv_stream *sr = lethe_kv_stream_at(ref.kv, sq, l, h);
+                        const lethe_kv_stream *sg = lethe_kv_stream_at(got.kv, sq, l, h);
+                        assert_int_equal(sr->len, sg->len);
+                        for (int32_t j = 0; j < sr->len; j++) {
+                            const int32_t er = *lethe_kv_expire(ref.kv, sr, j), eg = *lethe_kv_expire(got.kv, sg, j);
+                            if (er != eg)
+                                fail_msg("%s on %s: expire of (seq %d, layer %d, head %d) slot %d: %d on the CPU, %d",
+                                         k->name, d->name, sq, l, h, j, er, eg);
+                        }
+                    }
+            flagged = kv_flagged(ref.kv) - ref.flagged0;
+            print_message("  %-28s %d tokens flagged by DMS decisions\n", k->name, flagged);
+            if (k->kv_dms) assert_true(flagged > 0);
+            else assert_int_equal(flagged, 0);
+        }
         double e = tu_nmse(yr, yg, n);
         print_message("  %-28s %-7s NMSE %.3g (limit %.0e)\n", k->name, d->name, e, k->limit);
         if (!(e <= k->limit)) fail_msg("%s on %s: NMSE %.3g > %.3g", k->name, d->name, e, k->limit);
         lethe_graph_free(ref.g);
         lethe_graph_free(got.g);
+        for (int c = 0; c < 2; c++) {
+            lethe_kv_cache *kv = c ? got.kv : ref.kv;
+            if (!kv) continue;
+            lethe_kv_free(kv);
+            free(kv);
+        }
         n_run++;
     }
     assert_true(n_run > 0);

@@ -206,6 +206,36 @@ static lethe_status vk_buffer_alloc(lethe_backend *be, size_t size, lethe_buffer
     return LETHE_OK;
 }
 
+/* Host-visible, coherent memory mapped for the buffer's life: the host
+ * reads and writes it with plain pointers (host_ptr) between computes, the
+ * shaders bind it (the KV pool and its per-slot metadata, kv_cache.h).
+ * Coherent memory needs no flush: host writes made before vkQueueSubmit are
+ * visible to the submitted work, and compute() ends with a shader-write ->
+ * host-read barrier and waits on its fence before the host reads. */
+static lethe_status vk_buffer_alloc_shared(lethe_backend *be, size_t size, lethe_buffer **out) {
+    vk_ctx *c = be->ctx;
+    *out = NULL;
+    lethe_buffer *b = calloc(1, sizeof *b);
+    vk_buf *vb = calloc(1, sizeof *vb);
+    if (!b || !vb) {
+        free(b);
+        free(vb);
+        return lethe_fail(LETHE_ERR_OOM, "vulkan: buffer handle");
+    }
+    lethe_status st = lethe_vk_buf_create(c, size, true, vb);
+    if (st != LETHE_OK) {
+        free(b);
+        free(vb);
+        return st;
+    }
+    b->backend = be;
+    b->size = size;
+    b->host_ptr = vb->map;
+    b->impl = vb;
+    *out = b;
+    return LETHE_OK;
+}
+
 static void vk_buffer_free(lethe_buffer *buf) {
     if (!buf) return;
     vk_ctx *c = buf->backend->ctx;
@@ -244,6 +274,7 @@ static uint32_t wg_size_for(const char *name) {
     if (strncmp(name, "matmul_vec", 10) == 0) return 32;
     if (strcmp(name, "rms_norm") == 0) return 64;
     if (strcmp(name, "quantize_q8") == 0) return 64;
+    if (strcmp(name, "attention") == 0) return 64;   /* = WG in shaders/attention.comp */
     return 256;
 }
 
@@ -445,6 +476,7 @@ static const lethe_backend_iface k_vk_iface = {
     .supports_op = lethe_vk_supports_op,
     .compute = lethe_vk_compute,
     .synchronize = vk_synchronize,
+    .buffer_alloc_shared = vk_buffer_alloc_shared,
 };
 
 static lethe_status vk_init(vk_ctx *c, int device) {

@@ -194,6 +194,21 @@ static bool fits(const vk_ctx *c, const lethe_node *n) {
     return !n || lethe_tensor_nbytes(&n->t) + c->align <= c->max_range;
 }
 
+/* The KV cache of a KV_STORE / ATTENTION node lives in this backend's
+ * shared memory (kv_cache.h: lethe_kv_init's `mem`), in one binding, in a
+ * layout the shaders address as 32-bit words (F16 rows: D even), D within
+ * attention.comp's 256. Else the node runs on the CPU, which reads the same
+ * memory through host_ptr. */
+static bool kv_on_device(const vk_ctx *c, const lethe_backend *be, const lethe_node *n) {
+    const lethe_kv_cache *kv = n->kv;
+    if (!kv || !kv->shared || kv->shared->backend != be || !n->ub || n->ub->n_tokens <= 0 ||
+        n->ub->n_tokens > kv->max_batch)
+        return false;
+    if (((const vk_buf *)kv->shared->impl)->size > c->max_range) return false;
+    if (kv->head_dim > 256 || (kv->type != LETHE_F32 && kv->type != LETHE_F16)) return false;
+    return kv->slot_bytes % 4 == 0 && kv->pos_offs % 4 == 0 && kv->expire_offs % 4 == 0;
+}
+
 bool lethe_vk_supports_op(lethe_backend *be, const lethe_node *n) {
     const vk_ctx *c = be->ctx;
     if (n->op == LETHE_OP_NONE) return true;
@@ -223,11 +238,32 @@ bool lethe_vk_supports_op(lethe_backend *be, const lethe_node *n) {
         return f32n(n->src[0]) && f32n(n->src[1]) && fits(c, n->src[0]) && fits(c, n->src[1]) &&
                has_pipe(c, n->op == LETHE_OP_ADD ? "add" : n->op == LETHE_OP_MUL ? "mul" : "swiglu", NULL);
     case LETHE_OP_ROPE:
-        /* iparams[0] > 0 (the DMS borrowed channel) is not in the shader yet: the CPU runs it */
+        /* iparams[0] = G > 0: the DMS borrowed channel, done in the shader */
         return f32n(n->src[0]) && fits(c, n->src[0]) && n->ub && n->ub->n_tokens > 0 && n->rope.n_rot > 0 &&
-               n->rope.n_rot % 2 == 0 && n->rope.n_rot <= n->src[0]->t.ne[0] && n->iparams[0] == 0 &&
+               n->rope.n_rot % 2 == 0 && n->rope.n_rot <= n->src[0]->t.ne[0] && n->iparams[0] >= 0 &&
                has_pipe(c, "rope", NULL);
-    default:   /* KV_STORE, ATTENTION: the KV pool is host memory (kv_cache.c) */
+    case LETHE_OP_KV_STORE:
+        return kv_on_device(c, be, n) && f32n(n->src[0]) && f32n(n->src[1]) && fits(c, n->src[0]) &&
+               fits(c, n->src[1]) && lethe_tensor_nelements(&n->src[0]->t) == (int64_t)n->ub->n_tokens *
+               n->kv->n_head_kv * n->kv->head_dim && has_pipe(c, "kv_store", NULL) &&
+               (!n->src[2] || (f32n(n->src[2]) && fits(c, n->src[2]) && has_pipe(c, "kv_flags", NULL)));
+    case LETHE_OP_ATTENTION: {
+        /* score policies (TOVA/H2O: kv->score) and QUEST (kv->kmin) keep
+         * per-slot host state that the attention kernel updates: CPU only */
+        if (!kv_on_device(c, be, n) || n->kv->score || n->kv->kmin || !f32n(n->src[0]) || !fits(c, n->src[0]))
+            return false;
+        const int64_t D = n->kv->head_dim, T = n->ub->n_tokens, nq = lethe_tensor_nelements(&n->src[0]->t);
+        if (nq % (D * T) != 0) return false;
+        const int64_t Hq = nq / (D * T);
+        return Hq % n->kv->n_head_kv == 0 && Hq * T <= 65535LL * 65535LL && has_pipe(c, "attention", NULL);
+    }
+    case LETHE_OP_DMS_DECISION: {
+        const int mode = n->iparams[0];
+        if (!n->ub || n->ub->n_tokens <= 0 || !has_pipe(c, "dms_decision", NULL)) return false;
+        if (mode == LETHE_DMS_FORCED) return true;
+        return (mode == LETHE_DMS_FROM_Q || mode == LETHE_DMS_FROM_ADAPTER) && f32n(n->src[0]) && fits(c, n->src[0]);
+    }
+    default:
         return false;
     }
 }
@@ -399,11 +435,197 @@ static lethe_status op_rope(rec *r, const lethe_node *n) {
     if ((st = arg_all(r, x, &a[0])) != LETHE_OK || (st = arg_all(r, n, &a[2])) != LETHE_OK) return st;
     a[1] = r->dry ? (vk_arg){r->c->dummy.buf, 0, 16, 0}
                   : (vk_arg){r->c->upload.buf, r->rope_off, align_to(tbytes, 4), 0};
-    struct { uint32_t D, H, T, half, neox, x_off, cs_off, out_off; } pc = {
-        D, H, T, half, p->mode == LETHE_ROPE_NEOX, a[0].rem / 4, 0, a[2].rem / 4};
+    struct { uint32_t D, H, T, half, neox, x_off, cs_off, out_off, G; } pc = {
+        D, H, T, half, p->mode == LETHE_ROPE_NEOX, a[0].rem / 4, 0, a[2].rem / 4, (uint32_t)n->iparams[0]};
     uint32_t gx, gy;
     grid_1d((uint64_t)T * H * (D - half), 256, &gx, &gy);
     return dispatch(r, "rope", a, 3, &pc, sizeof pc, gx, gy, 1);
+}
+
+/* --------------------------------------------------------- KV cache ops */
+
+/* The cache's shared buffer, whole, as one binding (kv_on_device checked it fits). */
+static vk_arg kv_arg(const rec *r, const lethe_kv_cache *kv) {
+    if (r->dry) return (vk_arg){r->c->dummy.buf, 0, 16, 0};
+    const vk_buf *vb = kv->shared->impl;
+    return (vk_arg){vb->buf, 0, vb->size, 0};
+}
+
+/* A growable int32 list for the per-run metadata built from host structs. */
+typedef struct ivec {
+    int32_t *v;
+    size_t n, cap;
+} ivec;
+
+static lethe_status ivec_push(ivec *a, int32_t x) {
+    if (a->n == a->cap) {
+        size_t cap = a->cap ? 2 * a->cap : 256;
+        int32_t *v = realloc(a->v, cap * sizeof *v);
+        if (!v) return lethe_fail(LETHE_ERR_OOM, "vulkan: KV metadata of %zu entries", cap);
+        a->v = v;
+        a->cap = cap;
+    }
+    a->v[a->n++] = x;
+    return LETHE_OK;
+}
+
+/* KV_STORE metadata [T * Hkv][4]: word of the K row and of the V row of the
+ * slot reserved for (t, h), the expire word of the sequence's previous token
+ * (kv->prev_t / stream->prev, as lethe_cpu_kv_store finds it; -1: none) and
+ * the expire a positive decision gives it (pos[t] + w, saturated). */
+static lethe_status store_meta(const lethe_node *n, ivec *m) {
+    const lethe_kv_cache *kv = n->kv;
+    const int layer = n->iparams[0];
+    const int32_t T = n->ub->n_tokens, Hkv = kv->n_head_kv, w = kv->policy.window;
+    lethe_status st = LETHE_OK;
+    for (int32_t t = 0; t < T && st == LETHE_OK; t++) {
+        const int32_t seq = n->ub->seq_id[t];
+        for (int32_t h = 0; h < Hkv && st == LETHE_OK; h++) {
+            const size_t si = (size_t)layer * Hkv + h;
+            const int32_t slot = kv->res_slot[si * kv->max_batch + t];
+            if (seq < 0 || seq >= kv->n_seq || slot < 0)
+                return lethe_fail(LETHE_ERR_INVALID_ARG, "vulkan: KV_STORE token %d: sequence %d has no reserved slot",
+                                  t, seq);
+            const lethe_kv_stream *s = lethe_kv_stream_at(kv, seq, layer, h);
+            if (slot >= s->len)
+                return lethe_fail(LETHE_ERR_INTERNAL, "vulkan: KV_STORE slot %d beyond the stream's %d", slot, s->len);
+            const size_t kb = (size_t)((uint8_t *)lethe_kv_k(kv, s, slot) - kv->pool);
+            const size_t vb = (size_t)((uint8_t *)lethe_kv_v(kv, s, slot) - kv->pool);
+            const int32_t pt = kv->prev_t[t];
+            const int32_t prev = pt >= 0 ? kv->res_slot[si * kv->max_batch + pt] : s->prev;
+            const int32_t p = n->ub->pos[t];
+            const int64_t ew = prev >= 0 ? (int64_t)(kv->expire_offs / 4 + lethe_kv_meta(s, prev)) : -1;
+            if (kb / 4 > INT32_MAX || vb / 4 > INT32_MAX || ew > INT32_MAX)
+                return lethe_fail(LETHE_ERR_INTERNAL, "vulkan: KV cache offsets beyond 31 bits");
+            if ((st = ivec_push(m, (int32_t)(kb / 4))) != LETHE_OK || (st = ivec_push(m, (int32_t)(vb / 4))) != LETHE_OK ||
+                (st = ivec_push(m, (int32_t)ew)) != LETHE_OK ||
+                (st = ivec_push(m, p > LETHE_KV_NEVER - w ? LETHE_KV_NEVER : p + w)) != LETHE_OK)
+                return st;
+        }
+    }
+    return st;
+}
+
+static lethe_status op_kv_store(rec *r, const lethe_node *n) {
+    const lethe_kv_cache *kv = n->kv;
+    const uint32_t T = (uint32_t)n->ub->n_tokens, Hkv = (uint32_t)kv->n_head_kv, D = (uint32_t)kv->head_dim;
+    ivec m = {0};
+    lethe_status st = store_meta(n, &m);
+    vk_arg a[4];
+    if (st == LETHE_OK) st = arg_upload(r, m.v, m.n * sizeof(int32_t), NULL, &a[3]);
+    free(m.v);
+    if (st != LETHE_OK) return st;
+    if ((st = arg_all(r, n->src[0], &a[0])) != LETHE_OK || (st = arg_all(r, n->src[1], &a[1])) != LETHE_OK) return st;
+    a[2] = kv_arg(r, kv);
+    const bool f16 = kv->type == LETHE_F16;
+    struct { uint32_t D, n_rows, k_off, v_off, meta_off, f16; } pc = {D, T * Hkv, a[0].rem / 4, a[1].rem / 4, 0, f16};
+    uint32_t gx, gy;
+    grid_1d((uint64_t)T * Hkv * (f16 ? D / 2 : D), 256, &gx, &gy);
+    if ((st = dispatch(r, "kv_store", a, 4, &pc, sizeof pc, gx, gy, 1)) != LETHE_OK) return st;
+    if (!n->src[2]) return LETHE_OK;
+    /* the DMS flags of the previous tokens (after the rows: a flag may land
+     * in a slot this micro-batch just wrote, never in the same word) */
+    vk_arg f[3];
+    if ((st = arg_all(r, n->src[2], &f[0])) != LETHE_OK) return st;
+    f[1] = a[2];
+    f[2] = a[3];
+    struct { uint32_t n_rows, dec_off, meta_off; } pf = {T * Hkv, f[0].rem / 4, 0};
+    grid_1d((uint64_t)T * Hkv, 256, &gx, &gy);
+    return dispatch(r, "kv_flags", f, 3, &pf, sizeof pf, gx, gy, 1);
+}
+
+/* ATTENTION metadata: [T * Hkv][4] = {L, start of the stream's page list,
+ * query position, 0}, then each (sequence, KV head) stream's page list once. */
+static lethe_status attn_meta(const lethe_node *n, ivec *m, uint64_t *reads) {
+    const lethe_kv_cache *kv = n->kv;
+    const int layer = n->iparams[0];
+    const int32_t T = n->ub->n_tokens, Hkv = kv->n_head_kv;
+    int32_t *start = malloc((size_t)kv->n_seq * (size_t)Hkv * sizeof(int32_t));   /* [n_seq][Hkv] */
+    if (!start) return lethe_fail(LETHE_ERR_OOM, "vulkan: attention metadata");
+    for (size_t i = 0; i < (size_t)kv->n_seq * (size_t)Hkv; i++) start[i] = -1;
+    lethe_status st = LETHE_OK;
+    for (size_t i = 0; i < (size_t)T * Hkv * 4 && st == LETHE_OK; i++) st = ivec_push(m, 0);
+    *reads = 0;
+    for (int32_t t = 0; t < T && st == LETHE_OK; t++) {
+        const int32_t seq = n->ub->seq_id[t];
+        if (seq < 0 || seq >= kv->n_seq) {
+            st = lethe_fail(LETHE_ERR_INVALID_ARG, "vulkan: ATTENTION token %d: sequence %d out of range", t, seq);
+            break;
+        }
+        for (int32_t h = 0; h < Hkv && st == LETHE_OK; h++) {
+            const lethe_kv_stream *s = lethe_kv_stream_at(kv, seq, layer, h);
+            int32_t *sp = &start[(size_t)seq * Hkv + h];
+            if (*sp < 0) {
+                *sp = (int32_t)m->n;
+                for (int32_t pg = 0; pg < s->n_pages && st == LETHE_OK; pg++) st = ivec_push(m, s->pages[pg]);
+            }
+            int32_t *e = &m->v[((size_t)t * Hkv + h) * 4];
+            e[0] = s->len;
+            e[1] = *sp;
+            e[2] = n->ub->pos[t];
+            *reads += (uint64_t)s->len;
+        }
+    }
+    free(start);
+    return st;
+}
+
+static lethe_status op_attention(rec *r, const lethe_node *n) {
+    lethe_kv_cache *kv = n->kv;
+    const lethe_node *q = n->src[0];
+    const uint32_t T = (uint32_t)n->ub->n_tokens, Hkv = (uint32_t)kv->n_head_kv, D = (uint32_t)kv->head_dim;
+    const uint32_t Hq = (uint32_t)(lethe_tensor_nelements(&q->t) / ((int64_t)D * T));
+    ivec m = {0};
+    uint64_t reads = 0;
+    lethe_status st = attn_meta(n, &m, &reads);
+    vk_arg a[4];
+    if (st == LETHE_OK) st = arg_upload(r, m.v, m.n * sizeof(int32_t), NULL, &a[2]);
+    free(m.v);
+    if (st != LETHE_OK) return st;
+    if ((st = arg_all(r, q, &a[0])) != LETHE_OK || (st = arg_all(r, n, &a[3])) != LETHE_OK) return st;
+    a[1] = kv_arg(r, kv);
+    struct {
+        uint32_t D, Hq, Hkv, G, T, q_off, out_off, meta_off, page_words, slot_words, pos_word0, exp_word0, f16;
+        float scale;
+    } pc = {D, Hq, Hkv, Hq / Hkv, T, a[0].rem / 4, a[3].rem / 4, 0, (uint32_t)(kv->page_bytes / 4),
+            (uint32_t)(kv->slot_bytes / 4), (uint32_t)(kv->pos_offs / 4), (uint32_t)(kv->expire_offs / 4),
+            kv->type == LETHE_F16, n->fparams[0]};
+    const uint32_t groups = T * Hq, gx = LETHE_MIN(groups, 65535u), gy = (groups + gx - 1) / gx;
+    if ((st = dispatch(r, "attention", a, 4, &pc, sizeof pc, gx, gy, 1)) != LETHE_OK) return st;
+    if (!r->dry) __atomic_fetch_add(&kv->reads, reads, __ATOMIC_RELAXED);   /* as the CPU kernel counts */
+    return LETHE_OK;
+}
+
+static lethe_status op_dms_decision(rec *r, const lethe_node *n) {
+    const int mode = n->iparams[0], Hkv = n->iparams[1], G = n->iparams[2], layer = n->iparams[4];
+    const bool per_layer = n->iparams[3] != 0;
+    const uint32_t T = (uint32_t)n->ub->n_tokens;
+    vk_arg a[2];
+    lethe_status st;
+    uint32_t D = 0, width = 0;
+    if (mode == LETHE_DMS_FORCED) {
+        /* position-hashed logits: host-computed, exactly the CPU's */
+        const size_t cnt = (size_t)T * (size_t)Hkv;
+        float *lg = malloc(cnt * sizeof(float));
+        if (!lg) return lethe_fail(LETHE_ERR_OOM, "vulkan: forced DMS logits");
+        for (uint32_t t = 0; t < T; t++)
+            for (int h = 0; h < Hkv; h++)
+                lg[(size_t)t * Hkv + h] = lethe_dms_forced_logit(n->ub->pos[t], layer, per_layer ? 0 : h, n->fparams[2]);
+        st = arg_upload(r, lg, cnt * sizeof(float), NULL, &a[0]);
+        free(lg);
+        if (st != LETHE_OK) return st;
+    } else {
+        if ((st = arg_all(r, n->src[0], &a[0])) != LETHE_OK) return st;
+        D = (uint32_t)n->src[0]->t.ne[0];
+        width = (uint32_t)n->src[0]->t.ne[0];
+    }
+    if ((st = arg_all(r, n, &a[1])) != LETHE_OK) return st;
+    struct { uint32_t T, Hkv, G, D, mode, per_layer, x_width, x_off, out_off; float scale, offset; } pc = {
+        T, (uint32_t)Hkv, (uint32_t)G, D, (uint32_t)mode, per_layer, width, a[0].rem / 4, a[1].rem / 4,
+        n->fparams[0], n->fparams[1]};
+    uint32_t gx, gy;
+    grid_1d((uint64_t)T * Hkv, 256, &gx, &gy);
+    return dispatch(r, "dms_decision", a, 2, &pc, sizeof pc, gx, gy, 1);
 }
 
 static lethe_status record_range(rec *r, lethe_graph *g, int begin, int end) {
@@ -421,6 +643,9 @@ static lethe_status record_range(rec *r, lethe_graph *g, int begin, int end) {
         case LETHE_OP_MUL:
         case LETHE_OP_SWIGLU: st = op_eltwise(r, n); break;
         case LETHE_OP_ROPE: st = op_rope(r, n); break;
+        case LETHE_OP_KV_STORE: st = op_kv_store(r, n); break;
+        case LETHE_OP_ATTENTION: st = op_attention(r, n); break;
+        case LETHE_OP_DMS_DECISION: st = op_dms_decision(r, n); break;
         default:
             st = lethe_fail(LETHE_ERR_UNSUPPORTED, "vulkan: cannot compute node %d '%s' (%s)", i, n->t.name,
                             lethe_op_name(n->op));

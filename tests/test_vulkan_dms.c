@@ -1,0 +1,181 @@
+/* test_vulkan_dms.c — DMS eviction end to end with the KV cache on Vulkan
+ * (lavapipe in CI), against the CPU backend, and a state round trip on it.
+ *
+ * A tiny synthetic DMS model (core/synth.c: llama, 2 layers, 4 query / 2 KV
+ * heads, the neuron variant with mixed decisions) decodes the same tokens
+ * in calls of mixed sizes (prefill and decode shapes) on both backends. The
+ * Vulkan context holds its pool in the device's shared memory, so KV_STORE
+ * (with the DMS flags), ATTENTION, DMS_DECISION and the borrowed-channel
+ * RoPE run on the device while the host evicts and reuses slots. Checked:
+ * every position's logits within the one-token limit of test_vulkan_e2e
+ * (f32 weights: no q8 drift to excuse more), identical per-head live
+ * lengths, and evictions really happened. Then the Vulkan context saves its
+ * state (lethe_state_save), decodes on, and a fresh Vulkan context that
+ * loads the state decodes the same tokens to the same logits, bit for bit.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lethe.h"
+#include "synth.h"
+#include "testutil.h"
+
+#define N_TOK 60        /* > window + a page: evictions, hole reuse, a second page */
+#define N_MORE 8        /* decoded after the state is saved */
+#define LIMIT 1e-4
+#define N_LAYER 2
+#define N_HEAD_KV 2
+
+static int g_vk_runs, g_fallbacks;
+
+static void on_log(lethe_log_level level, const char *msg, void *user) {
+    (void)level;
+    (void)user;
+    if (strstr(msg, "vulkan: nodes [")) g_vk_runs++;             /* a compute on the device (debug log) */
+    if (strstr(msg, "executor: vulkan runs")) g_fallbacks++;     /* some ops of a graph left to the CPU */
+}
+
+static char *make_model(void) {
+    lethe_synth_params p = lethe_synth_default_params();
+    p.arch = "llama";
+    p.n_layer = N_LAYER;
+    p.n_embd = 64;
+    p.n_head = 4;
+    p.n_head_kv = N_HEAD_KV;
+    p.n_ff = 96;
+    p.seed = 4242;
+    p.wtype = LETHE_F32;
+    p.dms_variant = 1;          /* neuron: the decision from the borrowed q channel */
+    p.dms_window = 4;
+    p.dms_alpha_offset = 5.0f;  /* mixed decisions (test_dms.c) */
+    char *path = tu_write_temp("", 0);
+    if (lethe_synth_write(path, p) != LETHE_OK) fail_msg("synth: %s", lethe_last_error());
+    return path;
+}
+
+static lethe_context *open_ctx(const char *path, const char *backend, lethe_model **m) {
+    lethe_model_params mp = lethe_model_default_params();
+    mp.backend = backend;
+    lethe_status st;
+    *m = lethe_model_load(path, mp, &st);
+    if (!*m) fail_msg("load (%s): %s: %s", backend, lethe_strerror(st), lethe_last_error());
+    lethe_context_params cp = lethe_context_default_params();
+    cp.n_ctx = 128;
+    cp.n_batch = 8;
+    cp.n_threads = 2;
+    cp.kv_type = LETHE_KV_F16;
+    cp.kv_policy = LETHE_KV_POLICY_DMS;
+    lethe_context *c = lethe_context_new(*m, cp, &st);
+    if (!c) fail_msg("context (%s): %s: %s", backend, lethe_strerror(st), lethe_last_error());
+    return c;
+}
+
+/* Decode tok[from, to) in calls of 5, 1, 3, 1 ... tokens; logits of every position [to - from][V]. */
+static float *feed(lethe_context *c, const int32_t *tok, int from, int to, int V) {
+    static const int sizes[4] = {5, 1, 3, 1};
+    float *out = malloc(sizeof(float) * (size_t)(to - from) * V);
+    assert_non_null(out);
+    int8_t want[8];
+    memset(want, 1, sizeof want);
+    for (int i = from, k = 0; i < to; k++) {
+        int n = sizes[k % 4];
+        if (n > to - i) n = to - i;
+        lethe_batch b = lethe_batch_one(tok + i, n);
+        b.logits = want;
+        lethe_status st = lethe_decode(c, b);
+        if (st != LETHE_OK) fail_msg("decode: %s: %s", lethe_strerror(st), lethe_last_error());
+        for (int j = 0; j < n; j++) memcpy(out + (size_t)(i - from + j) * V, lethe_get_logits(c, j), sizeof(float) * V);
+        i += n;
+    }
+    return out;
+}
+
+static void test_dms_on_vulkan(void **state) {
+    (void)state;
+    if (!strstr(lethe_version(), "vulkan")) skip();   /* a build without Vulkan */
+    char *path = make_model();
+    lethe_model *mc, *mv;
+    lethe_context *cc = open_ctx(path, "cpu", &mc), *cv = open_ctx(path, "vulkan", &mv);
+    tu_pin_vulkan_driver();
+    const int V = lethe_n_vocab(mc);
+    int32_t tok[N_TOK + N_MORE];
+    for (int i = 0; i < N_TOK + N_MORE; i++) tok[i] = (int32_t)((i * 37 + 11) % V);
+
+    float *lc = feed(cc, tok, 0, N_TOK, V);
+    lethe_set_log(on_log, NULL);
+    lethe_set_log_level(LETHE_LOG_DEBUG);
+    float *lv = feed(cv, tok, 0, N_TOK, V);
+    lethe_set_log_level(LETHE_LOG_INFO);
+    lethe_set_log(NULL, NULL);
+    assert_true(g_vk_runs > 0);       /* the graphs ran on Vulkan ... */
+    assert_int_equal(g_fallbacks, 0); /* ... all of them: KV_STORE, ATTENTION, DMS_DECISION included */
+    double worst = 0.0;
+    for (int i = 0; i < N_TOK; i++) {
+        double e = tu_nmse(lc + (size_t)i * V, lv + (size_t)i * V, (size_t)V);
+        if (e > worst) worst = e;
+        if (!(e <= LIMIT)) fail_msg("position %d: logits NMSE %.3g > %.0e", i, e, LIMIT);
+    }
+    int live_total = 0;
+    for (int l = 0; l < N_LAYER; l++)
+        for (int h = 0; h < N_HEAD_KV; h++) {
+            const int32_t a = lethe_kv_head_len(cc, 0, l, h), b = lethe_kv_head_len(cv, 0, l, h);
+            if (a != b) fail_msg("layer %d head %d: %d live tokens on the CPU, %d on Vulkan", l, h, a, b);
+            live_total += a;
+        }
+    lethe_kv_stats kc = lethe_get_kv_stats(cc), kvs = lethe_get_kv_stats(cv);
+    print_message("  %d positions, logits NMSE worst %.3g; live %d of %d (layer, head) tokens, evicted %llu\n", N_TOK,
+                  worst, live_total, N_TOK * N_LAYER * N_HEAD_KV, (unsigned long long)kvs.evicted);
+    assert_true(kvs.evicted > 0);                      /* evictions happened ... */
+    assert_int_equal(kc.evicted, kvs.evicted);         /* ... the same on both */
+    assert_true(live_total < N_TOK * N_LAYER * N_HEAD_KV);
+
+    /* state round trip on Vulkan: save, decode on; load into a fresh context, decode the same */
+    void *blob = NULL;
+    size_t blob_size = 0;
+    assert_int_equal(lethe_state_save(cv, 0, tok, N_TOK, NULL, 0, &blob, &blob_size), LETHE_OK);
+    float *after = feed(cv, tok, N_TOK, N_TOK + N_MORE, V);
+    lethe_model *m2;
+    lethe_context *c2 = open_ctx(path, "vulkan", &m2);
+    int32_t back[N_TOK];
+    int32_t n_back = 0;
+    assert_int_equal(lethe_state_load(c2, 0, blob, blob_size, back, N_TOK, &n_back, NULL, NULL), LETHE_OK);
+    assert_int_equal(n_back, N_TOK);
+    assert_memory_equal(back, tok, sizeof back);
+    for (int l = 0; l < N_LAYER; l++)
+        for (int h = 0; h < N_HEAD_KV; h++) assert_int_equal(lethe_kv_head_len(c2, 0, l, h), lethe_kv_head_len(cc, 0, l, h));
+    float *again = feed(c2, tok, N_TOK, N_TOK + N_MORE, V);
+    for (int i = 0; i < N_MORE; i++)
+        if (memcmp(after + (size_t)i * V, again + (size_t)i * V, sizeof(float) * (size_t)V) != 0)
+            fail_msg("after the state load, position %d: logits differ from the uninterrupted run (NMSE %.3g)",
+                     N_TOK + i, tu_nmse(after + (size_t)i * V, again + (size_t)i * V, (size_t)V));
+    print_message("  state of %zu bytes: %d positions decoded identically after the load\n", blob_size, N_MORE);
+
+    lethe_free(blob);
+    free(lc);
+    free(lv);
+    free(after);
+    free(again);
+    lethe_context_free(c2);
+    lethe_model_free(m2);
+    lethe_context_free(cv);
+    lethe_model_free(mv);
+    lethe_context_free(cc);
+    lethe_model_free(mc);
+    unlink(path);
+    free(path);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_dms_on_vulkan),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
