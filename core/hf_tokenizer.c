@@ -405,10 +405,10 @@ static lethe_status convert(json_t *root, json_t *cfg, json_t *gen, const char *
     return s;
 }
 
-static json_t *load_opt(const char *text, size_t len, const char *what, lethe_status *s) {
+static json_t *load_opt(const char *text, size_t len, const char *what, size_t flags, lethe_status *s) {
     if (!text) return json_object();
     json_error_t err;
-    json_t *j = json_loadb(text, len, 0, &err);
+    json_t *j = json_loadb(text, len, flags, &err);
     if (!j) {
         *s = lethe_fail(LETHE_ERR_TOKENIZER, "%s: invalid JSON: %s (line %d, column %d)", what, err.text, err.line,
                         err.column);
@@ -423,9 +423,15 @@ static json_t *load_opt(const char *text, size_t len, const char *what, lethe_st
 lethe_status lethe_hf_tokenizer_to_gguf(const lethe_hf_tokenizer_files *f, lethe_gguf_writer *w) {
     if (!f || !f->tokenizer_json || !w) return lethe_fail(LETHE_ERR_INVALID_ARG, "tokenizer: no tokenizer.json");
     lethe_status s = LETHE_OK;
-    json_t *root = load_opt(f->tokenizer_json, f->tokenizer_json_len, "tokenizer.json", &s);
-    json_t *cfg = s == LETHE_OK ? load_opt(f->config_json, f->config_json_len, "tokenizer_config.json", &s) : NULL;
-    json_t *gen = s == LETHE_OK ? load_opt(f->generation_json, f->generation_json_len, "generation_config.json", &s) : NULL;
+    json_t *root = load_opt(f->tokenizer_json, f->tokenizer_json_len, "tokenizer.json", 0, &s);
+    /* only strings and booleans are read from tokenizer_config.json, and
+     * transformers writes model_max_length = 1e30 as an integer jansson
+     * cannot hold: its numbers are read as reals */
+    json_t *cfg = s == LETHE_OK ? load_opt(f->config_json, f->config_json_len, "tokenizer_config.json",
+                                           JSON_DECODE_INT_AS_REAL, &s)
+                                : NULL;
+    json_t *gen = s == LETHE_OK ? load_opt(f->generation_json, f->generation_json_len, "generation_config.json", 0, &s)
+                                : NULL;
     if (s == LETHE_OK) {
         tok_build b = {0};
         s = convert(root, cfg, gen, f->chat_template, f->pad_to, &b, w);

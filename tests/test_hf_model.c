@@ -217,6 +217,46 @@ static void test_dms_adapter(void **s) {
     lethe_model_free(m);
 }
 
+/* transformers writes tokenizer_config.json's model_max_length as 1e30, an
+ * integer beyond 64 bits: such a directory must load. */
+static void test_huge_model_max_length(void **s) {
+    (void)s;
+    char tmpl[] = "/tmp/lethe-hf-XXXXXX";
+    assert_non_null(mkdtemp(tmpl));
+    static const char *const files[] = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"};
+    for (size_t i = 0; i < 4; i++) {
+        char src[1024], dst[1024];
+        path_of(src, sizeof src, "llama-f32", files[i]);
+        snprintf(dst, sizeof dst, "%s/%s", tmpl, files[i]);
+        size_t n;
+        char *data = tu_read_file(src, &n);
+        assert_non_null(data);
+        FILE *f = fopen(dst, "wb");
+        assert_non_null(f);
+        if (!strcmp(files[i], "tokenizer_config.json")) {
+            char *brace = memchr(data, '{', n);
+            assert_non_null(brace);
+            fwrite(data, 1, (size_t)(brace - data) + 1, f);
+            fputs("\"model_max_length\": 1000000000000000019884624838656,", f);
+            fwrite(brace + 1, 1, n - (size_t)(brace - data) - 1, f);
+        } else {
+            fwrite(data, 1, n, f);
+        }
+        fclose(f);
+        free(data);
+    }
+    lethe_status st;
+    lethe_model *m = lethe_model_load(tmpl, lethe_model_default_params(), &st);
+    if (!m) fail_msg("load: %s", lethe_last_error());
+    lethe_model_free(m);
+    for (size_t i = 0; i < 4; i++) {
+        char dst[1024];
+        snprintf(dst, sizeof dst, "%s/%s", tmpl, files[i]);
+        remove(dst);
+    }
+    remove(tmpl);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_llama_f32),   cmocka_unit_test(test_llama_bf16),
@@ -224,6 +264,7 @@ int main(void) {
         cmocka_unit_test(test_qwen3_f32),   cmocka_unit_test(test_qwen3_bf16),
         cmocka_unit_test(test_tokenizer_matches), cmocka_unit_test(test_hparams),
         cmocka_unit_test(test_dms_neuron),  cmocka_unit_test(test_dms_adapter),
+        cmocka_unit_test(test_huge_model_max_length),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
