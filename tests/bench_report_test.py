@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """bench_report_test.py — tools/bench_report.py on fixed rows: the tables
-hold the rows' numbers (parsed back from the markdown), a peer's rows join
+(and `update`'s regenerated blocks) hold the rows' numbers (parsed back from the markdown), a peer's rows join
 the run that launched them, the backend x device table appears with two
 devices, and the plots are real SVG/PNG files. The plot part needs gnuplot
 (tools/setup.sh --plots): without it, that part is skipped with a message
@@ -100,6 +100,22 @@ def main():
         expect(any("vulkan · llvmpipe" in h for h in bxd[0]), "backend x device columns")
         tg = [m for m in bxd[1] if m["test"] == "tg64 (none)"][0]
         expect(tg["cpu · AMD EPYC"] == "300.00" and tg["vulkan · llvmpipe"] == "3.50", "backend x device cells")
+
+        # update: a marked block of a markdown file is regenerated, the rest kept
+        doc = os.path.join(tmp, "doc.md")
+        with open(doc, "w") as f:
+            f.write(f"# history\nkept\n<!-- bench-report: tables {path} -->\nstale\n<!-- /bench-report -->\ntail\n")
+        run("update", doc)
+        with open(doc) as f:
+            text = f.read()
+        expect(text.startswith("# history\nkept\n") and text.endswith("<!-- /bench-report -->\ntail\n"), "update keeps the rest")
+        expect("stale" not in text and "| tg64 @ d2048 | lethe |" in text, "update writes the tables")
+        run("update", doc)
+        with open(doc) as f:
+            expect(f.read() == text, "update is idempotent")
+        with open(doc, "w") as f:
+            f.write("no markers\n")
+        expect(run("update", doc, check=False).returncode != 0, "update without a block fails")
 
         # a bad file: one clear message, non-zero exit
         bad = os.path.join(tmp, "bad.jsonl")

@@ -596,6 +596,47 @@ static void test_cli_failures(void **state) {
     rmdir(dir);
 }
 
+/* A stand-in llama-bench (a shell script): the arguments it was given, and
+ * its row joining ours with a ratio. */
+static void test_cli_peer(void **state) {
+    (void)state;
+    char dir[] = "/tmp/lethe-bench-peer-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char script[4200], args_file[4200], spec[4300];
+    snprintf(script, sizeof script, "%s/llama-bench", dir);
+    snprintf(args_file, sizeof args_file, "%s/args", dir);
+    FILE *f = fopen(script, "w");
+    assert_non_null(f);
+    fprintf(f, "#!/bin/sh\necho \"$@\" > '%s'\n"
+               "echo 'log line on stdout'\n"
+               "echo '{\"model_type\": \"fake\", \"backends\": \"CPU\", \"n_threads\": 1, \"n_prompt\": 0, "
+               "\"n_gen\": 2, \"n_depth\": 0, \"avg_ts\": 0.5, \"stddev_ts\": 0.0, \"samples_ts\": [0.5]}'\n",
+            args_file);
+    fclose(f);
+    assert_int_equal(chmod(script, 0755), 0);
+    snprintf(spec, sizeof spec, "llama.cpp=%s", dir);   /* the folder form */
+    run_result r = bench(dir, ARGS("-p", "0", "-n", "2", "-r", "1", "-t", "1", "--peer", spec, "-o", "json"));
+    if (r.status != 0) fail_msg("bench with a peer failed: %s", r.err);
+    char *args = slurp(args_file);
+    assert_non_null(strstr(args, "-p 0 -n 2 -d 0 -r 1 -ngl 0 -o jsonl"));   /* -p 0: no pp test, not its default */
+    assert_non_null(strstr(args, "-t 1 -b 512"));
+    free(args);
+    json_error_t err;
+    json_t *arr = json_loads(r.out, 0, &err);
+    assert_non_null(arr);
+    assert_int_equal(json_array_size(arr), 2);
+    json_t *peer = json_array_get(arr, 0), *ours = json_array_get(arr, 1);
+    assert_string_equal(json_string_value(json_object_get(peer, "engine")), "llama.cpp");
+    assert_string_equal(json_string_value(json_object_get(ours, "engine")), "lethe");
+    assert_float_equal(jnum(ours, "peer_ts"), 0.5, 1e-9);
+    assert_float_equal(jnum(ours, "ratio"), jnum(ours, "avg_ts") / 0.5, 1e-6);
+    json_decref(arr);
+    free_run(&r);
+    unlink(args_file);
+    unlink(script);
+    rmdir(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stats),
@@ -606,6 +647,7 @@ int main(void) {
         cmocka_unit_test(test_roofline),
         cmocka_unit_test(test_cli_sweep),
         cmocka_unit_test(test_cli_failures),
+        cmocka_unit_test(test_cli_peer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -2,6 +2,7 @@
 """bench_report.py — tables and plots from `lethe bench` JSON rows.
 
     tools/bench_report.py tables ROWS.jsonl...            markdown for docs/BENCHMARKS.md
+    tools/bench_report.py update docs/BENCHMARKS.md       regenerate its marked blocks in place
     tools/bench_report.py plot ROWS.jsonl... --out DIR [--name PREFIX] [--eval EVAL.json...]
 
 ROWS files hold the rows of `lethe bench -o jsonl` (or `--jsonl FILE`), or
@@ -15,6 +16,12 @@ of t/s. `plot` writes, with gnuplot (Debian: gnuplot-nox, installed by
     PREFIX-pp-depth.svg/.png   the same for pp rows (when there are any)
     PREFIX-pareto.svg/.png     with --eval (`lethe eval -o json` output): KL to
                                `none` against compression, one point per policy
+
+`update` rewrites every block of a markdown file between
+    <!-- bench-report: tables docs/data/a.jsonl docs/data/b.jsonl -->
+    <!-- /bench-report -->
+with what `tables` prints for those files (paths relative to the repository
+root), so the tables in docs/BENCHMARKS.md always come from the committed JSON.
 
 Only the standard library: CI and GPU machines have python3, nothing more.
 """
@@ -126,6 +133,38 @@ def cmd_tables(args):
     print("\n".join(out).rstrip())
 
 
+def tables_text(paths):
+    import contextlib
+    import io
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        cmd_tables(argparse.Namespace(rows=paths))
+    return buf.getvalue().rstrip("\n")
+
+
+def cmd_update(args):
+    import re
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(args.doc, encoding="utf-8") as f:
+        text = f.read()
+    pat = re.compile(r"(<!-- bench-report: tables ([^>]*?) -->\n)(.*?)(<!-- /bench-report -->)", re.S)
+    n = 0
+
+    def repl(m):
+        nonlocal n
+        n += 1
+        paths = [p if os.path.isabs(p) else os.path.join(root, p) for p in m.group(2).split()]
+        return m.group(1) + "\n" + tables_text(paths) + "\n\n" + m.group(4)
+
+    new = pat.sub(repl, text)
+    if n == 0:
+        sys.exit(f"bench_report: no '<!-- bench-report: tables FILE... -->' block in {args.doc}")
+    if new != text:
+        with open(args.doc, "w", encoding="utf-8") as f:
+            f.write(new)
+    print(f"{args.doc}: {n} block(s) regenerated")
+
+
 def gnuplot(script, what):
     exe = shutil.which("gnuplot")
     if not exe:
@@ -145,7 +184,15 @@ def plot_lines(series, title, xlabel, ylabel, base, logx=False):
     with open(data, "w", encoding="utf-8") as f:
         for label, pts in series.items():
             f.write(f"# {label}\n")
-            for x, y, sd in sorted(pts):
+            # several runs of one point (alternated invocations): their mean,
+            # with the root-mean-square of their sds
+            by_x = collections.OrderedDict()
+            for x, y, sd in pts:
+                by_x.setdefault(x, []).append((y, sd))
+            for x in sorted(by_x):
+                ys = by_x[x]
+                y = sum(v for v, _ in ys) / len(ys)
+                sd = (sum(d * d for _, d in ys) / len(ys)) ** 0.5
                 f.write(f"{x} {y} {sd}\n")
             f.write("\n\n")
     plots = ", ".join(f"'{data}' index {i} using 1:2:3 with yerrorlines title \"{esc(label)}\""
@@ -206,6 +253,9 @@ def main():
     t = sub.add_parser("tables", help="markdown tables for docs/BENCHMARKS.md")
     t.add_argument("rows", nargs="+")
     t.set_defaults(fn=cmd_tables)
+    u = sub.add_parser("update", help="regenerate the marked table blocks of a markdown file")
+    u.add_argument("doc")
+    u.set_defaults(fn=cmd_update)
     p = sub.add_parser("plot", help="SVG and PNG plots (gnuplot)")
     p.add_argument("rows", nargs="+")
     p.add_argument("--out", required=True)

@@ -116,9 +116,11 @@ bool bench_peer_parse_jsonl(const char *name, const char *text, bench_peer_resul
     return true;
 }
 
+/* "512,1024"; an empty list is "0", which llama-bench reads as "no such
+ * test" (an empty -p would give its default, 512) */
 static void join_list(char *out, size_t cap, const int32_t *v, int n) {
     size_t k = 0;
-    out[0] = '\0';
+    snprintf(out, cap, "%s", n > 0 ? "" : "0");
     for (int i = 0; i < n && k + 12 < cap; i++) k += (size_t)snprintf(out + k, cap - k, "%s%d", i ? "," : "", v[i]);
 }
 

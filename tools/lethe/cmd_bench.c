@@ -47,12 +47,12 @@ static const char k_bench_help[] =
     "--kv-budget, --dms-window and --dms-force-rate take comma lists: every\n"
     "combination is a row (axes a policy ignores are not multiplied).\n"
     "-o md|csv|json|jsonl. Rows carry KV bytes, reads/token, compression,\n"
-    "achieved GB/s and %% of the roofline cached by `lethe bench --roofline`.\n"
+    "achieved GB/s and % of the roofline cached by `lethe bench --roofline`.\n"
     "examples:\n"
     "  lethe bench -p 512 -n 128 -d 0,1024 -r 5 -o md\n"
     "  lethe bench --roofline                      (measure and cache the CPU's bandwidth)\n"
     "  lethe bench -p 0 -n 64 -d 0,2048 --kv-policy none,dms --dms-force-rate 0.9 --jsonl out.jsonl\n"
-    "  lethe bench -t 2 --peer llama.cpp=~/.cache/lethe/llama.cpp-build/bin";
+    "  lethe bench -t 2 --peer llama.cpp=$HOME/.cache/lethe/llama.cpp-build/bin";
 
 typedef struct bench_env {
     const cli_opts *o;
