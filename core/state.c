@@ -173,9 +173,11 @@ static int32_t get_i32(rbuf *r) {
     return v;
 }
 
-/* Walk one saved sequence; with apply, write it into sequence dst (whose
- * streams the caller cleared and whose pages it made sure exist). Returns
- * the pages the sequence needs, or -1 when the data is inconsistent. */
+/* Walk one saved sequence. Dry run: check it and grow the list capacity of
+ * sequence dst's streams (that changes no content; only an allocation can
+ * fail, as -2). Apply: take the pages and copy into dst, whose streams the
+ * caller cleared. Returns the pages the sequence needs, or -1 when the data
+ * is inconsistent. */
 static int64_t walk_seq(rbuf *r, lethe_kv_cache *kv, int dst, bool apply, int32_t *seq_pos) {
     int64_t pages = 0;
     *seq_pos = get_i32(r);
@@ -206,9 +208,13 @@ static int64_t walk_seq(rbuf *r, lethe_kv_cache *kv, int dst, bool apply, int32_
                 if (e < 0 || e >= len) return -1;
             }
             pages += np;
-            if (!apply) continue;
             lethe_kv_stream *s = lethe_kv_stream_at(kv, dst, l, h);
-            LETHE_ASSERT(s->n_pages >= np && s->pend_cap >= pend_n);
+            if (!apply) {
+                if (lethe_kv_stream_capacity(kv, s, np, pend_n) != LETHE_OK) return -2;
+                continue;
+            }
+            lethe_kv_stream_take(kv, s, np);
+            LETHE_ASSERT(s->pend_cap >= pend_n);
             s->len = len;
             s->n_holes = n_holes;
             memcpy(s->holes, hole, sizeof hole);
@@ -284,7 +290,8 @@ lethe_status lethe_state_load(lethe_context *ctx, int32_t seq, const void *data,
     int64_t need = 0;
     int32_t sp;
     for (int q = 0; q < n_seq; q++) {
-        const int64_t pg = walk_seq(&r, kv, 0, false, &sp);
+        const int64_t pg = walk_seq(&r, kv, seq >= 0 ? seq : q, false, &sp);
+        if (pg == -2) return lethe_fail(LETHE_ERR_OOM, "state_load: page lists");
         if (pg < 0) return lethe_fail(LETHE_ERR_CORRUPT, "state_load: sequence %d is inconsistent", q);
         need += pg;
     }
@@ -300,35 +307,11 @@ lethe_status lethe_state_load(lethe_context *ctx, int32_t seq, const void *data,
     void *ucopy = NULL;
     if (user && us > 0 && !(ucopy = malloc((size_t)us))) return lethe_fail(LETHE_ERR_OOM, "state_load: user data");
 
-    /* room in every target stream's lists first (the only step that can
-     * fail), then clear, take the pages and copy */
+    /* the dry run made room in every target stream's lists: now clear,
+     * then take the pages and copy (nothing can fail from here) */
+    for (int q = 0; q < kv->n_seq; q++)
+        if (seq < 0 || q == seq) lethe_kv_seq_clear(kv, q);
     r.at = body;
-    for (int pass = 0; pass < 2; pass++) {
-        rbuf probe = r;
-        if (pass == 1)
-            for (int q = 0; q < kv->n_seq; q++)
-                if (seq < 0 || q == seq) lethe_kv_seq_clear(kv, q);
-        for (int q = 0; q < n_seq; q++) {
-            const int dst = seq >= 0 ? seq : q;
-            get_i32(&probe);   /* seq_pos */
-            for (int l = 0; l < kv->n_layer; l++)
-                for (int h = 0; h < kv->n_head_kv; h++) {
-                    const int32_t len = get_i32(&probe);
-                    take(&probe, 4 + LETHE_KV_MAX_HOLES * 4 + 4);
-                    const int32_t pend_n = get_i32(&probe);
-                    const int32_t np = (len + LETHE_KV_PAGE - 1) / LETHE_KV_PAGE;
-                    take(&probe, (size_t)pend_n * 4 + (size_t)len * (kv->score ? 12 : 8) +
-                                     2 * (size_t)len * kv->slot_bytes + (kv->kmin ? (size_t)np * 2 * kv->head_dim * 4 : 0));
-                    lethe_kv_stream *s = lethe_kv_stream_at(kv, dst, l, h);
-                    if (pass == 1) {
-                        lethe_kv_stream_take(kv, s, np);
-                    } else if (lethe_kv_stream_capacity(kv, s, np, pend_n) != LETHE_OK) {
-                        free(ucopy);
-                        return lethe_fail(LETHE_ERR_OOM, "state_load: page lists");
-                    }
-                }
-        }
-    }
     for (int q = 0; q < n_seq; q++) {
         const int dst = seq >= 0 ? seq : q;
         walk_seq(&r, kv, dst, true, &sp);
