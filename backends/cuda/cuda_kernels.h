@@ -119,7 +119,9 @@ static inline void cu_attn_split_plan(int64_t n_items, int32_t Lmax, int64_t tar
 }
 
 /* Can the attention kernels take this head dim and group size? */
-int lethe_cu_attn_shape_ok(int D, int G);
+static inline int lethe_cu_attn_shape_ok(int D, int G) {
+    return (D == 32 || D == 64 || D == 128 || D == 256) && G >= 1 && G <= LETHE_CU_ATTN_MAX_G;
+}
 /* k, v [T * Hkv, D] f32 -> the rows' slots (f16 round to nearest even, or
  * f32); dec [T * Hkv] or NULL: dec[r] > 0 sets expire[rows[r].exp_idx]. */
 cudaError_t lethe_cu_kv_store(const lethe_cu_kv_view *kv, const float *k, const float *v, const float *dec,

@@ -21,7 +21,7 @@
 #include <string.h>
 
 /* KV_STORE rows [T * Hkv] (r = t * Hkv + h), as lethe_cpu_kv_store resolves them. */
-static int cu_kv_store_rows(const lethe_node *n, lethe_cu_kv_row *rows, char *err, size_t errlen) {
+static inline int cu_kv_store_rows(const lethe_node *n, lethe_cu_kv_row *rows, char *err, size_t errlen) {
     const lethe_kv_cache *kv = n->kv;
     const int layer = n->iparams[0];
     const int32_t T = n->ub->n_tokens, Hkv = kv->n_head_kv, w = kv->policy.window;
@@ -65,18 +65,19 @@ typedef struct cu_attn_plan {
     size_t n_plist;
 } cu_attn_plan;
 
-static void cu_attn_plan_free(cu_attn_plan *p) {
+static inline void cu_attn_plan_free(cu_attn_plan *p) {
     free(p->work);
     free(p->plists);
     memset(p, 0, sizeof *p);
 }
 
 /* Block count and kernel choice only (no allocation): also for sizing. */
-static int32_t cu_attn_blocks(const lethe_node *n, int G, bool *decode) {
+static inline int32_t cu_attn_blocks(const lethe_node *n, int G, bool force_decode, bool *decode) {
     const int32_t T = n->ub->n_tokens, BQ = 32 / G;
     bool dec = true;
     for (int32_t t = 1; t < T; t++)
         if (n->ub->seq_id[t] == n->ub->seq_id[t - 1]) dec = false;
+    dec = dec || force_decode;
     if (decode) *decode = dec;
     if (dec) return T;
     int32_t nb = 0, run = 0;
@@ -90,7 +91,7 @@ static int32_t cu_attn_blocks(const lethe_node *n, int G, bool *decode) {
     return nb;
 }
 
-static int32_t cu_attn_lmax(const lethe_node *n) {
+static inline int32_t cu_attn_lmax(const lethe_node *n) {
     const lethe_kv_cache *kv = n->kv;
     int32_t m = 0;
     for (int32_t t = 0; t < n->ub->n_tokens; t++) {
@@ -104,7 +105,9 @@ static int32_t cu_attn_lmax(const lethe_node *n) {
     return m;
 }
 
-static int cu_attn_plan_build(const lethe_node *n, int G, cu_attn_plan *p, char *err, size_t errlen) {
+/* force_decode: one token per block whatever the batch (tests run both paths). */
+static inline int cu_attn_plan_build(const lethe_node *n, int G, bool force_decode, cu_attn_plan *p, char *err,
+                              size_t errlen) {
     const lethe_kv_cache *kv = n->kv;
     const int layer = n->iparams[0];
     const int32_t T = n->ub->n_tokens, Hkv = kv->n_head_kv, BQ = 32 / G;
@@ -114,7 +117,7 @@ static int cu_attn_plan_build(const lethe_node *n, int G, cu_attn_plan *p, char 
             snprintf(err, errlen, "ATTENTION token %d: sequence %d out of range", t, n->ub->seq_id[t]);
             return LETHE_ERR_INVALID_ARG;
         }
-    p->n_blocks = cu_attn_blocks(n, G, &p->decode);
+    p->n_blocks = cu_attn_blocks(n, G, force_decode, &p->decode);
     int32_t *start = malloc((size_t)kv->n_seq * (size_t)Hkv * sizeof(int32_t));   /* [n_seq][Hkv] list start */
     p->work = malloc((size_t)p->n_blocks * (size_t)Hkv * sizeof *p->work);
     size_t cap = 0;

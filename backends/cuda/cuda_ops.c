@@ -149,7 +149,7 @@ static size_t attn_part_bytes(const cu_ctx *c, const lethe_node *n) {
     const int G = attn_group(n);
     if (!G) return 0;
     bool decode;
-    const int32_t nb = cu_attn_blocks(n, G, &decode);
+    const int32_t nb = cu_attn_blocks(n, G, false, &decode);
     int32_t chunk, n_split;
     attn_splits(c, n, G, nb, decode, &chunk, &n_split);
     if (n_split <= 1) return 0;
@@ -314,7 +314,7 @@ static lethe_status op_attention(lethe_backend *be, const lethe_node *n, const f
     const int G = attn_group(n);
     cu_attn_plan plan;
     char err[160];
-    int rc = cu_attn_plan_build(n, G, &plan, err, sizeof err);
+    int rc = cu_attn_plan_build(n, G, false, &plan, err, sizeof err);
     if (rc != LETHE_OK) return CU_FAIL((lethe_status)rc, "cuda: %s", err);
     void *dwork = NULL, *dpl = NULL, *dpos = NULL, *part = NULL;
     int32_t chunk, n_split;

@@ -441,9 +441,6 @@ k_attn_prefill(const uint8_t *__restrict__ pool, const int32_t *__restrict__ kpo
 
 /* ----------------------------------------------------------- launchers */
 
-extern "C" int lethe_cu_attn_shape_ok(int D, int G) {
-    return (D == 32 || D == 64 || D == 128 || D == 256) && G >= 1 && G <= LETHE_CU_ATTN_MAX_G;
-}
 
 extern "C" cudaError_t lethe_cu_kv_store(const lethe_cu_kv_view *kv, const float *k, const float *v, const float *dec,
                                          const lethe_cu_kv_row *rows, int64_t n_rows, cudaStream_t stream) {
