@@ -448,5 +448,6 @@ lethe_status lethe_cu_compute(lethe_backend *be, lethe_graph *g, int begin, int 
         CU_CHECK(cudaMemcpy(&err, c->d_err, sizeof err, cudaMemcpyDeviceToHost), "read error flag");
         if (err) return CU_FAIL(LETHE_ERR_INVALID_ARG, "cuda: get_rows met an id outside its table");
     }
+    CU_LOG(LETHE_LOG_DEBUG, "cuda: nodes [%d, %d) done", begin, end);
     return LETHE_OK;
 }
