@@ -169,42 +169,52 @@ static lethe_status cu_buffer_alloc(lethe_backend *be, size_t size, lethe_buffer
  * HBM); a device pool with a host mirror needs the cache to report every
  * write (the hook proposed in docs/CUDA.md). Managed memory keeps kv_cache.c
  * unchanged and lets placement advice put each part where its traffic is:
- *   - the pool (K/V rows, ~99% of the bytes) prefers the GPU and is mapped
- *     by it: kernels write and read it in HBM. A host access (compaction,
- *     fork, state save/load, a CPU fallback op) faults and migrates the
- *     touched pages (4 KiB .. 2 MiB) to host memory; the next kernel that
- *     touches them faults them back. Correct, slow only where the host
- *     really touches rows (rare in decode: DMS reuses holes in place).
+ *   - the pool (K/V rows, ~99% of the bytes) prefers the GPU, and is
+ *     prefetched there at allocation: physical pages are taken now, so the
+ *     weights uploaded later fail cleanly with OOM instead of the GPU
+ *     oversubscribing managed memory (which the device machines' rules
+ *     forbid: it can hang the GPU). The GPU is deliberately NOT given a
+ *     standing mapping (AccessedBy) of the pool: a page the host touched
+ *     (compaction, fork, state save/load, a CPU fallback op) migrates to host
+ *     memory, and the next kernel that touches it faults it back to its
+ *     preferred place, the GPU, instead of reading it over the bus forever.
+ *     Correct always; slow only where the host really touches rows (once
+ *     per fork; rare in decode, where DMS reuses holes in place).
  *   - pos / expire (8 bytes per slot) are written by the host every step
  *     (one slot per stream per token) and read by every attention kernel.
- *     Default: they prefer host memory and the GPU maps them (AccessedBy),
- *     so host writes are local and the kernels read them over the bus with
- *     no page faults and no ping-pong migration. LETHE_CUDA_KV_META=device
- *     makes them prefer the GPU instead (the driver then migrates the pages
- *     the host writes every step, and may pin thrashing pages remotely):
- *     which is faster at depth is for the GPU benchmark to say.
+ *     Default (lethe_cu_kv_advise, at the first KV op): they prefer host
+ *     memory and the GPU maps them (AccessedBy), so host writes are local
+ *     and the kernels read them over the bus with no page faults and no
+ *     ping-pong migration. LETHE_CUDA_KV_META=device leaves them on the GPU
+ *     like the pool (the driver then migrates the pages the host writes each
+ *     step): which is faster at depth is for the GPU benchmark to say.
  * Coherence: kernels run on the backend's stream and compute() synchronizes
  * it before returning, so the host may touch the cache only between
  * compute() calls (where kv_cache.c does: reserve before the graph, settle
  * and commit after), never while a node range is in flight. KV_STORE's DMS
  * flags (device writes to expire) are visible to the host's settle/commit
  * after that synchronization. Devices without concurrent managed access
- * (where any host access while a kernel runs is a fault) and requests larger
- * than the device's free memory are refused: the cache then stays in host
- * memory and its ops run on the CPU. Managed memory must never oversubscribe
- * the GPU (the device machines' rules: it can hang the GPU). */
+ * (where any host access while a kernel runs is a fault), requests larger
+ * than the device's free memory less a margin, and LETHE_CUDA_NO_SHARED are
+ * refused: the cache then stays in host memory and its ops run on the CPU. */
 static lethe_status cu_buffer_alloc_shared(lethe_backend *be, size_t size, lethe_buffer **out) {
     cu_ctx *c = be->ctx;
     *out = NULL;
-    if (!c->managed_ok)
+    if (!c->managed_ok) {
+        CU_LOG(LETHE_LOG_WARN, "cuda: no shared KV memory on device %d (no concurrent managed access, or "
+               "LETHE_CUDA_NO_SHARED): KV_STORE/ATTENTION run on the CPU", c->device);
         return CU_FAIL(LETHE_ERR_UNSUPPORTED, "cuda: device %d has no concurrent managed access", c->device);
+    }
     CU_CHECK(cudaSetDevice(c->device), "cudaSetDevice");
     size_t fr = 0, tot = 0;
     CU_CHECK(cudaMemGetInfo(&fr, &tot), "cudaMemGetInfo");
-    const size_t margin = (size_t)1 << 30 > fr / 10 ? (size_t)1 << 30 : fr / 10;   /* weights, scratch, cuBLAS */
-    if (size > fr || fr - size < margin)
+    const size_t margin = (size_t)1 << 30 > fr / 10 ? (size_t)1 << 30 : fr / 10;   /* weights come later */
+    if (size > fr || fr - size < margin) {
+        CU_LOG(LETHE_LOG_WARN, "cuda: a KV cache of %zu MiB does not fit the %zu MiB free (less a margin): it stays "
+               "in host memory, KV_STORE/ATTENTION run on the CPU", size >> 20, fr >> 20);
         return CU_FAIL(LETHE_ERR_OOM, "cuda: a shared KV buffer of %zu MiB does not fit the %zu MiB free", size >> 20,
                        fr >> 20);
+    }
     lethe_buffer *b = calloc(1, sizeof *b);
     if (!b) return CU_FAIL(LETHE_ERR_OOM, "cuda: buffer");
     cudaError_t e = cudaMallocManaged(&b->impl, size ? size : 1, cudaMemAttachGlobal);
@@ -214,15 +224,18 @@ static lethe_status cu_buffer_alloc_shared(lethe_backend *be, size_t size, lethe
     }
     const struct cudaMemLocation dev = {cudaMemLocationTypeDevice, c->device};
     if ((e = cudaMemAdvise(b->impl, size, cudaMemAdviseSetPreferredLocation, dev)) != cudaSuccess ||
-        (e = cudaMemAdvise(b->impl, size, cudaMemAdviseSetAccessedBy, dev)) != cudaSuccess)
-        CU_LOG(LETHE_LOG_WARN, "cuda: placement advice for the KV buffer failed (%s); it still works, maybe slower",
+        (e = cudaMemPrefetchAsync(b->impl, size, dev, 0, c->stream)) != cudaSuccess ||
+        (e = cudaStreamSynchronize(c->stream)) != cudaSuccess) {
+        CU_LOG(LETHE_LOG_WARN, "cuda: placing the KV buffer on the device failed (%s); it still works, maybe slower",
                cudaGetErrorString(e));
-    cudaGetLastError();
+        cudaGetLastError();
+    }
     b->backend = be;
     b->size = size;
     b->host_ptr = b->impl;
     *out = b;
-    CU_LOG(LETHE_LOG_INFO, "cuda: KV cache in managed memory, %.1f MiB", (double)size / (1 << 20));
+    CU_LOG(LETHE_LOG_INFO, "cuda: KV cache in managed memory, %.1f MiB (metadata on the %s)", (double)size / (1 << 20),
+           c->meta_on_device ? "device" : "host, mapped");
     return LETHE_OK;
 }
 
@@ -231,8 +244,10 @@ lethe_status lethe_cu_kv_advise(cu_ctx *c, const lethe_buffer *buf, size_t meta_
         if (c->advised[i] == buf->impl) return LETHE_OK;
     if (!c->meta_on_device && meta_end > meta_begin && meta_end <= buf->size) {
         const struct cudaMemLocation host = {cudaMemLocationTypeHost, 0};
-        cudaError_t e = cudaMemAdvise((const uint8_t *)buf->impl + meta_begin, meta_end - meta_begin,
-                                      cudaMemAdviseSetPreferredLocation, host);
+        const struct cudaMemLocation dev = {cudaMemLocationTypeDevice, c->device};
+        const void *p = (const uint8_t *)buf->impl + meta_begin;
+        cudaError_t e = cudaMemAdvise(p, meta_end - meta_begin, cudaMemAdviseSetPreferredLocation, host);
+        if (e == cudaSuccess) e = cudaMemAdvise(p, meta_end - meta_begin, cudaMemAdviseSetAccessedBy, dev);
         if (e != cudaSuccess) {
             CU_LOG(LETHE_LOG_WARN, "cuda: advice for the KV metadata failed (%s)", cudaGetErrorString(e));
             cudaGetLastError();

@@ -146,10 +146,11 @@ k_attn_decode(const uint8_t *__restrict__ pool, const int32_t *__restrict__ kpos
     __shared__ float s_m[MAXG], s_l[MAXG], s_alpha[MAXG];
     __shared__ float s_red[RG * D];           /* = ATTN_THREADS * 8 */
 
-    const int item = blockIdx.x, split = blockIdx.y;
-    const int t = item / Hkv, hk = item % Hkv, Hq = Hkv * G;
+    const int item = blockIdx.x, split = blockIdx.y;   /* item = block * Hkv + hk, a block = one token */
+    const int hk = item % Hkv, Hq = Hkv * G;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const lethe_cu_attn_work w = work[item];
+    const int t = w.t0;
     const int32_t pq = qpos[t];
     const int32_t *pl = plists + w.plist;
     const int j_begin = split * chunk;
@@ -289,9 +290,10 @@ k_attn_decode(const uint8_t *__restrict__ pool, const int32_t *__restrict__ kpos
 
 /* grid (T * Hkv, G), 128 threads: merge the n_split partials of one query head. */
 __global__ void __launch_bounds__(ATTN_THREADS)
-k_attn_combine(const float *__restrict__ part, float *__restrict__ out, int Hkv, int G, int D, int n_split) {
+k_attn_combine(const float *__restrict__ part, float *__restrict__ out, const lethe_cu_attn_work *__restrict__ work,
+               int Hkv, int G, int D, int n_split) {
     const int item = blockIdx.x, g = blockIdx.y;
-    const int t = item / Hkv, hk = item % Hkv;
+    const int t = work[item].t0, hk = item % Hkv;
     const int stride = G * (D + 2);
     const float *p0 = part + ((size_t)item * n_split * G + g) * (D + 2);   /* split 0; split i at + i * stride */
     const float M = cu_comb_max(n_split, p0, stride);
@@ -479,7 +481,7 @@ static void attention_d(const lethe_cu_kv_view *kv, const float *q, float *out, 
     else L(8);
 #undef L
     if (n_split > 1)
-        k_attn_combine<<<dim3((unsigned)n_items, (unsigned)G), ATTN_THREADS, 0, stream>>>(part, out, Hkv, G, D, n_split);
+        k_attn_combine<<<dim3((unsigned)n_items, (unsigned)G), ATTN_THREADS, 0, stream>>>(part, out, work, Hkv, G, D, n_split);
 }
 
 extern "C" cudaError_t lethe_cu_attention(const lethe_cu_kv_view *kv, const float *q, float *out,
