@@ -136,7 +136,12 @@ fi
 if compgen -G "$ROOT/.gpu-deps/*.deb" > /dev/null; then
     DEPS="$WORK/deps"
     rm -rf "$DEPS" && mkdir -p "$DEPS"
-    for f in "$ROOT"/.gpu-deps/*.deb; do dpkg -x "$f" "$DEPS" || say "deps: cannot unpack $f"; done
+    for f in "$ROOT"/.gpu-deps/*.deb; do
+        if command -v dpkg > /dev/null 2>&1; then dpkg -x "$f" "$DEPS" || say "deps: cannot unpack $f"
+        else (cd "$DEPS" && ar p "$f" "$(ar t "$f" | grep '^data\.tar')" | tar -x -J -f - 2>/dev/null ||
+              ar p "$f" "$(ar t "$f" | grep '^data\.tar')" | tar -x --zstd -f -) || say "deps: cannot unpack $f"
+        fi
+    done
     find "$DEPS" -name '*.pc' -exec sed -i -E "s#^(prefix|exec_prefix|libdir|includedir)=/usr#\1=$DEPS/usr#" {} +
     export PKG_CONFIG_PATH="$(find "$DEPS" -type d -name pkgconfig | paste -sd:)${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
     export LD_LIBRARY_PATH="$DEPS/usr/lib/x86_64-linux-gnu:$DEPS/usr/lib/x86_64-linux-gnu/openblas-pthread${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
