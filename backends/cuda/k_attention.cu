@@ -10,8 +10,10 @@
  * pos[j] <= q < expire[j] (cuda_attn.cuh); a query seeing nothing gets zeros.
  *
  * Decode (every block one token), flash-decoding: grid (T * Hkv, n_split),
- * 128 threads. A CTA walks one span of its stream page by page; each K and V
- * row is read once for the G query heads of the group.
+ * 128 threads. A CTA walks one span of its stream page by page (pos/expire
+ * of 512 slots at a time preloaded into shared memory: one round trip when
+ * they live in host memory); each K and V row is read once for the G query
+ * heads of the group.
  *   scores: LPK lanes per key (8, or 16 when G > 4 to halve the query
  *           registers), each lane EPL = D / LPK dims, a butterfly over the
  *           LPK lanes; s[g][j] to shared memory;
@@ -27,7 +29,8 @@
  * threads; 32 query rows (32 / G tokens x G heads) per CTA, 4 lanes per row
  * (dims 4 sub + 16 i + c, so that a warp's shared-memory reads are 4
  * distinct float4 = 64 bytes, broadcast to its 8 rows). Per tile of KT
- * slots: pos/expire to shared memory; a tile no row can see is skipped
+ * slots (pos/expire of 512 slots at a time preloaded into shared memory,
+ * one round trip over the bus when they live in host memory): a tile no row can see is skipped
  * (the causal part of a fresh prompt); K and V rows converted to f32 in
  * shared memory; each row's scores, online softmax in registers. Exact
  * f32 arithmetic on CUDA cores (no tensor cores yet: docs/CUDA.md).
@@ -129,6 +132,37 @@ k_kv_store(const float *__restrict__ k, const float *__restrict__ v, const float
 
 /* -------------------------------------------------------------- decode */
 
+/* Slot metadata of a segment of a stream into shared memory, every load of
+ * a thread issued before its first store: pos/expire may live in host
+ * memory mapped over the bus (cuda_backend.c), so one round trip per
+ * segment instead of one per page. Callers: every thread of the CTA, with
+ * no thread still reading s_pos/s_exp of the previous segment. */
+#define META_SEG 512
+__device__ __forceinline__ void load_meta(const int32_t *__restrict__ pl, const int32_t *__restrict__ kpos,
+                                          const int32_t *__restrict__ kexp, int seg0, int seg_n, int32_t *s_pos,
+                                          int32_t *s_exp) {
+    constexpr int K = META_SEG / ATTN_THREADS;
+    int32_t rp[K], re[K];
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        const int i = threadIdx.x + k * ATTN_THREADS;
+        rp[k] = INT32_MAX;
+        re[k] = 0;
+        if (i < seg_n) {
+            const int64_t mi = cu_kv_meta_idx(pl, seg0 + i);
+            rp[k] = kpos[mi];
+            re[k] = kexp[mi];
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        const int i = threadIdx.x + k * ATTN_THREADS;
+        s_pos[i] = rp[k];   /* past the segment: a hole, never visible */
+        s_exp[i] = re[k];
+    }
+    __syncthreads();
+}
+
 template <int D, int MAXG, bool F16>
 __global__ void __launch_bounds__(ATTN_THREADS)
 k_attn_decode(const uint8_t *__restrict__ pool, const int32_t *__restrict__ kpos, const int32_t *__restrict__ kexp,
@@ -145,6 +179,7 @@ k_attn_decode(const uint8_t *__restrict__ pool, const int32_t *__restrict__ kpos
     __shared__ float s_w[MAXG][CU_KV_P];      /* scores, then weights, of the page */
     __shared__ float s_m[MAXG], s_l[MAXG], s_alpha[MAXG];
     __shared__ float s_red[RG * D];           /* = ATTN_THREADS * 8 */
+    __shared__ int32_t s_pos[META_SEG], s_exp[META_SEG];   /* the segment's slot metadata */
 
     const int item = blockIdx.x, split = blockIdx.y;   /* item = block * Hkv + hk, a block = one token */
     const int hk = item % Hkv, Hq = Hkv * G;
@@ -181,12 +216,15 @@ k_attn_decode(const uint8_t *__restrict__ pool, const int32_t *__restrict__ kpos
         for (int e = 0; e < 8; e++) acc[g][e] = 0.0f;
     __syncthreads();
 
-    for (int j0 = j_begin; j0 < j_end; j0 += CU_KV_P) {   /* j_begin % P == 0: one page per step */
+    for (int seg0 = j_begin; seg0 < j_end; seg0 += META_SEG) {
+    const int seg_n = min(META_SEG, j_end - seg0);
+    load_meta(pl, kpos, kexp, seg0, seg_n, s_pos, s_exp);   /* ends with a barrier */
+    for (int j0 = seg0; j0 < seg0 + seg_n; j0 += CU_KV_P) {   /* j_begin % P == 0: one page per step */
         const int32_t page = pl[j0 / CU_KV_P];
-        const int n = min(CU_KV_P, j_end - j0);
+        const int n = min(CU_KV_P, seg0 + seg_n - j0);
         const uint8_t *kb = pool + (size_t)page * page_bytes;
         const uint8_t *vb = kb + (size_t)CU_KV_P * slot_bytes;
-        const int32_t *pp = kpos + (size_t)page * CU_KV_P, *ep = kexp + (size_t)page * CU_KV_P;
+        const int32_t *pp = s_pos + (j0 - seg0), *ep = s_exp + (j0 - seg0);
         /* scores: the same number of passes for every lane, so the shuffles see the full warp */
 #pragma unroll
         for (int it = 0; it < CU_KV_P / KPP; it++) {
@@ -258,7 +296,8 @@ k_attn_decode(const uint8_t *__restrict__ pool, const int32_t *__restrict__ kpos
 #pragma unroll
                 for (int e = 0; e < 8; e++) acc[g][e] = fmaf(pw[g], vr[e], acc[g][e]);
         }
-        __syncthreads();   /* s_w and s_alpha are rewritten by the next page */
+        __syncthreads();   /* s_w, s_alpha (and at a segment's end s_pos/s_exp) are rewritten next */
+    }
     }
 
     /* sum the row groups, one head at a time (G is uniform over the CTA) */
@@ -323,7 +362,7 @@ k_attn_prefill(const uint8_t *__restrict__ pool, const int32_t *__restrict__ kpo
     constexpr int CH = D / 8;                /* 8-element chunks per row */
     __shared__ __align__(16) float sk[KT][D];
     __shared__ __align__(16) float sv[KT][D];
-    __shared__ int32_t spos[KT], sexp[KT];
+    __shared__ int32_t s_pos[META_SEG], s_exp[META_SEG];   /* the segment's slot metadata */
 
     const int blk = blockIdx.x, hk = blockIdx.y, Hq = Hkv * G;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -350,19 +389,12 @@ k_attn_prefill(const uint8_t *__restrict__ pool, const int32_t *__restrict__ kpo
     for (int i = 0; i < DL; i++) acc[i] = 0.0f;
     float m = -INFINITY, l = 0.0f;
 
-    for (int j0 = 0; j0 < w.L; j0 += KT) {
-        const int n = min(KT, w.L - j0);
-        if (tid < KT) {
-            if (tid < n) {
-                const int64_t mi = cu_kv_meta_idx(pl, j0 + tid);
-                spos[tid] = kpos[mi];
-                sexp[tid] = kexp[mi];
-            } else {
-                spos[tid] = INT32_MAX;   /* past the stream: a hole, never visible */
-                sexp[tid] = 0;
-            }
-        }
-        __syncthreads();
+    for (int seg0 = 0; seg0 < w.L; seg0 += META_SEG) {
+    const int seg_n = min(META_SEG, w.L - seg0);
+    load_meta(pl, kpos, kexp, seg0, seg_n, s_pos, s_exp);   /* ends with a barrier */
+    for (int j0 = seg0; j0 < seg0 + seg_n; j0 += KT) {
+        const int n = min(KT, seg0 + seg_n - j0);
+        const int32_t *spos = s_pos + (j0 - seg0), *sexp = s_exp + (j0 - seg0);   /* past n: holes */
         int any = 0;
 #pragma unroll
         for (int jj = 0; jj < KT; jj++) any |= cu_kv_visible(spos[jj], sexp[jj], pq);
@@ -425,7 +457,8 @@ k_attn_prefill(const uint8_t *__restrict__ pool, const int32_t *__restrict__ kpo
             }
             m = mx;
         }
-        __syncthreads();   /* the tile and spos/sexp are rewritten next */
+        __syncthreads();   /* the tile (and at a segment's end s_pos/s_exp) are rewritten next */
+    }
     }
     if (valid) {
         const float inv = l > 0.0f ? 1.0f / l : 0.0f;
