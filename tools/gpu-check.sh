@@ -31,7 +31,8 @@
 # is left; steps past it are skipped and listed).
 # LETHE_GPU_PROFILE=lease: the one-call plan for a 15-minute device lease (with timeout_s 600):
 #   stages "probe build test sanitize synth bench", budget 560 s, only the targets the tests
-#   need, CUDA only, model llama3-8b:q4_0, tg at depths 0,8192 x parallel 1,8, none vs DMS;
+#   need, CUDA only, model llama3-8b:q4_0, tg at depths 0,8192 x parallel 1,8 (1 repetition),
+#   none vs DMS, then the sanitizers (90 s each) with what is left of the budget;
 #   every variable above still overrides it.
 # LETHE_GPU_BACKENDS / LETHE_GPU_DEPTH_BACKEND choose the benchmarked backends
 # (the script's non-GPU parts are tested on a CPU machine with "cpu" and a tiny model).
@@ -54,6 +55,7 @@ if [[ "$PROFILE" == lease ]]; then
     : "${LETHE_GPU_STAGES:=probe build test sanitize synth bench}" "${LETHE_GPU_BUDGET:=560}"
     : "${LETHE_GPU_MODELS:=llama3-8b:q4_0}" "${LETHE_GPU_BACKENDS:=cuda}" "${LETHE_GPU_DEPTHS:=0,8192}"
     : "${LETHE_GPU_PARALLEL:=1,8}" "${LETHE_GPU_TARGETS:=lethe_cli test_backend_ops test_cuda_e2e test_cuda_dms test_cuda_host}"
+    : "${LETHE_GPU_DEPTH_REPS:=1}" "${LETHE_GPU_SANITIZE_LAST:=1}" "${LETHE_GPU_SANITIZE_TIMEOUT:=90}"
 fi
 STAGES="${LETHE_GPU_STAGES:-probe build test sanitize synth bench peer}"
 BUDGET="${LETHE_GPU_BUDGET:-0}"
@@ -175,26 +177,32 @@ if has test; then
     note '```'
 fi
 
-# ---- sanitize
-if has sanitize; then
+# ---- sanitize (a function: LETHE_GPU_SANITIZE_LAST=1 runs it after bench, so that a
+# call's budget goes to the speed numbers first)
+stage_sanitize() {
     : > "$OUT/sanitize.log"
-    if command -v compute-sanitizer >/dev/null 2>&1; then
-        n_san=0
-        for tool in memcheck racecheck; do
-            tests=(test_backend_ops test_cuda_dms test_cuda_e2e)
-            [[ $tool == racecheck ]] && tests=(test_backend_ops test_cuda_dms)   # racecheck is slow; these hold the shared-memory kernels
-            for t in "${tests[@]}"; do
-                n_san=$((n_san + 1))
-                run "$tool-$t" "$OUT/sanitize.log" env VK_LOADER_DRIVERS_SELECT='*nvidia*' \
-                    compute-sanitizer --tool "$tool" --error-exitcode 3 "$BUILD/tests/$t"
-            done
-        done
-        note "- compute-sanitizer: $(grep -c 'ERROR SUMMARY: 0 errors' "$OUT/sanitize.log") clean runs of $n_san"
-    else
+    if ! command -v compute-sanitizer >/dev/null 2>&1; then
         say "compute-sanitizer not found: sanitize skipped"
         note "- compute-sanitizer not found: skipped"
+        return
     fi
-fi
+    local n_san=0 tool t tests
+    local saved_tmo="$TMO"
+    TMO="${LETHE_GPU_SANITIZE_TIMEOUT:-$TMO}"
+    for tool in memcheck racecheck; do
+        tests=(test_backend_ops test_cuda_dms test_cuda_e2e)
+        [[ $tool == racecheck ]] && tests=(test_backend_ops test_cuda_dms)   # racecheck is slow; these hold the shared-memory kernels
+        for t in "${tests[@]}"; do
+            n_san=$((n_san + 1))
+            run "$tool-$t" "$OUT/sanitize.log" env VK_LOADER_DRIVERS_SELECT='*nvidia*' \
+                compute-sanitizer --tool "$tool" --error-exitcode 3 "$BUILD/tests/$t"
+        done
+    done
+    TMO="$saved_tmo"
+    note "- compute-sanitizer: $(grep -c 'ERROR SUMMARY: 0 errors' "$OUT/sanitize.log") clean runs of $n_san"
+}
+SANITIZE_LAST="${LETHE_GPU_SANITIZE_LAST:-0}"
+if has sanitize && [[ "$SANITIZE_LAST" != 1 ]]; then stage_sanitize; fi
 
 # ---- synth
 model_path() { echo "$WORK/${1%%:*}-${1##*:}.gguf"; }
@@ -256,10 +264,16 @@ if has bench; then
                 note ""
                 note "### $mt, $DEPTH_BACKEND, tg at depths $DEPTHS x parallel $PARALLEL, KV policy $pol (KV metadata: $meta)"
                 bench_step "depth-$mt-$pol-$meta" "$OUT/bench.log" env LETHE_CUDA_KV_META="$meta" "$LETHE" bench -m "$f" \
-                    --backend "$DEPTH_BACKEND" -p 0 -n 32 -r 2 -d "$DEPTHS" --parallel "$PARALLEL" "${extra[@]}" -o md
+                    --backend "$DEPTH_BACKEND" -p 0 -n 32 -r "${LETHE_GPU_DEPTH_REPS:-2}" -d "$DEPTHS" --parallel "$PARALLEL" \
+                    "${extra[@]}" -o md
             done
         done
     done
+fi
+
+if has sanitize && [[ "$SANITIZE_LAST" == 1 ]]; then
+    note ""
+    stage_sanitize
 fi
 
 # ---- peer
