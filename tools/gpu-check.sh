@@ -25,8 +25,8 @@
 #
 # Libraries: when .gpu-deps/ holds .deb files (tools/gpu-deps.sh makes them here; carry
 # ".gpu-deps"), they are unpacked under $LETHE_GPU_WORK/deps (never into /) and pkg-config,
-# the linker and the loader look there first: the device machines have the CUDA toolkit but
-# not OpenBLAS, PCRE2, jansson, utf8proc, cmocka or pkg-config, and no network.
+# the linker and the loader look there first: the device image is described with the CUDA
+# toolkit but none of OpenBLAS, PCRE2, jansson, utf8proc, cmocka or pkg-config, and no network.
 # LETHE_GPU_BUDGET=S: the whole call ends within S seconds (each step's timeout shrinks to what
 # is left; steps past it are skipped and listed).
 # LETHE_GPU_PROFILE=lease: the one-call plan for a 15-minute device lease (with timeout_s 600):
