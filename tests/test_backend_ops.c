@@ -23,7 +23,8 @@
  * memory (backend.h buffer_alloc_shared) with a history of two sequences,
  * ragged per-head lengths (holes and compactions), DMS expiries and a
  * micro-batch mixing both sequences; ref and device runs get identical
- * caches. KV_STORE compares the cache afterwards (rows within the limit,
+ * caches; CUDA-only cases add long streams (flash-decoding's split spans)
+ * and batches in runs of one sequence (the tiled prefill kernel). KV_STORE compares the cache afterwards (rows within the limit,
  * every expire exactly: the DMS flags); ATTENTION (stored by a KV_STORE
  * node first) compares the outputs. A device without shared memory, or
  * without these ops (cuda_only-style flags: vk_only), skips them.
@@ -68,6 +69,8 @@ typedef struct op_case {
     int kv_g;                 /* KV_STORE / ATTENTION: G = Hq / Hkv       */
     bool kv_f16;              /* KV cache dtype F16 (else F32)            */
     bool kv_dms;              /* KV_STORE: with DMS decisions             */
+    int kv_hist;              /* KV: history of sequence 0 (0: 37 tokens) */
+    bool kv_runs;             /* KV: the batch in runs of one sequence (prefill shape), else alternating */
     double limit;
 } op_case;
 
@@ -117,19 +120,40 @@ static const op_case k_cases[] = {
     {"dms_decision forced", LETHE_OP_DMS_DECISION, LETHE_F32, 9, 4, 64, .dms_mode = LETHE_DMS_FORCED, .limit = 0},
     /* KV cache: T = a tokens of 2 sequences, Hkv = b, D = c (KV_STORE limit:
      * the cache rows; expires must match exactly whatever the limit) */
-    {"kv_store f32", LETHE_OP_KV_STORE, LETHE_F32, 5, 3, 64, .kv_g = 1, .vk_only = true, .limit = 0},
-    {"kv_store f16 dms", LETHE_OP_KV_STORE, LETHE_F32, 6, 2, 64, .kv_g = 1, .kv_f16 = true, .kv_dms = true,
-     .vk_only = true, .limit = EPS_ELEM},
-    {"kv_store f32 dms T=1", LETHE_OP_KV_STORE, LETHE_F32, 1, 3, 32, .kv_g = 1, .kv_dms = true, .vk_only = true,
+    {"kv_store f32", LETHE_OP_KV_STORE, LETHE_F32, 5, 3, 64, .kv_g = 1, .limit = 0},
+    {"kv_store f16 dms", LETHE_OP_KV_STORE, LETHE_F32, 6, 2, 64, .kv_g = 1, .kv_f16 = true, .kv_dms = true, .limit = EPS_ELEM},
+    {"kv_store f32 dms T=1", LETHE_OP_KV_STORE, LETHE_F32, 1, 3, 32, .kv_g = 1, .kv_dms = true,
      .limit = 0},
-    {"attention f32 G=1", LETHE_OP_ATTENTION, LETHE_F32, 3, 2, 64, .kv_g = 1, .vk_only = true, .limit = EPS_MM},
-    {"attention f16 G=2", LETHE_OP_ATTENTION, LETHE_F32, 4, 2, 64, .kv_g = 2, .kv_f16 = true, .vk_only = true,
+    {"attention f32 G=1", LETHE_OP_ATTENTION, LETHE_F32, 3, 2, 64, .kv_g = 1, .limit = EPS_MM},
+    {"attention f16 G=2", LETHE_OP_ATTENTION, LETHE_F32, 4, 2, 64, .kv_g = 2, .kv_f16 = true,
      .limit = EPS_MM},
-    {"attention f16 G=3 D=128", LETHE_OP_ATTENTION, LETHE_F32, 2, 3, 128, .kv_g = 3, .kv_f16 = true,
-     .vk_only = true, .limit = EPS_MM},
-    {"attention f32 G=4 T=1", LETHE_OP_ATTENTION, LETHE_F32, 1, 2, 64, .kv_g = 4, .vk_only = true, .limit = EPS_MM},
-    {"attention f16 G=3 dms", LETHE_OP_ATTENTION, LETHE_F32, 5, 3, 64, .kv_g = 3, .kv_f16 = true, .kv_dms = true,
-     .vk_only = true, .limit = EPS_MM},
+    {"attention f16 G=3 D=128", LETHE_OP_ATTENTION, LETHE_F32, 2, 3, 128, .kv_g = 3, .kv_f16 = true, .limit = EPS_MM},
+    {"attention f32 G=4 T=1", LETHE_OP_ATTENTION, LETHE_F32, 1, 2, 64, .kv_g = 4, .limit = EPS_MM},
+    {"attention f16 G=3 dms", LETHE_OP_ATTENTION, LETHE_F32, 5, 3, 64, .kv_g = 3, .kv_f16 = true, .kv_dms = true, .limit = EPS_MM},
+    /* CUDA: flash-decoding over long streams (split spans + combine), the tiled
+     * prefill kernel (runs of one sequence), head dims 32..256, G up to 8 */
+    {"attention f16 G=4 D=128 long", LETHE_OP_ATTENTION, LETHE_F32, 2, 2, 128, .kv_g = 4, .kv_f16 = true,
+     .kv_dms = true, .kv_hist = 1500, .cuda_only = true, .limit = EPS_MM},
+    {"attention f32 G=8 D=64 long", LETHE_OP_ATTENTION, LETHE_F32, 3, 2, 64, .kv_g = 8, .kv_hist = 700,
+     .cuda_only = true, .limit = EPS_MM},
+    {"attention f16 G=1 D=256", LETHE_OP_ATTENTION, LETHE_F32, 2, 3, 256, .kv_g = 1, .kv_f16 = true,
+     .kv_hist = 300, .cuda_only = true, .limit = EPS_MM},
+    {"attention f32 G=2 D=32", LETHE_OP_ATTENTION, LETHE_F32, 4, 2, 32, .kv_g = 2, .kv_dms = true, .kv_hist = 130,
+     .cuda_only = true, .limit = EPS_MM},
+    {"attention prefill f16 G=3", LETHE_OP_ATTENTION, LETHE_F32, 40, 3, 64, .kv_g = 3, .kv_f16 = true,
+     .kv_dms = true, .kv_hist = 300, .kv_runs = true, .cuda_only = true, .limit = EPS_MM},
+    {"attention prefill f32 D=256", LETHE_OP_ATTENTION, LETHE_F32, 20, 2, 256, .kv_g = 1, .kv_hist = 100,
+     .kv_runs = true, .cuda_only = true, .limit = EPS_MM},
+    {"attention prefill f16 G=8 D=128", LETHE_OP_ATTENTION, LETHE_F32, 12, 1, 128, .kv_g = 8, .kv_f16 = true,
+     .kv_dms = true, .kv_hist = 64, .kv_runs = true, .cuda_only = true, .limit = EPS_MM},
+    {"attention prefill f16 G=2 D=32", LETHE_OP_ATTENTION, LETHE_F32, 33, 2, 32, .kv_g = 2, .kv_f16 = true,
+     .kv_runs = true, .cuda_only = true, .limit = EPS_MM},
+    {"attention f16 G=5 D=128 long", LETHE_OP_ATTENTION, LETHE_F32, 4, 2, 128, .kv_g = 5, .kv_f16 = true,
+     .kv_dms = true, .kv_hist = 600, .cuda_only = true, .limit = EPS_MM},
+    {"attention prefill f32 G=6", LETHE_OP_ATTENTION, LETHE_F32, 20, 2, 64, .kv_g = 6, .kv_dms = true,
+     .kv_hist = 90, .kv_runs = true, .cuda_only = true, .limit = EPS_MM},
+    {"kv_store f16 dms runs", LETHE_OP_KV_STORE, LETHE_F32, 12, 2, 128, .kv_g = 1, .kv_f16 = true, .kv_dms = true,
+     .kv_runs = true, .cuda_only = true, .limit = EPS_ELEM},
     /* decode GEMV with several sequences (T <= 8) and cuBLAS prefill at real widths */
     MM(Q4_0, 96, 576, 8), MM(Q8_0, 96, 576, 3), MM(F16, 70, 256, 8), MM(Q4_0, 130, 256, 40),
     MM(Q8_0, 64, 1536, 12), MM(F32, 50, 256, 24),
@@ -223,18 +247,22 @@ static lethe_kv_cache *kv_setup(const op_case *k, built *b, uint64_t seed) {
     lethe_kv_policy pol = {.rule = LETHE_KV_RULE_DMS, .window = KV_W};
     const lethe_dtype type = k->kv_f16 ? LETHE_F16 : LETHE_F32;
     const size_t page = 2 * (size_t)LETHE_KV_PAGE * lethe_row_size(type, D);
-    assert_int_equal(lethe_kv_init(kv, 2, 2, Hkv, D, type, page * 64, 64, &pol, g_kv_mem), LETHE_OK);
+    const int hist[2] = {k->kv_hist ? k->kv_hist : 37, 9};
+    const size_t pages = LETHE_MAX((size_t)64, (size_t)4 * Hkv * ((size_t)(hist[0] + T) / LETHE_KV_PAGE + 4) + 16);
+    assert_int_equal(lethe_kv_init(kv, 2, 2, Hkv, D, type, page * pages, 64, &pol, g_kv_mem), LETHE_OK);
     assert_non_null(kv->shared);   /* the device offered shared memory */
-    const int hist[2] = {37, 9};
     for (int sq = 0; sq < 2; sq++) {
         int32_t ids[64], pos[64];
-        for (int i = 0; i < hist[sq]; i++) {
-            ids[i] = sq;
-            pos[i] = i;
+        for (int i0 = 0; i0 < hist[sq]; i0 += 64) {   /* micro-batches of at most max_batch */
+            const int nt = LETHE_MIN(64, hist[sq] - i0);
+            for (int i = 0; i < nt; i++) {
+                ids[i] = sq;
+                pos[i] = i0 + i;
+            }
+            lethe_kv_begin(kv);
+            assert_int_equal(lethe_kv_reserve(kv, nt, ids, pos), LETHE_OK);
+            lethe_kv_commit(kv);
         }
-        lethe_kv_begin(kv);
-        assert_int_equal(lethe_kv_reserve(kv, hist[sq], ids, pos), LETHE_OK);
-        lethe_kv_commit(kv);
     }
     uint64_t r = seed;
     for (int sq = 0; sq < 2; sq++)
@@ -254,13 +282,14 @@ static lethe_kv_cache *kv_setup(const op_case *k, built *b, uint64_t seed) {
                     lethe_kv_stream_drop(kv, s, drop, nd);
                 }
             }
-    /* the micro-batch: alternate sequences, each at its next position */
+    /* the micro-batch: alternate sequences (decode shape) or runs (the first
+     * 3/5 of the tokens sequence 0: prefill shape), each at its next position */
     b->seq = keep(malloc((size_t)LETHE_MAX(T, 1) * sizeof(int32_t)));
     b->pos = keep(malloc((size_t)LETHE_MAX(T, 1) * sizeof(int32_t)));
     int32_t next[2] = {hist[0], hist[1]};
     for (int t = 0; t < T; t++) {
-        b->seq[t] = t % 2;
-        b->pos[t] = next[t % 2]++;
+        b->seq[t] = k->kv_runs ? (t < T * 3 / 5 ? 0 : 1) : t % 2;
+        b->pos[t] = next[b->seq[t]]++;
     }
     b->ub = (lethe_ubatch){T, b->seq, b->pos};
     lethe_kv_begin(kv);

@@ -1,5 +1,8 @@
 /* test_vulkan_dms.c — DMS eviction end to end with the KV cache on Vulkan
  * (lavapipe in CI), against the CPU backend, and a state round trip on it.
+ * Built a second time as test_cuda_dms (LETHE_DMS_CUDA): the same checks on
+ * the CUDA backend, whose cache lives in managed memory (skipped without an
+ * NVIDIA GPU; tools/gpu-check.sh runs it on one).
  *
  * A tiny synthetic DMS model (core/synth.c: llama, 2 layers, 4 query / 2 KV
  * heads, the neuron variant with mixed decisions) decodes the same tokens
@@ -25,6 +28,10 @@
 #include <unistd.h>
 
 #include "lethe.h"
+#ifdef LETHE_DMS_CUDA
+#include "backend.h"
+#include "common.h"
+#endif
 #include "synth.h"
 #include "testutil.h"
 
@@ -34,13 +41,19 @@
 #define N_LAYER 2
 #define N_HEAD_KV 2
 
+#ifdef LETHE_DMS_CUDA
+#define DEV "cuda"
+#else
+#define DEV "vulkan"
+#endif
+
 static int g_vk_runs, g_fallbacks;
 
 static void on_log(lethe_log_level level, const char *msg, void *user) {
     (void)level;
     (void)user;
-    if (strstr(msg, "vulkan: nodes [")) g_vk_runs++;             /* a compute on the device (debug log) */
-    if (strstr(msg, "executor: vulkan runs")) g_fallbacks++;     /* some ops of a graph left to the CPU */
+    if (strstr(msg, DEV ": nodes [")) g_vk_runs++;               /* a compute on the device (debug log) */
+    if (strstr(msg, "executor: " DEV " runs")) g_fallbacks++;    /* some ops of a graph left to the CPU */
 }
 
 static char *make_model(void) {
@@ -100,11 +113,23 @@ static float *feed(lethe_context *c, const int32_t *tok, int from, int to, int V
 
 static void test_dms_on_vulkan(void **state) {
     (void)state;
+#ifdef LETHE_DMS_CUDA
+    lethe_backend *probe = lethe_backend_gpu_new("cuda", 0);
+    if (!probe) {
+        print_message("cuda: skipped, no such device here (%s)\n", lethe_last_error());
+        lethe_clear_error();
+        skip();
+    }
+    probe->iface->free(probe);
+#else
     if (!strstr(lethe_version(), "vulkan")) skip();   /* a build without Vulkan */
+#endif
     char *path = make_model();
     lethe_model *mc, *mv;
-    lethe_context *cc = open_ctx(path, "cpu", &mc), *cv = open_ctx(path, "vulkan", &mv);
+    lethe_context *cc = open_ctx(path, "cpu", &mc), *cv = open_ctx(path, DEV, &mv);
+#ifndef LETHE_DMS_CUDA
     tu_pin_vulkan_driver();
+#endif
     const int V = lethe_n_vocab(mc);
     int32_t tok[N_TOK + N_MORE];
     for (int i = 0; i < N_TOK + N_MORE; i++) tok[i] = (int32_t)((i * 37 + 11) % V);
@@ -115,7 +140,7 @@ static void test_dms_on_vulkan(void **state) {
     float *lv = feed(cv, tok, 0, N_TOK, V);
     lethe_set_log_level(LETHE_LOG_INFO);
     lethe_set_log(NULL, NULL);
-    assert_true(g_vk_runs > 0);       /* the graphs ran on Vulkan ... */
+    assert_true(g_vk_runs > 0);       /* the graphs ran on the device ... */
     assert_int_equal(g_fallbacks, 0); /* ... all of them: KV_STORE, ATTENTION, DMS_DECISION included */
     double worst = 0.0;
     for (int i = 0; i < N_TOK; i++) {
@@ -127,7 +152,7 @@ static void test_dms_on_vulkan(void **state) {
     for (int l = 0; l < N_LAYER; l++)
         for (int h = 0; h < N_HEAD_KV; h++) {
             const int32_t a = lethe_kv_head_len(cc, 0, l, h), b = lethe_kv_head_len(cv, 0, l, h);
-            if (a != b) fail_msg("layer %d head %d: %d live tokens on the CPU, %d on Vulkan", l, h, a, b);
+            if (a != b) fail_msg("layer %d head %d: %d live tokens on the CPU, %d on " DEV, l, h, a, b);
             live_total += a;
         }
     lethe_kv_stats kc = lethe_get_kv_stats(cc), kvs = lethe_get_kv_stats(cv);
@@ -143,7 +168,7 @@ static void test_dms_on_vulkan(void **state) {
     assert_int_equal(lethe_state_save(cv, 0, tok, N_TOK, NULL, 0, &blob, &blob_size), LETHE_OK);
     float *after = feed(cv, tok, N_TOK, N_TOK + N_MORE, V);
     lethe_model *m2;
-    lethe_context *c2 = open_ctx(path, "vulkan", &m2);
+    lethe_context *c2 = open_ctx(path, DEV, &m2);
     int32_t back[N_TOK];
     int32_t n_back = 0;
     assert_int_equal(lethe_state_load(c2, 0, blob, blob_size, back, N_TOK, &n_back, NULL, NULL), LETHE_OK);

@@ -8,25 +8,39 @@
 #   build     lethe with CUDA (and Vulkan when its SDK is there) in $LETHE_GPU_BUILD (build-gpu)
 #   test      ctest: the backend-op consistency test (CUDA, and Vulkan on the NVIDIA
 #             driver), test_cuda_e2e, test_cuda_host (LETHE_GPU_CTEST=all: the whole suite)
-#   sanitize  compute-sanitizer memcheck and racecheck over test_backend_ops and test_cuda_e2e
 #   synth     full-size synthetic models ($LETHE_GPU_MODELS, default "llama3-8b:q4_0
 #             llama3-8b:f16") into $LETHE_GPU_WORK (default /tmp/lethe-gpu), reused if present
+#   sanitize  (memcheck over test_backend_ops, test_cuda_dms, test_cuda_e2e; racecheck over
+#             test_backend_ops, test_cuda_dms: the KV_STORE/ATTENTION kernels' shared memory)
 #   bench     lethe bench on CUDA, Vulkan and the CPU: pp512/tg128, then tg at depths
-#             ($LETHE_GPU_DEPTHS, default 0,4096) with KV policy none and DMS forced to
-#             ~8x (--dms-force-rate 0.9, window 256)
+#             ($LETHE_GPU_DEPTHS, default 0,4096) x parallel sequences ($LETHE_GPU_PARALLEL,
+#             default 1,8) with KV policy none and DMS forced to ~8x (--dms-force-rate 0.9,
+#             window 256), the KV cache in the GPU's managed memory; LETHE_GPU_KV_META="host
+#             device" repeats the DMS rows with the cache metadata on each side (LETHE_CUDA_KV_META)
 #   peer      llama.cpp's CUDA build on the same GGUFs, when its trimmed source is at
 #             $LETHE_PEER_SRC (default .peer/llama.cpp; make it here with
 #             tools/peer/trim-llama-cpp.sh and carry it)
 # OUTDIR gets at most 8 files: results.md (the summary: GPU, commit, tests, tables),
 # gpu.txt, build.log, test.log, sanitize.log, bench.log, peer.log.
 #
+# Libraries: when .gpu-deps/ holds .deb files (tools/gpu-deps.sh makes them here; carry
+# ".gpu-deps"), they are unpacked under $LETHE_GPU_WORK/deps (never into /) and pkg-config,
+# the linker and the loader look there first: the device image is described with the CUDA
+# toolkit but none of OpenBLAS, PCRE2, jansson, utf8proc, cmocka or pkg-config, and no network.
+# LETHE_GPU_BUDGET=S: the whole call ends within S seconds (each step's timeout shrinks to what
+# is left; steps past it are skipped and listed).
+# LETHE_GPU_PROFILE=lease: the one-call plan for a 15-minute device lease (with timeout_s 600):
+#   stages "probe build test sanitize synth bench", budget 560 s, only the targets the tests
+#   need, CUDA only, model llama3-8b:q4_0, tg at depths 0,8192 x parallel 1,8 (1 repetition),
+#   none vs DMS, then the sanitizers (90 s each) with what is left of the budget;
+#   every variable above still overrides it.
 # LETHE_GPU_BACKENDS / LETHE_GPU_DEPTH_BACKEND choose the benchmarked backends
 # (the script's non-GPU parts are tested on a CPU machine with "cpu" and a tiny model).
 # Every stage runs under `timeout` ($LETHE_GPU_STAGE_TIMEOUT s, default 540): a hang
 # fails the stage, never the call. Exit status: 0 all stages passed, 1 a stage failed
 # (results.md says which), 2 no GPU / no toolkit / bad usage.
-# On the device machine each call may run at most 10 minutes: on a cold machine
-# run "probe build test" first, then "sanitize synth bench", then "peer".
+# On the device machine each call may run at most 10 minutes and a session has ~15 minutes
+# of device time: run LETHE_GPU_PROFILE=lease first (docs/CUDA.md), "peer" only if time is left.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${1:-}"
@@ -36,7 +50,19 @@ if [[ -z "$OUT" || "$OUT" == -* ]]; then
 fi
 mkdir -p "$OUT" || exit 2
 OUT="$(cd "$OUT" && pwd)"
+PROFILE="${LETHE_GPU_PROFILE:-}"
+if [[ "$PROFILE" == lease ]]; then
+    : "${LETHE_GPU_STAGES:=probe build test sanitize synth bench}" "${LETHE_GPU_BUDGET:=560}"
+    : "${LETHE_GPU_MODELS:=llama3-8b:q4_0}" "${LETHE_GPU_BACKENDS:=cuda}" "${LETHE_GPU_DEPTHS:=0,8192}"
+    : "${LETHE_GPU_PARALLEL:=1,8}" "${LETHE_GPU_TARGETS:=lethe_cli test_backend_ops test_cuda_e2e test_cuda_dms test_cuda_host}"
+    : "${LETHE_GPU_DEPTH_REPS:=1}" "${LETHE_GPU_SANITIZE_LAST:=1}" "${LETHE_GPU_SANITIZE_TIMEOUT:=90}"
+fi
 STAGES="${LETHE_GPU_STAGES:-probe build test sanitize synth bench peer}"
+BUDGET="${LETHE_GPU_BUDGET:-0}"
+START=$SECONDS
+PARALLEL="${LETHE_GPU_PARALLEL:-1,8}"
+KV_META="${LETHE_GPU_KV_META:-host}"
+TARGETS="${LETHE_GPU_TARGETS:-}"
 BUILD="${LETHE_GPU_BUILD:-$ROOT/build-gpu}"
 WORK="${LETHE_GPU_WORK:-/tmp/lethe-gpu}"
 MODELS="${LETHE_GPU_MODELS:-llama3-8b:q4_0 llama3-8b:f16}"
@@ -55,12 +81,23 @@ failed=()
 say() { echo "gpu-check: $*" >&2; }
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 note() { printf '%s\n' "$*" >> "$RES"; }
-# run NAME LOG CMD...: a stage step under the timeout, output appended to LOG
+# run NAME LOG CMD...: a stage step under the timeout (and the call's budget), output appended to LOG
 run() {
     local name="$1" log="$2"; shift 2
+    local tmo="$TMO"
+    if [[ "$BUDGET" -gt 0 ]]; then
+        local left=$((BUDGET - (SECONDS - START)))
+        if [[ $left -lt 15 ]]; then
+            say "$name: skipped, the call's budget of ${BUDGET}s is spent"
+            failed+=("$name(no-time)")
+            note "- **$name skipped**: the call's budget of ${BUDGET}s was spent"
+            return 1
+        fi
+        [[ $left -lt $tmo ]] && tmo=$left
+    fi
     say "$name: $*"
     echo "\$ $*" >> "$log"
-    timeout --kill-after=10 "$TMO" "$@" >> "$log" 2>&1
+    timeout --kill-after=10 "$tmo" "$@" >> "$log" 2>&1
     local rc=$?
     if [[ $rc -ne 0 ]]; then
         [[ $rc -eq 124 || $rc -eq 137 ]] && say "$name: TIMED OUT after ${TMO}s" || say "$name: FAILED (exit $rc)"
@@ -97,12 +134,32 @@ if has probe; then
     say "GPU: $GPU"
 fi
 
+# ---- carried libraries (tools/gpu-deps.sh), for every stage that builds or runs
+if compgen -G "$ROOT/.gpu-deps/*.deb" > /dev/null; then
+    DEPS="$WORK/deps"
+    rm -rf "$DEPS" && mkdir -p "$DEPS"
+    for f in "$ROOT"/.gpu-deps/*.deb; do
+        if command -v dpkg > /dev/null 2>&1; then dpkg -x "$f" "$DEPS" || say "deps: cannot unpack $f"
+        else (cd "$DEPS" && ar p "$f" "$(ar t "$f" | grep '^data\.tar')" | tar -x -J -f - 2>/dev/null ||
+              ar p "$f" "$(ar t "$f" | grep '^data\.tar')" | tar -x --zstd -f -) || say "deps: cannot unpack $f"
+        fi
+    done
+    find "$DEPS" -name '*.pc' -exec sed -i -E "s#^(prefix|exec_prefix|libdir|includedir)=/usr#\1=$DEPS/usr#" {} +
+    export PKG_CONFIG_PATH="$(find "$DEPS" -type d -name pkgconfig | paste -sd:)${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+    export LD_LIBRARY_PATH="$DEPS/usr/lib/x86_64-linux-gnu:$DEPS/usr/lib/x86_64-linux-gnu/openblas-pthread${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    command -v pkg-config > /dev/null 2>&1 || export PKG_CONFIG="$DEPS/usr/bin/pkgconf"
+    note "- carried libraries: $(ls "$ROOT"/.gpu-deps/*.deb | wc -l) packages unpacked under $DEPS"
+fi
+
 # ---- build
 if has build; then
     : > "$OUT/build.log"
+    pkgcfg=()
+    [[ -n "${PKG_CONFIG:-}" ]] && pkgcfg=(-DPKG_CONFIG_EXECUTABLE="$PKG_CONFIG")
+    read -r -a targets <<< "$TARGETS"
     if run configure "$OUT/build.log" cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-            -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DLETHE_TEST_VK_DRIVERS='*nvidia*'; then
-        run build "$OUT/build.log" ninja -C "$BUILD" -j"$JOBS" && note "- build: ok ($("$LETHE" --version 2>&1))"
+            -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DLETHE_TEST_VK_DRIVERS='*nvidia*' "${pkgcfg[@]}"; then
+        run build "$OUT/build.log" ninja -C "$BUILD" -j"$JOBS" "${targets[@]}" && note "- build: ok ($("$LETHE" --version 2>&1))"
         grep -q "CUDA backend on" "$OUT/build.log" || { say "the build has no CUDA backend"; failed+=(no-cuda); note "- **the build has no CUDA backend**"; }
     fi
 fi
@@ -120,22 +177,32 @@ if has test; then
     note '```'
 fi
 
-# ---- sanitize
-if has sanitize; then
+# ---- sanitize (a function: LETHE_GPU_SANITIZE_LAST=1 runs it after bench, so that a
+# call's budget goes to the speed numbers first)
+stage_sanitize() {
     : > "$OUT/sanitize.log"
-    if command -v compute-sanitizer >/dev/null 2>&1; then
-        for tool in memcheck racecheck; do
-            for t in test_backend_ops test_cuda_e2e; do
-                run "$tool-$t" "$OUT/sanitize.log" env VK_LOADER_DRIVERS_SELECT='*nvidia*' \
-                    compute-sanitizer --tool "$tool" --error-exitcode 3 "$BUILD/tests/$t"
-            done
-        done
-        note "- compute-sanitizer: $(grep -c 'ERROR SUMMARY: 0 errors' "$OUT/sanitize.log") clean runs of 4"
-    else
+    if ! command -v compute-sanitizer >/dev/null 2>&1; then
         say "compute-sanitizer not found: sanitize skipped"
         note "- compute-sanitizer not found: skipped"
+        return
     fi
-fi
+    local n_san=0 tool t tests
+    local saved_tmo="$TMO"
+    TMO="${LETHE_GPU_SANITIZE_TIMEOUT:-$TMO}"
+    for tool in memcheck racecheck; do
+        tests=(test_backend_ops test_cuda_dms test_cuda_e2e)
+        [[ $tool == racecheck ]] && tests=(test_backend_ops test_cuda_dms)   # racecheck is slow; these hold the shared-memory kernels
+        for t in "${tests[@]}"; do
+            n_san=$((n_san + 1))
+            run "$tool-$t" "$OUT/sanitize.log" env VK_LOADER_DRIVERS_SELECT='*nvidia*' \
+                compute-sanitizer --tool "$tool" --error-exitcode 3 "$BUILD/tests/$t"
+        done
+    done
+    TMO="$saved_tmo"
+    note "- compute-sanitizer: $(grep -c 'ERROR SUMMARY: 0 errors' "$OUT/sanitize.log") clean runs of $n_san"
+}
+SANITIZE_LAST="${LETHE_GPU_SANITIZE_LAST:-0}"
+if has sanitize && [[ "$SANITIZE_LAST" != 1 ]]; then stage_sanitize; fi
 
 # ---- synth
 model_path() { echo "$WORK/${1%%:*}-${1##*:}.gguf"; }
@@ -172,6 +239,9 @@ bench_step() {
 if has bench; then
     note ""
     note "## lethe bench"
+    note ""
+    note "### memory-bandwidth roofline of $DEPTH_BACKEND (device-to-device copy; the % roofline columns use it)"
+    bench_step "roofline-$DEPTH_BACKEND" "$OUT/bench.log" "$LETHE" bench --roofline --backend "$DEPTH_BACKEND" -o md
     for mt in $MODELS; do
         f="$(model_path "$mt")"
         [[ -s "$f" ]] || { say "bench: no $f (run the synth stage)"; failed+=("bench-$mt"); continue; }
@@ -183,15 +253,27 @@ if has bench; then
             bench_step "bench-$mt-$be" "$OUT/bench.log" env VK_LOADER_DRIVERS_SELECT='*nvidia*' \
                 "$LETHE" bench -m "$f" --backend "$be" "${args[@]}" -o md
         done
+        # decode at depth, P sequences together: none against DMS forced to ~8x
+        # (the cache in managed memory; metadata placement per LETHE_GPU_KV_META)
         for pol in none dms; do
             extra=()
             [[ $pol == dms ]] && extra=(--kv-policy dms --dms-force-rate 0.9 --dms-window 256)
-            note ""
-            note "### $mt, $DEPTH_BACKEND, tg at depths $DEPTHS, KV policy $pol"
-            bench_step "depth-$mt-$pol" "$OUT/bench.log" "$LETHE" bench -m "$f" --backend "$DEPTH_BACKEND" \
-                -p 0 -n 32 -r 2 -d "$DEPTHS" "${extra[@]}" -o md
+            metas=(host)
+            [[ $pol == dms ]] && read -r -a metas <<< "$KV_META"
+            for meta in "${metas[@]}"; do
+                note ""
+                note "### $mt, $DEPTH_BACKEND, tg at depths $DEPTHS x parallel $PARALLEL, KV policy $pol (KV metadata: $meta)"
+                bench_step "depth-$mt-$pol-$meta" "$OUT/bench.log" env LETHE_CUDA_KV_META="$meta" "$LETHE" bench -m "$f" \
+                    --backend "$DEPTH_BACKEND" -p 0 -n 32 -r "${LETHE_GPU_DEPTH_REPS:-2}" -d "$DEPTHS" --parallel "$PARALLEL" \
+                    "${extra[@]}" -o md
+            done
         done
     done
+fi
+
+if has sanitize && [[ "$SANITIZE_LAST" == 1 ]]; then
+    note ""
+    stage_sanitize
 fi
 
 # ---- peer

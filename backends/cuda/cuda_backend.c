@@ -158,10 +158,128 @@ static lethe_status cu_buffer_alloc(lethe_backend *be, size_t size, lethe_buffer
     return LETHE_OK;
 }
 
+/* Shared buffers (the KV cache: kv_cache.h, lethe_kv_init's `mem`) are
+ * CUDA managed memory: one address valid on the host and the device, so the
+ * host's bookkeeping (reserve writes pos/expire of new slots, commit marks
+ * holes, compaction moves rows, fork copies pages, state save/load) works
+ * on plain pointers while the kernels store and attend in place.
+ *
+ * Why managed and not the alternatives: mapped pinned host memory would
+ * make attention read every K/V row over PCIe (~50 GB/s against ~4 TB/s of
+ * HBM); a device pool with a host mirror needs the cache to report every
+ * write (the hook proposed in docs/CUDA.md). Managed memory keeps kv_cache.c
+ * unchanged and lets placement advice put each part where its traffic is:
+ *   - the pool (K/V rows, ~99% of the bytes) prefers the GPU, and is
+ *     prefetched there at allocation: physical pages are taken now, so the
+ *     weights uploaded later fail cleanly with OOM instead of the GPU
+ *     oversubscribing managed memory (which the device machines' rules
+ *     forbid: it can hang the GPU). The GPU is deliberately NOT given a
+ *     standing mapping (AccessedBy) of the pool: a page the host touched
+ *     (compaction, fork, state save/load, a CPU fallback op) migrates to host
+ *     memory, and the next kernel that touches it faults it back to its
+ *     preferred place, the GPU, instead of reading it over the bus forever.
+ *     Correct always; slow only where the host really touches rows (once
+ *     per fork; rare in decode, where DMS reuses holes in place).
+ *   - pos / expire (8 bytes per slot) are written by the host every step
+ *     (one slot per stream per token) and read by every attention kernel.
+ *     Default (lethe_cu_kv_advise, at the first KV op): they prefer host
+ *     memory and the GPU maps them (AccessedBy), so host writes are local
+ *     and the kernels read them over the bus with no page faults and no
+ *     ping-pong migration. LETHE_CUDA_KV_META=device leaves them on the GPU
+ *     like the pool (the driver then migrates the pages the host writes each
+ *     step): which is faster at depth is for the GPU benchmark to say.
+ * Coherence: kernels run on the backend's stream and compute() synchronizes
+ * it before returning, so the host may touch the cache only between
+ * compute() calls (where kv_cache.c does: reserve before the graph, settle
+ * and commit after), never while a node range is in flight. KV_STORE's DMS
+ * flags (device writes to expire) are visible to the host's settle/commit
+ * after that synchronization. Devices without concurrent managed access
+ * (where any host access while a kernel runs is a fault), requests larger
+ * than the device's free memory less a margin, and LETHE_CUDA_NO_SHARED are
+ * refused: the cache then stays in host memory and its ops run on the CPU. */
+static lethe_status cu_buffer_alloc_shared(lethe_backend *be, size_t size, lethe_buffer **out) {
+    cu_ctx *c = be->ctx;
+    *out = NULL;
+    if (!c->managed_ok) {
+        CU_LOG(LETHE_LOG_WARN, "cuda: no shared KV memory on device %d (no concurrent managed access, or "
+               "LETHE_CUDA_NO_SHARED): KV_STORE/ATTENTION run on the CPU", c->device);
+        return CU_FAIL(LETHE_ERR_UNSUPPORTED, "cuda: device %d has no concurrent managed access", c->device);
+    }
+    CU_CHECK(cudaSetDevice(c->device), "cudaSetDevice");
+    size_t fr = 0, tot = 0;
+    CU_CHECK(cudaMemGetInfo(&fr, &tot), "cudaMemGetInfo");
+    const size_t margin = (size_t)1 << 30 > fr / 10 ? (size_t)1 << 30 : fr / 10;   /* weights come later */
+    if (size > fr || fr - size < margin) {
+        CU_LOG(LETHE_LOG_WARN, "cuda: a KV cache of %zu MiB does not fit the %zu MiB free (less a margin): it stays "
+               "in host memory, KV_STORE/ATTENTION run on the CPU", size >> 20, fr >> 20);
+        return CU_FAIL(LETHE_ERR_OOM, "cuda: a shared KV buffer of %zu MiB does not fit the %zu MiB free", size >> 20,
+                       fr >> 20);
+    }
+    lethe_buffer *b = calloc(1, sizeof *b);
+    if (!b) return CU_FAIL(LETHE_ERR_OOM, "cuda: buffer");
+    cudaError_t e = cudaMallocManaged(&b->impl, size ? size : 1, cudaMemAttachGlobal);
+    if (e != cudaSuccess) {
+        free(b);
+        return CU_FAIL(LETHE_ERR_OOM, "cuda: cudaMallocManaged of %zu bytes: %s", size, cudaGetErrorString(e));
+    }
+    const struct cudaMemLocation dev = {cudaMemLocationTypeDevice, c->device};
+    if ((e = cudaMemAdvise(b->impl, size, cudaMemAdviseSetPreferredLocation, dev)) != cudaSuccess ||
+        (e = cudaMemPrefetchAsync(b->impl, size, dev, 0, c->stream)) != cudaSuccess ||
+        (e = cudaStreamSynchronize(c->stream)) != cudaSuccess) {
+        CU_LOG(LETHE_LOG_WARN, "cuda: placing the KV buffer on the device failed (%s); it still works, maybe slower",
+               cudaGetErrorString(e));
+        cudaGetLastError();
+    }
+    b->backend = be;
+    b->size = size;
+    b->host_ptr = b->impl;
+    *out = b;
+    CU_LOG(LETHE_LOG_INFO, "cuda: KV cache in managed memory, %.1f MiB (metadata on the %s)", (double)size / (1 << 20),
+           c->meta_on_device ? "device" : "host, mapped");
+    return LETHE_OK;
+}
+
+lethe_status lethe_cu_kv_advise(cu_ctx *c, const lethe_buffer *buf, size_t meta_begin, size_t meta_end) {
+    for (int i = 0; i < c->n_advised; i++)
+        if (c->advised[i] == buf->impl) return LETHE_OK;
+    if (!c->meta_on_device && meta_end > meta_begin && meta_end <= buf->size) {
+        const struct cudaMemLocation host = {cudaMemLocationTypeHost, 0};
+        const struct cudaMemLocation dev = {cudaMemLocationTypeDevice, c->device};
+        const void *p = (const uint8_t *)buf->impl + meta_begin;
+        cudaError_t e = cudaMemAdvise(p, meta_end - meta_begin, cudaMemAdviseSetPreferredLocation, host);
+        if (e == cudaSuccess) e = cudaMemAdvise(p, meta_end - meta_begin, cudaMemAdviseSetAccessedBy, dev);
+        if (e != cudaSuccess) {
+            CU_LOG(LETHE_LOG_WARN, "cuda: advice for the KV metadata failed (%s)", cudaGetErrorString(e));
+            cudaGetLastError();
+        }
+    }
+    if (c->n_advised < (int)(sizeof c->advised / sizeof c->advised[0])) c->advised[c->n_advised++] = buf->impl;
+    return LETHE_OK;
+}
+
 static void cu_buffer_free(lethe_buffer *buf) {
     if (!buf) return;
-    cudaFree(buf->impl);
+    cu_ctx *c = buf->backend ? buf->backend->ctx : NULL;
+    for (int i = 0; c && i < c->n_advised; i++)
+        if (c->advised[i] == buf->impl) c->advised[i] = c->advised[--c->n_advised];
+    cudaFree(buf->impl);   /* managed or not; waits for work using it */
     free(buf);
+}
+
+/* Device-to-device copy on the stream (synchronize() waits): what
+ * `lethe bench --roofline` times as the device's memory bandwidth. */
+static lethe_status cu_buffer_copy(lethe_buffer *dst, size_t dst_offs, lethe_buffer *src, size_t src_offs,
+                                   size_t size) {
+    cu_ctx *c = dst->backend->ctx;
+    if (src->backend != dst->backend)
+        return CU_FAIL(LETHE_ERR_INVALID_ARG, "cuda: buffer_copy between two backends");
+    if (dst_offs > dst->size || size > dst->size - dst_offs || src_offs > src->size || size > src->size - src_offs)
+        return CU_FAIL(LETHE_ERR_INVALID_ARG, "cuda: copy of %zu bytes past a buffer (%zu at %zu -> %zu at %zu)", size,
+                       src->size, src_offs, dst->size, dst_offs);
+    CU_CHECK(cudaSetDevice(c->device), "cudaSetDevice");
+    CU_CHECK(cudaMemcpyAsync((uint8_t *)dst->impl + dst_offs, (const uint8_t *)src->impl + src_offs, size,
+                             cudaMemcpyDefault, c->stream), "cudaMemcpyAsync (buffer_copy)");
+    return LETHE_OK;
 }
 
 static lethe_status cu_buffer_set(lethe_buffer *buf, size_t offs, const void *src, size_t size) {
@@ -170,7 +288,7 @@ static lethe_status cu_buffer_set(lethe_buffer *buf, size_t offs, const void *sr
         return CU_FAIL(LETHE_ERR_INVALID_ARG, "cuda: write of %zu bytes at %zu past a buffer of %zu", size, offs,
                        buf->size);
     CU_CHECK(cudaSetDevice(c->device), "cudaSetDevice");
-    CU_CHECK(cudaMemcpyAsync((uint8_t *)buf->impl + offs, src, size, cudaMemcpyHostToDevice, c->stream),
+    CU_CHECK(cudaMemcpyAsync((uint8_t *)buf->impl + offs, src, size, cudaMemcpyDefault, c->stream),
              "cudaMemcpyAsync (buffer_set)");
     CU_CHECK(cudaStreamSynchronize(c->stream), "cudaStreamSynchronize");
     return LETHE_OK;
@@ -182,7 +300,7 @@ static lethe_status cu_buffer_get(lethe_buffer *buf, size_t offs, void *dst, siz
         return CU_FAIL(LETHE_ERR_INVALID_ARG, "cuda: read of %zu bytes at %zu past a buffer of %zu", size, offs,
                        buf->size);
     CU_CHECK(cudaSetDevice(c->device), "cudaSetDevice");
-    CU_CHECK(cudaMemcpyAsync(dst, (const uint8_t *)buf->impl + offs, size, cudaMemcpyDeviceToHost, c->stream),
+    CU_CHECK(cudaMemcpyAsync(dst, (const uint8_t *)buf->impl + offs, size, cudaMemcpyDefault, c->stream),
              "cudaMemcpyAsync (buffer_get)");
     CU_CHECK(cudaStreamSynchronize(c->stream), "cudaStreamSynchronize");
     return LETHE_OK;
@@ -200,7 +318,7 @@ static size_t cu_scratch_bytes(lethe_backend *be, const lethe_graph *g, int begi
     size_t s = c->scratch_cap;
     if (g)
         for (int i = begin; i < end; i++) {
-            size_t need = lethe_cu_scratch_need(&g->nodes[i]);
+            size_t need = lethe_cu_scratch_need(c, &g->nodes[i]);
             s = need > s ? need : s;
         }
     return s + c->up_cap;
@@ -252,6 +370,8 @@ static const lethe_backend_iface k_iface = {
     .compute = lethe_cu_compute,
     .synchronize = cu_synchronize,
     .scratch_bytes = cu_scratch_bytes,
+    .buffer_copy = cu_buffer_copy,
+    .buffer_alloc_shared = cu_buffer_alloc_shared,
 };
 
 static int cu_device_count(void) {
@@ -295,6 +415,13 @@ static lethe_backend *cu_create(int device, lethe_status *status) {
         goto out;
     }
     snprintf(c->name, sizeof c->name, "%.127s", prop.name);
+    int cma = 0, mm = 0;
+    cudaDeviceGetAttribute(&mm, cudaDevAttrManagedMemory, device);
+    cudaDeviceGetAttribute(&cma, cudaDevAttrConcurrentManagedAccess, device);
+    cudaGetLastError();
+    c->managed_ok = mm && cma && !getenv("LETHE_CUDA_NO_SHARED");
+    const char *meta = getenv("LETHE_CUDA_KV_META");
+    c->meta_on_device = meta && !strcmp(meta, "device");
     c->sm_count = prop.multiProcessorCount;
     c->l2_bytes = (size_t)prop.l2CacheSize;
     cublasStatus_t bs = cublasCreate(&c->blas);

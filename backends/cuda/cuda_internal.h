@@ -70,6 +70,11 @@ typedef struct cu_ctx {
     void *scratch;           /* prefill operands in f16/bf16 [scratch_cap]    */
     size_t scratch_cap;
     int *d_err;              /* device flag: a kernel met bad input (ids)     */
+
+    bool managed_ok;         /* concurrent managed access: buffer_alloc_shared offered */
+    bool meta_on_device;     /* LETHE_CUDA_KV_META=device: pos/expire prefer the GPU too */
+    const void *advised[16]; /* KV buffers whose placement advice is set      */
+    int n_advised;
 } cu_ctx;
 
 /* cuda_backend.c */
@@ -83,11 +88,14 @@ lethe_status lethe_cu_upload(cu_ctx *c, const void *host, size_t size, bool dedu
 lethe_status lethe_cu_upload_reserve(cu_ctx *c, size_t need);
 lethe_status lethe_cu_scratch(cu_ctx *c, size_t need, void **out);
 size_t lethe_cu_align(size_t x);
+/* Placement advice for a KV cache's managed buffer, once per buffer: bytes
+ * [meta_begin, meta_end) hold pos / expire (see cuda_backend.c). */
+lethe_status lethe_cu_kv_advise(cu_ctx *c, const lethe_buffer *buf, size_t meta_begin, size_t meta_end);
 
 /* cuda_ops.c */
 bool lethe_cu_supports_op(lethe_backend *be, const lethe_node *n);
 lethe_status lethe_cu_compute(lethe_backend *be, lethe_graph *g, int begin, int end, lethe_abort_fn abort_fn,
                               void *abort_user);
-size_t lethe_cu_scratch_need(const lethe_node *n);
+size_t lethe_cu_scratch_need(const cu_ctx *c, const lethe_node *n);
 
 #endif

@@ -66,6 +66,78 @@ cudaError_t lethe_cu_dequant_rows(int wtype, const void *w, size_t row_bytes, in
 /* x [n] f32 -> out [n] f16 (bf16 = 0) or bf16, round to nearest even. */
 cudaError_t lethe_cu_f32_to_half(const float *x, void *out, int64_t n, int bf16, cudaStream_t stream);
 
+/* k_attention.cu — the KV cache on the device (kv_cache.h layout, read and
+ * written in place in the cache's managed buffer). Legend: T tokens, Hkv KV
+ * heads, G = Hq / Hkv (<= LETHE_CU_ATTN_MAX_G), D head dim (32, 64, 128 or
+ * 256), P = 32 slots per page, L slots of a head stream (holes included). */
+#define LETHE_CU_ATTN_MAX_G 8
+#define LETHE_CU_ATTN_MAX_SPLIT 128
+#define LETHE_CU_KV_PAGE 32
+
+/* KV_STORE, one per (t, h) row r = t * Hkv + h, resolved by the host from
+ * its bookkeeping: byte offset of the K row of the slot reserved for the
+ * token (its V row is P rows after it), index into `expire` of the
+ * sequence's previous token in that stream (-1: none) and the expire a
+ * positive DMS decision gives it. */
+typedef struct lethe_cu_kv_row {
+    int64_t k_off;
+    int32_t exp_idx;
+    int32_t new_exp;
+} lethe_cu_kv_row;
+
+/* ATTENTION work, [n_blocks][Hkv]: a block is nt consecutive tokens
+ * t0 .. t0 + nt - 1 of the micro-batch, all of one sequence; for KV head hk
+ * it reads that sequence's stream: L slots whose page ids are
+ * plists[plist .. plist + ceil(L / P)). */
+typedef struct lethe_cu_attn_work {
+    int32_t L, plist, t0, nt;
+} lethe_cu_attn_work;
+
+/* The cache as the kernels see it: pool [pages][2][P][D] (K block, V block),
+ * pos / expire [pages][P]. */
+typedef struct lethe_cu_kv_view {
+    uint8_t *pool;
+    int32_t *pos, *expire;
+    size_t page_bytes, slot_bytes;
+    int f16;
+    int D;
+} lethe_cu_kv_view;
+
+/* Split-K plan for the decode kernel: spans of `chunk` slots (a multiple of
+ * P, at least 4 pages) so that about `target` CTAs run over n_items
+ * (token, KV head) pairs whose longest stream has Lmax slots. */
+static inline void cu_attn_split_plan(int64_t n_items, int32_t Lmax, int64_t target, int32_t *chunk,
+                                      int32_t *n_split) {
+    int64_t want = n_items > 0 ? (target + n_items - 1) / n_items : 1;
+    if (want < 1) want = 1;
+    if (want > LETHE_CU_ATTN_MAX_SPLIT) want = LETHE_CU_ATTN_MAX_SPLIT;
+    int64_t c = Lmax > 0 ? ((int64_t)Lmax + want - 1) / want : LETHE_CU_KV_PAGE;
+    c = (c + LETHE_CU_KV_PAGE - 1) / LETHE_CU_KV_PAGE * LETHE_CU_KV_PAGE;
+    if (c < 4 * LETHE_CU_KV_PAGE) c = 4 * LETHE_CU_KV_PAGE;
+    *chunk = (int32_t)c;
+    *n_split = Lmax > 0 ? (int32_t)(((int64_t)Lmax + c - 1) / c) : 1;
+}
+
+/* Can the attention kernels take this head dim and group size? */
+static inline int lethe_cu_attn_shape_ok(int D, int G) {
+    return (D == 32 || D == 64 || D == 128 || D == 256) && G >= 1 && G <= LETHE_CU_ATTN_MAX_G;
+}
+/* k, v [T * Hkv, D] f32 -> the rows' slots (f16 round to nearest even, or
+ * f32); dec [T * Hkv] or NULL: dec[r] > 0 sets expire[rows[r].exp_idx]. */
+cudaError_t lethe_cu_kv_store(const lethe_cu_kv_view *kv, const float *k, const float *v, const float *dec,
+                              const lethe_cu_kv_row *rows, int64_t n_rows, cudaStream_t stream);
+/* q [T, Hkv * G, D] f32 -> out [T, Hkv * G, D]: softmax(scale q.k) v over
+ * the slots j with pos[j] <= qpos[t] < expire[j]; none visible: zeros.
+ * decode != 0 (every block one token): flash-decoding, each block's stream
+ * cut into n_split spans of `chunk` slots (a multiple of P), one CTA per
+ * (block, KV head, span) reading each K/V row once for its G query heads,
+ * partials in `part` [n_blocks * Hkv][n_split][G][D + 2] f32, then a
+ * combine kernel (n_split == 1: written directly). decode == 0: the tiled
+ * kernel, one CTA per (block, KV head) with up to 32 / G tokens. */
+cudaError_t lethe_cu_attention(const lethe_cu_kv_view *kv, const float *q, float *out, const lethe_cu_attn_work *work,
+                               int n_blocks, int decode, const int32_t *plists, const int32_t *qpos, int Hkv, int G,
+                               float scale, int chunk, int n_split, float *part, cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif

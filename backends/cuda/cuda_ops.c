@@ -7,11 +7,16 @@
  * registers); more take cuBLAS on f16/bf16 operands (quantized weights
  * dequantized chunk by chunk into scratch), f32 weights cublasSgemm.
  *
- * KV_STORE and ATTENTION stay on the CPU for now: the KV pool is host memory
- * (core/kv_cache.c); the executor copies q, k, v and the DMS decisions over
- * and the attention output back (see docs/CUDA.md for the device-pool plan).
+ * KV_STORE and ATTENTION run here when the context's KV cache lives in this
+ * backend's managed buffer (buffer_alloc_shared): the host resolves slots and
+ * page lists from its bookkeeping (cuda_kv_meta.h), uploads those small
+ * tables, and the kernels (k_attention.cu) store and attend in place. Score
+ * policies (TOVA/H2O keep kv->score, QUEST kv->kmin) update per-slot host
+ * state inside attention: their ATTENTION stays on the CPU, which reads the
+ * same managed memory after compute() synchronized.
  */
 #include "cuda_internal.h"
+#include "cuda_kv_meta.h"
 
 #include <math.h>
 #include <string.h>
@@ -57,8 +62,31 @@ static bool f32n(const lethe_node *n) { return n && n->t.type == LETHE_F32; }
 
 /* ------------------------------------------------------------ supports_op */
 
+/* The node's KV cache lives in this backend's managed buffer, in a shape
+ * the kernels take (head dim 32/64/128/256, G <= 8 for ATTENTION). */
+static bool kv_on_device(const lethe_backend *be, const lethe_node *n) {
+    const lethe_kv_cache *kv = n->kv;
+    if (!kv || !kv->shared || kv->shared->backend != be || !n->ub || n->ub->n_tokens <= 0 ||
+        n->ub->n_tokens > kv->max_batch || !n->ub->seq_id || !n->ub->pos)
+        return false;
+    if (kv->type != LETHE_F32 && kv->type != LETHE_F16) return false;
+    return lethe_cu_attn_shape_ok(kv->head_dim, 1) != 0;
+}
+
+/* Query heads per KV head of an ATTENTION node, 0 if q's shape does not fit. */
+static int attn_group(const lethe_node *n) {
+    const lethe_kv_cache *kv = n->kv;
+    const int64_t D = kv->head_dim, T = n->ub->n_tokens;
+    const lethe_tensor *q = &n->src[0]->t;
+    const int64_t nq = q->ne[0] * q->ne[1] * q->ne[2] * q->ne[3];
+    if (nq % (D * T) != 0) return 0;
+    const int64_t Hq = nq / (D * T);
+    if (Hq % kv->n_head_kv != 0) return 0;
+    const int64_t G = Hq / kv->n_head_kv;
+    return lethe_cu_attn_shape_ok((int)D, (int)G) && n->t.ne[0] * n->t.ne[1] * n->t.ne[2] * n->t.ne[3] == nq ? (int)G : 0;
+}
+
 bool lethe_cu_supports_op(lethe_backend *be, const lethe_node *n) {
-    (void)be;
     if (n->op == LETHE_OP_NONE) return true;
     for (int i = 0; i < LETHE_MAX_SRC; i++)
         if (n->src[i] && !contiguous(&n->src[i]->t)) return false;
@@ -82,7 +110,17 @@ bool lethe_cu_supports_op(lethe_backend *be, const lethe_node *n) {
                n->rope.n_rot <= n->src[0]->t.ne[0];
     case LETHE_OP_DMS_DECISION:
         return n->ub && n->ub->n_tokens > 0 && (n->iparams[0] == LETHE_DMS_FORCED || f32n(n->src[0]));
-    default:   /* KV_STORE, ATTENTION: the KV pool is host memory (kv_cache.c) */
+    case LETHE_OP_KV_STORE: {
+        if (!kv_on_device(be, n) || !f32n(n->src[0]) || !f32n(n->src[1])) return false;
+        const int64_t rows = (int64_t)n->ub->n_tokens * n->kv->n_head_kv;
+        const lethe_tensor *k = &n->src[0]->t, *v = &n->src[1]->t;
+        if (nrows(k) * k->ne[0] != rows * n->kv->head_dim || nrows(v) * v->ne[0] != rows * n->kv->head_dim) return false;
+        return !n->src[2] || (f32n(n->src[2]) && nrows(&n->src[2]->t) * n->src[2]->t.ne[0] == rows);
+    }
+    case LETHE_OP_ATTENTION:
+        /* score policies keep host state that attention updates: CPU */
+        return kv_on_device(be, n) && !n->kv->score && !n->kv->kmin && f32n(n->src[0]) && attn_group(n) > 0;
+    default:
         return false;
     }
 }
@@ -94,7 +132,33 @@ static size_t prefill_chunk_rows(int64_t N, int64_t K) {
     return (size_t)(rows < N ? rows : N);
 }
 
-size_t lethe_cu_scratch_need(const lethe_node *n) {
+/* Split-K plan of an ATTENTION node on the decode path (n_split 1 otherwise). */
+static void attn_splits(const cu_ctx *c, const lethe_node *n, int G, int32_t n_blocks, bool decode, int32_t *chunk,
+                        int32_t *n_split) {
+    *chunk = LETHE_CU_KV_PAGE;
+    *n_split = 1;
+    if (!decode) return;
+    /* about 4 CTAs of 128 threads per SM (the decode kernel's registers allow more) */
+    const int64_t target = 4 * (int64_t)(c->sm_count > 0 ? c->sm_count : 132);
+    cu_attn_split_plan((int64_t)n_blocks * n->kv->n_head_kv, cu_attn_lmax(n), target, chunk, n_split);
+    (void)G;
+}
+
+static size_t attn_part_bytes(const cu_ctx *c, const lethe_node *n) {
+    if (!n->kv || !n->ub || n->ub->n_tokens <= 0 || !n->ub->seq_id || !n->src[0]) return 0;
+    const int G = attn_group(n);
+    if (!G) return 0;
+    bool decode;
+    const int32_t nb = cu_attn_blocks(n, G, false, &decode);
+    int32_t chunk, n_split;
+    attn_splits(c, n, G, nb, decode, &chunk, &n_split);
+    if (n_split <= 1) return 0;
+    return (size_t)nb * (size_t)n->kv->n_head_kv * (size_t)n_split * (size_t)G * (size_t)(n->kv->head_dim + 2) *
+           sizeof(float);
+}
+
+size_t lethe_cu_scratch_need(const cu_ctx *c, const lethe_node *n) {
+    if (n->op == LETHE_OP_ATTENTION) return attn_part_bytes(c, n);
     if (n->op != LETHE_OP_MATMUL) return 0;
     const lethe_tensor *w = &n->src[0]->t;
     const int64_t T = nrows(&n->src[1]->t), K = w->ne[0], N = w->ne[1];
@@ -133,6 +197,18 @@ static size_t upload_need(lethe_backend *be, const lethe_graph *g, int begin, in
         }
         if (n->ub) need += lethe_cu_align((size_t)n->ub->n_tokens * sizeof(int32_t));
         if (n->op == LETHE_OP_ROPE) need += lethe_cu_align((size_t)(n->rope.n_rot / 2) * sizeof(double));
+        if (n->op == LETHE_OP_KV_STORE && n->kv && n->ub)
+            need += lethe_cu_align((size_t)n->ub->n_tokens * (size_t)n->kv->n_head_kv * sizeof(lethe_cu_kv_row));
+        if (n->op == LETHE_OP_ATTENTION && n->kv && n->ub) {
+            /* work [blocks <= T][Hkv] + every stream's page list of the layer (a bound) */
+            const lethe_kv_cache *kv = n->kv;
+            size_t pages = 0;
+            for (int q = 0; q < kv->n_seq; q++)
+                for (int h = 0; h < kv->n_head_kv; h++)
+                    pages += (size_t)lethe_kv_stream_at(kv, q, n->iparams[0], h)->n_pages;
+            need += lethe_cu_align((size_t)n->ub->n_tokens * (size_t)kv->n_head_kv * sizeof(lethe_cu_attn_work)) +
+                    lethe_cu_align(pages * sizeof(int32_t));
+        }
     }
     return need;
 }
@@ -181,7 +257,7 @@ static lethe_status op_matmul(lethe_backend *be, const lethe_node *n, void *w, c
     const int bf16 = wt->type == LETHE_BF16;
     const cudaDataType_t ht = bf16 ? CUDA_R_16BF : CUDA_R_16F;
     void *scratch;
-    lethe_status st = lethe_cu_scratch(c, lethe_cu_scratch_need(n), &scratch);
+    lethe_status st = lethe_cu_scratch(c, lethe_cu_scratch_need(c, n), &scratch);
     if (st != LETHE_OK) return st;
     void *xh = scratch, *wh = (uint8_t *)scratch + lethe_cu_align((size_t)T * (size_t)K * 2);
     LAUNCH(lethe_cu_f32_to_half(x, xh, T * K, bf16, c->stream), "f32_to_half");
@@ -198,6 +274,68 @@ static lethe_status op_matmul(lethe_backend *be, const lethe_node *n, void *w, c
                           ht, (int)K, &zero, y + r0, CUDA_R_32F, (int)N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
         if (bs != CUBLAS_STATUS_SUCCESS) return CU_FAIL(LETHE_ERR_BACKEND, "cuda: cublasGemmEx failed (%d)", (int)bs);
     }
+    return LETHE_OK;
+}
+
+/* The cache's buffer as the kernels address it (managed: host pointers are
+ * device pointers). First use: the placement advice (cuda_backend.c). */
+static lethe_status kv_view(lethe_backend *be, const lethe_kv_cache *kv, lethe_cu_kv_view *v) {
+    lethe_status st = lethe_cu_kv_advise(be->ctx, kv->shared, kv->pos_offs, kv->expire_offs +
+                                         (size_t)kv->n_pages * LETHE_KV_PAGE * sizeof(int32_t));
+    if (st != LETHE_OK) return st;
+    *v = (lethe_cu_kv_view){kv->pool, kv->pos, kv->expire, kv->page_bytes, kv->slot_bytes, kv->type == LETHE_F16,
+                            kv->head_dim};
+    return LETHE_OK;
+}
+
+static lethe_status op_kv_store(lethe_backend *be, const lethe_node *n, const float *k, const float *v,
+                                const float *dec) {
+    cu_ctx *c = be->ctx;
+    const lethe_kv_cache *kv = n->kv;
+    const size_t n_rows = (size_t)n->ub->n_tokens * (size_t)kv->n_head_kv;
+    lethe_cu_kv_row *rows = malloc(n_rows * sizeof *rows);
+    if (!rows) return CU_FAIL(LETHE_ERR_OOM, "cuda: KV_STORE rows");
+    char err[160];
+    int rc = cu_kv_store_rows(n, rows, err, sizeof err);
+    void *drows = NULL;
+    lethe_status st = rc == LETHE_OK ? lethe_cu_upload(c, rows, n_rows * sizeof *rows, false, &drows)
+                                     : CU_FAIL((lethe_status)rc, "cuda: %s", err);
+    free(rows);
+    if (st != LETHE_OK) return st;
+    lethe_cu_kv_view view;
+    if ((st = kv_view(be, kv, &view)) != LETHE_OK) return st;
+    CU_CHECK(lethe_cu_kv_store(&view, k, v, dec, drows, (int64_t)n_rows, c->stream), "kv_store");
+    return LETHE_OK;
+}
+
+static lethe_status op_attention(lethe_backend *be, const lethe_node *n, const float *q, float *y) {
+    cu_ctx *c = be->ctx;
+    lethe_kv_cache *kv = n->kv;
+    const int G = attn_group(n);
+    cu_attn_plan plan;
+    char err[160];
+    int rc = cu_attn_plan_build(n, G, false, &plan, err, sizeof err);
+    if (rc != LETHE_OK) return CU_FAIL((lethe_status)rc, "cuda: %s", err);
+    void *dwork = NULL, *dpl = NULL, *dpos = NULL, *part = NULL;
+    int32_t chunk, n_split;
+    attn_splits(c, n, G, plan.n_blocks, plan.decode, &chunk, &n_split);
+    lethe_status st = lethe_cu_upload(c, plan.work, (size_t)plan.n_blocks * kv->n_head_kv * sizeof *plan.work, false,
+                                      &dwork);
+    if (st == LETHE_OK) st = lethe_cu_upload(c, plan.plists, plan.n_plist * sizeof(int32_t), false, &dpl);
+    if (st == LETHE_OK)
+        st = lethe_cu_upload(c, n->ub->pos, (size_t)n->ub->n_tokens * sizeof(int32_t), true, &dpos);
+    const size_t pbytes = attn_part_bytes(c, n);
+    if (st == LETHE_OK && pbytes) st = lethe_cu_scratch(c, pbytes, &part);
+    const uint64_t reads = plan.reads;
+    const int32_t n_blocks = plan.n_blocks;
+    const bool decode = plan.decode;
+    cu_attn_plan_free(&plan);   /* the upload copied the tables */
+    if (st != LETHE_OK) return st;
+    lethe_cu_kv_view view;
+    if ((st = kv_view(be, kv, &view)) != LETHE_OK) return st;
+    CU_CHECK(lethe_cu_attention(&view, q, y, dwork, n_blocks, decode, dpl, dpos, kv->n_head_kv, G, n->fparams[0],
+                                chunk, n_split, part, c->stream), "attention");
+    __atomic_fetch_add(&kv->reads, reads, __ATOMIC_RELAXED);   /* as the CPU kernel counts */
     return LETHE_OK;
 }
 
@@ -269,6 +407,10 @@ static lethe_status run_node(lethe_backend *be, lethe_node *n, bool *used_err) {
                                      n->fparams[1], n->fparams[2], n->iparams[4], dpos, c->stream), "dms_decision");
         return LETHE_OK;
     }
+    case LETHE_OP_KV_STORE:
+        return op_kv_store(be, n, src[0], src[1], src[2]);
+    case LETHE_OP_ATTENTION:
+        return op_attention(be, n, src[0], y);
     default:
         return CU_FAIL(LETHE_ERR_UNSUPPORTED, "cuda: cannot compute %s", n->t.name);
     }
@@ -306,5 +448,6 @@ lethe_status lethe_cu_compute(lethe_backend *be, lethe_graph *g, int begin, int 
         CU_CHECK(cudaMemcpy(&err, c->d_err, sizeof err, cudaMemcpyDeviceToHost), "read error flag");
         if (err) return CU_FAIL(LETHE_ERR_INVALID_ARG, "cuda: get_rows met an id outside its table");
     }
+    CU_LOG(LETHE_LOG_DEBUG, "cuda: nodes [%d, %d) done", begin, end);
     return LETHE_OK;
 }

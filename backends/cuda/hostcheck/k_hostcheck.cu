@@ -78,3 +78,204 @@ extern "C" int lethe_cu_host_gemv(int wtype, const void *w, size_t row_bytes, co
     default: return -1;
     }
 }
+
+/* ------------------------------------------------------------------------
+ * The attention kernels' arithmetic on the host (k_attention.cu), step for
+ * step in the kernels' order: the same tables (cuda_kv_meta.h), the same
+ * slot addressing, visibility test, online-softmax step and split combine
+ * (cuda_attn.cuh). Only the order of the additions inside one dot product
+ * differs (lanes + butterfly on the device). Legend as in k_attention.cu. */
+#include "cuda_attn.cuh"
+#include "cuda_kernels.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+static float kv_elem(const uint8_t *row, int d, bool f16) {
+    if (f16) {
+        uint16_t h;
+        memcpy(&h, row + 2 * d, 2);
+        return __half2float(__ushort_as_half(h));
+    }
+    float f;
+    memcpy(&f, row + 4 * d, 4);
+    return f;
+}
+
+extern "C" int lethe_cu_host_kv_store(const lethe_cu_kv_view *kv, const float *k, const float *v, const float *dec,
+                                      const lethe_cu_kv_row *rows, int64_t n_rows) {
+    const int D = kv->D;
+    for (int64_t r = 0; r < n_rows; r++) {
+        uint8_t *kd = kv->pool + rows[r].k_off, *vd = kd + (size_t)CU_KV_P * kv->slot_bytes;
+        for (int d = 0; d < D; d++) {
+            if (kv->f16) {
+                const uint16_t a = __half_as_ushort(__float2half_rn(k[r * D + d]));
+                const uint16_t b = __half_as_ushort(__float2half_rn(v[r * D + d]));
+                memcpy(kd + 2 * d, &a, 2);
+                memcpy(vd + 2 * d, &b, 2);
+            } else {
+                memcpy(kd + 4 * d, &k[r * D + d], 4);
+                memcpy(vd + 4 * d, &v[r * D + d], 4);
+            }
+        }
+        if (dec && rows[r].exp_idx >= 0 && dec[r] > 0.0f) kv->expire[rows[r].exp_idx] = rows[r].new_exp;
+    }
+    return 0;
+}
+
+/* One (block, KV head, span) of the decode kernel -> partial [G][D + 2]
+ * (m, l, acc) laid out as in `part`. */
+static void host_decode_span(const lethe_cu_kv_view *kv, const float *q, const lethe_cu_attn_work &w,
+                             const int32_t *plists, int32_t pq, int t, int hk, int Hkv, int G, float scale,
+                             int j_begin, int j_end, float *part) {
+    const int D = kv->D, Hq = Hkv * G;
+    const int32_t *pl = plists + w.plist;
+    float *s = (float *)malloc(sizeof(float) * (size_t)G * CU_KV_P);
+    for (int g = 0; g < G; g++) {
+        part[g * (D + 2)] = -INFINITY;
+        part[g * (D + 2) + 1] = 0.0f;
+        for (int d = 0; d < D; d++) part[g * (D + 2) + 2 + d] = 0.0f;
+    }
+    for (int j0 = j_begin; j0 < j_end; j0 += CU_KV_P) {
+        const int n = j_end - j0 < CU_KV_P ? j_end - j0 : CU_KV_P;
+        for (int jj = 0; jj < CU_KV_P; jj++) {
+            const int64_t mi = jj < n ? cu_kv_meta_idx(pl, j0 + jj) : 0;
+            const bool vis = jj < n && cu_kv_visible(kv->pos[mi], kv->expire[mi], pq);
+            for (int g = 0; g < G; g++) {
+                float dot = 0.0f;
+                if (vis) {
+                    const uint8_t *kr = kv->pool + cu_kv_k_off(pl, j0 + jj, kv->page_bytes, kv->slot_bytes);
+                    const float *qg = q + ((size_t)t * Hq + (size_t)hk * G + g) * D;
+                    for (int d = 0; d < D; d++) dot = fmaf(qg[d], kv_elem(kr, d, kv->f16), dot);
+                }
+                s[g * CU_KV_P + jj] = vis ? scale * dot : -INFINITY;
+            }
+        }
+        for (int g = 0; g < G; g++) {
+            float *pg = part + g * (D + 2);
+            float mx = -INFINITY;
+            for (int jj = 0; jj < CU_KV_P; jj++) mx = fmaxf(mx, s[g * CU_KV_P + jj]);
+            const float m_old = pg[0], m_new = fmaxf(m_old, mx);
+            float sum = 0.0f;
+            for (int jj = 0; jj < CU_KV_P; jj++) {
+                s[g * CU_KV_P + jj] = cu_sm_weight(s[g * CU_KV_P + jj], m_new);
+                sum += s[g * CU_KV_P + jj];
+            }
+            const float a = cu_sm_alpha(m_old, m_new);
+            pg[0] = m_new;
+            pg[1] = pg[1] * a + sum;
+            for (int d = 0; d < D; d++) pg[2 + d] *= a;
+            for (int jj = 0; jj < n; jj++) {
+                const float p = s[g * CU_KV_P + jj];
+                if (p == 0.0f) continue;
+                const uint8_t *vr = kv->pool + cu_kv_k_off(pl, j0 + jj, kv->page_bytes, kv->slot_bytes) +
+                                    (size_t)CU_KV_P * kv->slot_bytes;
+                for (int d = 0; d < D; d++) pg[2 + d] = fmaf(p, kv_elem(vr, d, kv->f16), pg[2 + d]);
+            }
+        }
+    }
+    free(s);
+}
+
+/* The decode path (k_attn_decode + k_attn_combine) and the tiled path
+ * (k_attn_prefill), with the kernels' work tables and split plan. */
+extern "C" int lethe_cu_host_attention(const lethe_cu_kv_view *kv, const float *q, float *out,
+                                       const lethe_cu_attn_work *work, int n_blocks, int decode,
+                                       const int32_t *plists, const int32_t *qpos, int Hkv, int G, float scale,
+                                       int chunk, int n_split) {
+    const int D = kv->D, Hq = Hkv * G;
+    if (!lethe_cu_attn_shape_ok(D, G) || chunk % CU_KV_P != 0 || n_split < 1) return -1;
+    if (decode) {
+        const int stride = G * (D + 2);
+        float *part = (float *)malloc(sizeof(float) * (size_t)n_split * stride);
+        for (int item = 0; item < n_blocks * Hkv; item++) {
+            const int b = item / Hkv, hk = item % Hkv;
+            const lethe_cu_attn_work &w = work[item];
+            if (w.nt != 1) {
+                free(part);
+                return -2;
+            }
+            const int t = w.t0;
+            for (int sp = 0; sp < n_split; sp++) {
+                const int jb = sp * chunk, je = w.L < jb + chunk ? w.L : jb + chunk;
+                host_decode_span(kv, q, w, plists, qpos[t], t, hk, Hkv, G, scale, jb, je, part + sp * stride);
+            }
+            (void)b;
+            for (int g = 0; g < G; g++) {
+                const float *p0 = part + g * (D + 2);
+                float *o = out + ((size_t)t * Hq + (size_t)hk * G + g) * D;
+                if (n_split == 1) {   /* the kernel writes acc * (1 / l) */
+                    for (int d = 0; d < D; d++) o[d] = p0[1] > 0.0f ? p0[2 + d] * (1.0f / p0[1]) : 0.0f;
+                    continue;
+                }
+                const float M = cu_comb_max(n_split, p0, stride);
+                const float den = cu_comb_den(n_split, p0, p0 + 1, stride, M);
+                const float inv = den > 0.0f ? 1.0f / den : 0.0f;
+                for (int d = 0; d < D; d++) {
+                    float a = 0.0f;
+                    for (int i = 0; i < n_split; i++) {
+                        const float f = cu_comb_factor(p0[(size_t)i * stride], M);
+                        if (f != 0.0f) a += f * p0[(size_t)i * stride + 2 + d];
+                    }
+                    o[d] = a * inv;
+                }
+            }
+        }
+        free(part);
+        return 0;
+    }
+    const int KT = D <= 128 ? 32 : 16;
+    float *acc = (float *)malloc(sizeof(float) * (size_t)D);
+    for (int blk = 0; blk < n_blocks; blk++)
+        for (int hk = 0; hk < Hkv; hk++) {
+            const lethe_cu_attn_work &w = work[(size_t)blk * Hkv + hk];
+            const int32_t *pl = plists + w.plist;
+            if (w.nt > 32 / G) {
+                free(acc);
+                return -3;
+            }
+            for (int ti = 0; ti < w.nt; ti++)
+                for (int g = 0; g < G; g++) {
+                    const int t = w.t0 + ti;
+                    const int32_t pq = qpos[t];
+                    const float *qg = q + ((size_t)t * Hq + (size_t)hk * G + g) * D;
+                    float m = -INFINITY, l = 0.0f;
+                    for (int d = 0; d < D; d++) acc[d] = 0.0f;
+                    for (int j0 = 0; j0 < w.L; j0 += KT) {
+                        const int n = w.L - j0 < KT ? w.L - j0 : KT;
+                        float s[32];
+                        float mx = m;
+                        for (int jj = 0; jj < KT; jj++) {
+                            s[jj] = -INFINITY;
+                            if (jj >= n) continue;
+                            const int64_t mi = cu_kv_meta_idx(pl, j0 + jj);
+                            if (!cu_kv_visible(kv->pos[mi], kv->expire[mi], pq)) continue;
+                            const uint8_t *kr = kv->pool + cu_kv_k_off(pl, j0 + jj, kv->page_bytes, kv->slot_bytes);
+                            float dot = 0.0f;
+                            for (int d = 0; d < D; d++) dot = fmaf(qg[d], kv_elem(kr, d, kv->f16), dot);
+                            s[jj] = scale * dot;
+                            mx = fmaxf(mx, s[jj]);
+                        }
+                        if (mx == -INFINITY) continue;
+                        const float alpha = cu_sm_alpha(m, mx);
+                        l *= alpha;
+                        for (int d = 0; d < D; d++) acc[d] *= alpha;
+                        for (int jj = 0; jj < KT; jj++) {
+                            const float p = cu_sm_weight(s[jj], mx);
+                            l += p;
+                            if (p == 0.0f) continue;
+                            const uint8_t *vr = kv->pool + cu_kv_k_off(pl, j0 + jj, kv->page_bytes, kv->slot_bytes) +
+                                                (size_t)CU_KV_P * kv->slot_bytes;
+                            for (int d = 0; d < D; d++) acc[d] = fmaf(p, kv_elem(vr, d, kv->f16), acc[d]);
+                        }
+                        m = mx;
+                    }
+                    float *o = out + ((size_t)t * Hq + (size_t)hk * G + g) * D;
+                    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+                    for (int d = 0; d < D; d++) o[d] = acc[d] * inv;
+                }
+        }
+    free(acc);
+    return 0;
+}
+

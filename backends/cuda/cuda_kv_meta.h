@@ -1,0 +1,162 @@
+/* cuda_kv_meta.h — the per-run tables the CUDA KV kernels read, built on the
+ * host from the cache's bookkeeping (core/kv_cache.h), exactly as the CPU
+ * kernels (backends/cpu/cpu_attention.c) find slots and previous tokens.
+ * Header-only (static functions of plain C) so that the CUDA module
+ * (cuda_ops.c) and tests/test_cuda_host.c build the very same tables; the
+ * module cannot call liblethe's hidden functions, so nothing here does.
+ *
+ * Legend: T tokens of the micro-batch, Hkv KV heads, G = Hq / Hkv, P slots per
+ * page, L slots of a stream, BQ = 32 / G tokens per prefill block.
+ * Errors: a LETHE_ERR_* status and a message in `err`.
+ */
+#ifndef LETHE_CUDA_KV_META_H
+#define LETHE_CUDA_KV_META_H
+
+#include "cuda_kernels.h"
+#include "graph.h"
+#include "kv_cache.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* KV_STORE rows [T * Hkv] (r = t * Hkv + h), as lethe_cpu_kv_store resolves them. */
+static inline int cu_kv_store_rows(const lethe_node *n, lethe_cu_kv_row *rows, char *err, size_t errlen) {
+    const lethe_kv_cache *kv = n->kv;
+    const int layer = n->iparams[0];
+    const int32_t T = n->ub->n_tokens, Hkv = kv->n_head_kv, w = kv->policy.window;
+    for (int32_t t = 0; t < T; t++) {
+        const int32_t seq = n->ub->seq_id[t];
+        for (int32_t h = 0; h < Hkv; h++) {
+            const size_t si = (size_t)layer * Hkv + h;
+            const int32_t slot = kv->res_slot[si * kv->max_batch + t];
+            if (seq < 0 || seq >= kv->n_seq || slot < 0) {
+                snprintf(err, errlen, "KV_STORE token %d: sequence %d has no reserved slot", t, seq);
+                return LETHE_ERR_INVALID_ARG;
+            }
+            const lethe_kv_stream *s = lethe_kv_stream_at(kv, seq, layer, h);
+            if (slot >= s->len) {   /* reserve did not give this slot: a bug upstream */
+                snprintf(err, errlen, "KV_STORE slot %d beyond the stream's %d", slot, s->len);
+                return LETHE_ERR_INTERNAL;
+            }
+            const int32_t pt = kv->prev_t[t];
+            const int32_t prev = pt >= 0 ? kv->res_slot[si * kv->max_batch + pt] : s->prev;
+            const int32_t p = n->ub->pos[t];
+            lethe_cu_kv_row *r = &rows[(size_t)t * Hkv + h];
+            r->k_off = (int64_t)((const uint8_t *)lethe_kv_k(kv, s, slot) - kv->pool);
+            r->exp_idx = prev >= 0 ? (int32_t)lethe_kv_meta(s, prev) : -1;
+            r->new_exp = p > LETHE_KV_NEVER - w ? LETHE_KV_NEVER : p + w;
+        }
+    }
+    return LETHE_OK;
+}
+
+/* ATTENTION plan: blocks of tokens (one token each when no two consecutive
+ * tokens share a sequence: the decode kernel; else runs of one sequence cut
+ * at BQ tokens: the tiled kernel), their work entries and the page lists of
+ * the streams they read, each stream's list once. */
+typedef struct cu_attn_plan {
+    int32_t n_blocks;
+    bool decode;
+    int32_t Lmax;                 /* longest stream read */
+    uint64_t reads;               /* sum over (token, KV head) of L, as the CPU counts */
+    lethe_cu_attn_work *work;     /* [n_blocks][Hkv] */
+    int32_t *plists;              /* [n_plist] */
+    size_t n_plist;
+} cu_attn_plan;
+
+static inline void cu_attn_plan_free(cu_attn_plan *p) {
+    free(p->work);
+    free(p->plists);
+    memset(p, 0, sizeof *p);
+}
+
+/* Block count and kernel choice only (no allocation): also for sizing. */
+static inline int32_t cu_attn_blocks(const lethe_node *n, int G, bool force_decode, bool *decode) {
+    const int32_t T = n->ub->n_tokens, BQ = 32 / G;
+    bool dec = true;
+    for (int32_t t = 1; t < T; t++)
+        if (n->ub->seq_id[t] == n->ub->seq_id[t - 1]) dec = false;
+    dec = dec || force_decode;
+    if (decode) *decode = dec;
+    if (dec) return T;
+    int32_t nb = 0, run = 0;
+    for (int32_t t = 0; t < T; t++) {
+        if (t == 0 || n->ub->seq_id[t] != n->ub->seq_id[t - 1] || run == BQ) {
+            nb++;
+            run = 0;
+        }
+        run++;
+    }
+    return nb;
+}
+
+static inline int32_t cu_attn_lmax(const lethe_node *n) {
+    const lethe_kv_cache *kv = n->kv;
+    int32_t m = 0;
+    for (int32_t t = 0; t < n->ub->n_tokens; t++) {
+        const int32_t seq = n->ub->seq_id[t];
+        if (seq < 0 || seq >= kv->n_seq) continue;
+        for (int h = 0; h < kv->n_head_kv; h++) {
+            const lethe_kv_stream *s = lethe_kv_stream_at(kv, seq, n->iparams[0], h);
+            m = s->len > m ? s->len : m;
+        }
+    }
+    return m;
+}
+
+/* force_decode: one token per block whatever the batch (tests run both paths). */
+static inline int cu_attn_plan_build(const lethe_node *n, int G, bool force_decode, cu_attn_plan *p, char *err,
+                              size_t errlen) {
+    const lethe_kv_cache *kv = n->kv;
+    const int layer = n->iparams[0];
+    const int32_t T = n->ub->n_tokens, Hkv = kv->n_head_kv, BQ = 32 / G;
+    memset(p, 0, sizeof *p);
+    for (int32_t t = 0; t < T; t++)
+        if (n->ub->seq_id[t] < 0 || n->ub->seq_id[t] >= kv->n_seq) {
+            snprintf(err, errlen, "ATTENTION token %d: sequence %d out of range", t, n->ub->seq_id[t]);
+            return LETHE_ERR_INVALID_ARG;
+        }
+    p->n_blocks = cu_attn_blocks(n, G, force_decode, &p->decode);
+    int32_t *start = malloc((size_t)kv->n_seq * (size_t)Hkv * sizeof(int32_t));   /* [n_seq][Hkv] list start */
+    p->work = malloc((size_t)p->n_blocks * (size_t)Hkv * sizeof *p->work);
+    size_t cap = 0;
+    for (int q = 0; q < kv->n_seq; q++)
+        for (int h = 0; h < Hkv; h++) cap += (size_t)lethe_kv_stream_at(kv, q, layer, h)->n_pages;
+    p->plists = malloc((cap ? cap : 1) * sizeof(int32_t));
+    if (!start || !p->work || !p->plists) {
+        free(start);
+        cu_attn_plan_free(p);
+        snprintf(err, errlen, "ATTENTION tables: out of memory");
+        return LETHE_ERR_OOM;
+    }
+    for (size_t i = 0; i < (size_t)kv->n_seq * (size_t)Hkv; i++) start[i] = -1;
+    int32_t b = -1, run = 0;
+    for (int32_t t = 0; t < T; t++) {
+        const int32_t seq = n->ub->seq_id[t];
+        const bool fresh = p->decode || t == 0 || seq != n->ub->seq_id[t - 1] || run == BQ;
+        if (fresh) {
+            b++;
+            run = 0;
+        }
+        run++;
+        for (int32_t h = 0; h < Hkv; h++) {
+            const lethe_kv_stream *s = lethe_kv_stream_at(kv, seq, layer, h);
+            int32_t *sp = &start[(size_t)seq * Hkv + h];
+            if (*sp < 0) {
+                *sp = (int32_t)p->n_plist;
+                memcpy(p->plists + p->n_plist, s->pages, (size_t)s->n_pages * sizeof(int32_t));
+                p->n_plist += (size_t)s->n_pages;
+            }
+            lethe_cu_attn_work *w = &p->work[(size_t)b * Hkv + h];
+            if (fresh) *w = (lethe_cu_attn_work){s->len, *sp, t, 0};
+            w->nt++;
+            p->reads += (uint64_t)s->len;
+            p->Lmax = s->len > p->Lmax ? s->len : p->Lmax;
+        }
+    }
+    free(start);
+    return LETHE_OK;
+}
+
+#endif
