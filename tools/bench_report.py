@@ -3,7 +3,8 @@
 
     tools/bench_report.py tables ROWS.jsonl...            markdown for docs/BENCHMARKS.md
     tools/bench_report.py update docs/BENCHMARKS.md       regenerate its marked blocks in place
-    tools/bench_report.py plot ROWS.jsonl... --out DIR [--name PREFIX] [--eval EVAL.json...]
+    tools/bench_report.py plot ROWS.jsonl... --out DIR [--name PREFIX] [--eval EVAL.json...] [--tables]
+    tools/bench_report.py check                           can `plot` run here? (one line and exit 1 if not)
 
 ROWS files hold the rows of `lethe bench -o jsonl` (or `--jsonl FILE`), or
 the array of `-o json`; peer rows (engine "llama.cpp") come in the same
@@ -16,6 +17,12 @@ of t/s. `plot` writes, with gnuplot (Debian: gnuplot-nox, installed by
     PREFIX-pp-depth.svg/.png   the same for pp rows (when there are any)
     PREFIX-pareto.svg/.png     with --eval (`lethe eval -o json` output): KL to
                                `none` against compression, one point per policy
+    PREFIX.md                  with --tables: what `tables` prints (provenance, rows,
+                               the backend x device table)
+
+This script is the one definition of the plots: `lethe bench --plot DIR`
+runs it (installed as <prefix>/share/lethe/bench_report.py, and copied to
+the same place in the build tree) on the rows it has just measured.
 
 `update` rewrites every block of a markdown file between
     <!-- bench-report: tables docs/data/a.jsonl docs/data/b.jsonl -->
@@ -165,10 +172,13 @@ def cmd_update(args):
     print(f"{args.doc}: {n} block(s) regenerated")
 
 
+GNUPLOT_MISSING = "bench_report: gnuplot not found: install it with tools/setup.sh --plots (Debian: gnuplot-nox)"
+
+
 def gnuplot(script, what):
     exe = shutil.which("gnuplot")
     if not exe:
-        sys.exit("bench_report: gnuplot not found: install it with tools/setup.sh --plots (Debian: gnuplot-nox)")
+        sys.exit(GNUPLOT_MISSING)
     p = subprocess.run([exe], input=script, text=True, capture_output=True)
     if p.returncode != 0:
         sys.exit(f"bench_report: gnuplot failed on {what}: {p.stderr.strip().splitlines()[-1] if p.stderr else p.returncode}")
@@ -243,8 +253,26 @@ def cmd_plot(args):
                                   "KL to the full cache (nats/token)", base, logx=True)
     if not written:
         sys.exit("bench_report: nothing to plot (no tg/pp rows, no eval data)")
+    if args.tables:
+        md = os.path.join(args.out, f"{args.name}.md")
+        with open(md, "w", encoding="utf-8") as f:
+            f.write(tables_text(args.rows) + "\n")
+        written.append(md)
     for w in written:
         print(w)
+
+
+def cmd_check(args):
+    """What `plot` needs beyond this script: gnuplot with its SVG and PNG
+    terminals. Exit 0 silently, or one line on stderr and exit 1 (before a
+    long `lethe bench --plot` sweep, not after it)."""
+    exe = shutil.which("gnuplot")
+    if not exe:
+        sys.exit(GNUPLOT_MISSING)
+    p = subprocess.run([exe], input="set terminal svg\nset terminal pngcairo\n", text=True, capture_output=True)
+    if p.returncode != 0:
+        last = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit status {p.returncode}"
+        sys.exit(f"bench_report: {exe} lacks the svg or pngcairo terminal: {last}")
 
 
 def main():
@@ -261,7 +289,10 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--name", default="bench")
     p.add_argument("--eval", nargs="*", default=[], help="lethe eval -o json outputs (Pareto view)")
+    p.add_argument("--tables", action="store_true", help="also write PREFIX.md with the tables")
     p.set_defaults(fn=cmd_plot)
+    c = sub.add_parser("check", help="exit 0 if `plot` can run here, else one line and exit 1")
+    c.set_defaults(fn=cmd_check)
     args = ap.parse_args()
     args.fn(args)
 

@@ -29,7 +29,9 @@
  * Output: rows go to stdout as they are measured (so an error later leaves
  * the rows already measured in place, and json still closes its array), a
  * progress line goes to stderr, errors are one line each; the exit status is
- * 1 if any row or the peer failed. */
+ * 1 if any row, the peer or the plots failed. --plot DIR also writes the rows
+ * to DIR/NAME.jsonl and plots them with tools/bench_report.py (bench_plot.c
+ * says why the script and not C). */
 #include "bench.h"
 #include "cli.h"
 
@@ -52,12 +54,14 @@ static const char k_bench_help[] =
     "  lethe bench -p 512 -n 128 -d 0,1024 -r 5 -o md\n"
     "  lethe bench --roofline                      (measure and cache the CPU's bandwidth)\n"
     "  lethe bench -p 0 -n 64 -d 0,2048 --kv-policy none,dms --dms-force-rate 0.9 --jsonl out.jsonl\n"
-    "  lethe bench -t 2 --peer llama.cpp=$HOME/.cache/lethe/llama.cpp-build/bin";
+    "  lethe bench -t 2 --peer llama.cpp=$HOME/.cache/lethe/llama.cpp-build/bin\n"
+    "  lethe bench -p 0 -n 128 -d 0,1024,4096 --kv-policy none,dms --plot plots   (plots/bench-tg-depth.svg ...)";
 
 typedef struct bench_env {
     const cli_opts *o;
     bench_fmt fmt;
     FILE *jsonl;            /* --jsonl FILE, or NULL */
+    FILE *plot_rows;        /* --plot DIR: DIR/NAME.jsonl, or NULL */
     uint64_t rng;
     lethe_token *tok;       /* [cap] token ids of one decode call */
     int32_t *seq;           /* [cap] their sequences              */
@@ -228,6 +232,11 @@ static void emit(bench_env *e, const bench_row *r) {
         fputc('\n', e->jsonl);
         fflush(e->jsonl);
     }
+    if (e->plot_rows) {
+        bench_print_json_row(e->plot_rows, r);
+        fputc('\n', e->plot_rows);
+        fflush(e->plot_rows);
+    }
     e->any_rows = true;
 }
 
@@ -346,6 +355,14 @@ int cli_cmd_bench(int argc, char **argv) {
         .depths = o.depth, .parallel = o.parallel_list, .kv_policies = o.kv_policy_list,
         .kv_budgets = o.kv_budget_list, .dms_windows = o.dms_window_list, .dms_force = o.dms_force_list,
     };
+    const char *plot_name = o.plot_name ? o.plot_name : "bench";
+    if (o.plot_dir && o.roofline)
+        return cli_error("--plot applies to bench rows, not to --roofline"), CLI_EXIT_USAGE;
+    if (o.plot_name && !o.plot_dir) return cli_error("--plot-name needs --plot DIR"), CLI_EXIT_USAGE;
+    if (o.plot_dir && !*o.plot_dir) return cli_error("invalid value '' for --plot: expected a folder"), CLI_EXIT_USAGE;
+    if (!*plot_name || strchr(plot_name, '/') || plot_name[0] == '.')
+        return cli_error("invalid value '%s' for --plot-name: expected a file name prefix (no '/', not starting with '.')",
+                         plot_name), CLI_EXIT_USAGE;
     if (o.roofline) return run_roofline(&o, e.fmt, &a);
 
     char peer_name[32] = "", peer_path[4096] = "";
@@ -374,6 +391,25 @@ int cli_cmd_bench(int argc, char **argv) {
         cli_error("cannot open '%s' for --jsonl: %s", o.jsonl, strerror(errno));
         rc = CLI_EXIT_FAIL;
         goto done;
+    }
+    char plot_rows_path[4200] = "", plot_script[4096] = "";
+    bool plot_ok = false;
+    if (o.plot_dir) {
+        snprintf(plot_rows_path, sizeof plot_rows_path, "%s/%s.jsonl", o.plot_dir, plot_name);
+        if (!bench_mkdir_p(o.plot_dir) || !(e.plot_rows = fopen(plot_rows_path, "w"))) {
+            cli_error("cannot write '%s' for --plot: %s", plot_rows_path, strerror(errno));
+            rc = CLI_EXIT_FAIL;
+            goto done;
+        }
+        /* before the sweep: a long run should not end in "no gnuplot" */
+        char why[600];
+        bool found = bench_plot_script(plot_script, sizeof plot_script);
+        plot_ok = bench_plot_check(plot_script, found, why, sizeof why);
+        if (!plot_ok) {
+            cli_error("--plot %s: no plots will be made: %s; the rows are still measured and written to %s",
+                      o.plot_dir, why, plot_rows_path);
+            rc = CLI_EXIT_FAIL;
+        }
     }
     e.rng = 0x2545F4914F6CDD1Dull;
     time_t now = time(NULL);
@@ -505,8 +541,18 @@ int cli_cmd_bench(int argc, char **argv) {
     progress_clear(&e);
     bench_print_footer(stdout, e.fmt, e.any_rows);
     bench_peer_free(&peer);
+    if (e.plot_rows) {
+        fclose(e.plot_rows);
+        e.plot_rows = NULL;
+        char why[600];
+        if (plot_ok && e.any_rows && !bench_plot_run(plot_script, plot_rows_path, o.plot_dir, plot_name, why, sizeof why)) {
+            cli_error("--plot %s: plots not made: %s (the rows are in %s)", o.plot_dir, why, plot_rows_path);
+            rc = CLI_EXIT_FAIL;
+        }
+    }
 done:
     if (e.jsonl) fclose(e.jsonl);
+    if (e.plot_rows) fclose(e.plot_rows);
     lethe_model_free(e.m);
     free(e.tok);
     free(e.seq);
