@@ -219,6 +219,14 @@ static void check_md_against_json(const char *md, json_t *rows) {
         assert_float_equal(ts, jnum(o, "avg_ts"), 0.0051);
         assert_float_equal(sd, jnum(o, "stddev_ts"), 0.0051);
         assert_string_equal(cells[col(hdr, nh, "test")], json_string_value(json_object_get(o, "test")));
+        assert_string_equal(cells[col(hdr, nh, "backend")], json_string_value(json_object_get(o, "backend")));
+        {   /* the model name, with the '|' md cannot hold written as '_' */
+            char want[256];
+            snprintf(want, sizeof want, "%s", json_string_value(json_object_get(o, "model")));
+            for (char *c = want; *c; c++)
+                if (*c == '|') *c = '_';
+            assert_string_equal(cells[col(hdr, nh, "model")], want);
+        }
         assert_string_equal(cells[col(hdr, nh, "engine")], json_string_value(json_object_get(o, "engine")));
         assert_string_equal(cells[col(hdr, nh, "kv policy")], json_string_value(json_object_get(o, "kv_policy")));
         assert_int_equal(atoi(cells[col(hdr, nh, "threads")]), (int)jnum(o, "n_threads"));
@@ -247,6 +255,66 @@ static void check_md_against_json(const char *md, json_t *rows) {
         }
         line = strchr(line, '\n');
         line = line ? line + 1 : NULL;
+    }
+    assert_int_equal(i, json_array_size(rows));
+}
+
+/* One RFC 4180 record of `p` into fields (quotes undone); returns the count
+ * and sets *next to the following line. */
+static int csv_fields(const char *p, char fields[][1100], int max, const char **next) {
+    int n = 0;
+    for (;;) {
+        size_t k = 0;
+        char *f = fields[n < max ? n : max - 1];
+        if (*p == '"') {
+            for (p++; *p && !(*p == '"' && p[1] != '"'); p++) {
+                if (*p == '"') p++;   /* "" -> " */
+                if (k + 1 < 1100) f[k++] = *p;
+            }
+            if (*p == '"') p++;
+        } else {
+            for (; *p && *p != ',' && *p != '\n'; p++)
+                if (k + 1 < 1100) f[k++] = *p;
+        }
+        f[k] = '\0';
+        n++;
+        if (*p == ',') {
+            p++;
+            continue;
+        }
+        if (*p == '\n') p++;
+        *next = p;
+        return n;
+    }
+}
+
+/* csv rows → json rows: every column is a key of the json row with the
+ * same value (strings equal, numbers to the 10 digits both print, null ↔ empty). */
+static void check_csv_against_json(const char *csv, json_t *rows) {
+    static char hdr[40][1100], cells[40][1100];
+    const char *p = csv;
+    int nh = csv_fields(p, hdr, 40, &p);
+    assert_true(nh >= 30);
+    size_t i = 0;
+    for (; *p; i++) {
+        assert_true(i < json_array_size(rows));
+        json_t *o = json_array_get(rows, i);
+        int nc = csv_fields(p, cells, 40, &p);
+        assert_int_equal(nc, nh);
+        for (int c = 0; c < nh; c++) {
+            json_t *v = json_object_get(o, hdr[c]);
+            if (!v) fail_msg("csv column '%s' is not a json key", hdr[c]);
+            if (json_is_string(v)) {
+                if (strcmp(cells[c], json_string_value(v)))
+                    fail_msg("csv %s = '%s', json '%s'", hdr[c], cells[c], json_string_value(v));
+            } else if (json_is_null(v)) {
+                if (cells[c][0]) fail_msg("csv %s = '%s', json null", hdr[c], cells[c]);
+            } else {
+                double want = json_number_value(v), got = strtod(cells[c], NULL);
+                if (!cells[c][0] || fabs(got - want) > 1e-9 * fabs(want) + 1e-12)
+                    fail_msg("csv %s = '%s', json %.17g", hdr[c], cells[c], want);
+            }
+        }
     }
     assert_int_equal(i, json_array_size(rows));
 }
@@ -289,6 +357,9 @@ static void test_formats(void **state) {
     json_decref(first);
 
     /* csv: header names match the json keys, values match too */
+    char *csv2 = print_to_string(BENCH_CSV, rows, 2);
+    check_csv_against_json(csv2, arr);
+    free(csv2);
     char *csv = print_to_string(BENCH_CSV, rows, 1);
     assert_non_null(strstr(csv, "\"/m/x,y.gguf\""));   /* quoted: it has a comma */
     assert_non_null(strstr(csv, ",\"llama a|b \"\"q\"\"\","));
@@ -587,11 +658,86 @@ static void test_cli_failures(void **state) {
     json_decref(arr);
     free_run(&r);
 
+    /* a model of the list that does not load, first or last: one line for
+     * it, the other model's rows written, exit 1 */
+    char list[8500];
+    snprintf(list, sizeof list, "/no/such/model.gguf,%s", tu_model_path());
+    r = bench(dir, ARGS("-m", list, "-p", "0", "-n", "2", "-r", "1", "-t", "1", "-o", "csv"));
+    expect_error(&r, 1, "/no/such/model.gguf");
+    assert_int_equal(count_char(r.out, '\n'), 2);   /* header + the good model's tg2 */
+    free_run(&r);
+    char trunc[4200];   /* a model file cut short: it does not load */
+    snprintf(trunc, sizeof trunc, "%s/cut.gguf", dir);
+    {
+        size_t n = 0;
+        char *m = tu_read_file(tu_model_path(), &n);
+        assert_non_null(m);
+        FILE *tf = fopen(trunc, "wb");
+        assert_non_null(tf);
+        assert_int_equal(fwrite(m, 1, n / 3, tf), n / 3);
+        fclose(tf);
+        free(m);
+    }
+    snprintf(list, sizeof list, "%s,%s", tu_model_path(), trunc);
+    r = bench(dir, ARGS("-m", list, "-p", "0", "-n", "2", "-r", "1", "-t", "1", "-o", "json"));
+    expect_error(&r, 1, "cut.gguf");
+    arr = json_loads(r.out, 0, &err);
+    if (!arr) fail_msg("json output does not parse after a model failed: %s\n%s", err.text, r.out);
+    assert_int_equal(json_array_size(arr), 1);
+    json_decref(arr);
+    free_run(&r);
+    unlink(trunc);
+
+    /* --roofline: a device that cannot be measured gets one line; the
+     * others are measured and cached; exit 1 */
+    r = bench(dir, ARGS("--roofline", "--backend", "cpu,cuda", "-t", "1", "-r", "1", "-o", "jsonl"));
+    expect_error(&r, 1, "cuda");
+    assert_int_equal(count_char(r.out, '\n'), 1);
+    assert_non_null(strstr(r.out, "\"method\":\"streaming read\""));
+    free_run(&r);
+    char cached[4200];
+    snprintf(cached, sizeof cached, "%s/roofline", dir);
+    {   /* the cpu file is there; remove it so rmdir below works */
+        char name[128], path[4300];
+        assert_int_equal(lethe_device_name("cpu", 0, name, sizeof name), LETHE_OK);
+        setenv("LETHE_CACHE", dir, 1);
+        bench_roofline_path(path, sizeof path, "cpu", 0, name);
+        assert_true(bench_roofline_cached("cpu", 0, name) > 0);
+        unsetenv("LETHE_CACHE");
+        unlink(path);
+        rmdir(cached);
+    }
+
     /* a GPU backend that is not there must not run on the CPU under its name */
     r = bench(dir, ARGS("-p", "0", "-n", "2", "-r", "1", "--backend", "cuda,cpu", "-t", "1", "-o", "csv"));
     expect_error(&r, 1, "cuda");
     assert_int_equal(count_char(r.out, '\n'), 2);   /* header + the cpu row */
     assert_null(strstr(r.out, ",cuda,"));
+    free_run(&r);
+    rmdir(dir);
+}
+
+/* The progress line goes to stderr only: stdout is exactly the results
+ * (json parses whole), stderr names every row; --no-progress silences it. */
+static void test_cli_progress(void **state) {
+    (void)state;
+    char dir[] = "/tmp/lethe-bench-cache-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    run_result r = bench(dir, ARGS("-p", "0", "-n", "2", "-d", "0,4", "-r", "1", "-t", "1", "--progress", "-o", "json"));
+    if (r.status != 0) fail_msg("bench --progress failed: %s", r.err);
+    json_error_t err;
+    json_t *arr = json_loads(r.out, 0, &err);
+    if (!arr) fail_msg("stdout is not only the json: %s\n%s", err.text, r.out);
+    assert_int_equal(json_array_size(arr), 2);
+    json_decref(arr);
+    assert_null(strstr(r.out, "lethe:"));
+    assert_non_null(strstr(r.err, "lethe: bench [1/2] tg2"));
+    assert_non_null(strstr(r.err, "lethe: bench [2/2] tg2 @ d4"));
+    assert_non_null(strstr(r.err, "left"));   /* the estimate, once a row is done */
+    free_run(&r);
+    r = bench(dir, ARGS("-p", "0", "-n", "2", "-r", "1", "-t", "1", "--no-progress", "-o", "csv"));
+    assert_int_equal(r.status, 0);
+    assert_null(strstr(r.err, "bench ["));
     free_run(&r);
     rmdir(dir);
 }
@@ -647,6 +793,7 @@ int main(void) {
         cmocka_unit_test(test_roofline),
         cmocka_unit_test(test_cli_sweep),
         cmocka_unit_test(test_cli_failures),
+        cmocka_unit_test(test_cli_progress),
         cmocka_unit_test(test_cli_peer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
