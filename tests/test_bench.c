@@ -23,6 +23,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "backend.h"
 #include "bench.h"
 #include "testutil.h"
 
@@ -146,6 +147,8 @@ static void fill_row(bench_row *r) {
     r->gbps = 27.1234;
     r->roofline_gbps = 29.5;
     r->roofline_pct = 100.0 * r->gbps / r->roofline_gbps;
+    r->device_busy_pct = 87.5;
+    r->device_gbps = 31.0;
     r->peer_ts = NAN;
     r->ratio = NAN;
     snprintf(r->date, sizeof r->date, "2026-11-23T15:00:00Z");
@@ -327,6 +330,7 @@ static void test_formats(void **state) {
     snprintf(rows[1].engine, sizeof rows[1].engine, "llama.cpp");
     rows[1].kv_bytes = rows[1].kv_peak = rows[1].kv_reads_per_tok = rows[1].compression = NAN;
     rows[1].gbps = rows[1].roofline_pct = rows[1].roofline_gbps = NAN;
+    rows[1].device_busy_pct = rows[1].device_gbps = NAN;
     rows[0].peer_ts = 123.456;
     rows[0].ratio = rows[0].avg_ts / rows[0].peer_ts;
 
@@ -477,6 +481,106 @@ static void test_roofline(void **state) {
     char name[128];
     assert_int_equal(lethe_device_name("cpu", 0, name, sizeof name), LETHE_OK);
     assert_int_not_equal(lethe_device_name("tpu", 0, name, sizeof name), LETHE_OK);
+}
+
+/* ---- the GPU roofline hook, on a stand-in backend ---------------------- */
+
+/* A backend whose buffers are host memory and whose device clock advances
+ * by a fixed time per copy (or not at all): what lethe_backend_measure_copy
+ * does with buffer_copy and device_ms, exactly. */
+static struct {
+    int copies, syncs, allocs;
+    size_t last_size;
+    bool timed;
+    double dev_ms;
+} g_fake;
+static void fk_free(lethe_backend *be) { (void)be; }
+static void fk_info(lethe_backend *be, lethe_backend_info *i) {
+    (void)be;
+    i->name = "fake";
+    snprintf(i->device_name, sizeof i->device_name, "Fake GPU 9000");
+}
+static lethe_status fk_alloc(lethe_backend *be, size_t size, lethe_buffer **out) {
+    lethe_buffer *b = calloc(1, sizeof *b);
+    assert_non_null(b);
+    b->backend = be;
+    b->size = size;
+    b->host_ptr = calloc(1, size);
+    assert_non_null(b->host_ptr);
+    g_fake.allocs++;
+    *out = b;
+    return LETHE_OK;
+}
+static void fk_buffer_free(lethe_buffer *b) {
+    free(b->host_ptr);
+    free(b);
+    g_fake.allocs--;
+}
+static lethe_status fk_copy(lethe_buffer *dst, size_t doff, lethe_buffer *src, size_t soff, size_t size) {
+    assert_true(doff + size <= dst->size && soff + size <= src->size && dst != src);
+    memcpy((char *)dst->host_ptr + doff, (char *)src->host_ptr + soff, size);
+    g_fake.copies++;
+    g_fake.last_size = size;
+    if (g_fake.timed) g_fake.dev_ms += 0.5;
+    return LETHE_OK;
+}
+static lethe_status fk_sync(lethe_backend *be) {
+    (void)be;
+    g_fake.syncs++;
+    return LETHE_OK;
+}
+static double fk_device_ms(lethe_backend *be) {
+    (void)be;
+    return g_fake.dev_ms;
+}
+
+static void test_measure_copy(void **state) {
+    (void)state;
+    lethe_backend_iface iface = {.free = fk_free, .get_info = fk_info, .buffer_alloc = fk_alloc,
+                                 .buffer_free = fk_buffer_free, .synchronize = fk_sync,
+                                 .buffer_copy = fk_copy, .device_ms = fk_device_ms};
+    lethe_backend be = {.iface = &iface};
+    const size_t bytes = 1u << 20;
+    lethe_bandwidth bw;
+
+    /* the device clock times each copy at 0.5 ms: that is the result */
+    memset(&g_fake, 0, sizeof g_fake);
+    g_fake.timed = true;
+    assert_int_equal(lethe_backend_measure_copy(&be, bytes, 3, &bw), LETHE_OK);
+    assert_int_equal(g_fake.copies, 4);   /* a warm-up + 3 */
+    assert_int_equal(g_fake.syncs, 4);
+    assert_int_equal(g_fake.last_size, bytes);
+    assert_int_equal(g_fake.allocs, 0);   /* both buffers freed */
+    assert_int_equal(bw.bytes, 2 * bytes);   /* read + write */
+    assert_float_equal(bw.seconds, 0.5e-3, 1e-12);
+    assert_float_equal(bw.gbps, 2.0 * bytes / 0.5e-3 / 1e9, 1e-6);
+    assert_string_equal(bw.method, "device-to-device copy, device clock");
+    assert_string_equal(bw.device_name, "Fake GPU 9000");
+    assert_int_equal(bw.n_threads, 0);
+
+    /* a device clock that does not see copies: the host clock, for every rep */
+    memset(&g_fake, 0, sizeof g_fake);
+    assert_int_equal(lethe_backend_measure_copy(&be, bytes, 3, &bw), LETHE_OK);
+    assert_string_equal(bw.method, "device-to-device copy, host clock");
+    assert_int_equal(g_fake.copies, 3 + 2);   /* warm-up, the untimed try, then 3 by the host clock */
+    assert_true(bw.seconds > 0 && bw.gbps > 0);
+    assert_float_equal(bw.gbps, 2.0 * bytes / bw.seconds / 1e9, 1e-6 * bw.gbps);
+
+    /* no device clock at all */
+    iface.device_ms = NULL;
+    memset(&g_fake, 0, sizeof g_fake);
+    g_fake.timed = true;
+    assert_int_equal(lethe_backend_measure_copy(&be, bytes, 2, &bw), LETHE_OK);
+    assert_string_equal(bw.method, "device-to-device copy, host clock");
+    assert_int_equal(g_fake.copies, 3);
+
+    /* no buffer_copy: a status and a message, nothing allocated */
+    iface.buffer_copy = NULL;
+    memset(&g_fake, 0, sizeof g_fake);
+    assert_int_equal(lethe_backend_measure_copy(&be, bytes, 2, &bw), LETHE_ERR_UNSUPPORTED);
+    assert_non_null(strstr(lethe_last_error(), "buffer_copy"));
+    assert_int_equal(g_fake.allocs, 0);
+    assert_int_equal(g_fake.copies, 0);
 }
 
 /* ---- the CLI end to end ------------------------------------------------- */
@@ -742,6 +846,65 @@ static void test_cli_progress(void **state) {
     rmdir(dir);
 }
 
+/* A GPU row where the backend has a device clock (Vulkan timestamps; in CI
+ * lavapipe): the device columns are filled and consistent with the wall
+ * clock, the CPU row's are null. And the GPU roofline: measured through
+ * buffer_copy once the backend offers it (then a row gets % roofline), else
+ * one line naming buffer_copy. Skipped where no Vulkan device is. */
+static void test_cli_gpu_clock(void **state) {
+    (void)state;
+    char name[128];
+    if (lethe_device_name("vulkan", 0, name, sizeof name) != LETHE_OK) {
+        print_message("no Vulkan device (%s): skipped\n", lethe_last_error());
+        skip();
+    }
+    char dir[] = "/tmp/lethe-bench-cache-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    run_result r = bench(dir, ARGS("--roofline", "--backend", "vulkan", "-r", "1", "-o", "jsonl"));
+    bool have_roofline = r.status == 0;
+    if (have_roofline) {
+        json_error_t err;
+        json_t *o = json_loads(r.out, 0, &err);
+        assert_non_null(o);
+        assert_true(json_number_value(json_object_get(o, "gbps")) > 0);
+        assert_non_null(strstr(json_string_value(json_object_get(o, "method")), "device-to-device copy"));
+        json_decref(o);
+    } else {
+        expect_error(&r, 1, "buffer_copy");
+    }
+    free_run(&r);
+
+    r = bench(dir, ARGS("--backend", "vulkan,cpu", "-p", "0", "-n", "1", "-r", "1", "-t", "1", "-o", "json"));
+    if (r.status != 0) fail_msg("bench on vulkan failed: %s", r.err);
+    json_error_t err;
+    json_t *arr = json_loads(r.out, 0, &err);
+    assert_non_null(arr);
+    assert_int_equal(json_array_size(arr), 2);
+    json_t *gpu = json_array_get(arr, 0), *cpu = json_array_get(arr, 1);
+    assert_string_equal(json_string_value(json_object_get(gpu, "backend")), "vulkan");
+    assert_string_equal(json_string_value(json_object_get(gpu, "device_name")), name);
+    double busy = jnum(gpu, "device_busy_pct"), dg = jnum(gpu, "device_gbps"), g = jnum(gpu, "gbps");
+    if (isnan(busy)) {
+        print_message("the Vulkan device has no timestamps: device columns null\n");
+        assert_true(isnan(dg));
+    } else {
+        assert_true(busy > 0 && busy <= 100.5);             /* device time within the wall time */
+        assert_float_equal(dg, g * 100.0 / busy, 1e-6 * dg);  /* the same bytes over the device time */
+    }
+    assert_true(have_roofline ? jnum(gpu, "roofline_pct") > 0 : isnan(jnum(gpu, "roofline_pct")));
+    assert_true(isnan(jnum(cpu, "device_busy_pct")) && isnan(jnum(cpu, "device_gbps")));
+    json_decref(arr);
+    free_run(&r);
+    char path[4300];
+    setenv("LETHE_CACHE", dir, 1);
+    bench_roofline_path(path, sizeof path, "vulkan", 0, name);
+    unsetenv("LETHE_CACHE");
+    unlink(path);
+    snprintf(path, sizeof path, "%s/roofline", dir);
+    rmdir(path);
+    rmdir(dir);
+}
+
 /* A stand-in llama-bench (a shell script): the arguments it was given, and
  * its row joining ours with a ratio. */
 static void test_cli_peer(void **state) {
@@ -791,9 +954,11 @@ int main(void) {
         cmocka_unit_test(test_formats),
         cmocka_unit_test(test_peer_parse),
         cmocka_unit_test(test_roofline),
+        cmocka_unit_test(test_measure_copy),
         cmocka_unit_test(test_cli_sweep),
         cmocka_unit_test(test_cli_failures),
         cmocka_unit_test(test_cli_progress),
+        cmocka_unit_test(test_cli_gpu_clock),
         cmocka_unit_test(test_cli_peer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -113,15 +113,18 @@ def cmd_tables(args):
         out.append(f"- Model: {'; '.join(models)}")
         out.append(f"- Command: `{command}`")
         out.append("")
+        # GPU runs timed by the device's clock get its two columns (bench.h)
+        dev = any(r.get("device_busy_pct") is not None for r in rs)
         out.append("| test | engine | backend | threads | kv policy | t/s | KV resident | KV reads/tok | CR | GB/s "
-                   "| % roofline | ratio |")
+                   "| % roofline |" + (" device busy % | device GB/s |" if dev else "") + " ratio |")
         out.append("| ---- | ------ | ------- | ------: | --------- | --: | ----------: | -----------: | -: | ---: "
-                   "| ---------: | ----: |")
+                   "| ---------: |" + (" ------------: | ----------: |" if dev else "") + " ----: |")
         for r in rs:
+            dcells = (f" {num(r.get('device_busy_pct'), '.1f')} | {num(r.get('device_gbps'), '.2f')} |" if dev else "")
             out.append(f"| {r['test']} | {r['engine']} | {r['backend']} | {r['n_threads']} | {r['kv_policy']} | "
                        f"{ts_cell(r)} | {human_bytes(r.get('kv_bytes'))} | {num(r.get('kv_reads_per_token'), '.0f')} | "
                        f"{num(r.get('compression'), '.2f')} | {num(r.get('gbps'), '.2f')} | "
-                       f"{num(r.get('roofline_pct'), '.1f')} | {num(r.get('ratio'), '.2f')} |")
+                       f"{num(r.get('roofline_pct'), '.1f')} |{dcells} {num(r.get('ratio'), '.2f')} |")
         out.append("")
     # backend x device: mean t/s of lethe's rows per test, one column per device
     ours = [r for r in rows if r.get("engine") == "lethe"]

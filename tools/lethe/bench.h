@@ -95,6 +95,10 @@ typedef struct bench_row {
     double gbps;              /* bytes the step must stream / time          */
     double roofline_gbps;     /* the device's measured bandwidth (NAN: none) */
     double roofline_pct;
+    /* by the GPU's own clock (lethe_get_device_ms; NAN: no such clock):
+     * the share of the timed wall time the device was busy, and the
+     * bytes streamed over the device time (the kernels' bandwidth) */
+    double device_busy_pct, device_gbps;
     double peer_ts, ratio;    /* the peer's t/s on the same test; ours / it  */
     /* provenance */
     char date[32], commit[48], command[1024];

@@ -24,7 +24,11 @@
  * the weights once (model bytes) and every slot read is one K and one V row
  * of head_dim f16 values. On pp rows that is far below the roofline by
  * nature (prefill is compute-bound); on tg rows it says how close decoding
- * came to the physical limit.
+ * came to the physical limit. Where the GPU backend has a device clock
+ * (Vulkan timestamps; lethe_get_device_ms), the rows also say how busy the
+ * device was during the timed part and what the kernels achieved over the
+ * device's own time (device_busy_pct, device_gbps in csv/json): t/s stays
+ * wall-clock, what a user gets and what llama-bench reports.
  *
  * Output: rows go to stdout as they are measured (so an error later leaves
  * the rows already measured in place, and json still closes its array), a
@@ -189,21 +193,28 @@ static bool run_point(bench_env *e, const bench_point *p, bench_row *r) {
     const int32_t n_tok = (p->n_prompt > 0 ? p->n_prompt : p->n_gen) * p->parallel;
     /* one K and one V row of head_dim f16 values per slot read */
     const double slot_bytes = (double)e->mi.head_dim * 2.0 * 2.0;
-    double gbps[BENCH_MAX_REPS];
+    double gbps[BENCH_MAX_REPS], busy[BENCH_MAX_REPS], dgbps[BENCH_MAX_REPS];
+    bool device_clock = true;   /* until a run is not timed by the device */
     for (int i = 0; st == LETHE_OK && i < r->reps; i++) {
         what = "timed run";
         if ((st = refill(e, ctx, p)) != LETHE_OK) break;
         uint64_t reads0 = lethe_get_kv_stats(ctx).reads;
         int64_t calls = 0;
+        const double d0 = lethe_get_device_ms(ctx);
         double t0 = cli_now_s();
         st = timed_part(e, ctx, p, &calls);
         double dt = cli_now_s() - t0;
+        const double dd = d0 >= 0 ? (lethe_get_device_ms(ctx) - d0) * 1e-3 : 0.0;   /* device seconds */
+        if (dd <= 0) device_clock = false;
         if (st != LETHE_OK) break;
         if (dt <= 0) dt = 1e-9;
         lethe_kv_stats ks = lethe_get_kv_stats(ctx);
         r->samples[i] = n_tok / dt;
         const double reads = (double)(ks.reads - reads0);
-        gbps[i] = ((double)calls * (double)e->mi.weight_bytes + reads * slot_bytes) / dt / 1e9;
+        const double bytes = (double)calls * (double)e->mi.weight_bytes + reads * slot_bytes;
+        gbps[i] = bytes / dt / 1e9;
+        busy[i] = dd > 0 ? 100.0 * dd / dt : NAN;
+        dgbps[i] = dd > 0 ? bytes / dd / 1e9 : NAN;
         r->kv_bytes = (double)ks.bytes_resident;
         r->kv_peak = (double)ks.bytes_peak;
         r->kv_reads_per_tok = reads / n_tok;
@@ -222,6 +233,11 @@ static bool run_point(bench_env *e, const bench_point *p, bench_row *r) {
     double sd_unused;
     bench_mean_sd(gbps, r->reps, &r->gbps, &sd_unused);
     r->roofline_pct = isfinite(r->roofline_gbps) ? 100.0 * r->gbps / r->roofline_gbps : NAN;
+    r->device_busy_pct = r->device_gbps = NAN;
+    if (device_clock) {
+        bench_mean_sd(busy, r->reps, &r->device_busy_pct, &sd_unused);
+        bench_mean_sd(dgbps, r->reps, &r->device_gbps, &sd_unused);
+    }
     return true;
 }
 
@@ -516,6 +532,7 @@ int cli_cmd_bench(int argc, char **argv) {
         r->reps = o.repetitions;
         r->roofline_gbps = roofline;
         r->peer_ts = r->ratio = NAN;
+        r->device_busy_pct = r->device_gbps = NAN;
         snprintf(r->date, sizeof r->date, "%s", e.date);
         snprintf(r->commit, sizeof r->commit, "%s", e.commit);
         snprintf(r->command, sizeof r->command, "%s", e.command);
