@@ -149,6 +149,11 @@ def main():
             else:
                 expect(b"<svg" in head, f"{x} is an SVG")
             expect(os.path.getsize(x) < 200_000, f"{x} is small")
+            if x.endswith("tg-depth.svg"):   # the provenance caption: date, machine, commit, command
+                with open(x, encoding="utf-8") as f:
+                    svg = f.read()
+                expect("2026-11-23" in svg and "AMD EPYC" in svg and "abc1234" in svg, "caption: date, machine, commit")
+                expect("2 commands, in the rows" in svg, "caption: the commands")
         print("ok")
         return 0
     finally:

@@ -36,6 +36,7 @@ import argparse
 import collections
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -191,8 +192,24 @@ def esc(s):   # for a double-quoted gnuplot string (enhanced text is off)
     return s.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def plot_lines(series, title, xlabel, ylabel, base, logx=False):
-    """series: {label: [(x, y, sd), ...]} → base.svg and base.png."""
+def provenance(rows):
+    """The caption every figure carries: date(s), machine, lethe commit(s), command(s)."""
+    ours = [r for r in rows if r.get("engine") == "lethe"] or rows
+    dates = sorted({r.get("date", "")[:10] for r in ours if r.get("date")})
+    commits = sorted({r.get("commit", "") for r in ours if r.get("commit")})
+    devices = sorted({r.get("device_name", "") for r in ours if r.get("device_name")})
+    cmds = list(collections.OrderedDict((r.get("command", ""), None) for r in ours if r.get("command")))
+    cmd = cmds[0] if len(cmds) == 1 else f"{len(cmds)} commands, in the rows' json"
+    cmd = re.sub(r"(?<![\w.])/(?:[^\s/]+/)+", "", cmd)   # folders left out: the width of a figure
+    if len(cmd) > 125:
+        cmd = cmd[:122] + "..."
+    when = dates[0] if len(dates) == 1 else (f"{dates[0]}..{dates[-1]}" if dates else "?")
+    return f"{when} · {'; '.join(devices) or '?'} · lethe {', '.join(commits) or '?'}\n{cmd}"
+
+
+def plot_lines(series, title, xlabel, ylabel, base, logx=False, caption=""):
+    """series: {label: [(x, y, sd), ...]} → base.svg and base.png, `caption`
+    (provenance) in small print under the plot."""
     data = base + ".dat"
     with open(data, "w", encoding="utf-8") as f:
         for label, pts in series.items():
@@ -211,7 +228,8 @@ def plot_lines(series, title, xlabel, ylabel, base, logx=False):
     plots = ", ".join(f"'{data}' index {i} using 1:2:3 with yerrorlines title \"{esc(label)}\""
                       for i, label in enumerate(series))
     common = (f"set title \"{esc(title)}\"\nset xlabel \"{xlabel}\"\nset ylabel \"{ylabel}\"\n"
-              "set termoption noenhanced\nset grid\nset key outside right top\nset yrange [0:*]\n" + ("set logscale x 2\n" if logx else ""))
+              "set termoption noenhanced\nset grid\nset key outside right top\nset yrange [0:*]\n" + ("set logscale x 2\n" if logx else "") +
+              (f"set bmargin 6\nset label 1 \"{esc(caption).replace(chr(10), chr(92) + 'n')}\" at screen 0.01, screen 0.05 left font ',7'\n" if caption else ""))
     for term, ext in (("svg size 720,420 dynamic font 'sans,11'", "svg"), ("pngcairo size 720,420 font 'sans,9'", "png")):
         gnuplot(f"set terminal {term}\nset output '{base}.{ext}'\n{common}plot {plots}\n", f"{base}.{ext}")
     os.remove(data)
@@ -240,7 +258,8 @@ def cmd_plot(args):
         dev = ours[0].get("device_name", "")
         title = f"{kind}{'/'.join(map(str, sizes))} t/s against depth — {model}, {dev}"
         base = os.path.join(args.out, f"{args.name}-{kind}-depth")
-        written += plot_lines(series, title, "depth (tokens in the cache)", "tokens per second", base)
+        written += plot_lines(series, title, "depth (tokens in the cache)", "tokens per second", base,
+                              caption=provenance(rs))
     if args.eval:
         series = collections.OrderedDict()
         for path in args.eval:
