@@ -18,7 +18,8 @@
 #             $LETHE_PEER_SRC (default .peer/llama.cpp; make it here with
 #             tools/peer/trim-llama-cpp.sh and carry it)
 # OUTDIR gets at most 8 files: results.md (the summary: GPU, commit, tests, tables),
-# gpu.txt, build.log, test.log, sanitize.log, bench.log, peer.log.
+# gpu.txt, build.log, test.log, sanitize.log, bench.log, bench.jsonl (every bench row, for
+# tools/bench_report.py tables/plot), peer.log.
 #
 # LETHE_GPU_BACKENDS / LETHE_GPU_DEPTH_BACKEND choose the benchmarked backends
 # (the script's non-GPU parts are tested on a CPU machine with "cpu" and a tiny model).
@@ -172,6 +173,14 @@ bench_step() {
 if has bench; then
     note ""
     note "## lethe bench"
+    # the roofline of each device first (GPU: buffer_copy, timed by the device clock where
+    # the backend has one), so the rows below get their % roofline column
+    for be in $BACKENDS; do
+        note ""
+        note "### roofline, $be"
+        bench_step "roofline-$be" "$OUT/bench.log" env VK_LOADER_DRIVERS_SELECT='*nvidia*' \
+            "$LETHE" bench --roofline --backend "$be" -r 3 -o md
+    done
     for mt in $MODELS; do
         f="$(model_path "$mt")"
         [[ -s "$f" ]] || { say "bench: no $f (run the synth stage)"; failed+=("bench-$mt"); continue; }
@@ -181,7 +190,7 @@ if has bench; then
             note ""
             note "### $mt, $be: ${args[*]}"
             bench_step "bench-$mt-$be" "$OUT/bench.log" env VK_LOADER_DRIVERS_SELECT='*nvidia*' \
-                "$LETHE" bench -m "$f" --backend "$be" "${args[@]}" -o md
+                "$LETHE" bench -m "$f" --backend "$be" "${args[@]}" -o md --jsonl "$OUT/bench.jsonl"
         done
         for pol in none dms; do
             extra=()
@@ -189,7 +198,7 @@ if has bench; then
             note ""
             note "### $mt, $DEPTH_BACKEND, tg at depths $DEPTHS, KV policy $pol"
             bench_step "depth-$mt-$pol" "$OUT/bench.log" "$LETHE" bench -m "$f" --backend "$DEPTH_BACKEND" \
-                -p 0 -n 32 -r 2 -d "$DEPTHS" "${extra[@]}" -o md
+                -p 0 -n 32 -r 2 -d "$DEPTHS" "${extra[@]}" -o md --jsonl "$OUT/bench.jsonl"
         done
     done
 fi
