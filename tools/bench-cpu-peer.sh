@@ -30,8 +30,10 @@
 #               llama-bench into ${LETHE_CACHE:-~/.cache/lethe}/llama.cpp-build, outside the repo)
 #
 # Needs: tools/setup.sh (built here if missing), gnuplot (tools/setup.sh --plots), python3.
-# Takes about 30 minutes on the idle 2-vCPU development VM (most of it the d8192 rows and
-# the peer's depth fills); the progress lines on stderr give the time left of each step.
+# Takes about 25 minutes on the idle 2-vCPU development VM, estimated from the idle t/s in
+# docs/BENCHMARKS.md (side by side ~9 min, policies ~12 min, mostly the depth fills up to
+# d8192 that llama-bench repeats every run; parallel ~1 min), plus a few minutes the first
+# time to build llama-bench; the progress lines on stderr give each step's time left.
 # Exit status: 0 done; 1 a step failed (rows measured so far are kept); 2 bad usage;
 # 3 refused: the machine is busy.
 set -euo pipefail
