@@ -57,6 +57,7 @@ D="$(date -u +%Y-%m-%d)" N="$(date -u +%Y-%m-%d)-cpu-smollm2-quick"
 for part in roofline peer policies parallel; do
     [[ -s "$WORK/out/data/$N-$part.jsonl" ]] || fail "no $N-$part.jsonl"
 done
+[[ -z "$(ls -A "$WORK/cache")" ]] || fail "a --quick run leaves the roofline cache alone: $(ls -R "$WORK/cache")"
 python3 - "$WORK/out" "$N" <<'EOF' || fail "the rows"
 import json, sys
 out, name = sys.argv[1], sys.argv[2]

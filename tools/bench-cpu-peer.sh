@@ -103,6 +103,16 @@ fi
 [[ -x "$PEER" ]] || die "peer '$PEER' is not an executable llama-bench (tools/peer/build-llama-cpp.sh llama-bench builds it)"
 python3 "$ROOT/tools/bench_report.py" check || die "plots need gnuplot: tools/setup.sh --plots"
 
+# The roofline cache is the machine's: every later `lethe bench` reads its % roofline from it.
+# A --quick or busy run measures it in a private cache instead, so a number taken under load
+# (or with one repetition) never replaces the idle one; its rows use that private number.
+if ((QUICK || UNDER_LOAD)); then
+    LETHE_CACHE="$(mktemp -d /tmp/lethe-bench-cpu-peer-cache-XXXXXX)"
+    export LETHE_CACHE
+    trap 'rm -rf "$LETHE_CACHE"' EXIT
+    log "roofline cache for this run: $LETHE_CACHE (the machine's cache is left alone)"
+fi
+
 # The commit every row names, taken before this script writes into the tree
 # (otherwise every row after the first says +dirty because of our own jsonl).
 COMMIT="$(git -C "$ROOT" describe --always --dirty=+dirty --abbrev=7 2>/dev/null || echo unknown)"
