@@ -693,6 +693,27 @@ static void test_cli_sweep(void **state) {
     unlink(jsonl);
     free_run(&r);
 
+    /* csv end to end: the same rows as its --jsonl, column by column */
+    r = bench(dir, ARGS("-p", "4", "-n", "2", "-d", "0,8", "-r", "2", "-t", "1", "--kv-policy", "window",
+                        "--kv-budget", "6", "--jsonl", jsonl, "--no-progress", "-o", "csv"));
+    if (r.status != 0) fail_msg("bench -o csv failed: %s", r.err);
+    jl = slurp(jsonl);
+    arr = json_array();
+    for (char *line = jl; *line;) {
+        char *nl = strchr(line, '\n');
+        json_error_t err;
+        json_t *jo = json_loadb(line, (size_t)(nl - line), 0, &err);
+        if (!jo) fail_msg("jsonl line does not parse: %s", err.text);
+        json_array_append_new(arr, jo);
+        line = nl + 1;
+    }
+    assert_int_equal(json_array_size(arr), 4);
+    check_csv_against_json(r.out, arr);
+    json_decref(arr);
+    free(jl);
+    unlink(jsonl);
+    free_run(&r);
+
     /* --parallel: aggregate rows, named "x P"; json closes its array */
     r = bench(dir, ARGS("-p", "0", "-n", "2", "-d", "4", "--parallel", "1,3", "-r", "1", "-t", "1", "-o", "json"));
     if (r.status != 0) fail_msg("bench --parallel failed: %s", r.err);
