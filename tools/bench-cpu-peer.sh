@@ -29,7 +29,7 @@
 #   --peer      llama-bench or its folder (default: built by tools/peer/build-llama-cpp.sh
 #               llama-bench into ${LETHE_CACHE:-~/.cache/lethe}/llama.cpp-build, outside the repo)
 #
-# Needs: tools/setup.sh (built here if missing), gnuplot (tools/setup.sh --plots), python3.
+# Needs: python3; runs tools/setup.sh --plots first (an incremental build, gnuplot if missing).
 # Takes about 25 minutes on the idle 2-vCPU development VM, estimated from the idle t/s in
 # docs/BENCHMARKS.md (side by side ~9 min, policies ~12 min, mostly the depth fills up to
 # d8192 that llama-bench repeats every run; parallel ~1 min), plus a few minutes the first
@@ -85,10 +85,13 @@ if busy "$LOAD1" "$MAX_LOAD"; then
 fi
 
 # ---- what the run needs -----------------------------------------------------
+# A recorded run always brings the build up to date first: the rows name the tree's
+# commit, so the binary must be that commit's (setup.sh is incremental, and --plots
+# installs gnuplot if it is missing). --quick uses the binary as it is.
 LETHE="${LETHE_BUILD_DIR:-$ROOT/build}/bin/lethe"
-if [[ ! -x "$LETHE" ]]; then
-    log "no $LETHE: building (tools/setup.sh)"
-    nice "$ROOT/tools/setup.sh" >&2
+if ((!QUICK)) || [[ ! -x "$LETHE" ]]; then
+    log "bringing the build up to date (tools/setup.sh --plots)"
+    nice "$ROOT/tools/setup.sh" --plots >&2
 fi
 [[ -n "$MODEL" ]] || MODEL="$("$ROOT/tools/fetch-model.sh")"
 [[ -r "$MODEL" ]] || die "model '$MODEL' not readable"
