@@ -5,12 +5,18 @@
 #   lib/liblethe.a                          the static library
 #   lib/lethe/                              loadable backend modules (liblethe-<name>.so)
 #   include/lethe.h                         the only header an application needs
+#   share/lethe/bench_report.py             tables and plots of bench rows (`lethe bench --plot`)
 #   lib/pkgconfig/lethe.pc                  pkg-config (relocatable: paths from ${pcfiledir})
 #   lib/cmake/lethe/lethe-config.cmake      find_package(lethe) -> lethe::lethe (shared),
 #                   lethe-config-version.cmake                    lethe::lethe_static
 include(CMakePackageConfigHelpers)
 
 list(JOIN LETHE_ENABLED_BACKENDS " " LETHE_BACKENDS_STRING)
+# `lethe bench --plot` runs <bindir>/<this>/lethe/bench_report.py; the build
+# tree gets a copy at the same relative place (reconfigured when it changes).
+file(RELATIVE_PATH LETHE_BIN_TO_DATADIR ${CMAKE_INSTALL_FULL_BINDIR} ${CMAKE_INSTALL_FULL_DATADIR})
+configure_file(${CMAKE_SOURCE_DIR}/tools/bench_report.py
+               ${CMAKE_BINARY_DIR}/${CMAKE_INSTALL_DATADIR}/lethe/bench_report.py COPYONLY)
 configure_file(${CMAKE_CURRENT_LIST_DIR}/lethe_build_config.h.in
                ${CMAKE_BINARY_DIR}/generated/lethe_build_config.h @ONLY)
 message(STATUS "lethe ${PROJECT_VERSION}: backends built in: ${LETHE_BACKENDS_STRING}")
@@ -22,6 +28,7 @@ install(TARGETS lethe_static EXPORT lethe-static-targets
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR})
 install(TARGETS lethe_cli RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 install(FILES ${CMAKE_SOURCE_DIR}/include/lethe.h DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+install(PROGRAMS ${CMAKE_SOURCE_DIR}/tools/bench_report.py DESTINATION ${CMAKE_INSTALL_DATADIR}/lethe)
 # The module folder exists even while no module is built, so the lookup
 # path lethe_backend_dir() reports is a real place.
 install(DIRECTORY DESTINATION ${CMAKE_INSTALL_LIBDIR}/${LETHE_MODULE_SUBDIR})

@@ -69,6 +69,15 @@ typedef struct lethe_backend_iface {
      * bookkeeping (slots, holes, evictions, compaction) with plain pointers
      * while device kernels store and attend in place. */
     lethe_status (*buffer_alloc_shared)(lethe_backend *be, size_t size, lethe_buffer **out);
+
+    /* Optional (NULL: not offered). Milliseconds the device has spent on
+     * this backend's finished work (compute(), and buffer_copy() where the
+     * backend times it) since it was created, from device timestamps, so
+     * host submission and gaps are left out. Monotonic: callers take the
+     * difference around what they time; a difference of 0 means that work
+     * was not timed (Vulkan: no timestamp support, or an untimed copy).
+     * `lethe bench` uses it for the GPU roofline and the device columns. */
+    double (*device_ms)(lethe_backend *be);
 } lethe_backend_iface;
 
 struct lethe_backend {
@@ -88,6 +97,13 @@ int lethe_backend_cpu_n_threads(lethe_backend *be);
 lethe_backend *lethe_backend_vulkan_new(int device);
 /* Device time of the backend's last compute() in ms (timestamps; 0 if none). */
 double lethe_backend_vulkan_last_ms(lethe_backend *be);
+
+/* The device's memory bandwidth through `be`'s buffer_copy (core/bandwidth.c):
+ * a warm-up, then the best of `reps` copies of `bytes`, read + write counted.
+ * Timed by the backend's device_ms where it reports the copy, else by the
+ * host clock around copy + synchronize; out->method says which.
+ * LETHE_ERR_UNSUPPORTED when the backend has no buffer_copy. */
+lethe_status lethe_backend_measure_copy(lethe_backend *be, size_t bytes, int reps, lethe_bandwidth *out);
 
 /* The CUDA backend (backends/cuda, the module liblethe-cuda.so): device N
  * of the driver's order; LETHE_CUDA_DEVICE, when set, overrides `device`.

@@ -23,7 +23,10 @@
 
 #include "backend.h"
 
-#define LETHE_BACKEND_MODULE_ABI 1
+/* Bumped whenever lethe_backend_iface (backend.h) or these structs change
+ * layout: a module built against another layout is refused by name instead
+ * of having fields read past its iface. 2: the iface grew device_ms. */
+#define LETHE_BACKEND_MODULE_ABI 2
 #define LETHE_BACKEND_MODULE_ENTRY "lethe_backend_module_entry"
 
 typedef struct lethe_module_host {

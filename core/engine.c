@@ -463,6 +463,11 @@ size_t lethe_model_memory_bytes(const lethe_model *m) {
     return m->gguf->map ? m->gguf->map_size : m->gguf->size;
 }
 
+double lethe_get_device_ms(const lethe_context *c) {
+    if (!c || !c->gpu || !c->gpu->iface->device_ms) return -1.0;
+    return c->gpu->iface->device_ms(c->gpu);
+}
+
 lethe_memory_info lethe_get_memory_info(const lethe_context *c) {
     lethe_memory_info mi = {0};
     if (!c) return mi;

@@ -299,6 +299,13 @@ LETHE_API lethe_memory_info lethe_get_memory_info(const lethe_context *ctx);
 /* Bytes of the model file held in memory (mapped or read). */
 LETHE_API size_t lethe_model_memory_bytes(const lethe_model *model);
 
+/* Milliseconds the context's GPU has spent computing since the context was
+ * made, by the device's own timestamps (host overhead and CPU-fallback ops
+ * left out); take differences around what you time. -1 when there is no
+ * such clock: a CPU-only context, or a backend without timestamps (Vulkan
+ * reports them where the driver supports timestamp queries). */
+LETHE_API double lethe_get_device_ms(const lethe_context *ctx);
+
 /* ---- KV statistics ------------------------------------------------------ */
 
 typedef struct lethe_kv_stats {

@@ -92,10 +92,15 @@ def main():
         expect(body[1]["ratio"] == "2.00" and body[1]["% roofline"] == "94.8", "ratio and roofline share")
         expect(body[2]["KV resident"] == "47.81 MiB", "bytes in MiB")
 
-        # a second device: the backend x device table
+        expect("device busy %" not in hdr, "no device columns without device timings")
+        # a second device: the backend x device table; its run has device timings
         with open(path, "a") as f:
-            f.write(json.dumps(row(backend="vulkan", device_name="llvmpipe", avg_ts=3.5, command="lethe bench -b")) + "\n")
+            f.write(json.dumps(row(backend="vulkan", device_name="llvmpipe", avg_ts=3.5, command="lethe bench -b",
+                                   device_busy_pct=97.25, device_gbps=4.5)) + "\n")
         tables = md_rows(run("tables", path).stdout)
+        vk = tables[1][1][0]
+        expect(vk["device busy %"] == "97.2" or vk["device busy %"] == "97.3", f"device busy %: {vk}")
+        expect(vk["device GB/s"] == "4.50" and vk["ratio"] == "2.00", f"device GB/s and ratio after it: {vk}")
         bxd = tables[-1]
         expect(any("vulkan · llvmpipe" in h for h in bxd[0]), "backend x device columns")
         tg = [m for m in bxd[1] if m["test"] == "tg64 (none)"][0]
@@ -144,6 +149,11 @@ def main():
             else:
                 expect(b"<svg" in head, f"{x} is an SVG")
             expect(os.path.getsize(x) < 200_000, f"{x} is small")
+            if x.endswith("tg-depth.svg"):   # the provenance caption: date, machine, commit, command
+                with open(x, encoding="utf-8") as f:
+                    svg = f.read()
+                expect("2026-11-23" in svg and "AMD EPYC" in svg and "abc1234" in svg, "caption: date, machine, commit")
+                expect("2 commands, in the rows" in svg, "caption: the commands")
         print("ok")
         return 0
     finally:

@@ -23,6 +23,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "backend.h"
 #include "bench.h"
 #include "testutil.h"
 
@@ -146,6 +147,8 @@ static void fill_row(bench_row *r) {
     r->gbps = 27.1234;
     r->roofline_gbps = 29.5;
     r->roofline_pct = 100.0 * r->gbps / r->roofline_gbps;
+    r->device_busy_pct = 87.5;
+    r->device_gbps = 31.0;
     r->peer_ts = NAN;
     r->ratio = NAN;
     snprintf(r->date, sizeof r->date, "2026-11-23T15:00:00Z");
@@ -219,6 +222,14 @@ static void check_md_against_json(const char *md, json_t *rows) {
         assert_float_equal(ts, jnum(o, "avg_ts"), 0.0051);
         assert_float_equal(sd, jnum(o, "stddev_ts"), 0.0051);
         assert_string_equal(cells[col(hdr, nh, "test")], json_string_value(json_object_get(o, "test")));
+        assert_string_equal(cells[col(hdr, nh, "backend")], json_string_value(json_object_get(o, "backend")));
+        {   /* the model name, with the '|' md cannot hold written as '_' */
+            char want[256];
+            snprintf(want, sizeof want, "%s", json_string_value(json_object_get(o, "model")));
+            for (char *c = want; *c; c++)
+                if (*c == '|') *c = '_';
+            assert_string_equal(cells[col(hdr, nh, "model")], want);
+        }
         assert_string_equal(cells[col(hdr, nh, "engine")], json_string_value(json_object_get(o, "engine")));
         assert_string_equal(cells[col(hdr, nh, "kv policy")], json_string_value(json_object_get(o, "kv_policy")));
         assert_int_equal(atoi(cells[col(hdr, nh, "threads")]), (int)jnum(o, "n_threads"));
@@ -251,6 +262,66 @@ static void check_md_against_json(const char *md, json_t *rows) {
     assert_int_equal(i, json_array_size(rows));
 }
 
+/* One RFC 4180 record of `p` into fields (quotes undone); returns the count
+ * and sets *next to the following line. */
+static int csv_fields(const char *p, char fields[][1100], int max, const char **next) {
+    int n = 0;
+    for (;;) {
+        size_t k = 0;
+        char *f = fields[n < max ? n : max - 1];
+        if (*p == '"') {
+            for (p++; *p && !(*p == '"' && p[1] != '"'); p++) {
+                if (*p == '"') p++;   /* "" -> " */
+                if (k + 1 < 1100) f[k++] = *p;
+            }
+            if (*p == '"') p++;
+        } else {
+            for (; *p && *p != ',' && *p != '\n'; p++)
+                if (k + 1 < 1100) f[k++] = *p;
+        }
+        f[k] = '\0';
+        n++;
+        if (*p == ',') {
+            p++;
+            continue;
+        }
+        if (*p == '\n') p++;
+        *next = p;
+        return n;
+    }
+}
+
+/* csv rows → json rows: every column is a key of the json row with the
+ * same value (strings equal, numbers to the 10 digits both print, null ↔ empty). */
+static void check_csv_against_json(const char *csv, json_t *rows) {
+    static char hdr[40][1100], cells[40][1100];
+    const char *p = csv;
+    int nh = csv_fields(p, hdr, 40, &p);
+    assert_true(nh >= 30);
+    size_t i = 0;
+    for (; *p; i++) {
+        assert_true(i < json_array_size(rows));
+        json_t *o = json_array_get(rows, i);
+        int nc = csv_fields(p, cells, 40, &p);
+        assert_int_equal(nc, nh);
+        for (int c = 0; c < nh; c++) {
+            json_t *v = json_object_get(o, hdr[c]);
+            if (!v) fail_msg("csv column '%s' is not a json key", hdr[c]);
+            if (json_is_string(v)) {
+                if (strcmp(cells[c], json_string_value(v)))
+                    fail_msg("csv %s = '%s', json '%s'", hdr[c], cells[c], json_string_value(v));
+            } else if (json_is_null(v)) {
+                if (cells[c][0]) fail_msg("csv %s = '%s', json null", hdr[c], cells[c]);
+            } else {
+                double want = json_number_value(v), got = strtod(cells[c], NULL);
+                if (!cells[c][0] || fabs(got - want) > 1e-9 * fabs(want) + 1e-12)
+                    fail_msg("csv %s = '%s', json %.17g", hdr[c], cells[c], want);
+            }
+        }
+    }
+    assert_int_equal(i, json_array_size(rows));
+}
+
 static void test_formats(void **state) {
     (void)state;
     bench_row rows[2];
@@ -259,6 +330,7 @@ static void test_formats(void **state) {
     snprintf(rows[1].engine, sizeof rows[1].engine, "llama.cpp");
     rows[1].kv_bytes = rows[1].kv_peak = rows[1].kv_reads_per_tok = rows[1].compression = NAN;
     rows[1].gbps = rows[1].roofline_pct = rows[1].roofline_gbps = NAN;
+    rows[1].device_busy_pct = rows[1].device_gbps = NAN;
     rows[0].peer_ts = 123.456;
     rows[0].ratio = rows[0].avg_ts / rows[0].peer_ts;
 
@@ -289,6 +361,9 @@ static void test_formats(void **state) {
     json_decref(first);
 
     /* csv: header names match the json keys, values match too */
+    char *csv2 = print_to_string(BENCH_CSV, rows, 2);
+    check_csv_against_json(csv2, arr);
+    free(csv2);
     char *csv = print_to_string(BENCH_CSV, rows, 1);
     assert_non_null(strstr(csv, "\"/m/x,y.gguf\""));   /* quoted: it has a comma */
     assert_non_null(strstr(csv, ",\"llama a|b \"\"q\"\"\","));
@@ -408,6 +483,106 @@ static void test_roofline(void **state) {
     assert_int_not_equal(lethe_device_name("tpu", 0, name, sizeof name), LETHE_OK);
 }
 
+/* ---- the GPU roofline hook, on a stand-in backend ---------------------- */
+
+/* A backend whose buffers are host memory and whose device clock advances
+ * by a fixed time per copy (or not at all): what lethe_backend_measure_copy
+ * does with buffer_copy and device_ms, exactly. */
+static struct {
+    int copies, syncs, allocs;
+    size_t last_size;
+    bool timed;
+    double dev_ms;
+} g_fake;
+static void fk_free(lethe_backend *be) { (void)be; }
+static void fk_info(lethe_backend *be, lethe_backend_info *i) {
+    (void)be;
+    i->name = "fake";
+    snprintf(i->device_name, sizeof i->device_name, "Fake GPU 9000");
+}
+static lethe_status fk_alloc(lethe_backend *be, size_t size, lethe_buffer **out) {
+    lethe_buffer *b = calloc(1, sizeof *b);
+    assert_non_null(b);
+    b->backend = be;
+    b->size = size;
+    b->host_ptr = calloc(1, size);
+    assert_non_null(b->host_ptr);
+    g_fake.allocs++;
+    *out = b;
+    return LETHE_OK;
+}
+static void fk_buffer_free(lethe_buffer *b) {
+    free(b->host_ptr);
+    free(b);
+    g_fake.allocs--;
+}
+static lethe_status fk_copy(lethe_buffer *dst, size_t doff, lethe_buffer *src, size_t soff, size_t size) {
+    assert_true(doff + size <= dst->size && soff + size <= src->size && dst != src);
+    memcpy((char *)dst->host_ptr + doff, (char *)src->host_ptr + soff, size);
+    g_fake.copies++;
+    g_fake.last_size = size;
+    if (g_fake.timed) g_fake.dev_ms += 0.5;
+    return LETHE_OK;
+}
+static lethe_status fk_sync(lethe_backend *be) {
+    (void)be;
+    g_fake.syncs++;
+    return LETHE_OK;
+}
+static double fk_device_ms(lethe_backend *be) {
+    (void)be;
+    return g_fake.dev_ms;
+}
+
+static void test_measure_copy(void **state) {
+    (void)state;
+    lethe_backend_iface iface = {.free = fk_free, .get_info = fk_info, .buffer_alloc = fk_alloc,
+                                 .buffer_free = fk_buffer_free, .synchronize = fk_sync,
+                                 .buffer_copy = fk_copy, .device_ms = fk_device_ms};
+    lethe_backend be = {.iface = &iface};
+    const size_t bytes = 1u << 20;
+    lethe_bandwidth bw;
+
+    /* the device clock times each copy at 0.5 ms: that is the result */
+    memset(&g_fake, 0, sizeof g_fake);
+    g_fake.timed = true;
+    assert_int_equal(lethe_backend_measure_copy(&be, bytes, 3, &bw), LETHE_OK);
+    assert_int_equal(g_fake.copies, 4);   /* a warm-up + 3 */
+    assert_int_equal(g_fake.syncs, 4);
+    assert_int_equal(g_fake.last_size, bytes);
+    assert_int_equal(g_fake.allocs, 0);   /* both buffers freed */
+    assert_int_equal(bw.bytes, 2 * bytes);   /* read + write */
+    assert_float_equal(bw.seconds, 0.5e-3, 1e-12);
+    assert_float_equal(bw.gbps, 2.0 * bytes / 0.5e-3 / 1e9, 1e-6);
+    assert_string_equal(bw.method, "device-to-device copy, device clock");
+    assert_string_equal(bw.device_name, "Fake GPU 9000");
+    assert_int_equal(bw.n_threads, 0);
+
+    /* a device clock that does not see copies: the host clock, for every rep */
+    memset(&g_fake, 0, sizeof g_fake);
+    assert_int_equal(lethe_backend_measure_copy(&be, bytes, 3, &bw), LETHE_OK);
+    assert_string_equal(bw.method, "device-to-device copy, host clock");
+    assert_int_equal(g_fake.copies, 3 + 2);   /* warm-up, the untimed try, then 3 by the host clock */
+    assert_true(bw.seconds > 0 && bw.gbps > 0);
+    assert_float_equal(bw.gbps, 2.0 * bytes / bw.seconds / 1e9, 1e-6 * bw.gbps);
+
+    /* no device clock at all */
+    iface.device_ms = NULL;
+    memset(&g_fake, 0, sizeof g_fake);
+    g_fake.timed = true;
+    assert_int_equal(lethe_backend_measure_copy(&be, bytes, 2, &bw), LETHE_OK);
+    assert_string_equal(bw.method, "device-to-device copy, host clock");
+    assert_int_equal(g_fake.copies, 3);
+
+    /* no buffer_copy: a status and a message, nothing allocated */
+    iface.buffer_copy = NULL;
+    memset(&g_fake, 0, sizeof g_fake);
+    assert_int_equal(lethe_backend_measure_copy(&be, bytes, 2, &bw), LETHE_ERR_UNSUPPORTED);
+    assert_non_null(strstr(lethe_last_error(), "buffer_copy"));
+    assert_int_equal(g_fake.allocs, 0);
+    assert_int_equal(g_fake.copies, 0);
+}
+
 /* ---- the CLI end to end ------------------------------------------------- */
 
 typedef struct run_result {
@@ -518,6 +693,27 @@ static void test_cli_sweep(void **state) {
     unlink(jsonl);
     free_run(&r);
 
+    /* csv end to end: the same rows as its --jsonl, column by column */
+    r = bench(dir, ARGS("-p", "4", "-n", "2", "-d", "0,8", "-r", "2", "-t", "1", "--kv-policy", "window",
+                        "--kv-budget", "6", "--jsonl", jsonl, "--no-progress", "-o", "csv"));
+    if (r.status != 0) fail_msg("bench -o csv failed: %s", r.err);
+    jl = slurp(jsonl);
+    arr = json_array();
+    for (char *line = jl; *line;) {
+        char *nl = strchr(line, '\n');
+        json_error_t err;
+        json_t *jo = json_loadb(line, (size_t)(nl - line), 0, &err);
+        if (!jo) fail_msg("jsonl line does not parse: %s", err.text);
+        json_array_append_new(arr, jo);
+        line = nl + 1;
+    }
+    assert_int_equal(json_array_size(arr), 4);
+    check_csv_against_json(r.out, arr);
+    json_decref(arr);
+    free(jl);
+    unlink(jsonl);
+    free_run(&r);
+
     /* --parallel: aggregate rows, named "x P"; json closes its array */
     r = bench(dir, ARGS("-p", "0", "-n", "2", "-d", "4", "--parallel", "1,3", "-r", "1", "-t", "1", "-o", "json"));
     if (r.status != 0) fail_msg("bench --parallel failed: %s", r.err);
@@ -587,12 +783,164 @@ static void test_cli_failures(void **state) {
     json_decref(arr);
     free_run(&r);
 
+    /* a model of the list that does not load, first or last: one line for
+     * it, the other model's rows written, exit 1 */
+    char list[8500];
+    snprintf(list, sizeof list, "/no/such/model.gguf,%s", tu_model_path());
+    r = bench(dir, ARGS("-m", list, "-p", "0", "-n", "2", "-r", "1", "-t", "1", "-o", "csv"));
+    expect_error(&r, 1, "/no/such/model.gguf");
+    assert_int_equal(count_char(r.out, '\n'), 2);   /* header + the good model's tg2 */
+    free_run(&r);
+    char trunc[4200];   /* a model file cut short: it does not load */
+    snprintf(trunc, sizeof trunc, "%s/cut.gguf", dir);
+    {
+        size_t n = 0;
+        char *m = tu_read_file(tu_model_path(), &n);
+        assert_non_null(m);
+        FILE *tf = fopen(trunc, "wb");
+        assert_non_null(tf);
+        assert_int_equal(fwrite(m, 1, n / 3, tf), n / 3);
+        fclose(tf);
+        free(m);
+    }
+    snprintf(list, sizeof list, "%s,%s", tu_model_path(), trunc);
+    r = bench(dir, ARGS("-m", list, "-p", "0", "-n", "2", "-r", "1", "-t", "1", "-o", "json"));
+    expect_error(&r, 1, "cut.gguf");
+    arr = json_loads(r.out, 0, &err);
+    if (!arr) fail_msg("json output does not parse after a model failed: %s\n%s", err.text, r.out);
+    assert_int_equal(json_array_size(arr), 1);
+    json_decref(arr);
+    free_run(&r);
+    unlink(trunc);
+
+    /* --roofline: a device that cannot be measured gets one line; the
+     * others are measured and cached; exit 1 */
+    r = bench(dir, ARGS("--roofline", "--backend", "cpu,cuda", "-t", "1", "-r", "1", "-o", "jsonl"));
+    expect_error(&r, 1, "cuda");
+    assert_int_equal(count_char(r.out, '\n'), 1);
+    assert_non_null(strstr(r.out, "\"method\":\"streaming read\""));
+    free_run(&r);
+    char cached[4200];
+    snprintf(cached, sizeof cached, "%s/roofline", dir);
+    {   /* the cpu file is there; remove it so rmdir below works */
+        char name[128], path[4300];
+        assert_int_equal(lethe_device_name("cpu", 0, name, sizeof name), LETHE_OK);
+        setenv("LETHE_CACHE", dir, 1);
+        bench_roofline_path(path, sizeof path, "cpu", 0, name);
+        assert_true(bench_roofline_cached("cpu", 0, name) > 0);
+        unsetenv("LETHE_CACHE");
+        unlink(path);
+        rmdir(cached);
+    }
+
     /* a GPU backend that is not there must not run on the CPU under its name */
     r = bench(dir, ARGS("-p", "0", "-n", "2", "-r", "1", "--backend", "cuda,cpu", "-t", "1", "-o", "csv"));
     expect_error(&r, 1, "cuda");
     assert_int_equal(count_char(r.out, '\n'), 2);   /* header + the cpu row */
     assert_null(strstr(r.out, ",cuda,"));
     free_run(&r);
+    rmdir(dir);
+}
+
+/* The progress line goes to stderr only: stdout is exactly the results
+ * (json parses whole), stderr names every row; --no-progress silences it. */
+static void test_cli_progress(void **state) {
+    (void)state;
+    char dir[] = "/tmp/lethe-bench-cache-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    run_result r = bench(dir, ARGS("-p", "0", "-n", "2", "-d", "0,4", "-r", "1", "-t", "1", "--progress", "-o", "json"));
+    if (r.status != 0) fail_msg("bench --progress failed: %s", r.err);
+    json_error_t err;
+    json_t *arr = json_loads(r.out, 0, &err);
+    if (!arr) fail_msg("stdout is not only the json: %s\n%s", err.text, r.out);
+    assert_int_equal(json_array_size(arr), 2);
+    json_decref(arr);
+    assert_null(strstr(r.out, "lethe:"));
+    assert_non_null(strstr(r.err, "lethe: bench [1/2] tg2"));
+    assert_non_null(strstr(r.err, "lethe: bench [2/2] tg2 @ d4"));
+    assert_non_null(strstr(r.err, "left"));   /* the estimate, once a row is done */
+    free_run(&r);
+    r = bench(dir, ARGS("-p", "0", "-n", "2", "-r", "1", "-t", "1", "--no-progress", "-o", "csv"));
+    assert_int_equal(r.status, 0);
+    assert_null(strstr(r.err, "bench ["));
+    free_run(&r);
+    rmdir(dir);
+}
+
+/* A GPU row where the backend has a device clock (Vulkan timestamps; in CI
+ * lavapipe): the device columns are filled and consistent with the wall
+ * clock, the CPU row's are null. And the GPU roofline: measured through
+ * buffer_copy once the backend offers it (then a row gets % roofline), else
+ * one line naming buffer_copy. Skipped where no Vulkan device is. */
+static void test_cli_gpu_clock(void **state) {
+    (void)state;
+    /* a backend of our own first, to pin the driver while it is loaded:
+     * lavapipe's own leaks then keep its name for tests/lsan.supp */
+    lethe_backend *vb = lethe_backend_vulkan_new(0);
+    if (!vb) {
+        print_message("no Vulkan device (%s): skipped\n", lethe_last_error());
+        skip();
+    }
+    tu_pin_vulkan_driver();
+    vb->iface->free(vb);
+    char name[128];
+    assert_int_equal(lethe_device_name("vulkan", 0, name, sizeof name), LETHE_OK);
+    /* The lethe children cannot pin the driver, so LeakSanitizer (sanitizer
+     * builds) could not name lavapipe's leaks there: no leak check in them.
+     * The engine's Vulkan paths are leak-checked in process by
+     * test_vulkan_e2e/test_vulkan_dms. */
+    const char *asan = getenv("ASAN_OPTIONS");
+    char *asan_saved = asan ? strdup(asan) : NULL;
+    char asan_child[1024];
+    snprintf(asan_child, sizeof asan_child, "%s%sdetect_leaks=0", asan ? asan : "", asan && *asan ? ":" : "");
+    setenv("ASAN_OPTIONS", asan_child, 1);
+    char dir[] = "/tmp/lethe-bench-cache-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    run_result r = bench(dir, ARGS("--roofline", "--backend", "vulkan", "-r", "1", "-o", "jsonl"));
+    bool have_roofline = r.status == 0;
+    if (have_roofline) {
+        json_error_t err;
+        json_t *o = json_loads(r.out, 0, &err);
+        assert_non_null(o);
+        assert_true(json_number_value(json_object_get(o, "gbps")) > 0);
+        assert_non_null(strstr(json_string_value(json_object_get(o, "method")), "device-to-device copy"));
+        json_decref(o);
+    } else {
+        expect_error(&r, 1, "buffer_copy");
+    }
+    free_run(&r);
+
+    r = bench(dir, ARGS("--backend", "vulkan,cpu", "-p", "0", "-n", "1", "-r", "1", "-t", "1", "-o", "json"));
+    if (r.status != 0) fail_msg("bench on vulkan failed: %s", r.err);
+    json_error_t err;
+    json_t *arr = json_loads(r.out, 0, &err);
+    assert_non_null(arr);
+    assert_int_equal(json_array_size(arr), 2);
+    json_t *gpu = json_array_get(arr, 0), *cpu = json_array_get(arr, 1);
+    assert_string_equal(json_string_value(json_object_get(gpu, "backend")), "vulkan");
+    assert_string_equal(json_string_value(json_object_get(gpu, "device_name")), name);
+    double busy = jnum(gpu, "device_busy_pct"), dg = jnum(gpu, "device_gbps"), g = jnum(gpu, "gbps");
+    if (isnan(busy)) {
+        print_message("the Vulkan device has no timestamps: device columns null\n");
+        assert_true(isnan(dg));
+    } else {
+        assert_true(busy > 0 && busy <= 100.5);             /* device time within the wall time */
+        assert_float_equal(dg, g * 100.0 / busy, 1e-6 * dg);  /* the same bytes over the device time */
+    }
+    assert_true(have_roofline ? jnum(gpu, "roofline_pct") > 0 : isnan(jnum(gpu, "roofline_pct")));
+    assert_true(isnan(jnum(cpu, "device_busy_pct")) && isnan(jnum(cpu, "device_gbps")));
+    json_decref(arr);
+    free_run(&r);
+    if (asan_saved) setenv("ASAN_OPTIONS", asan_saved, 1);
+    else unsetenv("ASAN_OPTIONS");
+    free(asan_saved);
+    char path[4300];
+    setenv("LETHE_CACHE", dir, 1);
+    bench_roofline_path(path, sizeof path, "vulkan", 0, name);
+    unsetenv("LETHE_CACHE");
+    unlink(path);
+    snprintf(path, sizeof path, "%s/roofline", dir);
+    rmdir(path);
     rmdir(dir);
 }
 
@@ -645,8 +993,11 @@ int main(void) {
         cmocka_unit_test(test_formats),
         cmocka_unit_test(test_peer_parse),
         cmocka_unit_test(test_roofline),
+        cmocka_unit_test(test_measure_copy),
         cmocka_unit_test(test_cli_sweep),
         cmocka_unit_test(test_cli_failures),
+        cmocka_unit_test(test_cli_progress),
+        cmocka_unit_test(test_cli_gpu_clock),
         cmocka_unit_test(test_cli_peer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

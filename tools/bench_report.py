@@ -3,7 +3,8 @@
 
     tools/bench_report.py tables ROWS.jsonl...            markdown for docs/BENCHMARKS.md
     tools/bench_report.py update docs/BENCHMARKS.md       regenerate its marked blocks in place
-    tools/bench_report.py plot ROWS.jsonl... --out DIR [--name PREFIX] [--eval EVAL.json...]
+    tools/bench_report.py plot ROWS.jsonl... --out DIR [--name PREFIX] [--eval EVAL.json...] [--tables]
+    tools/bench_report.py check                           can `plot` run here? (one line and exit 1 if not)
 
 ROWS files hold the rows of `lethe bench -o jsonl` (or `--jsonl FILE`), or
 the array of `-o json`; peer rows (engine "llama.cpp") come in the same
@@ -16,6 +17,12 @@ of t/s. `plot` writes, with gnuplot (Debian: gnuplot-nox, installed by
     PREFIX-pp-depth.svg/.png   the same for pp rows (when there are any)
     PREFIX-pareto.svg/.png     with --eval (`lethe eval -o json` output): KL to
                                `none` against compression, one point per policy
+    PREFIX.md                  with --tables: what `tables` prints (provenance, rows,
+                               the backend x device table)
+
+This script is the one definition of the plots: `lethe bench --plot DIR`
+runs it (installed as <prefix>/share/lethe/bench_report.py, and copied to
+the same place in the build tree) on the rows it has just measured.
 
 `update` rewrites every block of a markdown file between
     <!-- bench-report: tables docs/data/a.jsonl docs/data/b.jsonl -->
@@ -29,6 +36,7 @@ import argparse
 import collections
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -106,15 +114,18 @@ def cmd_tables(args):
         out.append(f"- Model: {'; '.join(models)}")
         out.append(f"- Command: `{command}`")
         out.append("")
+        # GPU runs timed by the device's clock get its two columns (bench.h)
+        dev = any(r.get("device_busy_pct") is not None for r in rs)
         out.append("| test | engine | backend | threads | kv policy | t/s | KV resident | KV reads/tok | CR | GB/s "
-                   "| % roofline | ratio |")
+                   "| % roofline |" + (" device busy % | device GB/s |" if dev else "") + " ratio |")
         out.append("| ---- | ------ | ------- | ------: | --------- | --: | ----------: | -----------: | -: | ---: "
-                   "| ---------: | ----: |")
+                   "| ---------: |" + (" ------------: | ----------: |" if dev else "") + " ----: |")
         for r in rs:
+            dcells = (f" {num(r.get('device_busy_pct'), '.1f')} | {num(r.get('device_gbps'), '.2f')} |" if dev else "")
             out.append(f"| {r['test']} | {r['engine']} | {r['backend']} | {r['n_threads']} | {r['kv_policy']} | "
                        f"{ts_cell(r)} | {human_bytes(r.get('kv_bytes'))} | {num(r.get('kv_reads_per_token'), '.0f')} | "
                        f"{num(r.get('compression'), '.2f')} | {num(r.get('gbps'), '.2f')} | "
-                       f"{num(r.get('roofline_pct'), '.1f')} | {num(r.get('ratio'), '.2f')} |")
+                       f"{num(r.get('roofline_pct'), '.1f')} |{dcells} {num(r.get('ratio'), '.2f')} |")
         out.append("")
     # backend x device: mean t/s of lethe's rows per test, one column per device
     ours = [r for r in rows if r.get("engine") == "lethe"]
@@ -165,10 +176,13 @@ def cmd_update(args):
     print(f"{args.doc}: {n} block(s) regenerated")
 
 
+GNUPLOT_MISSING = "bench_report: gnuplot not found: install it with tools/setup.sh --plots (Debian: gnuplot-nox)"
+
+
 def gnuplot(script, what):
     exe = shutil.which("gnuplot")
     if not exe:
-        sys.exit("bench_report: gnuplot not found: install it with tools/setup.sh --plots (Debian: gnuplot-nox)")
+        sys.exit(GNUPLOT_MISSING)
     p = subprocess.run([exe], input=script, text=True, capture_output=True)
     if p.returncode != 0:
         sys.exit(f"bench_report: gnuplot failed on {what}: {p.stderr.strip().splitlines()[-1] if p.stderr else p.returncode}")
@@ -178,8 +192,24 @@ def esc(s):   # for a double-quoted gnuplot string (enhanced text is off)
     return s.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def plot_lines(series, title, xlabel, ylabel, base, logx=False):
-    """series: {label: [(x, y, sd), ...]} → base.svg and base.png."""
+def provenance(rows):
+    """The caption every figure carries: date(s), machine, lethe commit(s), command(s)."""
+    ours = [r for r in rows if r.get("engine") == "lethe"] or rows
+    dates = sorted({r.get("date", "")[:10] for r in ours if r.get("date")})
+    commits = sorted({r.get("commit", "") for r in ours if r.get("commit")})
+    devices = sorted({r.get("device_name", "") for r in ours if r.get("device_name")})
+    cmds = list(collections.OrderedDict((r.get("command", ""), None) for r in ours if r.get("command")))
+    cmd = cmds[0] if len(cmds) == 1 else f"{len(cmds)} commands, in the rows' json"
+    cmd = re.sub(r"(?<![\w.])/(?:[^\s/]+/)+", "", cmd)   # folders left out: the width of a figure
+    if len(cmd) > 125:
+        cmd = cmd[:122] + "..."
+    when = dates[0] if len(dates) == 1 else (f"{dates[0]}..{dates[-1]}" if dates else "?")
+    return f"{when} · {'; '.join(devices) or '?'} · lethe {', '.join(commits) or '?'}\n{cmd}"
+
+
+def plot_lines(series, title, xlabel, ylabel, base, logx=False, caption=""):
+    """series: {label: [(x, y, sd), ...]} → base.svg and base.png, `caption`
+    (provenance) in small print under the plot."""
     data = base + ".dat"
     with open(data, "w", encoding="utf-8") as f:
         for label, pts in series.items():
@@ -198,7 +228,8 @@ def plot_lines(series, title, xlabel, ylabel, base, logx=False):
     plots = ", ".join(f"'{data}' index {i} using 1:2:3 with yerrorlines title \"{esc(label)}\""
                       for i, label in enumerate(series))
     common = (f"set title \"{esc(title)}\"\nset xlabel \"{xlabel}\"\nset ylabel \"{ylabel}\"\n"
-              "set termoption noenhanced\nset grid\nset key outside right top\nset yrange [0:*]\n" + ("set logscale x 2\n" if logx else ""))
+              "set termoption noenhanced\nset grid\nset key outside right top\nset yrange [0:*]\n" + ("set logscale x 2\n" if logx else "") +
+              (f"set bmargin 6\nset label 1 \"{esc(caption).replace(chr(10), chr(92) + 'n')}\" at screen 0.01, screen 0.05 left font ',7'\n" if caption else ""))
     for term, ext in (("svg size 720,420 dynamic font 'sans,11'", "svg"), ("pngcairo size 720,420 font 'sans,9'", "png")):
         gnuplot(f"set terminal {term}\nset output '{base}.{ext}'\n{common}plot {plots}\n", f"{base}.{ext}")
     os.remove(data)
@@ -227,7 +258,8 @@ def cmd_plot(args):
         dev = ours[0].get("device_name", "")
         title = f"{kind}{'/'.join(map(str, sizes))} t/s against depth — {model}, {dev}"
         base = os.path.join(args.out, f"{args.name}-{kind}-depth")
-        written += plot_lines(series, title, "depth (tokens in the cache)", "tokens per second", base)
+        written += plot_lines(series, title, "depth (tokens in the cache)", "tokens per second", base,
+                              caption=provenance(rs))
     if args.eval:
         series = collections.OrderedDict()
         for path in args.eval:
@@ -243,8 +275,26 @@ def cmd_plot(args):
                                   "KL to the full cache (nats/token)", base, logx=True)
     if not written:
         sys.exit("bench_report: nothing to plot (no tg/pp rows, no eval data)")
+    if args.tables:
+        md = os.path.join(args.out, f"{args.name}.md")
+        with open(md, "w", encoding="utf-8") as f:
+            f.write(tables_text(args.rows) + "\n")
+        written.append(md)
     for w in written:
         print(w)
+
+
+def cmd_check(args):
+    """What `plot` needs beyond this script: gnuplot with its SVG and PNG
+    terminals. Exit 0 silently, or one line on stderr and exit 1 (before a
+    long `lethe bench --plot` sweep, not after it)."""
+    exe = shutil.which("gnuplot")
+    if not exe:
+        sys.exit(GNUPLOT_MISSING)
+    p = subprocess.run([exe], input="set terminal svg\nset terminal pngcairo\n", text=True, capture_output=True)
+    if p.returncode != 0:
+        last = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit status {p.returncode}"
+        sys.exit(f"bench_report: {exe} lacks the svg or pngcairo terminal: {last}")
 
 
 def main():
@@ -261,7 +311,10 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--name", default="bench")
     p.add_argument("--eval", nargs="*", default=[], help="lethe eval -o json outputs (Pareto view)")
+    p.add_argument("--tables", action="store_true", help="also write PREFIX.md with the tables")
     p.set_defaults(fn=cmd_plot)
+    c = sub.add_parser("check", help="exit 0 if `plot` can run here, else one line and exit 1")
+    c.set_defaults(fn=cmd_check)
     args = ap.parse_args()
     args.fn(args)
 

@@ -21,7 +21,8 @@
 #             $LETHE_PEER_SRC (default .peer/llama.cpp; make it here with
 #             tools/peer/trim-llama-cpp.sh and carry it)
 # OUTDIR gets at most 8 files: results.md (the summary: GPU, commit, tests, tables),
-# gpu.txt, build.log, test.log, sanitize.log, bench.log, peer.log.
+# gpu.txt, build.log, test.log, sanitize.log, bench.log, bench.jsonl (every bench row, for
+# tools/bench_report.py tables/plot), peer.log.
 #
 # Libraries: when .gpu-deps/ holds .deb files (tools/gpu-deps.sh makes them here; carry
 # ".gpu-deps"), they are unpacked under $LETHE_GPU_WORK/deps (never into /) and pkg-config,
@@ -239,9 +240,14 @@ bench_step() {
 if has bench; then
     note ""
     note "## lethe bench"
-    note ""
-    note "### memory-bandwidth roofline of $DEPTH_BACKEND (device-to-device copy; the % roofline columns use it)"
-    bench_step "roofline-$DEPTH_BACKEND" "$OUT/bench.log" "$LETHE" bench --roofline --backend "$DEPTH_BACKEND" -o md
+    # the roofline of each device first (GPU: buffer_copy, timed by the device clock where
+    # the backend has one), so the rows below get their % roofline column
+    for be in $BACKENDS; do
+        note ""
+        note "### roofline, $be"
+        bench_step "roofline-$be" "$OUT/bench.log" env VK_LOADER_DRIVERS_SELECT='*nvidia*' \
+            "$LETHE" bench --roofline --backend "$be" -r 3 -o md
+    done
     for mt in $MODELS; do
         f="$(model_path "$mt")"
         [[ -s "$f" ]] || { say "bench: no $f (run the synth stage)"; failed+=("bench-$mt"); continue; }
@@ -251,7 +257,7 @@ if has bench; then
             note ""
             note "### $mt, $be: ${args[*]}"
             bench_step "bench-$mt-$be" "$OUT/bench.log" env VK_LOADER_DRIVERS_SELECT='*nvidia*' \
-                "$LETHE" bench -m "$f" --backend "$be" "${args[@]}" -o md
+                "$LETHE" bench -m "$f" --backend "$be" "${args[@]}" -o md --jsonl "$OUT/bench.jsonl"
         done
         # decode at depth, P sequences together: none against DMS forced to ~8x
         # (the cache in managed memory; metadata placement per LETHE_GPU_KV_META)
@@ -265,7 +271,7 @@ if has bench; then
                 note "### $mt, $DEPTH_BACKEND, tg at depths $DEPTHS x parallel $PARALLEL, KV policy $pol (KV metadata: $meta)"
                 bench_step "depth-$mt-$pol-$meta" "$OUT/bench.log" env LETHE_CUDA_KV_META="$meta" "$LETHE" bench -m "$f" \
                     --backend "$DEPTH_BACKEND" -p 0 -n 32 -r "${LETHE_GPU_DEPTH_REPS:-2}" -d "$DEPTHS" --parallel "$PARALLEL" \
-                    "${extra[@]}" -o md
+                    "${extra[@]}" -o md --jsonl "$OUT/bench.jsonl"
             done
         done
     done

@@ -466,6 +466,9 @@ static lethe_status vk_synchronize(lethe_backend *be) {
     return LETHE_OK;
 }
 
+/* every compute() brackets its command buffer with two timestamps (vk_ops.c) */
+static double vk_device_ms(lethe_backend *be) { return ((vk_ctx *)be->ctx)->total_compute_ms; }
+
 static const lethe_backend_iface k_vk_iface = {
     .free = vk_free,
     .get_info = vk_get_info,
@@ -477,6 +480,7 @@ static const lethe_backend_iface k_vk_iface = {
     .compute = lethe_vk_compute,
     .synchronize = vk_synchronize,
     .buffer_alloc_shared = vk_buffer_alloc_shared,
+    .device_ms = vk_device_ms,
 };
 
 static lethe_status vk_init(vk_ctx *c, int device) {

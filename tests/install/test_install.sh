@@ -35,6 +35,8 @@ for f in "$PREFIX/include/lethe.h" "$PREFIX/bin/lethe" "$LIBDIR/liblethe.a" "$LI
     [ -e "$f" ] || fail "missing $f"
 done
 [ -d "$LIBDIR/lethe" ] || fail "missing the backend module folder $LIBDIR/lethe"
+REPORT="$(find "$PREFIX" -path '*/share/lethe/bench_report.py' -print -quit)"
+[ -n "$REPORT" ] && [ -x "$REPORT" ] || fail "no executable share/lethe/bench_report.py installed"
 soname="$(objdump -p "$LIBDIR/liblethe.so" | awk '/SONAME/ {print $2}')"
 [[ "$soname" =~ ^liblethe\.so\.[0-9]+$ ]] || fail "soname is '$soname'"
 [ -e "$LIBDIR/$soname" ] || fail "no $soname symlink"
@@ -77,6 +79,22 @@ OMP_WAIT_POLICY=passive "$PREFIX/bin/lethe" generate -m "$MODEL" -p "$PROMPT" -n
     echo "simple: $(cat "$WORK/simple.out")" >&2; echo "lethe:  $(cat "$WORK/want.out")" >&2
     fail "the C example's greedy stream differs from lethe generate"; }
 [ "$(wc -c < "$WORK/cli.out")" -gt 10 ] || fail "the continuation is nearly empty"
+
+step "lethe bench --plot finds the installed bench_report.py"
+# Not the build tree's copy: the installed binary looks next to itself. With
+# gnuplot the plots appear; without it the one error line is about gnuplot,
+# not a missing script.
+set +e
+env -u LETHE_BENCH_REPORT OMP_WAIT_POLICY=passive LETHE_CACHE="$WORK/cache" "$PREFIX/bin/lethe" bench -m "$MODEL" \
+    -p 0 -n 1 -r 1 -t 1 --no-progress -o csv --plot "$WORK/plots" > "$WORK/bench.out" 2> "$WORK/bench.err"
+rc=$?
+set -e
+[ "$(wc -l < "$WORK/bench.out")" -eq 2 ] || fail "bench --plot did not print its row"
+if command -v gnuplot >/dev/null; then
+    [ "$rc" -eq 0 ] && [ -s "$WORK/plots/bench-tg-depth.svg" ] || { cat "$WORK/bench.err" >&2; fail "no plot from the installed lethe"; }
+else
+    grep -q "gnuplot not found" "$WORK/bench.err" || { cat "$WORK/bench.err" >&2; fail "bench --plot without gnuplot"; }
+fi
 
 step "C example linked statically (pkg-config --static)"
 # shellcheck disable=SC2046

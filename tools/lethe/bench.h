@@ -4,6 +4,7 @@
  *   bench_format.c   rows as md / csv / json / jsonl
  *   bench_roofline.c measured device bandwidth, cached per device
  *   bench_peer.c     llama-bench on the same file and settings
+ *   bench_plot.c     --plot DIR: runs tools/bench_report.py on the rows
  * Kept apart from the CLI's option parsing so tests link them directly. */
 #ifndef LETHE_BENCH_H
 #define LETHE_BENCH_H
@@ -94,6 +95,10 @@ typedef struct bench_row {
     double gbps;              /* bytes the step must stream / time          */
     double roofline_gbps;     /* the device's measured bandwidth (NAN: none) */
     double roofline_pct;
+    /* by the GPU's own clock (lethe_get_device_ms; NAN: no such clock):
+     * the share of the timed wall time the device was busy, and the
+     * bytes streamed over the device time (the kernels' bandwidth) */
+    double device_busy_pct, device_gbps;
     double peer_ts, ratio;    /* the peer's t/s on the same test; ours / it  */
     /* provenance */
     char date[32], commit[48], command[1024];
@@ -139,6 +144,22 @@ bool bench_peer_run(const char *name, const char *path, const char *model, const
 /* Parse llama-bench's `-o jsonl` output into rows (engine = name). */
 bool bench_peer_parse_jsonl(const char *name, const char *text, bench_peer_result *out);
 void bench_peer_free(bench_peer_result *r);
+
+/* ---- plots ------------------------------------------------------------- */
+
+/* The plot script: $LETHE_BENCH_REPORT, else <exe dir>/<bin->share>/lethe/
+ * bench_report.py (installed and build trees alike). `out` is the path
+ * tried; false when it is not readable. */
+bool bench_plot_script(char *out, size_t cap);
+/* Can the script plot here (python3, the script, gnuplot)? False with a
+ * one-line reason in `why`. `found`: what bench_plot_script returned. */
+bool bench_plot_check(const char *script, bool found, char *why, size_t why_cap);
+/* Plot `rows` (a jsonl file) into dir/name-*.svg/.png and dir/name.md; the
+ * script's list of files goes to stderr. False with a reason in `why`. */
+bool bench_plot_run(const char *script, const char *rows, const char *dir, const char *name, char *why,
+                    size_t why_cap);
+/* mkdir -p; false when `path` cannot be made a folder (errno says why). */
+bool bench_mkdir_p(const char *path);
 
 /* Human-readable bytes "92.10 MiB" and the inverse (tests, md parse-back). */
 void bench_human_bytes(char *out, size_t cap, double b);

@@ -3,8 +3,9 @@
  *
  * Every format carries the same numbers: json/jsonl/csv at full precision,
  * md rounded for reading (2 decimals, bytes in KiB/MiB/GiB). Unknown values
- * (a peer's KV columns, a roofline never measured) are empty cells in md and
- * csv and null in JSON. tests/test_bench.c parses the md back and checks it
+ * (a peer's KV columns, a roofline never measured, device timings on the CPU)
+ * are empty cells in md and csv and null in JSON. The device columns are in
+ * csv and JSON only (md keeps llama-bench's shape plus the KV columns). tests/test_bench.c parses the md back and checks it
  * against the JSON. */
 #include "bench.h"
 
@@ -49,7 +50,7 @@ double bench_parse_human_bytes(const char *s) {
 static const char *k_csv_cols =
     "engine,model,model_file,size_bytes,n_params,backend,device,device_name,n_threads,n_batch,n_parallel,kv_policy,"
     "n_prompt,n_gen,n_depth,test,avg_ts,stddev_ts,kv_bytes,kv_peak_bytes,kv_reads_per_token,compression,gbps,"
-    "roofline_gbps,roofline_pct,peer_ts,ratio,date,commit,command";
+    "roofline_gbps,roofline_pct,device_busy_pct,device_gbps,peer_ts,ratio,date,commit,command";
 
 void bench_print_header(FILE *f, bench_fmt fmt) {
     if (fmt == BENCH_MD) {
@@ -103,6 +104,8 @@ void bench_print_json_row(FILE *f, const bench_row *r) {
     json_object_set_new(o, "gbps", num_or_null(r->gbps));
     json_object_set_new(o, "roofline_gbps", num_or_null(r->roofline_gbps));
     json_object_set_new(o, "roofline_pct", num_or_null(r->roofline_pct));
+    json_object_set_new(o, "device_busy_pct", num_or_null(r->device_busy_pct));
+    json_object_set_new(o, "device_gbps", num_or_null(r->device_gbps));
     json_object_set_new(o, "peer_ts", num_or_null(r->peer_ts));
     json_object_set_new(o, "ratio", num_or_null(r->ratio));
     json_object_set_new(o, "date", json_string(r->date));
@@ -193,6 +196,8 @@ void bench_print_row(FILE *f, bench_fmt fmt, const bench_row *r, bool first) {
         csv_num(f, r->gbps);
         csv_num(f, r->roofline_gbps);
         csv_num(f, r->roofline_pct);
+        csv_num(f, r->device_busy_pct);
+        csv_num(f, r->device_gbps);
         csv_num(f, r->peer_ts);
         csv_num(f, r->ratio);
         fputc(',', f); csv_str(f, r->date);

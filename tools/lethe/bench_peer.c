@@ -103,6 +103,7 @@ bool bench_peer_parse_jsonl(const char *name, const char *text, bench_peer_resul
             }
             r->kv_bytes = r->kv_peak = r->kv_reads_per_tok = r->compression = NAN;
             r->gbps = r->roofline_gbps = r->roofline_pct = r->peer_ts = r->ratio = NAN;
+            r->device_busy_pct = r->device_gbps = NAN;
             snprintf(r->date, sizeof r->date, "%s", jstr(o, "test_time"));
             snprintf(r->commit, sizeof r->commit, "%s %s", name, jstr(o, "build_commit"));
             json_decref(o);

@@ -50,18 +50,6 @@ double bench_roofline_cached(const char *backend, int32_t device, const char *de
     return isfinite(v) && v > 0 ? v : NAN;
 }
 
-static bool mkdir_p(const char *path) {
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s", path);
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/') continue;
-        *p = '\0';
-        if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return false;
-        *p = '/';
-    }
-    return mkdir(tmp, 0755) == 0 || errno == EEXIST;
-}
-
 bool bench_roofline_measure(const char *backend, int32_t device, int32_t threads, int reps, bench_fmt fmt, FILE *out,
                             bool first) {
     lethe_bandwidth bw;
@@ -89,7 +77,7 @@ bool bench_roofline_measure(const char *backend, int32_t device, int32_t threads
     json_object_set_new(o, "repetitions", json_integer(reps));
     json_object_set_new(o, "date", json_string(date));
     json_object_set_new(o, "cache_file", json_string(path));
-    bool saved = mkdir_p(dir) && json_dump_file(o, path, JSON_INDENT(2) | JSON_PRESERVE_ORDER) == 0;
+    bool saved = bench_mkdir_p(dir) && json_dump_file(o, path, JSON_INDENT(2) | JSON_PRESERVE_ORDER) == 0;
     if (!saved) cli_warn("cannot write the roofline cache '%s': %s", path, strerror(errno));
     if (fmt == BENCH_MD) {
         if (first) {

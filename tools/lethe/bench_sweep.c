@@ -105,7 +105,7 @@ bool bench_sweep_build(const bench_sweep_args *a, bench_sweep *s) {
                                   &s->n_budgets);
     ok = ok && cli_parse_i32_list("--dms-window", a->dms_windows ? a->dms_windows : "-1", -1, 1 << 24, &s->windows,
                                   &s->n_windows);
-    ok = ok && parse_f32_list("--dms-force-rate", a->dms_force ? a->dms_force : "-1", -1.0f, 1.0f, &s->force,
+    ok = ok && parse_f32_list("--dms-force-rate", a->dms_force ? a->dms_force : "-1", a->dms_force ? 0.0f : -1.0f, 1.0f, &s->force,
                               &s->n_force);
     if (ok) {
         char **names = NULL;

@@ -74,6 +74,8 @@ typedef struct cli_opts {
     const char *kv_budget_list, *dms_window_list, *dms_force_list, *parallel_list;
     const char *peer;             /* --peer llama.cpp=PATH (bench)              */
     const char *jsonl;            /* --jsonl FILE: rows also appended there     */
+    const char *plot_dir;         /* --plot DIR (bench)                         */
+    const char *plot_name;        /* --plot-name NAME (NULL: "bench")           */
     bool roofline;                /* --roofline (bench)                         */
     int progress;                 /* --progress / --no-progress (-1: on a tty)  */
 } cli_opts;

@@ -22,7 +22,7 @@ enum {
     OPT_SEED, OPT_BACKEND, OPT_DEVICE, OPT_SYSTEM, OPT_IGNORE_EOS, OPT_STATS, OPT_NO_SPECIAL,
     OPT_PIECES, OPT_TOKENS, OPT_CHUNKS, OPT_KV_POLICY, OPT_KV_BUDGET, OPT_DMS_WINDOW, OPT_DMS_FORCE,
     OPT_KV_MEM, OPT_KV_STATS, OPT_PARALLEL, OPT_DMS_ADAPTER, OPT_POLICIES, OPT_PASSKEY, OPT_SAVE, OPT_LOAD,
-    OPT_PEER, OPT_JSONL, OPT_ROOFLINE, OPT_PROGRESS, OPT_NO_PROGRESS, OPT_KV_TYPE,
+    OPT_PEER, OPT_JSONL, OPT_ROOFLINE, OPT_PROGRESS, OPT_NO_PROGRESS, OPT_KV_TYPE, OPT_PLOT, OPT_PLOT_NAME,
 };
 
 typedef struct cli_optdef {
@@ -61,7 +61,7 @@ static const cli_optdef k_opts[] = {
     {"pieces", no_argument, OPT_PIECES, CLI_TOKENIZE, NULL, "print one 'id<TAB>piece' per line"},
     {"tokens", required_argument, OPT_TOKENS, CLI_LOGITS, "ID,..", "token ids instead of a prompt"},
     {"output", required_argument, 'o', CLI_LOGITS, "FILE", "output file: float32 [n_tokens, n_vocab]"},
-    {"output", required_argument, 'o', CLI_BENCH, "FMT", "output format: md (default), csv, json"},
+    {"output", required_argument, 'o', CLI_BENCH, "FMT", "output format: md (default), csv, json, jsonl"},
     {"output", required_argument, 'o', CLI_EVAL, "FMT", "output format: md (default), json"},
     {"policies", required_argument, OPT_POLICIES, CLI_EVAL, "P,..", "policies to compare with none (dms,window,tova,h2o)"},
     {"passkey", required_argument, OPT_PASSKEY, CLI_EVAL, "L,..", "passkey retrieval at these prompt lengths (tokens)"},
@@ -83,6 +83,8 @@ static const cli_optdef k_opts[] = {
     {"parallel", required_argument, OPT_PARALLEL, CLI_BENCH, "N,..", "sequences decoding together; t/s is their sum (1)"},
     {"peer", required_argument, OPT_PEER, CLI_BENCH, "NAME=PATH", "also run a peer on the same file and settings: llama.cpp=PATH to llama-bench (or its folder)"},
     {"jsonl", required_argument, OPT_JSONL, CLI_BENCH, "FILE", "also append every row to FILE as a JSON line"},
+    {"plot", required_argument, OPT_PLOT, CLI_BENCH, "DIR", "also write the rows to DIR/NAME.jsonl and plot them there (SVG, PNG, NAME.md tables; needs python3 and gnuplot)"},
+    {"plot-name", required_argument, OPT_PLOT_NAME, CLI_BENCH, "NAME", "file name prefix for --plot (bench)"},
     {"roofline", no_argument, OPT_ROOFLINE, CLI_BENCH, NULL, "measure and cache each device's memory bandwidth (--backend, --device, -t, -r)"},
     {"progress", no_argument, OPT_PROGRESS, CLI_BENCH, NULL, "progress line on stderr even when it is not a terminal"},
     {"no-progress", no_argument, OPT_NO_PROGRESS, CLI_BENCH, NULL, "no progress line"},
@@ -238,6 +240,8 @@ static bool bench_opt(int c, const char *arg, cli_opts *o) {
     case OPT_PARALLEL: o->parallel_list = arg; return true;
     case OPT_PEER: o->peer = arg; return true;
     case OPT_JSONL: o->jsonl = arg; return true;
+    case OPT_PLOT: o->plot_dir = arg; return true;
+    case OPT_PLOT_NAME: o->plot_name = arg; return true;
     case OPT_ROOFLINE: o->roofline = true; return true;
     case OPT_PROGRESS: o->progress = 1; return true;
     case OPT_NO_PROGRESS: o->progress = 0; return true;

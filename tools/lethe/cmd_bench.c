@@ -24,12 +24,18 @@
  * the weights once (model bytes) and every slot read is one K and one V row
  * of head_dim f16 values. On pp rows that is far below the roofline by
  * nature (prefill is compute-bound); on tg rows it says how close decoding
- * came to the physical limit.
+ * came to the physical limit. Where the GPU backend has a device clock
+ * (Vulkan timestamps; lethe_get_device_ms), the rows also say how busy the
+ * device was during the timed part and what the kernels achieved over the
+ * device's own time (device_busy_pct, device_gbps in csv/json): t/s stays
+ * wall-clock, what a user gets and what llama-bench reports.
  *
  * Output: rows go to stdout as they are measured (so an error later leaves
  * the rows already measured in place, and json still closes its array), a
  * progress line goes to stderr, errors are one line each; the exit status is
- * 1 if any row or the peer failed. */
+ * 1 if any row, the peer or the plots failed. --plot DIR also writes the rows
+ * to DIR/NAME.jsonl and plots them with tools/bench_report.py (bench_plot.c
+ * says why the script and not C). */
 #include "bench.h"
 #include "cli.h"
 
@@ -52,12 +58,14 @@ static const char k_bench_help[] =
     "  lethe bench -p 512 -n 128 -d 0,1024 -r 5 -o md\n"
     "  lethe bench --roofline                      (measure and cache the CPU's bandwidth)\n"
     "  lethe bench -p 0 -n 64 -d 0,2048 --kv-policy none,dms --dms-force-rate 0.9 --jsonl out.jsonl\n"
-    "  lethe bench -t 2 --peer llama.cpp=$HOME/.cache/lethe/llama.cpp-build/bin";
+    "  lethe bench -t 2 --peer llama.cpp=$HOME/.cache/lethe/llama.cpp-build/bin\n"
+    "  lethe bench -p 0 -n 128 -d 0,1024,4096 --kv-policy none,dms --plot plots   (plots/bench-tg-depth.svg ...)";
 
 typedef struct bench_env {
     const cli_opts *o;
     bench_fmt fmt;
     FILE *jsonl;            /* --jsonl FILE, or NULL */
+    FILE *plot_rows;        /* --plot DIR: DIR/NAME.jsonl, or NULL */
     uint64_t rng;
     lethe_token *tok;       /* [cap] token ids of one decode call */
     int32_t *seq;           /* [cap] their sequences              */
@@ -185,21 +193,28 @@ static bool run_point(bench_env *e, const bench_point *p, bench_row *r) {
     const int32_t n_tok = (p->n_prompt > 0 ? p->n_prompt : p->n_gen) * p->parallel;
     /* one K and one V row of head_dim f16 values per slot read */
     const double slot_bytes = (double)e->mi.head_dim * 2.0 * 2.0;
-    double gbps[BENCH_MAX_REPS];
+    double gbps[BENCH_MAX_REPS], busy[BENCH_MAX_REPS], dgbps[BENCH_MAX_REPS];
+    bool device_clock = true;   /* until a run is not timed by the device */
     for (int i = 0; st == LETHE_OK && i < r->reps; i++) {
         what = "timed run";
         if ((st = refill(e, ctx, p)) != LETHE_OK) break;
         uint64_t reads0 = lethe_get_kv_stats(ctx).reads;
         int64_t calls = 0;
+        const double d0 = lethe_get_device_ms(ctx);
         double t0 = cli_now_s();
         st = timed_part(e, ctx, p, &calls);
         double dt = cli_now_s() - t0;
+        const double dd = d0 >= 0 ? (lethe_get_device_ms(ctx) - d0) * 1e-3 : 0.0;   /* device seconds */
+        if (dd <= 0) device_clock = false;
         if (st != LETHE_OK) break;
         if (dt <= 0) dt = 1e-9;
         lethe_kv_stats ks = lethe_get_kv_stats(ctx);
         r->samples[i] = n_tok / dt;
         const double reads = (double)(ks.reads - reads0);
-        gbps[i] = ((double)calls * (double)e->mi.weight_bytes + reads * slot_bytes) / dt / 1e9;
+        const double bytes = (double)calls * (double)e->mi.weight_bytes + reads * slot_bytes;
+        gbps[i] = bytes / dt / 1e9;
+        busy[i] = dd > 0 ? 100.0 * dd / dt : NAN;
+        dgbps[i] = dd > 0 ? bytes / dd / 1e9 : NAN;
         r->kv_bytes = (double)ks.bytes_resident;
         r->kv_peak = (double)ks.bytes_peak;
         r->kv_reads_per_tok = reads / n_tok;
@@ -218,6 +233,11 @@ static bool run_point(bench_env *e, const bench_point *p, bench_row *r) {
     double sd_unused;
     bench_mean_sd(gbps, r->reps, &r->gbps, &sd_unused);
     r->roofline_pct = isfinite(r->roofline_gbps) ? 100.0 * r->gbps / r->roofline_gbps : NAN;
+    r->device_busy_pct = r->device_gbps = NAN;
+    if (device_clock) {
+        bench_mean_sd(busy, r->reps, &r->device_busy_pct, &sd_unused);
+        bench_mean_sd(dgbps, r->reps, &r->device_gbps, &sd_unused);
+    }
     return true;
 }
 
@@ -227,6 +247,11 @@ static void emit(bench_env *e, const bench_row *r) {
         bench_print_json_row(e->jsonl, r);
         fputc('\n', e->jsonl);
         fflush(e->jsonl);
+    }
+    if (e->plot_rows) {
+        bench_print_json_row(e->plot_rows, r);
+        fputc('\n', e->plot_rows);
+        fflush(e->plot_rows);
     }
     e->any_rows = true;
 }
@@ -346,6 +371,14 @@ int cli_cmd_bench(int argc, char **argv) {
         .depths = o.depth, .parallel = o.parallel_list, .kv_policies = o.kv_policy_list,
         .kv_budgets = o.kv_budget_list, .dms_windows = o.dms_window_list, .dms_force = o.dms_force_list,
     };
+    const char *plot_name = o.plot_name ? o.plot_name : "bench";
+    if (o.plot_dir && o.roofline)
+        return cli_error("--plot applies to bench rows, not to --roofline"), CLI_EXIT_USAGE;
+    if (o.plot_name && !o.plot_dir) return cli_error("--plot-name needs --plot DIR"), CLI_EXIT_USAGE;
+    if (o.plot_dir && !*o.plot_dir) return cli_error("invalid value '' for --plot: expected a folder"), CLI_EXIT_USAGE;
+    if (!*plot_name || strchr(plot_name, '/') || plot_name[0] == '.')
+        return cli_error("invalid value '%s' for --plot-name: expected a file name prefix (no '/', not starting with '.')",
+                         plot_name), CLI_EXIT_USAGE;
     if (o.roofline) return run_roofline(&o, e.fmt, &a);
 
     char peer_name[32] = "", peer_path[4096] = "";
@@ -374,6 +407,25 @@ int cli_cmd_bench(int argc, char **argv) {
         cli_error("cannot open '%s' for --jsonl: %s", o.jsonl, strerror(errno));
         rc = CLI_EXIT_FAIL;
         goto done;
+    }
+    char plot_rows_path[4200] = "", plot_script[4096] = "";
+    bool plot_ok = false;
+    if (o.plot_dir) {
+        snprintf(plot_rows_path, sizeof plot_rows_path, "%s/%s.jsonl", o.plot_dir, plot_name);
+        if (!bench_mkdir_p(o.plot_dir) || !(e.plot_rows = fopen(plot_rows_path, "w"))) {
+            cli_error("cannot write '%s' for --plot: %s", plot_rows_path, strerror(errno));
+            rc = CLI_EXIT_FAIL;
+            goto done;
+        }
+        /* before the sweep: a long run should not end in "no gnuplot" */
+        char why[600];
+        bool found = bench_plot_script(plot_script, sizeof plot_script);
+        plot_ok = bench_plot_check(plot_script, found, why, sizeof why);
+        if (!plot_ok) {
+            cli_error("--plot %s: no plots will be made: %s; the rows are still measured and written to %s",
+                      o.plot_dir, why, plot_rows_path);
+            rc = CLI_EXIT_FAIL;
+        }
     }
     e.rng = 0x2545F4914F6CDD1Dull;
     time_t now = time(NULL);
@@ -480,6 +532,7 @@ int cli_cmd_bench(int argc, char **argv) {
         r->reps = o.repetitions;
         r->roofline_gbps = roofline;
         r->peer_ts = r->ratio = NAN;
+        r->device_busy_pct = r->device_gbps = NAN;
         snprintf(r->date, sizeof r->date, "%s", e.date);
         snprintf(r->commit, sizeof r->commit, "%s", e.commit);
         snprintf(r->command, sizeof r->command, "%s", e.command);
@@ -505,8 +558,18 @@ int cli_cmd_bench(int argc, char **argv) {
     progress_clear(&e);
     bench_print_footer(stdout, e.fmt, e.any_rows);
     bench_peer_free(&peer);
+    if (e.plot_rows) {
+        fclose(e.plot_rows);
+        e.plot_rows = NULL;
+        char why[600];
+        if (plot_ok && e.any_rows && !bench_plot_run(plot_script, plot_rows_path, o.plot_dir, plot_name, why, sizeof why)) {
+            cli_error("--plot %s: plots not made: %s (the rows are in %s)", o.plot_dir, why, plot_rows_path);
+            rc = CLI_EXIT_FAIL;
+        }
+    }
 done:
     if (e.jsonl) fclose(e.jsonl);
+    if (e.plot_rows) fclose(e.plot_rows);
     lethe_model_free(e.m);
     free(e.tok);
     free(e.seq);
