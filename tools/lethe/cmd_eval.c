@@ -244,6 +244,9 @@ static bool run_passkey(lethe_model *m, const cli_opts *o, eval_run *runs, int n
                     eval_cell *c = &runs[r].pk[li][di];
                     if (!greedy_answer(m, o, runs, r, pt, np, 8, false, out, sizeof out, c)) continue;
                     c->ok += eval_needle_score(out, key);
+                    if (o->verbose)
+                        fprintf(stderr, "lethe: passkey %s L=%d depth %.2f: want %05d, got '%s'\n",
+                                lethe_kv_policy_name(runs[r].kind), lens[li], depths[di], key, out);
                     c->n++;
                 }
                 free(pt);
