@@ -104,14 +104,23 @@ static int resolve_chain(const char *prompt, const eval_vt *p) {
         strcpy(names[n], lhs);
         vals[n++] = v;
     }
-    int k = 0;
+    int k = 0, d = 0;
     for (int i = 0; i < n; i++) {
-        if (vals[i] != p->value) continue;
-        bool in_chain = false;
-        for (int j = 0; j < p->n; j++) in_chain = in_chain || !strcmp(p->name[j], names[i]);
-        assert_true(in_chain);
-        k++;
+        bool in_chain = false, in_other = false;
+        for (int j = 0; j < p->n; j++) {
+            in_chain = in_chain || !strcmp(p->name[j], names[i]);
+            in_other = in_other || !strcmp(p->other[j], names[i]);
+        }
+        if (vals[i] == p->value) {
+            assert_true(in_chain);
+            k++;
+        } else {
+            assert_true(vals[i] == p->other_value && in_other);   /* the distractor chain holds the other value */
+            d++;
+        }
     }
+    assert_int_equal(d, p->n);
+    assert_int_equal(n, 2 * p->n);
     return k;
 }
 
@@ -136,11 +145,12 @@ static void test_vartrack(void **state) {
             for (int k = 0; k < 5; k++) assert_true(isupper((unsigned char)p.name[i][k]));
             for (int j = 0; j < i; j++) assert_string_not_equal(p.name[i], p.name[j]);
             for (int j = 0; j < 3; j++) assert_string_not_equal(p.name[i], p.ex_name[j]);
+            for (int j = 0; j < p.n; j++) assert_string_not_equal(p.name[i], p.other[j]);
         }
         char *pr = eval_vt_prompt(&p, seed % 7 == 0 ? 0 : (int)(seed % 40));
         assert_int_equal(resolve_chain(pr, &p), p.n);   /* the answer key is what the text says */
-        char q[128];
-        snprintf(q, sizeof q, "assigned the value %d in the text above. Answer:", p.value);
+        char q[160];
+        snprintf(q, sizeof q, "in the text above, %d variables are assigned the value %d, they are:", p.n, p.value);
         assert_non_null(strstr(pr, q));
         assert_true(strlen(pr) > strlen(q) && !strcmp(pr + strlen(pr) - strlen(q), q));   /* the prompt ends there */
         free(pr);
@@ -151,8 +161,14 @@ static void test_vartrack(void **state) {
     char cont[256];
     snprintf(cont, sizeof cont, " %s, %s, %s, %s, %s.", p.name[0], p.name[1], p.name[2], p.name[3], p.name[4]);
     assert_int_equal(eval_vt_score(cont, &p), 5);
+    assert_true(eval_vt_exact(cont, &p));
+    snprintf(cont, sizeof cont, " %s, %s, %s, %s, %s, %s.", p.name[0], p.name[1], p.name[2], p.name[3], p.name[4],
+             p.other[2]);
+    assert_int_equal(eval_vt_score(cont, &p), 5);   /* recall is still full ... */
+    assert_false(eval_vt_exact(cont, &p));           /* ... but a distractor name makes it wrong */
     snprintf(cont, sizeof cont, " %s %s and %s", p.name[4], p.name[0], p.name[0]);
     assert_int_equal(eval_vt_score(cont, &p), 2);   /* a repeated name counts once */
+    assert_false(eval_vt_exact(cont, &p));
     snprintf(cont, sizeof cont, " %sX, Y%s, %s", p.name[0], p.name[1], p.ex_name[0]);
     assert_int_equal(eval_vt_score(cont, &p), 0);   /* not whole words; the example's names do not count */
     char lower[8];

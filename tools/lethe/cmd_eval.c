@@ -9,9 +9,10 @@
  *     80 %) of an L-token haystack, then "What is the pass key?": the share
  *     of greedy answers that repeat it, per length and per depth;
  *   - variable tracking (--vartrack L,..): RULER's chain VAR A = 12345.
- *     VAR B = A. ... (4 hops) spread through an L-token haystack; the greedy
- *     answer must name the variables that hold the value (recall per chain,
- *     and chains fully named);
+ *     VAR B = A. ... (4 hops) and a distractor chain with another value,
+ *     spread through an L-token haystack; the greedy answer must name the
+ *     variables that hold the value (recall of the chain's names, and exact
+ *     answers: all of them, none of the distractor's);
  *   - arithmetic (--arith N): N generated word problems, 8-shot, greedy; the
  *     number on the answer's first line must be the key;
  *   - hyper-scaling (--hyper N, eval_hyper.c): each of N problems sampled
@@ -274,7 +275,7 @@ static bool run_vartrack(lethe_model *m, const cli_opts *o, eval_run *runs, int 
                 if (!greedy_answer(m, o, runs, r, pt, np, 8 * p.n, true, out, sizeof out, c)) continue;
                 const int k = eval_vt_score(out, &p);
                 c->score += (double)k / p.n;
-                c->ok += k == p.n;
+                c->ok += eval_vt_exact(out, &p);
                 c->n++;
                 if (o->verbose) fprintf(stderr, "lethe: vartrack %s L=%d: %d/%d in '%s'\n",
                                         lethe_kv_policy_name(runs[r].kind), lens[li], k, p.n, out);
@@ -454,7 +455,7 @@ static void print_results(const cli_opts *o, bool json, const eval_run *runs, in
         }
     }
     if (n_vt) {
-        printf("\nvariable tracking (%d hops), per prompt length (names recalled, chains fully named, live/head):\n\n"
+        printf("\nvariable tracking (%d hops), per prompt length (names recalled, exact answers, live/head):\n\n"
                "| policy |", EVAL_VT_HOPS);
         for (int li = 0; li < n_vt; li++) printf(" %d |", vt_len[li]);
         printf("\n| ------ |");

@@ -77,7 +77,7 @@ bool eval_vt_make(uint64_t seed, int hops, eval_vt *out) {
     if (hops < 1 || hops >= EVAL_VT_MAX) return false;
     memset(out, 0, sizeof *out);
     eval_rng r = {seed ^ 0x5641525452414B31ull};   /* "VARTRAK1": its own stream */
-    char taken[EVAL_VT_MAX + 3][6];
+    char taken[2 * EVAL_VT_MAX + 3][6];
     int n_taken = 0;
     out->n = hops + 1;
     for (int i = 0; i < out->n; i++) {
@@ -88,31 +88,50 @@ bool eval_vt_make(uint64_t seed, int hops, eval_vt *out) {
         random_name(&r, out->ex_name[i], taken, n_taken);
         memcpy(taken[n_taken++], out->ex_name[i], 6);
     }
+    for (int i = 0; i < out->n; i++) {
+        random_name(&r, out->other[i], taken, n_taken);
+        memcpy(taken[n_taken++], out->other[i], 6);
+    }
     out->value = eval_rng_range(&r, 10000, 99999);
     do out->ex_value = eval_rng_range(&r, 10000, 99999); while (out->ex_value == out->value);
+    do out->other_value = eval_rng_range(&r, 10000, 99999);
+    while (out->other_value == out->value || out->other_value == out->ex_value);
     return true;
 }
 
 char *eval_vt_prompt(const eval_vt *p, int n_sent) {
-    char head[512], tail[256];
+    char head[768], tail[320];
+    /* RULER's template: the answer is primed with how many variables to list */
     snprintf(head, sizeof head,
              "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n"
              "Example: VAR %s = %d. The sky is blue. VAR %s = %s. VAR %s = %s.\n"
-             "Question: Find all variables that are assigned the value %d in the text above. Answer: %s, %s, %s.\n\n",
+             "Question: Find all variables that are assigned the value %d in the text above. Answer: According to "
+             "the chain(s) of variable assignment in the text above, 3 variables are assigned the value %d, they are: "
+             "%s, %s, %s.\n\n",
              p->ex_name[0], p->ex_value, p->ex_name[1], p->ex_name[0], p->ex_name[2], p->ex_name[1], p->ex_value,
-             p->ex_name[0], p->ex_name[1], p->ex_name[2]);
-    snprintf(tail, sizeof tail, "\nQuestion: Find all variables that are assigned the value %d in the text above. Answer:",
-             p->value);
-    char stmt[EVAL_VT_MAX][40];
-    const char *ins[EVAL_VT_MAX];
-    int at[EVAL_VT_MAX];
-    for (int i = 0; i < p->n; i++) {
-        if (i == 0) snprintf(stmt[i], sizeof stmt[i], "VAR %s = %d. ", p->name[0], p->value);
-        else snprintf(stmt[i], sizeof stmt[i], "VAR %s = %s. ", p->name[i], p->name[i - 1]);
-        ins[i] = stmt[i];
-        at[i] = (int)(((double)i + 0.5) * n_sent / p->n);   /* evenly spread, in order */
+             p->ex_value, p->ex_name[0], p->ex_name[1], p->ex_name[2]);
+    snprintf(tail, sizeof tail,
+             "\nQuestion: Find all variables that are assigned the value %d in the text above. Answer: According to "
+             "the chain(s) of variable assignment in the text above, %d variables are assigned the value %d, they are:",
+             p->value, p->n, p->value);
+    char stmt[2 * EVAL_VT_MAX][40];
+    const char *ins[2 * EVAL_VT_MAX];
+    int at[2 * EVAL_VT_MAX];
+    for (int i = 0; i < p->n; i++) {   /* distractor step i, then chain step i: evenly spread, in order */
+        char *d = stmt[2 * i], *c = stmt[2 * i + 1];
+        if (i == 0) {
+            snprintf(d, 40, "VAR %s = %d. ", p->other[0], p->other_value);
+            snprintf(c, 40, "VAR %s = %d. ", p->name[0], p->value);
+        } else {
+            snprintf(d, 40, "VAR %s = %s. ", p->other[i], p->other[i - 1]);
+            snprintf(c, 40, "VAR %s = %s. ", p->name[i], p->name[i - 1]);
+        }
+        ins[2 * i] = d;
+        ins[2 * i + 1] = c;
+        at[2 * i] = (int)(((double)i + 0.25) * n_sent / p->n);
+        at[2 * i + 1] = (int)(((double)i + 0.5) * n_sent / p->n);
     }
-    return eval_haystack(head, ins, at, p->n, n_sent, tail);
+    return eval_haystack(head, ins, at, 2 * p->n, n_sent, tail);
 }
 
 /* Does `w` occur in s delimited by non-alphanumerics? */
@@ -130,6 +149,13 @@ int eval_vt_score(const char *cont, const eval_vt *p) {
     int k = 0;
     for (int i = 0; i < p->n; i++) k += has_word(cont, p->name[i]);
     return k;
+}
+
+bool eval_vt_exact(const char *cont, const eval_vt *p) {
+    if (eval_vt_score(cont, p) != p->n) return false;
+    for (int i = 0; i < p->n; i++)
+        if (has_word(cont, p->other[i])) return false;
+    return true;
 }
 
 /* ---- arithmetic --------------------------------------------------------- */

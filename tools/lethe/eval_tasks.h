@@ -49,6 +49,10 @@ typedef struct eval_vt {
     int n;                        /* variables in the chain (hops + 1)          */
     char name[EVAL_VT_MAX][6];    /* 5 upper-case letters each; name[0] = value */
     int value;                    /* 10000..99999                               */
+    /* a distractor chain of the same length with another value, interleaved
+     * with the first (RULER's num_chains = 2): listing every VAR is wrong */
+    char other[EVAL_VT_MAX][6];
+    int other_value;
     /* a one-shot example with its own names and value (never the problem's) */
     char ex_name[3][6];
     int ex_value;
@@ -56,12 +60,14 @@ typedef struct eval_vt {
 
 /* A problem of `hops` assignments after the first (1 <= hops < EVAL_VT_MAX). */
 bool eval_vt_make(uint64_t seed, int hops, eval_vt *out);
-/* The prompt: the example, then the statements spread evenly over n_sent
- * filler groups, then the question. */
+/* The prompt: the example, then the statements of both chains spread
+ * evenly over n_sent filler groups, then the question about p->value. */
 char *eval_vt_prompt(const eval_vt *p, int n_sent);
 /* How many of the chain's names occur as whole words in the continuation
  * (RULER's string_match_all counts this over p->n). */
 int eval_vt_score(const char *cont, const eval_vt *p);
+/* The answer is exact: every name of the chain and none of the distractor's. */
+bool eval_vt_exact(const char *cont, const eval_vt *p);
 
 /* ---- arithmetic word problems ------------------------------------------- */
 
