@@ -3,7 +3,7 @@
 
     tools/bench_report.py tables ROWS.jsonl...            markdown for docs/BENCHMARKS.md
     tools/bench_report.py update docs/BENCHMARKS.md       regenerate its marked blocks in place
-    tools/bench_report.py plot ROWS.jsonl... --out DIR [--name PREFIX] [--eval EVAL.json...]
+    tools/bench_report.py plot [ROWS.jsonl...] --out DIR [--name PREFIX] [--eval EVAL.json...]
     tools/bench_report.py eval EVAL.json...               markdown tables of `lethe eval -o json`
 
 ROWS files hold the rows of `lethe bench -o jsonl` (or `--jsonl FILE`), or
@@ -237,7 +237,7 @@ def eval_points(rows, task):
         if task == "hyper":
             key, mem = (e["policy"], e["kv_mem"]), e["kv_mem"]
         else:
-            key, mem = (e["policy"], e.get("length", 0), e.get("budget", 0)), e["kv_bytes"]
+            key, mem = (e["policy"], e.get("length", 0)), e["kv_bytes"]
         a = acc.setdefault(key, [0.0, 0, 0.0])
         a[0] += e["accuracy"] * e["n"]
         a[1] += e["n"]
@@ -377,7 +377,7 @@ def main():
     u.add_argument("doc")
     u.set_defaults(fn=cmd_update)
     p = sub.add_parser("plot", help="SVG and PNG plots (gnuplot)")
-    p.add_argument("rows", nargs="+")
+    p.add_argument("rows", nargs="*", help="bench rows (none: only the --eval plots)")
     p.add_argument("--out", required=True)
     p.add_argument("--name", default="bench")
     p.add_argument("--eval", nargs="*", default=[], help="lethe eval -o json outputs (Pareto view)")
