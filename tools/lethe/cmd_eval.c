@@ -36,8 +36,9 @@ static const char k_eval_help[] =
     "perplexity on a text (-f, scored over the second half of a -c window); passkey retrieval\n"
     "(--passkey) and variable tracking (--vartrack) at the given prompt lengths; generated\n"
     "arithmetic word problems (--arith); best-of-N under a fixed KV pool (--hyper with\n"
-    "--parallel and --kv-mem). Baselines use --kv-budget tokens per head; dms uses the\n"
-    "model's decisions (or --dms-force-rate / --dms-adapter). --kv-mem applies to --hyper only.\n"
+    "--parallel and --kv-mem). Baselines use --kv-budget tokens per head (--kv-budget match:\n"
+    "the live tokens dms held at the same question, equal memory); dms uses the model's\n"
+    "decisions (or --dms-force-rate / --dms-adapter). --kv-mem applies to --hyper only.\n"
     "example: lethe eval -f book.txt -c 2048 --passkey 1024,4096 --vartrack 2048 --arith 50 \\\n"
     "           --policies dms,window,tova --kv-budget 256 --dms-adapter models/dms/X.safetensors";
 
