@@ -129,17 +129,41 @@ def main():
         p = run("tables", bad, check=False)
         expect(p.returncode != 0 and "bad.jsonl:1" in p.stderr, "a bad row names its file and line")
 
+        # lethe eval task rows: the md tables hold their numbers
+        ev = os.path.join(tmp, "eval.json")
+        task_rows = [
+            {"task": "summary", "policy": "none", "compression": 1.0, "kl": 0.0},
+            {"task": "summary", "policy": "dms", "compression": 7.5, "kl": 0.05},
+            {"policy": "window", "compression": 8.0, "kl": 0.4},   # an older file: no "task"
+            {"task": "passkey", "policy": "none", "budget": 0, "length": 1024, "depth": 0.1, "ok": 1, "n": 1,
+             "accuracy": 1.0, "live_per_head": 1000.0, "kv_bytes": 23592960},
+            {"task": "passkey", "policy": "none", "budget": 0, "length": 1024, "depth": 0.9, "ok": 0, "n": 1,
+             "accuracy": 0.0, "live_per_head": 1002.0, "kv_bytes": 23592960},
+            {"task": "passkey", "policy": "dms", "budget": 0, "length": 1024, "depth": 0.1, "ok": 1, "n": 2,
+             "accuracy": 0.5, "live_per_head": 250.0, "kv_bytes": 6000000},
+            {"task": "vartrack", "policy": "dms", "budget": 0, "length": 2048, "ok": 1, "n": 4, "accuracy": 0.25,
+             "recall": 0.6, "live_per_head": 300.0, "kv_bytes": 7000000},
+            {"task": "hyper", "policy": "dms", "budget": 0, "kv_mem": 20971520, "parallel": 16, "n": 20,
+             "admitted": 5.5, "completed": 5.25, "no_fit": 0, "majority_ok": 13, "pass_ok": 17, "accuracy": 0.65,
+             "pass_at_n": 0.85, "kv_bytes_per_seq": 3600000, "live_per_head": 140.0, "kv_bytes_peak": 20000000}]
+        with open(ev, "w") as f:
+            json.dump(task_rows, f)
+        text = run("eval", ev).stdout
+        expect("| none | 1/2 @ 1001 |" in text, f"passkey pooled over depths: {text}")
+        expect("| dms | 1/2 @ 250 |" in text, "passkey dms row")
+        expect("| none | 1/1 | 0/1 |" in text and "| dms | 1/2 |  |" not in text, "passkey by depth")
+        expect("| dms | 1/4 (60%) @ 300 |" in text, "vartrack recall")
+        expect("| dms | - | 20.00 MiB | 16 | 5.50 | 5.25 | 3.43 MiB | 140 | 13/20 (65%) | 17/20 (85%) |" in text,
+               f"hyper row: {text}")
+        expect(run("eval", bad, check=False).returncode != 0, "eval on a bad file fails")
+
         if not shutil.which("gnuplot"):
             print("SKIPPED the plot checks: gnuplot is not installed (tools/setup.sh --plots installs it)")
             return 77
-        ev = os.path.join(tmp, "eval.json")
-        with open(ev, "w") as f:
-            json.dump([{"policy": "none", "compression": 1.0, "kl": 0.0},
-                       {"policy": "dms", "compression": 7.5, "kl": 0.05},
-                       {"policy": "window", "compression": 8.0, "kl": 0.4}], f)
         outdir = os.path.join(tmp, "img")
         files = run("plot", path, "--out", outdir, "--name", "t", "--eval", ev).stdout.split()
-        want = {f"t-tg-depth.{e}" for e in ("svg", "png")} | {f"t-pareto.{e}" for e in ("svg", "png")}
+        want = {f"t-{k}.{e}" for e in ("svg", "png")
+                for k in ("tg-depth", "pareto", "eval-passkey", "eval-vartrack", "eval-hyper")}
         expect({os.path.basename(x) for x in files} == want, f"plot files: {files}")
         for x in files:
             with open(x, "rb") as f:

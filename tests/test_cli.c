@@ -507,14 +507,73 @@ static void test_eval(void **state) {
     run_result r = run(ARGS("eval", "-f", text, "-c", "96", "--passkey", "128", "--policies", "dms,window,none",
                             "--kv-budget", "32", "--dms-force-rate", "0.5", "--dms-window", "8", "-o", "json", "-t", "2"));
     assert_int_equal(r.status, 0);
-    assert_non_null(strstr(r.out, "{\"policy\": \"none\""));
-    assert_non_null(strstr(r.out, "{\"policy\": \"dms\""));
+    assert_non_null(strstr(r.out, "{\"task\": \"summary\", \"policy\": \"none\""));
+    assert_non_null(strstr(r.out, "{\"task\": \"summary\", \"policy\": \"dms\""));
     assert_non_null(strstr(r.out, "\"budget\": 32"));
     assert_non_null(strstr(r.out, "\"passkey_n\": 3"));
     assert_null(strstr(r.out, "\"error\""));
     free_result(&r);
     expect_one_error_line(ARGS("eval", "--policies", "dms"), NULL, "nothing to evaluate");
     expect_one_error_line(ARGS("eval", "-f", text, "--policies", "lru"), NULL, "lru");
+}
+
+/* lethe eval's tasks: passkey per length and depth, variable tracking,
+ * arithmetic, --kv-budget match, and --hyper's admission in a --kv-mem pool. */
+static void test_eval_tasks(void **state) {
+    (void)state;
+    need_model();
+    run_result r = run(ARGS("eval", "--passkey", "128,192", "--depths", "10,90", "--vartrack", "160", "--arith", "1",
+                            "--policies", "dms,window", "--kv-budget", "match", "--dms-force-rate", "0.5",
+                            "--dms-window", "8", "-o", "json", "-t", "2"));
+    assert_int_equal(r.status, 0);
+    assert_non_null(strstr(r.out, "{\"task\": \"passkey\", \"policy\": \"none\", \"budget\": 0, \"length\": 192"));
+    assert_non_null(strstr(r.out, "\"depth\": 0.90"));
+    assert_non_null(strstr(r.out, "{\"task\": \"vartrack\", \"policy\": \"dms\""));
+    assert_non_null(strstr(r.out, "\"recall\": "));
+    assert_non_null(strstr(r.out, "{\"task\": \"arith\", \"policy\": \"window\""));
+    assert_non_null(strstr(r.out, "\"budget_match\": true"));
+    assert_null(strstr(r.out, "{\"task\": \"passkey\", \"policy\": \"window\", \"budget\": 0,"));   /* matched: > 0 */
+    assert_null(strstr(r.out, "\"error\""));
+    free_result(&r);
+    /* md: one table per length and per depth */
+    r = run(ARGS("eval", "--passkey", "128,192", "--depths", "10,90", "--policies", "none", "-t", "2"));
+    assert_int_equal(r.status, 0);
+    assert_non_null(strstr(r.out, "| policy | 128 | 192 |"));
+    assert_non_null(strstr(r.out, "| policy | 10 % | 90 % |"));
+    free_result(&r);
+    /* the 8-shot prompt is ~370 tokens: 12 pages of 32 slots in each of the
+     * 90 (layer, KV head) streams, 8640 KiB in f16, so a 20 MiB pool admits
+     * two full sequences; dms flagging 90 % admits all four */
+    r = run(ARGS("eval", "--hyper", "1", "--parallel", "4", "--kv-mem", "20M", "--policies", "dms",
+                 "--dms-force-rate", "0.9", "--dms-window", "8", "--seed", "3", "-o", "json", "-t", "2"));
+    assert_int_equal(r.status, 0);
+    assert_non_null(strstr(r.err, "lethe: warning: hyper: policy none admits 2 of 4 sequences"));
+    assert_null(strstr(r.err, "policy dms admits"));
+    assert_non_null(strstr(r.out, "{\"task\": \"hyper\", \"policy\": \"none\", \"budget\": 0, \"kv_mem\": 20971520, "
+                                  "\"parallel\": 4, \"n\": 1, \"admitted\": 2.00"));
+    assert_non_null(strstr(r.out, "{\"task\": \"hyper\", \"policy\": \"dms\", \"budget\": 0, \"kv_mem\": 20971520, "
+                                  "\"parallel\": 4, \"n\": 1, \"admitted\": 4.00"));
+    free_result(&r);
+    /* a pool smaller than the prompt: refused with one clear line, not a crash */
+    r = run(ARGS("eval", "--hyper", "1", "--parallel", "2", "--kv-mem", "1M", "--policies", "none", "-t", "2"));
+    assert_int_equal(r.status, 0);
+    assert_non_null(strstr(r.err, "lethe: warning: hyper: policy none: the prompt"));
+    assert_non_null(strstr(r.err, "does not fit the KV pool of 1048576 bytes"));
+    assert_non_null(strstr(r.out, "| none | - | 0.00 | 0.00 |"));
+    free_result(&r);
+    /* bad flags: one line, usage exit */
+    expect_one_error_line(ARGS("eval", "--hyper", "2"), NULL, "--hyper needs --parallel");
+    expect_one_error_line(ARGS("eval", "--arith", "2", "--parallel", "4"), NULL, "--parallel applies to --hyper only");
+    expect_one_error_line(ARGS("eval", "--arith", "2", "--kv-mem", "8M"), NULL, "--kv-mem applies to --hyper only");
+    expect_one_error_line(ARGS("eval", "--passkey", "128", "--depths", "10,101"), NULL, "--depths");
+    expect_one_error_line(ARGS("eval", "--vartrack", "10"), NULL, "--vartrack");
+    expect_one_error_line(ARGS("eval", "--arith", "0"), NULL, "--arith");
+    expect_one_error_line(ARGS("eval", "--passkey", "128", "--trials", "0"), NULL, "--trials");
+    expect_one_error_line(ARGS("eval", "--arith", "1", "--policies", "window"), NULL, "--kv-budget");
+    expect_one_error_line(ARGS("eval", "--arith", "1", "--policies", "window", "--kv-budget", "match"), NULL,
+                          "put dms in --policies");
+    expect_one_error_line(ARGS("eval", "--arith", "1", "--kv-budget", "lots"), NULL, "lots");
+    expect_one_error_line(ARGS("generate", "-p", "x", "--kv-budget", "match"), NULL, "match");   /* eval only */
 }
 
 static void test_bench(void **state) {
@@ -553,6 +612,7 @@ int main(void) {
         cmocka_unit_test(test_bench),
         cmocka_unit_test(test_kv_options),
         cmocka_unit_test(test_eval),
+        cmocka_unit_test(test_eval_tasks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

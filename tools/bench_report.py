@@ -3,8 +3,9 @@
 
     tools/bench_report.py tables ROWS.jsonl...            markdown for docs/BENCHMARKS.md
     tools/bench_report.py update docs/BENCHMARKS.md       regenerate its marked blocks in place
-    tools/bench_report.py plot ROWS.jsonl... --out DIR [--name PREFIX] [--eval EVAL.json...] [--tables]
+    tools/bench_report.py plot [ROWS.jsonl...] --out DIR [--name PREFIX] [--eval EVAL.json...] [--tables]
     tools/bench_report.py check                           can `plot` run here? (one line and exit 1 if not)
+    tools/bench_report.py eval EVAL.json...               markdown tables of `lethe eval -o json`
 
 ROWS files hold the rows of `lethe bench -o jsonl` (or `--jsonl FILE`), or
 the array of `-o json`; peer rows (engine "llama.cpp") come in the same
@@ -17,6 +18,10 @@ of t/s. `plot` writes, with gnuplot (Debian: gnuplot-nox, installed by
     PREFIX-pp-depth.svg/.png   the same for pp rows (when there are any)
     PREFIX-pareto.svg/.png     with --eval (`lethe eval -o json` output): KL to
                                `none` against compression, one point per policy
+    PREFIX-eval-TASK.svg/.png  with --eval: accuracy against KV memory for each
+                               task that has rows (passkey, vartrack, arith: KV
+                               bytes per sequence at the question; hyper: the
+                               --kv-mem pool, majority vote), one line per policy
     PREFIX.md                  with --tables: what `tables` prints (provenance, rows,
                                the backend x device table)
 
@@ -236,6 +241,112 @@ def plot_lines(series, title, xlabel, ylabel, base, logx=False, caption=""):
     return [base + ".svg", base + ".png"]
 
 
+EVAL_TASKS = ("passkey", "vartrack", "arith", "hyper")
+
+
+def load_eval(paths):
+    rows = []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as e:
+                sys.exit(f"bench_report: {path}: not `lethe eval -o json` output ({e})")
+        if not isinstance(data, list):
+            sys.exit(f"bench_report: {path}: not `lethe eval -o json` output (expected a JSON array)")
+        rows.extend(data)
+    return rows
+
+
+def eval_points(rows, task):
+    """{policy: [(MiB, accuracy %), ...]}: passkey/vartrack rows of one length
+    are pooled over depths (weighted by trials)."""
+    acc = collections.OrderedDict()
+    for e in rows:
+        if e.get("task") != task or not e.get("n"):
+            continue
+        if task == "hyper":
+            key, mem = (e["policy"], e["kv_mem"]), e["kv_mem"]
+        else:
+            key, mem = (e["policy"], e.get("length", 0)), e["kv_bytes"]
+        a = acc.setdefault(key, [0.0, 0, 0.0])
+        a[0] += e["accuracy"] * e["n"]
+        a[1] += e["n"]
+        a[2] += mem * e["n"]
+    series = collections.OrderedDict()
+    for key, (ok, n, mem) in acc.items():
+        series.setdefault(key[0], []).append((mem / n / 1048576.0, 100.0 * ok / n, 0.0))
+    return series
+
+
+def cmd_eval(args):
+    rows = load_eval(args.files)
+    out = []
+    for task in EVAL_TASKS:
+        rs = [e for e in rows if e.get("task") == task and e.get("n")]
+        if not rs:
+            continue
+        if task == "hyper":
+            out.append("hyper: best-of-N arithmetic in one KV pool: sequences admitted and finished per problem "
+                       "(means), majority vote and pass@N")
+            out.append("")
+            out.append("| policy | budget | KV pool | sequences asked | admitted | finished | KV/seq | live/head "
+                       "| majority | pass@N |")
+            out.append("| ------ | -----: | ------: | --------------: | -------: | -------: | -----: | --------: "
+                       "| -------: | -----: |")
+            for e in rs:
+                out.append(f"| {e['policy']} | {e['budget'] or '-'} | {human_bytes(e['kv_mem'])} | {e['parallel']} | "
+                           f"{e['admitted']:.2f} | {e['completed']:.2f} | {human_bytes(e['kv_bytes_per_seq'])} | "
+                           f"{e['live_per_head']:.0f} | {e['majority_ok']}/{e['n']} ({100 * e['accuracy']:.0f}%) | "
+                           f"{e['pass_ok']}/{e['n']} ({100 * e['pass_at_n']:.0f}%) |")
+            out.append("")
+            continue
+        # one row per policy, one column per prompt length (passkey/vartrack) or one column (arith)
+        cols = list(collections.OrderedDict((e.get("length", 0), None) for e in rs))
+        cell = collections.OrderedDict()
+        for e in rs:
+            c = cell.setdefault((e["policy"], e.get("length", 0)), {"ok": 0, "n": 0, "rec": 0.0, "live": 0.0, "b": 0.0})
+            c["ok"] += e["ok"]
+            c["n"] += e["n"]
+            c["rec"] += e.get("recall", 0.0) * e["n"]
+            c["live"] += e["live_per_head"] * e["n"]
+            c["b"] += e["budget"] * e["n"]
+        policies = list(collections.OrderedDict((p, None) for p, _ in cell))
+        head = [f"{L} tokens" if L else "accuracy" for L in cols]
+        out.append(f"{task}: right/total{' (names recalled)' if task == 'vartrack' else ''} "
+                   "and mean live tokens per head at the question")
+        out.append("")
+        out.append("| policy | " + " | ".join(head) + " |")
+        out.append("| ------ | " + " | ".join("--:" for _ in head) + " |")
+        for p in policies:
+            cells = []
+            for L in cols:
+                c = cell.get((p, L))
+                if not c:
+                    cells.append("")
+                    continue
+                rec = f" ({100 * c['rec'] / c['n']:.0f}%)" if task == "vartrack" else ""
+                cells.append(f"{c['ok']}/{c['n']}{rec} @ {c['live'] / c['n']:.0f}")
+            out.append(f"| {p} | " + " | ".join(cells) + " |")
+        out.append("")
+        if task == "passkey" and len({e.get("depth") for e in rs}) > 1:
+            depths = sorted({e["depth"] for e in rs})
+            out.append("passkey by needle depth (all lengths): right/total")
+            out.append("")
+            out.append("| policy | " + " | ".join(f"{100 * d:.0f}%" for d in depths) + " |")
+            out.append("| ------ | " + " | ".join("--:" for _ in depths) + " |")
+            for p in policies:
+                cells = []
+                for d in depths:
+                    sel = [e for e in rs if e["policy"] == p and e["depth"] == d]
+                    cells.append(f"{sum(e['ok'] for e in sel)}/{sum(e['n'] for e in sel)}")
+                out.append(f"| {p} | " + " | ".join(cells) + " |")
+            out.append("")
+    if not out:
+        sys.exit("bench_report: no task rows (passkey, vartrack, arith, hyper) in the eval files")
+    print("\n".join(out).rstrip())
+
+
 def cmd_plot(args):
     rows = load_rows(args.rows)
     os.makedirs(args.out, exist_ok=True)
@@ -273,6 +384,15 @@ def cmd_plot(args):
             base = os.path.join(args.out, f"{args.name}-pareto")
             written += plot_lines(series, "memory against accuracy (lethe eval)", "compression (tokens seen / live)",
                                   "KL to the full cache (nats/token)", base, logx=True)
+        rows = load_eval(args.eval)
+        for task in EVAL_TASKS:
+            series = eval_points(rows, task)
+            if not series:
+                continue
+            xl = "KV pool (MiB, --kv-mem)" if task == "hyper" else "KV bytes per sequence at the question (MiB)"
+            yl = "majority-vote accuracy (%)" if task == "hyper" else "accuracy (%)"
+            base = os.path.join(args.out, f"{args.name}-eval-{task}")
+            written += plot_lines(series, f"{task}: accuracy against KV memory (lethe eval)", xl, yl, base)
     if not written:
         sys.exit("bench_report: nothing to plot (no tg/pp rows, no eval data)")
     if args.tables:
@@ -307,7 +427,7 @@ def main():
     u.add_argument("doc")
     u.set_defaults(fn=cmd_update)
     p = sub.add_parser("plot", help="SVG and PNG plots (gnuplot)")
-    p.add_argument("rows", nargs="+")
+    p.add_argument("rows", nargs="*", help="bench rows (none: only the --eval plots)")
     p.add_argument("--out", required=True)
     p.add_argument("--name", default="bench")
     p.add_argument("--eval", nargs="*", default=[], help="lethe eval -o json outputs (Pareto view)")
@@ -315,6 +435,9 @@ def main():
     p.set_defaults(fn=cmd_plot)
     c = sub.add_parser("check", help="exit 0 if `plot` can run here, else one line and exit 1")
     c.set_defaults(fn=cmd_check)
+    e = sub.add_parser("eval", help="markdown tables of lethe eval -o json (task rows)")
+    e.add_argument("files", nargs="+")
+    e.set_defaults(fn=cmd_eval)
     args = ap.parse_args()
     args.fn(args)
 

@@ -49,6 +49,7 @@ typedef struct cli_opts {
     lethe_sampler_params sp;      /* --temp --top-k --top-p --min-p --repeat-* --seed */
     lethe_kv_policy_kind kv_policy; /* --kv-policy                             */
     int32_t kv_budget;            /* --kv-budget tokens per head (0: unset)     */
+    bool kv_budget_match;         /* eval: --kv-budget match (dms's live tokens) */
     int32_t dms_window;           /* --dms-window (-1: the model's)             */
     float dms_force_rate;         /* --dms-force-rate (-1: off)                 */
     size_t kv_mem;                /* --kv-mem bytes of KV pool (0: enough for -c) */
@@ -57,6 +58,11 @@ typedef struct cli_opts {
     const char *policies;         /* --policies dms,window,... (eval)           */
     const char *save, *load;      /* --save FILE / --load FILE (chat)           */
     const char *passkey;          /* --passkey 1024,2048 (eval)                 */
+    const char *vartrack;         /* --vartrack 1024,2048 (eval)                */
+    const char *depths;           /* --depths 20,50,80 (eval, percent)          */
+    int32_t trials;               /* --trials per (length, depth) (eval, 1)     */
+    int32_t arith;                /* --arith N problems (eval, 0: none)         */
+    int32_t hyper;                /* --hyper N problems (eval, 0: none)         */
     lethe_kv_type kv_type;        /* --kv-type (valid when kv_type_set)         */
     bool kv_type_set;
     int32_t parallel;             /* --parallel N (generate)                    */

@@ -14,7 +14,7 @@
 
 #define CLI_ALL (CLI_CHAT | CLI_GENERATE | CLI_TOKENIZE | CLI_LOGITS | CLI_PERPLEXITY | CLI_BENCH | CLI_INFO | CLI_EVAL)
 #define CLI_RUN (CLI_CHAT | CLI_GENERATE | CLI_LOGITS | CLI_PERPLEXITY | CLI_BENCH | CLI_EVAL)
-#define CLI_SAMPLE (CLI_CHAT | CLI_GENERATE)
+#define CLI_SAMPLE (CLI_CHAT | CLI_GENERATE | CLI_EVAL)   /* eval: --hyper samples */
 
 /* Long-only options get codes above the char range. */
 enum {
@@ -23,6 +23,7 @@ enum {
     OPT_PIECES, OPT_TOKENS, OPT_CHUNKS, OPT_KV_POLICY, OPT_KV_BUDGET, OPT_DMS_WINDOW, OPT_DMS_FORCE,
     OPT_KV_MEM, OPT_KV_STATS, OPT_PARALLEL, OPT_DMS_ADAPTER, OPT_POLICIES, OPT_PASSKEY, OPT_SAVE, OPT_LOAD,
     OPT_PEER, OPT_JSONL, OPT_ROOFLINE, OPT_PROGRESS, OPT_NO_PROGRESS, OPT_KV_TYPE, OPT_PLOT, OPT_PLOT_NAME,
+    OPT_VARTRACK, OPT_ARITH, OPT_HYPER, OPT_DEPTHS, OPT_TRIALS,
 };
 
 typedef struct cli_optdef {
@@ -51,7 +52,7 @@ static const cli_optdef k_opts[] = {
     {"min-p", required_argument, OPT_MIN_P, CLI_SAMPLE, "P", "drop tokens below P x the best probability (0: off)"},
     {"repeat-penalty", required_argument, OPT_REPEAT_PENALTY, CLI_SAMPLE, "X", "penalty for recent tokens (1: off)"},
     {"repeat-last-n", required_argument, OPT_REPEAT_LAST_N, CLI_SAMPLE, "N", "how many recent tokens are penalised"},
-    {"seed", required_argument, OPT_SEED, CLI_SAMPLE | CLI_EVAL, "N", "sampling seed (-1: random; eval: passkey digits)"},
+    {"seed", required_argument, OPT_SEED, CLI_SAMPLE | CLI_EVAL, "N", "sampling seed (-1: random; eval: the problems and --hyper's samples)"},
     {"system", required_argument, OPT_SYSTEM, CLI_CHAT, "TEXT", "system message"},
     {"save", required_argument, OPT_SAVE, CLI_CHAT, "FILE", "save the conversation and its KV cache when the chat ends"},
     {"load", required_argument, OPT_LOAD, CLI_CHAT, "FILE", "resume a conversation saved with --save"},
@@ -65,6 +66,12 @@ static const cli_optdef k_opts[] = {
     {"output", required_argument, 'o', CLI_EVAL, "FMT", "output format: md (default), json"},
     {"policies", required_argument, OPT_POLICIES, CLI_EVAL, "P,..", "policies to compare with none (dms,window,tova,h2o)"},
     {"passkey", required_argument, OPT_PASSKEY, CLI_EVAL, "L,..", "passkey retrieval at these prompt lengths (tokens)"},
+    {"vartrack", required_argument, OPT_VARTRACK, CLI_EVAL, "L,..", "variable tracking (RULER-style, 4 hops) at these prompt lengths"},
+    {"depths", required_argument, OPT_DEPTHS, CLI_EVAL, "P,..", "passkey depths in percent of the haystack (20,50,80)"},
+    {"trials", required_argument, OPT_TRIALS, CLI_EVAL, "N", "problems per (length, depth) for --passkey and --vartrack (1)"},
+    {"arith", required_argument, OPT_ARITH, CLI_EVAL, "N", "N arithmetic word problems, 8-shot, greedy"},
+    {"hyper", required_argument, OPT_HYPER, CLI_EVAL, "N",
+     "N arithmetic problems, --parallel sequences sampled each in a --kv-mem pool: majority vote and pass@N"},
     {"chunks", required_argument, OPT_CHUNKS, CLI_PERPLEXITY, "N", "score at most N windows (-1: all)"},
     {"depth", required_argument, 'd', CLI_BENCH, "N,..", "fill the cache with N tokens first, comma list (0)"},
     {"repetitions", required_argument, 'r', CLI_BENCH, "N", "timed runs per test after one warm-up (5)"},
@@ -80,6 +87,7 @@ static const cli_optdef k_opts[] = {
     {"kv-type", required_argument, OPT_KV_TYPE, CLI_RUN, "TYPE", "K/V storage type: f16 (default) or f32"},
     {"kv-stats", no_argument, OPT_KV_STATS, CLI_GENERATE | CLI_CHAT, NULL, "print KV cache statistics (live tokens per layer and head) on stderr"},
     {"parallel", required_argument, OPT_PARALLEL, CLI_GENERATE, "N", "N continuations of one prompt, decoded together"},
+    {"parallel", required_argument, OPT_PARALLEL, CLI_EVAL, "N", "--hyper: sequences asked per problem (as many as --kv-mem admits)"},
     {"parallel", required_argument, OPT_PARALLEL, CLI_BENCH, "N,..", "sequences decoding together; t/s is their sum (1)"},
     {"peer", required_argument, OPT_PEER, CLI_BENCH, "NAME=PATH", "also run a peer on the same file and settings: llama.cpp=PATH to llama-bench (or its folder)"},
     {"jsonl", required_argument, OPT_JSONL, CLI_BENCH, "FILE", "also append every row to FILE as a JSON line"},
@@ -293,6 +301,7 @@ int cli_parse(int cmd, const char *cmd_name, int argc, char **argv, cli_opts *o)
     o->dms_force_rate = -1.0f;
     o->parallel = 1;
     o->progress = -1;
+    o->trials = 1;
 
     /* getopt_long table from k_opts (duplicates by name are harmless: the first wins,
      * and the code is the same). */
@@ -401,7 +410,10 @@ int cli_parse(int cmd, const char *cmd_name, int argc, char **argv, cli_opts *o)
                 ok = false;
             }
             break;
-        case OPT_KV_BUDGET: ok = cli_parse_i32("--kv-budget", optarg, 1, 1 << 24, &o->kv_budget); break;
+        case OPT_KV_BUDGET:
+            if (cmd == CLI_EVAL && !strcmp(optarg, "match")) o->kv_budget_match = true;   /* per prompt, dms's live */
+            else ok = cli_parse_i32("--kv-budget", optarg, 1, 1 << 24, &o->kv_budget);
+            break;
         case OPT_DMS_WINDOW: ok = cli_parse_i32("--dms-window", optarg, 0, 1 << 24, &o->dms_window); break;
         case OPT_DMS_FORCE: ok = cli_parse_f32("--dms-force-rate", optarg, 0.0f, 1.0f, &o->dms_force_rate); break;
         case OPT_KV_MEM: ok = cli_parse_size("--kv-mem", optarg, &o->kv_mem); break;
@@ -411,6 +423,11 @@ int cli_parse(int cmd, const char *cmd_name, int argc, char **argv, cli_opts *o)
         case OPT_SAVE: o->save = optarg; break;
         case OPT_LOAD: o->load = optarg; break;
         case OPT_PASSKEY: o->passkey = optarg; break;
+        case OPT_VARTRACK: o->vartrack = optarg; break;
+        case OPT_DEPTHS: o->depths = optarg; break;
+        case OPT_TRIALS: ok = cli_parse_i32("--trials", optarg, 1, 1000, &o->trials); break;
+        case OPT_ARITH: ok = cli_parse_i32("--arith", optarg, 1, 100000, &o->arith); break;
+        case OPT_HYPER: ok = cli_parse_i32("--hyper", optarg, 1, 100000, &o->hyper); break;
         case OPT_KV_TYPE:
             if (!strcmp(optarg, "f16")) o->kv_type = LETHE_KV_F16;
             else if (!strcmp(optarg, "f32")) o->kv_type = LETHE_KV_F32;
