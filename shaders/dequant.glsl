@@ -104,6 +104,9 @@ int wq_q(uint wb, uint j) { int q = int(wq_u8(wb + 2u + j)); return q >= 128 ? q
 #endif
 
 #if defined(QBLOCK) && defined(ACT_Q8)
+// byte offsets of qs and qh inside a block
+uint qs_off_() { return WTYPE == 2 ? 2u : WTYPE == 3 ? 4u : WTYPE == 6 ? 6u : WTYPE == 7 ? 8u : 2u; }
+uint qh_off_() { return WTYPE == 6 ? 2u : 4u; }
 // Integer dot of the weight block at byte wb with the q8 activation block at
 // word xb of `xq` (declared by the includer), 4 quants per load.
 int block_idot(uint wb, uint xb) {
@@ -138,6 +141,32 @@ int block_idot(uint wb, uint xb) {
 #endif
             s += int(lo) * bitfieldExtract(xl, int(8u * k), 8) + int(hi) * bitfieldExtract(xh, int(8u * k), 8);
         }
+    }
+#endif
+    return s;
+}
+
+// The part of block_idot that the CPU backend's SIMD lane `j` (0..7) sums:
+// elements 4j .. 4j+3 (activation word j). The CPU accumulates each lane in
+// float on its own (cpu_quant.c, DEF_DOT32_AVX2 / DEF_TILE512), so the GEMV
+// reproduces its sums lane by lane.
+int lane_idot(uint wb, uint xb, uint j) {
+    int x = int(xq[xb + 2u + j]), s = 0;
+#if WTYPE == 8
+    int q = int(wq_u32(wb + 2u + 4u * j));
+    [[unroll]] for (int k = 0; k < 32; k += 8) s += bitfieldExtract(q, k, 8) * bitfieldExtract(x, k, 8);
+#else
+    // q4/q5: elements 0..15 are the low nibbles of qs[0..15], 16..31 the high ones
+    uint q = wq_u32(wb + qs_off_() + 4u * (j & 3u)), sh = j < 4u ? 0u : 4u;
+#if WTYPE == 6 || WTYPE == 7
+    uint qh = wq_u32(wb + qh_off_()) >> (4u * j);
+#endif
+    [[unroll]] for (uint k = 0u; k < 4u; k++) {
+        uint u = (q >> (8u * k + sh)) & 15u;
+#if WTYPE == 6 || WTYPE == 7
+        u |= ((qh >> k) & 1u) << 4;
+#endif
+        s += int(u) * bitfieldExtract(x, int(8u * k), 8);
     }
 #endif
     return s;

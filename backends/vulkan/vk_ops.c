@@ -382,7 +382,9 @@ static lethe_status op_rms_norm(rec *r, const lethe_node *n) {
     struct { uint32_t E, T, x_off, w_off, out_off, has_w; float eps; } pc = {
         E, T, a[0].rem / 4, a[1].rem / 4, a[2].rem / 4, w != NULL, n->fparams[0]};
     uint32_t gx = LETHE_MIN(T, 65535u), gy = (T + gx - 1) / gx;
-    return dispatch(r, "rms_norm", a, 3, &pc, sizeof pc, gx, gy, 1);
+    /* the double-precision variant reproduces the CPU's bits (shaders/rms_norm.comp) */
+    const char *pipe = lethe_vk_pipeline(r->c, "rms_norm_f64") ? "rms_norm_f64" : "rms_norm";
+    return dispatch(r, pipe, a, 3, &pc, sizeof pc, gx, gy, 1);
 }
 
 static lethe_status op_eltwise(rec *r, const lethe_node *n) {
