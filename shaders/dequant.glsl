@@ -11,15 +11,6 @@ uint wq_u32(uint b) {
     uint i = b >> 2;
     return (b & 2u) == 0u ? wq[i] : (wq[i] >> 16) | (wq[i + 1u] << 16);
 }
-// binary16 bits -> f32 by hand: unpackHalf2x16 may flush f16 subnormals to
-// zero (lavapipe does), and quantized blocks of small weights have subnormal
-// scales; the CPU backend keeps them.
-float f16_value(uint h) {
-    uint sign = (h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
-    if (e == 0u) return uintBitsToFloat(sign | floatBitsToUint(float(m) * 5.9604644775390625e-8));
-    if (e == 31u) return uintBitsToFloat(sign | 0x7F800000u | (m << 13));
-    return uintBitsToFloat(sign | ((e + 112u) << 23) | (m << 13));
-}
 float wq_f16(uint b) { return f16_value(wq_u16(b)); }
 
 #if WTYPE == 0          // f32

@@ -150,7 +150,9 @@ void main() {
         }
         barrier();
         const float dd = wd[lx] * xd[ly];
-        [[unroll]] for (uint j = 0u; j < 8u; j++) {
+        // not unrolled: lavapipe loses the emulated fma's exactness when
+        // copies of it run side by side (see attention.comp's score())
+        [[dont_unroll]] for (uint j = 0u; j < 8u; j++) {
             int s = 0;
             [[unroll]] for (uint k = 4u * j; k < 4u * j + 4u; k++) s += wu[lx][k] * xu[ly][k];
             acc[j] = fma_rn(float(s), dd, acc[j]);

@@ -253,7 +253,7 @@ bool lethe_vk_supports_op(lethe_backend *be, const lethe_node *n) {
         if (!kv_on_device(c, be, n) || n->kv->score || n->kv->kmin || !f32n(n->src[0]) || !fits(c, n->src[0]))
             return false;
         const int64_t D = n->kv->head_dim, T = n->ub->n_tokens, nq = lethe_tensor_nelements(&n->src[0]->t);
-        if (nq % (D * T) != 0) return false;
+        if (nq % (D * T) != 0 || D % 16 != 0) return false;   /* the CPU's 16-lane scores (attention.comp) */
         const int64_t Hq = nq / (D * T);
         return Hq % n->kv->n_head_kv == 0 && Hq * T <= 65535LL * 65535LL && has_pipe(c, "attention", NULL);
     }
@@ -589,9 +589,10 @@ static lethe_status op_attention(rec *r, const lethe_node *n) {
     struct {
         uint32_t D, Hq, Hkv, G, T, q_off, out_off, meta_off, page_words, slot_words, pos_word0, exp_word0, f16;
         float scale;
+        uint32_t fused;
     } pc = {D, Hq, Hkv, Hq / Hkv, T, a[0].rem / 4, a[3].rem / 4, 0, (uint32_t)(kv->page_bytes / 4),
             (uint32_t)(kv->slot_bytes / 4), (uint32_t)(kv->pos_offs / 4), (uint32_t)(kv->expire_offs / 4),
-            kv->type == LETHE_F16, n->fparams[0]};
+            kv->type == LETHE_F16, n->fparams[0], lethe_cpu_attention_fused(kv, (int64_t)(Hq / Hkv))};
     const uint32_t groups = T * Hq, gx = LETHE_MIN(groups, 65535u), gy = (groups + gx - 1) / gx;
     if ((st = dispatch(r, "attention", a, 4, &pc, sizeof pc, gx, gy, 1)) != LETHE_OK) return st;
     if (!r->dry) __atomic_fetch_add(&kv->reads, reads, __ATOMIC_RELAXED);   /* as the CPU kernel counts */
