@@ -22,7 +22,8 @@
 //     in slot order, and the V rows accumulated in slot order, acc_d +=
 //     w v_d fused (`fused`, the CPU's AVX-512 f16 D=64 kernel) or as a
 //     rounded product and a rounded sum (its generic kernel);
-//   out = acc * (1 / sum), zeros for a query with no visible key.
+//   out = acc * (1 / sum), zeros for a query with no visible key;
+//   for TOVA / H2O, the weights exp(score - m) / sum of every slot.
 // Pass 2 recomputes each score rather than storing L of them (same bits).
 // Keys go WG at a time: invocation j scores key j of the chunk; in pass 2
 // the chunk's weights go through shared memory and invocation d accumulates
@@ -34,7 +35,7 @@
 layout(local_size_x_id = 0) in;
 layout(binding = 0) readonly buffer Q { float q[]; };
 layout(binding = 1) readonly buffer KV { uint kv[]; };
-layout(binding = 2) readonly buffer Meta { int meta[]; };
+layout(binding = 2) buffer Meta { int meta[]; };   // + the weights written for score policies
 layout(binding = 3) writeonly buffer Out { float outp[]; };
 layout(push_constant) uniform P {
     uint D, Hq, Hkv, G, T;
@@ -43,6 +44,8 @@ layout(push_constant) uniform P {
     uint f16;
     float scale;
     uint fused;         // 1: V rows accumulated by fused steps (see above)
+    uint w_off;         // 0: no weights wanted; else the word in `meta` of [T][Hq][w_stride]
+    uint w_stride;
 } p;
 
 shared float qs[WG * MAX_DPT];
@@ -149,6 +152,21 @@ void main() {
                 }
             }
             barrier();   // wts is rewritten by the next chunk
+        }
+    }
+    // TOVA / H2O (w_off != 0): each slot's softmax weight exp(s - m) / sum,
+    // -1 where the key is not visible; the host sums them over the group
+    // into the policy's scores in the CPU kernel's order (vk_ops.c)
+    if (p.w_off != 0u) {
+        uint wrow = p.w_off + (t * p.Hq + h) * p.w_stride;
+        for (int j = int(lid); j < L; j += WG) {
+            uint kr = key_row(uint(j));
+            float pw = -1.0;
+            if (kr != 0xFFFFFFFFu && sum > 0.0) {
+                precise float x = score(kr) - m;
+                pw = div_rn(exp_det(x), sum);
+            }
+            meta[wrow + uint(j)] = floatBitsToInt(pw);
         }
     }
     float inv = sum > 0.0 ? div_rn(1.0, sum) : 0.0;

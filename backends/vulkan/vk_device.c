@@ -445,6 +445,7 @@ static void vk_free(lethe_backend *be) {
         }
         if (c->inst) vkDestroyInstance(c->inst, NULL);
         free(c->weights);
+        free(c->score_jobs);
         free(c->pipes);
         free(c->sets);
         free(c);
