@@ -88,6 +88,9 @@ int lethe_backend_cpu_n_threads(lethe_backend *be);
 lethe_backend *lethe_backend_vulkan_new(int device);
 /* Device time of the backend's last compute() in ms (timestamps; 0 if none). */
 double lethe_backend_vulkan_last_ms(lethe_backend *be);
+/* Device time of all its computes so far in ms; -1 if `be` is not a Vulkan
+ * backend or its queue has no timestamps. */
+double lethe_backend_vulkan_total_ms(lethe_backend *be);
 
 /* The CUDA backend (backends/cuda, the module liblethe-cuda.so): device N
  * of the driver's order; LETHE_CUDA_DEVICE, when set, overrides `device`.

@@ -463,6 +463,10 @@ size_t lethe_model_memory_bytes(const lethe_model *m) {
     return m->gguf->map ? m->gguf->map_size : m->gguf->size;
 }
 
+double lethe_get_device_ms(const lethe_context *c) {
+    return c && c->gpu ? lethe_backend_vulkan_total_ms(c->gpu) : -1.0;
+}
+
 lethe_memory_info lethe_get_memory_info(const lethe_context *c) {
     lethe_memory_info mi = {0};
     if (!c) return mi;

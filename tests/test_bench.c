@@ -401,6 +401,12 @@ static void test_roofline(void **state) {
     assert_int_equal(lethe_measure_bandwidth("cpu", 0, 1, 1024, 1, &bw), LETHE_ERR_INVALID_ARG);   /* fits a cache */
     assert_int_equal(lethe_measure_bandwidth("cpu", 3, 1, 0, 1, &bw), LETHE_ERR_BACKEND);
     assert_int_equal(lethe_measure_bandwidth("cpu", 0, 1, 0, 0, &bw), LETHE_ERR_INVALID_ARG);
+    /* Vulkan (lavapipe in CI): a timed device-to-device copy */
+    if (strstr(lethe_version(), "vulkan")) {
+        assert_int_equal(lethe_measure_bandwidth("vulkan", 0, 0, 8u << 20, 1, &bw), LETHE_OK);
+        assert_true(bw.gbps > 0 && bw.bytes == 2 * (8u << 20));
+        assert_string_equal(bw.method, "device-to-device copy");
+    }
     /* a backend this build lacks, or one without a device copy: a status, never a crash */
     assert_int_not_equal(lethe_measure_bandwidth("tpu", 0, 1, 8u << 20, 1, &bw), LETHE_OK);
     char name[128];
@@ -510,6 +516,7 @@ static void test_cli_sweep(void **state) {
     assert_true(jnum(o, "compression") > 1.0);   /* 24 tokens seen, 8 kept */
     assert_true(jnum(o, "gbps") > 0);
     assert_true(isnan(jnum(o, "roofline_pct")));   /* nothing cached in this LETHE_CACHE */
+    assert_true(isnan(jnum(o, "device_ts")));      /* the CPU has no device timestamps */
     assert_non_null(strstr(r.err, "no roofline cached"));
     assert_string_equal(json_string_value(json_object_get(o, "engine")), "lethe");
     assert_non_null(strstr(json_string_value(json_object_get(o, "command")), "--kv-budget 8,16"));
@@ -531,6 +538,19 @@ static void test_cli_sweep(void **state) {
     assert_true(jnum(o, "avg_ts") > 0);
     json_decref(arr);
     free_run(&r);
+
+    /* Vulkan (lavapipe in CI): the device's timestamps reach the row */
+    if (strstr(lethe_version(), "vulkan")) {
+        r = bench(dir, ARGS("--backend", "vulkan", "-p", "0", "-n", "2", "-r", "1", "-o", "json", "--no-progress"));
+        if (r.status != 0) fail_msg("bench --backend vulkan failed: %s", r.err);
+        arr = json_loads(r.out, 0, &err);
+        assert_non_null(arr);
+        o = json_array_get(arr, 0);
+        assert_string_equal(json_string_value(json_object_get(o, "backend")), "vulkan");
+        assert_true(jnum(o, "device_ts") > 0);
+        json_decref(arr);
+        free_run(&r);
+    }
     rmdir(dir);
 }
 

@@ -261,6 +261,24 @@ static lethe_status vk_buffer_get(lethe_buffer *buf, size_t offs, void *dst, siz
     return lethe_vk_read(buf->backend->ctx, ((vk_buf *)buf->impl)->buf, offs, dst, size);
 }
 
+/* A device-to-device copy (lethe bench --roofline times it as the device's
+ * bandwidth). Submitted and waited for here: the interface allows an
+ * asynchronous copy, and the transfer command buffer is reused by the next
+ * transfer, so this one finishes first. */
+static lethe_status vk_buffer_copy(lethe_buffer *dst, size_t dst_offs, lethe_buffer *src, size_t src_offs,
+                                   size_t size) {
+    if (!dst || !src || dst->backend != src->backend || dst_offs > dst->size || size > dst->size - dst_offs ||
+        src_offs > src->size || size > src->size - src_offs)
+        return lethe_fail(LETHE_ERR_INVALID_ARG, "vulkan: buffer_copy of %zu bytes outside its buffers", size);
+    if (!size) return LETHE_OK;
+    vk_ctx *c = dst->backend->ctx;
+    lethe_status st = xfer_begin(c);
+    if (st != LETHE_OK) return st;
+    VkBufferCopy cp = {.srcOffset = src_offs, .dstOffset = dst_offs, .size = size};
+    vkCmdCopyBuffer(c->xfer, ((vk_buf *)src->impl)->buf, ((vk_buf *)dst->impl)->buf, 1, &cp);
+    return xfer_submit(c);
+}
+
 /* ---------------------------------------------------------- pipelines */
 
 VkPipeline lethe_vk_pipeline(const vk_ctx *c, const char *name) {
@@ -480,6 +498,7 @@ static const lethe_backend_iface k_vk_iface = {
     .supports_op = lethe_vk_supports_op,
     .compute = lethe_vk_compute,
     .synchronize = vk_synchronize,
+    .buffer_copy = vk_buffer_copy,
     .buffer_alloc_shared = vk_buffer_alloc_shared,
 };
 
@@ -573,4 +592,9 @@ lethe_backend *lethe_backend_vulkan_new(int device) {
 
 double lethe_backend_vulkan_last_ms(lethe_backend *be) {
     return be && be->iface == &k_vk_iface ? ((vk_ctx *)be->ctx)->last_compute_ms : 0.0;
+}
+
+double lethe_backend_vulkan_total_ms(lethe_backend *be) {
+    if (!be || be->iface != &k_vk_iface || !((vk_ctx *)be->ctx)->qpool) return -1.0;
+    return ((vk_ctx *)be->ctx)->total_compute_ms;
 }

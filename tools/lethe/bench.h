@@ -95,6 +95,7 @@ typedef struct bench_row {
     double roofline_gbps;     /* the device's measured bandwidth (NAN: none) */
     double roofline_pct;
     double peer_ts, ratio;    /* the peer's t/s on the same test; ours / it  */
+    double device_ts;         /* t/s by the device's own timestamps (NAN: none) */
     /* provenance */
     char date[32], commit[48], command[1024];
 } bench_row;

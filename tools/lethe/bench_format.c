@@ -49,7 +49,7 @@ double bench_parse_human_bytes(const char *s) {
 static const char *k_csv_cols =
     "engine,model,model_file,size_bytes,n_params,backend,device,device_name,n_threads,n_batch,n_parallel,kv_policy,"
     "n_prompt,n_gen,n_depth,test,avg_ts,stddev_ts,kv_bytes,kv_peak_bytes,kv_reads_per_token,compression,gbps,"
-    "roofline_gbps,roofline_pct,peer_ts,ratio,date,commit,command";
+    "roofline_gbps,roofline_pct,peer_ts,ratio,device_ts,date,commit,command";
 
 void bench_print_header(FILE *f, bench_fmt fmt) {
     if (fmt == BENCH_MD) {
@@ -105,6 +105,7 @@ void bench_print_json_row(FILE *f, const bench_row *r) {
     json_object_set_new(o, "roofline_pct", num_or_null(r->roofline_pct));
     json_object_set_new(o, "peer_ts", num_or_null(r->peer_ts));
     json_object_set_new(o, "ratio", num_or_null(r->ratio));
+    json_object_set_new(o, "device_ts", num_or_null(r->device_ts));
     json_object_set_new(o, "date", json_string(r->date));
     json_object_set_new(o, "commit", json_string(r->commit));
     json_object_set_new(o, "command", json_string(r->command));
@@ -195,6 +196,7 @@ void bench_print_row(FILE *f, bench_fmt fmt, const bench_row *r, bool first) {
         csv_num(f, r->roofline_pct);
         csv_num(f, r->peer_ts);
         csv_num(f, r->ratio);
+        csv_num(f, r->device_ts);
         fputc(',', f); csv_str(f, r->date);
         fputc(',', f); csv_str(f, r->commit);
         fputc(',', f); csv_str(f, r->command);

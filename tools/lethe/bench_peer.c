@@ -102,7 +102,7 @@ bool bench_peer_parse_jsonl(const char *name, const char *text, bench_peer_resul
                 if (r->reps < BENCH_MAX_REPS && json_is_number(v)) r->samples[r->reps++] = json_number_value(v);
             }
             r->kv_bytes = r->kv_peak = r->kv_reads_per_tok = r->compression = NAN;
-            r->gbps = r->roofline_gbps = r->roofline_pct = r->peer_ts = r->ratio = NAN;
+            r->gbps = r->roofline_gbps = r->roofline_pct = r->peer_ts = r->ratio = r->device_ts = NAN;
             snprintf(r->date, sizeof r->date, "%s", jstr(o, "test_time"));
             snprintf(r->commit, sizeof r->commit, "%s %s", name, jstr(o, "build_commit"));
             json_decref(o);
