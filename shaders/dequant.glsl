@@ -98,49 +98,11 @@ int wq_q(uint wb, uint j) { int q = int(wq_u8(wb + 2u + j)); return q >= 128 ? q
 // byte offsets of qs and qh inside a block
 uint qs_off_() { return WTYPE == 2 ? 2u : WTYPE == 3 ? 4u : WTYPE == 6 ? 6u : WTYPE == 7 ? 8u : 2u; }
 uint qh_off_() { return WTYPE == 6 ? 2u : 4u; }
-// Integer dot of the weight block at byte wb with the q8 activation block at
-// word xb of `xq` (declared by the includer), 4 quants per load.
-int block_idot(uint wb, uint xb) {
-    int s = 0;
-#if WTYPE == 8
-    [[unroll]] for (uint w = 0u; w < 8u; w++) {
-        int q = int(wq_u32(wb + 2u + 4u * w)), x = int(xq[xb + 2u + w]);
-        [[unroll]] for (int k = 0; k < 32; k += 8) s += bitfieldExtract(q, k, 8) * bitfieldExtract(x, k, 8);
-    }
-#else
-#if WTYPE == 2
-    const uint qs_off = 2u;
-#elif WTYPE == 3
-    const uint qs_off = 4u;
-#elif WTYPE == 6
-    const uint qs_off = 6u, qh_off = 2u;
-#else
-    const uint qs_off = 8u, qh_off = 4u;
-#endif
-#if WTYPE == 6 || WTYPE == 7
-    uint qh = wq_u32(wb + qh_off);
-#endif
-    [[unroll]] for (uint w = 0u; w < 4u; w++) {
-        uint q = wq_u32(wb + qs_off + 4u * w);
-        int xl = int(xq[xb + 2u + w]), xh = int(xq[xb + 6u + w]);
-        [[unroll]] for (uint k = 0u; k < 4u; k++) {
-            uint lo = (q >> (8u * k)) & 15u, hi = (q >> (8u * k + 4u)) & 15u;
-#if WTYPE == 6 || WTYPE == 7
-            uint j = 4u * w + k;
-            lo |= ((qh >> j) & 1u) << 4;
-            hi |= ((qh >> (j + 16u)) & 1u) << 4;
-#endif
-            s += int(lo) * bitfieldExtract(xl, int(8u * k), 8) + int(hi) * bitfieldExtract(xh, int(8u * k), 8);
-        }
-    }
-#endif
-    return s;
-}
-
-// The part of block_idot that the CPU backend's SIMD lane `j` (0..7) sums:
-// elements 4j .. 4j+3 (activation word j). The CPU accumulates each lane in
-// float on its own (cpu_quant.c, DEF_DOT32_AVX2 / DEF_TILE512), so the GEMV
-// reproduces its sums lane by lane.
+// Integer dot of the weight block at byte wb with the q8 activation block
+// at word xb of `xq` (declared by the includer), over the elements the CPU
+// backend's SIMD lane `j` (0..7) sums: 4j .. 4j+3 (activation word j). The
+// CPU accumulates each lane in float on its own (cpu_quant.c, DEF_DOT32_AVX2
+// / DEF_TILE512), so the GEMV reproduces its sums lane by lane.
 int lane_idot(uint wb, uint xb, uint j) {
     int x = int(xq[xb + 2u + j]), s = 0;
 #if WTYPE == 8

@@ -110,6 +110,19 @@ static inline void key_scores(int64_t D, const float *k, const float *const *qg,
         }
         return;
     }
+#else
+    if (D % 16 == 0) {   /* the AVX-512 arithmetic lane by lane: every build (and Vulkan) gives its bits */
+        for (int64_t g = 0; g < G; g++) {
+            float a[16] = {0};
+            for (int64_t d = 0; d < D; d += 16)
+                for (int l = 0; l < 16; l++) a[l] = fmaf(k[d + l], qg[g][d + l], a[l]);
+            float t[8], u[4];   /* _mm512_reduce_add_ps's order (GCC) */
+            for (int l = 0; l < 8; l++) t[l] = a[l] + a[l + 8];
+            for (int l = 0; l < 4; l++) u[l] = t[l] + t[l + 4];
+            sc[g] = scale * ((u[0] + u[2]) + (u[1] + u[3]));
+        }
+        return;
+    }
 #endif
     for (int64_t g = 0; g < G; g++) sc[g] = scale * lethe_cpu_dot_f32(D, k, qg[g]);
 }
