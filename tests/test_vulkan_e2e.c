@@ -12,9 +12,10 @@
  * lavapipe: NMSE 0 at every step, the logits bit-identical. Before that
  * work the per-step worst was 2.7e-2 (mean 3.4e-3): a last-bit difference
  * in one op flipped a q8 activation rounding downstream and the backends
- * drifted by quantization noise. The mirror is of the x86 AVX-512 build of
- * the CPU kernels (the AVX2 matmul gives the same bits; other builds differ
- * in the last bits of attention and would drift again).
+ * drifted by quantization noise. The CPU kernels' scalar twins do the SIMD
+ * lanes' arithmetic, so the AVX-512, AVX2 and plain builds agree (measured
+ * bit-identical here with -DLETHE_NATIVE=OFF too); one assumption left is
+ * GCC's _mm512_reduce_add_ps order (a Clang build is not checked).
  *
  * In CI the device is Mesa's lavapipe (VK_LOADER_DRIVERS_SELECT in
  * tests/CMakeLists.txt); the KV cache lives in the device's shared memory
