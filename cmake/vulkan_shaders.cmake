@@ -12,6 +12,7 @@
 set(_vk_wtypes "f32=0" "f16=1" "q4_0=2" "q4_1=3" "q5_0=6" "q5_1=7" "q8_0=8" "bf16=30")
 set(_vk_variants
   "rms_norm|rms_norm.comp|"
+  "rms_norm_f64|rms_norm.comp|F64=1"
   "add|binary.comp|OP_ADD=1"
   "mul|binary.comp|OP_MUL=1"
   "swiglu|swiglu.comp|"

@@ -2,6 +2,8 @@
 #include "executor.h"
 #include "common.h"
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define LETHE_ALIGN 64
@@ -447,6 +449,42 @@ static void log_fallback(lethe_executor *ex, const lethe_graph *g) {
               n_first, n_ops, g->n_nodes, list);
 }
 
+/* LETHE_DUMP_NODES=FILE (debugging, e.g. to find where two backends part):
+ * every node runs as its own compute and its result is appended to FILE as
+ * a record {char name[64]; int32 op; uint64 nbytes; bytes}. */
+static FILE *dump_file(void) {
+    static FILE *f;
+    static bool tried;
+    if (!tried) {
+        tried = true;
+        const char *path = getenv("LETHE_DUMP_NODES");
+        if (path && *path) f = fopen(path, "ab");
+    }
+    return f;
+}
+
+static lethe_status dump_node(const lethe_node *n) {
+    FILE *f = dump_file();
+    const size_t size = lethe_tensor_nbytes(&n->t);
+    uint8_t *b = malloc(size ? size : 1);
+    if (!b) return lethe_fail(LETHE_ERR_OOM, "executor: node dump");
+    lethe_status st = n->t.data ? (memcpy(b, n->t.data, size), LETHE_OK)
+                                : n->t.buf->backend->iface->buffer_get(n->t.buf, n->t.offs, b, size);
+    if (st == LETHE_OK) {
+        char name[64] = {0};
+        snprintf(name, sizeof name, "%s", n->t.name);
+        const int32_t op = n->op;
+        const uint64_t nb = size;
+        fwrite(name, 1, sizeof name, f);
+        fwrite(&op, sizeof op, 1, f);
+        fwrite(&nb, sizeof nb, 1, f);
+        fwrite(b, 1, size, f);
+        fflush(f);
+    }
+    free(b);
+    return st;
+}
+
 lethe_status lethe_executor_run(lethe_executor *ex, lethe_graph *g,
                                 lethe_abort_fn abort_fn, void *abort_user) {
     if (g->status != LETHE_OK) return g->status;
@@ -487,7 +525,14 @@ lethe_status lethe_executor_run(lethe_executor *ex, lethe_graph *g,
             st = copy_node(ex, ex->copies[c].src, &ex->shadow[ex->copies[c].shadow]);
         if (st != LETHE_OK) break;
         lethe_backend *be = ex->backends[sg->backend];
-        st = be->iface->compute(be, g, sg->begin, sg->end, abort_fn, abort_user);
+        if (!dump_file()) {
+            st = be->iface->compute(be, g, sg->begin, sg->end, abort_fn, abort_user);
+            continue;
+        }
+        for (int i = sg->begin; i < sg->end && st == LETHE_OK; i++) {   /* debugging: node by node */
+            st = be->iface->compute(be, g, i, i + 1, abort_fn, abort_user);
+            if (st == LETHE_OK) st = dump_node(&g->nodes[i]);
+        }
     }
     for (int p = ex->n_patches - 1; p >= 0; p--) *ex->patches[p].slot = ex->patches[p].orig;
     if (st != LETHE_OK) return st;

@@ -296,6 +296,10 @@ typedef struct lethe_memory_info {
 } lethe_memory_info;
 
 LETHE_API lethe_memory_info lethe_get_memory_info(const lethe_context *ctx);
+/* Milliseconds the context's GPU spent computing its decode calls so far,
+ * by device timestamps (Vulkan); -1 when the context runs on the CPU only
+ * or its device offers no timestamps. `lethe bench` reports it per row. */
+LETHE_API double lethe_get_device_ms(const lethe_context *ctx);
 /* Bytes of the model file held in memory (mapped or read). */
 LETHE_API size_t lethe_model_memory_bytes(const lethe_model *model);
 

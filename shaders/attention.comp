@@ -12,18 +12,30 @@
 // it, pos[j] at pos_word0 + page * P + j % P, expire likewise. Slot j is
 // visible iff pos[j] <= p < expire[j] (holes: pos = INT32_MAX, never).
 //
-// Keys go WG at a time (online softmax): invocation j scores key j of the
-// chunk, the chunk's weights exp(s - m) go through shared memory, then
-// invocation d accumulates output dims d, d + WG, ... of the weighted V sum,
-// rescaled whenever the running max m grows. A query with no visible key
-// gives zeros, like the CPU kernel.
+// The arithmetic is the CPU backend's (cpu_attention.c), operation for
+// operation, so both give the same bits:
+//   score = scale * reduce16(k . q): 16 lanes, lane l accumulating
+//     k[16c + l] q[16c + l] by fused steps over c, then the lanes summed in
+//     GCC's _mm512_reduce_add_ps order (D a multiple of 16);
+//   two passes: the maximum m over the visible scores (any order gives the
+//     same maximum), then weights exp_det(score - m) (the CPU's exp) summed
+//     in slot order, and the V rows accumulated in slot order, acc_d +=
+//     w v_d fused (`fused`, the CPU's AVX-512 f16 D=64 kernel) or as a
+//     rounded product and a rounded sum (its generic kernel);
+//   out = acc * (1 / sum), zeros for a query with no visible key;
+//   for TOVA / H2O, the weights exp(score - m) / sum of every slot.
+// Pass 2 recomputes each score rather than storing L of them (same bits).
+// Keys go WG at a time: invocation j scores key j of the chunk; in pass 2
+// the chunk's weights go through shared memory and invocation d accumulates
+// output dims d, d + WG, ... over the chunk's keys in order.
 #include "common.glsl"
+#include "exact.glsl"
 #define WG 64
 #define MAX_DPT 4   // output dims per invocation: D <= WG * MAX_DPT
 layout(local_size_x_id = 0) in;
 layout(binding = 0) readonly buffer Q { float q[]; };
 layout(binding = 1) readonly buffer KV { uint kv[]; };
-layout(binding = 2) readonly buffer Meta { int meta[]; };
+layout(binding = 2) buffer Meta { int meta[]; };   // + the weights written for score policies
 layout(binding = 3) writeonly buffer Out { float outp[]; };
 layout(push_constant) uniform P {
     uint D, Hq, Hkv, G, T;
@@ -31,14 +43,45 @@ layout(push_constant) uniform P {
     uint page_words, slot_words, pos_word0, exp_word0;
     uint f16;
     float scale;
+    uint fused;         // 1: V rows accumulated by fused steps (see above)
+    uint w_off;         // 0: no weights wanted; else the word in `meta` of [T][Hq][w_stride]
+    uint w_stride;
 } p;
 
 shared float qs[WG * MAX_DPT];
 shared float wts[WG];
+shared float red[WG];
 
 float kv_elem(uint row, uint d) {
-    if (p.f16 != 0u) return unpackHalf2x16(kv[row + d / 2u])[d & 1u];
+    if (p.f16 != 0u) return f16_value((kv[row + d / 2u] >> (16u * (d & 1u))) & 0xFFFFu);
     return uintBitsToFloat(kv[row + d]);
+}
+
+int L, plist, pq;
+
+// The K row of slot j if visible to the query, else -1 (as uint).
+uint key_row(uint j) {
+    uint page = uint(meta[p.meta_off + uint(plist) + j / 32u]);
+    uint in_page = j % 32u, mi = page * 32u + in_page;
+    int ps = int(kv[p.pos_word0 + mi]), ex = int(kv[p.exp_word0 + mi]);
+    return ps <= pq && pq < ex ? page * p.page_words + in_page * p.slot_words : 0xFFFFFFFFu;
+}
+
+float score(uint krow) {
+    // lane by lane, not unrolled: Mesa's lavapipe loses the exactness of
+    // the emulated fma when the 16 lanes are unrolled side by side
+    float a[16];
+    [[dont_unroll]] for (uint l = 0u; l < 16u; l++) {
+        float al = 0.0;
+        for (uint c = 0u; c < p.D; c += 16u) al = fma_rn(kv_elem(krow, c + l), qs[c + l], al);
+        a[l] = al;
+    }
+    precise float t0 = a[0] + a[8], t1 = a[1] + a[9], t2 = a[2] + a[10], t3 = a[3] + a[11];
+    precise float t4 = a[4] + a[12], t5 = a[5] + a[13], t6 = a[6] + a[14], t7 = a[7] + a[15];
+    precise float u0 = t0 + t4, u1 = t1 + t5, u2 = t2 + t6, u3 = t3 + t7;
+    precise float s = (u0 + u2) + (u1 + u3);
+    precise float r = p.scale * s;
+    return r;
 }
 
 void main() {
@@ -47,61 +90,92 @@ void main() {
     uint lid = gl_LocalInvocationID.x;
     uint t = wgid / p.Hq, h = wgid % p.Hq, hk = h / p.G;
     uint e = p.meta_off + (t * p.Hkv + hk) * 4u;
-    int L = meta[e], plist = meta[e + 1u], pq = meta[e + 2u];
+    L = meta[e];
+    plist = meta[e + 1u];
+    pq = meta[e + 2u];
     uint qbase = p.q_off + (t * p.Hq + h) * p.D;
     for (uint d = lid; d < p.D; d += WG) qs[d] = q[qbase + d];
     barrier();
 
-    float m = -1.0 / 0.0, sum = 0.0;
+    // pass 1: the maximum visible score
+    const float NEG_INF = -1.0 / 0.0;
+    float m = NEG_INF;
+    for (int j = int(lid); j < L; j += WG) {
+        uint kr = key_row(uint(j));
+        if (kr != 0xFFFFFFFFu) m = max(m, score(kr));
+    }
+    red[lid] = m;
+    barrier();
+    for (uint s = WG / 2u; s > 0u; s >>= 1) {
+        if (lid < s) red[lid] = max(red[lid], red[lid + s]);
+        barrier();
+    }
+    m = red[0];
+
+    // pass 2: weights and the weighted V sum, in slot order
+    precise float sum = 0.0;
     float acc[MAX_DPT];
     [[unroll]] for (uint c = 0u; c < MAX_DPT; c++) acc[c] = 0.0;
-    for (int j0 = 0; j0 < L; j0 += WG) {
-        // scores: invocation lid takes slot j0 + lid
-        int j = j0 + int(lid);
-        float s = -1.0 / 0.0;
-        if (j < L) {
-            uint page = uint(meta[p.meta_off + uint(plist) + uint(j) / 32u]);
-            uint in_page = uint(j) % 32u;
-            uint mi = page * 32u + in_page;
-            int ps = int(kv[p.pos_word0 + mi]), ex = int(kv[p.exp_word0 + mi]);
-            if (ps <= pq && pq < ex) {
-                uint krow = page * p.page_words + in_page * p.slot_words;
-                float dot = 0.0;
-                for (uint d = 0u; d < p.D; d++) dot += kv_elem(krow, d) * qs[d];
-                s = p.scale * dot;
+    if (m != NEG_INF) {   // uniform: some key is visible
+        for (int j0 = 0; j0 < L; j0 += WG) {
+            int j = j0 + int(lid);
+            float w = -1.0;   // not visible
+            if (j < L) {
+                uint kr = key_row(uint(j));
+                if (kr != 0xFFFFFFFFu) {
+                    precise float x = score(kr) - m;
+                    w = exp_det(x);
+                }
             }
-        }
-        wts[lid] = s;
-        barrier();
-        float cm = m;
-        for (uint i = 0u; i < WG; i++) cm = max(cm, wts[i]);
-        barrier();
-        if (cm == -1.0 / 0.0) continue;   // nothing visible yet: uniform across the workgroup
-        float alpha = m == -1.0 / 0.0 ? 0.0 : exp(m - cm);
-        wts[lid] = s == -1.0 / 0.0 ? 0.0 : exp(s - cm);
-        barrier();
-        m = cm;
-        sum *= alpha;
-        [[unroll]] for (uint c = 0u; c < MAX_DPT; c++) acc[c] *= alpha;
-        int n = min(WG, L - j0);
-        for (int i = 0; i < n; i++) {
-            float w = wts[i];
-            if (w == 0.0) continue;
-            sum += w;
-            uint jj = uint(j0 + i);
-            uint page = uint(meta[p.meta_off + uint(plist) + jj / 32u]);
-            uint vrow = page * p.page_words + 32u * p.slot_words + (jj % 32u) * p.slot_words;
-            [[unroll]] for (uint c = 0u; c < MAX_DPT; c++) {
-                uint d = lid + c * WG;
-                if (d < p.D) acc[c] += w * kv_elem(vrow, d);
+            wts[lid] = w;
+            barrier();
+            int n = min(WG, L - j0);
+            for (int i = 0; i < n; i++) {
+                float wi = wts[i];
+                if (wi < 0.0) continue;
+                sum = sum + wi;
+                uint jj = uint(j0 + i);
+                uint page = uint(meta[p.meta_off + uint(plist) + jj / 32u]);
+                uint vrow = page * p.page_words + 32u * p.slot_words + (jj % 32u) * p.slot_words;
+                [[dont_unroll]] for (uint c = 0u; c < MAX_DPT; c++) {   // see score()
+                    uint d = lid + c * WG;
+                    if (d < p.D) {
+                        float v = kv_elem(vrow, d);
+                        if (p.fused != 0u) {
+                            acc[c] = fma_rn(wi, v, acc[c]);
+                        } else {
+                            precise float pr = wi * v;
+                            precise float na = acc[c] + pr;
+                            acc[c] = na;
+                        }
+                    }
+                }
             }
+            barrier();   // wts is rewritten by the next chunk
         }
-        barrier();   // wts is rewritten by the next chunk
     }
-    float inv = sum > 0.0 ? 1.0 / sum : 0.0;
+    // TOVA / H2O (w_off != 0): each slot's softmax weight exp(s - m) / sum,
+    // -1 where the key is not visible; the host sums them over the group
+    // into the policy's scores in the CPU kernel's order (vk_ops.c)
+    if (p.w_off != 0u) {
+        uint wrow = p.w_off + (t * p.Hq + h) * p.w_stride;
+        for (int j = int(lid); j < L; j += WG) {
+            uint kr = key_row(uint(j));
+            float pw = -1.0;
+            if (kr != 0xFFFFFFFFu && sum > 0.0) {
+                precise float x = score(kr) - m;
+                pw = div_rn(exp_det(x), sum);
+            }
+            meta[wrow + uint(j)] = floatBitsToInt(pw);
+        }
+    }
+    float inv = sum > 0.0 ? div_rn(1.0, sum) : 0.0;
     uint obase = p.out_off + (t * p.Hq + h) * p.D;
     [[unroll]] for (uint c = 0u; c < MAX_DPT; c++) {
         uint d = lid + c * WG;
-        if (d < p.D) outp[obase + d] = acc[c] * inv;
+        if (d < p.D) {
+            precise float o = acc[c] * inv;
+            outp[obase + d] = o;
+        }
     }
 }

@@ -11,15 +11,6 @@ uint wq_u32(uint b) {
     uint i = b >> 2;
     return (b & 2u) == 0u ? wq[i] : (wq[i] >> 16) | (wq[i + 1u] << 16);
 }
-// binary16 bits -> f32 by hand: unpackHalf2x16 may flush f16 subnormals to
-// zero (lavapipe does), and quantized blocks of small weights have subnormal
-// scales; the CPU backend keeps them.
-float f16_value(uint h) {
-    uint sign = (h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
-    if (e == 0u) return uintBitsToFloat(sign | floatBitsToUint(float(m) * 5.9604644775390625e-8));
-    if (e == 31u) return uintBitsToFloat(sign | 0x7F800000u | (m << 13));
-    return uintBitsToFloat(sign | ((e + 112u) << 23) | (m << 13));
-}
 float wq_f16(uint b) { return f16_value(wq_u16(b)); }
 
 #if WTYPE == 0          // f32
@@ -104,40 +95,31 @@ int wq_q(uint wb, uint j) { int q = int(wq_u8(wb + 2u + j)); return q >= 128 ? q
 #endif
 
 #if defined(QBLOCK) && defined(ACT_Q8)
-// Integer dot of the weight block at byte wb with the q8 activation block at
-// word xb of `xq` (declared by the includer), 4 quants per load.
-int block_idot(uint wb, uint xb) {
-    int s = 0;
+// byte offsets of qs and qh inside a block
+uint qs_off_() { return WTYPE == 2 ? 2u : WTYPE == 3 ? 4u : WTYPE == 6 ? 6u : WTYPE == 7 ? 8u : 2u; }
+uint qh_off_() { return WTYPE == 6 ? 2u : 4u; }
+// Integer dot of the weight block at byte wb with the q8 activation block
+// at word xb of `xq` (declared by the includer), over the elements the CPU
+// backend's SIMD lane `j` (0..7) sums: 4j .. 4j+3 (activation word j). The
+// CPU accumulates each lane in float on its own (cpu_quant.c, DEF_DOT32_AVX2
+// / DEF_TILE512), so the GEMV reproduces its sums lane by lane.
+int lane_idot(uint wb, uint xb, uint j) {
+    int x = int(xq[xb + 2u + j]), s = 0;
 #if WTYPE == 8
-    [[unroll]] for (uint w = 0u; w < 8u; w++) {
-        int q = int(wq_u32(wb + 2u + 4u * w)), x = int(xq[xb + 2u + w]);
-        [[unroll]] for (int k = 0; k < 32; k += 8) s += bitfieldExtract(q, k, 8) * bitfieldExtract(x, k, 8);
-    }
+    int q = int(wq_u32(wb + 2u + 4u * j));
+    [[unroll]] for (int k = 0; k < 32; k += 8) s += bitfieldExtract(q, k, 8) * bitfieldExtract(x, k, 8);
 #else
-#if WTYPE == 2
-    const uint qs_off = 2u;
-#elif WTYPE == 3
-    const uint qs_off = 4u;
-#elif WTYPE == 6
-    const uint qs_off = 6u, qh_off = 2u;
-#else
-    const uint qs_off = 8u, qh_off = 4u;
-#endif
+    // q4/q5: elements 0..15 are the low nibbles of qs[0..15], 16..31 the high ones
+    uint q = wq_u32(wb + qs_off_() + 4u * (j & 3u)), sh = j < 4u ? 0u : 4u;
 #if WTYPE == 6 || WTYPE == 7
-    uint qh = wq_u32(wb + qh_off);
+    uint qh = wq_u32(wb + qh_off_()) >> (4u * j);
 #endif
-    [[unroll]] for (uint w = 0u; w < 4u; w++) {
-        uint q = wq_u32(wb + qs_off + 4u * w);
-        int xl = int(xq[xb + 2u + w]), xh = int(xq[xb + 6u + w]);
-        [[unroll]] for (uint k = 0u; k < 4u; k++) {
-            uint lo = (q >> (8u * k)) & 15u, hi = (q >> (8u * k + 4u)) & 15u;
+    [[unroll]] for (uint k = 0u; k < 4u; k++) {
+        uint u = (q >> (8u * k + sh)) & 15u;
 #if WTYPE == 6 || WTYPE == 7
-            uint j = 4u * w + k;
-            lo |= ((qh >> j) & 1u) << 4;
-            hi |= ((qh >> (j + 16u)) & 1u) << 4;
+        u |= ((qh >> k) & 1u) << 4;
 #endif
-            s += int(lo) * bitfieldExtract(xl, int(8u * k), 8) + int(hi) * bitfieldExtract(xh, int(8u * k), 8);
-        }
+        s += int(u) * bitfieldExtract(x, int(8u * k), 8);
     }
 #endif
     return s;

@@ -44,8 +44,9 @@ void main() {
     uint src = r * p.D;
     if (p.f16 != 0u) {
         uint d = 2u * w;
-        kv[kw + w] = packHalf2x16(vec2(k[p.k_off + src + d], k[p.k_off + src + d + 1u]));
-        kv[vw + w] = packHalf2x16(vec2(v[p.v_off + src + d], v[p.v_off + src + d + 1u]));
+        // f16_bits, not packHalf2x16: the CPU's round-to-nearest-even, subnormals kept
+        kv[kw + w] = f16_bits(k[p.k_off + src + d]) | (f16_bits(k[p.k_off + src + d + 1u]) << 16);
+        kv[vw + w] = f16_bits(v[p.v_off + src + d]) | (f16_bits(v[p.v_off + src + d + 1u]) << 16);
     } else {
         kv[kw + w] = floatBitsToUint(k[p.k_off + src + w]);
         kv[vw + w] = floatBitsToUint(v[p.v_off + src + w]);

@@ -29,23 +29,69 @@ layout(push_constant) uniform P {
     uint out_col0;      // first output column of this chunk
 } p;
 #include "dequant.glsl"
+#include "exact.glsl"
 
 #ifdef ACT_Q8
 #ifndef QBLOCK
 #error "ACT_Q8 needs a 32-block weight type"
 #endif
 int xq8(uint xb, uint j) { return bitfieldExtract(int(xq[xb + 2u + (j >> 2)]), int((j & 3u) * 8u), 8); }
-// block b of weight row rb times block b of activation row t
-float block_dot(uint rb, uint t, uint b) {
-    uint wb = rb + b * BS, xb = p.x_off + (t * (p.K >> 5) + b) * 10u;
-    float d, m;
-    wscale(wb, d, m);
-    int s = block_idot(wb, xb);
-    return d * uintBitsToFloat(xq[xb]) * float(s) + m * uintBitsToFloat(xq[xb + 1u]);
-}
 #endif
 
-#ifndef TILED
+#if !defined(TILED) && defined(ACT_Q8)
+// GEMV, q8 activations, in the CPU backend's exact arithmetic (cpu_quant.c:
+// DEF_DOT32_AVX2 and the AVX-512 tiles, which agree bit for bit): 8 float
+// lanes per output; lane j takes elements 4j..4j+3 of every block and
+// accumulates acc_j = fma(float(int dot), d_w * d_x, acc_j) block after
+// block; the offsets m_w * s_x go to a separate sequential sum (rounded
+// products, no fusing); the result is hsum8(acc) + msum with hsum8's
+// addition order ((a0+a4)+(a2+a6)) + ((a1+a5)+(a3+a7)). Same bits as the
+// CPU, not merely close: a last-bit difference here flips a later q8
+// rounding and the two backends drift apart by quantization noise.
+// A workgroup of WG invocations computes WG/8 outputs at a time.
+layout(local_size_x_id = 0) in;
+layout(constant_id = 0) const uint WG = 32;
+shared float lane_acc[WG];
+
+void main() {
+    const uint tid = gl_LocalInvocationID.x, lane = tid & 7u, per = WG / 8u;
+    const uint t = gl_WorkGroupID.z, nb = p.K >> 5;
+    const uint groups = gl_NumWorkGroups.x * gl_NumWorkGroups.y;
+    for (uint n0 = (gl_WorkGroupID.x + gl_WorkGroupID.y * gl_NumWorkGroups.x) * per; n0 < p.N; n0 += groups * per) {
+        const uint n = n0 + tid / 8u;
+        float acc = 0.0;
+        precise float msum = 0.0;
+        if (n < p.N) {
+            const uint rb = p.w_off + n * p.row_bytes;
+            for (uint b = 0u; b < nb; b++) {
+                const uint wb = rb + b * BS, xb = p.x_off + (t * nb + b) * 10u;
+                float d, m;
+                wscale(wb, d, m);
+                const float dx = uintBitsToFloat(xq[xb]);
+                acc = fma_rn(float(lane_idot(wb, xb, lane)), d * dx, acc);
+#if WTYPE != 8
+                if (lane == 0u) {
+                    precise float ms = m * uintBitsToFloat(xq[xb + 1u]);
+                    msum = msum + ms;
+                }
+#endif
+            }
+        }
+        lane_acc[tid] = acc;
+        barrier();
+        if (lane == 0u && n < p.N) {
+            const uint o = tid;
+            precise float v = ((lane_acc[o] + lane_acc[o + 4u]) + (lane_acc[o + 2u] + lane_acc[o + 6u])) +
+                              ((lane_acc[o + 1u] + lane_acc[o + 5u]) + (lane_acc[o + 3u] + lane_acc[o + 7u]));
+#if WTYPE != 8
+            v = v + msum;
+#endif
+            outp[p.out_off + t * p.out_stride + p.out_col0 + n] = v;
+        }
+        barrier();
+    }
+}
+#elif !defined(TILED)
 layout(local_size_x_id = 0) in;
 layout(constant_id = 0) const uint WG = 32;
 shared float part[WG];
@@ -57,11 +103,7 @@ void main() {
          n += gl_NumWorkGroups.x * gl_NumWorkGroups.y) {
         uint rb = p.w_off + n * p.row_bytes, xr = p.x_off + t * p.K;
         float s = 0.0;
-#ifdef ACT_Q8
-        for (uint b = tid; b < (p.K >> 5); b += WG) s += block_dot(rb, t, b);
-#else
         for (uint k = tid; k < p.K; k += WG) s += deq(rb, k) * x[xr + k];
-#endif
         part[tid] = s;
         barrier();
         for (uint h = WG / 2u; h > 0u; h >>= 1) {
@@ -86,7 +128,8 @@ void main() {
     uint n0 = gl_WorkGroupID.x * TILE, t0 = gl_WorkGroupID.y * TILE;
     uint tid = ly * TILE + lx;
     const uint nb = p.K >> 5;
-    float acc = 0.0;
+    float acc[8] = float[8](0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);   // the CPU's 8 lanes (see the GEMV)
+    precise float msum = 0.0;
     for (uint b = 0u; b < nb; b++) {
         for (uint e = tid; e < TILE * 32u; e += TILE * TILE) {
             uint r = e >> 5, j = e & 31u;
@@ -106,13 +149,26 @@ void main() {
             xs[r] = t < p.T ? uintBitsToFloat(xq[xb + 1u]) : 0.0;
         }
         barrier();
-        int s = 0;
-        [[unroll]] for (uint j = 0u; j < 32u; j++) s += wu[lx][j] * xu[ly][j];
-        acc += wd[lx] * xd[ly] * float(s) + wm[lx] * xs[ly];
+        const float dd = wd[lx] * xd[ly];
+        // not unrolled: lavapipe loses the emulated fma's exactness when
+        // copies of it run side by side (see attention.comp's score())
+        [[dont_unroll]] for (uint j = 0u; j < 8u; j++) {
+            int s = 0;
+            [[unroll]] for (uint k = 4u * j; k < 4u * j + 4u; k++) s += wu[lx][k] * xu[ly][k];
+            acc[j] = fma_rn(float(s), dd, acc[j]);
+        }
+#if WTYPE != 8
+        precise float ms = wm[lx] * xs[ly];
+        msum = msum + ms;
+#endif
         barrier();
     }
     uint n = n0 + lx, t = t0 + ly;
-    if (n < p.N && t < p.T) outp[p.out_off + t * p.out_stride + p.out_col0 + n] = acc;
+    precise float v = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+#if WTYPE != 8
+    v = v + msum;
+#endif
+    if (n < p.N && t < p.T) outp[p.out_off + t * p.out_stride + p.out_col0 + n] = v;
 }
 #else
 #define TILE 16u

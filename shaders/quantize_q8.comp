@@ -7,6 +7,7 @@
 // the two backends agree to rounding, not to quantization noise.
 // Legend: T rows, K row width (multiple of 32). One invocation per block.
 #include "common.glsl"
+#include "exact.glsl"
 layout(local_size_x_id = 0) in;
 layout(binding = 0) readonly buffer X { float x[]; };
 layout(binding = 1) writeonly buffer Q { uint q[]; };
@@ -29,7 +30,9 @@ void main() {
     uint xb = p.x_off + b * 32u;
     float amax = 0.0;
     for (uint j = 0u; j < 32u; j++) amax = max(amax, abs(x[xb + j]));
-    float d = amax / 127.0, id = amax != 0.0 ? 127.0 / amax : 0.0;
+    // div_rn: the CPU's correctly rounded divisions (a quotient one ulp off
+    // changes the f16 scale or a quant's rounding)
+    float d = div_rn(amax, 127.0), id = amax != 0.0 ? div_rn(127.0, amax) : 0.0;
     int sum = 0;
     uint qb = p.q_off + b * 10u;
     for (uint w = 0u; w < 8u; w++) {

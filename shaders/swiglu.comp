@@ -1,6 +1,8 @@
 #version 450
-// swiglu.comp — SWIGLU: gate [T, F], up [T, F] -> silu(gate) * up.
+// swiglu.comp — SWIGLU: gate [T, F], up [T, F] -> silu(gate) * up, as the
+// CPU computes it: (g / (1 + exp_det(-g))) * u with its exp (exact.glsl).
 #include "common.glsl"
+#include "exact.glsl"
 layout(local_size_x_id = 0) in;
 layout(binding = 0) readonly buffer G { float g[]; };
 layout(binding = 1) readonly buffer U { float u[]; };
@@ -11,5 +13,7 @@ void main() {
     uint i = gl_GlobalInvocationID.x + gl_GlobalInvocationID.y * gl_NumWorkGroups.x * gl_WorkGroupSize.x;
     if (i >= p.n) return;
     float x = g[p.g_off + i];
-    outp[p.out_off + i] = x / (1.0 + exp(-x)) * u[p.u_off + i];
+    precise float den = 1.0 + exp_det(-x);
+    precise float y = div_rn(x, den) * u[p.u_off + i];
+    outp[p.out_off + i] = y;
 }

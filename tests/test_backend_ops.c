@@ -71,6 +71,7 @@ typedef struct op_case {
     bool kv_dms;              /* KV_STORE: with DMS decisions             */
     int kv_hist;              /* KV: history of sequence 0 (0: 37 tokens) */
     bool kv_runs;             /* KV: the batch in runs of one sequence (prefill shape), else alternating */
+    int kv_rule;              /* ATTENTION: LETHE_KV_RULE_TOVA / H2O (0: DMS): the scores too */
     double limit;
 } op_case;
 
@@ -154,6 +155,11 @@ static const op_case k_cases[] = {
      .kv_hist = 90, .kv_runs = true, .cuda_only = true, .limit = EPS_MM},
     {"kv_store f16 dms runs", LETHE_OP_KV_STORE, LETHE_F32, 12, 2, 128, .kv_g = 1, .kv_f16 = true, .kv_dms = true,
      .kv_runs = true, .cuda_only = true, .limit = EPS_ELEM},
+    /* score policies: the attention weights folded into kv->score, compared exactly */
+    {"attention f16 G=3 tova", LETHE_OP_ATTENTION, LETHE_F32, 5, 3, 64, .kv_g = 3, .kv_f16 = true,
+     .kv_rule = LETHE_KV_RULE_TOVA, .vk_only = true, .limit = EPS_MM},
+    {"attention f32 G=2 h2o D=32", LETHE_OP_ATTENTION, LETHE_F32, 4, 2, 32, .kv_g = 2,
+     .kv_rule = LETHE_KV_RULE_H2O, .vk_only = true, .limit = EPS_MM},
     /* decode GEMV with several sequences (T <= 8) and cuBLAS prefill at real widths */
     MM(Q4_0, 96, 576, 8), MM(Q8_0, 96, 576, 3), MM(F16, 70, 256, 8), MM(Q4_0, 130, 256, 40),
     MM(Q8_0, 64, 1536, 12), MM(F32, 50, 256, 24),
@@ -244,7 +250,8 @@ static lethe_kv_cache *kv_setup(const op_case *k, built *b, uint64_t seed) {
     const int Hkv = (int)k->b, D = (int)k->c, T = (int)k->a;
     lethe_kv_cache *kv = calloc(1, sizeof *kv);
     assert_non_null(kv);
-    lethe_kv_policy pol = {.rule = LETHE_KV_RULE_DMS, .window = KV_W};
+    lethe_kv_policy pol = {.rule = k->kv_rule ? (lethe_kv_rule)k->kv_rule : LETHE_KV_RULE_DMS, .window = KV_W,
+                           .budget = 1000, .recent = 4};
     const lethe_dtype type = k->kv_f16 ? LETHE_F16 : LETHE_F32;
     const size_t page = 2 * (size_t)LETHE_KV_PAGE * lethe_row_size(type, D);
     const int hist[2] = {k->kv_hist ? k->kv_hist : 37, 9};
@@ -513,6 +520,23 @@ static void run_table(const device *d) {
             print_message("  %-28s %d tokens flagged by DMS decisions\n", k->name, flagged);
             if (k->kv_dms) assert_true(flagged > 0);
             else assert_int_equal(flagged, 0);
+        }
+        if (k->kv_rule) {   /* TOVA / H2O: every slot's score, exactly (starting from the same values) */
+            int n_set = 0;
+            for (int sq = 0; sq < 2; sq++)
+                for (int h = 0; h < ref.kv->n_head_kv; h++) {
+                    const lethe_kv_stream *sr = lethe_kv_stream_at(ref.kv, sq, KV_LAYER, h);
+                    const lethe_kv_stream *sg = lethe_kv_stream_at(got.kv, sq, KV_LAYER, h);
+                    for (int32_t j = 0; j < sr->len; j++) {
+                        const float a = ref.kv->score[lethe_kv_meta(sr, j)], c = got.kv->score[lethe_kv_meta(sg, j)];
+                        if (memcmp(&a, &c, sizeof a) != 0)
+                            fail_msg("%s on %s: score of (seq %d, head %d) slot %d: %.9g on the CPU, %.9g", k->name,
+                                     d->name, sq, h, j, a, c);
+                        n_set += a != 0.0f;
+                    }
+                }
+            print_message("  %-28s %d slot scores identical and nonzero\n", k->name, n_set);
+            assert_true(n_set > 0);
         }
         double e = tu_nmse(yr, yg, n);
         print_message("  %-28s %-7s NMSE %.3g (limit %.0e)\n", k->name, d->name, e, k->limit);

@@ -56,7 +56,7 @@ static void on_log(lethe_log_level level, const char *msg, void *user) {
     if (strstr(msg, "executor: " DEV " runs")) g_fallbacks++;    /* some ops of a graph left to the CPU */
 }
 
-static char *make_model(void) {
+static char *make_model(lethe_dtype wtype, int dms_variant) {
     lethe_synth_params p = lethe_synth_default_params();
     p.arch = "llama";
     p.n_layer = N_LAYER;
@@ -65,8 +65,9 @@ static char *make_model(void) {
     p.n_head_kv = N_HEAD_KV;
     p.n_ff = 96;
     p.seed = 4242;
-    p.wtype = LETHE_F32;
-    p.dms_variant = 1;          /* neuron: the decision from the borrowed q channel */
+    p.wtype = wtype;
+    p.embd_type = wtype;        /* the tied output matrix too */
+    p.dms_variant = dms_variant; /* 1: neuron, the decision from the borrowed q channel */
     p.dms_window = 4;
     p.dms_alpha_offset = 5.0f;  /* mixed decisions (test_dms.c) */
     char *path = tu_write_temp("", 0);
@@ -74,7 +75,8 @@ static char *make_model(void) {
     return path;
 }
 
-static lethe_context *open_ctx(const char *path, const char *backend, lethe_model **m) {
+static lethe_context *open_ctx_policy(const char *path, const char *backend, lethe_kv_policy_kind policy,
+                                      int32_t budget, lethe_model **m) {
     lethe_model_params mp = lethe_model_default_params();
     mp.backend = backend;
     lethe_status st;
@@ -85,10 +87,15 @@ static lethe_context *open_ctx(const char *path, const char *backend, lethe_mode
     cp.n_batch = 8;
     cp.n_threads = 2;
     cp.kv_type = LETHE_KV_F16;
-    cp.kv_policy = LETHE_KV_POLICY_DMS;
+    cp.kv_policy = policy;
+    cp.kv_budget_tokens = budget;
     lethe_context *c = lethe_context_new(*m, cp, &st);
     if (!c) fail_msg("context (%s): %s: %s", backend, lethe_strerror(st), lethe_last_error());
     return c;
+}
+
+static lethe_context *open_ctx(const char *path, const char *backend, lethe_model **m) {
+    return open_ctx_policy(path, backend, LETHE_KV_POLICY_DMS, 0, m);
 }
 
 /* Decode tok[from, to) in calls of 5, 1, 3, 1 ... tokens; logits of every position [to - from][V]. */
@@ -124,7 +131,7 @@ static void test_dms_on_vulkan(void **state) {
 #else
     if (!strstr(lethe_version(), "vulkan")) skip();   /* a build without Vulkan */
 #endif
-    char *path = make_model();
+    char *path = make_model(LETHE_F32, 1);
     lethe_model *mc, *mv;
     lethe_context *cc = open_ctx(path, "cpu", &mc), *cv = open_ctx(path, DEV, &mv);
 #ifndef LETHE_DMS_CUDA
@@ -198,9 +205,72 @@ static void test_dms_on_vulkan(void **state) {
     free(path);
 }
 
+/* TOVA and H2O with ATTENTION on Vulkan: the shader hands back each slot's
+ * softmax weight and the host folds them into the policy's scores as the
+ * CPU kernel does, so the same tokens are evicted. q8_0 weights and
+ * embedding: every op then gives the CPU's bits (test_vulkan_e2e), so the
+ * logits must be bit-identical (and the issue's NMSE bar is checked too),
+ * the per-head live lengths and eviction counts identical. */
+static void test_score_policies_on_vulkan(void **state) {
+    (void)state;
+#ifdef LETHE_DMS_CUDA
+    skip();   /* TOVA/H2O attention stays on the CPU with CUDA (cuda_ops.c supports_op) */
+#endif
+    if (!strstr(lethe_version(), "vulkan")) skip();
+    char *path = make_model(LETHE_Q8_0, 0);
+    const lethe_kv_policy_kind pols[2] = {LETHE_KV_POLICY_TOVA, LETHE_KV_POLICY_H2O};
+    for (int k = 0; k < 2; k++) {
+        lethe_model *mc, *mv;
+        lethe_context *cc = open_ctx_policy(path, "cpu", pols[k], 24, &mc);
+        lethe_context *cv = open_ctx_policy(path, "vulkan", pols[k], 24, &mv);
+        tu_pin_vulkan_driver();
+        const int V = lethe_n_vocab(mc);
+        int32_t tok[N_TOK];
+        for (int i = 0; i < N_TOK; i++) tok[i] = (int32_t)((i * 53 + 7) % V);
+        float *lc = feed(cc, tok, 0, N_TOK, V);
+        g_vk_runs = g_fallbacks = 0;
+        lethe_set_log(on_log, NULL);
+        lethe_set_log_level(LETHE_LOG_DEBUG);
+        float *lv = feed(cv, tok, 0, N_TOK, V);
+        lethe_set_log_level(LETHE_LOG_INFO);
+        lethe_set_log(NULL, NULL);
+        assert_true(g_vk_runs > 0);
+        assert_int_equal(g_fallbacks, 0);   /* ATTENTION with scores on the device too */
+        double worst = 0.0;
+        int n_exact = 0;
+        for (int i = 0; i < N_TOK; i++) {
+            const double e = tu_nmse(lc + (size_t)i * V, lv + (size_t)i * V, (size_t)V);
+            if (e > worst) worst = e;
+            n_exact += memcmp(lc + (size_t)i * V, lv + (size_t)i * V, sizeof(float) * (size_t)V) == 0;
+            if (!(e <= LIMIT)) fail_msg("%s, position %d: logits NMSE %.3g > %.0e", lethe_kv_policy_name(pols[k]), i, e, LIMIT);
+        }
+        for (int l = 0; l < N_LAYER; l++)
+            for (int h = 0; h < N_HEAD_KV; h++) {
+                const int32_t a = lethe_kv_head_len(cc, 0, l, h), b = lethe_kv_head_len(cv, 0, l, h);
+                if (a != b) fail_msg("%s, layer %d head %d: %d live tokens on the CPU, %d on Vulkan",
+                                     lethe_kv_policy_name(pols[k]), l, h, a, b);
+            }
+        lethe_kv_stats kc = lethe_get_kv_stats(cc), kvs = lethe_get_kv_stats(cv);
+        print_message("  %s: %d positions, logits NMSE worst %.3g (%d bit-identical), evicted %llu on both\n",
+                      lethe_kv_policy_name(pols[k]), N_TOK, worst, n_exact, (unsigned long long)kvs.evicted);
+        assert_true(kvs.evicted > 0);
+        assert_int_equal(kc.evicted, kvs.evicted);
+        assert_int_equal(n_exact, N_TOK);
+        free(lc);
+        free(lv);
+        lethe_context_free(cv);
+        lethe_model_free(mv);
+        lethe_context_free(cc);
+        lethe_model_free(mc);
+    }
+    unlink(path);
+    free(path);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dms_on_vulkan),
+        cmocka_unit_test(test_score_policies_on_vulkan),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

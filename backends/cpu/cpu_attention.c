@@ -110,6 +110,19 @@ static inline void key_scores(int64_t D, const float *k, const float *const *qg,
         }
         return;
     }
+#else
+    if (D % 16 == 0) {   /* the AVX-512 arithmetic lane by lane: every build (and Vulkan) gives its bits */
+        for (int64_t g = 0; g < G; g++) {
+            float a[16] = {0};
+            for (int64_t d = 0; d < D; d += 16)
+                for (int l = 0; l < 16; l++) a[l] = fmaf(k[d + l], qg[g][d + l], a[l]);
+            float t[8], u[4];   /* _mm512_reduce_add_ps's order (GCC) */
+            for (int l = 0; l < 8; l++) t[l] = a[l] + a[l + 8];
+            for (int l = 0; l < 4; l++) u[l] = t[l] + t[l + 4];
+            sc[g] = scale * ((u[0] + u[2]) + (u[1] + u[3]));
+        }
+        return;
+    }
 #endif
     for (int64_t g = 0; g < G; g++) sc[g] = scale * lethe_cpu_dot_f32(D, k, qg[g]);
 }
@@ -118,7 +131,8 @@ static inline void key_scores(int64_t D, const float *k, const float *const *qg,
 #  define LETHE_ATTN_FAST 1
 #  define LETHE_INLINE static inline __attribute__((always_inline))
 
-/* e^x for x <= 0, lane by lane (so a weight never depends on its lane):
+/* e^x for x <= 0, lane by lane (so a weight never depends on its lane;
+ * lethe_cpu_expf is its one-lane twin, used by the other paths):
  * x = n ln2 + r, |r| <= ln2/2, degree-6 Taylor (relative error ~1e-7),
  * scaled by 2^n. Lanes below -104 underflow to (near) zero. */
 static inline __m512 exp512(__m512 x) {
@@ -290,6 +304,16 @@ static int32_t quest_select(const lethe_kv_cache *kv, const lethe_kv_stream *s, 
     return n;
 }
 
+bool lethe_cpu_attention_fused(const lethe_kv_cache *kv, int64_t G) {
+#if LETHE_ATTN_FAST
+    return kv->type == LETHE_F16 && kv->head_dim == 64 && G <= 4 && !kv->kmin && !kv->score;
+#else
+    (void)kv;
+    (void)G;
+    return false;
+#endif
+}
+
 void lethe_cpu_attention(const lethe_cpu_exec *ex, lethe_node *n) {
     lethe_kv_cache *kv = n->kv;
     const lethe_tensor *q = &n->src[0]->t;
@@ -405,7 +429,7 @@ void lethe_cpu_attention(const lethe_cpu_exec *ex, lethe_node *n) {
                 for (int64_t g = 0; g < G; g++) {
                     const float sc = scores[g * Lmax + i0 + j];
                     if (sc == -INFINITY) continue;
-                    const float w = expf(sc - mx[g]);
+                    const float w = lethe_cpu_expf(sc - mx[g]);
                     sum[g] += w;
                     axpy(D, w, vf, acc + g * D);
                 }
@@ -422,7 +446,7 @@ void lethe_cpu_attention(const lethe_cpu_exec *ex, lethe_node *n) {
                 float wsum = 0.0f;
                 for (int64_t g = 0; g < G; g++) {
                     const float sc = scores[g * Lmax + i];
-                    if (sc != -INFINITY && sum[g] > 0.0f) wsum += expf(sc - mx[g]) / sum[g];
+                    if (sc != -INFINITY && sum[g] > 0.0f) wsum += lethe_cpu_expf(sc - mx[g]) / sum[g];
                 }
                 float *dst = &kv->score[lethe_kv_meta(s, i)];
                 *dst = score_mode == 1 ? wsum / (float)G : *dst + wsum / (float)G;

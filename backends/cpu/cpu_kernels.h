@@ -17,6 +17,7 @@
 #include "dtype.h"
 #include "graph.h"
 
+#include <math.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stddef.h>
@@ -37,6 +38,28 @@ static inline void lethe_cpu_relax(void) {}
  * them: the same values llama.cpp computes with, so the two engines agree to
  * the last bit wherever their sums run in the same order. */
 static inline float lethe_f16_round(float x) { return lethe_f16_to_f32(lethe_f32_to_f16(x)); }
+
+/* e^x as attention's AVX-512 exp512 computes it, one lane: x clamped to
+ * [-104, 88], x = n ln2 + r with |r| <= ln2/2 (ln2 in two parts, fused),
+ * degree-6 Taylor by fused Horner steps (relative error ~1e-7), times 2^n.
+ * Used wherever the CPU backend needs exp (softmax weights, SiLU) instead of
+ * libm's expf, whose bits vary by libc: every step is a correctly rounded
+ * IEEE operation, so the Vulkan shaders reproduce it bit for bit
+ * (shaders/exact.glsl exp_det). */
+static inline float lethe_cpu_expf(float x) {
+    x = fminf(fmaxf(x, -104.0f), 88.0f);
+    const float n = nearbyintf(x * 1.44269504f);
+    float r = fmaf(-n, 0.693145751953125f, x);
+    r = fmaf(-n, 1.428606765330187e-06f, r);
+    float p = 1.0f / 720.0f;
+    p = fmaf(p, r, 1.0f / 120.0f);
+    p = fmaf(p, r, 1.0f / 24.0f);
+    p = fmaf(p, r, 1.0f / 6.0f);
+    p = fmaf(p, r, 0.5f);
+    p = fmaf(p, r, 1.0f);
+    p = fmaf(p, r, 1.0f);
+    return ldexpf(p, (int)n);
+}
 
 typedef struct lethe_cpu_q8a {
     float d, s;
@@ -82,6 +105,11 @@ void lethe_cpu_dequant_row(lethe_dtype t, const void *src, float *dst, int64_t k
 
 /* f32 helpers (SIMD where available). */
 float lethe_cpu_dot_f32(int64_t n, const float *a, const float *b);
+struct lethe_kv_cache;
+/* Whether ATTENTION over this cache with G queries per KV head takes the
+ * AVX-512 f16 kernel, which accumulates V rows by fused steps (the generic
+ * one multiplies and adds): the Vulkan shader follows the same choice. */
+bool lethe_cpu_attention_fused(const struct lethe_kv_cache *kv, int64_t G);
 float lethe_cpu_dot_f16_f32(int64_t n, const lethe_f16 *a, const float *b);
 void lethe_cpu_f16_to_f32_row(const lethe_f16 *src, float *dst, int64_t n);
 void lethe_cpu_f32_to_f16_row(const float *src, lethe_f16 *dst, int64_t n);

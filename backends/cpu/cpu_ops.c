@@ -73,7 +73,8 @@ void lethe_cpu_binary(const lethe_cpu_exec *ex, lethe_node *n) {
     }
 }
 
-/* SWIGLU: gate [T, F], up [T, F] -> silu(gate) * up. */
+/* SWIGLU: gate [T, F], up [T, F] -> silu(gate) * up (exp: lethe_cpu_expf, which
+ * the Vulkan shader reproduces exactly). */
 void lethe_cpu_swiglu(const lethe_cpu_exec *ex, lethe_node *n) {
     const lethe_tensor *g = &n->src[0]->t, *u = &n->src[1]->t;
     const int64_t F = g->ne[0], T = lethe_tensor_nrows(g);
@@ -82,7 +83,7 @@ void lethe_cpu_swiglu(const lethe_cpu_exec *ex, lethe_node *n) {
     for (int64_t t = b; t < e; t++) {
         const float *gr = CROW(g, t, F), *ur = CROW(u, t, F);
         float *z = ROW(&n->t, t, F);
-        for (int64_t i = 0; i < F; i++) z[i] = gr[i] / (1.0f + expf(-gr[i])) * ur[i];
+        for (int64_t i = 0; i < F; i++) z[i] = gr[i] / (1.0f + lethe_cpu_expf(-gr[i])) * ur[i];
     }
 }
 

@@ -439,28 +439,44 @@ static void sc_q5_1(const void *p, uint8_t *u, float *d, float *m) {
 
 typedef void (*sc_read_fn)(const void *b, uint8_t *u, float *d, float *m);
 
+/* The SIMD kernels' arithmetic lane by lane (so every build gives the same
+ * bits, and the Vulkan shaders, which follow it, agree with each): lane j of
+ * 8 sums elements 4j..4j+3 of a block as an integer and accumulates it with
+ * a fused multiply-add by d_w d_x, block after block; the offsets m_w s_x
+ * are summed apart; the lanes are added in hsum8's order. */
+static float hsum8_scalar(const float a[8]) {
+    return ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]));
+}
+
 static float dot32_scalar(int nb, const uint8_t *w, size_t bsize, sc_read_fn rd,
                           const lethe_cpu_q8a *x) {
-    float acc = 0.0f;
+    float acc[8] = {0}, msum = 0.0f;
     uint8_t u[32];
     for (int i = 0; i < nb; i++) {
         float d, m;
         rd(w + (size_t)i * bsize, u, &d, &m);
-        int s = 0;
-        for (int j = 0; j < 32; j++) s += u[j] * x[i].qs[j];
-        acc += d * x[i].d * (float)s + m * x[i].s;
+        const float dd = d * x[i].d, ms = m * x[i].s;
+        for (int j = 0; j < 8; j++) {
+            int s = 0;
+            for (int k = 4 * j; k < 4 * j + 4; k++) s += u[k] * x[i].qs[k];
+            acc[j] = fmaf((float)s, dd, acc[j]);
+        }
+        msum = msum + ms;
     }
-    return acc;
+    return hsum8_scalar(acc) + msum;
 }
 
 static float dot_q8_0_scalar(int nb, const lethe_block_q8_0 *w, const lethe_cpu_q8a *x) {
-    float acc = 0.0f;
+    float acc[8] = {0};
     for (int i = 0; i < nb; i++) {
-        int s = 0;
-        for (int j = 0; j < 32; j++) s += w[i].qs[j] * x[i].qs[j];
-        acc += f16f(w[i].d) * x[i].d * (float)s;
+        const float dd = f16f(w[i].d) * x[i].d;
+        for (int j = 0; j < 8; j++) {
+            int s = 0;
+            for (int k = 4 * j; k < 4 * j + 4; k++) s += w[i].qs[k] * x[i].qs[k];
+            acc[j] = fmaf((float)s, dd, acc[j]);
+        }
     }
-    return acc;
+    return hsum8_scalar(acc);
 }
 
 #if LETHE_CPU_AVX2

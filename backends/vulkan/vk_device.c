@@ -261,6 +261,24 @@ static lethe_status vk_buffer_get(lethe_buffer *buf, size_t offs, void *dst, siz
     return lethe_vk_read(buf->backend->ctx, ((vk_buf *)buf->impl)->buf, offs, dst, size);
 }
 
+/* A device-to-device copy (lethe bench --roofline times it as the device's
+ * bandwidth). Submitted and waited for here: the interface allows an
+ * asynchronous copy, and the transfer command buffer is reused by the next
+ * transfer, so this one finishes first. */
+static lethe_status vk_buffer_copy(lethe_buffer *dst, size_t dst_offs, lethe_buffer *src, size_t src_offs,
+                                   size_t size) {
+    if (!dst || !src || dst->backend != src->backend || dst_offs > dst->size || size > dst->size - dst_offs ||
+        src_offs > src->size || size > src->size - src_offs)
+        return lethe_fail(LETHE_ERR_INVALID_ARG, "vulkan: buffer_copy of %zu bytes outside its buffers", size);
+    if (!size) return LETHE_OK;
+    vk_ctx *c = dst->backend->ctx;
+    lethe_status st = xfer_begin(c);
+    if (st != LETHE_OK) return st;
+    VkBufferCopy cp = {.srcOffset = src_offs, .dstOffset = dst_offs, .size = size};
+    vkCmdCopyBuffer(c->xfer, ((vk_buf *)src->impl)->buf, ((vk_buf *)dst->impl)->buf, 1, &cp);
+    return xfer_submit(c);
+}
+
 /* ---------------------------------------------------------- pipelines */
 
 VkPipeline lethe_vk_pipeline(const vk_ctx *c, const char *name) {
@@ -272,7 +290,7 @@ VkPipeline lethe_vk_pipeline(const vk_ctx *c, const char *name) {
 /* Workgroup size (specialization constant 0) per shader family. */
 static uint32_t wg_size_for(const char *name) {
     if (strncmp(name, "matmul_vec", 10) == 0) return 32;
-    if (strcmp(name, "rms_norm") == 0) return 64;
+    if (strncmp(name, "rms_norm", 8) == 0) return 64;
     if (strcmp(name, "quantize_q8") == 0) return 64;
     if (strcmp(name, "attention") == 0) return 64;   /* = WG in shaders/attention.comp */
     return 256;
@@ -307,6 +325,8 @@ static lethe_status build_pipelines(vk_ctx *c) {
     for (int i = 0; i < n; i++) {
         const lethe_vk_spirv *s = &lethe_vk_spirv_table[i];
         c->pipes[i].name = s->name;
+        const size_t len = strlen(s->name);
+        if (!c->f64 && len > 4 && strcmp(s->name + len - 4, "_f64") == 0) continue;   /* needs shaderFloat64 */
         if (fail && (strcmp(fail, "all") == 0 || strcmp(fail, s->name) == 0)) {
             if (strcmp(fail, "all") != 0)
                 LETHE_LOGW("vulkan: pipeline %s disabled by LETHE_VK_FAIL_PIPELINE: its ops run on the CPU", s->name);
@@ -337,7 +357,7 @@ static lethe_status build_pipelines(vk_ctx *c) {
             n_failed++;
         }
     }
-    if (n_failed == n) return lethe_fail(LETHE_ERR_BACKEND, "vulkan: no compute pipeline could be built");
+    if (n_failed >= n) return lethe_fail(LETHE_ERR_BACKEND, "vulkan: no compute pipeline could be built");
     return LETHE_OK;
 }
 
@@ -399,6 +419,7 @@ static void probe_features(vk_ctx *c) {
     VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &p11};
     vkGetPhysicalDeviceProperties2(c->phys, &p2);
     c->subgroup_size = p11.subgroupSize;
+    c->f64 = f2.features.shaderFloat64;
     uint32_t n_ext = 0;
     vkEnumerateDeviceExtensionProperties(c->phys, NULL, &n_ext, NULL);
     VkExtensionProperties *ext = calloc(n_ext ? n_ext : 1, sizeof *ext);
@@ -442,6 +463,7 @@ static void vk_free(lethe_backend *be) {
         }
         if (c->inst) vkDestroyInstance(c->inst, NULL);
         free(c->weights);
+        free(c->score_jobs);
         free(c->pipes);
         free(c->sets);
         free(c);
@@ -479,6 +501,7 @@ static const lethe_backend_iface k_vk_iface = {
     .supports_op = lethe_vk_supports_op,
     .compute = lethe_vk_compute,
     .synchronize = vk_synchronize,
+    .buffer_copy = vk_buffer_copy,
     .buffer_alloc_shared = vk_buffer_alloc_shared,
     .device_ms = vk_device_ms,
 };
@@ -509,8 +532,9 @@ static lethe_status vk_init(vk_ctx *c, int device) {
     float prio = 1.0f;
     VkDeviceQueueCreateInfo qi = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO, .queueFamilyIndex = c->qfam,
                                   .queueCount = 1, .pQueuePriorities = &prio};
+    VkPhysicalDeviceFeatures feat = {.shaderFloat64 = c->f64};
     VkDeviceCreateInfo di = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO, .queueCreateInfoCount = 1,
-                             .pQueueCreateInfos = &qi};
+                             .pQueueCreateInfos = &qi, .pEnabledFeatures = &feat};
     VKF(vkCreateDevice(c->phys, &di, NULL, &c->dev), "vkCreateDevice");
     vkGetDeviceQueue(c->dev, c->qfam, 0, &c->queue);
 
@@ -562,10 +586,10 @@ lethe_backend *lethe_backend_vulkan_new(int device) {
         return NULL;
     }
     LETHE_LOGI("vulkan: device %d: %s (Vulkan %u.%u); fp16 storage %s, int8 storage %s, fp16 math %s, "
-               "int dot product %s, subgroup %u, shared memory %zu KiB, max binding %zu MiB",
+               "int dot product %s, fp64 %s, subgroup %u, shared memory %zu KiB, max binding %zu MiB",
                c->device_index, c->device_name, VK_API_VERSION_MAJOR(c->props.apiVersion),
                VK_API_VERSION_MINOR(c->props.apiVersion), c->fp16_storage ? "yes" : "no",
-               c->int8_storage ? "yes" : "no", c->shader_f16 ? "yes" : "no", c->int_dot ? "yes" : "no",
+               c->int8_storage ? "yes" : "no", c->shader_f16 ? "yes" : "no", c->int_dot ? "yes" : "no", c->f64 ? "yes" : "no",
                c->subgroup_size, c->shared_mem / 1024, c->max_range >> 20);
     return be;
 }
@@ -573,3 +597,4 @@ lethe_backend *lethe_backend_vulkan_new(int device) {
 double lethe_backend_vulkan_last_ms(lethe_backend *be) {
     return be && be->iface == &k_vk_iface ? ((vk_ctx *)be->ctx)->last_compute_ms : 0.0;
 }
+

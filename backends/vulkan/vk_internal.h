@@ -54,6 +54,7 @@ typedef struct vk_ctx {
 
     /* probed features (logged; the shaders need none of the optional ones) */
     bool fp16_storage, int8_storage, shader_f16, shader_i8, int_dot;
+    bool f64;                /* shaderFloat64: enabled when present (rms_norm_f64) */
     uint32_t subgroup_size;
     size_t shared_mem;       /* maxComputeSharedMemorySize */
     size_t max_range;        /* maxStorageBufferRange (bytes one binding may span) */
@@ -85,7 +86,18 @@ typedef struct vk_ctx {
 
     vk_weight *weights;
     int n_weights, cap_weights;
+
+    /* ATTENTION nodes of the current compute whose softmax weights the host
+     * folds into TOVA / H2O scores once the device is done (vk_ops.c) */
+    struct vk_score_job *score_jobs;
+    int n_score_jobs, cap_score_jobs;
 } vk_ctx;
+
+typedef struct vk_score_job {
+    const lethe_node *n;
+    size_t off;              /* byte offset of the weights [T][Hq][stride] in the upload buffer */
+    uint32_t stride;
+} vk_score_job;
 
 /* vk_device.c */
 lethe_status lethe_vk_buf_create(vk_ctx *c, VkDeviceSize size, bool host_visible, vk_buf *out);

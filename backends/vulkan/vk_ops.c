@@ -209,6 +209,23 @@ static bool kv_on_device(const vk_ctx *c, const lethe_backend *be, const lethe_n
     return kv->slot_bytes % 4 == 0 && kv->pos_offs % 4 == 0 && kv->expire_offs % 4 == 0;
 }
 
+/* Longest head stream an ATTENTION node reads. */
+static int32_t max_len(const lethe_node *n) {
+    const lethe_kv_cache *kv = n->kv;
+    int32_t m = 0;
+    for (int32_t t = 0; t < n->ub->n_tokens; t++) {
+        const int32_t seq = n->ub->seq_id[t];
+        if (seq < 0 || seq >= kv->n_seq) continue;
+        for (int h = 0; h < kv->n_head_kv; h++) m = LETHE_MAX(m, lethe_kv_stream_at(kv, seq, n->iparams[0], h)->len);
+    }
+    return m;
+}
+
+/* Bytes of softmax weights one ATTENTION node may hand back for TOVA / H2O
+ * ([T][Hq][L] floats in the upload buffer); larger micro-batches (long
+ * prefills) run that node on the CPU. */
+#define SCORE_W_MAX ((uint64_t)32 << 20)
+
 bool lethe_vk_supports_op(lethe_backend *be, const lethe_node *n) {
     const vk_ctx *c = be->ctx;
     if (n->op == LETHE_OP_NONE) return true;
@@ -248,13 +265,14 @@ bool lethe_vk_supports_op(lethe_backend *be, const lethe_node *n) {
                n->kv->n_head_kv * n->kv->head_dim && has_pipe(c, "kv_store", NULL) &&
                (!n->src[2] || (f32n(n->src[2]) && fits(c, n->src[2]) && has_pipe(c, "kv_flags", NULL)));
     case LETHE_OP_ATTENTION: {
-        /* score policies (TOVA/H2O: kv->score) and QUEST (kv->kmin) keep
-         * per-slot host state that the attention kernel updates: CPU only */
-        if (!kv_on_device(c, be, n) || n->kv->score || n->kv->kmin || !f32n(n->src[0]) || !fits(c, n->src[0]))
-            return false;
+        /* QUEST (kv->kmin) selects pages on the host from bounds it keeps
+         * there: CPU only. TOVA / H2O (kv->score): the shader writes the
+         * weights, the host folds them into the scores (op_attention). */
+        if (!kv_on_device(c, be, n) || n->kv->kmin || !f32n(n->src[0]) || !fits(c, n->src[0])) return false;
         const int64_t D = n->kv->head_dim, T = n->ub->n_tokens, nq = lethe_tensor_nelements(&n->src[0]->t);
-        if (nq % (D * T) != 0) return false;
+        if (nq % (D * T) != 0 || D % 16 != 0) return false;   /* the CPU's 16-lane scores (attention.comp) */
         const int64_t Hq = nq / (D * T);
+        if (n->kv->score && (uint64_t)T * (uint64_t)Hq * (uint64_t)max_len(n) * 4u > SCORE_W_MAX) return false;
         return Hq % n->kv->n_head_kv == 0 && Hq * T <= 65535LL * 65535LL && has_pipe(c, "attention", NULL);
     }
     case LETHE_OP_DMS_DECISION: {
@@ -382,7 +400,9 @@ static lethe_status op_rms_norm(rec *r, const lethe_node *n) {
     struct { uint32_t E, T, x_off, w_off, out_off, has_w; float eps; } pc = {
         E, T, a[0].rem / 4, a[1].rem / 4, a[2].rem / 4, w != NULL, n->fparams[0]};
     uint32_t gx = LETHE_MIN(T, 65535u), gy = (T + gx - 1) / gx;
-    return dispatch(r, "rms_norm", a, 3, &pc, sizeof pc, gx, gy, 1);
+    /* the double-precision variant reproduces the CPU's bits (shaders/rms_norm.comp) */
+    const char *pipe = lethe_vk_pipeline(r->c, "rms_norm_f64") ? "rms_norm_f64" : "rms_norm";
+    return dispatch(r, pipe, a, 3, &pc, sizeof pc, gx, gy, 1);
 }
 
 static lethe_status op_eltwise(rec *r, const lethe_node *n) {
@@ -578,18 +598,34 @@ static lethe_status op_attention(rec *r, const lethe_node *n) {
     ivec m = {0};
     uint64_t reads = 0;
     lethe_status st = attn_meta(n, &m, &reads);
+    /* TOVA / H2O: room for the weights [T][Hq][stride] after the metadata */
+    const uint32_t w_off = kv->score ? (uint32_t)m.n : 0, stride = kv->score ? (uint32_t)max_len(n) : 0;
+    for (size_t i = 0; kv->score && st == LETHE_OK && i < (size_t)T * Hq * stride; i++) st = ivec_push(&m, 0);
     vk_arg a[4];
-    if (st == LETHE_OK) st = arg_upload(r, m.v, m.n * sizeof(int32_t), NULL, &a[2]);
+    size_t off = 0;
+    if (st == LETHE_OK) st = arg_upload(r, m.v, m.n * sizeof(int32_t), &off, &a[2]);
     free(m.v);
     if (st != LETHE_OK) return st;
+    if (kv->score && !r->dry) {
+        vk_ctx *c = r->c;
+        if (c->n_score_jobs == c->cap_score_jobs) {
+            const int cap = c->cap_score_jobs ? 2 * c->cap_score_jobs : 64;
+            vk_score_job *j = realloc(c->score_jobs, (size_t)cap * sizeof *j);
+            if (!j) return lethe_fail(LETHE_ERR_OOM, "vulkan: attention score jobs");
+            c->score_jobs = j;
+            c->cap_score_jobs = cap;
+        }
+        c->score_jobs[c->n_score_jobs++] = (vk_score_job){n, off + (size_t)w_off * sizeof(int32_t), stride};
+    }
     if ((st = arg_all(r, q, &a[0])) != LETHE_OK || (st = arg_all(r, n, &a[3])) != LETHE_OK) return st;
     a[1] = kv_arg(r, kv);
     struct {
         uint32_t D, Hq, Hkv, G, T, q_off, out_off, meta_off, page_words, slot_words, pos_word0, exp_word0, f16;
         float scale;
+        uint32_t fused, w_off, w_stride;
     } pc = {D, Hq, Hkv, Hq / Hkv, T, a[0].rem / 4, a[3].rem / 4, 0, (uint32_t)(kv->page_bytes / 4),
             (uint32_t)(kv->slot_bytes / 4), (uint32_t)(kv->pos_offs / 4), (uint32_t)(kv->expire_offs / 4),
-            kv->type == LETHE_F16, n->fparams[0]};
+            kv->type == LETHE_F16, n->fparams[0], lethe_cpu_attention_fused(kv, (int64_t)(Hq / Hkv)), w_off, stride};
     const uint32_t groups = T * Hq, gx = LETHE_MIN(groups, 65535u), gy = (groups + gx - 1) / gx;
     if ((st = dispatch(r, "attention", a, 4, &pc, sizeof pc, gx, gy, 1)) != LETHE_OK) return st;
     if (!r->dry) __atomic_fetch_add(&kv->reads, reads, __ATOMIC_RELAXED);   /* as the CPU kernel counts */
@@ -694,6 +730,37 @@ static lethe_status ensure_sets(vk_ctx *c, uint32_t n, VkDescriptorSet **sets, u
     return LETHE_OK;
 }
 
+/* TOVA / H2O after the device is done: the weights one ATTENTION node wrote
+ * into the upload buffer, folded into kv->score exactly as the CPU kernel
+ * does (cpu_attention.c): per (token, KV head) in token order, each slot's
+ * weight summed over the G queries of the group in order, divided by G, set
+ * (TOVA: the last query's) or added (H2O). */
+static void apply_scores(vk_ctx *c, const vk_score_job *j) {
+    const lethe_node *n = j->n;
+    lethe_kv_cache *kv = n->kv;
+    const int layer = n->iparams[0];
+    const int64_t D = kv->head_dim, Hkv = kv->n_head_kv, T = n->ub->n_tokens;
+    const int64_t Hq = lethe_tensor_nelements(&n->src[0]->t) / (D * T), G = Hq / Hkv;
+    const bool set = kv->policy.rule != LETHE_KV_RULE_H2O;
+    const float *w = (const float *)((const uint8_t *)c->upload.map + j->off);   /* [T][Hq][stride] */
+    for (int64_t t = 0; t < T; t++) {
+        const int32_t seq = n->ub->seq_id[t];
+        if (seq < 0 || seq >= kv->n_seq) continue;
+        for (int64_t hk = 0; hk < Hkv; hk++) {
+            const lethe_kv_stream *s = lethe_kv_stream_at(kv, seq, layer, (int)hk);
+            for (int32_t i = 0; i < s->len && (uint32_t)i < j->stride; i++) {
+                float wsum = 0.0f;
+                for (int64_t g = 0; g < G; g++) {
+                    const float p = w[((size_t)t * Hq + (size_t)(hk * G + g)) * j->stride + (size_t)i];
+                    if (p >= 0.0f) wsum += p;
+                }
+                float *dst = &kv->score[lethe_kv_meta(s, i)];
+                *dst = set ? wsum / (float)G : *dst + wsum / (float)G;
+            }
+        }
+    }
+}
+
 lethe_status lethe_vk_compute(lethe_backend *be, lethe_graph *g, int begin, int end, lethe_abort_fn abort_fn,
                               void *abort_user) {
     vk_ctx *c = be->ctx;
@@ -735,6 +802,7 @@ lethe_status lethe_vk_compute(lethe_backend *be, lethe_graph *g, int begin, int 
     vkCmdPipelineBarrier(c->cmd, VK_PIPELINE_STAGE_TRANSFER_BIT | VK_PIPELINE_STAGE_HOST_BIT,
                          VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1, &in, 0, NULL, 0, NULL);
     c->upload_used = 0;
+    c->n_score_jobs = 0;
     const uint32_t n_sets = r.n_dispatch;
     r = (rec){.c = c, .be = be, .dry = false, .sets = c->sets};
     st = record_range(&r, g, begin, end);
@@ -755,6 +823,7 @@ lethe_status lethe_vk_compute(lethe_backend *be, lethe_graph *g, int begin, int 
     VKF(vkResetFences(c->dev, 1, &c->fence), "vkResetFences");
     VKF(vkQueueSubmit(c->queue, 1, &si, c->fence), "vkQueueSubmit");
     VKF(vkWaitForFences(c->dev, 1, &c->fence, VK_TRUE, UINT64_MAX), "vkWaitForFences");
+    for (int j = 0; j < c->n_score_jobs; j++) apply_scores(c, &c->score_jobs[j]);
     if (c->qpool) {
         uint64_t ts[2];
         if (vkGetQueryPoolResults(c->dev, c->qpool, 0, 2, sizeof ts, ts, sizeof ts[0],
