@@ -484,7 +484,7 @@ static void test_roofline(void **state) {
         (void)dlopen("libvulkan_lvp.so", RTLD_LAZY);
         assert_int_equal(lethe_measure_bandwidth("vulkan", 0, 0, 8u << 20, 1, &bw), LETHE_OK);
         assert_true(bw.gbps > 0 && bw.bytes == 2 * (8u << 20));
-        assert_string_equal(bw.method, "device-to-device copy");
+        assert_non_null(strstr(bw.method, "device-to-device copy"));   /* ", host clock" or ", device clock" */
     }
     /* a backend this build lacks, or one without a device copy: a status, never a crash */
     assert_int_not_equal(lethe_measure_bandwidth("tpu", 0, 1, 8u << 20, 1, &bw), LETHE_OK);
