@@ -195,8 +195,9 @@ static lethe_status cu_buffer_alloc(lethe_backend *be, size_t size, lethe_buffer
  * flags (device writes to expire) are visible to the host's settle/commit
  * after that synchronization. Devices without concurrent managed access
  * (where any host access while a kernel runs is a fault), requests larger
- * than the device's free memory less a margin, and LETHE_CUDA_NO_SHARED are
- * refused: the cache then stays in host memory and its ops run on the CPU. */
+ * than the device's free memory less a margin, a buffer whose prefetch to
+ * the device fails, and LETHE_CUDA_NO_SHARED are refused: the cache then
+ * stays in host memory and its ops run on the CPU. */
 static lethe_status cu_buffer_alloc_shared(lethe_backend *be, size_t size, lethe_buffer **out) {
     cu_ctx *c = be->ctx;
     *out = NULL;
@@ -223,12 +224,23 @@ static lethe_status cu_buffer_alloc_shared(lethe_backend *be, size_t size, lethe
         return CU_FAIL(LETHE_ERR_OOM, "cuda: cudaMallocManaged of %zu bytes: %s", size, cudaGetErrorString(e));
     }
     const struct cudaMemLocation dev = {cudaMemLocationTypeDevice, c->device};
-    if ((e = cudaMemAdvise(b->impl, size, cudaMemAdviseSetPreferredLocation, dev)) != cudaSuccess ||
-        (e = cudaMemPrefetchAsync(b->impl, size, dev, 0, c->stream)) != cudaSuccess ||
-        (e = cudaStreamSynchronize(c->stream)) != cudaSuccess) {
-        CU_LOG(LETHE_LOG_WARN, "cuda: placing the KV buffer on the device failed (%s); it still works, maybe slower",
+    if ((e = cudaMemAdvise(b->impl, size, cudaMemAdviseSetPreferredLocation, dev)) != cudaSuccess) {
+        CU_LOG(LETHE_LOG_WARN, "cuda: placement advice for the KV buffer failed (%s); it still works, maybe slower",
                cudaGetErrorString(e));
         cudaGetLastError();
+    }
+    /* The prefetch is what takes the physical pages now. Without it the
+     * buffer is backed only as kernels touch it, after the weights took
+     * their memory: managed oversubscription, which can hang the GPU (the
+     * comment above). So a failed prefetch refuses the buffer. */
+    if ((e = cudaMemPrefetchAsync(b->impl, size, dev, 0, c->stream)) != cudaSuccess ||
+        (e = cudaStreamSynchronize(c->stream)) != cudaSuccess) {
+        cudaGetLastError();
+        cudaFree(b->impl);
+        free(b);
+        CU_LOG(LETHE_LOG_WARN, "cuda: the KV buffer could not be placed on the device (%s): it stays in host memory, "
+               "KV_STORE/ATTENTION run on the CPU", cudaGetErrorString(e));
+        return CU_FAIL(LETHE_ERR_BACKEND, "cuda: prefetch of the shared KV buffer failed: %s", cudaGetErrorString(e));
     }
     b->backend = be;
     b->size = size;
