@@ -249,6 +249,7 @@ static const kv_case k_kv_cases[] = {
     {"short f32 G=4 D=64", 5, 3, 64, 4, 37, false, false, true},
     {"decode f16 G=5 D=128", 4, 2, 128, 5, 600, true, false, true},
     {"prefill f32 G=6 D=64 runs", 20, 2, 64, 6, 90, false, true, true},
+    {"prefill f16 G=4 D=128 long", 24, 2, 128, 4, 1100, true, true, true},
 };
 
 /* KV_STORE through the module's tables and the kernel's steps: the cache
