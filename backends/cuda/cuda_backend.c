@@ -269,6 +269,30 @@ lethe_status lethe_cu_kv_advise(cu_ctx *c, const lethe_buffer *buf, size_t meta_
     return LETHE_OK;
 }
 
+/* The host is done with pages of the managed KV buffer (backend.h): a fork
+ * copied them, a compaction moved rows, a state load wrote them. Reading or
+ * writing them migrated them to host memory; without this the next
+ * compute's kernels would fault them back one by one (a fork at depth:
+ * gigabytes, inside the first timed decode step). One bulk prefetch to the
+ * device, waited for here, where the host operation is synchronous anyway. */
+static lethe_status cu_buffer_host_done(lethe_buffer *buf, size_t offs, size_t size) {
+    cu_ctx *c = buf->backend->ctx;
+    if (!buf->host_ptr || !size || offs > buf->size || size > buf->size - offs) return LETHE_OK;   /* not managed */
+    if (cudaSetDevice(c->device) != cudaSuccess) {
+        cudaGetLastError();
+        return LETHE_OK;
+    }
+    const struct cudaMemLocation dev = {cudaMemLocationTypeDevice, c->device};
+    cudaError_t e = cudaMemPrefetchAsync((uint8_t *)buf->impl + offs, size, dev, 0, c->stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
+    if (e != cudaSuccess) {   /* only slower: the kernels fault the pages in */
+        CU_LOG(LETHE_LOG_WARN, "cuda: prefetch of %zu KV bytes back to the device failed (%s)", size,
+               cudaGetErrorString(e));
+        cudaGetLastError();
+    }
+    return LETHE_OK;
+}
+
 static void cu_buffer_free(lethe_buffer *buf) {
     if (!buf) return;
     cu_ctx *c = buf->backend ? buf->backend->ctx : NULL;
@@ -384,6 +408,7 @@ static const lethe_backend_iface k_iface = {
     .scratch_bytes = cu_scratch_bytes,
     .buffer_copy = cu_buffer_copy,
     .buffer_alloc_shared = cu_buffer_alloc_shared,
+    .buffer_host_done = cu_buffer_host_done,
 };
 
 static int cu_device_count(void) {
