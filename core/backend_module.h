@@ -23,7 +23,7 @@
 
 #include "backend.h"
 
-#define LETHE_BACKEND_MODULE_ABI 1
+#define LETHE_BACKEND_MODULE_ABI 2   /* 2: lethe_backend_iface.buffer_host_done */
 #define LETHE_BACKEND_MODULE_ENTRY "lethe_backend_module_entry"
 
 typedef struct lethe_module_host {
