@@ -78,6 +78,15 @@ typedef struct lethe_backend_iface {
      * was not timed (Vulkan: no timestamp support, or an untimed copy).
      * `lethe bench` uses it for the GPU roofline and the device columns. */
     double (*device_ms)(lethe_backend *be);
+
+    /* Optional (NULL: nothing to do). The host has finished writing or
+     * reading bytes [offs, offs + size) of a shared buffer with plain
+     * pointers (a fork's page copies, a compaction's row moves, a state
+     * load). A backend whose shared memory migrates pages to the host on
+     * such access (CUDA managed memory) moves them back to the device now,
+     * before returning, so the next compute does not page-fault them in.
+     * A failure only costs speed. */
+    lethe_status (*buffer_host_done)(lethe_buffer *buf, size_t offs, size_t size);
 } lethe_backend_iface;
 
 struct lethe_backend {

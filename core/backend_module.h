@@ -25,7 +25,8 @@
 
 /* Bumped whenever lethe_backend_iface (backend.h) or these structs change
  * layout: a module built against another layout is refused by name instead
- * of having fields read past its iface. 2: the iface grew device_ms. */
+ * of having fields read past its iface. 2: the iface grew device_ms and
+ * buffer_host_done. */
 #define LETHE_BACKEND_MODULE_ABI 2
 #define LETHE_BACKEND_MODULE_ENTRY "lethe_backend_module_entry"
 

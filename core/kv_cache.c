@@ -78,6 +78,8 @@ lethe_status lethe_kv_init(lethe_kv_cache *kv, int n_seq, int n_layer, int n_hea
         return lethe_fail(LETHE_ERR_OOM, "kv cache: cannot allocate %zu bytes", n_pages * kv->page_bytes);
     }
     for (size_t i = 0; i < n_streams; i++) kv->streams[i].last = kv->streams[i].prev = -1;
+    kv->touched_lo = INT32_MAX;
+    kv->touched_hi = -1;
     /* Pop order: lowest page id first, so a fresh cache fills memory in order. */
     for (int32_t i = 0; i < kv->n_pages; i++) kv->free_list[i] = kv->n_pages - 1 - i;
     kv->n_free = kv->n_pages;
@@ -291,6 +293,8 @@ void lethe_kv_rollback(lethe_kv_cache *kv) {
 
 /* Move slot `from` to slot `to` (to < from) within a stream. */
 static void move_slot(lethe_kv_cache *kv, lethe_kv_stream *s, int32_t from, int32_t to) {
+    lethe_kv_touch(kv, s->pages[to / LETHE_KV_PAGE]);
+    lethe_kv_touch(kv, s->pages[from / LETHE_KV_PAGE]);
     memcpy(lethe_kv_k(kv, s, to), lethe_kv_k(kv, s, from), kv->slot_bytes);
     memcpy(lethe_kv_v(kv, s, to), lethe_kv_v(kv, s, from), kv->slot_bytes);
     const size_t a = lethe_kv_meta(s, to), b = lethe_kv_meta(s, from);
@@ -384,7 +388,18 @@ void lethe_kv_commit(lethe_kv_cache *kv) {
             if (kv->score) lethe_kv_policy_evict(kv, &ss[i], kv->seq_pos[q]);
         }
     }
+    lethe_kv_host_done(kv);   /* compactions moved rows on the host */
     lethe_kv_begin(kv);
+}
+
+void lethe_kv_host_done(lethe_kv_cache *kv) {
+    if (kv->touched_lo > kv->touched_hi) return;
+    if (kv->shared && kv->shared->backend->iface->buffer_host_done)
+        (void)kv->shared->backend->iface->buffer_host_done(
+            kv->shared, (size_t)kv->touched_lo * kv->page_bytes,
+            (size_t)(kv->touched_hi - kv->touched_lo + 1) * kv->page_bytes);
+    kv->touched_lo = INT32_MAX;
+    kv->touched_hi = -1;
 }
 
 lethe_status lethe_kv_stream_capacity(lethe_kv_cache *kv, lethe_kv_stream *s, int32_t pages, int32_t pend) {
@@ -438,6 +453,8 @@ lethe_status lethe_kv_seq_copy(lethe_kv_cache *kv, int src, int dst) {
         /* Pages are copied, not shared: each branch evicts per head on its own. */
         for (int32_t p = 0; p < a->n_pages; p++) {
             int32_t id = kv->free_list[--kv->n_free], from = a->pages[p];
+            lethe_kv_touch(kv, id);
+            lethe_kv_touch(kv, from);
             memcpy(kv->pool + (size_t)id * kv->page_bytes, kv->pool + (size_t)from * kv->page_bytes,
                    kv->page_bytes);
             const size_t P = LETHE_KV_PAGE;
@@ -468,5 +485,6 @@ lethe_status lethe_kv_seq_copy(lethe_kv_cache *kv, int src, int dst) {
     }
     kv->seq_pos[dst] = kv->saved_seq_pos[dst] = kv->seq_pos[src];
     note_peak(kv);
+    lethe_kv_host_done(kv);   /* the pages were copied on the host */
     return LETHE_OK;
 }

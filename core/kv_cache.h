@@ -120,6 +120,10 @@ typedef struct lethe_kv_cache {
      * 0, pos at pos_offs, expire at expire_offs), else NULL (malloc'ed). */
     struct lethe_buffer *shared;
     size_t pos_offs, expire_offs;
+    /* Pages of the pool whose rows the host copied, moved or wrote since the
+     * last lethe_kv_host_done ([lo, hi]; lo > hi: none): with a shared
+     * pool, the backend's buffer_host_done places them back on the device. */
+    int32_t touched_lo, touched_hi;
 } lethe_kv_cache;
 
 /* Allocate a cache; pages = ceil(budget_bytes / page_bytes). `mem`: a
@@ -154,6 +158,16 @@ static inline int32_t *lethe_kv_expire(const lethe_kv_cache *kv, const lethe_kv_
 }
 /* Live tokens of a stream (holes excluded). */
 static inline int32_t lethe_kv_live(const lethe_kv_stream *s) { return s->len - s->n_holes; }
+
+/* The host read or wrote rows of pool page `page` with plain pointers. */
+static inline void lethe_kv_touch(lethe_kv_cache *kv, int32_t page) {
+    if (page < kv->touched_lo) kv->touched_lo = page;
+    if (page > kv->touched_hi) kv->touched_hi = page;
+}
+/* Hand the touched pages back to the shared pool's backend (buffer_host_done)
+ * and forget them. Called where the host's row work ends: commit, fork,
+ * state load. Never fails (a failure only costs speed). */
+void lethe_kv_host_done(lethe_kv_cache *kv);
 
 void lethe_kv_begin(lethe_kv_cache *kv);
 /* Give each token of the micro-batch a slot in every stream of its sequence

@@ -214,6 +214,7 @@ static int64_t walk_seq(rbuf *r, lethe_kv_cache *kv, int dst, bool apply, int32_
                 continue;
             }
             lethe_kv_stream_take(kv, s, np);
+            for (int32_t p = 0; p < np; p++) lethe_kv_touch(kv, s->pages[p]);   /* rows written below */
             LETHE_ASSERT(s->pend_cap >= pend_n);
             s->len = len;
             s->n_holes = n_holes;
@@ -317,6 +318,7 @@ lethe_status lethe_state_load(lethe_context *ctx, int32_t seq, const void *data,
         walk_seq(&r, kv, dst, true, &sp);
         kv->seq_pos[dst] = kv->saved_seq_pos[dst] = sp;
     }
+    lethe_kv_host_done(kv);   /* the rows were written on the host */
     lethe_kv_begin(kv);   /* the loaded state is committed */
     if (n_tokens) {
         if (nt) memcpy(tokens, tok, (size_t)nt * 4);

@@ -153,6 +153,12 @@ static const op_case k_cases[] = {
      .kv_dms = true, .kv_hist = 600, .cuda_only = true, .limit = EPS_MM},
     {"attention prefill f32 G=6", LETHE_OP_ATTENTION, LETHE_F32, 20, 2, 64, .kv_g = 6, .kv_dms = true,
      .kv_hist = 90, .kv_runs = true, .cuda_only = true, .limit = EPS_MM},
+    /* prefill over streams longer than one metadata segment (512 slots):
+     * the tiled kernel's segment reloads and tile skips across a boundary */
+    {"attention prefill f16 G=4 D=128 long", LETHE_OP_ATTENTION, LETHE_F32, 24, 2, 128, .kv_g = 4, .kv_f16 = true,
+     .kv_dms = true, .kv_hist = 1100, .kv_runs = true, .cuda_only = true, .limit = EPS_MM},
+    {"attention prefill f32 G=2 D=256 long", LETHE_OP_ATTENTION, LETHE_F32, 16, 2, 256, .kv_g = 2, .kv_hist = 600,
+     .kv_runs = true, .cuda_only = true, .limit = EPS_MM},
     {"kv_store f16 dms runs", LETHE_OP_KV_STORE, LETHE_F32, 12, 2, 128, .kv_g = 1, .kv_f16 = true, .kv_dms = true,
      .kv_runs = true, .cuda_only = true, .limit = EPS_ELEM},
     /* score policies: the attention weights folded into kv->score, compared exactly */

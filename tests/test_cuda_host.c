@@ -249,6 +249,7 @@ static const kv_case k_kv_cases[] = {
     {"short f32 G=4 D=64", 5, 3, 64, 4, 37, false, false, true},
     {"decode f16 G=5 D=128", 4, 2, 128, 5, 600, true, false, true},
     {"prefill f32 G=6 D=64 runs", 20, 2, 64, 6, 90, false, true, true},
+    {"prefill f16 G=4 D=128 long", 24, 2, 128, 4, 1100, true, true, true},
 };
 
 /* KV_STORE through the module's tables and the kernel's steps: the cache
@@ -311,16 +312,26 @@ static double nmse(const float *ref, const float *got, size_t n) {
     return den > 0 ? num / den : num;
 }
 
-/* ATTENTION on both kernel paths and several split plans against the CPU
- * backend, after the same KV_STORE. */
-static void test_attention_paths(void **state) {
-    (void)state;
-    lethe_backend *cpu = lethe_backend_cpu_new(1);
-    for (size_t i = 0; i < LETHE_ARRAY_SIZE(k_kv_cases); i++) {
-        const kv_case *c = &k_kv_cases[i];
+/* Every slot of stream (seq 1, KV_LAYER, KV head 0) invisible to every
+ * query (expire 0), the token's own new slot included: its queries see
+ * nothing, the softmax denominator is 0 on every path. */
+static void kv_blind(kv_built *b) {
+    const lethe_kv_stream *s = lethe_kv_stream_at(&b->kv, 1, KV_LAYER, 0);
+    for (int32_t j = 0; j < s->len; j++) *lethe_kv_expire(&b->kv, s, j) = 0;
+}
+
+/* One case of ATTENTION on both kernel paths and several split plans
+ * against the CPU backend, after the same KV_STORE. blind: kv_blind first,
+ * and the outputs of that stream's queries must be exactly 0 (the CPU's
+ * answer), never NaN. */
+static void attention_case(lethe_backend *cpu, const kv_case *c, uint64_t seed, bool blind) {
         kv_built ref, emu;
-        kv_build(c, &ref, 900 + i);
-        kv_build(c, &emu, 900 + i);
+        kv_build(c, &ref, seed);
+        kv_build(c, &emu, seed);
+        if (blind) {
+            kv_blind(&ref);
+            kv_blind(&emu);
+        }
         const size_t n_out = (size_t)c->T * c->Hkv * c->G * c->D;
         lethe_executor *ex = lethe_executor_new(&cpu, 1);
         assert_int_equal(lethe_executor_run(ex, ref.g, NULL, NULL), LETHE_OK);
@@ -364,6 +375,19 @@ static void test_attention_paths(void **state) {
                     }
                     fail_msg("%s: NMSE %.3g against the CPU", c->name, e);
                 }
+                int blind_rows = 0;
+                for (int t = 0; blind && t < c->T; t++) {
+                    if (emu.seq[t] != 1) continue;
+                    for (int g = 0; g < c->G; g++) {   /* KV head 0: query heads 0 .. G-1 */
+                        const size_t o = ((size_t)t * c->Hkv * c->G + (size_t)g) * c->D;
+                        for (int d = 0; d < c->D; d++)
+                            if (yr[o + d] != 0.0f || y[o + d] != 0.0f)
+                                fail_msg("%s: a query that sees nothing (t %d, head %d): CPU %g, kernel steps %g", c->name,
+                                         t, g, yr[o + d], y[o + d]);
+                        blind_rows++;
+                    }
+                }
+                if (blind) assert_true(blind_rows > 0);
             }
             cu_attn_plan_free(&plan);
         }
@@ -371,6 +395,25 @@ static void test_attention_paths(void **state) {
         free(yr);
         kv_built_free(&ref);
         kv_built_free(&emu);
+}
+
+static void test_attention_paths(void **state) {
+    (void)state;
+    lethe_backend *cpu = lethe_backend_cpu_new(1);
+    for (size_t i = 0; i < LETHE_ARRAY_SIZE(k_kv_cases); i++) attention_case(cpu, &k_kv_cases[i], 900 + i, false);
+    cpu->iface->free(cpu);
+}
+
+/* A stream none of whose slots a query may see (all expired): zeros on the
+ * CPU, and the kernels' steps must give the same zeros (den = 0: no NaN
+ * from 0 / 0 or from (-inf) - (-inf)), with one span, several, and tiled. */
+static void test_attention_blind(void **state) {
+    (void)state;
+    lethe_backend *cpu = lethe_backend_cpu_new(1);
+    for (size_t i = 0; i < LETHE_ARRAY_SIZE(k_kv_cases); i++) {
+        kv_case c = k_kv_cases[i];
+        c.dms = false;   /* a DMS flag from the store would give the stream a visible slot again */
+        attention_case(cpu, &c, 1300 + i, true);
     }
     cpu->iface->free(cpu);
 }
@@ -399,6 +442,7 @@ static void test_dequant_rows(void **state) {
 static void test_gemv_lanes(void **state) { test_dequant_rows(state); }
 static void test_kv_store_tables(void **state) { test_dequant_rows(state); }
 static void test_attention_paths(void **state) { test_dequant_rows(state); }
+static void test_attention_blind(void **state) { test_dequant_rows(state); }
 static void test_split_plan(void **state) { test_dequant_rows(state); }
 #endif
 
@@ -408,6 +452,7 @@ int main(void) {
         cmocka_unit_test(test_gemv_lanes),
         cmocka_unit_test(test_kv_store_tables),
         cmocka_unit_test(test_attention_paths),
+        cmocka_unit_test(test_attention_blind),
         cmocka_unit_test(test_split_plan),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -6,8 +6,10 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"
 #include "kv_cache.h"
 #include "testutil.h"
 
@@ -135,6 +137,86 @@ static void test_fork_copies(void **state) {
     lethe_kv_commit(&kv);
     assert_int_equal(kv.seq_pos[0], 33);
     assert_int_equal(kv.seq_pos[1], 34);
+    lethe_kv_free(&kv);
+}
+
+/* ---- a shared pool: the pages the host touched go back to its backend -- */
+
+static struct {
+    int calls;
+    size_t lo, hi;   /* union of the ranges handed back */
+} g_done;
+
+static lethe_status fake_alloc_shared(lethe_backend *be, size_t size, lethe_buffer **out) {
+    lethe_buffer *b = calloc(1, sizeof *b);
+    assert_non_null(b);
+    b->backend = be;
+    b->size = size;
+    b->impl = b->host_ptr = aligned_alloc(64, (size + 63) / 64 * 64);
+    assert_non_null(b->impl);
+    *out = b;
+    return LETHE_OK;
+}
+static void fake_free(lethe_buffer *b) {
+    free(b->impl);
+    free(b);
+}
+static lethe_status fake_host_done(lethe_buffer *b, size_t offs, size_t size) {
+    assert_true(size > 0 && offs + size <= b->size);
+    if (!g_done.calls || offs < g_done.lo) g_done.lo = offs;
+    if (!g_done.calls || offs + size > g_done.hi) g_done.hi = offs + size;
+    g_done.calls++;
+    return LETHE_OK;
+}
+static const lethe_backend_iface k_fake_iface = {
+    .buffer_free = fake_free, .buffer_alloc_shared = fake_alloc_shared, .buffer_host_done = fake_host_done};
+
+/* Every page of the stream inside the ranges handed back. */
+static void assert_pages_done(const lethe_kv_cache *kv, const lethe_kv_stream *s) {
+    for (int32_t p = 0; p < s->n_pages; p++) {
+        assert_true((size_t)s->pages[p] * kv->page_bytes >= g_done.lo);
+        assert_true((size_t)(s->pages[p] + 1) * kv->page_bytes <= g_done.hi);
+    }
+}
+
+static void test_shared_pool_host_done(void **state) {
+    (void)state;
+    lethe_backend fake = {&k_fake_iface, NULL};
+    memset(&g_done, 0, sizeof g_done);
+    lethe_kv_cache kv;
+    size_t page = 2 * LETHE_KV_PAGE * D * sizeof(float);
+    assert_int_equal(lethe_kv_init(&kv, NSEQ, NL, NH, D, LETHE_F32, 64 * page, 64, NULL, &fake), LETHE_OK);
+    assert_non_null(kv.shared);
+    /* plain decode traffic: the kernels' side, nothing handed back */
+    lethe_kv_begin(&kv);
+    reserve_seq(&kv, 0, 40, LETHE_OK);
+    for (int i = 0; i < 40; i++) fill_slot(&kv, 0, i, (float)i);
+    lethe_kv_commit(&kv);
+    assert_int_equal(g_done.calls, 0);
+    /* a fork copies pages on the host: source and copy handed back, once */
+    assert_int_equal(lethe_kv_seq_copy(&kv, 0, 1), LETHE_OK);
+    assert_int_equal(g_done.calls, 1);
+    for (int l = 0; l < NL; l++)
+        for (int h = 0; h < NH; h++) {
+            assert_pages_done(&kv, lethe_kv_stream_at(&kv, 0, l, h));
+            assert_pages_done(&kv, lethe_kv_stream_at(&kv, 1, l, h));
+        }
+    lethe_kv_begin(&kv);
+    lethe_kv_commit(&kv);   /* nothing touched since */
+    assert_int_equal(g_done.calls, 1);
+    /* more drops than holes: a compaction moves rows; the commit hands them back */
+    memset(&g_done, 0, sizeof g_done);
+    lethe_kv_begin(&kv);
+    lethe_kv_stream *s = lethe_kv_stream_at(&kv, 1, 2, 1);
+    const int32_t drop[6] = {1, 3, 5, 7, 9, 11};
+    lethe_kv_stream_drop(&kv, s, drop, 6);
+    assert_int_equal(s->len, 34);   /* compacted */
+    assert_int_equal(g_done.calls, 0);
+    lethe_kv_commit(&kv);
+    assert_int_equal(g_done.calls, 1);
+    assert_pages_done(&kv, s);
+    float *k = lethe_kv_k(&kv, s, 1);   /* old slot 2 moved to 1: its row came along */
+    assert_true(k[0] == 2.0f + 2 * 100 + 1 * 10);
     lethe_kv_free(&kv);
 }
 
@@ -308,6 +390,7 @@ int main(void) {
         cmocka_unit_test(test_rollback_restores_everything),
         cmocka_unit_test(test_budget_exhaustion_leaves_cache_untouched),
         cmocka_unit_test(test_fork_copies),
+        cmocka_unit_test(test_shared_pool_host_done),
         cmocka_unit_test(test_random_dms_against_naive),
         cmocka_unit_test(test_bad_init),
     };

@@ -195,8 +195,9 @@ static lethe_status cu_buffer_alloc(lethe_backend *be, size_t size, lethe_buffer
  * flags (device writes to expire) are visible to the host's settle/commit
  * after that synchronization. Devices without concurrent managed access
  * (where any host access while a kernel runs is a fault), requests larger
- * than the device's free memory less a margin, and LETHE_CUDA_NO_SHARED are
- * refused: the cache then stays in host memory and its ops run on the CPU. */
+ * than the device's free memory less a margin, a buffer whose prefetch to
+ * the device fails, and LETHE_CUDA_NO_SHARED are refused: the cache then
+ * stays in host memory and its ops run on the CPU. */
 static lethe_status cu_buffer_alloc_shared(lethe_backend *be, size_t size, lethe_buffer **out) {
     cu_ctx *c = be->ctx;
     *out = NULL;
@@ -223,12 +224,23 @@ static lethe_status cu_buffer_alloc_shared(lethe_backend *be, size_t size, lethe
         return CU_FAIL(LETHE_ERR_OOM, "cuda: cudaMallocManaged of %zu bytes: %s", size, cudaGetErrorString(e));
     }
     const struct cudaMemLocation dev = {cudaMemLocationTypeDevice, c->device};
-    if ((e = cudaMemAdvise(b->impl, size, cudaMemAdviseSetPreferredLocation, dev)) != cudaSuccess ||
-        (e = cudaMemPrefetchAsync(b->impl, size, dev, 0, c->stream)) != cudaSuccess ||
-        (e = cudaStreamSynchronize(c->stream)) != cudaSuccess) {
-        CU_LOG(LETHE_LOG_WARN, "cuda: placing the KV buffer on the device failed (%s); it still works, maybe slower",
+    if ((e = cudaMemAdvise(b->impl, size, cudaMemAdviseSetPreferredLocation, dev)) != cudaSuccess) {
+        CU_LOG(LETHE_LOG_WARN, "cuda: placement advice for the KV buffer failed (%s); it still works, maybe slower",
                cudaGetErrorString(e));
         cudaGetLastError();
+    }
+    /* The prefetch is what takes the physical pages now. Without it the
+     * buffer is backed only as kernels touch it, after the weights took
+     * their memory: managed oversubscription, which can hang the GPU (the
+     * comment above). So a failed prefetch refuses the buffer. */
+    if ((e = cudaMemPrefetchAsync(b->impl, size, dev, 0, c->stream)) != cudaSuccess ||
+        (e = cudaStreamSynchronize(c->stream)) != cudaSuccess) {
+        cudaGetLastError();
+        cudaFree(b->impl);
+        free(b);
+        CU_LOG(LETHE_LOG_WARN, "cuda: the KV buffer could not be placed on the device (%s): it stays in host memory, "
+               "KV_STORE/ATTENTION run on the CPU", cudaGetErrorString(e));
+        return CU_FAIL(LETHE_ERR_BACKEND, "cuda: prefetch of the shared KV buffer failed: %s", cudaGetErrorString(e));
     }
     b->backend = be;
     b->size = size;
@@ -254,6 +266,30 @@ lethe_status lethe_cu_kv_advise(cu_ctx *c, const lethe_buffer *buf, size_t meta_
         }
     }
     if (c->n_advised < (int)(sizeof c->advised / sizeof c->advised[0])) c->advised[c->n_advised++] = buf->impl;
+    return LETHE_OK;
+}
+
+/* The host is done with pages of the managed KV buffer (backend.h): a fork
+ * copied them, a compaction moved rows, a state load wrote them. Reading or
+ * writing them migrated them to host memory; without this the next
+ * compute's kernels would fault them back one by one (a fork at depth:
+ * gigabytes, inside the first timed decode step). One bulk prefetch to the
+ * device, waited for here, where the host operation is synchronous anyway. */
+static lethe_status cu_buffer_host_done(lethe_buffer *buf, size_t offs, size_t size) {
+    cu_ctx *c = buf->backend->ctx;
+    if (!buf->host_ptr || !size || offs > buf->size || size > buf->size - offs) return LETHE_OK;   /* not managed */
+    if (cudaSetDevice(c->device) != cudaSuccess) {
+        cudaGetLastError();
+        return LETHE_OK;
+    }
+    const struct cudaMemLocation dev = {cudaMemLocationTypeDevice, c->device};
+    cudaError_t e = cudaMemPrefetchAsync((uint8_t *)buf->impl + offs, size, dev, 0, c->stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
+    if (e != cudaSuccess) {   /* only slower: the kernels fault the pages in */
+        CU_LOG(LETHE_LOG_WARN, "cuda: prefetch of %zu KV bytes back to the device failed (%s)", size,
+               cudaGetErrorString(e));
+        cudaGetLastError();
+    }
     return LETHE_OK;
 }
 
@@ -372,6 +408,7 @@ static const lethe_backend_iface k_iface = {
     .scratch_bytes = cu_scratch_bytes,
     .buffer_copy = cu_buffer_copy,
     .buffer_alloc_shared = cu_buffer_alloc_shared,
+    .buffer_host_done = cu_buffer_host_done,
 };
 
 static int cu_device_count(void) {
