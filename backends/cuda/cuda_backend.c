@@ -313,8 +313,10 @@ static lethe_status cu_buffer_copy(lethe_buffer *dst, size_t dst_offs, lethe_buf
         return CU_FAIL(LETHE_ERR_INVALID_ARG, "cuda: copy of %zu bytes past a buffer (%zu at %zu -> %zu at %zu)", size,
                        src->size, src_offs, dst->size, dst_offs);
     CU_CHECK(cudaSetDevice(c->device), "cudaSetDevice");
+    lethe_cu_clock_begin(c);
     CU_CHECK(cudaMemcpyAsync((uint8_t *)dst->impl + dst_offs, (const uint8_t *)src->impl + src_offs, size,
                              cudaMemcpyDefault, c->stream), "cudaMemcpyAsync (buffer_copy)");
+    lethe_cu_clock_end(c);
     return LETHE_OK;
 }
 
@@ -346,8 +348,33 @@ static lethe_status cu_synchronize(lethe_backend *be) {
     cu_ctx *c = be->ctx;
     CU_CHECK(cudaSetDevice(c->device), "cudaSetDevice");
     CU_CHECK(cudaStreamSynchronize(c->stream), "cudaStreamSynchronize");
+    lethe_cu_clock_collect(c);
     return LETHE_OK;
 }
+
+/* ---------------------------------------------------------- device clock */
+
+/* CUDA events on the backend's stream, so `lethe bench` sees the device's
+ * own time (host submission and gaps left out) and the roofline copy is not
+ * timed by the host's submit + wait. Failures only lose the clock. */
+void lethe_cu_clock_begin(cu_ctx *c) {
+    if (!c->ev_begin || c->ev_open) return;
+    c->ev_open = cudaEventRecord(c->ev_begin, c->stream) == cudaSuccess;
+}
+
+void lethe_cu_clock_end(cu_ctx *c) {
+    if (c->ev_open && cudaEventRecord(c->ev_end, c->stream) != cudaSuccess) c->ev_open = false;
+}
+
+void lethe_cu_clock_collect(cu_ctx *c) {
+    if (!c->ev_open) return;
+    c->ev_open = false;
+    float ms = 0.0f;
+    if (cudaEventElapsedTime(&ms, c->ev_begin, c->ev_end) == cudaSuccess && ms > 0.0f) c->device_ms += ms;
+    else cudaGetLastError();   /* not sticky: clear it so it is not blamed on the next launch */
+}
+
+static double cu_device_ms(lethe_backend *be) { return ((cu_ctx *)be->ctx)->device_ms; }
 
 static size_t cu_scratch_bytes(lethe_backend *be, const lethe_graph *g, int begin, int end) {
     const cu_ctx *c = be->ctx;
@@ -377,6 +404,8 @@ static void cu_free(lethe_backend *be) {
         cudaFree(c->scratch);
         cudaFree(c->d_err);
         if (c->blas) cublasDestroy(c->blas);
+        if (c->ev_begin) cudaEventDestroy(c->ev_begin);
+        if (c->ev_end) cudaEventDestroy(c->ev_end);
         if (c->stream) cudaStreamDestroy(c->stream);
         free(c);
     }
@@ -407,6 +436,7 @@ static const lethe_backend_iface k_iface = {
     .synchronize = cu_synchronize,
     .scratch_bytes = cu_scratch_bytes,
     .buffer_copy = cu_buffer_copy,
+    .device_ms = cu_device_ms,
     .buffer_alloc_shared = cu_buffer_alloc_shared,
     .buffer_host_done = cu_buffer_host_done,
 };
@@ -459,6 +489,11 @@ static lethe_backend *cu_create(int device, lethe_status *status) {
     c->managed_ok = mm && cma && !getenv("LETHE_CUDA_NO_SHARED");
     const char *meta = getenv("LETHE_CUDA_KV_META");
     c->meta_on_device = meta && !strcmp(meta, "device");
+    if (cudaEventCreate(&c->ev_begin) != cudaSuccess || cudaEventCreate(&c->ev_end) != cudaSuccess) {
+        if (c->ev_begin) cudaEventDestroy(c->ev_begin);
+        c->ev_begin = c->ev_end = NULL;   /* no device clock: bench falls back to the host's */
+        cudaGetLastError();
+    }
     c->sm_count = prop.multiProcessorCount;
     c->l2_bytes = (size_t)prop.l2CacheSize;
     cublasStatus_t bs = cublasCreate(&c->blas);

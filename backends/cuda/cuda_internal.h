@@ -75,6 +75,12 @@ typedef struct cu_ctx {
     bool meta_on_device;     /* LETHE_CUDA_KV_META=device: pos/expire prefer the GPU too */
     const void *advised[16]; /* KV buffers whose placement advice is set      */
     int n_advised;
+
+    /* the device clock (device_ms): events around the work in flight since
+     * the last synchronization; NULL events: no clock (creation failed) */
+    cudaEvent_t ev_begin, ev_end;
+    bool ev_open;            /* ev_begin recorded, not yet collected          */
+    double device_ms;        /* device time of every collected interval       */
 } cu_ctx;
 
 /* cuda_backend.c */
@@ -91,6 +97,14 @@ size_t lethe_cu_align(size_t x);
 /* Placement advice for a KV cache's managed buffer, once per buffer: bytes
  * [meta_begin, meta_end) hold pos / expire (see cuda_backend.c). */
 lethe_status lethe_cu_kv_advise(cu_ctx *c, const lethe_buffer *buf, size_t meta_begin, size_t meta_end);
+
+/* The device clock around enqueued work: clock_begin before the launches
+ * (opens an interval unless one is open: several copies before one
+ * synchronize() make one interval), clock_end after them, clock_collect
+ * after the stream is synchronized (adds the interval to c->device_ms). */
+void lethe_cu_clock_begin(cu_ctx *c);
+void lethe_cu_clock_end(cu_ctx *c);
+void lethe_cu_clock_collect(cu_ctx *c);
 
 /* cuda_ops.c */
 bool lethe_cu_supports_op(lethe_backend *be, const lethe_node *n);

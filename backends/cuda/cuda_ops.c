@@ -423,6 +423,7 @@ lethe_status lethe_cu_compute(lethe_backend *be, lethe_graph *g, int begin, int 
     lethe_status st = lethe_cu_upload_reserve(c, upload_need(be, g, begin, end));
     if (st != LETHE_OK) return st;
     bool used_err = false;
+    lethe_cu_clock_begin(c);
     CU_CHECK(cudaMemsetAsync(c->d_err, 0, sizeof(int), c->stream), "cudaMemsetAsync");
     for (int i = begin; i < end && st == LETHE_OK; i++) {
         lethe_node *n = &g->nodes[i];
@@ -438,7 +439,10 @@ lethe_status lethe_cu_compute(lethe_backend *be, lethe_graph *g, int begin, int 
     }
     /* nothing stays in flight after compute(), also after a failure: the
      * staging and upload buffers are reused by the next call */
+    lethe_cu_clock_end(c);
     cudaError_t e = cudaStreamSynchronize(c->stream);
+    if (e == cudaSuccess) lethe_cu_clock_collect(c);
+    else c->ev_open = false;
     if (st != LETHE_OK) return st;
     if (e != cudaSuccess)
         return CU_FAIL(LETHE_ERR_BACKEND, "cuda: kernels of nodes %d..%d failed: %s (%s)", begin, end - 1,
