@@ -21,7 +21,8 @@ set(_vk_variants
   "kv_store|kv_store.comp|"
   "kv_flags|kv_store.comp|DMS_FLAGS=1"
   "attention|attention.comp|"
-  "dms_decision|dms_decision.comp|")
+  "dms_decision|dms_decision.comp|"
+  "fma_probe|fma_probe.comp|")   # not a pipeline of its own: vk_probe.c builds it to decide NATIVE_FMA
 foreach(wt ${_vk_wtypes})
   string(REPLACE "=" ";" _p ${wt})
   list(GET _p 0 _tn)

@@ -106,6 +106,11 @@ int lethe_backend_cpu_n_threads(lethe_backend *be);
 lethe_backend *lethe_backend_vulkan_new(int device);
 /* Device time of the backend's last compute() in ms (timestamps; 0 if none). */
 double lethe_backend_vulkan_last_ms(lethe_backend *be);
+/* Whether the backend's pipelines use the driver's fma() (shaders/exact.glsl
+ * NATIVE_FMA: 1, decided at creation by the fma probe or LETHE_VK_NATIVE_FMA,
+ * backends/vulkan/vk_probe.c) or the exact emulation (0); -1 if `be` is not
+ * a Vulkan backend. */
+int lethe_backend_vulkan_native_fma(lethe_backend *be);
 
 /* The device's memory bandwidth through `be`'s buffer_copy (core/bandwidth.c):
  * a warm-up, then the best of `reps` copies of `bytes`, read + write counted.

@@ -15,6 +15,10 @@ double lethe_backend_vulkan_last_ms(lethe_backend *be) {
     (void)be;
     return 0.0;
 }
+int lethe_backend_vulkan_native_fma(lethe_backend *be) {
+    (void)be;
+    return -1;
+}
 #endif
 
 lethe_backend *lethe_backend_gpu_new(const char *name, int device) {

@@ -17,9 +17,18 @@
 //   FMA and correctly rounded sums: proved algorithms using rounding to odd",
 //   IEEE Trans. Computers 57(4), 2008. Valid without overflow or underflow
 //   of the error terms, which the q8 matmul's magnitudes never approach.
-// Specialization constant 1, NATIVE_FMA, takes fma() instead: for drivers
-// known to fuse it (NVIDIA's do). Nothing sets it yet: no such driver has
-// been tested, and a driver that fuses only sometimes would silently drift.
+// Specialization constant 1, NATIVE_FMA, takes the driver's fma() instead
+// (one instruction for ~20 flops on GPUs that fuse: NVIDIA's and AMD's are
+// expected to). It is decided per device by measurement, not by vendor name:
+// at creation backends/vulkan/vk_probe.c runs shaders/fma_probe.comp with
+// the constant on and compares fma_rn, div_rn and exp_det bit for bit with
+// the CPU's fmaf, a / b and lethe_cpu_expf on inputs where one rounding and
+// two differ; all equal sets it for every pipeline, anything else (or a
+// probe that cannot run) leaves the emulation. Lavapipe measures unfused
+// (its fma() is a rounded multiply and a rounded add on every probe).
+// LETHE_VK_NATIVE_FMA=0/1 forces it. A driver that fused in the probe but
+// not in some other shader would drift silently: the Vulkan tests on that
+// driver (tools/gpu-check.sh) are the check, and =0 the way out.
 
 layout(constant_id = 1) const bool NATIVE_FMA = false;
 

@@ -689,6 +689,130 @@ static void test_pipeline_failure(void **state) {
     assert_non_null(strstr(lethe_last_error(), "pipeline"));
 }
 
+/* NATIVE_FMA (shaders/exact.glsl), decided per device by the fma probe
+ * (backends/vulkan/vk_probe.c). Lavapipe's fma() rounds twice: the probe
+ * must say so, and the emulation then keeps these ops bit-identical to the
+ * CPU. LETHE_VK_NATIVE_FMA=1 forces the driver's fma() into every pipeline:
+ * on a driver that does not fuse, the q8 GEMV's outputs must then differ
+ * from the CPU's in some last bits (the constant reached the pipelines and
+ * the probe's verdict matters), on one that fuses they must not. A probe
+ * that cannot run leaves the emulation, with a warning, and the backend
+ * starts. */
+static int g_probe_lines, g_probe_fused, g_probe_warns;
+
+static void on_probe_log(lethe_log_level level, const char *msg, void *user) {
+    (void)user;
+    if (strstr(msg, "fma probe: fma() is fused")) g_probe_lines++, g_probe_fused++;
+    if (strstr(msg, "fma probe: fma() is not fused")) g_probe_lines++;
+    if (level >= LETHE_LOG_WARN && (strstr(msg, "fma probe") || strstr(msg, "LETHE_VK_NATIVE_FMA"))) g_probe_warns++;
+    if (strstr(msg, "fma probe") || strstr(msg, "NATIVE_FMA")) print_message("    log: %s\n", msg);
+}
+
+static lethe_backend *vk_with(const char *var, const char *value) {
+    g_probe_lines = g_probe_fused = g_probe_warns = 0;
+    lethe_set_log(on_probe_log, NULL);
+    lethe_set_log_level(LETHE_LOG_DEBUG);
+    if (var) setenv(var, value, 1);
+    lethe_backend *be = lethe_backend_vulkan_new(0);
+    if (var) unsetenv(var);
+    lethe_set_log(NULL, NULL);
+    lethe_set_log_level(LETHE_LOG_INFO);
+    if (!be) fail_msg("vulkan with %s=%s: %s", var ? var : "-", value ? value : "-", lethe_last_error());
+    return be;
+}
+
+/* Elements of `k` whose bits differ between the CPU and `be`. */
+static int bit_diffs(lethe_backend *be, const op_case *k, uint64_t seed, double *nmse) {
+    built ref, got;
+    g_kv_mem = be;
+    build(k, &ref, seed);
+    build(k, &got, seed);
+    float *yr = run_on(&g_s.cpu, 1, &ref);
+    lethe_backend *bes[2] = {be, g_s.cpu};
+    float *yg = run_on(bes, 2, &got);
+    if (got.out->backend != 0) fail_msg("%s: the device did not take the op", k->name);
+    const size_t n = (size_t)lethe_tensor_nelements(&ref.out->t);
+    int d = 0;
+    for (size_t i = 0; i < n; i++) d += memcmp(&yr[i], &yg[i], sizeof(float)) != 0;
+    *nmse = tu_nmse(yr, yg, n);
+    lethe_graph_free(ref.g);
+    lethe_graph_free(got.g);
+    for (int c = 0; c < 2; c++) {
+        lethe_kv_cache *kv = c ? got.kv : ref.kv;
+        if (!kv) continue;
+        lethe_kv_free(kv);
+        free(kv);
+    }
+    return d;
+}
+
+static void test_native_fma(void **state) {
+    (void)state;
+    if (g_s.n_devs == 0 || strcmp(g_s.devs[0].name, "vulkan") != 0) skip();
+    static const op_case cases[] = {
+        MM(Q4_1, 576, 1536, 1),   /* GEMV: fma_rn accumulates the block dots */
+        MM(Q4_1, 64, 576, 5),     /* tiled */
+        {"swiglu", LETHE_OP_SWIGLU, LETHE_F32, 5, 70, .limit = EPS_ELEM},   /* exp_det, div_rn */
+        {"attention f16 G=3 D=128", LETHE_OP_ATTENTION, LETHE_F32, 2, 3, 128, .kv_g = 3, .kv_f16 = true,
+         .limit = EPS_MM},
+    };
+    const int nc = (int)LETHE_ARRAY_SIZE(cases);
+    lethe_backend_info info;
+
+    /* the probe's own verdict */
+    lethe_backend *be = vk_with(NULL, NULL);
+    be->iface->get_info(be, &info);
+    const int fused = lethe_backend_vulkan_native_fma(be);
+    assert_int_equal(g_probe_lines, 1);   /* one probe, one verdict, at debug level */
+    assert_int_equal(g_probe_fused, fused);
+    assert_int_equal(g_probe_warns, 0);
+    if (strstr(info.device_name, "llvmpipe")) assert_int_equal(fused, 0);   /* lavapipe: fma() not fused */
+    print_message("  %s: fma() %s\n", info.device_name, fused ? "fused: NATIVE_FMA on" : "not fused: emulated");
+    for (int i = 0; i < nc; i++) {
+        double e;
+        const int d = bit_diffs(be, &cases[i], 500 + (uint64_t)i, &e);
+        print_message("  %-28s probe's choice: %d elements differ from the CPU\n", cases[i].name, d);
+        assert_int_equal(d, 0);
+    }
+    be->iface->free(be);
+    assert_int_equal(lethe_backend_vulkan_native_fma(g_s.cpu), -1);
+
+    /* forced on: the GEMV differs exactly when the driver does not fuse */
+    be = vk_with("LETHE_VK_NATIVE_FMA", "1");
+    assert_int_equal(lethe_backend_vulkan_native_fma(be), 1);
+    assert_int_equal(g_probe_lines, 0);   /* forced: no probe */
+    double e;
+    const int d = bit_diffs(be, &cases[0], 500, &e);
+    print_message("  %-28s NATIVE_FMA forced on: %d of %d elements differ from the CPU (NMSE %.3g)\n",
+                  cases[0].name, d, (int)cases[0].a, e);
+    if (fused) assert_int_equal(d, 0);
+    else assert_true(d > 0);
+    assert_true(e <= EPS_MM);   /* a last-bit matter, not a wrong result */
+    be->iface->free(be);
+
+    /* forced off: the emulation, bit-identical on any driver */
+    be = vk_with("LETHE_VK_NATIVE_FMA", "0");
+    assert_int_equal(lethe_backend_vulkan_native_fma(be), 0);
+    assert_int_equal(g_probe_lines, 0);
+    assert_int_equal(bit_diffs(be, &cases[0], 500, &e), 0);
+    be->iface->free(be);
+
+    /* a bad value: a warning, and the probe decides */
+    be = vk_with("LETHE_VK_NATIVE_FMA", "yes");
+    assert_int_equal(g_probe_warns, 1);
+    assert_int_equal(g_probe_lines, 1);
+    assert_int_equal(lethe_backend_vulkan_native_fma(be), fused);
+    be->iface->free(be);
+
+    /* the probe cannot run: a warning, the emulation, a working backend */
+    be = vk_with("LETHE_VK_FAIL_PIPELINE", "fma_probe");
+    assert_int_equal(g_probe_warns, 1);
+    assert_int_equal(g_probe_lines, 0);
+    assert_int_equal(lethe_backend_vulkan_native_fma(be), 0);
+    assert_int_equal(bit_diffs(be, &cases[0], 500, &e), 0);
+    be->iface->free(be);
+}
+
 static int setup(void **state) {
     (void)state;
     g_s.cpu = lethe_backend_cpu_new(2);
@@ -741,6 +865,7 @@ int main(void) {
         cmocka_unit_test(test_bad_ids),
         cmocka_unit_test(test_no_device),
         cmocka_unit_test(test_pipeline_failure),
+        cmocka_unit_test(test_native_fma),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -21,7 +21,8 @@
  * tests/CMakeLists.txt); the KV cache lives in the device's shared memory
  * and KV_STORE and ATTENTION run on Vulkan too. The test checks, through the
  * log, that the Vulkan context really ran on Vulkan (a device that fails to
- * start falls back to the CPU with a warning).
+ * start falls back to the CPU with a warning), and that the fma probe
+ * chose the emulation on lavapipe (shaders/exact.glsl NATIVE_FMA).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -40,11 +41,16 @@
 #define LIMIT 1e-4   /* logits NMSE against the CPU at every step (the bar) */
 
 static int g_vk_lines, g_fallback_lines, g_fallback_warnings;
+static int g_fma_verdicts, g_fma_fused_llvmpipe;   /* the fma probe's debug lines (backends/vulkan/vk_probe.c) */
 
 static void on_log(lethe_log_level level, const char *msg, void *user) {
     (void)user;
     if (strstr(msg, "vulkan: nodes [")) g_vk_lines++;           /* a compute on the device (debug log) */
     if (strstr(msg, "executor: vulkan runs")) g_fallback_lines++;   /* some ops of a graph on the CPU */
+    if (strstr(msg, "fma probe: fma() is")) {
+        g_fma_verdicts++;
+        g_fma_fused_llvmpipe += strstr(msg, "llvmpipe") && !strstr(msg, "not fused");
+    }
     if (level >= LETHE_LOG_WARN) {
         g_fallback_warnings++;
         fprintf(stderr, "log: %s\n", msg);
@@ -113,6 +119,11 @@ static void test_greedy_and_logits(void **state) {
     assert_true(g_vk_lines >= N_GEN);   /* every decode computed on Vulkan ... */
     assert_int_equal(g_fallback_lines, 0);   /* ... every op of it, the KV cache's included */
     assert_int_equal(g_fallback_warnings, 0);
+    /* the device decided NATIVE_FMA by its probe (unless forced); lavapipe's
+     * fma() rounds twice, so its verdict must be the emulation: forced on
+     * there (LETHE_VK_NATIVE_FMA=1) this test fails at step 0, NMSE 1.5e-2 */
+    if (!getenv("LETHE_VK_NATIVE_FMA")) assert_int_equal(g_fma_verdicts, 1);
+    assert_int_equal(g_fma_fused_llvmpipe, 0);
     lethe_set_log(NULL, NULL);
     lethe_context_free(cv);
     lethe_context_free(cc);

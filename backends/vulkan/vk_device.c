@@ -3,6 +3,7 @@
  * built once, at creation), and the backend's life. See vk_internal.h. */
 #include "vk_internal.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -97,7 +98,7 @@ void lethe_vk_buf_destroy(vk_ctx *c, vk_buf *b) {
 }
 
 /* Run the transfer command buffer recorded by `rec` and wait for it. */
-static lethe_status xfer_begin(vk_ctx *c) {
+lethe_status lethe_vk_xfer_begin(vk_ctx *c) {
     VKF(vkResetCommandBuffer(c->xfer, 0), "vkResetCommandBuffer");
     VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
                                    .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
@@ -105,7 +106,7 @@ static lethe_status xfer_begin(vk_ctx *c) {
     return LETHE_OK;
 }
 
-static lethe_status xfer_submit(vk_ctx *c) {
+lethe_status lethe_vk_xfer_submit(vk_ctx *c) {
     VKF(vkEndCommandBuffer(c->xfer), "vkEndCommandBuffer");
     VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &c->xfer};
     VKF(vkResetFences(c->dev, 1, &c->fence), "vkResetFences");
@@ -129,10 +130,10 @@ lethe_status lethe_vk_write(vk_ctx *c, VkBuffer dst, VkDeviceSize offs, const vo
     for (size_t done = 0; done < size;) {
         size_t n = LETHE_MIN(size - done, (size_t)c->staging.size);
         memcpy(c->staging.map, (const uint8_t *)src + done, n);
-        if ((st = xfer_begin(c)) != LETHE_OK) return st;
+        if ((st = lethe_vk_xfer_begin(c)) != LETHE_OK) return st;
         VkBufferCopy cp = {.srcOffset = 0, .dstOffset = offs + done, .size = n};
         vkCmdCopyBuffer(c->xfer, c->staging.buf, dst, 1, &cp);
-        if ((st = xfer_submit(c)) != LETHE_OK) return st;
+        if ((st = lethe_vk_xfer_submit(c)) != LETHE_OK) return st;
         done += n;
     }
     return LETHE_OK;
@@ -143,10 +144,10 @@ lethe_status lethe_vk_read(vk_ctx *c, VkBuffer src, VkDeviceSize offs, void *dst
     if (st != LETHE_OK) return st;
     for (size_t done = 0; done < size;) {
         size_t n = LETHE_MIN(size - done, (size_t)c->staging.size);
-        if ((st = xfer_begin(c)) != LETHE_OK) return st;
+        if ((st = lethe_vk_xfer_begin(c)) != LETHE_OK) return st;
         VkBufferCopy cp = {.srcOffset = offs + done, .dstOffset = 0, .size = n};
         vkCmdCopyBuffer(c->xfer, src, c->staging.buf, 1, &cp);
-        if ((st = xfer_submit(c)) != LETHE_OK) return st;
+        if ((st = lethe_vk_xfer_submit(c)) != LETHE_OK) return st;
         memcpy((uint8_t *)dst + done, c->staging.map, n);
         done += n;
     }
@@ -272,11 +273,11 @@ static lethe_status vk_buffer_copy(lethe_buffer *dst, size_t dst_offs, lethe_buf
         return lethe_fail(LETHE_ERR_INVALID_ARG, "vulkan: buffer_copy of %zu bytes outside its buffers", size);
     if (!size) return LETHE_OK;
     vk_ctx *c = dst->backend->ctx;
-    lethe_status st = xfer_begin(c);
+    lethe_status st = lethe_vk_xfer_begin(c);
     if (st != LETHE_OK) return st;
     VkBufferCopy cp = {.srcOffset = src_offs, .dstOffset = dst_offs, .size = size};
     vkCmdCopyBuffer(c->xfer, ((vk_buf *)src->impl)->buf, ((vk_buf *)dst->impl)->buf, 1, &cp);
-    return xfer_submit(c);
+    return lethe_vk_xfer_submit(c);
 }
 
 /* ---------------------------------------------------------- pipelines */
@@ -294,6 +295,38 @@ static uint32_t wg_size_for(const char *name) {
     if (strcmp(name, "quantize_q8") == 0) return 64;
     if (strcmp(name, "attention") == 0) return 64;   /* = WG in shaders/attention.comp */
     return 256;
+}
+
+typedef struct vk_spec {    /* specialization constants 0 and 1 */
+    uint32_t wg;
+    VkBool32 native_fma;
+} vk_spec;
+
+VkResult lethe_vk_make_pipeline(vk_ctx *c, const lethe_vk_spirv *s, uint32_t wg, bool native_fma, VkPipeline *out) {
+    *out = VK_NULL_HANDLE;
+    VkShaderModuleCreateInfo mi = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO,
+                                   .codeSize = s->size, .pCode = s->code};
+    VkShaderModule mod;
+    VkResult r = vkCreateShaderModule(c->dev, &mi, NULL, &mod);
+    if (r != VK_SUCCESS) return r;
+    /* a constant a shader does not declare (NATIVE_FMA outside exact.glsl's
+     * users) is ignored by Vulkan's rules */
+    const vk_spec spec = {wg, native_fma ? VK_TRUE : VK_FALSE};
+    const VkSpecializationMapEntry me[2] = {
+        {.constantID = 0, .offset = offsetof(vk_spec, wg), .size = sizeof(uint32_t)},
+        {.constantID = 1, .offset = offsetof(vk_spec, native_fma), .size = sizeof(VkBool32)},
+    };
+    VkSpecializationInfo si = {.mapEntryCount = 2, .pMapEntries = me, .dataSize = sizeof spec, .pData = &spec};
+    VkComputePipelineCreateInfo ci = {
+        .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
+        .stage = {.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO, .stage = VK_SHADER_STAGE_COMPUTE_BIT,
+                  .module = mod, .pName = "main", .pSpecializationInfo = &si},
+        .layout = c->layout,
+    };
+    r = vkCreateComputePipelines(c->dev, VK_NULL_HANDLE, 1, &ci, NULL, out);
+    vkDestroyShaderModule(c->dev, mod, NULL);
+    if (r != VK_SUCCESS) *out = VK_NULL_HANDLE;
+    return r;
 }
 
 /* Build every pipeline once. One that fails is logged and left NULL: the
@@ -315,49 +348,36 @@ static lethe_status build_pipelines(vk_ctx *c) {
                                      .pushConstantRangeCount = 1, .pPushConstantRanges = &pr};
     VKF(vkCreatePipelineLayout(c->dev, &pl, NULL, &c->layout), "vkCreatePipelineLayout");
 
+    /* NATIVE_FMA first: every pipeline below is built with the same value */
+    lethe_vk_decide_native_fma(c);
+
     int n = 0;
     while (lethe_vk_spirv_table[n].name) n++;
     c->pipes = calloc((size_t)n, sizeof *c->pipes);
     if (!c->pipes) return lethe_fail(LETHE_ERR_OOM, "vulkan: pipelines");
     c->n_pipes = n;
     const char *fail = getenv("LETHE_VK_FAIL_PIPELINE");
-    int n_failed = 0;
+    int n_built = 0;
     for (int i = 0; i < n; i++) {
         const lethe_vk_spirv *s = &lethe_vk_spirv_table[i];
         c->pipes[i].name = s->name;
         const size_t len = strlen(s->name);
+        if (strcmp(s->name, "fma_probe") == 0) continue;   /* vk_probe.c's, used once above */
         if (!c->f64 && len > 4 && strcmp(s->name + len - 4, "_f64") == 0) continue;   /* needs shaderFloat64 */
         if (fail && (strcmp(fail, "all") == 0 || strcmp(fail, s->name) == 0)) {
             if (strcmp(fail, "all") != 0)
                 LETHE_LOGW("vulkan: pipeline %s disabled by LETHE_VK_FAIL_PIPELINE: its ops run on the CPU", s->name);
-            n_failed++;
             continue;
         }
-        VkShaderModuleCreateInfo mi = {.sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO,
-                                       .codeSize = s->size, .pCode = s->code};
-        VkShaderModule mod;
-        VkResult r = vkCreateShaderModule(c->dev, &mi, NULL, &mod);
-        if (r == VK_SUCCESS) {
-            uint32_t wg = wg_size_for(s->name);
-            VkSpecializationMapEntry me = {.constantID = 0, .offset = 0, .size = sizeof(uint32_t)};
-            VkSpecializationInfo si = {.mapEntryCount = 1, .pMapEntries = &me, .dataSize = sizeof wg, .pData = &wg};
-            VkComputePipelineCreateInfo ci = {
-                .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
-                .stage = {.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO,
-                          .stage = VK_SHADER_STAGE_COMPUTE_BIT, .module = mod, .pName = "main",
-                          .pSpecializationInfo = &si},
-                .layout = c->layout,
-            };
-            r = vkCreateComputePipelines(c->dev, VK_NULL_HANDLE, 1, &ci, NULL, &c->pipes[i].pipe);
-            vkDestroyShaderModule(c->dev, mod, NULL);
-        }
+        VkResult r = lethe_vk_make_pipeline(c, s, wg_size_for(s->name), c->native_fma, &c->pipes[i].pipe);
         if (r != VK_SUCCESS) {
             c->pipes[i].pipe = VK_NULL_HANDLE;
             LETHE_LOGW("vulkan: pipeline %s failed to build (%s): its ops run on the CPU", s->name, lethe_vk_check(r));
-            n_failed++;
+        } else {
+            n_built++;
         }
     }
-    if (n_failed >= n) return lethe_fail(LETHE_ERR_BACKEND, "vulkan: no compute pipeline could be built");
+    if (n_built == 0) return lethe_fail(LETHE_ERR_BACKEND, "vulkan: no compute pipeline could be built");
     return LETHE_OK;
 }
 
@@ -586,15 +606,20 @@ lethe_backend *lethe_backend_vulkan_new(int device) {
         return NULL;
     }
     LETHE_LOGI("vulkan: device %d: %s (Vulkan %u.%u); fp16 storage %s, int8 storage %s, fp16 math %s, "
-               "int dot product %s, fp64 %s, subgroup %u, shared memory %zu KiB, max binding %zu MiB",
+               "int dot product %s, fp64 %s, subgroup %u, shared memory %zu KiB, max binding %zu MiB, fma %s",
                c->device_index, c->device_name, VK_API_VERSION_MAJOR(c->props.apiVersion),
                VK_API_VERSION_MINOR(c->props.apiVersion), c->fp16_storage ? "yes" : "no",
                c->int8_storage ? "yes" : "no", c->shader_f16 ? "yes" : "no", c->int_dot ? "yes" : "no", c->f64 ? "yes" : "no",
-               c->subgroup_size, c->shared_mem / 1024, c->max_range >> 20);
+               c->subgroup_size, c->shared_mem / 1024, c->max_range >> 20,
+               c->native_fma ? "native (fused)" : "emulated (exact)");
     return be;
 }
 
 double lethe_backend_vulkan_last_ms(lethe_backend *be) {
     return be && be->iface == &k_vk_iface ? ((vk_ctx *)be->ctx)->last_compute_ms : 0.0;
+}
+
+int lethe_backend_vulkan_native_fma(lethe_backend *be) {
+    return be && be->iface == &k_vk_iface ? ((vk_ctx *)be->ctx)->native_fma : -1;
 }
 

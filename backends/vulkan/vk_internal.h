@@ -59,6 +59,8 @@ typedef struct vk_ctx {
     size_t shared_mem;       /* maxComputeSharedMemorySize */
     size_t max_range;        /* maxStorageBufferRange (bytes one binding may span) */
     size_t align;            /* minStorageBufferOffsetAlignment (>= 4) */
+    bool native_fma;         /* exact.glsl's NATIVE_FMA (specialization constant 1) for every
+                              * pipeline: the driver's fma() measured fused (vk_probe.c) */
 
     VkCommandPool cpool;
     VkCommandBuffer cmd;     /* the graph's command buffer */
@@ -108,7 +110,18 @@ lethe_status lethe_vk_read(vk_ctx *c, VkBuffer src, VkDeviceSize offs, void *dst
 lethe_status lethe_vk_weight(vk_ctx *c, const void *host, size_t size, VkBuffer *out);
 /* Pipeline by shader-variant name; VK_NULL_HANDLE if absent or failed. */
 VkPipeline lethe_vk_pipeline(const vk_ctx *c, const char *name);
+/* One compute pipeline of `s` in c->layout with the specialization
+ * constants every shader shares: 0 = workgroup size, 1 = NATIVE_FMA. */
+VkResult lethe_vk_make_pipeline(vk_ctx *c, const lethe_vk_spirv *s, uint32_t wg, bool native_fma, VkPipeline *out);
+/* The one-shot command buffer c->xfer: begin it; end, submit and wait. */
+lethe_status lethe_vk_xfer_begin(vk_ctx *c);
+lethe_status lethe_vk_xfer_submit(vk_ctx *c);
 const char *lethe_vk_check(VkResult r); /* "VK_ERROR_..." */
+
+/* vk_probe.c: sets c->native_fma (LETHE_VK_NATIVE_FMA=0/1 forces it; else
+ * the probe shader decides; any failure of the probe leaves it false). Needs
+ * c->layout and c->dummy; called once, before the pipelines are built. */
+void lethe_vk_decide_native_fma(vk_ctx *c);
 
 /* vk_ops.c */
 bool lethe_vk_supports_op(lethe_backend *be, const lethe_node *n);
