@@ -125,8 +125,11 @@ def _dms_attention_forward(self, hidden_states, position_embeddings=None, attent
         q = q.masked_fill(zero, 0.0)
     else:
         x_res = self._dms_x_res
-        logit = (self.dms_proj_alpha(self.dms_proj_alpha_norm(x_res)) * st.alpha_scale
-                 - st.alpha_offset).transpose(1, 2)                                    # [B, Hkv, T]
+        # the decision in the adapter's own precision even under autocast: x100
+        # makes a bf16 rounding of the projection a visible step in the logit
+        with torch.autocast(device_type=x_res.device.type, enabled=False):
+            a = self.dms_proj_alpha_norm(x_res.to(self.dms_proj_alpha.weight.dtype))
+            logit = (self.dms_proj_alpha(a) * st.alpha_scale - st.alpha_offset).transpose(1, 2)  # [B, Hkv, T]
         cos, sin = position_embeddings
         q, k = _rope(q, cos, sin), _rope(k, cos, sin)
     if st.alpha_per == "layer":

@@ -61,6 +61,9 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    ap.add_argument("--amp", choices=("none", "bf16"), default="none",
+                    help="bf16 autocast for the forward passes (weights, adapter, optimizer and the "
+                         "decision logit stay float32); ~4x faster on a CPU with AVX512-BF16")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--export-hf", action="store_true", help="also write HF DMS checkpoints")
@@ -190,10 +193,12 @@ def main(argv=None):
         alpha_t = dm.target_fraction(step, args.cr, args.steps_final)
         t0 = time.time()
         keep = kl_positions(args, ids.shape[1])
-        target = teacher_logits(model, teacher, st, ids, keep)
-        st.mode = "train"
-        st.reset()
-        student = model(ids, logits_to_keep=keep).logits
+        with torch.autocast(device_type=torch.device(args.device).type, dtype=torch.bfloat16,
+                            enabled=args.amp == "bf16"):
+            target = teacher_logits(model, teacher, st, ids, keep)
+            st.mode = "train"
+            st.reset()
+            student = model(ids, logits_to_keep=keep).logits
         kl, comp, frac = dm.dms_losses(student, target, st.frac, alpha_t, comp_per=args.comp_per)
         loss = kl + args.comp_weight * comp
         opt.zero_grad(set_to_none=True)

@@ -223,3 +223,22 @@ def test_achieved_cr():
     f = torch.zeros(1, 1, 9, dtype=torch.bool)
     f[0, 0, [0, 3, 5, 8]] = True
     assert dm.achieved_cr([f], 2) == pytest.approx(10 / 7)
+
+
+def test_decision_logit_stays_float32_under_bf16_autocast():
+    """--amp bf16 runs the network in bf16, but the decision (x100) is computed
+    in float32: layer 0's input is the embedding either way, so its logits match
+    the float32 forward exactly."""
+    m, st = tiny("adapter", init_std=0.02)
+    ids = torch.randint(0, 300, (1, 16), generator=torch.Generator().manual_seed(6))
+    st.mode = "eval"
+    st.reset()
+    with torch.no_grad():
+        m(ids)
+    ref = st.logits[0]
+    st.reset()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(ids).logits
+    assert out.dtype == torch.bfloat16                    # the network did run in bf16
+    assert st.logits[0].dtype == torch.float32
+    assert torch.equal(st.logits[0], ref)

@@ -74,7 +74,7 @@ def test_neuron_run_trains_weights_and_init_adapter(tmp_path):
     base = os.path.join(FIXTURES, "llama-f32")
     retrofit.main(["--base", base, "--data", str(data), "--out", str(tmp_path / "n"), "--variant", "neuron",
                    "--cr", "2", "--window", "4", "--seq-len", "32", "--steps-final", "2", "--steps", "2",
-                   "--eval-rows", "1", "--lr", "1e-3", "--threads", "1"])
+                   "--eval-rows", "1", "--lr", "1e-3", "--threads", "1", "--amp", "bf16"])
     info = json.load(open(tmp_path / "n" / "final" / "info.json"))
     assert info["step"] == 2 and info["kl_past_window"] >= 0
     # warm start: the adapter run starts from a given file, and snapshots come out
