@@ -59,9 +59,11 @@ class DMSState:
     frac: list = field(default_factory=list)      # straight-through fraction of tokens flagged, [B, Hkv]
     hard: list = field(default_factory=list)      # hard flags of the keys, [B, Hkv, T] bool
     logits: list = field(default_factory=list)    # decision logits, [B, Hkv, T] (detached)
+    capture_far: bool = False                     # record far_attn (oracle_init.py)
+    far_attn: list = field(default_factory=list)  # per key: mean attention from queries > window back, [B, Hkv, T]
 
     def reset(self):
-        self.frac, self.hard, self.logits = [], [], []
+        self.frac, self.hard, self.logits, self.far_attn = [], [], [], []
 
 
 def dms_additive_mask(keep_logp, window):
@@ -158,7 +160,15 @@ def _dms_attention_forward(self, hidden_states, position_embeddings=None, attent
     mask = dms_additive_mask(keep_lp, st.window)[:, :, None]                           # [B, Hkv, 1, T, T]
     qg = q.view(B, Hkv, G, T, D)
     scores = torch.matmul(qg, k[:, :, None].transpose(-1, -2)) * self.scaling          # [B, Hkv, G, T, T]
-    probs = torch.softmax((scores + mask).float(), dim=-1).to(v.dtype)
+    probs = torch.softmax((scores + mask).float(), dim=-1)
+    if st.capture_far:
+        # mean over the group's query heads and over the queries more than
+        # `window` after key j of the attention j receives: what evicting j costs
+        i = torch.arange(T, device=q.device)
+        far = ((i[:, None] - i[None, :]) > st.window).float()                         # [T(q), T(k)]
+        n = far.sum(0).clamp(min=1)
+        st.far_attn.append((probs.mean(2) * far).sum(-2).detach() / n)                 # [B, Hkv, T]
+    probs = probs.to(v.dtype)
     out = torch.matmul(probs, v[:, :, None])                                           # [B, Hkv, G, T, D]
     out = out.reshape(B, Hq, T, D).transpose(1, 2).reshape(B, T, Hq * D)
     return self.o_proj(out), None
