@@ -132,6 +132,8 @@ def main(argv=None):
     ap.add_argument("--rows", type=int, default=8)
     ap.add_argument("--evict", type=float, default=0.8, help="fraction of (layer, head, key) labelled evict")
     ap.add_argument("--min-far", type=int, default=32)
+    ap.add_argument("--first-weight", type=float, default=20.0,
+                    help="sample weight of each row's key 0 (the attention sink: one sample per row)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--amp", choices=("none", "bf16"), default="none")
     ap.add_argument("--seed", type=int, default=99)
@@ -146,7 +148,8 @@ def main(argv=None):
     train = datamod.pack(tok, os.path.join(a.data, "train.txt"), a.ctx, limit_tokens=1_000_000)
     g = torch.Generator().manual_seed(a.seed)
     rows = train[torch.randperm(train.shape[0], generator=g)[: a.rows]]
-    thr, stats = oracle_init(model, st, rows, a.evict, a.min_far, amp=a.amp == "bf16")
+    thr, stats = oracle_init(model, st, rows, a.evict, a.min_far, a.first_weight,
+                              amp=a.amp == "bf16")
     dm.save_adapter(model, a.out, {"init": "oracle_init.py", "oracle_evict": a.evict, "oracle_rows": a.rows,
                                    "oracle_ctx": a.ctx})
     json.dump({"threshold": thr, "heads": stats, "seconds": round(time.time() - t0, 1)},
