@@ -56,12 +56,14 @@ class DMSState:
     mode: str = "eval"                # "teacher" | "train" | "eval"
     generator: torch.Generator | None = None
     # filled by each forward, one entry per layer:
-    frac: list = field(default_factory=list)      # straight-through fraction of tokens flagged, [Hkv]
+    frac: list = field(default_factory=list)      # straight-through fraction of tokens flagged, [B, Hkv]
     hard: list = field(default_factory=list)      # hard flags of the keys, [B, Hkv, T] bool
     logits: list = field(default_factory=list)    # decision logits, [B, Hkv, T] (detached)
+    capture_far: bool = False                     # record far_attn (oracle_init.py)
+    far_attn: list = field(default_factory=list)  # per key: mean attention from queries > window back, [B, Hkv, T]
 
     def reset(self):
-        self.frac, self.hard, self.logits = [], [], []
+        self.frac, self.hard, self.logits, self.far_attn = [], [], [], []
 
 
 def dms_additive_mask(keep_logp, window):
@@ -125,8 +127,11 @@ def _dms_attention_forward(self, hidden_states, position_embeddings=None, attent
         q = q.masked_fill(zero, 0.0)
     else:
         x_res = self._dms_x_res
-        logit = (self.dms_proj_alpha(self.dms_proj_alpha_norm(x_res)) * st.alpha_scale
-                 - st.alpha_offset).transpose(1, 2)                                    # [B, Hkv, T]
+        # the decision in the adapter's own precision even under autocast: x100
+        # makes a bf16 rounding of the projection a visible step in the logit
+        with torch.autocast(device_type=x_res.device.type, enabled=False):
+            a = self.dms_proj_alpha_norm(x_res.to(self.dms_proj_alpha.weight.dtype))
+            logit = (self.dms_proj_alpha(a) * st.alpha_scale - st.alpha_offset).transpose(1, 2)  # [B, Hkv, T]
         cos, sin = position_embeddings
         q, k = _rope(q, cos, sin), _rope(k, cos, sin)
     if st.alpha_per == "layer":
@@ -141,13 +146,13 @@ def _dms_attention_forward(self, hidden_states, position_embeddings=None, attent
         st_dec = hard + p - p.detach()                    # straight-through: hard forward, p's gradient
         keep_lp = F.logsigmoid(-z)                        # log(1 - p), finite and stable
         # token t flags t-1, so decisions 1..T-1 are the ones that can evict
-        st.frac.append(st_dec[..., 1:].mean(dim=(0, 2)) if T > 1 else st_dec.mean(dim=(0, 2)))
+        st.frac.append(st_dec[..., 1:].mean(dim=2) if T > 1 else st_dec.mean(dim=2))
         st.hard.append(hard[..., 1:].detach().bool())
     else:
         hard = logit > 0
         keep_lp = torch.where(hard, torch.tensor(NEG, dtype=logit.dtype, device=logit.device),
                               logit.new_zeros(()))
-        st.frac.append(hard[..., 1:].float().mean(dim=(0, 2)) if T > 1 else hard.float().mean(dim=(0, 2)))
+        st.frac.append(hard[..., 1:].float().mean(dim=2) if T > 1 else hard.float().mean(dim=2))
         st.hard.append(hard[..., 1:])
     st.logits.append(logit.detach())
 
@@ -155,7 +160,15 @@ def _dms_attention_forward(self, hidden_states, position_embeddings=None, attent
     mask = dms_additive_mask(keep_lp, st.window)[:, :, None]                           # [B, Hkv, 1, T, T]
     qg = q.view(B, Hkv, G, T, D)
     scores = torch.matmul(qg, k[:, :, None].transpose(-1, -2)) * self.scaling          # [B, Hkv, G, T, T]
-    probs = torch.softmax((scores + mask).float(), dim=-1).to(v.dtype)
+    probs = torch.softmax((scores + mask).float(), dim=-1)
+    if st.capture_far:
+        # mean over the group's query heads and over the queries more than
+        # `window` after key j of the attention j receives: what evicting j costs
+        i = torch.arange(T, device=q.device)
+        far = ((i[:, None] - i[None, :]) > st.window).float()                         # [T(q), T(k)]
+        n = far.sum(0).clamp(min=1)
+        st.far_attn.append((probs.mean(2) * far).sum(-2).detach() / n)                 # [B, Hkv, T]
+    probs = probs.to(v.dtype)
     out = torch.matmul(probs, v[:, :, None])                                           # [B, Hkv, G, T, D]
     out = out.reshape(B, Hq, T, D).transpose(1, 2).reshape(B, T, Hq * D)
     return self.o_proj(out), None
@@ -290,9 +303,19 @@ def target_fraction(step, cr_final, steps_final):
     return 1.0 - 1.0 / cr_schedule(step, cr_final, steps_final)
 
 
-def dms_losses(student_logits, teacher_logits, frac, alpha_target, loss_mask=None):
-    """per-token KL(student || teacher) and the one-sided compression loss
-    mean over (layer, head) of max(0, alpha* - fraction flagged)."""
+def dms_losses(student_logits, teacher_logits, frac, alpha_target, loss_mask=None, comp_per="model"):
+    """per-token KL(student || teacher) and the one-sided compression loss.
+
+    frac: list over layers of [B, Hkv] (or [Hkv]) straight-through fractions flagged.
+    comp_per = "model" (NVIDIA's reference, experimental/dms: the decoder layer
+    averages its decisions over heads and tokens, the model averages layers, the
+    hinge is taken per sequence, then averaged over the batch):
+        mean_b max(0, alpha* - mean_{layer, head} frac[b])
+    so the eviction budget is shared: a head that must keep everything can,
+    if others evict more. comp_per = "head" (this trainer's first recipe):
+    mean over (layer, head) of max(0, alpha* - frac) — every head must reach
+    alpha* on its own, which forces uniform eviction and, with the hinge being
+    one-sided, pushes the mean above the target."""
     ls = F.log_softmax(student_logits.float(), -1)
     lt = F.log_softmax(teacher_logits.float(), -1)
     kl = (ls.exp() * (ls - lt)).sum(-1)                                               # [B, T]
@@ -300,8 +323,15 @@ def dms_losses(student_logits, teacher_logits, frac, alpha_target, loss_mask=Non
         kl = (kl * loss_mask).sum() / loss_mask.sum().clamp(min=1)
     else:
         kl = kl.mean()
-    fr = torch.stack(frac)                                                            # [L, Hkv]
-    comp = torch.clamp(alpha_target - fr, min=0).mean()
+    fr = torch.stack(frac)                                                            # [L, B, Hkv]
+    if fr.dim() == 2:
+        fr = fr[:, None]
+    if comp_per == "model":
+        comp = torch.clamp(alpha_target - fr.mean(dim=(0, 2)), min=0).mean()
+    elif comp_per == "head":
+        comp = torch.clamp(alpha_target - fr.mean(dim=1), min=0).mean()
+    else:
+        raise ValueError(f"comp_per must be 'model' or 'head', not {comp_per!r}")
     return kl, comp, fr.detach().mean().item()
 
 

@@ -61,10 +61,51 @@ def test_cr_schedule():
 
 def test_compression_loss_is_one_sided():
     s = torch.zeros(1, 2, 5)
-    frac = [torch.tensor([0.5, 0.9]), torch.tensor([0.1, 0.7])]
-    _, comp, mean = dm.dms_losses(s, s, frac, 0.75)
+    frac = [torch.tensor([0.5, 0.9]), torch.tensor([0.1, 0.7])]          # [Hkv] per layer
+    _, comp, mean = dm.dms_losses(s, s, frac, 0.75, comp_per="head")
     assert comp.item() == pytest.approx((0.25 + 0 + 0.65 + 0.05) / 4)
     assert mean == pytest.approx(0.55)
+    _, comp, _ = dm.dms_losses(s, s, frac, 0.75)                          # default: the reference's
+    assert comp.item() == pytest.approx(0.75 - 0.55)
+    _, comp, _ = dm.dms_losses(s, s, frac, 0.5)
+    assert comp.item() == 0.0
+
+
+def test_compression_loss_shares_the_budget_like_the_reference():
+    """NVIDIA's reference (experimental/dms): each layer averages its decisions
+    over heads and tokens per sequence, layers are averaged, and the hinge is
+    max(0, a* - that mean) per sequence, averaged over the batch. A head that
+    keeps everything is free if another evicts for it; a sequence over the
+    target does not pay for one under it."""
+    s = torch.zeros(2, 3, 5)
+    # 2 layers, batch 2, 2 heads; sequence 0 mean 0.75 (one head keeps all), sequence 1 mean 0.5
+    frac = [torch.tensor([[0.0, 1.0], [0.5, 0.5]]), torch.tensor([[1.0, 1.0], [0.5, 0.5]])]
+    for f in frac:
+        f.requires_grad_(True)
+    _, comp, mean = dm.dms_losses(s, s, frac, 0.75)
+    assert comp.item() == pytest.approx((0.0 + 0.25) / 2)
+    assert mean == pytest.approx(0.625)
+    comp.backward()
+    # only the sequence under its target gets a push, spread evenly over its (layer, head)s
+    for f in frac:
+        assert torch.allclose(f.grad[0], torch.zeros(2))
+        assert torch.allclose(f.grad[1], torch.full((2,), -1.0 / (2 * 2 * 2)))
+    # the per-head hinge of the first recipe charges the head that keeps everything
+    one = [f.detach()[:1] for f in frac]                      # sequence 0 alone: mean 0.75, on target
+    assert dm.dms_losses(s[:1], s[:1], one, 0.75)[1].item() == 0.0
+    assert dm.dms_losses(s[:1], s[:1], one, 0.75, comp_per="head")[1].item() == pytest.approx(0.75 / 4)
+
+
+def test_train_mode_fractions_are_per_sequence():
+    m, st = tiny("adapter", init_std=0.02)
+    ids = torch.randint(0, 300, (3, 20), generator=torch.Generator().manual_seed(4))
+    st.mode = "train"
+    st.reset()
+    m(ids)
+    assert len(st.frac) == m.config.num_hidden_layers
+    assert all(f.shape == (3, m.config.num_key_value_heads) for f in st.frac)
+    for f, h in zip(st.frac, st.hard):            # the straight-through value is the hard fraction
+        assert torch.allclose(f.detach(), h.float().mean(-1))
 
 
 def tiny(variant, name="llama-f32", window=3, init_std=0.0):
@@ -182,3 +223,22 @@ def test_achieved_cr():
     f = torch.zeros(1, 1, 9, dtype=torch.bool)
     f[0, 0, [0, 3, 5, 8]] = True
     assert dm.achieved_cr([f], 2) == pytest.approx(10 / 7)
+
+
+def test_decision_logit_stays_float32_under_bf16_autocast():
+    """--amp bf16 runs the network in bf16, but the decision (x100) is computed
+    in float32: layer 0's input is the embedding either way, so its logits match
+    the float32 forward exactly."""
+    m, st = tiny("adapter", init_std=0.02)
+    ids = torch.randint(0, 300, (1, 16), generator=torch.Generator().manual_seed(6))
+    st.mode = "eval"
+    st.reset()
+    with torch.no_grad():
+        m(ids)
+    ref = st.logits[0]
+    st.reset()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(ids).logits
+    assert out.dtype == torch.bfloat16                    # the network did run in bf16
+    assert st.logits[0].dtype == torch.float32
+    assert torch.equal(st.logits[0], ref)

@@ -42,3 +42,46 @@ def test_trainer_checkpoints_and_resume(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     # the adapter moved away from its zero initialisation
     assert any(wa[k].abs().sum() > 0 for k in wa if k.endswith("dms_proj_alpha.weight"))
+
+
+def test_neuron_teacher_is_the_vanilla_model():
+    """The neuron variant borrows a q channel and trains every weight, so the
+    student with eviction off is not the original model: the distillation
+    target must be a frozen copy of it, over every position."""
+    import dms_model as dm
+    base = os.path.join(FIXTURES, "llama-f32")
+    vanilla = dm.load_base(base)
+    m = dm.load_base(base)
+    st = dm.attach_dms(m, "neuron", window=3)
+    ids = torch.randint(0, 300, (1, 24), generator=torch.Generator().manual_seed(3))
+    ref = vanilla(ids).logits
+    args = retrofit.parse_args(["--base", base, "--data", ".", "--out", ".", "--variant", "neuron", "--window", "3"])
+    keep = retrofit.kl_positions(args, ids.shape[1])
+    assert keep == 0                                 # all positions
+    got = retrofit.teacher_logits(m, vanilla, st, ids, keep)
+    assert torch.equal(got, ref)
+    with torch.no_grad():                            # the DMS model in teacher mode is not vanilla
+        assert (retrofit.teacher_logits(m, None, st, ids, keep) - ref).abs().max() > 1e-4
+    args = retrofit.parse_args(["--base", base, "--data", ".", "--out", ".", "--window", "3"])
+    assert retrofit.kl_positions(args, 24) == 20     # adapter: past the window only
+
+
+def test_neuron_run_trains_weights_and_init_adapter(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.txt").write_text(TEXT)
+    (data / "heldout.txt").write_text(TEXT[::-1])
+    base = os.path.join(FIXTURES, "llama-f32")
+    retrofit.main(["--base", base, "--data", str(data), "--out", str(tmp_path / "n"), "--variant", "neuron",
+                   "--cr", "2", "--window", "4", "--seq-len", "32", "--steps-final", "2", "--steps", "2",
+                   "--eval-rows", "1", "--lr", "1e-3", "--threads", "1", "--amp", "bf16"])
+    info = json.load(open(tmp_path / "n" / "final" / "info.json"))
+    assert info["step"] == 2 and info["kl_past_window"] >= 0
+    # warm start: the adapter run starts from a given file, and snapshots come out
+    run(tmp_path / "a", data, 2)
+    src = tmp_path / "a" / "final" / "adapter.safetensors"
+    retrofit.main(["--base", base, "--data", str(data), "--out", str(tmp_path / "w"), "--init-adapter", str(src),
+                   "--cr", "3", "--window", "4", "--seq-len", "32", "--steps-final", "1", "--steps", "1",
+                   "--lr", "0", "--eval-rows", "1", "--threads", "1", "--snapshot-every", "1"])
+    wa, wb = load_file(str(src)), load_file(str(tmp_path / "w" / "snap" / "step1.safetensors"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)     # lr 0: the snapshot is the initial adapter
