@@ -133,6 +133,9 @@ typedef struct bench_peer_result {
     int n_rows;
 } bench_peer_result;
 
+/* The last non-empty line of a file into out ("" if none): the one-line
+ * reason of a child process that failed (the peer, the plot script). */
+void bench_last_line(const char *path, char *out, size_t cap);
 /* Parse "llama.cpp=PATH"; PATH may be llama-bench or its folder. */
 bool bench_peer_parse(const char *spec, char *name, size_t name_cap, char *path, size_t path_cap);
 /* Run the peer on every test of one (model, backend, threads) group:

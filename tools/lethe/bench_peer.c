@@ -126,7 +126,7 @@ static void join_list(char *out, size_t cap, const int32_t *v, int n) {
 }
 
 /* The last non-empty line of a file, for a one-line failure message. */
-static void last_line(const char *path, char *out, size_t cap) {
+void bench_last_line(const char *path, char *out, size_t cap) {
     out[0] = '\0';
     FILE *f = fopen(path, "r");
     if (!f) return;
@@ -200,7 +200,7 @@ bool bench_peer_run(const char *name, const char *path, const char *model, const
     int wst = 0;
     while (waitpid(pid, &wst, 0) < 0 && errno == EINTR) {}
     char why[512];
-    last_line(errpath, why, sizeof why);
+    bench_last_line(errpath, why, sizeof why);
     unlink(errpath);
     if (!text) return cli_error("out of memory reading the peer's output"), false;
     text[len] = '\0';

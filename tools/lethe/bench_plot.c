@@ -57,19 +57,6 @@ bool bench_plot_script(char *out, size_t cap) {
     return access(out, R_OK) == 0;
 }
 
-/* The last non-empty line of a file (a failure's one-line reason). */
-static void last_line(const char *path, char *out, size_t cap) {
-    out[0] = '\0';
-    FILE *f = fopen(path, "r");
-    if (!f) return;
-    char line[1024];
-    while (fgets(line, sizeof line, f)) {
-        line[strcspn(line, "\r\n")] = '\0';
-        if (line[0]) snprintf(out, cap, "%.*s", (int)(cap - 1), line);
-    }
-    fclose(f);
-}
-
 /* python3 SCRIPT args...: its stdout goes to our stderr (stdout holds only
  * results), its stderr to a temporary file whose last line is `why`.
  * True when it exited 0. */
@@ -101,7 +88,7 @@ static bool run_script(const char *script, const char *const *args, char *why, s
     }
     int ws = 0;
     while (waitpid(pid, &ws, 0) < 0 && errno == EINTR) {}
-    last_line(errpath, why, why_cap);
+    bench_last_line(errpath, why, why_cap);
     unlink(errpath);
     if (WIFEXITED(ws) && WEXITSTATUS(ws) == 0) return true;
     if (!why[0]) {
