@@ -2,6 +2,7 @@
 #include "executor.h"
 #include "common.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -452,15 +453,19 @@ static void log_fallback(lethe_executor *ex, const lethe_graph *g) {
 /* LETHE_DUMP_NODES=FILE (debugging, e.g. to find where two backends part):
  * every node runs as its own compute and its result is appended to FILE as
  * a record {char name[64]; int32 op; uint64 nbytes; bytes}. */
+static FILE *g_dump;
+static pthread_once_t g_dump_once = PTHREAD_ONCE_INIT;
+
+static void dump_open(void) {
+    const char *path = getenv("LETHE_DUMP_NODES");
+    if (path && *path) g_dump = fopen(path, "ab");
+}
+
+/* Once per process (contexts may run on several threads). Records of graphs
+ * run concurrently interleave: dump from one context at a time. */
 static FILE *dump_file(void) {
-    static FILE *f;
-    static bool tried;
-    if (!tried) {
-        tried = true;
-        const char *path = getenv("LETHE_DUMP_NODES");
-        if (path && *path) f = fopen(path, "ab");
-    }
-    return f;
+    pthread_once(&g_dump_once, dump_open);
+    return g_dump;
 }
 
 static lethe_status dump_node(const lethe_node *n) {
