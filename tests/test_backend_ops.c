@@ -231,6 +231,15 @@ typedef struct built {
     int flagged0;             /* KV cases: finite expires before the run   */
 } built;
 
+/* A built case's graph and, for KV cases, its cache. */
+static void built_free(built *b) {
+    lethe_graph_free(b->g);
+    if (b->kv) {
+        lethe_kv_free(b->kv);
+        free(b->kv);
+    }
+}
+
 /* The backend whose shared memory holds the KV cases' caches. */
 static lethe_backend *g_kv_mem;
 
@@ -547,14 +556,8 @@ static void run_table(const device *d) {
         double e = tu_nmse(yr, yg, n);
         print_message("  %-28s %-7s NMSE %.3g (limit %.0e)\n", k->name, d->name, e, k->limit);
         if (!(e <= k->limit)) fail_msg("%s on %s: NMSE %.3g > %.3g", k->name, d->name, e, k->limit);
-        lethe_graph_free(ref.g);
-        lethe_graph_free(got.g);
-        for (int c = 0; c < 2; c++) {
-            lethe_kv_cache *kv = c ? got.kv : ref.kv;
-            if (!kv) continue;
-            lethe_kv_free(kv);
-            free(kv);
-        }
+        built_free(&ref);
+        built_free(&got);
         n_run++;
     }
     assert_true(n_run > 0);
@@ -735,14 +738,8 @@ static int bit_diffs(lethe_backend *be, const op_case *k, uint64_t seed, double 
     int d = 0;
     for (size_t i = 0; i < n; i++) d += memcmp(&yr[i], &yg[i], sizeof(float)) != 0;
     *nmse = tu_nmse(yr, yg, n);
-    lethe_graph_free(ref.g);
-    lethe_graph_free(got.g);
-    for (int c = 0; c < 2; c++) {
-        lethe_kv_cache *kv = c ? got.kv : ref.kv;
-        if (!kv) continue;
-        lethe_kv_free(kv);
-        free(kv);
-    }
+    built_free(&ref);
+    built_free(&got);
     return d;
 }
 
