@@ -50,6 +50,8 @@
 
 #define EPS_ELEM 1e-7
 #define EPS_MM 5e-4
+#define SCORE_REL 1e-5     /* CUDA: TOVA / H2O scores, relative (expf, lane sums: not the CPU's bits) */
+#define QUEST_CUDA 1e-9    /* CUDA: QUEST output NMSE (the same pages, f32 sums in another order) */
 
 /* ---------------------------------------------------------- case table */
 
@@ -164,22 +166,32 @@ static const op_case k_cases[] = {
      .kv_runs = true, .cuda_only = true, .limit = EPS_MM},
     {"kv_store f16 dms runs", LETHE_OP_KV_STORE, LETHE_F32, 12, 2, 128, .kv_g = 1, .kv_f16 = true, .kv_dms = true,
      .kv_runs = true, .cuda_only = true, .limit = EPS_ELEM},
-    /* score policies: the attention weights folded into kv->score, compared exactly */
+    /* score policies: the attention weights folded into kv->score, compared
+     * exactly on Vulkan (its shaders are the CPU's arithmetic), within f32
+     * rounding on CUDA (SCORE_REL) */
     {"attention f16 G=3 tova", LETHE_OP_ATTENTION, LETHE_F32, 5, 3, 64, .kv_g = 3, .kv_f16 = true,
-     .kv_rule = LETHE_KV_RULE_TOVA, .vk_only = true, .limit = EPS_MM},
+     .kv_rule = LETHE_KV_RULE_TOVA, .limit = EPS_MM},
     {"attention f32 G=2 h2o D=32", LETHE_OP_ATTENTION, LETHE_F32, 4, 2, 32, .kv_g = 2,
-     .kv_rule = LETHE_KV_RULE_H2O, .vk_only = true, .limit = EPS_MM},
+     .kv_rule = LETHE_KV_RULE_H2O, .limit = EPS_MM},
     /* QUEST: bounds refreshed and pages selected on the device; 7-page
      * streams (ragged heads) read 2 or 3 of them, so a wrong page, bound or
-     * tie rule changes the output: compared exactly, as are the bounds and
-     * the KV reads */
+     * tie rule changes the output (NMSE ~1): exactly the CPU's on Vulkan,
+     * QUEST_CUDA on CUDA; the bounds and the KV reads exactly on both */
     {"attention f16 G=3 quest tie", LETHE_OP_ATTENTION, LETHE_F32, 5, 3, 64, .kv_g = 3, .kv_f16 = true,
-     .kv_rule = LETHE_KV_RULE_QUEST, .kv_budget = 64, .kv_hist = 200, .kv_tie = true, .vk_only = true, .limit = 0},
+     .kv_rule = LETHE_KV_RULE_QUEST, .kv_budget = 64, .kv_hist = 200, .kv_tie = true, .limit = 0},
     {"attention f32 G=2 quest D=32", LETHE_OP_ATTENTION, LETHE_F32, 4, 2, 32, .kv_g = 2,
-     .kv_rule = LETHE_KV_RULE_QUEST, .kv_budget = 96, .kv_hist = 200, .vk_only = true, .limit = 0},
+     .kv_rule = LETHE_KV_RULE_QUEST, .kv_budget = 96, .kv_hist = 200, .limit = 0},
     {"attention f16 G=2 quest runs", LETHE_OP_ATTENTION, LETHE_F32, 12, 2, 64, .kv_g = 2, .kv_f16 = true,
      .kv_rule = LETHE_KV_RULE_QUEST, .kv_budget = 64, .kv_hist = 150, .kv_runs = true, .kv_tie = true,
-     .vk_only = true, .limit = 0},
+     .limit = 0},
+    /* CUDA: weights normalized after the split-K combine (long streams) and
+     * in the tiled prefill kernel; QUEST over two spans */
+    {"attention f16 G=4 D=128 tova long", LETHE_OP_ATTENTION, LETHE_F32, 2, 2, 128, .kv_g = 4, .kv_f16 = true,
+     .kv_hist = 700, .kv_rule = LETHE_KV_RULE_TOVA, .cuda_only = true, .limit = EPS_MM},
+    {"attention prefill f16 G=3 h2o", LETHE_OP_ATTENTION, LETHE_F32, 20, 3, 64, .kv_g = 3, .kv_f16 = true,
+     .kv_hist = 150, .kv_runs = true, .kv_rule = LETHE_KV_RULE_H2O, .cuda_only = true, .limit = EPS_MM},
+    {"attention f16 G=4 D=128 quest long", LETHE_OP_ATTENTION, LETHE_F32, 2, 2, 128, .kv_g = 4, .kv_f16 = true,
+     .kv_rule = LETHE_KV_RULE_QUEST, .kv_budget = 256, .kv_hist = 600, .kv_tie = true, .cuda_only = true, .limit = 0},
     /* decode GEMV with several sequences (T <= 8) and cuBLAS prefill at real widths */
     MM(Q4_0, 96, 576, 8), MM(Q8_0, 96, 576, 3), MM(F16, 70, 256, 8), MM(Q4_0, 130, 256, 40),
     MM(Q8_0, 64, 1536, 12), MM(F32, 50, 256, 24),
@@ -560,6 +572,7 @@ static void run_table(const device *d) {
         if (k->cuda_only && strcmp(d->name, "cuda") != 0) continue;
         if (k->vk_only && strcmp(d->name, "vulkan") != 0) continue;
         lethe_backend *dev = k->split ? d->split : d->be;
+        const bool cuda = strcmp(d->name, "cuda") == 0;
         built ref, got;
         g_kv_mem = dev;
         build(k, &ref, 1000 + i);
@@ -627,18 +640,22 @@ static void run_table(const device *d) {
                     const lethe_kv_stream *sg = lethe_kv_stream_at(got.kv, sq, KV_LAYER, h);
                     for (int32_t j = 0; j < sr->len; j++) {
                         const float a = ref.kv->score[lethe_kv_meta(sr, j)], c = got.kv->score[lethe_kv_meta(sg, j)];
-                        if (memcmp(&a, &c, sizeof a) != 0)
+                        const bool ok = cuda ? (a == 0.0f ? c == 0.0f : fabs((double)c - a) <= SCORE_REL * fabs((double)a))
+                                             : memcmp(&a, &c, sizeof a) == 0;
+                        if (!ok)
                             fail_msg("%s on %s: score of (seq %d, head %d) slot %d: %.9g on the CPU, %.9g", k->name,
                                      d->name, sq, h, j, a, c);
                         n_set += a != 0.0f;
                     }
                 }
-            print_message("  %-28s %d slot scores identical and nonzero\n", k->name, n_set);
+            print_message("  %-28s %d slot scores %s and nonzero\n", k->name, n_set,
+                          cuda ? "within rounding" : "identical");
             assert_true(n_set > 0);
         }
         double e = tu_nmse(yr, yg, n);
-        print_message("  %-28s %-7s NMSE %.3g (limit %.0e)\n", k->name, d->name, e, k->limit);
-        if (!(e <= k->limit)) fail_msg("%s on %s: NMSE %.3g > %.3g", k->name, d->name, e, k->limit);
+        const double limit = cuda && k->kv_rule == LETHE_KV_RULE_QUEST ? QUEST_CUDA : k->limit;
+        print_message("  %-28s %-7s NMSE %.3g (limit %.0e)\n", k->name, d->name, e, limit);
+        if (!(e <= limit)) fail_msg("%s on %s: NMSE %.3g > %.3g", k->name, d->name, e, limit);
         built_free(&ref);
         built_free(&got);
         n_run++;

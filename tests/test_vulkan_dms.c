@@ -205,25 +205,53 @@ static void test_dms_on_vulkan(void **state) {
     free(path);
 }
 
-/* TOVA and H2O with ATTENTION on Vulkan: the shader hands back each slot's
- * softmax weight and the host folds them into the policy's scores as the
- * CPU kernel does, so the same tokens are evicted. q8_0 weights and
- * embedding: every op then gives the CPU's bits (test_vulkan_e2e), so the
- * logits must be bit-identical (and the issue's NMSE bar is checked too),
- * the per-head live lengths and eviction counts identical. */
+/* The device of the score-policy checks: Vulkan (its shaders are the CPU's
+ * arithmetic: q8_0 weights, bit-identical logits required) or, in
+ * test_cuda_dms, CUDA (f32 weights: no q8 activations on one side only;
+ * logits within LIMIT). */
+static bool score_device(lethe_dtype *wtype) {
+#ifdef LETHE_DMS_CUDA
+    lethe_backend *probe = lethe_backend_gpu_new("cuda", 0);
+    if (!probe) {
+        print_message("cuda: skipped, no such device here (%s)\n", lethe_last_error());
+        lethe_clear_error();
+        return false;
+    }
+    probe->iface->free(probe);
+    *wtype = LETHE_F32;
+    return true;
+#else
+    *wtype = LETHE_Q8_0;
+    return strstr(lethe_version(), "vulkan") != NULL;   /* a build without Vulkan */
+#endif
+}
+
+#ifdef LETHE_DMS_CUDA
+#define BIT_EXACT 0
+#else
+#define BIT_EXACT 1
+#endif
+
+/* TOVA and H2O with ATTENTION on the device: the kernel hands back each
+ * slot's softmax weight and the host folds them into the policy's scores
+ * as the CPU kernel does, so the same tokens are evicted. On Vulkan with
+ * q8_0 weights every op gives the CPU's bits (test_vulkan_e2e), so the
+ * logits must be bit-identical (and the issue's NMSE bar is checked too);
+ * on CUDA within LIMIT; the per-head live lengths and eviction counts
+ * identical on both. */
 static void test_score_policies_on_vulkan(void **state) {
     (void)state;
-#ifdef LETHE_DMS_CUDA
-    skip();   /* TOVA/H2O attention stays on the CPU with CUDA (cuda_ops.c supports_op) */
-#endif
-    if (!strstr(lethe_version(), "vulkan")) skip();
-    char *path = make_model(LETHE_Q8_0, 0);
+    lethe_dtype wtype;
+    if (!score_device(&wtype)) skip();
+    char *path = make_model(wtype, 0);
     const lethe_kv_policy_kind pols[2] = {LETHE_KV_POLICY_TOVA, LETHE_KV_POLICY_H2O};
     for (int k = 0; k < 2; k++) {
         lethe_model *mc, *mv;
         lethe_context *cc = open_ctx_policy(path, "cpu", pols[k], 24, &mc);
-        lethe_context *cv = open_ctx_policy(path, "vulkan", pols[k], 24, &mv);
+        lethe_context *cv = open_ctx_policy(path, DEV, pols[k], 24, &mv);
+#ifndef LETHE_DMS_CUDA
         tu_pin_vulkan_driver();
+#endif
         const int V = lethe_n_vocab(mc);
         int32_t tok[N_TOK];
         for (int i = 0; i < N_TOK; i++) tok[i] = (int32_t)((i * 53 + 7) % V);
@@ -255,7 +283,7 @@ static void test_score_policies_on_vulkan(void **state) {
                       lethe_kv_policy_name(pols[k]), N_TOK, worst, n_exact, (unsigned long long)kvs.evicted);
         assert_true(kvs.evicted > 0);
         assert_int_equal(kc.evicted, kvs.evicted);
-        assert_int_equal(n_exact, N_TOK);
+        if (BIT_EXACT) assert_int_equal(n_exact, N_TOK);
         free(lc);
         free(lv);
         lethe_context_free(cv);
@@ -268,19 +296,18 @@ static void test_score_policies_on_vulkan(void **state) {
 }
 
 /* QUEST with ATTENTION on the device: the key bounds refreshed and the pages
- * selected there (shaders/quest.comp), attention reading only those. Same
- * q8_0 model, so every position's logits must be the CPU's bits; the KV
- * reads (the selected pages' slots) equal; and QUEST must have changed the
- * answer against reading everything (`none` on the CPU), or the selection
- * was never exercised. */
+ * selected there (shaders/quest.comp, k_attention.cu's k_quest_*), attention
+ * reading only those. Vulkan: the q8_0 model, so every position's logits
+ * must be the CPU's bits; CUDA: within LIMIT. The KV reads (the selected
+ * pages' slots) equal; and QUEST must have changed the answer against
+ * reading everything (`none` on the CPU), or the selection was never
+ * exercised. */
 #define N_QUEST 100    /* 4 pages per head stream, budget 2 pages */
 static void test_quest_on_device(void **state) {
     (void)state;
-#ifdef LETHE_DMS_CUDA
-    skip();   /* QUEST attention stays on the CPU with CUDA (cuda_ops.c supports_op) */
-#endif
-    if (!strstr(lethe_version(), "vulkan")) skip();
-    char *path = make_model(LETHE_Q8_0, 0);
+    lethe_dtype wtype;
+    if (!score_device(&wtype)) skip();
+    char *path = make_model(wtype, 0);
     lethe_model *mc, *mv, *mn;
     lethe_context *cc = open_ctx_policy(path, "cpu", LETHE_KV_POLICY_QUEST, 64, &mc);
     lethe_context *cn = open_ctx_policy(path, "cpu", LETHE_KV_POLICY_NONE, 0, &mn);
@@ -314,7 +341,7 @@ static void test_quest_on_device(void **state) {
     print_message("  quest: %d positions, logits NMSE worst %.3g (%d bit-identical), %d differ from `none`; KV reads "
                   "%llu on both (none: %llu)\n", N_QUEST, worst, n_exact, n_changed, (unsigned long long)kvs.reads,
                   (unsigned long long)kn.reads);
-    assert_int_equal(n_exact, N_QUEST);
+    if (BIT_EXACT) assert_int_equal(n_exact, N_QUEST);
     assert_true(n_changed > 0);
     assert_int_equal(kc.reads, kvs.reads);
     assert_true(kvs.reads < kn.reads);
