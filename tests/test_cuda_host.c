@@ -8,7 +8,10 @@
  * activation), KV_STORE's cache bit for bit (rows and DMS expiries, from the
  * module's own tables, cuda_kv_meta.h), and ATTENTION on both kernel paths
  * (flash-decoding with 1..many spans, tiled prefill) within f32 rounding, on
- * caches with ragged per-head lengths, holes, a compaction and expiries.
+ * caches with ragged per-head lengths, holes, a compaction and expiries;
+ * the score policies' device steps: TOVA/H2O weights (normalized after the
+ * combine or in the tiled kernel) folded into the CPU's scores and
+ * evictions, QUEST's bounds, pages (a tie included) and KV reads.
  * Builds without CUDA skip with a message; on a GPU, test_backend_ops runs
  * the kernels themselves.
  */
