@@ -21,6 +21,8 @@ set(_vk_variants
   "kv_store|kv_store.comp|"
   "kv_flags|kv_store.comp|DMS_FLAGS=1"
   "attention|attention.comp|"
+  "quest_bounds|quest.comp|QUEST_BOUNDS=1"
+  "quest_select|quest.comp|"
   "dms_decision|dms_decision.comp|"
   "fma_probe|fma_probe.comp|")   # not a pipeline of its own: vk_probe.c builds it to decide NATIVE_FMA
 foreach(wt ${_vk_wtypes})

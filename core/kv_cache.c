@@ -41,17 +41,29 @@ lethe_status lethe_kv_init(lethe_kv_cache *kv, int n_seq, int n_layer, int n_hea
     size_t n_streams = (size_t)n_seq * n_layer * n_head_kv;
     size_t n_slots = n_pages * LETHE_KV_PAGE;
     if (mem && mem->iface->buffer_alloc_shared) {
-        /* one shared buffer: pool, then pos, then expire (64-byte aligned) */
+        /* one shared buffer: pool, then pos, then expire (64-byte aligned);
+         * QUEST's page bounds after them, which the device refreshes */
         kv->pos_offs = (n_pages * kv->page_bytes + 63) & ~(size_t)63;
         kv->expire_offs = (kv->pos_offs + n_slots * sizeof(int32_t) + 63) & ~(size_t)63;
-        lethe_status st = mem->iface->buffer_alloc_shared(mem, kv->expire_offs + n_slots * sizeof(int32_t), &kv->shared);
+        size_t end = kv->expire_offs + n_slots * sizeof(int32_t);
+        if (p->rule == LETHE_KV_RULE_QUEST) {
+            kv->kmin_offs = (end + 63) & ~(size_t)63;
+            kv->kmax_offs = kv->kmin_offs + n_pages * (size_t)head_dim * sizeof(float);
+            end = kv->kmax_offs + n_pages * (size_t)head_dim * sizeof(float);
+        }
+        lethe_status st = mem->iface->buffer_alloc_shared(mem, end, &kv->shared);
         if (st != LETHE_OK) {
             kv->shared = NULL;   /* a device without shared memory: the pool stays on the host */
+            kv->kmin_offs = kv->kmax_offs = 0;
             lethe_clear_error();
         } else {
             kv->pool = kv->shared->host_ptr;
             kv->pos = (int32_t *)((uint8_t *)kv->shared->host_ptr + kv->pos_offs);
             kv->expire = (int32_t *)((uint8_t *)kv->shared->host_ptr + kv->expire_offs);
+            if (kv->kmin_offs) {
+                kv->kmin = (float *)((uint8_t *)kv->shared->host_ptr + kv->kmin_offs);
+                kv->kmax = (float *)((uint8_t *)kv->shared->host_ptr + kv->kmax_offs);
+            }
         }
     }
     if (!kv->shared) {
@@ -69,7 +81,7 @@ lethe_status lethe_kv_init(lethe_kv_cache *kv, int n_seq, int n_layer, int n_hea
               kv->saved_seq_pos && kv->res_slot && kv->prev_t;
     if (ok && (p->rule == LETHE_KV_RULE_TOVA || p->rule == LETHE_KV_RULE_H2O))
         ok = (kv->score = calloc(n_slots, sizeof(float))) != NULL;
-    if (ok && p->rule == LETHE_KV_RULE_QUEST)
+    if (ok && p->rule == LETHE_KV_RULE_QUEST && !kv->kmin)
         ok = (kv->kmin = malloc(n_pages * (size_t)head_dim * sizeof(float))) &&
              (kv->kmax = malloc(n_pages * (size_t)head_dim * sizeof(float)));
     kv->max_batch = max_batch;
@@ -101,9 +113,11 @@ void lethe_kv_free(lethe_kv_cache *kv) {
         free(kv->pos);
         free(kv->expire);
     }
+    if (!kv->kmin_offs) {   /* else in the shared buffer */
+        free(kv->kmin);
+        free(kv->kmax);
+    }
     free(kv->score);
-    free(kv->kmin);
-    free(kv->kmax);
     free(kv->free_list);
     free(kv->streams);
     free(kv->seq_pos);

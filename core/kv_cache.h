@@ -96,7 +96,10 @@ typedef struct lethe_kv_cache {
     int32_t *pos;              /* [n_pages][P] absolute position of each slot    */
     int32_t *expire;           /* [n_pages][P] first position it is invisible to */
     float *score;              /* [n_pages][P] attention mass (TOVA, H2O) or NULL */
-    float *kmin, *kmax;        /* [n_pages][D] key bounds per page (QUEST) or NULL */
+    float *kmin, *kmax;        /* [n_pages][D] key bounds per page (QUEST) or NULL;
+                                  in the shared buffer (kmin_offs, kmax_offs) when
+                                  there is one, so device kernels refresh and read
+                                  them in place */
     int32_t *free_list;        /* [n_pages] stack of free page ids               */
     int32_t n_free;
     lethe_kv_stream *streams;  /* [n_seq][n_layer][n_head_kv]                    */
@@ -117,9 +120,11 @@ typedef struct lethe_kv_cache {
     uint64_t evicted;          /* tokens evicted (all streams)                   */
     /* When a device backend offered shared memory (lethe_kv_init's `mem`):
      * the buffer holding pool, pos and expire back to back (pool at offset
-     * 0, pos at pos_offs, expire at expire_offs), else NULL (malloc'ed). */
+     * 0, pos at pos_offs, expire at expire_offs; QUEST: kmin at kmin_offs,
+     * kmax at kmax_offs after them), else NULL (malloc'ed). */
     struct lethe_buffer *shared;
     size_t pos_offs, expire_offs;
+    size_t kmin_offs, kmax_offs;   /* QUEST with a shared buffer, else 0 */
     /* Pages of the pool whose rows the host copied, moved or wrote since the
      * last lethe_kv_host_done ([lo, hi]; lo > hi: none): with a shared
      * pool, the backend's buffer_host_done places them back on the device. */

@@ -23,7 +23,11 @@
 //     w v_d fused (`fused`, the CPU's AVX-512 f16 D=64 kernel) or as a
 //     rounded product and a rounded sum (its generic kernel);
 //   out = acc * (1 / sum), zeros for a query with no visible key;
-//   for TOVA / H2O, the weights exp(score - m) / sum of every slot.
+//   for TOVA / H2O, the weights exp(score - m) / sum of every slot;
+//   for QUEST (sel_off != 0), only the pages quest.comp selected for the
+//     (token, KV head), {n, pages ascending} at sel_off: the keys walk
+//     virtual slots v in [0, 32 n), slot = page[v / 32] * 32 + v % 32 (< L),
+//     so the order is the CPU's (selected pages ascending, slots in order).
 // Pass 2 recomputes each score rather than storing L of them (same bits).
 // Keys go WG at a time: invocation j scores key j of the chunk; in pass 2
 // the chunk's weights go through shared memory and invocation d accumulates
@@ -46,6 +50,8 @@ layout(push_constant) uniform P {
     uint fused;         // 1: V rows accumulated by fused steps (see above)
     uint w_off;         // 0: no weights wanted; else the word in `meta` of [T][Hq][w_stride]
     uint w_stride;
+    uint sel_off;       // 0: every page; else the word in `meta` of the QUEST selections
+    uint sel_stride;
 } p;
 
 shared float qs[WG * MAX_DPT];
@@ -57,7 +63,15 @@ float kv_elem(uint row, uint d) {
     return uintBitsToFloat(kv[row + d]);
 }
 
-int L, plist, pq;
+int L, plist, pq, Lv;   // Lv: virtual slots walked (L without QUEST)
+uint sel0;
+
+// Virtual slot v -> slot of the stream, or -1 past the stream's end.
+int slot_of(int v) {
+    if (p.sel_off == 0u) return v;
+    int j = meta[sel0 + 1u + uint(v / 32)] * 32 + v % 32;
+    return j < L ? j : -1;
+}
 
 // The K row of slot j if visible to the query, else -1 (as uint).
 uint key_row(uint j) {
@@ -93,6 +107,8 @@ void main() {
     L = meta[e];
     plist = meta[e + 1u];
     pq = meta[e + 2u];
+    sel0 = p.sel_off + (t * p.Hkv + hk) * p.sel_stride;
+    Lv = p.sel_off == 0u ? L : meta[sel0] * 32;
     uint qbase = p.q_off + (t * p.Hq + h) * p.D;
     for (uint d = lid; d < p.D; d += WG) qs[d] = q[qbase + d];
     barrier();
@@ -100,7 +116,9 @@ void main() {
     // pass 1: the maximum visible score
     const float NEG_INF = -1.0 / 0.0;
     float m = NEG_INF;
-    for (int j = int(lid); j < L; j += WG) {
+    for (int v = int(lid); v < Lv; v += WG) {
+        int j = slot_of(v);
+        if (j < 0) continue;
         uint kr = key_row(uint(j));
         if (kr != 0xFFFFFFFFu) m = max(m, score(kr));
     }
@@ -117,10 +135,10 @@ void main() {
     float acc[MAX_DPT];
     [[unroll]] for (uint c = 0u; c < MAX_DPT; c++) acc[c] = 0.0;
     if (m != NEG_INF) {   // uniform: some key is visible
-        for (int j0 = 0; j0 < L; j0 += WG) {
-            int j = j0 + int(lid);
+        for (int j0 = 0; j0 < Lv; j0 += WG) {
+            int j = j0 + int(lid) < Lv ? slot_of(j0 + int(lid)) : -1;
             float w = -1.0;   // not visible
-            if (j < L) {
+            if (j >= 0) {
                 uint kr = key_row(uint(j));
                 if (kr != 0xFFFFFFFFu) {
                     precise float x = score(kr) - m;
@@ -129,12 +147,12 @@ void main() {
             }
             wts[lid] = w;
             barrier();
-            int n = min(WG, L - j0);
+            int n = min(WG, Lv - j0);
             for (int i = 0; i < n; i++) {
                 float wi = wts[i];
                 if (wi < 0.0) continue;
                 sum = sum + wi;
-                uint jj = uint(j0 + i);
+                uint jj = uint(slot_of(j0 + i));
                 uint page = uint(meta[p.meta_off + uint(plist) + jj / 32u]);
                 uint vrow = page * p.page_words + 32u * p.slot_words + (jj % 32u) * p.slot_words;
                 [[dont_unroll]] for (uint c = 0u; c < MAX_DPT; c++) {   // see score()

@@ -8,7 +8,10 @@
  * activation), KV_STORE's cache bit for bit (rows and DMS expiries, from the
  * module's own tables, cuda_kv_meta.h), and ATTENTION on both kernel paths
  * (flash-decoding with 1..many spans, tiled prefill) within f32 rounding, on
- * caches with ragged per-head lengths, holes, a compaction and expiries.
+ * caches with ragged per-head lengths, holes, a compaction and expiries;
+ * the score policies' device steps: TOVA/H2O weights (normalized after the
+ * combine or in the tiled kernel) folded into the CPU's scores and
+ * evictions, QUEST's bounds, pages (a tie included) and KV reads.
  * Builds without CUDA skip with a message; on a GPU, test_backend_ops runs
  * the kernels themselves.
  */
@@ -120,7 +123,10 @@ int lethe_cu_host_kv_store(const lethe_cu_kv_view *kv, const float *k, const flo
                            const lethe_cu_kv_row *rows, int64_t n_rows);
 int lethe_cu_host_attention(const lethe_cu_kv_view *kv, const float *q, float *out, const lethe_cu_attn_work *work,
                             int n_blocks, int decode, const int32_t *plists, const int32_t *qpos, int Hkv, int G,
-                            float scale, int chunk, int n_split);
+                            float scale, int chunk, int n_split, float *wts, int wstride);
+int lethe_cu_host_quest(const lethe_cu_kv_view *kv, const float *q, lethe_cu_attn_work *work, int n_items,
+                        int32_t *plists, int sel_base, int k, const int32_t *qpos, int Hkv, int G,
+                        const int32_t *entries, int n_entries);
 
 /* KV cases: a cache of 2 sequences x 2 layers x Hkv heads with `hist`
  * tokens of history in sequence 0 (9 in sequence 1), random rows, every 5th
@@ -134,6 +140,9 @@ typedef struct kv_case {
     const char *name;
     int T, Hkv, D, G, hist;
     bool f16, runs, dms;
+    int rule;       /* LETHE_KV_RULE_TOVA / H2O / QUEST (0: DMS) */
+    int budget;     /* the policy's budget */
+    bool tie;       /* QUEST: pages 1 and 3 of sequence 0 share their (dominant) keys */
 } kv_case;
 
 typedef struct kv_built {
@@ -155,9 +164,36 @@ static void kv_fill(const lethe_kv_cache *kv, void *dst, uint64_t seed) {
     }
 }
 
+/* QUEST: every page's key bounds from its rows (what the cache holds had
+ * the rows come through KV_STORE and attention). */
+static void quest_bounds_all(lethe_kv_cache *kv) {
+    const int D = kv->head_dim;
+    for (int sq = 0; sq < kv->n_seq; sq++)
+        for (int l = 0; l < kv->n_layer; l++)
+            for (int h = 0; h < kv->n_head_kv; h++) {
+                const lethe_kv_stream *s = lethe_kv_stream_at(kv, sq, l, h);
+                for (int32_t p = 0; p < s->n_pages; p++) {
+                    float *mn = kv->kmin + (size_t)s->pages[p] * D, *mx = kv->kmax + (size_t)s->pages[p] * D;
+                    for (int d = 0; d < D; d++) {
+                        mn[d] = INFINITY;
+                        mx[d] = -INFINITY;
+                    }
+                    for (int32_t j = p * LETHE_KV_PAGE; j < LETHE_MIN(s->len, (p + 1) * LETHE_KV_PAGE); j++)
+                        for (int d = 0; d < D; d++) {
+                            const void *k = lethe_kv_k(kv, s, j);
+                            const float x = kv->type == LETHE_F16 ? lethe_f16_to_f32(((const lethe_f16 *)k)[d])
+                                                                  : ((const float *)k)[d];
+                            mn[d] = x < mn[d] ? x : mn[d];
+                            mx[d] = x > mx[d] ? x : mx[d];
+                        }
+                }
+            }
+}
+
 static void kv_build(const kv_case *c, kv_built *b, uint64_t seed) {
     memset(b, 0, sizeof *b);
-    lethe_kv_policy pol = {.rule = LETHE_KV_RULE_DMS, .window = KV_W};
+    lethe_kv_policy pol = {.rule = c->rule ? (lethe_kv_rule)c->rule : LETHE_KV_RULE_DMS, .window = KV_W,
+                           .budget = c->budget, .recent = 4};
     const lethe_dtype type = c->f16 ? LETHE_F16 : LETHE_F32;
     const size_t page = 2 * (size_t)LETHE_KV_PAGE * lethe_row_size(type, c->D);
     const size_t pages = (size_t)4 * c->Hkv * ((size_t)(c->hist + c->T) / LETHE_KV_PAGE + 4) + 16;
@@ -196,6 +232,24 @@ static void kv_build(const kv_case *c, kv_built *b, uint64_t seed) {
                     lethe_kv_stream_drop(kv, s, drop, nd);
                 }
             }
+    if (c->tie)   /* pages 1 and 3 of sequence 0: the same keys, large (the top bound), other values */
+        for (int l = 0; l < 2; l++)
+            for (int h = 0; h < c->Hkv; h++) {
+                lethe_kv_stream *s = lethe_kv_stream_at(kv, 0, l, h);
+                assert_true(s->len >= 4 * LETHE_KV_PAGE);
+                for (int32_t j = LETHE_KV_PAGE; j < 2 * LETHE_KV_PAGE; j++) {
+                    for (int d = 0; d < c->D; d++) {
+                        if (type == LETHE_F16) {
+                            lethe_f16 *x = lethe_kv_k(kv, s, j);
+                            x[d] = lethe_f32_to_f16(4.0f * lethe_f16_to_f32(x[d]));
+                        } else {
+                            ((float *)lethe_kv_k(kv, s, j))[d] *= 4.0f;
+                        }
+                    }
+                    memcpy(lethe_kv_k(kv, s, j + 2 * LETHE_KV_PAGE), lethe_kv_k(kv, s, j), kv->slot_bytes);
+                }
+            }
+    if (kv->kmin) quest_bounds_all(kv);
     int32_t next[2] = {hist[0], hist[1]};
     for (int t = 0; t < c->T; t++) {
         b->seq[t] = c->runs ? (t < c->T * 3 / 5 ? 0 : 1) : t % 2;
@@ -238,18 +292,18 @@ static void kv_built_free(kv_built *b) {
 }
 
 static const kv_case k_kv_cases[] = {
-    {"decode f16 G=4 D=128 long", 2, 2, 128, 4, 1500, true, false, true},
-    {"decode f32 G=8 D=64", 3, 2, 64, 8, 700, false, false, true},
-    {"decode f16 G=1 D=256", 2, 3, 256, 1, 300, true, false, false},
-    {"decode f32 G=2 D=32", 4, 2, 32, 2, 130, false, false, true},
-    {"prefill f16 G=3 D=64 runs", 40, 3, 64, 3, 300, true, true, true},
-    {"prefill f32 G=1 D=256 runs", 20, 2, 256, 1, 100, false, true, false},
-    {"prefill f16 G=2 D=32 runs", 33, 2, 32, 2, 37, true, true, true},
-    {"prefill f16 G=8 D=128 runs", 12, 1, 128, 8, 64, true, true, true},
-    {"short f32 G=4 D=64", 5, 3, 64, 4, 37, false, false, true},
-    {"decode f16 G=5 D=128", 4, 2, 128, 5, 600, true, false, true},
-    {"prefill f32 G=6 D=64 runs", 20, 2, 64, 6, 90, false, true, true},
-    {"prefill f16 G=4 D=128 long", 24, 2, 128, 4, 1100, true, true, true},
+    {"decode f16 G=4 D=128 long", 2, 2, 128, 4, 1500, true, false, true, 0, 0, false},
+    {"decode f32 G=8 D=64", 3, 2, 64, 8, 700, false, false, true, 0, 0, false},
+    {"decode f16 G=1 D=256", 2, 3, 256, 1, 300, true, false, false, 0, 0, false},
+    {"decode f32 G=2 D=32", 4, 2, 32, 2, 130, false, false, true, 0, 0, false},
+    {"prefill f16 G=3 D=64 runs", 40, 3, 64, 3, 300, true, true, true, 0, 0, false},
+    {"prefill f32 G=1 D=256 runs", 20, 2, 256, 1, 100, false, true, false, 0, 0, false},
+    {"prefill f16 G=2 D=32 runs", 33, 2, 32, 2, 37, true, true, true, 0, 0, false},
+    {"prefill f16 G=8 D=128 runs", 12, 1, 128, 8, 64, true, true, true, 0, 0, false},
+    {"short f32 G=4 D=64", 5, 3, 64, 4, 37, false, false, true, 0, 0, false},
+    {"decode f16 G=5 D=128", 4, 2, 128, 5, 600, true, false, true, 0, 0, false},
+    {"prefill f32 G=6 D=64 runs", 20, 2, 64, 6, 90, false, true, true, 0, 0, false},
+    {"prefill f16 G=4 D=128 long", 24, 2, 128, 4, 1100, true, true, true, 0, 0, false},
 };
 
 /* KV_STORE through the module's tables and the kernel's steps: the cache
@@ -276,7 +330,7 @@ static void test_kv_store_tables(void **state) {
         char err[160];
         assert_int_equal(cu_kv_store_rows(emu.store, rows, err, sizeof err), LETHE_OK);
         const lethe_cu_kv_view view = {emu.kv.pool, emu.kv.pos, emu.kv.expire, emu.kv.page_bytes, emu.kv.slot_bytes,
-                                       c->f16, c->D};
+                                       c->f16, c->D, NULL, NULL};
         assert_int_equal(lethe_cu_host_kv_store(&view, emu.k, emu.v, c->dms ? emu.dec : NULL, rows, (int64_t)n_rows), 0);
         free(rows);
         int flagged = 0;
@@ -344,7 +398,7 @@ static void attention_case(lethe_backend *cpu, const kv_case *c, uint64_t seed, 
         char err[160];
         assert_int_equal(cu_kv_store_rows(emu.store, rows, err, sizeof err), LETHE_OK);
         const lethe_cu_kv_view view = {emu.kv.pool, emu.kv.pos, emu.kv.expire, emu.kv.page_bytes, emu.kv.slot_bytes,
-                                       c->f16, c->D};
+                                       c->f16, c->D, NULL, NULL};
         lethe_cu_host_kv_store(&view, emu.k, emu.v, c->dms ? emu.dec : NULL, rows, (int64_t)n_rows);
         free(rows);
         float *y = malloc(n_out * sizeof(float));
@@ -362,7 +416,7 @@ static void attention_case(lethe_backend *cpu, const kv_case *c, uint64_t seed, 
                 for (size_t j = 0; j < n_out; j++) y[j] = NAN;   /* poison: every output written */
                 assert_int_equal(lethe_cu_host_attention(&view, emu.q, y, plan.work, plan.n_blocks, plan.decode,
                                                          plan.plists, emu.pos, c->Hkv, c->G,
-                                                         1.0f / sqrtf((float)c->D), chunk, n_split), 0);
+                                                         1.0f / sqrtf((float)c->D), chunk, n_split, NULL, 0), 0);
                 const double e = nmse(yr, y, n_out);
                 print_message("  %-28s %s, %3d span(s) of %4d: NMSE %.3g\n", c->name,
                               plan.decode ? "decode" : "tiled ", n_split, chunk, e);
@@ -433,6 +487,289 @@ static void test_split_plan(void **state) {
             assert_true(Ls[a] == 0 || (int64_t)chunk * (n - 1) < Ls[a]);   /* no empty span for the longest */
         }
 }
+
+/* Store through the module's tables, as the device does before attention. */
+static void emu_store(kv_built *emu, const kv_case *c, lethe_cu_kv_view *view) {
+    const size_t n_rows = (size_t)c->T * c->Hkv;
+    lethe_cu_kv_row *rows = malloc(n_rows * sizeof *rows);
+    char err[160];
+    assert_int_equal(cu_kv_store_rows(emu->store, rows, err, sizeof err), LETHE_OK);
+    *view = (lethe_cu_kv_view){emu->kv.pool, emu->kv.pos, emu->kv.expire, emu->kv.page_bytes, emu->kv.slot_bytes,
+                               c->f16, c->D, emu->kv.kmin, emu->kv.kmax};
+    assert_int_equal(lethe_cu_host_kv_store(view, emu->k, emu->v, c->dms ? emu->dec : NULL, rows, (int64_t)n_rows), 0);
+    free(rows);
+}
+
+/* TOVA / H2O: the kernels' softmax weights (raw scores as computed, then
+ * normalized after the split-K combine or at the end of a tiled row) folded
+ * by the module's cu_score_fold must give the CPU kernel's kv->score within
+ * f32 rounding, on every path and split plan; each query's weights sum to 1;
+ * and the commit after it must evict exactly the CPU's tokens. */
+static const kv_case k_score_cases[] = {
+    {"tova decode f16 G=4 D=128 long", 2, 2, 128, 4, 700, true, false, true, LETHE_KV_RULE_TOVA, 200, false},
+    {"h2o decode f32 G=2 D=64", 4, 2, 64, 2, 300, false, false, false, LETHE_KV_RULE_H2O, 100, false},
+    {"tova prefill f16 G=3 D=64 runs", 20, 3, 64, 3, 150, true, true, true, LETHE_KV_RULE_TOVA, 60, false},
+    {"h2o prefill f32 G=1 D=32 runs", 12, 2, 32, 1, 90, false, true, false, LETHE_KV_RULE_H2O, 40, false},
+};
+
+static void test_score_weights(void **state) {
+    (void)state;
+    lethe_backend *cpu = lethe_backend_cpu_new(1);
+    for (size_t i = 0; i < LETHE_ARRAY_SIZE(k_score_cases); i++) {
+        const kv_case *c = &k_score_cases[i];
+        for (int path = 0; path < 2; path++) {   /* 0: the module's choice, 1: decode forced */
+            const int64_t targets[] = {1, 100000};   /* one span (normalized in the CTA), many (in the combine) */
+            for (size_t ti = 0; ti < LETHE_ARRAY_SIZE(targets); ti++) {
+                kv_built ref, emu;
+                kv_build(c, &ref, 2100 + i);
+                kv_build(c, &emu, 2100 + i);
+                lethe_executor *ex = lethe_executor_new(&cpu, 1);
+                assert_int_equal(lethe_executor_run(ex, ref.g, NULL, NULL), LETHE_OK);
+                lethe_executor_free(ex);
+                lethe_cu_kv_view view;
+                emu_store(&emu, c, &view);
+                cu_attn_plan plan;
+                char err[160];
+                assert_int_equal(cu_attn_plan_build(emu.attn, c->G, path == 1, &plan, err, sizeof err), LETHE_OK);
+                if (!plan.decode && ti > 0) {
+                    cu_attn_plan_free(&plan);
+                    kv_built_free(&ref);
+                    kv_built_free(&emu);
+                    continue;
+                }
+                int32_t chunk = 32, n_split = 1;
+                if (plan.decode) cu_attn_split_plan((int64_t)plan.n_blocks * c->Hkv, plan.Lmax, targets[ti], &chunk, &n_split);
+                const int32_t stride = cu_score_stride(emu.attn);
+                const size_t Hq = (size_t)c->Hkv * c->G, n_out = (size_t)c->T * Hq * c->D;
+                float *y = malloc(n_out * sizeof(float));
+                float *w = malloc((size_t)c->T * Hq * (size_t)stride * sizeof(float));
+                assert_int_equal(lethe_cu_host_attention(&view, emu.q, y, plan.work, plan.n_blocks, plan.decode,
+                                                         plan.plists, emu.pos, c->Hkv, c->G, 1.0f / sqrtf((float)c->D),
+                                                         chunk, n_split, w, stride), 0);
+                /* every query that sees a key: weights in [0, 1] summing to 1 */
+                for (int t = 0; t < c->T; t++)
+                    for (size_t h = 0; h < Hq; h++) {
+                        const lethe_kv_stream *s = lethe_kv_stream_at(&emu.kv, emu.seq[t], KV_LAYER, (int)(h / c->G));
+                        double sum = 0;
+                        int n_vis = 0;
+                        for (int32_t j = 0; j < s->len; j++) {
+                            const float p = w[((size_t)t * Hq + h) * stride + j];
+                            if (!(p == -1.0f || (p >= 0.0f && p <= 1.0f)))
+                                fail_msg("%s: weight of (t %d, head %zu) slot %d is %g", c->name, t, h, j, p);
+                            if (p >= 0.0f) {
+                                sum += p;
+                                n_vis++;
+                            }
+                        }
+                        if (n_vis && fabs(sum - 1.0) > 1e-5)
+                            fail_msg("%s: weights of (t %d, head %zu) sum to %.9g", c->name, t, h, sum);
+                    }
+                cu_score_fold(emu.attn, w, stride);
+                double worst = 0;
+                int n_set = 0;
+                for (int sq = 0; sq < 2; sq++)
+                    for (int h = 0; h < c->Hkv; h++) {
+                        const lethe_kv_stream *sr = lethe_kv_stream_at(&ref.kv, sq, KV_LAYER, h);
+                        const lethe_kv_stream *se = lethe_kv_stream_at(&emu.kv, sq, KV_LAYER, h);
+                        for (int32_t j = 0; j < sr->len; j++) {
+                            const float a = ref.kv.score[lethe_kv_meta(sr, j)], b = emu.kv.score[lethe_kv_meta(se, j)];
+                            const double e = fabs((double)a - b) / (fabs((double)a) + 1e-30);
+                            if (a == 0.0f ? b != 0.0f : e > 1e-5)
+                                fail_msg("%s: score of (seq %d, head %d) slot %d: CPU %.9g, kernels %.9g", c->name, sq, h,
+                                         j, a, b);
+                            if (a != 0.0f && e > worst) worst = e;
+                            n_set += a != 0.0f;
+                        }
+                    }
+                assert_true(n_set > 0);
+                /* the commit evicts over budget by these scores: the same tokens */
+                lethe_kv_commit(&ref.kv);
+                lethe_kv_commit(&emu.kv);
+                assert_true(ref.kv.evicted > 0);
+                assert_int_equal(ref.kv.evicted, emu.kv.evicted);
+                for (int sq = 0; sq < 2; sq++)
+                    for (int l = 0; l < 2; l++)
+                        for (int h = 0; h < c->Hkv; h++) {
+                            const lethe_kv_stream *sr = lethe_kv_stream_at(&ref.kv, sq, l, h);
+                            const lethe_kv_stream *se = lethe_kv_stream_at(&emu.kv, sq, l, h);
+                            assert_int_equal(sr->len, se->len);
+                            for (int32_t j = 0; j < sr->len; j++)
+                                if (*lethe_kv_pos(&ref.kv, sr, j) != *lethe_kv_pos(&emu.kv, se, j))
+                                    fail_msg("%s: after the commit, (seq %d, layer %d, head %d) slot %d holds position "
+                                             "%d on the CPU, %d", c->name, sq, l, h, j, *lethe_kv_pos(&ref.kv, sr, j),
+                                             *lethe_kv_pos(&emu.kv, se, j));
+                        }
+                print_message("  %-32s %s, %3d span(s): %d scores, worst rel. error %.3g, %llu evicted on both\n",
+                              c->name, plan.decode ? "decode" : "tiled ", n_split, n_set, worst,
+                              (unsigned long long)ref.kv.evicted);
+                free(y);
+                free(w);
+                cu_attn_plan_free(&plan);
+                kv_built_free(&ref);
+                kv_built_free(&emu);
+            }
+        }
+    }
+    cpu->iface->free(cpu);
+}
+
+/* The CPU's QUEST selection written out plainly (cpu_attention.c
+ * quest_select), the oracle for the pages: own page first, then the
+ * highest bound by an ascending scan with a strict >, then ascending. */
+static int oracle_pages(const lethe_kv_cache *kv, const lethe_kv_stream *s, int32_t pq, const float *q, int G,
+                        int32_t *sel) {
+    const int D = kv->head_dim, n_pages = (s->len + LETHE_KV_PAGE - 1) / LETHE_KV_PAGE;
+    int k = LETHE_MAX(kv->policy.budget / LETHE_KV_PAGE, 1);
+    if (n_pages <= k) {
+        for (int p = 0; p < n_pages; p++) sel[p] = p;
+        return n_pages;
+    }
+    float *b = malloc((size_t)n_pages * sizeof(float));
+    int own = -1, n = 0;
+    for (int p = 0; p < n_pages; p++) {
+        const float *mn = kv->kmin + (size_t)s->pages[p] * D, *mx = kv->kmax + (size_t)s->pages[p] * D;
+        b[p] = -INFINITY;
+        for (int g = 0; g < G; g++) {
+            float x = 0.0f;
+            for (int d = 0; d < D; d++) {
+                const float a = q[g * D + d] * mn[d], cc = q[g * D + d] * mx[d];
+                x += a > cc ? a : cc;
+            }
+            b[p] = x > b[p] ? x : b[p];
+        }
+        for (int32_t j = p * LETHE_KV_PAGE; j < LETHE_MIN(s->len, (p + 1) * LETHE_KV_PAGE); j++)
+            if (*lethe_kv_pos(kv, s, j) == pq) own = p;
+    }
+    if (own >= 0) {
+        sel[n++] = own;
+        b[own] = -INFINITY;
+        k--;
+    }
+    for (; k > 0; k--) {
+        int best = -1;
+        for (int p = 0; p < n_pages; p++)
+            if (b[p] != -INFINITY && (best < 0 || b[p] > b[best])) best = p;
+        if (best < 0) break;
+        sel[n++] = best;
+        b[best] = -INFINITY;
+    }
+    free(b);
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && sel[j - 1] > sel[j]; j--) {
+            const int32_t x = sel[j];
+            sel[j] = sel[j - 1];
+            sel[j - 1] = x;
+        }
+    return n;
+}
+
+/* QUEST through the module's tables and the kernels' steps: the bounds of
+ * the pages KV_STORE wrote (cu_quest_refresh_entries + k_quest_bounds), the
+ * pages each (token, KV head) reads (k_quest_select: cu_quest_bound,
+ * cu_quest_pick) equal to the oracle's, the KV reads equal to the CPU
+ * kernel's, the bounds bit for bit, and the decode kernel over the chosen
+ * pages within f32 rounding of the CPU backend (a wrong page changes the
+ * output: the tie pages have the same keys and other values). */
+static const kv_case k_quest_cases[] = {
+    {"quest decode f16 G=3 tie", 5, 3, 64, 3, 200, true, false, false, LETHE_KV_RULE_QUEST, 64, true},
+    {"quest decode f32 G=2 D=32", 4, 2, 32, 2, 200, false, false, false, LETHE_KV_RULE_QUEST, 96, false},
+    {"quest runs f16 G=2 tie", 12, 2, 64, 2, 150, true, true, false, LETHE_KV_RULE_QUEST, 64, true},
+    {"quest decode f32 G=8 D=128", 3, 1, 128, 8, 300, false, false, false, LETHE_KV_RULE_QUEST, 128, false},
+    {"quest decode f16 G=4 long", 2, 2, 128, 4, 600, true, false, false, LETHE_KV_RULE_QUEST, 256, true},
+};
+
+static void test_quest_pages(void **state) {
+    (void)state;
+    lethe_backend *cpu = lethe_backend_cpu_new(1);
+    for (size_t i = 0; i < LETHE_ARRAY_SIZE(k_quest_cases); i++) {
+        const kv_case *c = &k_quest_cases[i];
+        kv_built ref, emu;
+        kv_build(c, &ref, 3100 + i);
+        kv_build(c, &emu, 3100 + i);
+        lethe_executor *ex = lethe_executor_new(&cpu, 1);
+        assert_int_equal(lethe_executor_run(ex, ref.g, NULL, NULL), LETHE_OK);
+        const size_t Hq = (size_t)c->Hkv * c->G, n_out = (size_t)c->T * Hq * c->D;
+        float *yr = malloc(n_out * sizeof(float)), *y = malloc(n_out * sizeof(float));
+        memcpy(yr, ref.attn->t.data, n_out * sizeof(float));
+        lethe_executor_free(ex);
+        lethe_cu_kv_view view;
+        emu_store(&emu, c, &view);
+        cu_attn_plan plan;
+        char err[160];
+        assert_int_equal(cu_attn_plan_build(emu.attn, c->G, true, &plan, err, sizeof err), LETHE_OK);
+        const int32_t k = cu_quest_k(&emu.kv), n_items = plan.n_blocks * c->Hkv;
+        const int32_t n_ent = cu_quest_refresh_entries(emu.attn, NULL);
+        int32_t *ent = malloc(((size_t)n_ent * 2 + 1) * sizeof(int32_t));
+        assert_int_equal(cu_quest_refresh_entries(emu.attn, ent), n_ent);
+        int32_t *pl = malloc((plan.n_plist + (size_t)n_items * k) * sizeof(int32_t));
+        memcpy(pl, plan.plists, plan.n_plist * sizeof(int32_t));
+        assert_int_equal(lethe_cu_host_quest(&view, emu.q, plan.work, n_items, pl, (int)plan.n_plist, k, emu.pos,
+                                             c->Hkv, c->G, ent, n_ent), 0);
+        /* the bounds */
+        for (int sq = 0; sq < 2; sq++)
+            for (int h = 0; h < c->Hkv; h++) {
+                const lethe_kv_stream *sr = lethe_kv_stream_at(&ref.kv, sq, KV_LAYER, h);
+                const lethe_kv_stream *se = lethe_kv_stream_at(&emu.kv, sq, KV_LAYER, h);
+                for (int32_t p = 0; p < sr->n_pages; p++)
+                    if (memcmp(ref.kv.kmin + (size_t)sr->pages[p] * c->D, emu.kv.kmin + (size_t)se->pages[p] * c->D,
+                               (size_t)c->D * sizeof(float)) ||
+                        memcmp(ref.kv.kmax + (size_t)sr->pages[p] * c->D, emu.kv.kmax + (size_t)se->pages[p] * c->D,
+                               (size_t)c->D * sizeof(float)))
+                        fail_msg("%s: bounds of (seq %d, head %d) page %d differ from the CPU's", c->name, sq, h, p);
+            }
+        /* the pages, item by item, against the oracle; the reads against the CPU's */
+        uint64_t reads = 0;
+        int n_selecting = 0;
+        int32_t want[4096];   /* CU_QUEST_MAX_PAGES */
+        for (int32_t it = 0; it < n_items; it++) {
+            const lethe_cu_attn_work *w = &plan.work[it];
+            const int hk = it % c->Hkv, t = w->t0;
+            const lethe_kv_stream *s = lethe_kv_stream_at(&emu.kv, emu.seq[t], KV_LAYER, hk);
+            const int n = oracle_pages(&emu.kv, s, emu.pos[t], emu.q + ((size_t)t * Hq + (size_t)hk * c->G) * c->D,
+                                       c->G, want);
+            const int n_pages = (s->len + LETHE_KV_PAGE - 1) / LETHE_KV_PAGE;
+            reads += (uint64_t)w->L;
+            if (n_pages <= k) {
+                assert_int_equal(w->L, s->len);
+                continue;
+            }
+            n_selecting++;
+            int32_t L = 0;
+            for (int j = 0; j < n; j++) {
+                if (pl[w->plist + j] != s->pages[want[j]])
+                    fail_msg("%s: (t %d, KV head %d) reads pool page %d as its page %d; the CPU's is %d (stream page %d)",
+                             c->name, t, hk, pl[w->plist + j], j, s->pages[want[j]], want[j]);
+                L += LETHE_MIN(LETHE_KV_PAGE, s->len - want[j] * LETHE_KV_PAGE);
+            }
+            assert_int_equal(w->L, L);
+        }
+        assert_true(n_selecting > 0);
+        if (reads != ref.kv.reads)
+            fail_msg("%s: KV reads %llu, the CPU's %llu", c->name, (unsigned long long)reads,
+                     (unsigned long long)ref.kv.reads);
+        /* the decode kernel over the chosen pages (splits of the QUEST-capped length) */
+        const int64_t targets[] = {1, 100000};
+        for (size_t ti = 0; ti < LETHE_ARRAY_SIZE(targets); ti++) {
+            int32_t chunk, n_split;
+            cu_attn_split_plan(n_items, LETHE_MIN(plan.Lmax, k * LETHE_KV_PAGE), targets[ti], &chunk, &n_split);
+            for (size_t j = 0; j < n_out; j++) y[j] = NAN;
+            assert_int_equal(lethe_cu_host_attention(&view, emu.q, y, plan.work, plan.n_blocks, 1, pl, emu.pos, c->Hkv,
+                                                     c->G, 1.0f / sqrtf((float)c->D), chunk, n_split, NULL, 0), 0);
+            const double e = nmse(yr, y, n_out);
+            print_message("  %-28s %d of %d items select, reads %llu, %3d span(s): NMSE %.3g\n", c->name, n_selecting,
+                          n_items, (unsigned long long)reads, n_split, e);
+            if (!(e < 1e-10)) fail_msg("%s: NMSE %.3g against the CPU", c->name, e);
+        }
+        free(ent);
+        free(pl);
+        free(y);
+        free(yr);
+        cu_attn_plan_free(&plan);
+        kv_built_free(&ref);
+        kv_built_free(&emu);
+    }
+    cpu->iface->free(cpu);
+}
 #else
 static void test_dequant_rows(void **state) {
     (void)state;
@@ -444,6 +781,8 @@ static void test_kv_store_tables(void **state) { test_dequant_rows(state); }
 static void test_attention_paths(void **state) { test_dequant_rows(state); }
 static void test_attention_blind(void **state) { test_dequant_rows(state); }
 static void test_split_plan(void **state) { test_dequant_rows(state); }
+static void test_score_weights(void **state) { test_dequant_rows(state); }
+static void test_quest_pages(void **state) { test_dequant_rows(state); }
 #endif
 
 int main(void) {
@@ -454,6 +793,8 @@ int main(void) {
         cmocka_unit_test(test_attention_paths),
         cmocka_unit_test(test_attention_blind),
         cmocka_unit_test(test_split_plan),
+        cmocka_unit_test(test_score_weights),
+        cmocka_unit_test(test_quest_pages),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

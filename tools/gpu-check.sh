@@ -180,7 +180,7 @@ if has test; then
     note ""
     note "## tests"
     note '```'
-    grep -E "NMSE|greedy|skipped|Passed|Failed|SKIPPED|tests passed|no Vulkan device" "$OUT/test.log" | head -150 >> "$RES"
+    grep -E "NMSE|greedy|skipped|Passed|Failed|SKIPPED|tests passed|no Vulkan device|slot scores|KV reads" "$OUT/test.log" | head -150 >> "$RES"
     note '```'
 fi
 

@@ -52,4 +52,92 @@ CU_HD float cu_comb_den(int n, const float *m, const float *l, int stride, float
     return den;
 }
 
+/* ---- score policies (DESIGN.md §3.2), as backends/cpu/cpu_attention.c */
+
+/* TOVA / H2O: the softmax weight of one key from its raw score s (scale *
+ * q.k; -inf, or NaN where the kernel never wrote, when the key is not
+ * visible) and the query's final maximum M and denominator den (after the
+ * split-K combine). -1 marks "no weight" for the host fold
+ * (cuda_kv_meta.h cu_score_fold), as the CPU skips those keys. */
+CU_HD float cu_score_weight(float s, float M, float den) {
+    return !(s > -INFINITY) || !(den > 0.0f) ? -1.0f : cu_sm_weight(s, M) / den;
+}
+
+/* QUEST: pages of one stream whose bounds a selecting CTA holds in shared
+ * memory (more: the node runs on the CPU). */
+#define CU_QUEST_MAX_PAGES 4096
+
+/* Rounded products and a rounded sum, never contracted into an fma, so
+ * that the bound (and so the pages read) is the CPU's bit for bit. */
+CU_HD float cu_mul_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+    return __fmul_rn(a, b);
+#else
+    return a * b;
+#endif
+}
+CU_HD float cu_add_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+    return __fadd_rn(a, b);
+#else
+    return a + b;
+#endif
+}
+
+/* The bound of one page on q.k for the G queries q [G][D] of a group:
+ * max over g of sum_d max(q_d kmin_d, q_d kmax_d), summed in d order. */
+CU_HD float cu_quest_bound(const float *q, int G, int D, const float *kmin, const float *kmax) {
+    float best = -INFINITY;
+    for (int g = 0; g < G; g++) {
+        float b = 0.0f;
+        for (int d = 0; d < D; d++) {
+            const float a = cu_mul_rn(q[g * D + d], kmin[d]), c = cu_mul_rn(q[g * D + d], kmax[d]);
+            b = cu_add_rn(b, a > c ? a : c);
+        }
+        best = b > best ? b : best;
+    }
+    return best;
+}
+
+/* Does candidate page b (bound vb) beat page a (va; a < 0: none yet)? The
+ * higher bound, the lower page on a tie; -inf never (taken, or a page no
+ * query can rank). A total order, so any scan or reduction order gives the
+ * CPU's pick (its ascending scan with a strict >). */
+CU_HD bool cu_quest_better(float vb, int b, float va, int a) {
+    return b >= 0 && vb != -INFINITY && (a < 0 || vb > va || (vb == va && b < a));
+}
+
+/* The pages to read (indices into the stream's page list), ascending: all
+ * n_pages when n_pages <= k (= max(budget / P, 1)); else page `own` (the
+ * query token's, -1 if none) and the highest bounds until k pages, the
+ * lower page on a tie. `bound` [n_pages] is consumed (taken pages become
+ * -inf). Returns the count written to sel. */
+CU_HD int cu_quest_pick(float *bound, int n_pages, int own, int k, int32_t *sel) {
+    if (n_pages <= k) {
+        for (int p = 0; p < n_pages; p++) sel[p] = p;
+        return n_pages;
+    }
+    int n = 0;
+    if (own >= 0) {
+        sel[n++] = own;
+        bound[own] = -INFINITY;
+        k--;
+    }
+    for (; k > 0; k--) {
+        int b = -1;
+        for (int p = 0; p < n_pages; p++)
+            if (cu_quest_better(bound[p], p, b >= 0 ? bound[b] : 0.0f, b)) b = p;
+        if (b < 0) break;
+        sel[n++] = b;
+        bound[b] = -INFINITY;
+    }
+    for (int i = 1; i < n; i++)   /* ascending: slot order, as without QUEST */
+        for (int j = i; j > 0 && sel[j - 1] > sel[j]; j--) {
+            const int32_t x = sel[j];
+            sel[j] = sel[j - 1];
+            sel[j - 1] = x;
+        }
+    return n;
+}
+
 #endif

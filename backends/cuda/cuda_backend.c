@@ -126,6 +126,16 @@ lethe_status lethe_cu_upload(cu_ctx *c, const void *host, size_t size, bool dedu
     return LETHE_OK;
 }
 
+lethe_status lethe_cu_upload_space(cu_ctx *c, size_t size, void **dev, size_t *off) {
+    const size_t o = c->up_used, sz = lethe_cu_align(size ? size : 1);
+    if (o + sz > c->up_cap)
+        return CU_FAIL(LETHE_ERR_INTERNAL, "cuda: %zu bytes of upload space past the planned %zu", size, c->up_cap);
+    c->up_used = o + sz;
+    *dev = c->up_dev + o;
+    if (off) *off = o;
+    return LETHE_OK;
+}
+
 lethe_status lethe_cu_scratch(cu_ctx *c, size_t need, void **out) {
     if (need > c->scratch_cap) {
         CU_CHECK(cudaStreamSynchronize(c->stream), "cudaStreamSynchronize");
@@ -399,6 +409,7 @@ static void cu_free(lethe_backend *be) {
             if (c->weights[i].host) cudaFree(c->weights[i].dev);
         free(c->weights);
         free(c->ups);
+        free(c->jobs);
         cudaFreeHost(c->up_host);
         cudaFree(c->up_dev);
         cudaFree(c->scratch);

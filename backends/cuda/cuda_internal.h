@@ -50,6 +50,17 @@ typedef struct cu_upload {   /* one host array uploaded in the current compute *
     void *dev;
 } cu_upload;
 
+/* ATTENTION work the host finishes after the compute's sync: TOVA / H2O
+ * weights to fold into kv->score, or QUEST work entries whose lengths are
+ * the KV reads. Both live in the upload buffer at `off` (device) and are
+ * copied back to the same offset of the staging buffer. */
+typedef struct cu_attn_job {
+    const lethe_node *n;
+    size_t off, bytes;
+    int32_t stride;          /* weights: [T][Hq][stride]; QUEST: entries       */
+    bool quest;
+} cu_attn_job;
+
 typedef struct cu_ctx {
     int device;
     char name[128];
@@ -70,6 +81,8 @@ typedef struct cu_ctx {
     void *scratch;           /* prefill operands in f16/bf16 [scratch_cap]    */
     size_t scratch_cap;
     int *d_err;              /* device flag: a kernel met bad input (ids)     */
+    cu_attn_job *jobs;       /* the current compute's (cuda_ops.c)            */
+    int n_jobs, cap_jobs;
 
     bool managed_ok;         /* concurrent managed access: buffer_alloc_shared offered */
     bool meta_on_device;     /* LETHE_CUDA_KV_META=device: pos/expire prefer the GPU too */
@@ -92,6 +105,9 @@ lethe_status lethe_cu_weight(cu_ctx *c, const void *host, size_t size, void **de
 lethe_status lethe_cu_upload(cu_ctx *c, const void *host, size_t size, bool dedup, void **dev);
 /* Grow the upload buffers to hold `need` bytes (called before the first upload of a compute). */
 lethe_status lethe_cu_upload_reserve(cu_ctx *c, size_t need);
+/* `size` bytes of the upload buffer for this compute that the kernels
+ * write (nothing is copied in): device address and offset. */
+lethe_status lethe_cu_upload_space(cu_ctx *c, size_t size, void **dev, size_t *off);
 lethe_status lethe_cu_scratch(cu_ctx *c, size_t need, void **out);
 size_t lethe_cu_align(size_t x);
 /* Placement advice for a KV cache's managed buffer, once per buffer: bytes

@@ -94,13 +94,14 @@ typedef struct lethe_cu_attn_work {
 } lethe_cu_attn_work;
 
 /* The cache as the kernels see it: pool [pages][2][P][D] (K block, V block),
- * pos / expire [pages][P]. */
+ * pos / expire [pages][P]; QUEST: key bounds kmin / kmax [pages][D] (else NULL). */
 typedef struct lethe_cu_kv_view {
     uint8_t *pool;
     int32_t *pos, *expire;
     size_t page_bytes, slot_bytes;
     int f16;
     int D;
+    float *kmin, *kmax;
 } lethe_cu_kv_view;
 
 /* Split-K plan for the decode kernel: spans of `chunk` slots (a multiple of
@@ -136,7 +137,26 @@ cudaError_t lethe_cu_kv_store(const lethe_cu_kv_view *kv, const float *k, const 
  * kernel, one CTA per (block, KV head) with up to 32 / G tokens. */
 cudaError_t lethe_cu_attention(const lethe_cu_kv_view *kv, const float *q, float *out, const lethe_cu_attn_work *work,
                                int n_blocks, int decode, const int32_t *plists, const int32_t *qpos, int Hkv, int G,
-                               float scale, int chunk, int n_split, float *part, cudaStream_t stream);
+                               float scale, int chunk, int n_split, float *part, float *wts, int wstride,
+                               cudaStream_t stream);
+/* wts (TOVA / H2O, else NULL): [T][Hkv * G][wstride] f32, filled with NaN
+ * bytes by the caller: every key's softmax weight exp(s - M) / den of its
+ * query (cuda_attn.cuh cu_score_weight), -1 where it has none; slots
+ * [0, L) of each query's stream (wstride >= the longest L). Normalized
+ * after the split-K combine (decode) or at the end of the tiled kernel. */
+
+/* QUEST. Bounds: for each of n entries {pool page id, rows in use} [n][2],
+ * kmin / kmax [page][d] = min / max over its K rows (as f32). Select (the
+ * decode plan: one token per block, n_items = T * Hkv work entries): the
+ * pages of each (token, KV head) stream to read (cuda_attn.cuh
+ * cu_quest_pick with k = k_pages), their pool page ids written to
+ * plists[sel_base + item * k_pages ...], and work[item].L / .plist
+ * rewritten to that list (L = the slots of the pages read); streams of at
+ * most k_pages pages are left as they are. */
+cudaError_t lethe_cu_quest_bounds(const lethe_cu_kv_view *kv, const int32_t *entries, int n, cudaStream_t stream);
+cudaError_t lethe_cu_quest_select(const lethe_cu_kv_view *kv, const float *q, lethe_cu_attn_work *work, int n_items,
+                                  int32_t *plists, int sel_base, int k_pages, const int32_t *qpos, int Hkv, int G,
+                                  cudaStream_t stream);
 
 #ifdef __cplusplus
 }

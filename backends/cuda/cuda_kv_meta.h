@@ -159,4 +159,72 @@ static inline int cu_attn_plan_build(const lethe_node *n, int G, bool force_deco
     return LETHE_OK;
 }
 
+/* ---- score policies */
+
+/* Longest stream an ATTENTION node's weights need room for ([T][Hq][stride]). */
+static inline int32_t cu_score_stride(const lethe_node *n) { return cu_attn_lmax(n) > 0 ? cu_attn_lmax(n) : 1; }
+
+/* TOVA / H2O after the device is done: the weights w [T][Hq][stride] one
+ * ATTENTION node wrote (-1: none), folded into kv->score exactly as the CPU
+ * kernel does (cpu_attention.c): per (token, KV head) in token order, each
+ * slot's weights summed over the G queries of the group in order, divided
+ * by G, set (TOVA: the last query's) or added (H2O). */
+static inline void cu_score_fold(const lethe_node *n, const float *w, int32_t stride) {
+    lethe_kv_cache *kv = n->kv;
+    const int layer = n->iparams[0];
+    const int64_t D = kv->head_dim, Hkv = kv->n_head_kv, T = n->ub->n_tokens;
+    const lethe_tensor *q = &n->src[0]->t;
+    const int64_t Hq = q->ne[0] * q->ne[1] * q->ne[2] * q->ne[3] / (D * T), G = Hq / Hkv;
+    const bool set = kv->policy.rule != LETHE_KV_RULE_H2O;
+    for (int64_t t = 0; t < T; t++) {
+        const int32_t seq = n->ub->seq_id[t];
+        if (seq < 0 || seq >= kv->n_seq) continue;
+        for (int64_t hk = 0; hk < Hkv; hk++) {
+            const lethe_kv_stream *s = lethe_kv_stream_at(kv, seq, layer, (int)hk);
+            for (int32_t i = 0; i < s->len && i < stride; i++) {
+                float wsum = 0.0f;
+                for (int64_t g = 0; g < G; g++) {
+                    const float p = w[((size_t)t * Hq + (size_t)(hk * G + g)) * (size_t)stride + (size_t)i];
+                    if (p >= 0.0f) wsum += p;
+                }
+                float *dst = &kv->score[lethe_kv_meta(s, i)];
+                *dst = set ? wsum / (float)G : *dst + wsum / (float)G;
+            }
+        }
+    }
+}
+
+/* QUEST: the pages whose key bounds this micro-batch's KV_STORE made stale,
+ * as the CPU kernel refreshes them at a stream's first token of the batch
+ * (cpu_attention.c quest_refresh: pages from the first reserved slot's on,
+ * rows up to len): out [n][2] = {pool page id, rows}, n returned. With out
+ * NULL: only the count. */
+static inline int32_t cu_quest_refresh_entries(const lethe_node *n, int32_t *out) {
+    const lethe_kv_cache *kv = n->kv;
+    const int layer = n->iparams[0];
+    const int32_t T = n->ub->n_tokens, Hkv = kv->n_head_kv;
+    int32_t m = 0;
+    for (int32_t t = 0; t < T; t++) {
+        const int32_t seq = n->ub->seq_id[t];
+        if (seq < 0 || seq >= kv->n_seq || kv->prev_t[t] >= 0) continue;
+        for (int32_t h = 0; h < Hkv; h++) {
+            const lethe_kv_stream *s = lethe_kv_stream_at(kv, seq, layer, h);
+            const int32_t first = kv->res_slot[((size_t)layer * Hkv + h) * kv->max_batch + t];
+            for (int32_t pg = first / LETHE_KV_PAGE; pg < s->n_pages; pg++, m++) {
+                if (!out) continue;
+                int32_t rows = s->len - pg * LETHE_KV_PAGE;
+                rows = rows < 0 ? 0 : rows > LETHE_KV_PAGE ? LETHE_KV_PAGE : rows;
+                out[2 * m] = s->pages[pg];
+                out[2 * m + 1] = rows;
+            }
+        }
+    }
+    return m;
+}
+
+/* QUEST's pages per query group: max(budget / P, 1). */
+static inline int32_t cu_quest_k(const lethe_kv_cache *kv) {
+    return kv->policy.budget / LETHE_KV_PAGE > 1 ? kv->policy.budget / LETHE_KV_PAGE : 1;
+}
+
 #endif

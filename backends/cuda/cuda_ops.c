@@ -10,10 +10,13 @@
  * KV_STORE and ATTENTION run here when the context's KV cache lives in this
  * backend's managed buffer (buffer_alloc_shared): the host resolves slots and
  * page lists from its bookkeeping (cuda_kv_meta.h), uploads those small
- * tables, and the kernels (k_attention.cu) store and attend in place. Score
- * policies (TOVA/H2O keep kv->score, QUEST kv->kmin) update per-slot host
- * state inside attention: their ATTENTION stays on the CPU, which reads the
- * same managed memory after compute() synchronized.
+ * tables, and the kernels (k_attention.cu) store and attend in place.
+ * Score policies: TOVA / H2O (kv->score, host memory) get each key's
+ * softmax weight from the kernels and fold them into the scores after the
+ * compute's sync, as the Vulkan backend does; QUEST (kv->kmin / kmax in the
+ * managed buffer, after expire) refreshes the bounds and selects the pages
+ * on the device, then attends only those (decode plan, one token per
+ * block); its KV reads are counted after the sync.
  */
 #include "cuda_internal.h"
 #include "cuda_kv_meta.h"
@@ -22,6 +25,8 @@
 #include <string.h>
 
 #define PREFILL_CHUNK_BYTES ((size_t)64 << 20)   /* dequantized weight rows per cuBLAS call */
+#define SCORE_W_MAX ((uint64_t)32 << 20)          /* TOVA / H2O weights of one ATTENTION node */
+#define CU_QUEST_MAX_PAGES 4096                   /* = cuda_attn.cuh's (the selecting CTA's shared memory) */
 
 /* --------------------------------------------------- tensors, module-side */
 
@@ -118,8 +123,16 @@ bool lethe_cu_supports_op(lethe_backend *be, const lethe_node *n) {
         return !n->src[2] || (f32n(n->src[2]) && nrows(&n->src[2]->t) * n->src[2]->t.ne[0] == rows);
     }
     case LETHE_OP_ATTENTION:
-        /* score policies keep host state that attention updates: CPU */
-        return kv_on_device(be, n) && !n->kv->score && !n->kv->kmin && f32n(n->src[0]) && attn_group(n) > 0;
+        /* QUEST: bounds in the managed buffer (kv_cache.c), a stream within
+         * the selecting CTA's shared memory; TOVA / H2O: weights [T][Hq][L]
+         * within SCORE_W_MAX (longer prefills: the CPU) */
+        if (!kv_on_device(be, n) || !f32n(n->src[0]) || attn_group(n) <= 0) return false;
+        if (n->kv->kmin && (!n->kv->kmin_offs || (cu_attn_lmax(n) + LETHE_KV_PAGE - 1) / LETHE_KV_PAGE > CU_QUEST_MAX_PAGES))
+            return false;
+        if (n->kv->score && (uint64_t)n->ub->n_tokens * (uint64_t)attn_group(n) * (uint64_t)n->kv->n_head_kv *
+                                    (uint64_t)cu_score_stride(n) * 4u > SCORE_W_MAX)
+            return false;
+        return true;
     default:
         return false;
     }
@@ -140,7 +153,9 @@ static void attn_splits(const cu_ctx *c, const lethe_node *n, int G, int32_t n_b
     if (!decode) return;
     /* about 4 CTAs of 128 threads per SM (the decode kernel's registers allow more) */
     const int64_t target = 4 * (int64_t)(c->sm_count > 0 ? c->sm_count : 132);
-    cu_attn_split_plan((int64_t)n_blocks * n->kv->n_head_kv, cu_attn_lmax(n), target, chunk, n_split);
+    int32_t Lmax = cu_attn_lmax(n);
+    if (n->kv->kmin && Lmax > cu_quest_k(n->kv) * LETHE_KV_PAGE) Lmax = cu_quest_k(n->kv) * LETHE_KV_PAGE;   /* QUEST reads at most k pages */
+    cu_attn_split_plan((int64_t)n_blocks * n->kv->n_head_kv, Lmax, target, chunk, n_split);
     (void)G;
 }
 
@@ -149,7 +164,7 @@ static size_t attn_part_bytes(const cu_ctx *c, const lethe_node *n) {
     const int G = attn_group(n);
     if (!G) return 0;
     bool decode;
-    const int32_t nb = cu_attn_blocks(n, G, false, &decode);
+    const int32_t nb = cu_attn_blocks(n, G, n->kv->kmin != NULL, &decode);
     int32_t chunk, n_split;
     attn_splits(c, n, G, nb, decode, &chunk, &n_split);
     if (n_split <= 1) return 0;
@@ -206,8 +221,13 @@ static size_t upload_need(lethe_backend *be, const lethe_graph *g, int begin, in
             for (int q = 0; q < kv->n_seq; q++)
                 for (int h = 0; h < kv->n_head_kv; h++)
                     pages += (size_t)lethe_kv_stream_at(kv, q, n->iparams[0], h)->n_pages;
-            need += lethe_cu_align((size_t)n->ub->n_tokens * (size_t)kv->n_head_kv * sizeof(lethe_cu_attn_work)) +
-                    lethe_cu_align(pages * sizeof(int32_t));
+            const size_t items = (size_t)n->ub->n_tokens * (size_t)kv->n_head_kv;
+            need += lethe_cu_align(items * sizeof(lethe_cu_attn_work)) + lethe_cu_align(pages * sizeof(int32_t));
+            if (kv->score)   /* the weights [T][Hq][L] */
+                need += lethe_cu_align(items * (size_t)attn_group(n) * (size_t)cu_score_stride(n) * sizeof(float));
+            if (kv->kmin)    /* refreshed pages, selected page lists */
+                need += lethe_cu_align((size_t)cu_quest_refresh_entries(n, NULL) * 2 * sizeof(int32_t)) +
+                        lethe_cu_align(items * (size_t)cu_quest_k(kv) * sizeof(int32_t));
         }
     }
     return need;
@@ -284,7 +304,7 @@ static lethe_status kv_view(lethe_backend *be, const lethe_kv_cache *kv, lethe_c
                                          (size_t)kv->n_pages * LETHE_KV_PAGE * sizeof(int32_t));
     if (st != LETHE_OK) return st;
     *v = (lethe_cu_kv_view){kv->pool, kv->pos, kv->expire, kv->page_bytes, kv->slot_bytes, kv->type == LETHE_F16,
-                            kv->head_dim};
+                            kv->head_dim, kv->kmin, kv->kmax};
     return LETHE_OK;
 }
 
@@ -308,13 +328,26 @@ static lethe_status op_kv_store(lethe_backend *be, const lethe_node *n, const fl
     return LETHE_OK;
 }
 
+static lethe_status add_job(cu_ctx *c, cu_attn_job job) {
+    if (c->n_jobs == c->cap_jobs) {
+        const int cap = c->cap_jobs ? 2 * c->cap_jobs : 64;
+        cu_attn_job *j = realloc(c->jobs, (size_t)cap * sizeof *j);
+        if (!j) return CU_FAIL(LETHE_ERR_OOM, "cuda: attention jobs");
+        c->jobs = j;
+        c->cap_jobs = cap;
+    }
+    c->jobs[c->n_jobs++] = job;
+    return LETHE_OK;
+}
+
 static lethe_status op_attention(lethe_backend *be, const lethe_node *n, const float *q, float *y) {
     cu_ctx *c = be->ctx;
     lethe_kv_cache *kv = n->kv;
     const int G = attn_group(n);
     cu_attn_plan plan;
     char err[160];
-    int rc = cu_attn_plan_build(n, G, false, &plan, err, sizeof err);
+    const bool quest = kv->kmin != NULL;
+    int rc = cu_attn_plan_build(n, G, quest, &plan, err, sizeof err);
     if (rc != LETHE_OK) return CU_FAIL((lethe_status)rc, "cuda: %s", err);
     void *dwork = NULL, *dpl = NULL, *dpos = NULL, *part = NULL;
     int32_t chunk, n_split;
@@ -329,13 +362,67 @@ static lethe_status op_attention(lethe_backend *be, const lethe_node *n, const f
     const uint64_t reads = plan.reads;
     const int32_t n_blocks = plan.n_blocks;
     const bool decode = plan.decode;
+    const size_t n_work = (size_t)plan.n_blocks * kv->n_head_kv;
     cu_attn_plan_free(&plan);   /* the upload copied the tables */
     if (st != LETHE_OK) return st;
     lethe_cu_kv_view view;
     if ((st = kv_view(be, kv, &view)) != LETHE_OK) return st;
+    if (quest) {
+        /* bounds of the pages KV_STORE wrote, then each (token, KV head)'s pages */
+        const int32_t n_ref = cu_quest_refresh_entries(n, NULL);
+        if (n_ref > 0) {
+            int32_t *ent = malloc((size_t)n_ref * 2 * sizeof(int32_t));
+            if (!ent) return CU_FAIL(LETHE_ERR_OOM, "cuda: QUEST refresh list");
+            cu_quest_refresh_entries(n, ent);
+            void *dent = NULL;
+            st = lethe_cu_upload(c, ent, (size_t)n_ref * 2 * sizeof(int32_t), false, &dent);
+            free(ent);
+            if (st != LETHE_OK) return st;
+            CU_CHECK(lethe_cu_quest_bounds(&view, dent, n_ref, c->stream), "quest_bounds");
+        }
+        void *dsel = NULL;
+        const int32_t k = cu_quest_k(kv);
+        if ((st = lethe_cu_upload_space(c, n_work * (size_t)k * sizeof(int32_t), &dsel, NULL)) != LETHE_OK) return st;
+        const int sel_base = (int)((int32_t *)dsel - (int32_t *)dpl);   /* after the page lists, in the same buffer */
+        CU_CHECK(lethe_cu_quest_select(&view, q, dwork, (int)n_work, dpl, sel_base, k, dpos, kv->n_head_kv, G,
+                                       c->stream), "quest_select");
+        if ((st = add_job(c, (cu_attn_job){n, (size_t)((uint8_t *)dwork - c->up_dev),
+                                           n_work * sizeof(lethe_cu_attn_work), 0, true})) != LETHE_OK)
+            return st;
+    }
+    float *wts = NULL;
+    int32_t wstride = 0;
+    if (kv->score) {   /* TOVA / H2O: the weights, NaN bytes where no kernel writes (cu_score_weight: none) */
+        wstride = cu_score_stride(n);
+        const size_t bytes = (size_t)n->ub->n_tokens * (size_t)kv->n_head_kv * (size_t)G * (size_t)wstride * 4;
+        size_t off;
+        if ((st = lethe_cu_upload_space(c, bytes, (void **)&wts, &off)) != LETHE_OK) return st;
+        CU_CHECK(cudaMemsetAsync(wts, 0xFF, bytes, c->stream), "cudaMemsetAsync (weights)");
+        if ((st = add_job(c, (cu_attn_job){n, off, bytes, wstride, false})) != LETHE_OK) return st;
+    }
     CU_CHECK(lethe_cu_attention(&view, q, y, dwork, n_blocks, decode, dpl, dpos, kv->n_head_kv, G, n->fparams[0],
-                                chunk, n_split, part, c->stream), "attention");
-    __atomic_fetch_add(&kv->reads, reads, __ATOMIC_RELAXED);   /* as the CPU kernel counts */
+                                chunk, n_split, part, wts, wstride, c->stream), "attention");
+    if (!quest) __atomic_fetch_add(&kv->reads, reads, __ATOMIC_RELAXED);   /* as the CPU kernel counts (QUEST: after the sync) */
+    return LETHE_OK;
+}
+
+/* After the compute's sync: fold the weights, count QUEST's reads. */
+static lethe_status finish_jobs(cu_ctx *c) {
+    for (int i = 0; i < c->n_jobs; i++) {
+        const cu_attn_job *j = &c->jobs[i];
+        CU_CHECK(cudaMemcpy(c->up_host + j->off, c->up_dev + j->off, j->bytes, cudaMemcpyDeviceToHost),
+                 "cudaMemcpy (attention results)");
+        lethe_kv_cache *kv = j->n->kv;
+        if (j->quest) {   /* the KV reads: the selected pages' slots, as the CPU counts them */
+            const lethe_cu_attn_work *w = (const lethe_cu_attn_work *)(c->up_host + j->off);
+            uint64_t reads = 0;
+            for (size_t k = 0; k < j->bytes / sizeof *w; k++) reads += (uint64_t)w[k].L;
+            __atomic_fetch_add(&kv->reads, reads, __ATOMIC_RELAXED);
+        } else {
+            cu_score_fold(j->n, (const float *)(c->up_host + j->off), j->stride);
+        }
+    }
+    c->n_jobs = 0;
     return LETHE_OK;
 }
 
@@ -423,6 +510,7 @@ lethe_status lethe_cu_compute(lethe_backend *be, lethe_graph *g, int begin, int 
     lethe_status st = lethe_cu_upload_reserve(c, upload_need(be, g, begin, end));
     if (st != LETHE_OK) return st;
     bool used_err = false;
+    c->n_jobs = 0;
     lethe_cu_clock_begin(c);
     CU_CHECK(cudaMemsetAsync(c->d_err, 0, sizeof(int), c->stream), "cudaMemsetAsync");
     for (int i = begin; i < end && st == LETHE_OK; i++) {
@@ -452,6 +540,7 @@ lethe_status lethe_cu_compute(lethe_backend *be, lethe_graph *g, int begin, int 
         CU_CHECK(cudaMemcpy(&err, c->d_err, sizeof err, cudaMemcpyDeviceToHost), "read error flag");
         if (err) return CU_FAIL(LETHE_ERR_INVALID_ARG, "cuda: get_rows met an id outside its table");
     }
+    if ((st = finish_jobs(c)) != LETHE_OK) return st;
     CU_LOG(LETHE_LOG_DEBUG, "cuda: nodes [%d, %d) done", begin, end);
     return LETHE_OK;
 }

@@ -34,6 +34,17 @@
  * (the causal part of a fresh prompt); K and V rows converted to f32 in
  * shared memory; each row's scores, online softmax in registers. Exact
  * f32 arithmetic on CUDA cores (no tensor cores yet: docs/CUDA.md).
+ *
+ * Score policies. TOVA / H2O (wts != NULL): each key's raw score goes to
+ * wts [T][Hq][wstride] as it is computed; once the query's final max and
+ * denominator are known (end of the decode CTA with one span, the combine
+ * kernel, the end of a prefill row) the row is rewritten as softmax weights
+ * (cu_score_weight); the host folds them into kv->score after the sync.
+ * QUEST: k_quest_bounds refreshes the bounds of the pages KV_STORE wrote,
+ * k_quest_select (one CTA per (token, KV head), the decode plan) computes
+ * every page's bound and picks the pages (warp 0, cu_quest_better), then
+ * rewrites the work entry to a page list of those pages only, so the
+ * decode kernel reads them and nothing else.
  */
 #include "cuda_attn.cuh"
 #include "cuda_kernels.h"
@@ -169,7 +180,7 @@ k_attn_decode(const uint8_t *__restrict__ pool, const int32_t *__restrict__ kpos
               size_t page_bytes, size_t slot_bytes, const float *__restrict__ q, float *__restrict__ out,
               const lethe_cu_attn_work *__restrict__ work, const int32_t *__restrict__ plists,
               const int32_t *__restrict__ qpos, int Hkv, int G, float scale, int chunk, int n_split,
-              float *__restrict__ part) {
+              float *__restrict__ part, float *__restrict__ wts, int wstride) {
     constexpr int LPK = MAXG > 4 ? 16 : 8;    /* lanes per key (scores)          */
     constexpr int EPL = D / LPK;              /* key dims per lane               */
     constexpr int KPP = ATTN_THREADS / LPK;   /* keys per pass over the CTA      */
@@ -248,6 +259,10 @@ k_attn_decode(const uint8_t *__restrict__ pool, const int32_t *__restrict__ kpos
             if (sub == 0) {
 #pragma unroll
                 for (int g = 0; g < MAXG; g++) s_w[g][jj] = vis && g < G ? scale * sc[g] : -INFINITY;
+                if (wts && jj < n)   /* raw scores; normalized once the final max and sum are known */
+#pragma unroll
+                    for (int g = 0; g < MAXG; g++)
+                        if (g < G) wts[((size_t)t * Hq + (size_t)hk * G + g) * wstride + j0 + jj] = s_w[g][jj];
             }
         }
         __syncthreads();
@@ -325,12 +340,18 @@ k_attn_decode(const uint8_t *__restrict__ pool, const int32_t *__restrict__ kpos
         part[(pbase + tid) * (D + 2)] = s_m[tid];
         part[(pbase + tid) * (D + 2) + 1] = s_l[tid];
     }
+    if (wts && n_split == 1) {   /* one span: this CTA holds the final max and sum; the loop's barriers made the raw scores visible */
+        for (int g = 0; g < G; g++) {
+            float *wr = wts + ((size_t)t * Hq + (size_t)hk * G + g) * wstride;
+            for (int j = tid; j < w.L; j += ATTN_THREADS) wr[j] = cu_score_weight(wr[j], s_m[g], s_l[g]);
+        }
+    }
 }
 
 /* grid (T * Hkv, G), 128 threads: merge the n_split partials of one query head. */
 __global__ void __launch_bounds__(ATTN_THREADS)
 k_attn_combine(const float *__restrict__ part, float *__restrict__ out, const lethe_cu_attn_work *__restrict__ work,
-               int Hkv, int G, int D, int n_split) {
+               int Hkv, int G, int D, int n_split, float *__restrict__ wts, int wstride) {
     const int item = blockIdx.x, g = blockIdx.y;
     const int t = work[item].t0, hk = item % Hkv;
     const int stride = G * (D + 2);
@@ -347,6 +368,10 @@ k_attn_combine(const float *__restrict__ part, float *__restrict__ out, const le
         }
         o[d] = a * inv;
     }
+    if (wts) {   /* every span's raw scores, against the combined max and denominator */
+        float *wr = wts + ((size_t)t * Hkv * G + (size_t)hk * G + g) * wstride;
+        for (int j = threadIdx.x; j < work[item].L; j += blockDim.x) wr[j] = cu_score_weight(wr[j], M, den);
+    }
 }
 
 /* ------------------------------------------------------------- prefill */
@@ -356,7 +381,8 @@ __global__ void __launch_bounds__(ATTN_THREADS)
 k_attn_prefill(const uint8_t *__restrict__ pool, const int32_t *__restrict__ kpos, const int32_t *__restrict__ kexp,
                size_t page_bytes, size_t slot_bytes, const float *__restrict__ q, float *__restrict__ out,
                const lethe_cu_attn_work *__restrict__ work, const int32_t *__restrict__ plists,
-               const int32_t *__restrict__ qpos, int Hkv, int G, float scale) {
+               const int32_t *__restrict__ qpos, int Hkv, int G, float scale, float *__restrict__ wts,
+               int wstride) {
     constexpr int KT = D <= 128 ? 32 : 16;   /* keys per tile: 2 * KT * D * 4 bytes = 32 KiB at most */
     constexpr int DL = D / 4;                /* dims per lane: 4 lanes per query row */
     constexpr int CH = D / 8;                /* 8-element chunks per row */
@@ -374,6 +400,8 @@ k_attn_prefill(const uint8_t *__restrict__ pool, const int32_t *__restrict__ kpo
     const int t = w.t0 + (valid ? ti : 0);
     const int32_t pq = valid ? qpos[t] : INT32_MIN;
     const size_t qo = ((size_t)t * Hq + (size_t)hk * G + g) * D;
+    /* TOVA / H2O: this row's raw scores (lane sub 0; skipped tiles keep the caller's NaN) */
+    float *wr = wts && valid && sub == 0 ? wts + ((size_t)t * Hq + (size_t)hk * G + g) * wstride : nullptr;
 
     float qr[DL], acc[DL];
 #pragma unroll
@@ -432,6 +460,7 @@ k_attn_prefill(const uint8_t *__restrict__ pool, const int32_t *__restrict__ kpo
             a += __shfl_xor_sync(FULL, a, 1);
             a += __shfl_xor_sync(FULL, a, 2);
             s[jj] = cu_kv_visible(spos[jj], sexp[jj], pq) ? scale * a : -INFINITY;
+            if (wr && jj < n) wr[j0 + jj] = s[jj];
         }
         float mx = m;
 #pragma unroll
@@ -460,6 +489,8 @@ k_attn_prefill(const uint8_t *__restrict__ pool, const int32_t *__restrict__ kpo
         __syncthreads();   /* the tile (and at a segment's end s_pos/s_exp) are rewritten next */
     }
     }
+    if (wr)   /* the row's final max and sum: raw scores -> weights (all written by this lane) */
+        for (int j = 0; j < w.L; j++) wr[j] = cu_score_weight(wr[j], m, l);
     if (valid) {
         const float inv = l > 0.0f ? 1.0f / l : 0.0f;
 #pragma unroll
@@ -471,6 +502,104 @@ k_attn_prefill(const uint8_t *__restrict__ pool, const int32_t *__restrict__ kpo
             o.w = acc[4 * i + 3] * inv;
             *(float4 *)(out + qo + 16 * i + 4 * sub) = o;
         }
+    }
+}
+
+/* --------------------------------------------------------------- QUEST */
+
+/* grid (n entries), D threads: dim d of entry e's page, min / max over its
+ * rows with the CPU's compares (not fminf/fmaxf: -0 and NaN as it has them). */
+template <bool F16>
+__global__ void __launch_bounds__(256)
+k_quest_bounds(const uint8_t *__restrict__ pool, float *__restrict__ kmin, float *__restrict__ kmax,
+               const int32_t *__restrict__ entries, size_t page_bytes, size_t slot_bytes, int D) {
+    const int32_t page = entries[2 * blockIdx.x], rows = entries[2 * blockIdx.x + 1];
+    const int d = threadIdx.x;
+    if (d >= D) return;
+    const uint8_t *k0 = pool + (size_t)page * page_bytes;
+    float mn = INFINITY, mx = -INFINITY;
+    for (int r = 0; r < rows; r++) {
+        const uint8_t *row = k0 + (size_t)r * slot_bytes;
+        const float x = F16 ? __half2float(((const __half *)row)[d]) : ((const float *)row)[d];
+        mn = x < mn ? x : mn;
+        mx = x > mx ? x : mx;
+    }
+    kmin[(size_t)page * D + d] = mn;
+    kmax[(size_t)page * D + d] = mx;
+}
+
+/* grid (n_items = T * Hkv), 128 threads: one (token, KV head)'s pages. */
+__global__ void __launch_bounds__(ATTN_THREADS)
+k_quest_select(const int32_t *__restrict__ kpos, const float *__restrict__ kmin, const float *__restrict__ kmax,
+               const float *__restrict__ q, lethe_cu_attn_work *__restrict__ work, int32_t *__restrict__ plists,
+               int sel_base, int k, const int32_t *__restrict__ qpos, int Hkv, int G, int D) {
+    __shared__ float s_b[CU_QUEST_MAX_PAGES];
+    __shared__ uint32_t s_pick[CU_QUEST_MAX_PAGES / 32];
+    __shared__ int s_own;
+    const int item = blockIdx.x, tid = threadIdx.x, hk = item % Hkv;
+    const lethe_cu_attn_work w = work[item];
+    const int n_pages = (w.L + CU_KV_P - 1) / CU_KV_P;
+    if (n_pages <= k) return;   /* every page: the entry stays as it is */
+    const int32_t *pl = plists + w.plist;
+    const int32_t pq = qpos[w.t0];
+    const float *qg = q + ((size_t)w.t0 * Hkv * G + (size_t)hk * G) * D;
+    if (tid == 0) s_own = -1;
+    for (int i = tid; i < CU_QUEST_MAX_PAGES / 32; i += ATTN_THREADS) s_pick[i] = 0u;
+    __syncthreads();
+    for (int p = tid; p < n_pages; p += ATTN_THREADS) {
+        const int32_t page = pl[p];
+        s_b[p] = cu_quest_bound(qg, G, D, kmin + (size_t)page * D, kmax + (size_t)page * D);
+        const int rows = min(CU_KV_P, w.L - p * CU_KV_P);
+        for (int j = 0; j < rows; j++)
+            if (kpos[(size_t)page * CU_KV_P + j] == pq) atomicMax(&s_own, p);   /* the CPU keeps the last */
+    }
+    __syncthreads();
+    if (tid >= 32) return;   /* warp 0 picks */
+    const int lane = tid;
+    int left = k;
+    const int own = s_own;
+    if (own >= 0) {
+        if (lane == 0) {
+            s_pick[own / 32] |= 1u << (own % 32);
+            s_b[own] = -INFINITY;
+        }
+        left--;
+        __syncwarp();
+    }
+    for (; left > 0; left--) {
+        float bv = 0.0f;
+        int bi = -1;
+        for (int p = lane; p < n_pages; p += 32)
+            if (cu_quest_better(s_b[p], p, bv, bi)) {
+                bv = s_b[p];
+                bi = p;
+            }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {   /* a total order: the butterfly gives every lane the same winner */
+            const float ov = __shfl_xor_sync(FULL, bv, o);
+            const int oi = __shfl_xor_sync(FULL, bi, o);
+            if (cu_quest_better(ov, oi, bv, bi)) {
+                bv = ov;
+                bi = oi;
+            }
+        }
+        if (bi < 0) break;   /* the same on every lane */
+        if (lane == 0) {
+            s_pick[bi / 32] |= 1u << (bi % 32);
+            s_b[bi] = -INFINITY;
+        }
+        __syncwarp();
+    }
+    if (lane == 0) {   /* ascending page order: slot order, as without QUEST */
+        int32_t *dst = plists + sel_base + (size_t)item * k;
+        int n = 0, L = 0;
+        for (int p = 0; p < n_pages; p++)
+            if (s_pick[p / 32] & (1u << (p % 32))) {
+                dst[n++] = pl[p];
+                L += min(CU_KV_P, w.L - p * CU_KV_P);
+            }
+        work[item].L = L;
+        work[item].plist = sel_base + item * k;
     }
 }
 
@@ -491,47 +620,52 @@ extern "C" cudaError_t lethe_cu_kv_store(const lethe_cu_kv_view *kv, const float
 template <int D, int MAXG, bool F16>
 static void launch_decode(const lethe_cu_kv_view *kv, const float *q, float *out, const lethe_cu_attn_work *work,
                           int n_items, const int32_t *plists, const int32_t *qpos, int Hkv, int G, float scale,
-                          int chunk, int n_split, float *part, cudaStream_t stream) {
+                          int chunk, int n_split, float *part, float *wts, int wstride, cudaStream_t stream) {
     k_attn_decode<D, MAXG, F16><<<dim3((unsigned)n_items, (unsigned)n_split), ATTN_THREADS, 0, stream>>>(
         kv->pool, kv->pos, kv->expire, kv->page_bytes, kv->slot_bytes, q, out, work, plists, qpos, Hkv, G, scale,
-        chunk, n_split, part);
+        chunk, n_split, part, wts, wstride);
 }
 
 template <int D, bool F16>
 static void attention_d(const lethe_cu_kv_view *kv, const float *q, float *out, const lethe_cu_attn_work *work,
                         int n_blocks, int decode, const int32_t *plists, const int32_t *qpos, int Hkv, int G,
-                        float scale, int chunk, int n_split, float *part, cudaStream_t stream) {
+                        float scale, int chunk, int n_split, float *part, float *wts, int wstride,
+                        cudaStream_t stream) {
     if (!decode) {
         k_attn_prefill<D, F16><<<dim3((unsigned)n_blocks, (unsigned)Hkv), ATTN_THREADS, 0, stream>>>(
-            kv->pool, kv->pos, kv->expire, kv->page_bytes, kv->slot_bytes, q, out, work, plists, qpos, Hkv, G, scale);
+            kv->pool, kv->pos, kv->expire, kv->page_bytes, kv->slot_bytes, q, out, work, plists, qpos, Hkv, G, scale,
+            wts, wstride);
         return;
     }
     const int n_items = n_blocks * Hkv;
-#define L(MG) launch_decode<D, MG, F16>(kv, q, out, work, n_items, plists, qpos, Hkv, G, scale, chunk, n_split, part, stream)
+#define L(MG) launch_decode<D, MG, F16>(kv, q, out, work, n_items, plists, qpos, Hkv, G, scale, chunk, n_split, part, \
+                                        wts, wstride, stream)
     if (G <= 1) L(1);
     else if (G <= 2) L(2);
     else if (G <= 4) L(4);
     else L(8);
 #undef L
     if (n_split > 1)
-        k_attn_combine<<<dim3((unsigned)n_items, (unsigned)G), ATTN_THREADS, 0, stream>>>(part, out, work, Hkv, G, D, n_split);
+        k_attn_combine<<<dim3((unsigned)n_items, (unsigned)G), ATTN_THREADS, 0, stream>>>(part, out, work, Hkv, G, D,
+                                                                                          n_split, wts, wstride);
 }
 
 extern "C" cudaError_t lethe_cu_attention(const lethe_cu_kv_view *kv, const float *q, float *out,
                                           const lethe_cu_attn_work *work, int n_blocks, int decode,
                                           const int32_t *plists, const int32_t *qpos, int Hkv, int G, float scale,
-                                          int chunk, int n_split, float *part, cudaStream_t stream) {
+                                          int chunk, int n_split, float *part, float *wts, int wstride,
+                                          cudaStream_t stream) {
     if (n_blocks <= 0) return cudaSuccess;
     if (!lethe_cu_attn_shape_ok(kv->D, G) || Hkv <= 0 || Hkv > 65535 || n_split < 1 ||
         n_split > LETHE_CU_ATTN_MAX_SPLIT || chunk % CU_KV_P != 0 || (decode && n_split > 1 && !part) ||
-        (int64_t)n_blocks * Hkv > 0x7fffffffLL)
+        (int64_t)n_blocks * Hkv > 0x7fffffffLL || (wts && wstride <= 0))
         return cudaErrorInvalidValue;
 #define A(DD)                                                                                                    \
     do {                                                                                                         \
         if (kv->f16) attention_d<DD, true>(kv, q, out, work, n_blocks, decode, plists, qpos, Hkv, G, scale, chunk, \
-                                           n_split, part, stream);                                               \
+                                           n_split, part, wts, wstride, stream);                                 \
         else attention_d<DD, false>(kv, q, out, work, n_blocks, decode, plists, qpos, Hkv, G, scale, chunk,        \
-                                    n_split, part, stream);                                                      \
+                                    n_split, part, wts, wstride, stream);                                        \
     } while (0)
     switch (kv->D) {
     case 32: A(32); break;
@@ -540,5 +674,29 @@ extern "C" cudaError_t lethe_cu_attention(const lethe_cu_kv_view *kv, const floa
     default: A(256); break;
     }
 #undef A
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t lethe_cu_quest_bounds(const lethe_cu_kv_view *kv, const int32_t *entries, int n,
+                                             cudaStream_t stream) {
+    if (n <= 0) return cudaSuccess;
+    if (!kv->kmin || !kv->kmax || kv->D > 256) return cudaErrorInvalidValue;
+    if (kv->f16)
+        k_quest_bounds<true><<<(unsigned)n, (unsigned)kv->D, 0, stream>>>(kv->pool, kv->kmin, kv->kmax, entries,
+                                                                          kv->page_bytes, kv->slot_bytes, kv->D);
+    else
+        k_quest_bounds<false><<<(unsigned)n, (unsigned)kv->D, 0, stream>>>(kv->pool, kv->kmin, kv->kmax, entries,
+                                                                           kv->page_bytes, kv->slot_bytes, kv->D);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t lethe_cu_quest_select(const lethe_cu_kv_view *kv, const float *q, lethe_cu_attn_work *work,
+                                             int n_items, int32_t *plists, int sel_base, int k_pages,
+                                             const int32_t *qpos, int Hkv, int G, cudaStream_t stream) {
+    if (n_items <= 0) return cudaSuccess;
+    if (!kv->kmin || !kv->kmax || k_pages < 1 || Hkv <= 0 || !lethe_cu_attn_shape_ok(kv->D, G))
+        return cudaErrorInvalidValue;
+    k_quest_select<<<(unsigned)n_items, ATTN_THREADS, 0, stream>>>(kv->pos, kv->kmin, kv->kmax, q, work, plists,
+                                                                    sel_base, k_pages, qpos, Hkv, G, kv->D);
     return cudaGetLastError();
 }

@@ -294,6 +294,7 @@ static uint32_t wg_size_for(const char *name) {
     if (strncmp(name, "rms_norm", 8) == 0) return 64;
     if (strcmp(name, "quantize_q8") == 0) return 64;
     if (strcmp(name, "attention") == 0) return 64;   /* = WG in shaders/attention.comp */
+    if (strcmp(name, "quest_select") == 0) return 64;   /* = WG in shaders/quest.comp */
     return 256;
 }
 

@@ -90,7 +90,8 @@ typedef struct vk_ctx {
     int n_weights, cap_weights;
 
     /* ATTENTION nodes of the current compute whose softmax weights the host
-     * folds into TOVA / H2O scores once the device is done (vk_ops.c) */
+     * folds into TOVA / H2O scores once the device is done, or whose QUEST
+     * selections give the KV reads (vk_ops.c) */
     struct vk_score_job *score_jobs;
     int n_score_jobs, cap_score_jobs;
 } vk_ctx;
@@ -99,6 +100,7 @@ typedef struct vk_score_job {
     const lethe_node *n;
     size_t off;              /* byte offset of the weights [T][Hq][stride] in the upload buffer */
     uint32_t stride;
+    bool quest;              /* QUEST instead: the selections [T * Hkv][stride] ({n, pages}), for the KV reads */
 } vk_score_job;
 
 /* vk_device.c */

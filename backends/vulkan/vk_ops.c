@@ -225,6 +225,7 @@ static int32_t max_len(const lethe_node *n) {
  * ([T][Hq][L] floats in the upload buffer); larger micro-batches (long
  * prefills) run that node on the CPU. */
 #define SCORE_W_MAX ((uint64_t)32 << 20)
+#define QUEST_MAX_PAGES 4096   /* = MAX_PAGES in shaders/quest.comp */
 
 bool lethe_vk_supports_op(lethe_backend *be, const lethe_node *n) {
     const vk_ctx *c = be->ctx;
@@ -265,10 +266,15 @@ bool lethe_vk_supports_op(lethe_backend *be, const lethe_node *n) {
                n->kv->n_head_kv * n->kv->head_dim && has_pipe(c, "kv_store", NULL) &&
                (!n->src[2] || (f32n(n->src[2]) && fits(c, n->src[2]) && has_pipe(c, "kv_flags", NULL)));
     case LETHE_OP_ATTENTION: {
-        /* QUEST (kv->kmin) selects pages on the host from bounds it keeps
-         * there: CPU only. TOVA / H2O (kv->score): the shader writes the
-         * weights, the host folds them into the scores (op_attention). */
-        if (!kv_on_device(c, be, n) || n->kv->kmin || !f32n(n->src[0]) || !fits(c, n->src[0])) return false;
+        /* TOVA / H2O (kv->score): the shader writes the weights, the host
+         * folds them into the scores (op_attention). QUEST (kv->kmin): the
+         * bounds live in the shared buffer, quest.comp refreshes them and
+         * selects the pages on the device (op_attention); a stream of more
+         * pages than its shared memory holds runs on the CPU. */
+        if (!kv_on_device(c, be, n) || !f32n(n->src[0]) || !fits(c, n->src[0])) return false;
+        if (n->kv->kmin && (!n->kv->kmin_offs || (max_len(n) + LETHE_KV_PAGE - 1) / LETHE_KV_PAGE > QUEST_MAX_PAGES ||
+                            !has_pipe(c, "quest_bounds", NULL) || !has_pipe(c, "quest_select", NULL)))
+            return false;
         const int64_t D = n->kv->head_dim, T = n->ub->n_tokens, nq = lethe_tensor_nelements(&n->src[0]->t);
         if (nq % (D * T) != 0 || D % 16 != 0) return false;   /* the CPU's 16-lane scores (attention.comp) */
         const int64_t Hq = nq / (D * T);
@@ -590,6 +596,54 @@ static lethe_status attn_meta(const lethe_node *n, ivec *m, uint64_t *reads) {
     return st;
 }
 
+static lethe_status add_job(vk_ctx *c, vk_score_job job) {
+    if (c->n_score_jobs == c->cap_score_jobs) {
+        const int cap = c->cap_score_jobs ? 2 * c->cap_score_jobs : 64;
+        vk_score_job *j = realloc(c->score_jobs, (size_t)cap * sizeof *j);
+        if (!j) return lethe_fail(LETHE_ERR_OOM, "vulkan: attention jobs");
+        c->score_jobs = j;
+        c->cap_score_jobs = cap;
+    }
+    c->score_jobs[c->n_score_jobs++] = job;
+    return LETHE_OK;
+}
+
+/* QUEST: refresh the key bounds of the pages this micro-batch's KV_STORE
+ * wrote, as the CPU kernel does at a stream's first token of the batch
+ * (cpu_attention.c quest_refresh: pages from the first reserved slot's on,
+ * rows up to len), before quest_select reads them. */
+static lethe_status quest_refresh(rec *r, const lethe_node *n) {
+    const lethe_kv_cache *kv = n->kv;
+    const int layer = n->iparams[0];
+    const int32_t T = n->ub->n_tokens, Hkv = kv->n_head_kv;
+    ivec m = {0};
+    lethe_status st = LETHE_OK;
+    for (int32_t t = 0; t < T && st == LETHE_OK; t++) {
+        const int32_t seq = n->ub->seq_id[t];
+        if (seq < 0 || seq >= kv->n_seq || kv->prev_t[t] >= 0) continue;
+        for (int32_t h = 0; h < Hkv && st == LETHE_OK; h++) {
+            const lethe_kv_stream *s = lethe_kv_stream_at(kv, seq, layer, h);
+            const int32_t first = kv->res_slot[((size_t)layer * Hkv + h) * kv->max_batch + t];
+            for (int32_t pg = first / LETHE_KV_PAGE; pg < s->n_pages && st == LETHE_OK; pg++) {
+                const int32_t rows = LETHE_MAX(0, LETHE_MIN(s->len - pg * LETHE_KV_PAGE, LETHE_KV_PAGE));
+                if ((st = ivec_push(&m, s->pages[pg])) == LETHE_OK) st = ivec_push(&m, rows);
+            }
+        }
+    }
+    const uint32_t n_pg = (uint32_t)(m.n / 2), D = (uint32_t)kv->head_dim;
+    vk_arg a[2];
+    if (st == LETHE_OK && n_pg) st = arg_upload(r, m.v, m.n * sizeof(int32_t), NULL, &a[1]);
+    free(m.v);
+    if (st != LETHE_OK || !n_pg) return st;
+    a[0] = kv_arg(r, kv);
+    struct { uint32_t D, n, meta_off, page_words, slot_words, kmin_word0, kmax_word0, f16; } pc = {
+        D, n_pg, a[1].rem / 4, (uint32_t)(kv->page_bytes / 4), (uint32_t)(kv->slot_bytes / 4),
+        (uint32_t)(kv->kmin_offs / 4), (uint32_t)(kv->kmax_offs / 4), kv->type == LETHE_F16};
+    uint32_t gx, gy;
+    grid_1d((uint64_t)n_pg * D, 256, &gx, &gy);
+    return dispatch(r, "quest_bounds", a, 2, &pc, sizeof pc, gx, gy, 1);
+}
+
 static lethe_status op_attention(rec *r, const lethe_node *n) {
     lethe_kv_cache *kv = n->kv;
     const lethe_node *q = n->src[0];
@@ -601,34 +655,51 @@ static lethe_status op_attention(rec *r, const lethe_node *n) {
     /* TOVA / H2O: room for the weights [T][Hq][stride] after the metadata */
     const uint32_t w_off = kv->score ? (uint32_t)m.n : 0, stride = kv->score ? (uint32_t)max_len(n) : 0;
     for (size_t i = 0; kv->score && st == LETHE_OK && i < (size_t)T * Hq * stride; i++) st = ivec_push(&m, 0);
+    /* QUEST: room for the selections [T * Hkv][1 + pages] */
+    const bool quest = kv->kmin != NULL;
+    const uint32_t k_pages = (uint32_t)LETHE_MAX(kv->policy.budget / LETHE_KV_PAGE, 1);
+    const uint32_t sel_off = quest ? (uint32_t)m.n : 0;
+    const uint32_t sel_stride = quest ? 1u + (uint32_t)LETHE_MIN((max_len(n) + LETHE_KV_PAGE - 1) / LETHE_KV_PAGE,
+                                                                 (int32_t)k_pages) : 0;
+    for (size_t i = 0; quest && st == LETHE_OK && i < (size_t)T * Hkv * sel_stride; i++) st = ivec_push(&m, 0);
     vk_arg a[4];
     size_t off = 0;
     if (st == LETHE_OK) st = arg_upload(r, m.v, m.n * sizeof(int32_t), &off, &a[2]);
     free(m.v);
     if (st != LETHE_OK) return st;
-    if (kv->score && !r->dry) {
-        vk_ctx *c = r->c;
-        if (c->n_score_jobs == c->cap_score_jobs) {
-            const int cap = c->cap_score_jobs ? 2 * c->cap_score_jobs : 64;
-            vk_score_job *j = realloc(c->score_jobs, (size_t)cap * sizeof *j);
-            if (!j) return lethe_fail(LETHE_ERR_OOM, "vulkan: attention score jobs");
-            c->score_jobs = j;
-            c->cap_score_jobs = cap;
-        }
-        c->score_jobs[c->n_score_jobs++] = (vk_score_job){n, off + (size_t)w_off * sizeof(int32_t), stride};
-    }
+    if (kv->score && !r->dry && (st = add_job(r->c, (vk_score_job){n, off + (size_t)w_off * sizeof(int32_t), stride,
+                                                                     false})) != LETHE_OK)
+        return st;
     if ((st = arg_all(r, q, &a[0])) != LETHE_OK || (st = arg_all(r, n, &a[3])) != LETHE_OK) return st;
     a[1] = kv_arg(r, kv);
+    if (quest) {
+        if ((st = quest_refresh(r, n)) != LETHE_OK) return st;
+        struct {
+            uint32_t D, Hq, Hkv, G, T, q_off, meta_off, pos_word0, kmin_word0, kmax_word0, k_pages, sel_off,
+                sel_stride;
+        } ps = {D, Hq, Hkv, Hq / Hkv, T, a[0].rem / 4, a[2].rem / 4, (uint32_t)(kv->pos_offs / 4),
+                (uint32_t)(kv->kmin_offs / 4), (uint32_t)(kv->kmax_offs / 4), k_pages, a[2].rem / 4 + sel_off,
+                sel_stride};
+        vk_arg sa[3] = {a[0], a[1], a[2]};
+        const uint32_t groups = T * Hkv, sx = LETHE_MIN(groups, 65535u), sy = (groups + sx - 1) / sx;
+        if ((st = dispatch(r, "quest_select", sa, 3, &ps, sizeof ps, sx, sy, 1)) != LETHE_OK) return st;
+        /* KV reads: the selected pages' slots, counted once the device is done */
+        if (!r->dry && (st = add_job(r->c, (vk_score_job){n, off + (size_t)sel_off * sizeof(int32_t), sel_stride,
+                                                           true})) != LETHE_OK)
+            return st;
+    }
     struct {
         uint32_t D, Hq, Hkv, G, T, q_off, out_off, meta_off, page_words, slot_words, pos_word0, exp_word0, f16;
         float scale;
-        uint32_t fused, w_off, w_stride;
+        uint32_t fused, w_off, w_stride, sel_off, sel_stride;
     } pc = {D, Hq, Hkv, Hq / Hkv, T, a[0].rem / 4, a[3].rem / 4, 0, (uint32_t)(kv->page_bytes / 4),
             (uint32_t)(kv->slot_bytes / 4), (uint32_t)(kv->pos_offs / 4), (uint32_t)(kv->expire_offs / 4),
-            kv->type == LETHE_F16, n->fparams[0], lethe_cpu_attention_fused(kv, (int64_t)(Hq / Hkv)), w_off, stride};
+            kv->type == LETHE_F16, n->fparams[0], lethe_cpu_attention_fused(kv, (int64_t)(Hq / Hkv)), w_off, stride,
+            quest ? sel_off : 0, sel_stride};
     const uint32_t groups = T * Hq, gx = LETHE_MIN(groups, 65535u), gy = (groups + gx - 1) / gx;
     if ((st = dispatch(r, "attention", a, 4, &pc, sizeof pc, gx, gy, 1)) != LETHE_OK) return st;
-    if (!r->dry) __atomic_fetch_add(&kv->reads, reads, __ATOMIC_RELAXED);   /* as the CPU kernel counts */
+    /* as the CPU kernel counts (QUEST: after the device, from its selections) */
+    if (!r->dry && !quest) __atomic_fetch_add(&kv->reads, reads, __ATOMIC_RELAXED);
     return LETHE_OK;
 }
 
@@ -738,6 +809,19 @@ static lethe_status ensure_sets(vk_ctx *c, uint32_t n, VkDescriptorSet **sets, u
 static void apply_scores(vk_ctx *c, const vk_score_job *j) {
     const lethe_node *n = j->n;
     lethe_kv_cache *kv = n->kv;
+    if (j->quest) {   /* the KV reads of QUEST's selected pages, as the CPU counts them */
+        const int32_t *sel = (const int32_t *)((const uint8_t *)c->upload.map + j->off);   /* [T * Hkv][stride] */
+        uint64_t reads = 0;
+        for (int32_t t = 0; t < n->ub->n_tokens; t++)
+            for (int h = 0; h < kv->n_head_kv; h++) {
+                const lethe_kv_stream *s = lethe_kv_stream_at(kv, n->ub->seq_id[t], n->iparams[0], h);
+                const int32_t *e = sel + ((size_t)t * kv->n_head_kv + (size_t)h) * j->stride;
+                for (int32_t i = 0; i < e[0] && (uint32_t)i + 1 < j->stride; i++)
+                    reads += (uint64_t)LETHE_MIN(LETHE_KV_PAGE, s->len - e[1 + i] * LETHE_KV_PAGE);
+            }
+        __atomic_fetch_add(&kv->reads, reads, __ATOMIC_RELAXED);
+        return;
+    }
     const int layer = n->iparams[0];
     const int64_t D = kv->head_dim, Hkv = kv->n_head_kv, T = n->ub->n_tokens;
     const int64_t Hq = lethe_tensor_nelements(&n->src[0]->t) / (D * T), G = Hq / Hkv;

@@ -127,7 +127,7 @@ extern "C" int lethe_cu_host_kv_store(const lethe_cu_kv_view *kv, const float *k
  * (m, l, acc) laid out as in `part`. */
 static void host_decode_span(const lethe_cu_kv_view *kv, const float *q, const lethe_cu_attn_work &w,
                              const int32_t *plists, int32_t pq, int t, int hk, int Hkv, int G, float scale,
-                             int j_begin, int j_end, float *part) {
+                             int j_begin, int j_end, float *part, float *wts, int wstride) {
     const int D = kv->D, Hq = Hkv * G;
     const int32_t *pl = plists + w.plist;
     float *s = (float *)malloc(sizeof(float) * (size_t)G * CU_KV_P);
@@ -149,6 +149,8 @@ static void host_decode_span(const lethe_cu_kv_view *kv, const float *q, const l
                     for (int d = 0; d < D; d++) dot = fmaf(qg[d], kv_elem(kr, d, kv->f16), dot);
                 }
                 s[g * CU_KV_P + jj] = vis ? scale * dot : -INFINITY;
+                if (wts && jj < n)   /* the kernel's raw score */
+                    wts[((size_t)t * Hq + (size_t)hk * G + g) * wstride + j0 + jj] = s[g * CU_KV_P + jj];
             }
         }
         for (int g = 0; g < G; g++) {
@@ -182,9 +184,13 @@ static void host_decode_span(const lethe_cu_kv_view *kv, const float *q, const l
 extern "C" int lethe_cu_host_attention(const lethe_cu_kv_view *kv, const float *q, float *out,
                                        const lethe_cu_attn_work *work, int n_blocks, int decode,
                                        const int32_t *plists, const int32_t *qpos, int Hkv, int G, float scale,
-                                       int chunk, int n_split) {
+                                       int chunk, int n_split, float *wts, int wstride) {
     const int D = kv->D, Hq = Hkv * G;
     if (!lethe_cu_attn_shape_ok(D, G) || chunk % CU_KV_P != 0 || n_split < 1) return -1;
+    if (wts)   /* the caller's fill: NaN bytes where no kernel writes */
+        memset(wts, 0xFF, sizeof(float) * (size_t)(decode ? n_blocks : work[(size_t)(n_blocks - 1) * Hkv].t0 +
+                                                                          work[(size_t)(n_blocks - 1) * Hkv].nt) *
+                              (size_t)Hq * (size_t)wstride);
     if (decode) {
         const int stride = G * (D + 2);
         float *part = (float *)malloc(sizeof(float) * (size_t)n_split * stride);
@@ -198,18 +204,22 @@ extern "C" int lethe_cu_host_attention(const lethe_cu_kv_view *kv, const float *
             const int t = w.t0;
             for (int sp = 0; sp < n_split; sp++) {
                 const int jb = sp * chunk, je = w.L < jb + chunk ? w.L : jb + chunk;
-                host_decode_span(kv, q, w, plists, qpos[t], t, hk, Hkv, G, scale, jb, je, part + sp * stride);
+                host_decode_span(kv, q, w, plists, qpos[t], t, hk, Hkv, G, scale, jb, je, part + sp * stride, wts,
+                                 wstride);
             }
             (void)b;
             for (int g = 0; g < G; g++) {
                 const float *p0 = part + g * (D + 2);
                 float *o = out + ((size_t)t * Hq + (size_t)hk * G + g) * D;
+                float *wr = wts ? wts + ((size_t)t * Hq + (size_t)hk * G + g) * wstride : NULL;
                 if (n_split == 1) {   /* the kernel writes acc * (1 / l) */
                     for (int d = 0; d < D; d++) o[d] = p0[1] > 0.0f ? p0[2 + d] * (1.0f / p0[1]) : 0.0f;
+                    for (int j = 0; wr && j < w.L; j++) wr[j] = cu_score_weight(wr[j], p0[0], p0[1]);
                     continue;
                 }
                 const float M = cu_comb_max(n_split, p0, stride);
                 const float den = cu_comb_den(n_split, p0, p0 + 1, stride, M);
+                for (int j = 0; wr && j < w.L; j++) wr[j] = cu_score_weight(wr[j], M, den);   /* the combine kernel */
                 const float inv = den > 0.0f ? 1.0f / den : 0.0f;
                 for (int d = 0; d < D; d++) {
                     float a = 0.0f;
@@ -240,20 +250,33 @@ extern "C" int lethe_cu_host_attention(const lethe_cu_kv_view *kv, const float *
                     const int32_t pq = qpos[t];
                     const float *qg = q + ((size_t)t * Hq + (size_t)hk * G + g) * D;
                     float m = -INFINITY, l = 0.0f;
+                    float *wr = wts ? wts + ((size_t)t * Hq + (size_t)hk * G + g) * wstride : NULL;
                     for (int d = 0; d < D; d++) acc[d] = 0.0f;
                     for (int j0 = 0; j0 < w.L; j0 += KT) {
                         const int n = w.L - j0 < KT ? w.L - j0 : KT;
                         float s[32];
                         float mx = m;
+                        /* the kernel skips a tile no row of the block sees (its weights stay NaN) */
+                        bool any = false;
+                        for (int tj = 0; tj < w.nt && !any; tj++)
+                            for (int jj = 0; jj < n && !any; jj++) {
+                                const int64_t mi = cu_kv_meta_idx(pl, j0 + jj);
+                                any = cu_kv_visible(kv->pos[mi], kv->expire[mi], qpos[w.t0 + tj]);
+                            }
+                        if (!any) continue;
                         for (int jj = 0; jj < KT; jj++) {
                             s[jj] = -INFINITY;
                             if (jj >= n) continue;
                             const int64_t mi = cu_kv_meta_idx(pl, j0 + jj);
-                            if (!cu_kv_visible(kv->pos[mi], kv->expire[mi], pq)) continue;
+                            if (!cu_kv_visible(kv->pos[mi], kv->expire[mi], pq)) {
+                                if (wr) wr[j0 + jj] = -INFINITY;
+                                continue;
+                            }
                             const uint8_t *kr = kv->pool + cu_kv_k_off(pl, j0 + jj, kv->page_bytes, kv->slot_bytes);
                             float dot = 0.0f;
                             for (int d = 0; d < D; d++) dot = fmaf(qg[d], kv_elem(kr, d, kv->f16), dot);
                             s[jj] = scale * dot;
+                            if (wr) wr[j0 + jj] = s[jj];
                             mx = fmaxf(mx, s[jj]);
                         }
                         if (mx == -INFINITY) continue;
@@ -270,6 +293,7 @@ extern "C" int lethe_cu_host_attention(const lethe_cu_kv_view *kv, const float *
                         }
                         m = mx;
                     }
+                    for (int j = 0; wr && j < w.L; j++) wr[j] = cu_score_weight(wr[j], m, l);
                     float *o = out + ((size_t)t * Hq + (size_t)hk * G + g) * D;
                     const float inv = l > 0.0f ? 1.0f / l : 0.0f;
                     for (int d = 0; d < D; d++) o[d] = acc[d] * inv;
@@ -279,3 +303,59 @@ extern "C" int lethe_cu_host_attention(const lethe_cu_kv_view *kv, const float *
     return 0;
 }
 
+
+/* QUEST on the host, in the kernels' order: k_quest_bounds over the entries
+ * [n][2], then k_quest_select for every (token, KV head) work entry (each
+ * page's bound by cu_quest_bound, the own page, cu_quest_pick), rewriting
+ * the entries to page lists at plists[sel_base + item * k ...]. */
+extern "C" int lethe_cu_host_quest(const lethe_cu_kv_view *kv, const float *q, lethe_cu_attn_work *work, int n_items,
+                                   int32_t *plists, int sel_base, int k, const int32_t *qpos, int Hkv, int G,
+                                   const int32_t *entries, int n_entries) {
+    const int D = kv->D;
+    if (!kv->kmin || !kv->kmax || k < 1) return -1;
+    for (int e = 0; e < n_entries; e++) {
+        const int32_t page = entries[2 * e], rows = entries[2 * e + 1];
+        for (int d = 0; d < D; d++) {
+            float mn = INFINITY, mx = -INFINITY;
+            for (int r = 0; r < rows; r++) {
+                const float x = kv_elem(kv->pool + (size_t)page * kv->page_bytes + (size_t)r * kv->slot_bytes, d, kv->f16);
+                mn = x < mn ? x : mn;
+                mx = x > mx ? x : mx;
+            }
+            kv->kmin[(size_t)page * D + d] = mn;
+            kv->kmax[(size_t)page * D + d] = mx;
+        }
+    }
+    float *bound = (float *)malloc(sizeof(float) * CU_QUEST_MAX_PAGES);
+    int32_t *sel = (int32_t *)malloc(sizeof(int32_t) * CU_QUEST_MAX_PAGES);
+    for (int item = 0; item < n_items; item++) {
+        lethe_cu_attn_work &w = work[item];
+        const int n_pages = (w.L + CU_KV_P - 1) / CU_KV_P, hk = item % Hkv;
+        if (n_pages <= k) continue;
+        if (n_pages > CU_QUEST_MAX_PAGES) {
+            free(bound);
+            free(sel);
+            return -2;
+        }
+        const int32_t *pl = plists + w.plist;
+        const float *qg = q + ((size_t)w.t0 * Hkv * G + (size_t)hk * G) * D;
+        int own = -1;
+        for (int p = 0; p < n_pages; p++) {
+            bound[p] = cu_quest_bound(qg, G, D, kv->kmin + (size_t)pl[p] * D, kv->kmax + (size_t)pl[p] * D);
+            const int rows = w.L - p * CU_KV_P < CU_KV_P ? w.L - p * CU_KV_P : CU_KV_P;
+            for (int j = 0; j < rows; j++)
+                if (kv->pos[(size_t)pl[p] * CU_KV_P + j] == qpos[w.t0]) own = p > own ? p : own;
+        }
+        const int n = cu_quest_pick(bound, n_pages, own, k, sel);
+        int L = 0;
+        for (int i = 0; i < n; i++) {
+            plists[sel_base + (size_t)item * k + i] = pl[sel[i]];
+            L += w.L - sel[i] * CU_KV_P < CU_KV_P ? w.L - sel[i] * CU_KV_P : CU_KV_P;
+        }
+        w.L = L;
+        w.plist = sel_base + item * k;
+    }
+    free(bound);
+    free(sel);
+    return 0;
+}
