@@ -28,7 +28,7 @@ BUILD_DIR="${LETHE_TSAN_BUILD_DIR:-build-tsan}"
 if [ ! -f "$BUILD_DIR/build.ninja" ]; then
     cmake -S . -B "$BUILD_DIR" -G Ninja -DLETHE_TSAN=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 fi
-ninja -C "$BUILD_DIR" test_threads test_backend_module
+ninja -C "$BUILD_DIR" ${LETHE_JOBS:+-j "$LETHE_JOBS"} test_threads test_backend_module
 export LETHE_TEST_CTX_THREADS=1 OMP_NUM_THREADS=1
 export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1:exitcode=66:second_deadlock_stack=1}"
 ctest --test-dir "$BUILD_DIR" --output-on-failure --no-tests=error --timeout 900 -j1 \
