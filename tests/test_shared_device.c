@@ -41,7 +41,10 @@
 #include "testutil.h"
 
 #define N_GEN 3        /* greedy tokens after the prompt (lavapipe is slow) */
-#define LIMIT 1e-4     /* logits NMSE against the CPU (test_vulkan_e2e's bar) */
+/* logits NMSE against the CPU: test_vulkan_e2e's bar on Vulkan,
+ * test_cuda_e2e's on CUDA (its GEMV takes f32 activations where the CPU
+ * rounds them to q8) */
+static double g_limit = 1e-4;
 
 static char g_path_a[64], g_path_b[64];   /* same shapes, different weights */
 static const char *g_backend = "vulkan";
@@ -116,7 +119,7 @@ static void expect_cpu(const float *ref, const float *got, int nv, const char *w
     int exact = 0;
     for (int s = 0; s <= N_GEN; s++) {
         const double e = tu_nmse(ref + (size_t)s * nv, got + (size_t)s * nv, (size_t)nv);
-        if (!(e <= LIMIT)) fail_msg("%s, step %d: logits NMSE %.3g against the CPU > %.0e", what, s, e, LIMIT);
+        if (!(e <= g_limit)) fail_msg("%s, step %d: logits NMSE %.3g against the CPU > %.0e", what, s, e, g_limit);
         exact += !memcmp(ref + (size_t)s * nv, got + (size_t)s * nv, (size_t)nv * sizeof(float));
     }
     print_message("  %s: the CPU's logits (bit-identical at %d of %d steps)\n", what, exact, N_GEN + 1);
@@ -282,7 +285,7 @@ static void test_forget_same_address(void **state) {
     tu_rand_fill(x, K, 2);
     matvec(be, cpu, w, x, y_old, R, K, 0);
     matvec(NULL, cpu, w, x, ref, R, K, 0);
-    assert_true(tu_nmse(ref, y_old, R) <= LIMIT);
+    assert_true(tu_nmse(ref, y_old, R) <= g_limit);
     tu_rand_fill(w, R * K, 3);   /* "another model" at the same address */
     matvec(NULL, cpu, w, x, ref, R, K, 0);
     matvec(be2, cpu, w, x, y, R, K, 0);   /* the other backend: the device's stale copy */
@@ -292,7 +295,7 @@ static void test_forget_same_address(void **state) {
     lethe_backends_forget(w, R * K * sizeof(float));
     assert_int_equal(share_of(be).n_weights, 0);
     matvec(be2, cpu, w, x, y_new, R, K, 0);
-    assert_true(tu_nmse(ref, y_new, R) <= LIMIT);
+    assert_true(tu_nmse(ref, y_new, R) <= g_limit);
     const lethe_device_share sh = share_of(be);
     assert_int_equal(sh.uploads, 2);
     assert_int_equal(sh.n_weights, 1);
@@ -355,6 +358,7 @@ static int setup(void **state) {
     (void)state;
     const char *b = getenv("LETHE_TEST_SHARED_BACKEND");   /* "cuda" on a GPU machine */
     if (b && *b) g_backend = b;
+    if (!strcmp(g_backend, "cuda")) g_limit = 2e-3;
     write_model(g_path_a, 1);
     write_model(g_path_b, 2);
     return 0;
