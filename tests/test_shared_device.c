@@ -70,6 +70,7 @@ static bool have_device(void) {
         lethe_clear_error();
         return false;
     }
+    tu_pin_vulkan_driver();   /* LeakSanitizer names lavapipe's own leaks (tests/lsan.supp) */
     be->iface->free(be);
     return true;
 }
