@@ -856,6 +856,12 @@ static void test_native_fma(void **state) {
     const int nc = (int)LETHE_ARRAY_SIZE(cases);
     lethe_backend_info info;
 
+    /* the probe runs once per device, when it is made, and backends share
+     * a device (one per index and configuration per process): setup's
+     * backend holds this one, so it goes, for a fresh device here */
+    g_s.devs[0].be->iface->free(g_s.devs[0].be);
+    g_s.devs[0].be = NULL;
+
     /* the probe's own verdict */
     lethe_backend *be = vk_with(NULL, NULL);
     be->iface->get_info(be, &info);
@@ -863,6 +869,14 @@ static void test_native_fma(void **state) {
     assert_int_equal(g_probe_lines, 1);   /* one probe, one verdict, at debug level */
     assert_int_equal(g_probe_fused, fused);
     assert_int_equal(g_probe_warns, 0);
+    /* a second backend shares the device and its verdict: no second probe */
+    lethe_backend *be_b = vk_with(NULL, NULL);
+    assert_int_equal(g_probe_lines, 0);
+    assert_int_equal(lethe_backend_vulkan_native_fma(be_b), fused);
+    lethe_device_share sh;
+    be_b->iface->device_share(be_b, NULL, 0, &sh);
+    assert_int_equal(sh.users, 2);
+    be_b->iface->free(be_b);
     if (strstr(info.device_name, "llvmpipe")) assert_int_equal(fused, 0);   /* lavapipe: fma() not fused */
     print_message("  %s: fma() %s\n", info.device_name, fused ? "fused: NATIVE_FMA on" : "not fused: emulated");
     for (int i = 0; i < nc; i++) {
@@ -908,6 +922,9 @@ static void test_native_fma(void **state) {
     assert_int_equal(lethe_backend_vulkan_native_fma(be), 0);
     assert_int_equal(bit_diffs(be, &cases[0], 500, &e), 0);
     be->iface->free(be);
+
+    g_s.devs[0].be = lethe_backend_vulkan_new(0);   /* setup's again, for teardown */
+    assert_non_null(g_s.devs[0].be);
 }
 
 static int setup(void **state) {
@@ -947,7 +964,7 @@ static int teardown(void **state) {
     (void)state;
     for (int d = 0; d < g_s.n_devs; d++) {
         if (g_s.devs[d].split != g_s.devs[d].be) g_s.devs[d].split->iface->free(g_s.devs[d].split);
-        g_s.devs[d].be->iface->free(g_s.devs[d].be);
+        if (g_s.devs[d].be) g_s.devs[d].be->iface->free(g_s.devs[d].be);
     }
     g_s.cpu->iface->free(g_s.cpu);
     for (int i = 0; i < g_s.n_mem; i++) free(g_s.mem[i]);

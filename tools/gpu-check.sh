@@ -7,7 +7,9 @@
 #   probe     nvidia-smi, nvcc; stops with exit 2 and a clear line when either is missing
 #   build     lethe with CUDA (and Vulkan when its SDK is there) in $LETHE_GPU_BUILD (build-gpu)
 #   test      ctest: the backend-op consistency test (CUDA, and Vulkan on the NVIDIA
-#             driver), test_cuda_e2e, test_cuda_host (LETHE_GPU_CTEST=all: the whole suite)
+#             driver), test_cuda_e2e, test_cuda_host, test_cuda_shared (test_shared_device on
+#             CUDA: two contexts upload the weights once, two threads decode at once, a freed
+#             model's weights leave the device) (LETHE_GPU_CTEST=all: the whole suite)
 #   synth     full-size synthetic models ($LETHE_GPU_MODELS, default "llama3-8b:q4_0
 #             llama3-8b:f16") into $LETHE_GPU_WORK (default /tmp/lethe-gpu), reused if present
 #   sanitize  (memcheck over test_backend_ops, test_cuda_dms, test_cuda_e2e; racecheck over
@@ -57,7 +59,7 @@ PROFILE="${LETHE_GPU_PROFILE:-}"
 if [[ "$PROFILE" == lease ]]; then
     : "${LETHE_GPU_STAGES:=probe build test sanitize synth bench}" "${LETHE_GPU_BUDGET:=560}"
     : "${LETHE_GPU_MODELS:=llama3-8b:q4_0}" "${LETHE_GPU_BACKENDS:=cuda}" "${LETHE_GPU_DEPTHS:=0,8192}"
-    : "${LETHE_GPU_PARALLEL:=1,8}" "${LETHE_GPU_TARGETS:=lethe_cli test_backend_ops test_cuda_e2e test_cuda_dms test_cuda_host}"
+    : "${LETHE_GPU_PARALLEL:=1,8}" "${LETHE_GPU_TARGETS:=lethe_cli test_backend_ops test_cuda_e2e test_cuda_dms test_cuda_host test_shared_device}"
     : "${LETHE_GPU_DEPTH_REPS:=1}" "${LETHE_GPU_SANITIZE_LAST:=1}" "${LETHE_GPU_SANITIZE_TIMEOUT:=90}"
     : "${LETHE_GPU_VULKAN:=OFF}"
 fi
@@ -180,7 +182,7 @@ if has test; then
     note ""
     note "## tests"
     note '```'
-    grep -E "NMSE|greedy|skipped|Passed|Failed|SKIPPED|tests passed|no Vulkan device|slot scores|KV reads" "$OUT/test.log" | head -150 >> "$RES"
+    grep -E "NMSE|greedy|skipped|uploads|threads at once|Passed|Failed|SKIPPED|tests passed|no Vulkan device|slot scores|KV reads" "$OUT/test.log" | head -150 >> "$RES"
     note '```'
 fi
 

@@ -2,10 +2,19 @@
  * cuda_backend.c (module entry, device, buffers, weights, uploads) and
  * cuda_ops.c (supports_op and compute: one kernel launch per node).
  *
- * Memory model (like the Vulkan backend's): the executor's compute buffers
+ * One device, many backends (like the Vulkan backend): every backend (one
+ * per context) on a device index shares one cu_dev per process, refcounted
+ * and destroyed with its last backend: the weight cache, under its lock. A
+ * backend's own part is never shared: its stream, cuBLAS handle (a handle
+ * carries its stream and workspace and must not be used by two threads at
+ * once), uploads, scratch, error flag and events; so contexts on different
+ * threads launch at once.
+ *
+ * Memory model: the executor's compute buffers
  * are cudaMalloc'd (lethe_buffer.impl = device pointer, host_ptr = NULL).
- * Weights (leaves with host data) are uploaded once, on first use, into
- * their own device allocations, found again by their host address. Graph
+ * Weights (leaves with host data) are uploaded once per device, on first use
+ * by any backend, into their own device allocations, found again by their
+ * host address (cuda_weights.h) until lethe_backends_forget drops them. Graph
  * inputs (token ids: leaves marked is_input) and per-micro-batch tables
  * (positions, RoPE frequencies) go through a pinned staging buffer into a
  * device upload buffer each compute(). compute() enqueues the node range on
@@ -20,9 +29,11 @@
 #include "backend.h"
 #include "backend_module.h"
 #include "cuda_kernels.h"
+#include "cuda_weights.h"
 
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
+#include <pthread.h>
 
 extern const lethe_module_host *g_cu_host;
 #define CU_FAIL(st, ...) g_cu_host->fail((st), __VA_ARGS__)
@@ -38,11 +49,15 @@ extern const lethe_module_host *g_cu_host;
 
 #define CU_ALIGN 256   /* offsets of uploads and scratch parts */
 
-typedef struct cu_weight {   /* a weight uploaded on first use (open-addressing table slot) */
-    const void *host;
-    size_t size;
-    void *dev;
-} cu_weight;
+/* The shared device (one per device index per process; the registry in
+ * cuda_backend.c). */
+typedef struct cu_dev {
+    int device;
+    int users;               /* backends on it (registry lock)   */
+    struct cu_dev *next;     /* registry list (registry lock)    */
+    pthread_mutex_t mu;      /* guards the weight cache          */
+    cu_wcache weights;
+} cu_dev;
 
 typedef struct cu_upload {   /* one host array uploaded in the current compute */
     const void *host;
@@ -62,15 +77,13 @@ typedef struct cu_attn_job {
 } cu_attn_job;
 
 typedef struct cu_ctx {
+    cu_dev *dev;             /* shared with the other backends on the device */
     int device;
     char name[128];
     int sm_count;
     size_t l2_bytes;
     cudaStream_t stream;
     cublasHandle_t blas;
-
-    cu_weight *weights;      /* [w_cap] hash table by host address; NULL host = empty */
-    size_t w_cap, w_n, weight_bytes;
 
     uint8_t *up_host;        /* pinned staging [up_cap]                       */
     uint8_t *up_dev;         /* device upload buffer [up_cap]                 */
