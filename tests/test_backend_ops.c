@@ -16,8 +16,11 @@
  * its runs are skipped with a message saying so: CI has no GPU, and
  * tools/gpu-check.sh runs this test on one). A second Vulkan instance with a
  * 4 KiB binding limit (LETHE_VK_MAX_RANGE) runs the "split" cases, which
- * need a weight spread over several bindings. The same executable runs again
- * under the Khronos validation layer (ctest fails on any "VUID-" message).
+ * need a weight spread over several bindings, and a third with a 32 KiB limit
+ * runs every Vulkan KV case again with the cache's shared buffer spread over
+ * several bindings (>= 3, checked; backends/vulkan/vk_ops.c kv_plan). The
+ * same executable runs again under the Khronos validation layer (ctest
+ * fails on any "VUID-" message).
  *
  * KV_STORE and ATTENTION cases build a small cache in the device's shared
  * memory (backend.h buffer_alloc_shared) with a history of two sequences,
@@ -131,6 +134,11 @@ static const op_case k_cases[] = {
     {"attention f16 G=3 D=128", LETHE_OP_ATTENTION, LETHE_F32, 2, 3, 128, .kv_g = 3, .kv_f16 = true, .limit = EPS_MM},
     {"attention f32 G=4 T=1", LETHE_OP_ATTENTION, LETHE_F32, 1, 2, 64, .kv_g = 4, .limit = EPS_MM},
     {"attention f16 G=3 dms", LETHE_OP_ATTENTION, LETHE_F32, 5, 3, 64, .kv_g = 3, .kv_f16 = true, .kv_dms = true, .limit = EPS_MM},
+    /* a stream of 7 pages: over several bindings on the kv_split twin */
+    {"attention f16 G=2 hist=200", LETHE_OP_ATTENTION, LETHE_F32, 3, 2, 64, .kv_g = 2, .kv_f16 = true, .kv_dms = true,
+     .kv_hist = 200, .limit = EPS_MM},
+    {"kv_store f32 dms hist=200", LETHE_OP_KV_STORE, LETHE_F32, 4, 2, 32, .kv_g = 1, .kv_dms = true, .kv_hist = 200,
+     .limit = 0},
     /* CUDA: flash-decoding over long streams (split spans + combine), the tiled
      * prefill kernel (runs of one sequence), head dims 32..256, G up to 8 */
     {"attention f16 G=4 D=128 long", LETHE_OP_ATTENTION, LETHE_F32, 2, 2, 128, .kv_g = 4, .kv_f16 = true,
@@ -176,7 +184,13 @@ static const op_case k_cases[] = {
 typedef struct device {
     lethe_backend *be, *split;   /* split: the 4 KiB-binding twin (Vulkan), else be */
     const char *name;
+    lethe_backend *kv_split;     /* Vulkan: the KV_SPLIT_RANGE twin (KV caches over several bindings), else NULL */
 } device;
+
+/* The kv_split twin's binding limit: a page of the KV cases' caches (8 to
+ * 32 KiB) fits one binding, their pools need several (8 to 20 of the 28
+ * the shaders declare). */
+#define KV_SPLIT_RANGE 65536
 
 typedef struct {
     lethe_backend *cpu;
@@ -493,14 +507,16 @@ static float *run_on(lethe_backend **bes, int n_bes, built *b) {
 
 /* ------------------------------------------------------------- tests */
 
-/* The case table on one device: every case it must take, against the CPU. */
-static void run_table(const device *d) {
+/* The case table on one device: every case it must take, against the CPU.
+ * kv_split: only the KV cases, on d->kv_split (their caches over several bindings). */
+static void run_table(const device *d, bool kv_split) {
     int n_run = 0;
     for (size_t i = 0; i < LETHE_ARRAY_SIZE(k_cases); i++) {
         const op_case *k = &k_cases[i];
         if (k->cuda_only && strcmp(d->name, "cuda") != 0) continue;
         if (k->vk_only && strcmp(d->name, "vulkan") != 0) continue;
-        lethe_backend *dev = k->split ? d->split : d->be;
+        if (kv_split && k->op != LETHE_OP_KV_STORE && k->op != LETHE_OP_ATTENTION) continue;
+        lethe_backend *dev = kv_split ? d->kv_split : k->split ? d->split : d->be;
         built ref, got;
         g_kv_mem = dev;
         build(k, &ref, 1000 + i);
@@ -509,6 +525,12 @@ static void run_table(const device *d) {
         lethe_backend *bes[2] = {dev, g_s.cpu};
         float *yg = run_on(bes, 2, &got);
         if (got.out->backend != 0) fail_msg("%s: %s did not take the op (fell back to the CPU)", k->name, d->name);
+        if (kv_split) {   /* the cache really spans >= 3 bindings of at most KV_SPLIT_RANGE bytes */
+            const size_t bytes = got.kv->shared->size;
+            print_message("  %-28s cache of %zu KiB over >= %zu bindings\n", k->name, bytes >> 10,
+                          (bytes + KV_SPLIT_RANGE - 1) / KV_SPLIT_RANGE);
+            assert_true(bytes > 2 * (size_t)KV_SPLIT_RANGE);
+        }
         size_t n = (size_t)lethe_tensor_nelements(&ref.out->t);
         if (k->op == LETHE_OP_KV_STORE) {   /* the cache is the result */
             size_t n2;
@@ -554,7 +576,8 @@ static void run_table(const device *d) {
             assert_true(n_set > 0);
         }
         double e = tu_nmse(yr, yg, n);
-        print_message("  %-28s %-7s NMSE %.3g (limit %.0e)\n", k->name, d->name, e, k->limit);
+        print_message("  %-28s %-7s NMSE %.3g (limit %.0e)%s\n", k->name, d->name, e, k->limit,
+                      kv_split ? " split KV" : "");
         if (!(e <= k->limit)) fail_msg("%s on %s: NMSE %.3g > %.3g", k->name, d->name, e, k->limit);
         built_free(&ref);
         built_free(&got);
@@ -571,7 +594,10 @@ static bool have_devices(void) {
 static void test_op_table(void **state) {
     (void)state;
     if (!have_devices()) skip();
-    for (int d = 0; d < g_s.n_devs; d++) run_table(&g_s.devs[d]);
+    for (int d = 0; d < g_s.n_devs; d++) {
+        run_table(&g_s.devs[d], false);
+        if (g_s.devs[d].kv_split) run_table(&g_s.devs[d], true);
+    }
 }
 
 /* Mixed placement: a q4_k matmul (no Vulkan shader) between device ops; the
@@ -822,8 +848,10 @@ static int setup(void **state) {
         tu_pin_vulkan_driver();
         setenv("LETHE_VK_MAX_RANGE", "4096", 1);
         d->split = lethe_backend_vulkan_new(0);
+        setenv("LETHE_VK_MAX_RANGE", "65536", 1);   /* = KV_SPLIT_RANGE */
+        d->kv_split = lethe_backend_vulkan_new(0);
         unsetenv("LETHE_VK_MAX_RANGE");
-        if (!d->split) return -1;
+        if (!d->split || !d->kv_split) return -1;
     } else {
         print_message("no Vulkan device: %s\n", lethe_last_error());
 #ifdef LETHE_HAVE_VULKAN
@@ -834,7 +862,7 @@ static int setup(void **state) {
     }
     lethe_backend *cu = lethe_backend_cuda_new(0);
     if (cu) {
-        g_s.devs[g_s.n_devs++] = (device){cu, cu, "cuda"};
+        g_s.devs[g_s.n_devs++] = (device){cu, cu, "cuda", NULL};
     } else {
         /* CI has no GPU: the CUDA runs are skipped, and say so */
         print_message("CUDA: skipped, no CUDA device here (%s)\n", lethe_last_error());
@@ -847,6 +875,7 @@ static int teardown(void **state) {
     (void)state;
     for (int d = 0; d < g_s.n_devs; d++) {
         if (g_s.devs[d].split != g_s.devs[d].be) g_s.devs[d].split->iface->free(g_s.devs[d].split);
+        if (g_s.devs[d].kv_split) g_s.devs[d].kv_split->iface->free(g_s.devs[d].kv_split);
         g_s.devs[d].be->iface->free(g_s.devs[d].be);
     }
     g_s.cpu->iface->free(g_s.cpu);

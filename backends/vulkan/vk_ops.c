@@ -26,6 +26,7 @@ typedef struct rec {
     size_t act_need;          /* dry: bytes of q8 activation scratch needed      */
     const lethe_node *q8_of;  /* the node whose q8 blocks the scratch holds now  */
     VkDescriptorSet *sets;    /* record: [n_dispatch] allocated after pass 1     */
+    VkDescriptorSet kv_set;   /* set 1 of the next dispatch (a *_split pipeline)  */
     /* RoPE cos/sin table shared by every ROPE node of the range with the same
      * parameters and micro-batch (q and k of every layer) */
     bool rope_have;
@@ -147,8 +148,12 @@ static lethe_status dispatch(rec *r, const char *pipe_name, const vk_arg *args, 
     }
     vkUpdateDescriptorSets(c->dev, LETHE_VK_BINDINGS, w, 0, NULL);
     vkCmdBindPipeline(c->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe);
-    vkCmdBindDescriptorSets(c->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, c->layout, 0, 1, &set, 0, NULL);
-    vkCmdPushConstants(c->cmd, c->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, (uint32_t)pc_size, pc);
+    /* a *_split pipeline also reads the KV chunks (set 1) */
+    LETHE_ASSERT(lethe_vk_is_split_pipe(pipe_name) == (r->kv_set != VK_NULL_HANDLE));
+    const VkPipelineLayout layout = r->kv_set ? c->layout_kv : c->layout;
+    const VkDescriptorSet both[2] = {set, r->kv_set};
+    vkCmdBindDescriptorSets(c->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, layout, 0, r->kv_set ? 2 : 1, both, 0, NULL);
+    vkCmdPushConstants(c->cmd, layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, (uint32_t)pc_size, pc);
     vkCmdDispatch(c->cmd, gx, gy, gz);
     VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
                           .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT,
@@ -194,19 +199,54 @@ static bool fits(const vk_ctx *c, const lethe_node *n) {
     return !n || lethe_tensor_nbytes(&n->t) + c->align <= c->max_range;
 }
 
+/* A cache's shared buffer larger than one binding: chunks of whole pages
+ * (no K/V row straddles two bindings), each at most max_range bytes and a
+ * multiple of the offset alignment, bound as the array of set 1
+ * (shaders/kv_split.glsl). Planned once per buffer; a refusal is logged
+ * once and leaves the cache's ops on the CPU, which reads the same memory. */
+static bool kv_plan(const vk_ctx *c, const lethe_kv_cache *kv) {
+    vk_buf *vb = kv->shared->impl;
+    if (vb->kv_plan) return vb->kv_plan > 0;
+    const char *why = NULL;
+    size_t pages = c->max_range / kv->page_bytes;
+    while (pages > 0 && (pages * kv->page_bytes) % c->align != 0) pages--;
+    const size_t chunk = pages * kv->page_bytes;
+    const size_t nbind = chunk ? (vb->size + chunk - 1) / chunk : 0;
+    if (!c->kv_split || !lethe_vk_pipeline(c, "attention_split") || !lethe_vk_pipeline(c, "kv_store_split") ||
+        !lethe_vk_pipeline(c, "kv_flags_split"))
+        why = "the device cannot index an array of bindings (see the device line)";
+    else if (!chunk)
+        why = "one page of the pool is larger than a binding";
+    else if (nbind > LETHE_VK_KV_MAX_BIND || chunk / 4 > UINT32_MAX / 2)
+        why = "it needs more bindings than the shaders declare";
+    vb->kv_plan = why ? -1 : 1;
+    vb->kv_chunk = chunk;
+    vb->kv_nbind = (uint32_t)nbind;
+    if (why)
+        LETHE_LOGW("vulkan: KV cache of %zu KiB > one binding of %zu KiB, and %s (%zu bindings of %zu pages): "
+                   "KV_STORE and ATTENTION run on the CPU", (size_t)vb->size >> 10, c->max_range >> 10, why, nbind,
+                   pages);
+    else
+        LETHE_LOGI("vulkan: KV cache of %zu KiB over %zu bindings of %zu pages (%zu KiB each)", (size_t)vb->size >> 10,
+                   nbind, pages, chunk >> 10);
+    return !why;
+}
+
+static bool kv_split(const lethe_kv_cache *kv) { return ((const vk_buf *)kv->shared->impl)->kv_plan > 0; }
+
 /* The KV cache of a KV_STORE / ATTENTION node lives in this backend's
- * shared memory (kv_cache.h: lethe_kv_init's `mem`), in one binding, in a
- * layout the shaders address as 32-bit words (F16 rows: D even), D within
- * attention.comp's 256. Else the node runs on the CPU, which reads the same
- * memory through host_ptr. */
+ * shared memory (kv_cache.h: lethe_kv_init's `mem`), in one binding or in
+ * several (kv_plan), in a layout the shaders address as 32-bit words (F16
+ * rows: D even), D within attention.comp's 256. Else the node runs on the
+ * CPU, which reads the same memory through host_ptr. */
 static bool kv_on_device(const vk_ctx *c, const lethe_backend *be, const lethe_node *n) {
     const lethe_kv_cache *kv = n->kv;
     if (!kv || !kv->shared || kv->shared->backend != be || !n->ub || n->ub->n_tokens <= 0 ||
         n->ub->n_tokens > kv->max_batch)
         return false;
-    if (((const vk_buf *)kv->shared->impl)->size > c->max_range) return false;
     if (kv->head_dim > 256 || (kv->type != LETHE_F32 && kv->type != LETHE_F16)) return false;
-    return kv->slot_bytes % 4 == 0 && kv->pos_offs % 4 == 0 && kv->expire_offs % 4 == 0;
+    if (kv->slot_bytes % 4 != 0 || kv->pos_offs % 4 != 0 || kv->expire_offs % 4 != 0) return false;
+    return ((const vk_buf *)kv->shared->impl)->size <= c->max_range || kv_plan(c, kv);
 }
 
 /* Longest head stream an ATTENTION node reads. */
@@ -464,11 +504,56 @@ static lethe_status op_rope(rec *r, const lethe_node *n) {
 
 /* --------------------------------------------------------- KV cache ops */
 
-/* The cache's shared buffer, whole, as one binding (kv_on_device checked it fits). */
+/* The cache's shared buffer, whole, as one binding (kv_on_device checked it
+ * fits); a split cache (kv_plan) binds the dummy there and its chunks as set 1. */
 static vk_arg kv_arg(const rec *r, const lethe_kv_cache *kv) {
-    if (r->dry) return (vk_arg){r->c->dummy.buf, 0, 16, 0};
+    if (r->dry || kv_split(kv)) return (vk_arg){r->c->dummy.buf, 0, 16, 0};
     const vk_buf *vb = kv->shared->impl;
     return (vk_arg){vb->buf, 0, vb->size, 0};
+}
+
+/* A split cache's set 1: chunk i of the buffer as element i of the array,
+ * elements past the buffer's end bound to the dummy (every element of a
+ * statically used array must be valid). Made once per buffer, in its own
+ * pool, freed with it (vk_device.c vk_buffer_free). */
+static lethe_status kv_set_of(vk_ctx *c, const lethe_kv_cache *kv, VkDescriptorSet *out) {
+    vk_buf *vb = kv->shared->impl;
+    if (!vb->kv_set) {
+        VkDescriptorPoolSize ps = {.type = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, .descriptorCount = LETHE_VK_KV_MAX_BIND};
+        VkDescriptorPoolCreateInfo pi = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO, .maxSets = 1,
+                                         .poolSizeCount = 1, .pPoolSizes = &ps};
+        VkResult res = vkCreateDescriptorPool(c->dev, &pi, NULL, &vb->kv_pool);
+        if (res != VK_SUCCESS) {
+            vb->kv_pool = VK_NULL_HANDLE;
+            return lethe_fail(LETHE_ERR_BACKEND, "vulkan: KV descriptor pool: %s", lethe_vk_check(res));
+        }
+        VkDescriptorSetAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO,
+                                          .descriptorPool = vb->kv_pool, .descriptorSetCount = 1,
+                                          .pSetLayouts = &c->dsl_kv};
+        if ((res = vkAllocateDescriptorSets(c->dev, &ai, &vb->kv_set)) != VK_SUCCESS) {
+            vb->kv_set = VK_NULL_HANDLE;
+            return lethe_fail(LETHE_ERR_BACKEND, "vulkan: KV descriptor set: %s", lethe_vk_check(res));
+        }
+        VkDescriptorBufferInfo bi[LETHE_VK_KV_MAX_BIND];
+        for (uint32_t i = 0; i < LETHE_VK_KV_MAX_BIND; i++) {
+            const VkDeviceSize off = (VkDeviceSize)i * vb->kv_chunk;
+            bi[i] = i < vb->kv_nbind ? (VkDescriptorBufferInfo){vb->buf, off, LETHE_MIN(vb->kv_chunk, vb->size - off)}
+                                     : (VkDescriptorBufferInfo){c->dummy.buf, 0, VK_WHOLE_SIZE};
+        }
+        VkWriteDescriptorSet w = {.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET, .dstSet = vb->kv_set,
+                                  .dstBinding = 0, .descriptorCount = LETHE_VK_KV_MAX_BIND,
+                                  .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, .pBufferInfo = bi};
+        vkUpdateDescriptorSets(c->dev, 1, &w, 0, NULL);
+    }
+    *out = vb->kv_set;
+    return LETHE_OK;
+}
+
+/* Binding and word of byte `b` of a split cache's buffer. */
+static void kv_loc(const lethe_kv_cache *kv, size_t b, int32_t *bind, int32_t *word) {
+    const size_t chunk = ((const vk_buf *)kv->shared->impl)->kv_chunk;
+    *bind = (int32_t)(b / chunk);
+    *word = (int32_t)(b % chunk / 4);
 }
 
 /* A growable int32 list for the per-run metadata built from host structs. */
@@ -492,7 +577,9 @@ static lethe_status ivec_push(ivec *a, int32_t x) {
 /* KV_STORE metadata [T * Hkv][4]: word of the K row and of the V row of the
  * slot reserved for (t, h), the expire word of the sequence's previous token
  * (kv->prev_t / stream->prev, as lethe_cpu_kv_store finds it; -1: none) and
- * the expire a positive decision gives it (pos[t] + w, saturated). */
+ * the expire a positive decision gives it (pos[t] + w, saturated). A split
+ * cache: [T * Hkv][8], each word as (binding, word in it), then the expire
+ * and a pad (shaders/kv_store.comp). */
 static lethe_status store_meta(const lethe_node *n, ivec *m) {
     const lethe_kv_cache *kv = n->kv;
     const int layer = n->iparams[0];
@@ -514,12 +601,22 @@ static lethe_status store_meta(const lethe_node *n, ivec *m) {
             const int32_t pt = kv->prev_t[t];
             const int32_t prev = pt >= 0 ? kv->res_slot[si * kv->max_batch + pt] : s->prev;
             const int32_t p = n->ub->pos[t];
+            const int32_t nexp = p > LETHE_KV_NEVER - w ? LETHE_KV_NEVER : p + w;
+            if (kv_split(kv)) {
+                int32_t loc[8] = {0};
+                kv_loc(kv, kb, &loc[0], &loc[1]);
+                kv_loc(kv, vb, &loc[2], &loc[3]);
+                if (prev >= 0) kv_loc(kv, kv->expire_offs + 4 * lethe_kv_meta(s, prev), &loc[4], &loc[5]);
+                else loc[5] = -1;
+                loc[6] = nexp;
+                for (int i = 0; i < 8 && st == LETHE_OK; i++) st = ivec_push(m, loc[i]);
+                continue;
+            }
             const int64_t ew = prev >= 0 ? (int64_t)(kv->expire_offs / 4 + lethe_kv_meta(s, prev)) : -1;
             if (kb / 4 > INT32_MAX || vb / 4 > INT32_MAX || ew > INT32_MAX)
                 return lethe_fail(LETHE_ERR_INTERNAL, "vulkan: KV cache offsets beyond 31 bits");
             if ((st = ivec_push(m, (int32_t)(kb / 4))) != LETHE_OK || (st = ivec_push(m, (int32_t)(vb / 4))) != LETHE_OK ||
-                (st = ivec_push(m, (int32_t)ew)) != LETHE_OK ||
-                (st = ivec_push(m, p > LETHE_KV_NEVER - w ? LETHE_KV_NEVER : p + w)) != LETHE_OK)
+                (st = ivec_push(m, (int32_t)ew)) != LETHE_OK || (st = ivec_push(m, nexp)) != LETHE_OK)
                 return st;
         }
     }
@@ -537,21 +634,28 @@ static lethe_status op_kv_store(rec *r, const lethe_node *n) {
     if (st != LETHE_OK) return st;
     if ((st = arg_all(r, n->src[0], &a[0])) != LETHE_OK || (st = arg_all(r, n->src[1], &a[1])) != LETHE_OK) return st;
     a[2] = kv_arg(r, kv);
-    const bool f16 = kv->type == LETHE_F16;
-    struct { uint32_t D, n_rows, k_off, v_off, meta_off, f16; } pc = {D, T * Hkv, a[0].rem / 4, a[1].rem / 4, 0, f16};
+    const bool f16 = kv->type == LETHE_F16, split = kv_split(kv);
+    const uint32_t n_bind = split ? ((const vk_buf *)kv->shared->impl)->kv_nbind : 1;
+    struct { uint32_t D, n_rows, k_off, v_off, meta_off, f16, n_bind; } pc = {D, T * Hkv, a[0].rem / 4, a[1].rem / 4, 0,
+                                                                               f16, n_bind};
     uint32_t gx, gy;
     grid_1d((uint64_t)T * Hkv * (f16 ? D / 2 : D), 256, &gx, &gy);
-    if ((st = dispatch(r, "kv_store", a, 4, &pc, sizeof pc, gx, gy, 1)) != LETHE_OK) return st;
-    if (!n->src[2]) return LETHE_OK;
+    if (split && (st = kv_set_of(r->c, kv, &r->kv_set)) != LETHE_OK) return st;
+    st = dispatch(r, split ? "kv_store_split" : "kv_store", a, 4, &pc, sizeof pc, gx, gy, 1);
+    r->kv_set = VK_NULL_HANDLE;
+    if (st != LETHE_OK || !n->src[2]) return st;
     /* the DMS flags of the previous tokens (after the rows: a flag may land
      * in a slot this micro-batch just wrote, never in the same word) */
     vk_arg f[3];
     if ((st = arg_all(r, n->src[2], &f[0])) != LETHE_OK) return st;
     f[1] = a[2];
     f[2] = a[3];
-    struct { uint32_t n_rows, dec_off, meta_off; } pf = {T * Hkv, f[0].rem / 4, 0};
+    struct { uint32_t n_rows, dec_off, meta_off, n_bind; } pf = {T * Hkv, f[0].rem / 4, 0, n_bind};
     grid_1d((uint64_t)T * Hkv, 256, &gx, &gy);
-    return dispatch(r, "kv_flags", f, 3, &pf, sizeof pf, gx, gy, 1);
+    if (split && (st = kv_set_of(r->c, kv, &r->kv_set)) != LETHE_OK) return st;
+    st = dispatch(r, split ? "kv_flags_split" : "kv_flags", f, 3, &pf, sizeof pf, gx, gy, 1);
+    r->kv_set = VK_NULL_HANDLE;
+    return st;
 }
 
 /* ATTENTION metadata: [T * Hkv][4] = {L, start of the stream's page list,
@@ -623,11 +727,30 @@ static lethe_status op_attention(rec *r, const lethe_node *n) {
         uint32_t D, Hq, Hkv, G, T, q_off, out_off, meta_off, page_words, slot_words, pos_word0, exp_word0, f16;
         float scale;
         uint32_t fused, w_off, w_stride;
+        uint32_t n_bind, chunk_pages, chunk_words, pos_b0, exp_b0;   /* a split cache (kv_split.glsl) */
     } pc = {D, Hq, Hkv, Hq / Hkv, T, a[0].rem / 4, a[3].rem / 4, 0, (uint32_t)(kv->page_bytes / 4),
             (uint32_t)(kv->slot_bytes / 4), (uint32_t)(kv->pos_offs / 4), (uint32_t)(kv->expire_offs / 4),
-            kv->type == LETHE_F16, n->fparams[0], lethe_cpu_attention_fused(kv, (int64_t)(Hq / Hkv)), w_off, stride};
+            kv->type == LETHE_F16, n->fparams[0], lethe_cpu_attention_fused(kv, (int64_t)(Hq / Hkv)), w_off, stride,
+            1, 0, 0, 0, 0};
+    const bool split = kv_split(kv);
+    if (split) {
+        const vk_buf *vb = kv->shared->impl;
+        int32_t b, w;
+        pc.n_bind = vb->kv_nbind;
+        pc.chunk_pages = (uint32_t)(vb->kv_chunk / kv->page_bytes);
+        pc.chunk_words = (uint32_t)(vb->kv_chunk / 4);
+        kv_loc(kv, kv->pos_offs, &b, &w);
+        pc.pos_b0 = (uint32_t)b;
+        pc.pos_word0 = (uint32_t)w;
+        kv_loc(kv, kv->expire_offs, &b, &w);
+        pc.exp_b0 = (uint32_t)b;
+        pc.exp_word0 = (uint32_t)w;
+        if ((st = kv_set_of(r->c, kv, &r->kv_set)) != LETHE_OK) return st;
+    }
     const uint32_t groups = T * Hq, gx = LETHE_MIN(groups, 65535u), gy = (groups + gx - 1) / gx;
-    if ((st = dispatch(r, "attention", a, 4, &pc, sizeof pc, gx, gy, 1)) != LETHE_OK) return st;
+    st = dispatch(r, split ? "attention_split" : "attention", a, 4, &pc, sizeof pc, gx, gy, 1);
+    r->kv_set = VK_NULL_HANDLE;
+    if (st != LETHE_OK) return st;
     if (!r->dry) __atomic_fetch_add(&kv->reads, reads, __ATOMIC_RELAXED);   /* as the CPU kernel counts */
     return LETHE_OK;
 }
