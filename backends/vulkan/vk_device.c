@@ -304,8 +304,8 @@ static lethe_status vk_buffer_alloc_shared(lethe_backend *be, size_t size, lethe
     }
     /* where the KV cache lives decides what each decode step costs: say it */
     const VkMemoryType *mt = &c->mem_props.memoryTypes[vb->mem_type];
-    LETHE_LOGI("vulkan: shared buffer (KV cache) of %.1f MiB in memory type %u, heap %u of %.0f MiB: %s",
-               (double)size / 1048576.0, vb->mem_type, mt->heapIndex,
+    LETHE_LOGI("vulkan: shared buffer (KV cache) of %zu KiB in memory type %u, heap %u of %.0f MiB: %s",
+               size >> 10, vb->mem_type, mt->heapIndex,
                (double)c->mem_props.memoryHeaps[mt->heapIndex].size / 1048576.0,
                device_local ? "device-local and host-visible (resizable BAR, or unified memory)"
                             : "host memory, read by the device over the bus");
