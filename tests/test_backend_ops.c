@@ -97,6 +97,11 @@ static const op_case k_cases[] = {
     MM(Q4_1, 192, 576, 1), MM(Q4_1, 576, 1536, 1), MM(Q4_1, 64, 576, 5),   /* SmolLM2's widths */
     {"matmul q4_1 split T=1", LETHE_OP_MATMUL, LETHE_Q4_1, 150, 256, 1, .split = true, .limit = EPS_MM},
     {"matmul q8_0 split T=5", LETHE_OP_MATMUL, LETHE_Q8_0, 150, 128, 5, .split = true, .limit = EPS_MM},
+    /* activations over several bindings too (split by tokens): x [19, 128] and
+     * out [19, 150] of 9.5 and 11 KiB, its q8 blocks; GEMV and tiled */
+    {"matmul q8_0 split x,out T=19", LETHE_OP_MATMUL, LETHE_Q8_0, 150, 128, 19, .split = true, .limit = EPS_MM},
+    {"matmul f16 split x,out T=9", LETHE_OP_MATMUL, LETHE_F16, 300, 160, 9, .split = true, .limit = EPS_MM},
+    {"matmul q4_1 split out T=2", LETHE_OP_MATMUL, LETHE_Q4_1, 700, 64, 2, .split = true, .limit = EPS_MM},
     /* rms_norm: x [a, b] */
     {"rms_norm", LETHE_OP_RMS_NORM, LETHE_F32, 5, 96, .limit = EPS_ELEM},
     {"rms_norm 576", LETHE_OP_RMS_NORM, LETHE_F32, 2, 576, .limit = EPS_ELEM},

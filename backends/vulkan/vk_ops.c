@@ -194,9 +194,25 @@ static bool has_pipe(const vk_ctx *c, const char *fmt, const char *suffix) {
 
 static bool f32n(const lethe_node *n) { return n && n->t.type == LETHE_F32; }
 
-/* An activation must fit one binding (weights are split by rows instead). */
+/* An activation must fit one binding (weights are split by rows instead;
+ * MATMUL splits its activations by token rows: matmul_tokens). */
 static bool fits(const vk_ctx *c, const lethe_node *n) {
     return !n || lethe_tensor_nbytes(&n->t) + c->align <= c->max_range;
+}
+
+#define Q8_BLOCK_BYTES 40    /* lethe_cpu_q8a: f32 d, f32 s, i8 qs[32] */
+
+/* Tokens per dispatch of a MATMUL w [N, K] x [T, K] -> out [T, N]: as many
+ * rows of x, of its q8 blocks and of out as one binding holds (a prefill's
+ * logits over a 150K vocabulary pass 128 MiB at 220 tokens); 0 if not even
+ * one row fits. Each output element is computed by one invocation from its
+ * own row of x, so the split changes no bits. */
+static uint32_t matmul_tokens(const vk_ctx *c, int64_t N, int64_t K) {
+    const size_t row = (size_t)LETHE_MAX(N, K) * sizeof(float);   /* a row of out or of x */
+    const size_t q8row = (size_t)(K / 32) * Q8_BLOCK_BYTES;         /* a row of x's q8 blocks */
+    const size_t widest = LETHE_MAX(row, q8row);
+    if (c->max_range < c->align + widest) return 0;
+    return (uint32_t)LETHE_MIN((size_t)65535, (c->max_range - c->align) / widest);
 }
 
 /* A cache's shared buffer larger than one binding: chunks of whole pages
@@ -271,7 +287,7 @@ bool lethe_vk_supports_op(lethe_backend *be, const lethe_node *n) {
     if (n->op == LETHE_OP_NONE) return true;
     for (int i = 0; i < LETHE_MAX_SRC; i++)
         if (n->src[i] && !lethe_tensor_is_contiguous(&n->src[i]->t)) return false;
-    if (!f32n(n) || !fits(c, n)) return false;
+    if (!f32n(n) || (n->op != LETHE_OP_MATMUL && !fits(c, n))) return false;
     switch (n->op) {
     case LETHE_OP_GET_ROWS:
     case LETHE_OP_MATMUL: {
@@ -282,7 +298,8 @@ bool lethe_vk_supports_op(lethe_backend *be, const lethe_node *n) {
         if (n->op == LETHE_OP_GET_ROWS)
             return n->src[1] && n->src[1]->t.type == LETHE_I32 && fits(c, n->src[1]) &&
                    has_pipe(c, "get_rows_%s", sfx);
-        return f32n(n->src[1]) && fits(c, n->src[1]) && n->src[1]->t.ne[0] == w->ne[0] &&
+        return f32n(n->src[1]) && matmul_tokens(c, w->ne[1], w->ne[0]) > 0 && n->src[1]->t.ne[0] == w->ne[0] &&
+               lethe_tensor_nelements(&n->t) == w->ne[1] * lethe_tensor_nrows(&n->src[1]->t) &&
                lethe_tensor_nrows(&n->src[1]->t) <= 65535 && has_pipe(c, "matmul_vec_%s", sfx) &&
                (!q8_path(w->type) || has_pipe(c, "quantize_q8", NULL));
     }
@@ -359,33 +376,48 @@ static lethe_status op_get_rows(rec *r, const lethe_node *n) {
     return LETHE_OK;
 }
 
-#define Q8_BLOCK_BYTES 40
 #ifndef GEMV_ROWS
 #define GEMV_ROWS 8
-#endif   /* lethe_cpu_q8a: f32 d, f32 s, i8 qs[32] */
+#endif
+
+/* Bytes [byte0, byte0 + nbytes) of the q8 activation scratch as a binding. */
+static vk_arg act_arg(const rec *r, size_t byte0, size_t nbytes) {
+    if (r->dry) return (vk_arg){r->c->dummy.buf, 0, 16, 0};
+    const size_t boff = byte0 / r->c->align * r->c->align;
+    return (vk_arg){r->c->act.buf, boff, align_to(byte0 - boff + nbytes, 4), (uint32_t)(byte0 - boff)};
+}
 
 /* x [T, K] -> q8 blocks [T, K/32] in the activation scratch (skipped when the
- * scratch already holds this node's blocks: q, k and v share their input). */
-static lethe_status quantize_x(rec *r, const lethe_node *x, size_t *bytes) {
-    const uint64_t n_blocks = (uint64_t)lethe_tensor_nelements(&x->t) / 32;
-    *bytes = (size_t)n_blocks * Q8_BLOCK_BYTES;
+ * scratch already holds this node's blocks: q, k and v share their input),
+ * `tpc` token rows per dispatch (matmul_tokens). */
+static lethe_status quantize_x(rec *r, const lethe_node *x, uint32_t tpc, size_t *bytes) {
+    const uint64_t T = (uint64_t)lethe_tensor_nrows(&x->t), bpr = (uint64_t)x->t.ne[0] / 32;   /* blocks per row */
+    *bytes = (size_t)(T * bpr) * Q8_BLOCK_BYTES;
     if (r->dry) r->act_need = LETHE_MAX(r->act_need, *bytes);
     if (r->q8_of == x) return LETHE_OK;
-    vk_arg a[2];
-    lethe_status st = arg_all(r, x, &a[0]);
-    if (st != LETHE_OK) return st;
-    a[1] = r->dry ? (vk_arg){r->c->dummy.buf, 0, 16, 0} : (vk_arg){r->c->act.buf, 0, align_to(*bytes, 4), 0};
-    struct { uint32_t n_blocks, x_off, q_off; } pc = {(uint32_t)n_blocks, a[0].rem / 4, 0};
-    uint32_t gx, gy;
-    grid_1d(n_blocks, 64, &gx, &gy);
-    if ((st = dispatch(r, "quantize_q8", a, 2, &pc, sizeof pc, gx, gy, 1)) != LETHE_OK) return st;
+    for (uint64_t t0 = 0; t0 < T; t0 += tpc) {
+        const uint64_t tc = LETHE_MIN((uint64_t)tpc, T - t0), n_blocks = tc * bpr;
+        vk_arg a[2];
+        lethe_status st = arg_of(r, x, (size_t)(t0 * bpr * 32 * sizeof(float)), (size_t)(n_blocks * 32 * sizeof(float)),
+                                 &a[0]);
+        if (st != LETHE_OK) return st;
+        a[1] = act_arg(r, (size_t)(t0 * bpr) * Q8_BLOCK_BYTES, (size_t)n_blocks * Q8_BLOCK_BYTES);
+        struct { uint32_t n_blocks, x_off, q_off; } pc = {(uint32_t)n_blocks, a[0].rem / 4, a[1].rem / 4};
+        uint32_t gx, gy;
+        grid_1d(n_blocks, 64, &gx, &gy);
+        if ((st = dispatch(r, "quantize_q8", a, 2, &pc, sizeof pc, gx, gy, 1)) != LETHE_OK) return st;
+    }
     r->q8_of = x;
     return LETHE_OK;
 }
 
+/* Weights in row chunks of one binding each; activations (x, its q8 blocks,
+ * out) in token chunks of one binding each (matmul_tokens): one dispatch per
+ * (token chunk, row chunk). */
 static lethe_status op_matmul(rec *r, const lethe_node *n) {
     const lethe_node *w = n->src[0], *x = n->src[1];
     const uint32_t N = (uint32_t)w->t.ne[1], K = (uint32_t)w->t.ne[0], T = (uint32_t)lethe_tensor_nrows(&x->t);
+    const uint32_t tpc = matmul_tokens(r->c, N, K);
     const size_t row_bytes = w->t.nb[1];
     const char *sfx = wtype_suffix(w->t.type);
     /* T > 1: the tiled shader dequantizes each weight once per 16 tokens */
@@ -395,32 +427,36 @@ static lethe_status op_matmul(rec *r, const lethe_node *n) {
     size_t q8_bytes = 0;
     const bool q8 = q8_path(w->t.type);
     lethe_status st;
-    if (q8 && (st = quantize_x(r, x, &q8_bytes)) != LETHE_OK) return st;
+    if (q8 && (st = quantize_x(r, x, tpc, &q8_bytes)) != LETHE_OK) return st;
+    const size_t q8_row = (size_t)(K / 32) * Q8_BLOCK_BYTES;
     const uint32_t per = (uint32_t)LETHE_MAX((size_t)1, (r->c->max_range - r->c->align) / row_bytes);
-    for (uint32_t n0 = 0; n0 < N; n0 += per) {
-        const uint32_t nc = LETHE_MIN(N - n0, per);
-        vk_arg a[3];
-        if ((st = arg_of(r, w, (size_t)n0 * row_bytes, (size_t)nc * row_bytes, &a[0])) != LETHE_OK ||
-            (st = arg_all(r, n, &a[2])) != LETHE_OK)
-            return st;
-        if (!q8) {
-            if ((st = arg_all(r, x, &a[1])) != LETHE_OK) return st;
-        } else {
-            a[1] = r->dry ? (vk_arg){r->c->dummy.buf, 0, 16, 0}
-                          : (vk_arg){r->c->act.buf, 0, align_to(q8_bytes, 4), 0};
+    for (uint32_t t0 = 0; t0 < T; t0 += tpc) {
+        const uint32_t tc = LETHE_MIN(T - t0, tpc);
+        for (uint32_t n0 = 0; n0 < N; n0 += per) {
+            const uint32_t nc = LETHE_MIN(N - n0, per);
+            vk_arg a[3];
+            if ((st = arg_of(r, w, (size_t)n0 * row_bytes, (size_t)nc * row_bytes, &a[0])) != LETHE_OK ||
+                (st = arg_of(r, n, (size_t)t0 * N * sizeof(float), (size_t)tc * N * sizeof(float), &a[2])) != LETHE_OK)
+                return st;
+            if (!q8) {
+                if ((st = arg_of(r, x, (size_t)t0 * K * sizeof(float), (size_t)tc * K * sizeof(float), &a[1])) != LETHE_OK)
+                    return st;
+            } else {
+                a[1] = act_arg(r, (size_t)t0 * q8_row, (size_t)tc * q8_row);
+            }
+            struct { uint32_t N, K, T, w_off, row_bytes, x_off, out_off, out_stride, out_col0; } pc = {
+                nc, K, tc, a[0].rem, (uint32_t)row_bytes, a[1].rem / 4, a[2].rem / 4, N, n0};
+            if (tiled) {
+                st = dispatch(r, pipe, a, 3, &pc, sizeof pc, (nc + 15) / 16, (tc + 15) / 16, 1);
+            } else {
+                /* a workgroup loops over GEMV_ROWS rows: fewer, longer workgroups
+                 * (the per-workgroup cost dominates on CPU drivers) */
+                const uint32_t groups = (nc + GEMV_ROWS - 1) / GEMV_ROWS;
+                uint32_t gx = LETHE_MIN(groups, 65535u), gy = (groups + gx - 1) / gx;
+                st = dispatch(r, pipe, a, 3, &pc, sizeof pc, gx, gy, tc);
+            }
+            if (st != LETHE_OK) return st;
         }
-        struct { uint32_t N, K, T, w_off, row_bytes, x_off, out_off, out_stride, out_col0; } pc = {
-            nc, K, T, a[0].rem, (uint32_t)row_bytes, a[1].rem / 4, a[2].rem / 4, N, n0};
-        if (tiled) {
-            st = dispatch(r, pipe, a, 3, &pc, sizeof pc, (nc + 15) / 16, (T + 15) / 16, 1);
-        } else {
-            /* a workgroup loops over GEMV_ROWS rows: fewer, longer workgroups
-             * (the per-workgroup cost dominates on CPU drivers) */
-            const uint32_t groups = (nc + GEMV_ROWS - 1) / GEMV_ROWS;
-            uint32_t gx = LETHE_MIN(groups, 65535u), gy = (groups + gx - 1) / gx;
-            st = dispatch(r, pipe, a, 3, &pc, sizeof pc, gx, gy, T);
-        }
-        if (st != LETHE_OK) return st;
     }
     return LETHE_OK;
 }
