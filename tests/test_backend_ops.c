@@ -841,6 +841,65 @@ static void test_native_fma(void **state) {
     be->iface->free(be);
 }
 
+/* A KV cache the backend cannot spread over its bindings (more chunks than
+ * the shaders' 28, or a page larger than one binding) is refused with one
+ * warning, and its ops run on the CPU over the same memory, with the CPU's
+ * results. And where the shared buffer lives is said, once per cache:
+ * lavapipe's one memory type is device-local and host-visible;
+ * LETHE_VK_KV_MEMORY=host asks for host memory. */
+static int g_refusals, g_mem_dev, g_mem_forced;
+
+static void on_kv_log(lethe_log_level level, const char *msg, void *user) {
+    (void)user;
+    if (level >= LETHE_LOG_WARN && strstr(msg, "KV_STORE and ATTENTION run on the CPU")) g_refusals++;
+    if (strstr(msg, "shared buffer (KV cache)")) {
+        if (strstr(msg, ": device-local and host-visible")) g_mem_dev++;
+        if (strstr(msg, "(LETHE_VK_KV_MEMORY=host)")) g_mem_forced++;
+        print_message("    log: %s\n", msg);
+    }
+    if (strstr(msg, "KV cache of")) print_message("    log: %s\n", msg);
+}
+
+static void test_kv_split_refused(void **state) {
+    (void)state;
+    if (g_s.n_devs == 0 || strcmp(g_s.devs[0].name, "vulkan") != 0) skip();
+    static const struct { const char *range, *mem; } runs[] = {
+        {"16384", NULL},     /* 1 page of 16 KiB per binding: 65 bindings > 28 */
+        {"8192", "host"},    /* a page of 16 KiB > a binding */
+    };
+    const op_case k = {"attention f32 G=1", LETHE_OP_ATTENTION, LETHE_F32, 3, 2, 64, .kv_g = 1, .limit = EPS_MM};
+    for (size_t i = 0; i < LETHE_ARRAY_SIZE(runs); i++) {
+        setenv("LETHE_VK_MAX_RANGE", runs[i].range, 1);
+        if (runs[i].mem) setenv("LETHE_VK_KV_MEMORY", runs[i].mem, 1);
+        lethe_backend *be = lethe_backend_vulkan_new(0);
+        unsetenv("LETHE_VK_MAX_RANGE");
+        assert_non_null(be);
+        g_refusals = g_mem_dev = g_mem_forced = 0;
+        lethe_set_log(on_kv_log, NULL);
+        built ref, got;
+        g_kv_mem = be;
+        build(&k, &ref, 77);
+        build(&k, &got, 77);
+        unsetenv("LETHE_VK_KV_MEMORY");
+        float *yr = run_on(&g_s.cpu, 1, &ref);
+        lethe_backend *bes[2] = {be, g_s.cpu};
+        float *yg = run_on(bes, 2, &got);
+        lethe_set_log(NULL, NULL);
+        assert_int_equal(got.out->backend, 1);   /* on the CPU */
+        assert_int_equal(g_refusals, 1);         /* said once */
+        const size_t n = (size_t)lethe_tensor_nelements(&ref.out->t);
+        assert_memory_equal(yr, yg, n * sizeof(float));
+        /* one line per cache (ref's and got's); lavapipe has one memory type, device-local and host-visible */
+        lethe_backend_info info;
+        be->iface->get_info(be, &info);
+        if (strstr(info.device_name, "llvmpipe")) assert_int_equal(g_mem_dev, 2);
+        assert_int_equal(g_mem_forced, runs[i].mem ? 2 : 0);
+        built_free(&ref);
+        built_free(&got);
+        be->iface->free(be);
+    }
+}
+
 static int setup(void **state) {
     (void)state;
     g_s.cpu = lethe_backend_cpu_new(2);
@@ -897,6 +956,7 @@ int main(void) {
         cmocka_unit_test(test_no_device),
         cmocka_unit_test(test_pipeline_failure),
         cmocka_unit_test(test_native_fma),
+        cmocka_unit_test(test_kv_split_refused),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -304,11 +304,15 @@ static lethe_status vk_buffer_alloc_shared(lethe_backend *be, size_t size, lethe
     }
     /* where the KV cache lives decides what each decode step costs: say it */
     const VkMemoryType *mt = &c->mem_props.memoryTypes[vb->mem_type];
-    LETHE_LOGI("vulkan: shared buffer (KV cache) of %zu KiB in memory type %u, heap %u of %.0f MiB: %s",
+    const char *env = getenv("LETHE_VK_KV_MEMORY");
+    LETHE_LOGI("vulkan: shared buffer (KV cache) of %zu KiB in memory type %u, heap %u of %.0f MiB: %s%s",
                size >> 10, vb->mem_type, mt->heapIndex,
                (double)c->mem_props.memoryHeaps[mt->heapIndex].size / 1048576.0,
-               device_local ? "device-local and host-visible (resizable BAR, or unified memory)"
-                            : "host memory, read by the device over the bus");
+               (mt->propertyFlags & VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT)
+                   ? "device-local and host-visible (resizable BAR, or unified memory)"
+                   : "host memory, read by the device over the bus",
+               env && strcmp(env, "host") == 0 ? " (LETHE_VK_KV_MEMORY=host)"
+               : device_local ? "" : " (no device-local host-visible type with a heap that large)");
     b->backend = be;
     b->size = size;
     b->host_ptr = vb->map;
@@ -725,11 +729,12 @@ lethe_backend *lethe_backend_vulkan_new(int device) {
         return NULL;
     }
     LETHE_LOGI("vulkan: device %d: %s (Vulkan %u.%u); fp16 storage %s, int8 storage %s, fp16 math %s, "
-               "int dot product %s, fp64 %s, subgroup %u, shared memory %zu KiB, max binding %zu MiB%s, fma %s",
+               "int dot product %s, fp64 %s, subgroup %u, shared memory %zu KiB, max binding %zu %s%s, fma %s",
                c->device_index, c->device_name, VK_API_VERSION_MAJOR(c->props.apiVersion),
                VK_API_VERSION_MINOR(c->props.apiVersion), c->fp16_storage ? "yes" : "no",
                c->int8_storage ? "yes" : "no", c->shader_f16 ? "yes" : "no", c->int_dot ? "yes" : "no", c->f64 ? "yes" : "no",
-               c->subgroup_size, c->shared_mem / 1024, c->max_range >> 20,
+               c->subgroup_size, c->shared_mem / 1024, c->max_range >> (c->max_range >= (1u << 20) ? 20 : 10),
+               c->max_range >= (1u << 20) ? "MiB" : "KiB",
                c->kv_split ? " (KV cache up to 28 bindings)" : "",
                c->native_fma ? "native (fused)" : "emulated (exact)");
     return be;

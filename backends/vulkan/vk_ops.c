@@ -239,9 +239,9 @@ static bool kv_plan(const vk_ctx *c, const lethe_kv_cache *kv) {
     vb->kv_chunk = chunk;
     vb->kv_nbind = (uint32_t)nbind;
     if (why)
-        LETHE_LOGW("vulkan: KV cache of %zu KiB > one binding of %zu KiB, and %s (%zu bindings of %zu pages): "
-                   "KV_STORE and ATTENTION run on the CPU", (size_t)vb->size >> 10, c->max_range >> 10, why, nbind,
-                   pages);
+        LETHE_LOGW("vulkan: KV cache of %zu KiB > one binding of %zu KiB, and %s (pages of %zu KiB, %zu bindings "
+                   "needed, %d declared): KV_STORE and ATTENTION run on the CPU", (size_t)vb->size >> 10,
+                   c->max_range >> 10, why, kv->page_bytes >> 10, nbind, LETHE_VK_KV_MAX_BIND);
     else
         LETHE_LOGI("vulkan: KV cache of %zu KiB over %zu bindings of %zu pages (%zu KiB each)", (size_t)vb->size >> 10,
                    nbind, pages, chunk >> 10);
