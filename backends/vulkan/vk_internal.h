@@ -41,6 +41,7 @@ typedef struct vk_buf {
     size_t kv_chunk;
     VkDescriptorPool kv_pool;
     VkDescriptorSet kv_set;
+    bool kv_noted;           /* the host-read warning of kv_on_device, said once */
 } vk_buf;
 
 typedef struct vk_weight {   /* a weight uploaded on first use */

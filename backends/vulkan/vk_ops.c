@@ -248,6 +248,24 @@ static bool kv_plan(const vk_ctx *c, const lethe_kv_cache *kv) {
     return !why;
 }
 
+/* Device-local host-visible memory that the host does not cache (a
+ * discrete GPU's BAR, chosen by vk_device.c shared_memory_type) makes every
+ * host read of the cache a bus round trip. DMS and the plain cache read
+ * little on the host per step (the expire of a token leaving the window);
+ * TOVA and H2O scan every slot's pos per stream and step
+ * (kv_policy.c lethe_kv_policy_evict): said once, with the way out. */
+static void kv_memory_note(const vk_ctx *c, const lethe_kv_cache *kv) {
+    vk_buf *vb = kv->shared->impl;
+    if (vb->kv_noted) return;
+    vb->kv_noted = true;
+    const VkMemoryPropertyFlags f = c->mem_props.memoryTypes[vb->mem_type].propertyFlags;
+    if (kv->score && c->props.deviceType == VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU &&
+        (f & VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT) && !(f & VK_MEMORY_PROPERTY_HOST_CACHED_BIT))
+        LETHE_LOGW("vulkan: the KV cache is in device-local memory the host reads uncached, and the %s policy scans "
+                   "it on the host every step: LETHE_VK_KV_MEMORY=host may be faster",
+                   kv->policy.rule == LETHE_KV_RULE_TOVA ? "TOVA" : "H2O");
+}
+
 static bool kv_split(const lethe_kv_cache *kv) { return ((const vk_buf *)kv->shared->impl)->kv_plan > 0; }
 
 /* The KV cache of a KV_STORE / ATTENTION node lives in this backend's
@@ -262,6 +280,7 @@ static bool kv_on_device(const vk_ctx *c, const lethe_backend *be, const lethe_n
         return false;
     if (kv->head_dim > 256 || (kv->type != LETHE_F32 && kv->type != LETHE_F16)) return false;
     if (kv->slot_bytes % 4 != 0 || kv->pos_offs % 4 != 0 || kv->expire_offs % 4 != 0) return false;
+    kv_memory_note(c, kv);
     return ((const vk_buf *)kv->shared->impl)->size <= c->max_range || kv_plan(c, kv);
 }
 
