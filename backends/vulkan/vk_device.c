@@ -298,6 +298,9 @@ static lethe_status vk_buffer_alloc_shared(lethe_backend *be, size_t size, lethe
     bool device_local = false;
     lethe_status st = buf_create_shared(c, size, vb, &device_local);
     if (st != LETHE_OK) {
+        /* kv_cache.c clears the error and keeps the pool in host memory: say so here */
+        LETHE_LOGW("vulkan: no shared buffer of %.1f MiB (%s): the KV cache stays in host memory and its ops run "
+                   "on the CPU", (double)size / 1048576.0, lethe_last_error());
         free(b);
         free(vb);
         return st;
