@@ -40,9 +40,10 @@ static int find_memory(const vk_ctx *c, uint32_t bits, VkMemoryPropertyFlags wan
     return -1;
 }
 
-/* A buffer of `size` bytes in memory type `type` (< 0: chosen by
- * host_visible as lethe_vk_buf_create says; else `pick` chooses from the
- * buffer's memoryTypeBits). */
+/* A buffer of `size` bytes, mapped if host_visible, in the memory type that
+ * `pick` chooses from the buffer's memoryTypeBits (setting *flag as it
+ * likes), or without `pick` the first host-visible coherent type
+ * (host_visible) or device-local one. */
 typedef int (*type_pick_fn)(const vk_ctx *c, uint32_t bits, VkDeviceSize size, bool *flag);
 
 static lethe_status buf_create_with(vk_ctx *c, VkDeviceSize size, bool host_visible, type_pick_fn pick,
@@ -243,12 +244,6 @@ static lethe_status vk_buffer_alloc(lethe_backend *be, size_t size, lethe_buffer
     return LETHE_OK;
 }
 
-/* Host-visible, coherent memory mapped for the buffer's life: the host
- * reads and writes it with plain pointers (host_ptr) between computes, the
- * shaders bind it (the KV pool and its per-slot metadata, kv_cache.h).
- * Coherent memory needs no flush: host writes made before vkQueueSubmit are
- * visible to the submitted work, and compute() ends with a shader-write ->
- * host-read barrier and waits on its fence before the host reads. */
 /* The memory of the shared buffer. The shaders read the KV cache at every
  * step and the host touches only what it evicts, moves or saves, so the
  * best home is device-local memory the host can map: every type of a
@@ -278,6 +273,12 @@ static int shared_memory_type(const vk_ctx *c, uint32_t bits, VkDeviceSize size,
     return find_memory(c, bits, hv);
 }
 
+/* Host-visible, coherent memory mapped for the buffer's life: the host
+ * reads and writes it with plain pointers (host_ptr) between computes, the
+ * shaders bind it (the KV pool and its per-slot metadata, kv_cache.h).
+ * Coherent memory needs no flush: host writes made before vkQueueSubmit are
+ * visible to the submitted work, and compute() ends with a shader-write ->
+ * host-read barrier and waits on its fence before the host reads. */
 static lethe_status vk_buffer_alloc_shared(lethe_backend *be, size_t size, lethe_buffer **out) {
     vk_ctx *c = be->ctx;
     *out = NULL;
