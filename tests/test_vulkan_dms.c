@@ -17,8 +17,9 @@
  * loads the state decodes the same tokens to the same logits, bit for bit.
  *
  * ctest runs it a second time as test_vulkan_dms_split with
- * LETHE_VK_MAX_RANGE lowered to 8 KiB: the cache's shared buffer is then
- * spread over several bindings (backends/vulkan/vk_ops.c kv_plan), and the
+ * LETHE_VK_MAX_RANGE lowered to 4 KiB: the cache's shared buffer is then
+ * spread over 9 bindings (backends/vulkan/vk_ops.c kv_plan) and the logits
+ * of a 5-token call (6.4 KiB) computed in token chunks (matmul_tokens); the
  * checks are the same, plus: the backend said so (>= 3 bindings), and every
  * graph still ran whole on the device.
  */
