@@ -282,13 +282,20 @@ static int shared_memory_type(const vk_ctx *c, uint32_t bits, VkDeviceSize size,
 static lethe_status vk_buffer_alloc_shared(lethe_backend *be, size_t size, lethe_buffer **out) {
     vk_ctx *c = be->ctx;
     *out = NULL;
-    if (c->max_alloc && size > c->max_alloc) {
+    /* maxBufferSize bounds a VkBuffer (a larger one is invalid usage);
+     * maxMemoryAllocationSize is a soft limit (the spec lets a larger
+     * allocation fail with VK_ERROR_OUT_OF_DEVICE_MEMORY, NVIDIA's succeed):
+     * past it, try and say so */
+    if (c->max_buffer && size > c->max_buffer) {
         /* kv_cache.c then keeps the pool in host memory: the KV ops run on the CPU */
-        LETHE_LOGW("vulkan: a shared buffer of %.1f MiB exceeds the device's maxMemoryAllocationSize of %.1f MiB: "
+        LETHE_LOGW("vulkan: a shared buffer of %.1f MiB exceeds the device's maxBufferSize of %.1f MiB: "
                    "the KV cache stays in host memory and its ops run on the CPU",
-                   (double)size / 1048576.0, (double)c->max_alloc / 1048576.0);
-        return lethe_fail(LETHE_ERR_OOM, "vulkan: shared buffer of %zu bytes exceeds maxMemoryAllocationSize", size);
+                   (double)size / 1048576.0, (double)c->max_buffer / 1048576.0);
+        return lethe_fail(LETHE_ERR_OOM, "vulkan: shared buffer of %zu bytes exceeds maxBufferSize", size);
     }
+    if (c->max_alloc && size > c->max_alloc)
+        LETHE_LOGI("vulkan: a shared buffer of %.1f MiB exceeds maxMemoryAllocationSize (%.1f MiB), a soft limit: "
+                   "trying", (double)size / 1048576.0, (double)c->max_alloc / 1048576.0);
     lethe_buffer *b = calloc(1, sizeof *b);
     vk_buf *vb = calloc(1, sizeof *vb);
     if (!b || !vb) {
@@ -544,22 +551,29 @@ static void probe_features(vk_ctx *c) {
     c->int8_storage = f12.storageBuffer8BitAccess;
     c->shader_f16 = f12.shaderFloat16;
     c->shader_i8 = f12.shaderInt8;
-    VkPhysicalDeviceMaintenance3Properties pm3 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_3_PROPERTIES};
+    uint32_t n_ext = 0;
+    vkEnumerateDeviceExtensionProperties(c->phys, NULL, &n_ext, NULL);
+    VkExtensionProperties *ext = calloc(n_ext ? n_ext : 1, sizeof *ext);
+    bool maint4 = false;
+    if (ext) {
+        vkEnumerateDeviceExtensionProperties(c->phys, NULL, &n_ext, ext);
+        for (uint32_t i = 0; i < n_ext; i++) {
+            if (strcmp(ext[i].extensionName, "VK_KHR_shader_integer_dot_product") == 0) c->int_dot = true;
+            if (strcmp(ext[i].extensionName, "VK_KHR_maintenance4") == 0) maint4 = true;
+        }
+        free(ext);
+    }
+    /* maxBufferSize: Vulkan 1.3 or VK_KHR_maintenance4, whose properties a
+     * device offering the extension reports (the instance asks for 1.2) */
+    VkPhysicalDeviceMaintenance4Properties pm4 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_4_PROPERTIES};
+    VkPhysicalDeviceMaintenance3Properties pm3 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_3_PROPERTIES,
+                                                  .pNext = maint4 ? &pm4 : NULL};
     VkPhysicalDeviceVulkan11Properties p11 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_1_PROPERTIES,
                                               .pNext = &pm3};
     VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &p11};
     vkGetPhysicalDeviceProperties2(c->phys, &p2);
     c->subgroup_size = p11.subgroupSize;
     c->f64 = f2.features.shaderFloat64;
-    uint32_t n_ext = 0;
-    vkEnumerateDeviceExtensionProperties(c->phys, NULL, &n_ext, NULL);
-    VkExtensionProperties *ext = calloc(n_ext ? n_ext : 1, sizeof *ext);
-    if (ext) {
-        vkEnumerateDeviceExtensionProperties(c->phys, NULL, &n_ext, ext);
-        for (uint32_t i = 0; i < n_ext; i++)
-            if (strcmp(ext[i].extensionName, "VK_KHR_shader_integer_dot_product") == 0) c->int_dot = true;
-        free(ext);
-    }
     c->shared_mem = c->props.limits.maxComputeSharedMemorySize;
     c->max_range = c->props.limits.maxStorageBufferRange;
     c->align = LETHE_MAX((size_t)c->props.limits.minStorageBufferOffsetAlignment, (size_t)4);
@@ -568,6 +582,7 @@ static void probe_features(vk_ctx *c) {
     const char *mr = getenv("LETHE_VK_MAX_RANGE");
     if (mr && atol(mr) >= 1024 && (size_t)atol(mr) < c->max_range) c->max_range = (size_t)atol(mr);
     c->max_alloc = pm3.maxMemoryAllocationSize;
+    c->max_buffer = maint4 ? pm4.maxBufferSize : 0;
     /* a KV cache over several bindings (vk_ops.c kv_plan): an array of
      * LETHE_VK_KV_MAX_BIND storage buffers beside set 0's four, indexed by
      * dynamically uniform values (shaders/kv_split.glsl: no need for

@@ -73,7 +73,8 @@ typedef struct vk_ctx {
     size_t shared_mem;       /* maxComputeSharedMemorySize */
     size_t max_range;        /* maxStorageBufferRange (bytes one binding may span) */
     size_t align;            /* minStorageBufferOffsetAlignment (>= 4) */
-    VkDeviceSize max_alloc;  /* maxMemoryAllocationSize (Vulkan 1.1) */
+    VkDeviceSize max_alloc;  /* maxMemoryAllocationSize (Vulkan 1.1; a soft limit) */
+    VkDeviceSize max_buffer; /* maxBufferSize (VK_KHR_maintenance4), 0 if not reported */
     bool kv_split;           /* the *_split pipelines can exist: shaderStorageBufferArrayDynamicIndexing
                               * and 4 + LETHE_VK_KV_MAX_BIND storage buffers per stage and per set */
     bool native_fma;         /* exact.glsl's NATIVE_FMA (specialization constant 1) for every
