@@ -843,7 +843,8 @@ static void test_native_fma(void **state) {
 
 /* A KV cache the backend cannot spread over its bindings (more chunks than
  * the shaders' 28, or a page larger than one binding) is refused with one
- * warning, and its ops run on the CPU over the same memory, with the CPU's
+ * warning (so is one whose *_split pipeline failed to build), and its ops
+ * run on the CPU over the same memory, with the CPU's
  * results. And where the shared buffer lives is said, once per cache:
  * lavapipe's one memory type is device-local and host-visible;
  * LETHE_VK_KV_MEMORY=host asks for host memory. */
@@ -863,16 +864,19 @@ static void on_kv_log(lethe_log_level level, const char *msg, void *user) {
 static void test_kv_split_refused(void **state) {
     (void)state;
     if (g_s.n_devs == 0 || strcmp(g_s.devs[0].name, "vulkan") != 0) skip();
-    static const struct { const char *range, *mem; } runs[] = {
-        {"16384", NULL},     /* 1 page of 16 KiB per binding: 65 bindings > 28 */
-        {"8192", "host"},    /* a page of 16 KiB > a binding */
+    static const struct { const char *range, *mem, *fail; } runs[] = {
+        {"16384", NULL, NULL},               /* 1 page of 16 KiB per binding: 65 bindings > 28 */
+        {"8192", "host", NULL},              /* a page of 16 KiB > a binding */
+        {"65536", NULL, "attention_split"},  /* 17 bindings, but a split pipeline failed to build */
     };
     const op_case k = {"attention f32 G=1", LETHE_OP_ATTENTION, LETHE_F32, 3, 2, 64, .kv_g = 1, .limit = EPS_MM};
     for (size_t i = 0; i < LETHE_ARRAY_SIZE(runs); i++) {
         setenv("LETHE_VK_MAX_RANGE", runs[i].range, 1);
         if (runs[i].mem) setenv("LETHE_VK_KV_MEMORY", runs[i].mem, 1);
+        if (runs[i].fail) setenv("LETHE_VK_FAIL_PIPELINE", runs[i].fail, 1);
         lethe_backend *be = lethe_backend_vulkan_new(0);
         unsetenv("LETHE_VK_MAX_RANGE");
+        unsetenv("LETHE_VK_FAIL_PIPELINE");
         assert_non_null(be);
         g_refusals = g_mem_dev = g_mem_forced = 0;
         lethe_set_log(on_kv_log, NULL);

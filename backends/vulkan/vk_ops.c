@@ -230,7 +230,7 @@ static bool kv_plan(const vk_ctx *c, const lethe_kv_cache *kv) {
     const size_t nbind = chunk ? (vb->size + chunk - 1) / chunk : 0;
     if (!c->kv_split || !lethe_vk_pipeline(c, "attention_split") || !lethe_vk_pipeline(c, "kv_store_split") ||
         !lethe_vk_pipeline(c, "kv_flags_split"))
-        why = "the device cannot index an array of bindings (see the device line)";
+        why = "the *_split pipelines are unavailable (the lines above say why)";
     else if (!chunk)
         why = "one page of the pool is larger than a binding";
     else if (nbind > LETHE_VK_KV_MAX_BIND || chunk / 4 > UINT32_MAX / 2)
