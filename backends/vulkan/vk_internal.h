@@ -9,7 +9,10 @@
  * ids: leaves marked is_input) and host-computed tables (RoPE cos/sin) go
  * each compute into a host-visible "upload" buffer that shaders read directly.
  * compute() records the node range into one command buffer, submits it and
- * waits, so a finished compute leaves nothing in flight.
+ * waits, so a finished compute leaves nothing in flight. The KV cache's
+ * shared buffer (buffer_alloc_shared) is host-visible, device-local where a
+ * heap allows; larger than one binding, it is bound as an array of chunks
+ * of whole pages (vk_ops.c kv_plan, shaders/kv_split.glsl).
  */
 #ifndef LETHE_VK_INTERNAL_H
 #define LETHE_VK_INTERNAL_H
