@@ -408,9 +408,10 @@ static uint32_t wg_size_for(const char *name) {
     if (strncmp(name, "matmul_vec", 10) == 0) return 32;
     if (strncmp(name, "rms_norm", 8) == 0) return 64;
     if (strcmp(name, "quantize_q8") == 0) return 64;
-    if (strcmp(name, "attention") == 0) return 64;   /* = WG in shaders/attention.comp */
-    if (strcmp(name, "quest_select") == 0 || strcmp(name, "quest_select_split") == 0)
-        return 64;   /* = WG in shaders/quest.comp */
+    /* attention and attention_split: = WG in shaders/attention.comp */
+    if (strncmp(name, "attention", 9) == 0) return 64;
+    /* quest_select and quest_select_split: = WG in shaders/quest.comp */
+    if (strncmp(name, "quest_select", 12) == 0) return 64;
     return 256;
 }
 
