@@ -353,7 +353,11 @@ static lethe_status vk_buffer_alloc_shared(lethe_backend *be, size_t size, lethe
 static void vk_buffer_free(lethe_buffer *buf) {
     if (!buf) return;
     vk_ctx *c = buf->backend->ctx;
+    /* vkDeviceWaitIdle externally synchronizes every queue of the device,
+     * and other backends submit to the shared one */
+    pthread_mutex_lock(&c->d->queue_mu);
     vkDeviceWaitIdle(c->dev);
+    pthread_mutex_unlock(&c->d->queue_mu);
     vk_buf *vb = buf->impl;
     if (vb->kv_pool) vkDestroyDescriptorPool(c->dev, vb->kv_pool, NULL);   /* frees kv_set */
     lethe_vk_buf_destroy(c, buf->impl);
