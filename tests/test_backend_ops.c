@@ -80,6 +80,7 @@ typedef struct op_case {
                                  QUEST: the page bounds, the KV reads and the output exactly */
     int kv_budget;            /* policy budget (0: 1000) */
     bool kv_tie;              /* QUEST: pages 1 and 3 of sequence 0 share their (dominant) keys */
+    int kv_pages;             /* pages of the pool (0: enough for the case, at least 64) */
     double limit;
 } op_case;
 
@@ -197,6 +198,11 @@ static const op_case k_cases[] = {
     {"attention f16 G=2 quest runs", LETHE_OP_ATTENTION, LETHE_F32, 12, 2, 64, .kv_g = 2, .kv_f16 = true,
      .kv_rule = LETHE_KV_RULE_QUEST, .kv_budget = 64, .kv_hist = 150, .kv_runs = true, .kv_tie = true,
      .limit = 0},
+    /* a pool of 30 pages of 8 KiB: on the kv_split twin (chunks of 8 pages)
+     * kmax [pages][D] starts 1 KiB before a chunk's end, so the bounds of
+     * pages 4 on sit in the next binding (quest_*_split's (binding, word)) */
+    {"attention f16 G=2 quest 30 pages", LETHE_OP_ATTENTION, LETHE_F32, 4, 2, 64, .kv_g = 2, .kv_f16 = true,
+     .kv_rule = LETHE_KV_RULE_QUEST, .kv_budget = 64, .kv_hist = 140, .kv_tie = true, .kv_pages = 30, .limit = 0},
     /* CUDA: weights normalized after the split-K combine (long streams) and
      * in the tiled prefill kernel; QUEST over two spans */
     {"attention f16 G=4 D=128 tova long", LETHE_OP_ATTENTION, LETHE_F32, 2, 2, 128, .kv_g = 4, .kv_f16 = true,
@@ -341,7 +347,8 @@ static lethe_kv_cache *kv_setup(const op_case *k, built *b, uint64_t seed) {
     const lethe_dtype type = k->kv_f16 ? LETHE_F16 : LETHE_F32;
     const size_t page = 2 * (size_t)LETHE_KV_PAGE * lethe_row_size(type, D);
     const int hist[2] = {k->kv_hist ? k->kv_hist : 37, 9};
-    const size_t pages = LETHE_MAX((size_t)64, (size_t)4 * Hkv * ((size_t)(hist[0] + T) / LETHE_KV_PAGE + 4) + 16);
+    const size_t pages = k->kv_pages ? (size_t)k->kv_pages
+                                     : LETHE_MAX((size_t)64, (size_t)4 * Hkv * ((size_t)(hist[0] + T) / LETHE_KV_PAGE + 4) + 16);
     assert_int_equal(lethe_kv_init(kv, 2, 2, Hkv, D, type, page * pages, 64, &pol, g_kv_mem), LETHE_OK);
     assert_non_null(kv->shared);   /* the device offered shared memory */
     for (int sq = 0; sq < 2; sq++) {
@@ -586,7 +593,7 @@ static float *run_on(lethe_backend **bes, int n_bes, built *b) {
 /* The case table on one device: every case it must take, against the CPU.
  * kv_split: only the KV cases, on d->kv_split (their caches over several bindings). */
 static void run_table(const device *d, bool kv_split) {
-    int n_run = 0;
+    int n_run = 0, n_quest_split = 0, n_bounds_cross = 0;
     for (size_t i = 0; i < LETHE_ARRAY_SIZE(k_cases); i++) {
         const op_case *k = &k_cases[i];
         if (k->cuda_only && strcmp(d->name, "cuda") != 0) continue;
@@ -607,6 +614,29 @@ static void run_table(const device *d, bool kv_split) {
             print_message("  %-28s cache of %zu KiB over >= %zu bindings\n", k->name, bytes >> 10,
                           (bytes + KV_SPLIT_RANGE - 1) / KV_SPLIT_RANGE);
             assert_true(bytes > 2 * (size_t)KV_SPLIT_RANGE);
+            if (k->kv_rule == LETHE_KV_RULE_QUEST) {
+                /* QUEST's bounds kmin [pages][D] f32, then kmax, are
+                 * located by (binding, word): does a page the streams use
+                 * have its bounds in another chunk than its array's first
+                 * entry (chunks of whole pages, as vk_ops.c kv_plan)? */
+                const lethe_kv_cache *kv = got.kv;
+                const size_t chunk = KV_SPLIT_RANGE / kv->page_bytes * kv->page_bytes;
+                const size_t row = (size_t)kv->head_dim * sizeof(float);
+                int crossed = 0;
+                for (int sq = 0; sq < 2; sq++)
+                    for (int h = 0; h < kv->n_head_kv; h++) {
+                        const lethe_kv_stream *sg = lethe_kv_stream_at(kv, sq, KV_LAYER, h);
+                        for (int32_t p = 0; p < sg->n_pages; p++) {
+                            const size_t o = (size_t)sg->pages[p] * row;
+                            crossed += (kv->kmin_offs + o + row - 1) / chunk != kv->kmin_offs / chunk ||
+                                       (kv->kmax_offs + o + row - 1) / chunk != kv->kmax_offs / chunk;
+                        }
+                    }
+                print_message("  %-28s QUEST bounds of %d pages read in a later binding than their array's start\n",
+                              k->name, crossed);
+                n_quest_split++;
+                n_bounds_cross += crossed > 0;
+            }
         }
         size_t n = (size_t)lethe_tensor_nelements(&ref.out->t);
         if (k->op == LETHE_OP_KV_STORE) {   /* the cache is the result */
@@ -689,6 +719,8 @@ static void run_table(const device *d, bool kv_split) {
         n_run++;
     }
     assert_true(n_run > 0);
+    /* the split QUEST cases: at least one whose bounds cross from one binding into the next */
+    if (n_quest_split) assert_true(n_bounds_cross > 0);
 }
 
 static bool have_devices(void) {
