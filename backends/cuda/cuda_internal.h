@@ -67,12 +67,13 @@ typedef struct cu_ctx {
     cu_upload *ups;          /* uploads of the current compute (dedup)        */
     int n_ups, cap_ups;
 
-    void *scratch;           /* prefill operands in f16/bf16 [scratch_cap]    */
+    void *scratch;           /* prefill operands in f16/bf16, decode q8 activations [scratch_cap] */
     size_t scratch_cap;
     int *d_err;              /* device flag: a kernel met bad input (ids)     */
 
     bool managed_ok;         /* concurrent managed access: buffer_alloc_shared offered */
     bool meta_on_device;     /* LETHE_CUDA_KV_META=device: pos/expire prefer the GPU too */
+    bool gemv_old;           /* LETHE_CUDA_GEMV=old: the first decode GEMV kernel */
     const void *advised[16]; /* KV buffers whose placement advice is set      */
     int n_advised;
 

@@ -54,10 +54,16 @@ cudaError_t lethe_cu_rope(const float *x, float *y, int64_t T, int64_t H, int64_
 /* k_gemv.cu */
 /* Decode GEMV for 1 <= T <= LETHE_CU_GEMV_MAX_T: w [N, K] wtype, x [T, K] f32
  * -> y [T, N] f32. Weights are read once for all T tokens (batched GEMV for
- * parallel sequences); quantized blocks are dequantized in registers. */
+ * parallel sequences). q4_0/q4_1/q5_0/q5_1/q8_0: the activations are first
+ * quantized into `act` (lethe_cu_gemv_act_bytes, device scratch) to the CPU
+ * backend's q8 blocks and every dot is the CPU's integer dot in its float
+ * order (the CPU's bits); f32/f16/bf16: 16-byte loads, lanes split K.
+ * old != 0: the first kernel (blocks dequantized to float, f32 activations;
+ * LETHE_CUDA_GEMV=old), kept for comparison; it needs no scratch. */
 #define LETHE_CU_GEMV_MAX_T 8
+size_t lethe_cu_gemv_act_bytes(int wtype, int64_t K, int64_t T, int old);
 cudaError_t lethe_cu_gemv(int wtype, const void *w, size_t row_bytes, const float *x, float *y, int64_t N,
-                          int64_t K, int64_t T, cudaStream_t stream);
+                          int64_t K, int64_t T, int old, void *act, cudaStream_t stream);
 
 /* k_convert.cu (prefill: dequantize or convert, then cuBLAS) */
 /* rows [r0, r1) of w [N, K] wtype -> out [r1 - r0, K] f16 (bf16 = 0) or bf16. */
