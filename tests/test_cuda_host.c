@@ -138,21 +138,25 @@ static void test_q8_quant(void **state) {
     for (int j = 0; j < 32; j++) x[96 + j] = 4000.0f + (float)j;         /* block 3: s = d * sum overflows f16 */
     for (int j = 0; j < 32; j++) x[128 + j] = 1e-30f * (float)(j + 1);   /* block 4: tiny (d rounds to f16 0) */
     lethe_cpu_q8a *cpu = malloc((size_t)(K / 32) * sizeof *cpu);
-    uint8_t *dev = malloc((size_t)(K / 32) * 40);
+    uint8_t *dev = malloc((size_t)(K / 32) * 64);
     assert_non_null(cpu);
     assert_non_null(dev);
     lethe_cpu_quantize_q8a(x, cpu, K);
     assert_int_equal(lethe_cu_host_q8_quant(x, K, dev), 0);
+    /* device block: 4 parts of 16 bytes {d, s, codes 4p..4p+3, codes 16+4p..16+4p+3} */
     for (int64_t b = 0; b < K / 32; b++) {
-        float ds[2];
-        memcpy(ds, dev + 40 * b, sizeof ds);
-        if (memcmp(&ds[0], &cpu[b].d, 4) || memcmp(&ds[1], &cpu[b].s, 4))
-            fail_msg("block %lld: device d %g s %g, cpu d %g s %g", (long long)b, ds[0], ds[1], cpu[b].d, cpu[b].s);
+        const uint8_t *db = dev + 64 * b;
+        for (int p = 0; p < 4; p++) {
+            float ds[2];
+            memcpy(ds, db + 16 * p, sizeof ds);
+            if (memcmp(&ds[0], &cpu[b].d, 4) || memcmp(&ds[1], &cpu[b].s, 4))
+                fail_msg("block %lld part %d: device d %g s %g, cpu d %g s %g", (long long)b, p, ds[0], ds[1], cpu[b].d,
+                         cpu[b].s);
+        }
         for (int e = 0; e < 32; e++) {
-            const int slot = e < 16 ? 8 * (e / 4) + e % 4 : 8 * ((e - 16) / 4) + 4 + (e - 16) % 4;
-            if ((int8_t)dev[40 * b + 8 + slot] != cpu[b].qs[e])
-                fail_msg("block %lld elem %d: device %d, cpu %d", (long long)b, e, (int8_t)dev[40 * b + 8 + slot],
-                         cpu[b].qs[e]);
+            const int at = 16 * ((e & 15) / 4) + 8 + (e >= 16 ? 4 : 0) + e % 4;
+            if ((int8_t)db[at] != cpu[b].qs[e])
+                fail_msg("block %lld elem %d: device %d, cpu %d", (long long)b, e, (int8_t)db[at], cpu[b].qs[e]);
         }
     }
     free(x);

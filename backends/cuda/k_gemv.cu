@@ -11,7 +11,7 @@
  *
  * q4_0 / q4_1 / q5_0 / q5_1 / q8_0 (k_gemv_q8): k_quant_q8 first rounds the
  * activations to q8 blocks, as the CPU backend does (one thread per block,
- * into scratch [T][nb][40 B]); then a warp owns 8 rows, 4 lanes per row,
+ * into scratch [T][nb][64 B]); then a warp owns 8 rows, 4 lanes per row,
  * lane p keeping 2 of the row's 8 float chains (p and p + 4) for every
  * token, which reproduces the CPU's float order and so its bits. A chain
  * is sequential over K, so the memory parallelism comes from staging, not
@@ -70,11 +70,11 @@ __global__ void k_quant_q8(const float *__restrict__ x, uint8_t *__restrict__ xq
     }
     uint8_t out[CU_Q8_BLOCK_BYTES];
     cu_q8_quant_block(v, out);
-    uint2 *dst = (uint2 *)(xq + i * CU_Q8_BLOCK_BYTES);   /* 40-byte blocks: 8-byte aligned */
+    uint4 *dst = (uint4 *)(xq + i * CU_Q8_BLOCK_BYTES);
 #pragma unroll
-    for (int j = 0; j < CU_Q8_BLOCK_BYTES / 8; j++) {
-        uint2 u;
-        memcpy(&u, out + 8 * j, 8);
+    for (int j = 0; j < CU_Q8_BLOCK_BYTES / 16; j++) {
+        uint4 u;
+        memcpy(&u, out + 16 * j, 16);
         dst[j] = u;
     }
 }

@@ -15,8 +15,8 @@
  * (bytes read + written over the time, best of 10), the same copy `lethe
  * bench --roofline` times through buffer_copy. A GEMV's bytes are the
  * weights + T x K f32 activations + T x N f32 outputs (the q8 path's
- * activation blocks, written and read once, are not counted: they are
- * < 0.2% of the weights here); its time is the mean of REPS back-to-back
+ * activation blocks, 2 T K bytes written and read once, are not counted:
+ * under 1% of the weights here); its time is the mean of REPS back-to-back
  * launches between two CUDA events after 3 warm-ups, the activation
  * quantization kernel included. Before timing, each kernel's output is
  * poisoned (NaN) and checked fully written, and the new kernel is compared
