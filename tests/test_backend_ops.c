@@ -814,8 +814,9 @@ static void test_native_fma(void **state) {
  * computes the CPU's integer dots in the CPU's float order, so every output
  * must be the CPU's bits (odd N: partial warps; K = 576: rows off 16 bytes;
  * K = 1280: a partial chunk; T up to 8); the float types agree to rounding
- * (another summation order). The first kernel (LETHE_CUDA_GEMV=old) still
- * meets the matmul limit. Skips without a CUDA device. */
+ * (another summation order). The "wide" layout (LETHE_CUDA_GEMV=wide) gives
+ * the same bits; the first kernel (LETHE_CUDA_GEMV=old) still meets the
+ * matmul limit. Skips without a CUDA device. */
 static void test_cuda_gemv(void **state) {
     (void)state;
     lethe_backend *cu = NULL;
@@ -844,6 +845,16 @@ static void test_cuda_gemv(void **state) {
         print_message("  %-28s NMSE %.3g against the CPU\n", close[i].name, e);
         assert_true(e <= 1e-9);
     }
+    setenv("LETHE_CUDA_GEMV", "wide", 1);   /* 2 lanes per row: the same bits */
+    lethe_backend *wide = lethe_backend_cuda_new(0);
+    unsetenv("LETHE_CUDA_GEMV");
+    assert_non_null(wide);
+    for (size_t i = 0; i < LETHE_ARRAY_SIZE(exact); i++) {
+        const int d = bit_diffs(wide, &exact[i], 900 + (uint64_t)i, &e);
+        print_message("  %-28s wide: %d elements differ from the CPU\n", exact[i].name, d);
+        assert_int_equal(d, 0);
+    }
+    wide->iface->free(wide);
     setenv("LETHE_CUDA_GEMV", "old", 1);
     lethe_backend *old = lethe_backend_cuda_new(0);
     unsetenv("LETHE_CUDA_GEMV");

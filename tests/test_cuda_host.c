@@ -119,7 +119,7 @@ static void test_gemv_lanes(void **state) {
 
 int lethe_cu_host_q8_quant(const float *x, int64_t K, uint8_t *out);
 int lethe_cu_host_gemv_new(int wtype, const void *w, size_t row_bytes, const float *x, float *y, int64_t N, int64_t K,
-                           int64_t T);
+                           int64_t T, int variant);
 
 /* The device's activation quantizer (k_quant_q8) gives the CPU backend's q8
  * blocks bit for bit: d and s (f16 values in f32), and every code, with the
@@ -172,7 +172,8 @@ static void test_q8_quant(void **state) {
  * types, a matrix whose first byte is not 16-byte aligned (the staging's
  * byte-wise edge copies). Quantized types: the CPU's bits, every (row,
  * token) (the same q8 activations, integer dots and float order); float
- * types: NMSE < 1e-9 (the CPU's float order depends on its build). */
+ * types: NMSE < 1e-9 (the CPU's float order depends on its build). The
+ * quantized types run both lane layouts (4 lanes per row; "wide": 2). */
 static void test_gemv_new(void **state) {
     (void)state;
     static const struct { int64_t N, K; } shapes[] = {{1, 32}, {7, 576}, {13, 1280}, {37, 1056}, {9, 4096}};
@@ -209,16 +210,17 @@ static void test_gemv_new(void **state) {
                         memcpy(want + tt * N + n0, out, (size_t)nr * sizeof(float));
                     }
                 }
-                for (int pass = 0; pass < (quant ? 2 : 1); pass++) {
+                for (int pass = 0; pass < (quant ? 4 : 1); pass++) {
+                    const int mis = pass & 1, variant = pass >> 1 ? LETHE_CU_GEMV_WIDE : LETHE_CU_GEMV_NEW;
                     for (int64_t j = 0; j < T * N; j++) y[j] = NAN;   /* poison: every output written */
-                    assert_int_equal(lethe_cu_host_gemv_new((int)t, pass ? wmis : w, rb, x, y, N, K, T), 0);
+                    assert_int_equal(lethe_cu_host_gemv_new((int)t, mis ? wmis : w, rb, x, y, N, K, T, variant), 0);
                     if (quant) {
                         for (int64_t j = 0; j < T * N; j++)
                             if (memcmp(&y[j], &want[j], sizeof(float)))
-                                fail_msg("%s N=%lld K=%lld T=%lld%s: token %lld row %lld: cuda %.9g, cpu %.9g",
+                                fail_msg("%s N=%lld K=%lld T=%lld%s%s: token %lld row %lld: cuda %.9g, cpu %.9g",
                                          lethe_dtype_name(t), (long long)N, (long long)K, (long long)T,
-                                         pass ? " (misaligned matrix)" : "", (long long)(j / N), (long long)(j % N),
-                                         y[j], want[j]);
+                                         mis ? " (misaligned matrix)" : "", variant ? " (wide)" : "",
+                                         (long long)(j / N), (long long)(j % N), y[j], want[j]);
                     } else {
                         double num = 0, den = 0;
                         for (int64_t j = 0; j < T * N; j++) {

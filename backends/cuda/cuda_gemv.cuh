@@ -136,10 +136,10 @@ CU_HD void cu_q8_quant_block(const float *x, uint8_t *out) {
     for (int p = 0; p < 4; p++) memcpy(out + 16 * p, ds, sizeof ds);
 }
 
-/* Codes of part p of a weight block as two words of 4 bytes (lo: elements
- * 4p..4p+3, hi: 16+4p..16+4p+3; unsigned codes of q4/q5, signed of q8_0)
- * and the block's scale d and offset m as the CPU folds them (q4_0: -8 d,
- * q5_0: -16 d; q8_0: none). */
+/* A weight block's scale d and offset m as the CPU folds them (q4_0: -8 d,
+ * q5_0: -16 d; q8_0: none), and the codes of its part p as two words of 4
+ * bytes (lo: elements 4p..4p+3, hi: 16+4p..16+4p+3; unsigned codes of q4/q5,
+ * signed of q8_0). */
 CU_HD uint32_t cu_bit4_to_bytes(uint32_t b) {   /* bits 0..3 of b -> bit 4 of bytes 0..3 */
     return ((b * 0x00204081u) & 0x01010101u) << 4;
 }
@@ -148,27 +148,27 @@ CU_HD uint32_t cu_bit4_to_bytes(uint32_t b) {   /* bits 0..3 of b -> bit 4 of by
 CU_HD float cu_h2f_a2(const uint8_t *p) { return __half2float(__ushort_as_half(*(const unsigned short *)p)); }
 
 template <int WT>
-CU_HD void q8w_part(const uint8_t *b, int p, int &lo, int &hi, float &d, float &m) {
+CU_HD void q8w_scale(const uint8_t *b, float &d, float &m) {
     d = cu_h2f_a2(b);
+    m = WT == CU_Q4_0 ? cu_fmul(d, -8.0f) : WT == CU_Q5_0 ? cu_fmul(d, -16.0f)
+      : WT == CU_Q4_1 || WT == CU_Q5_1 ? cu_h2f_a2(b + 2) : 0.0f;
+}
+template <int WT>
+CU_HD void q8w_codes(const uint8_t *b, int p, int &lo, int &hi) {
     if (WT == CU_Q8_0) {
-        m = 0.0f;
         lo = (int)cu_ld32_2(b + 2 + 4 * p);
         hi = (int)cu_ld32_2(b + 18 + 4 * p);
         return;
     }
     uint32_t q, qh = 0;
     if (WT == CU_Q4_0) {
-        m = cu_fmul(d, -8.0f);
         q = cu_ld32_2(b + 2 + 4 * p);
     } else if (WT == CU_Q4_1) {
-        m = cu_h2f_a2(b + 2);
         q = *(const uint32_t *)(b + 4 + 4 * p);
     } else if (WT == CU_Q5_0) {
-        m = cu_fmul(d, -16.0f);
         qh = cu_ld32_2(b + 2);
         q = cu_ld32_2(b + 6 + 4 * p);
     } else {   /* CU_Q5_1 */
-        m = cu_h2f_a2(b + 2);
         qh = *(const uint32_t *)(b + 4);
         q = *(const uint32_t *)(b + 8 + 4 * p);
     }
@@ -193,27 +193,40 @@ CU_HD V cu_ldg(const V *p) {
 #endif
 }
 
-/* Lane p's step on one weight block for T tokens: xb points at the block's
- * q8 activations of token 0, token t at xb + t * xs bytes. acc[t][0] is chain
- * p, acc[t][1] chain p + 4; msum[t] the offset sum. */
-template <int WT, int T>
-CU_HD void q8_lane_block(const uint8_t *wb, int p, const uint8_t *xb, size_t xs, float (&acc)[T][2],
+/* A lane's step on one weight block for T tokens, over PPL consecutive
+ * parts p0.. (PPL = 4 / LPR, lanes per row LPR = 4 or 2): xb points at the
+ * block's q8 activations of token 0, token t at xb + t * xs bytes.
+ * acc[t][2i] is chain p0 + i, acc[t][2i + 1] chain p0 + i + 4; msum[t] the
+ * offset sum (every lane of a row keeps the same one). */
+template <int WT, int T, int PPL>
+CU_HD void q8_lane_block(const uint8_t *wb, int p0, const uint8_t *xb, size_t xs, float (&acc)[T][2 * PPL],
                          float (&msum)[T]) {
-    int lo, hi;
     float d, m;
-    q8w_part<WT>(wb, p, lo, hi, d, m);
+    q8w_scale<WT>(wb, d, m);
+    int lo[PPL], hi[PPL];
+#pragma unroll
+    for (int i = 0; i < PPL; i++) q8w_codes<WT>(wb, p0 + i, lo[i], hi[i]);
 #pragma unroll
     for (int t = 0; t < T; t++) {
-        const int4 xp = cu_ldg((const int4 *)(xb + (size_t)t * xs + 16 * p));   /* d, s, codes lo, codes hi */
-        const float dd = cu_fmul(d, cu_bits_f32((uint32_t)xp.x));
-        acc[t][0] = cu_fma(cu_dp4a_f(lo, xp.z), dd, acc[t][0]);
-        acc[t][1] = cu_fma(cu_dp4a_f(hi, xp.w), dd, acc[t][1]);
-        if (q8_has_m<WT>()) msum[t] = cu_fadd(msum[t], cu_fmul(m, cu_bits_f32((uint32_t)xp.y)));
+        const uint8_t *xt = xb + (size_t)t * xs + 16 * p0;
+        float dd = 0.0f, sx = 0.0f;
+#pragma unroll
+        for (int i = 0; i < PPL; i++) {
+            const int4 xp = cu_ldg((const int4 *)(xt + 16 * i));   /* d, s, codes lo, codes hi */
+            if (i == 0) {
+                dd = cu_fmul(d, cu_bits_f32((uint32_t)xp.x));
+                sx = cu_bits_f32((uint32_t)xp.y);
+            }
+            acc[t][2 * i] = cu_fma(cu_dp4a_f(lo[i], xp.z), dd, acc[t][2 * i]);
+            acc[t][2 * i + 1] = cu_fma(cu_dp4a_f(hi[i], xp.w), dd, acc[t][2 * i + 1]);
+        }
+        if (q8_has_m<WT>()) msum[t] = cu_fadd(msum[t], cu_fmul(m, sx));
     }
 }
 
 /* ---- staging of a warp's weight rows (q8 path)
- * A warp owns Q8_ROWS consecutive rows and walks K in chunks of C blocks.
+ * A warp owns ROWS = 32 / LPR consecutive rows (LPR lanes per row: 4, or
+ * 2 in the "wide" variant) and walks K in chunks of C blocks.
  * Each chunk of each row is copied into shared memory with 16-byte copies
  * (cp.async on sm_80+, several chunks in flight) from the 16-byte boundary
  * at or below its first byte, so a row that does not start on 16 bytes
@@ -221,7 +234,6 @@ CU_HD void q8_lane_block(const uint8_t *wb, int p, const uint8_t *xb, size_t xs,
  * within the staged row. Words that reach outside the matrix [w, w_end) are
  * copied byte by byte, only their bytes inside it: no read past the
  * allocation. Rows past N repeat row N - 1 (read, computed, not stored). */
-#define Q8_ROWS 8
 template <int WT>
 CU_HD constexpr int q8_chunk_blocks() { return WT == CU_Q8_0 ? 16 : 32; }
 template <int WT>
@@ -243,12 +255,12 @@ CU_HD void cu_copy16(uint8_t *s, const uint8_t *g) {
 CU_HD int64_t cu_min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 /* Lane `lane`'s copies of chunk c0 (first block) of rows row0.. into buf
- * [Q8_ROWS][q8_row_stride]. */
-template <int WT>
+ * [ROWS][q8_row_stride]. */
+template <int WT, int ROWS>
 CU_HD void q8_stage(uint8_t *buf, const uint8_t *w, size_t rb, int64_t N, int64_t row0, int64_t c0, int lane) {
     constexpr int NW = q8_chunk_words<WT>(), RS = q8_row_stride<WT>();
     const uintptr_t lo = (uintptr_t)w, hi = (uintptr_t)w + (uintptr_t)N * rb;
-    for (int i = lane; i < Q8_ROWS * NW; i += 32) {
+    for (int i = lane; i < ROWS * NW; i += 32) {
         const int r = i / NW, k = i - r * NW;
         const int64_t row = cu_min64(row0 + r, N - 1);
         const uintptr_t g = (((uintptr_t)w + (uintptr_t)row * rb + (uintptr_t)c0 * cu_block_bytes(WT)) & ~(uintptr_t)15) +

@@ -73,7 +73,7 @@ typedef struct cu_ctx {
 
     bool managed_ok;         /* concurrent managed access: buffer_alloc_shared offered */
     bool meta_on_device;     /* LETHE_CUDA_KV_META=device: pos/expire prefer the GPU too */
-    bool gemv_old;           /* LETHE_CUDA_GEMV=old: the first decode GEMV kernel */
+    int gemv_variant;        /* LETHE_CUDA_GEMV: LETHE_CU_GEMV_NEW, _OLD ("old"), _WIDE ("wide") */
     const void *advised[16]; /* KV buffers whose placement advice is set      */
     int n_advised;
 

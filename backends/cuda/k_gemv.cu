@@ -32,7 +32,6 @@
 #include "cuda_gemv.cuh"
 
 #define GEMV_WARPS 4   /* old and float kernels */
-#define Q8_WARPS 2     /* q8 kernel: 2 warps x 8 rows per CTA (shared memory: S chunks per warp) */
 #define Q8_STAGES 3
 
 /* ------------------------------------------------------------ old kernel */
@@ -93,31 +92,41 @@ __device__ __forceinline__ void cp_async_wait() {
 #endif
 }
 
-template <int WT, int T>
-__global__ void __launch_bounds__(Q8_WARPS * 32)
+/* LPR lanes per row (4: 8 rows per warp, 2 warps per CTA; 2, "wide": 16
+ * rows per warp, 1 warp per CTA, each lane 2 parts of every block). */
+template <int LPR>
+__host__ __device__ constexpr int q8_warps() { return LPR == 4 ? 2 : 1; }
+
+template <int WT, int T, int LPR>
+__global__ void __launch_bounds__(q8_warps<LPR>() * 32)
 k_gemv_q8(const uint8_t *__restrict__ w, size_t rb, const uint8_t *__restrict__ xq, float *__restrict__ y,
           int64_t N, int64_t K) {
     constexpr int C = q8_chunk_blocks<WT>(), RS = q8_row_stride<WT>(), BB = cu_block_bytes(WT);
-    __shared__ __align__(16) uint8_t stage[Q8_WARPS][Q8_STAGES][Q8_ROWS * RS];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r = lane >> 2, p = lane & 3;
-    const int64_t row0 = ((int64_t)blockIdx.x * Q8_WARPS + warp) * Q8_ROWS;
+    constexpr int ROWS = 32 / LPR, PPL = 4 / LPR, WARPS = q8_warps<LPR>();
+    __shared__ __align__(16) uint8_t stage[WARPS][Q8_STAGES][ROWS * RS];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r = lane / LPR, h = lane % LPR;
+    const int64_t row0 = ((int64_t)blockIdx.x * WARPS + warp) * ROWS;
     if (row0 >= N) return;   /* the whole warp: no CTA barrier below */
     const int64_t row = cu_min64(row0 + r, N - 1);
     const int64_t nb = K / 32;
     const int nc = (int)((nb + C - 1) / C);
     const size_t xs = (size_t)nb * CU_Q8_BLOCK_BYTES;
-    float acc[T][2], msum[T];
+    float acc[T][2 * PPL], msum[T];
 #pragma unroll
-    for (int t = 0; t < T; t++) acc[t][0] = acc[t][1] = msum[t] = 0.0f;
+    for (int t = 0; t < T; t++) {
+#pragma unroll
+        for (int i = 0; i < 2 * PPL; i++) acc[t][i] = 0.0f;
+        msum[t] = 0.0f;
+    }
 
 #pragma unroll
     for (int s = 0; s < Q8_STAGES - 1; s++) {
-        if (s < nc) q8_stage<WT>(stage[warp][s], w, rb, N, row0, (int64_t)s * C, lane);
+        if (s < nc) q8_stage<WT, ROWS>(stage[warp][s], w, rb, N, row0, (int64_t)s * C, lane);
         cp_async_commit();
     }
     for (int c = 0; c < nc; c++) {
         const int cn = c + Q8_STAGES - 1;
-        if (cn < nc) q8_stage<WT>(stage[warp][cn % Q8_STAGES], w, rb, N, row0, (int64_t)cn * C, lane);
+        if (cn < nc) q8_stage<WT, ROWS>(stage[warp][cn % Q8_STAGES], w, rb, N, row0, (int64_t)cn * C, lane);
         cp_async_commit();
         cp_async_wait<Q8_STAGES - 1>();   /* this lane's copies of chunk c have landed */
         __syncwarp();                      /* ... and every lane's */
@@ -126,21 +135,33 @@ k_gemv_q8(const uint8_t *__restrict__ w, size_t rb, const uint8_t *__restrict__ 
         const uint8_t *xb = xq + (size_t)c0 * CU_Q8_BLOCK_BYTES;
         if (c0 + C <= nb) {
 #pragma unroll 8
-            for (int j = 0; j < C; j++) q8_lane_block<WT, T>(wb + j * BB, p, xb + j * CU_Q8_BLOCK_BYTES, xs, acc, msum);
+            for (int j = 0; j < C; j++)
+                q8_lane_block<WT, T, PPL>(wb + j * BB, h * PPL, xb + j * CU_Q8_BLOCK_BYTES, xs, acc, msum);
         } else {
             const int n = (int)(nb - c0);
-            for (int j = 0; j < n; j++) q8_lane_block<WT, T>(wb + j * BB, p, xb + j * CU_Q8_BLOCK_BYTES, xs, acc, msum);
+            for (int j = 0; j < n; j++)
+                q8_lane_block<WT, T, PPL>(wb + j * BB, h * PPL, xb + j * CU_Q8_BLOCK_BYTES, xs, acc, msum);
         }
         __syncwarp();   /* every lane is done with this buffer before it is refilled */
     }
-    /* hsum8's order across the row's 4 lanes (q8_combine) */
+    /* the CPU's hsum8 order, ((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7)), then + msum:
+     * t_p = a_p + a_{p+4} where part p lives; LPR 4: lane p holds t_p, so u = t_p + t_{p^2},
+     * then u + u_{p^1}; LPR 2: lane h holds t_{2h}, t_{2h+1}, so (t_0 + t_2) + (t_1 + t_3) is
+     * one exchange with the other lane */
 #pragma unroll
     for (int t = 0; t < T; t++) {
-        const float tp = cu_fadd(acc[t][0], acc[t][1]);
-        const float u = cu_fadd(tp, __shfl_xor_sync(0xffffffffu, tp, 2));
-        float v = cu_fadd(u, __shfl_xor_sync(0xffffffffu, u, 1));
+        float v;
+        if (LPR == 4) {
+            const float tp = cu_fadd(acc[t][0], acc[t][1]);
+            const float u = cu_fadd(tp, __shfl_xor_sync(0xffffffffu, tp, 2));
+            v = cu_fadd(u, __shfl_xor_sync(0xffffffffu, u, 1));
+        } else {
+            const float ta = cu_fadd(acc[t][0], acc[t][1]), tb = cu_fadd(acc[t][PPL > 1 ? 2 : 0], acc[t][PPL > 1 ? 3 : 1]);
+            const float oa = __shfl_xor_sync(0xffffffffu, ta, 1), ob = __shfl_xor_sync(0xffffffffu, tb, 1);
+            v = cu_fadd(cu_fadd(ta, oa), cu_fadd(tb, ob));
+        }
         if (q8_has_m<WT>()) v = cu_fadd(v, msum[t]);
-        if (p == 0 && row0 + r < N) y[(size_t)t * N + row0 + r] = v;
+        if (h == 0 && row0 + r < N) y[(size_t)t * N + row0 + r] = v;
     }
 }
 
@@ -175,16 +196,16 @@ static constexpr bool is_q8_type(int wtype) {
     return wtype == CU_Q4_0 || wtype == CU_Q4_1 || wtype == CU_Q5_0 || wtype == CU_Q5_1 || wtype == CU_Q8_0;
 }
 
-extern "C" size_t lethe_cu_gemv_act_bytes(int wtype, int64_t K, int64_t T, int old) {
-    if (old || !is_q8_type(wtype) || K % 32 != 0 || T <= 0) return 0;
+extern "C" size_t lethe_cu_gemv_act_bytes(int wtype, int64_t K, int64_t T, int variant) {
+    if (variant == LETHE_CU_GEMV_OLD || !is_q8_type(wtype) || K % 32 != 0 || T <= 0) return 0;
     return (size_t)T * (size_t)(K / 32) * CU_Q8_BLOCK_BYTES;
 }
 
 template <int WT>
 static cudaError_t gemv_t(const void *w, size_t row_bytes, const float *x, float *y, int64_t N, int64_t K, int64_t T,
-                          int old, void *act, cudaStream_t stream) {
+                          int variant, void *act, cudaStream_t stream) {
     const uint8_t *wb = (const uint8_t *)w;
-    if (old) {
+    if (variant == LETHE_CU_GEMV_OLD) {
         const unsigned grid = (unsigned)((N + GEMV_WARPS - 1) / GEMV_WARPS);
         switch (T) {
 #define C(TT) case TT: k_gemv_old<WT, TT><<<grid, GEMV_WARPS * 32, 0, stream>>>(wb, row_bytes, x, y, N, K); break;
@@ -198,11 +219,16 @@ static cudaError_t gemv_t(const void *w, size_t row_bytes, const float *x, float
         if (!act) return cudaErrorInvalidValue;
         const int64_t nblk = T * (K / 32);
         k_quant_q8<<<(unsigned)((nblk + 127) / 128), 128, 0, stream>>>(x, (uint8_t *)act, nblk);
-        const int64_t rows_per_cta = (int64_t)Q8_WARPS * Q8_ROWS;
-        const unsigned grid = (unsigned)((N + rows_per_cta - 1) / rows_per_cta);
         const uint8_t *xq = (const uint8_t *)act;
+        const bool wide = variant == LETHE_CU_GEMV_WIDE;
+        const int64_t rows_per_cta = wide ? 16 : 2 * 8;   /* q8_warps<LPR>() * 32 / LPR */
+        const unsigned grid = (unsigned)((N + rows_per_cta - 1) / rows_per_cta), threads = wide ? 32 : 64;
         switch (T) {
-#define C(TT) case TT: k_gemv_q8<WT, TT><<<grid, Q8_WARPS * 32, 0, stream>>>(wb, row_bytes, xq, y, N, K); break;
+#define C(TT)                                                                                    \
+    case TT:                                                                                     \
+        if (wide) k_gemv_q8<WT, TT, 2><<<grid, threads, 0, stream>>>(wb, row_bytes, xq, y, N, K); \
+        else k_gemv_q8<WT, TT, 4><<<grid, threads, 0, stream>>>(wb, row_bytes, xq, y, N, K);     \
+        break;
         C(1) C(2) C(3) C(4) C(5) C(6) C(7) C(8)
 #undef C
         default: return cudaErrorInvalidValue;
@@ -221,13 +247,13 @@ static cudaError_t gemv_t(const void *w, size_t row_bytes, const float *x, float
 }
 
 extern "C" cudaError_t lethe_cu_gemv(int wtype, const void *w, size_t row_bytes, const float *x, float *y, int64_t N,
-                                     int64_t K, int64_t T, int old, void *act, cudaStream_t stream) {
+                                     int64_t K, int64_t T, int variant, void *act, cudaStream_t stream) {
     if (N <= 0 || T <= 0) return cudaSuccess;
     if (K % 32 != 0 || T > LETHE_CU_GEMV_MAX_T) return cudaErrorInvalidValue;
     /* the float kernel's 16-byte loads need 16-byte aligned rows (whole
      * weights are: cudaMalloc, row_bytes a multiple of 64) */
-    if (!is_q8_type(wtype) && (((uintptr_t)w | row_bytes) & 15u)) old = 1;
-#define L(WT) return gemv_t<WT>(w, row_bytes, x, y, N, K, T, old, act, stream)
+    if (!is_q8_type(wtype) && (((uintptr_t)w | row_bytes) & 15u)) variant = LETHE_CU_GEMV_OLD;
+#define L(WT) return gemv_t<WT>(w, row_bytes, x, y, N, K, T, variant, act, stream)
     CU_WTYPE_DISPATCH(wtype, L)
 #undef L
 }

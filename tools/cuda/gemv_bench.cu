@@ -1,6 +1,7 @@
 /* gemv_bench.cu — lethe_cuda_gemv_bench: the decode GEMV (backends/cuda/k_gemv.cu)
- * alone on the GPU, old kernel against new, per weight type on the Llama-3-8B
- * matmul shapes, as achieved GB/s and % of the device's copy roofline.
+ * alone on the GPU, old kernel against new (and, for the quantized types, the
+ * "wide" layout: 2 lanes per row), per weight type on the Llama-3-8B matmul
+ * shapes, as achieved GB/s and % of the device's copy roofline.
  * tools/gpu-check.sh runs it as its `gemv` stage.
  *
  *   lethe_cuda_gemv_bench [-t q4_0,q8_0,...] [-T 1,8] [-s 4096x4096,...] [-r REPS]
@@ -19,9 +20,10 @@
  * under 1% of the weights here); its time is the mean of REPS back-to-back
  * launches between two CUDA events after 3 warm-ups, the activation
  * quantization kernel included. Before timing, each kernel's output is
- * poisoned (NaN) and checked fully written, and the new kernel is compared
+ * poisoned (NaN) and checked fully written, the new kernel is compared
  * with the old one (NMSE: the q8 path rounds activations to 8 bits as the
- * CPU does, ~1e-5; the float path only reorders sums, ~1e-13).
+ * CPU does, ~1e-5; the float path only reorders sums, ~1e-13), and wide
+ * must give new's bits.
  * Exit status: 0, 1 when an output was not written or an NMSE is off, 2 no GPU.
  */
 #include "cuda_kernels.h"
@@ -145,8 +147,9 @@ int main(int argc, char **argv) {
     const double roof = 2.0 * (double)cb / (best * 1e-3) / 1e9;
     printf("GPU: %s, %d SMs; copy roofline %.0f GB/s (1 GiB device-to-device, read + written, best of 10)\n\n",
            prop.name, prop.multiProcessorCount, roof);
-    printf("| type | N x K | T | old us | old GB/s | old %% | new us | new GB/s | new %% | new/old | NMSE new vs old |\n");
-    printf("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    printf("| type | N x K | T | old us | old GB/s | old %% | new us | new GB/s | new %% | new/old | wide us | wide %% "
+           "| NMSE new vs old |\n");
+    printf("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     fflush(stdout);
 
     int bad = 0;
@@ -157,12 +160,14 @@ int main(int argc, char **argv) {
             return 2;
         }
         const int64_t N = Nl, K = Kl;
-        float *x, *y, *yo;
+        float *x, *y, *yo, *yw;
         CK(cudaMalloc(&x, (size_t)8 * K * sizeof(float)));
         CK(cudaMalloc(&y, (size_t)8 * N * sizeof(float)));
         CK(cudaMalloc(&yo, (size_t)8 * N * sizeof(float)));
+        CK(cudaMalloc(&yw, (size_t)8 * N * sizeof(float)));
         k_fill_x<<<(unsigned)((8 * K + 255) / 256), 256, 0, st>>>(x, 8 * K, 7);
         float *hy = (float *)malloc((size_t)8 * N * sizeof(float)), *ho = (float *)malloc((size_t)8 * N * sizeof(float));
+        float *hw = (float *)malloc((size_t)8 * N * sizeof(float));
         for (int ti = 0; ti < nt; ti++) {
             int wt = -1;
             for (size_t k = 0; k < sizeof k_types / sizeof k_types[0]; k++)
@@ -178,7 +183,7 @@ int main(int argc, char **argv) {
             k_fill<<<(unsigned)((nblk + 255) / 256), 256, 0, st>>>(w, wt, nblk, 1000 + (uint64_t)ti);
             CK(cudaGetLastError());
             void *act = NULL;
-            const size_t ab = lethe_cu_gemv_act_bytes(wt, K, 8, 0);
+            const size_t ab = lethe_cu_gemv_act_bytes(wt, K, 8, LETHE_CU_GEMV_NEW);
             if (ab) CK(cudaMalloc(&act, ab));
             for (int Ti = 0; Ti < nT; Ti++) {
                 const int64_t T = atoi(tlist[Ti]);
@@ -186,22 +191,32 @@ int main(int argc, char **argv) {
                     fprintf(stderr, "gemv_bench: T must be 1..%d\n", LETHE_CU_GEMV_MAX_T);
                     return 2;
                 }
-                double us[2];
-                for (int old = 1; old >= 0; old--) {
-                    float *out = old ? yo : y;
+                /* variants: old, new, wide (quantized types only) */
+                static const int vars[3] = {LETHE_CU_GEMV_OLD, LETHE_CU_GEMV_NEW, LETHE_CU_GEMV_WIDE};
+                float *outs[3] = {yo, y, yw};
+                double us[3] = {0, 0, 0};
+                const int nvar = ab ? 3 : 2;
+                for (int v = 0; v < nvar; v++) {
+                    float *out = outs[v];
                     CK(cudaMemsetAsync(out, 0xFF, (size_t)T * N * sizeof(float), st));   /* NaN */
-                    CK(lethe_cu_gemv(wt, w, rb, x, out, N, K, T, old, act, st));
-                    for (int i = 0; i < 3; i++) CK(lethe_cu_gemv(wt, w, rb, x, out, N, K, T, old, act, st));
+                    CK(lethe_cu_gemv(wt, w, rb, x, out, N, K, T, vars[v], act, st));
+                    CK(cudaStreamSynchronize(st));   /* the checked output, before the timed runs rewrite it */
+                    for (int i = 0; i < 3; i++) CK(lethe_cu_gemv(wt, w, rb, x, out, N, K, T, vars[v], act, st));
                     CK(cudaEventRecord(e0, st));
-                    for (int i = 0; i < reps; i++) CK(lethe_cu_gemv(wt, w, rb, x, out, N, K, T, old, act, st));
+                    for (int i = 0; i < reps; i++) CK(lethe_cu_gemv(wt, w, rb, x, out, N, K, T, vars[v], act, st));
                     CK(cudaEventRecord(e1, st));
                     CK(cudaEventSynchronize(e1));
                     float ms;
                     CK(cudaEventElapsedTime(&ms, e0, e1));
-                    us[old] = 1e3 * ms / reps;
+                    us[v] = 1e3 * ms / reps;
                 }
                 CK(cudaMemcpy(hy, y, (size_t)T * N * sizeof(float), cudaMemcpyDeviceToHost));
                 CK(cudaMemcpy(ho, yo, (size_t)T * N * sizeof(float), cudaMemcpyDeviceToHost));
+                int64_t wide_diff = 0;
+                if (ab) {
+                    CK(cudaMemcpy(hw, yw, (size_t)T * N * sizeof(float), cudaMemcpyDeviceToHost));
+                    for (int64_t j = 0; j < T * N; j++) wide_diff += memcmp(&hw[j], &hy[j], sizeof(float)) != 0;
+                }
                 double num = 0, den = 0;
                 int64_t nan = 0;
                 for (int64_t j = 0; j < T * N; j++) {
@@ -211,14 +226,17 @@ int main(int argc, char **argv) {
                 }
                 const double nmse = den > 0 ? num / den : num;
                 const bool quant = ab != 0;
-                const bool ok = nan == 0 && nmse < (quant ? 1e-3 : 1e-8);
+                const bool ok = nan == 0 && wide_diff == 0 && nmse < (quant ? 1e-3 : 1e-8);
                 if (!ok) bad = 1;
                 const double bytes = (double)wbytes + 4.0 * (double)(T * K + T * N);
-                const double gb_old = bytes / (us[1] * 1e-6) / 1e9, gb_new = bytes / (us[0] * 1e-6) / 1e9;
-                printf("| %s | %lldx%lld | %lld | %.1f | %.0f | %.1f | %.1f | %.0f | %.1f | %.2fx | %.2e%s |\n",
-                       types[ti], Nl, Kl, (long long)T, us[1], gb_old, 100.0 * gb_old / roof, us[0], gb_new,
-                       100.0 * gb_new / roof, us[1] / us[0], nmse,
-                       nan ? " **NOT WRITTEN / NaN**" : ok ? "" : " **OFF**");
+                const double gb_old = bytes / (us[0] * 1e-6) / 1e9, gb_new = bytes / (us[1] * 1e-6) / 1e9;
+                char wide[64] = "- | -";
+                if (ab) snprintf(wide, sizeof wide, "%.1f | %.1f", us[2], 100.0 * bytes / (us[2] * 1e-6) / 1e9 / roof);
+                printf("| %s | %lldx%lld | %lld | %.1f | %.0f | %.1f | %.1f | %.0f | %.1f | %.2fx | %s | %.2e%s%s |\n",
+                       types[ti], Nl, Kl, (long long)T, us[0], gb_old, 100.0 * gb_old / roof, us[1], gb_new,
+                       100.0 * gb_new / roof, us[0] / us[1], wide, nmse,
+                       nan ? " **NOT WRITTEN / NaN**" : ok ? "" : " **OFF**",
+                       wide_diff ? " **wide differs from new**" : "");
                 fflush(stdout);
             }
             CK(cudaFree(w));
@@ -227,8 +245,10 @@ int main(int argc, char **argv) {
         CK(cudaFree(x));
         CK(cudaFree(y));
         CK(cudaFree(yo));
+        CK(cudaFree(yw));
         free(hy);
         free(ho);
+        free(hw);
     }
     return bad;
 }
