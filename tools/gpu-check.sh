@@ -10,10 +10,11 @@
 #             driver), test_cuda_e2e, test_cuda_host (LETHE_GPU_CTEST=all: the whole suite)
 #   gemv      the decode GEMV alone (lethe_cuda_gemv_bench): per weight type on the 8B shapes
 #             (4096x4096, 14336x4096, 4096x14336, 128256x4096), T = 1 and 8, old kernel against
-#             new, us / GB/s / % of its own 1 GiB device copy; its table goes into results.md, its
-#             output into bench.log (before the bench stage's); fails when an output is unwritten or new and old disagree
+#             new and wide (LETHE_CUDA_GEMV), us / GB/s / % of its own 1 GiB device copy; its
+#             table goes into results.md, its output into bench.log (before the bench stage's);
+#             fails when an output is unwritten, new and old disagree, or wide's bits differ
 #             ($LETHE_GPU_GEMV_ARGS passes options, e.g. "-t q4_0,f16 -T 1"; timeout
-#             $LETHE_GPU_GEMV_TIMEOUT, default 120 s; ~15 s expected)
+#             $LETHE_GPU_GEMV_TIMEOUT, default 120 s; ~168 cases x ~5 ms: seconds, not yet run)
 #   synth     full-size synthetic models ($LETHE_GPU_MODELS, default "llama3-8b:q4_0
 #             llama3-8b:f16") into $LETHE_GPU_WORK (default /tmp/lethe-gpu), reused if present
 #   sanitize  (memcheck over test_backend_ops, test_cuda_dms, test_cuda_e2e; racecheck over
@@ -190,7 +191,7 @@ if has test; then
     note '```'
 fi
 
-# ---- gemv: the decode GEMV alone, old kernel against new (a few seconds of GPU time;
+# ---- gemv: the decode GEMV alone, old kernel against new (seconds of GPU time;
 # under the call's budget like every step, so it cannot make the lease overrun it)
 if has gemv; then
     note ""

@@ -6,6 +6,8 @@
  *
  *   lethe_cuda_gemv_bench [-t q4_0,q8_0,...] [-T 1,8] [-s 4096x4096,...] [-r REPS]
  *
+ * The default run is 168 timed cases of ~3-5 ms each: seconds on an H100/H200.
+ *
  * Legend: N weight rows (outputs), K reduced dim, T tokens (<= 8).
  * Shapes are N x K: 4096x4096 (q/o), 14336x4096 (gate/up), 4096x14336
  * (down), 128256x4096 (output). Weights are random: every quantized block
@@ -17,9 +19,11 @@
  * bench --roofline` times through buffer_copy. A GEMV's bytes are the
  * weights + T x K f32 activations + T x N f32 outputs (the q8 path's
  * activation blocks, 2 T K bytes written and read once, are not counted:
- * under 1% of the weights here); its time is the mean of REPS back-to-back
- * launches between two CUDA events after 3 warm-ups, the activation
- * quantization kernel included. Before timing, each kernel's output is
+ * under 1% of the weights here); its time is the mean of back-to-back
+ * launches between two CUDA events after a warm-up (REPS of them, or by
+ * default as many as fill ~3 ms, 3 to 500), the activation quantization
+ * kernel included: for the small shapes this is launch-rate bound (two
+ * launches per q8 GEMV, no CUDA graph), as decode without graphs is. Before timing, each kernel's output is
  * poisoned (NaN) and checked fully written, the new kernel is compared
  * with the old one (NMSE: the q8 path rounds activations to 8 bits as the
  * CPU does, ~1e-5; the float path only reorders sums, ~1e-13), and wide
@@ -101,18 +105,18 @@ int main(int argc, char **argv) {
     int nt = parse_list("q4_0,q4_1,q5_0,q5_1,q8_0,f16,bf16,f32", types, 16);
     int nT = parse_list("1,8", tlist, 16);
     int ns = parse_list("4096x4096,14336x4096,4096x14336,128256x4096", shapes, 16);
-    int reps = 20;
+    int reps = 0;   /* adaptive */
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-t") && i + 1 < argc) nt = parse_list(argv[++i], types, 16);
         else if (!strcmp(argv[i], "-T") && i + 1 < argc) nT = parse_list(argv[++i], tlist, 16);
         else if (!strcmp(argv[i], "-s") && i + 1 < argc) ns = parse_list(argv[++i], shapes, 16);
-        else if (!strcmp(argv[i], "-r") && i + 1 < argc) reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "-r") && i + 1 < argc) reps = atoi(argv[++i]);   /* 0: adaptive */
         else {
             fprintf(stderr, "usage: %s [-t q4_0,q8_0,...] [-T 1,8] [-s NxK,...] [-r REPS]\n", argv[0]);
             return 2;
         }
     }
-    if (reps < 1) reps = 1;
+    if (reps < 0) reps = 0;
     int ndev = 0;
     if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
         fprintf(stderr, "gemv_bench: no CUDA device\n");
@@ -199,16 +203,23 @@ int main(int argc, char **argv) {
                 for (int v = 0; v < nvar; v++) {
                     float *out = outs[v];
                     CK(cudaMemsetAsync(out, 0xFF, (size_t)T * N * sizeof(float), st));   /* NaN */
-                    CK(lethe_cu_gemv(wt, w, rb, x, out, N, K, T, vars[v], act, st));
-                    CK(cudaStreamSynchronize(st));   /* the checked output, before the timed runs rewrite it */
-                    for (int i = 0; i < 3; i++) CK(lethe_cu_gemv(wt, w, rb, x, out, N, K, T, vars[v], act, st));
+                    /* the checked output (the timed runs rewrite the same values), timed once */
                     CK(cudaEventRecord(e0, st));
-                    for (int i = 0; i < reps; i++) CK(lethe_cu_gemv(wt, w, rb, x, out, N, K, T, vars[v], act, st));
+                    CK(lethe_cu_gemv(wt, w, rb, x, out, N, K, T, vars[v], act, st));
                     CK(cudaEventRecord(e1, st));
                     CK(cudaEventSynchronize(e1));
                     float ms;
                     CK(cudaEventElapsedTime(&ms, e0, e1));
-                    us[v] = 1e3 * ms / reps;
+                    /* repetitions: -r, or enough for ~3 ms of launches (3..500) */
+                    int n = reps > 0 ? reps : (int)(3.0f / (ms > 1e-3f ? ms : 1e-3f)) + 1;
+                    if (reps <= 0) n = n < 3 ? 3 : n > 500 ? 500 : n;
+                    CK(lethe_cu_gemv(wt, w, rb, x, out, N, K, T, vars[v], act, st));   /* warm-up */
+                    CK(cudaEventRecord(e0, st));
+                    for (int i = 0; i < n; i++) CK(lethe_cu_gemv(wt, w, rb, x, out, N, K, T, vars[v], act, st));
+                    CK(cudaEventRecord(e1, st));
+                    CK(cudaEventSynchronize(e1));
+                    CK(cudaEventElapsedTime(&ms, e0, e1));
+                    us[v] = 1e3 * ms / n;
                 }
                 CK(cudaMemcpy(hy, y, (size_t)T * N * sizeof(float), cudaMemcpyDeviceToHost));
                 CK(cudaMemcpy(ho, yo, (size_t)T * N * sizeof(float), cudaMemcpyDeviceToHost));
