@@ -244,7 +244,7 @@ CU_HD constexpr int q8_row_stride() { return 16 * q8_chunk_words<WT>() + 16; }  
 CU_HD void cu_copy16(uint8_t *s, const uint8_t *g) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((unsigned)__cvta_generic_to_shared(s)),
-                 "l"(g));
+                 "l"(g) : "memory");
 #elif defined(__CUDA_ARCH__)
     *(uint4 *)s = *(const uint4 *)g;
 #else
