@@ -1053,6 +1053,63 @@ static void test_kv_split_refused(void **state) {
     }
 }
 
+/* The CUDA decode GEMV (k_gemv.cu) on the device: for the 32-block types it
+ * computes the CPU's integer dots in the CPU's float order, so every output
+ * must be the CPU's bits (odd N: partial warps; K = 576: rows off 16 bytes;
+ * K = 1280: a partial chunk; T up to 8); the float types agree to rounding
+ * (another summation order). The "wide" layout (LETHE_CUDA_GEMV=wide) gives
+ * the same bits; the first kernel (LETHE_CUDA_GEMV=old) still meets the
+ * matmul limit. Skips without a CUDA device. */
+static void test_cuda_gemv(void **state) {
+    (void)state;
+    lethe_backend *cu = NULL;
+    for (int d = 0; d < g_s.n_devs; d++)
+        if (!strcmp(g_s.devs[d].name, "cuda")) cu = g_s.devs[d].be;
+    if (!cu) {
+        print_message("CUDA: skipped, no CUDA device here\n");
+        skip();
+    }
+    static const op_case exact[] = {
+        MM(Q4_0, 67, 128, 1), MM(Q4_1, 67, 128, 1), MM(Q5_0, 40, 160, 1), MM(Q5_1, 40, 160, 1),
+        MM(Q8_0, 67, 128, 1), MM(Q4_0, 37, 576, 8), MM(Q4_1, 576, 1536, 1), MM(Q5_0, 13, 1280, 5),
+        MM(Q5_1, 19, 576, 3), MM(Q8_0, 41, 1056, 8), MM(Q4_1, 192, 576, 2),
+    };
+    static const op_case close[] = {
+        MM(F32, 67, 96, 1), MM(F16, 67, 128, 8), MM(BF16, 37, 576, 3), MM(F16, 130, 1280, 1),
+    };
+    double e;
+    for (size_t i = 0; i < LETHE_ARRAY_SIZE(exact); i++) {
+        const int d = bit_diffs(cu, &exact[i], 900 + (uint64_t)i, &e);
+        print_message("  %-28s %d elements differ from the CPU (NMSE %.3g)\n", exact[i].name, d, e);
+        assert_int_equal(d, 0);
+    }
+    for (size_t i = 0; i < LETHE_ARRAY_SIZE(close); i++) {
+        bit_diffs(cu, &close[i], 950 + (uint64_t)i, &e);
+        print_message("  %-28s NMSE %.3g against the CPU\n", close[i].name, e);
+        assert_true(e <= 1e-9);
+    }
+    setenv("LETHE_CUDA_GEMV", "wide", 1);   /* 2 lanes per row: the same bits */
+    lethe_backend *wide = lethe_backend_cuda_new(0);
+    unsetenv("LETHE_CUDA_GEMV");
+    assert_non_null(wide);
+    for (size_t i = 0; i < LETHE_ARRAY_SIZE(exact); i++) {
+        const int d = bit_diffs(wide, &exact[i], 900 + (uint64_t)i, &e);
+        print_message("  %-28s wide: %d elements differ from the CPU\n", exact[i].name, d);
+        assert_int_equal(d, 0);
+    }
+    wide->iface->free(wide);
+    setenv("LETHE_CUDA_GEMV", "old", 1);
+    lethe_backend *old = lethe_backend_cuda_new(0);
+    unsetenv("LETHE_CUDA_GEMV");
+    assert_non_null(old);
+    for (size_t i = 0; i < 3; i++) {
+        bit_diffs(old, &exact[i], 900 + (uint64_t)i, &e);
+        print_message("  %-28s old kernel: NMSE %.3g against the CPU\n", exact[i].name, e);
+        assert_true(e <= EPS_MM);
+    }
+    old->iface->free(old);
+}
+
 static int setup(void **state) {
     (void)state;
     g_s.cpu = lethe_backend_cpu_new(2);
@@ -1110,6 +1167,7 @@ int main(void) {
         cmocka_unit_test(test_pipeline_failure),
         cmocka_unit_test(test_native_fma),
         cmocka_unit_test(test_kv_split_refused),
+        cmocka_unit_test(test_cuda_gemv),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

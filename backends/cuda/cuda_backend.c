@@ -539,6 +539,10 @@ static lethe_backend *cu_create(int device, lethe_status *status) {
     c->managed_ok = mm && cma && !getenv("LETHE_CUDA_NO_SHARED");
     const char *meta = getenv("LETHE_CUDA_KV_META");
     c->meta_on_device = meta && !strcmp(meta, "device");
+    /* the decode GEMV (k_gemv.cu): "old" the first kernel, "wide" 2 lanes per row (comparisons) */
+    const char *gemv = getenv("LETHE_CUDA_GEMV");
+    c->gemv_variant = !gemv ? LETHE_CU_GEMV_NEW : !strcmp(gemv, "old") ? LETHE_CU_GEMV_OLD
+                    : !strcmp(gemv, "wide") ? LETHE_CU_GEMV_WIDE : LETHE_CU_GEMV_NEW;
     if (cudaEventCreate(&c->ev_begin) != cudaSuccess || cudaEventCreate(&c->ev_end) != cudaSuccess) {
         if (c->ev_begin) cudaEventDestroy(c->ev_begin);
         c->ev_begin = c->ev_end = NULL;   /* no device clock: bench falls back to the host's */

@@ -91,7 +91,7 @@ typedef struct cu_ctx {
     cu_upload *ups;          /* uploads of the current compute (dedup)        */
     int n_ups, cap_ups;
 
-    void *scratch;           /* prefill operands in f16/bf16 [scratch_cap]    */
+    void *scratch;           /* prefill operands in f16/bf16, decode q8 activations [scratch_cap] */
     size_t scratch_cap;
     int *d_err;              /* device flag: a kernel met bad input (ids)     */
     cu_attn_job *jobs;       /* the current compute's (cuda_ops.c)            */
@@ -99,6 +99,7 @@ typedef struct cu_ctx {
 
     bool managed_ok;         /* concurrent managed access: buffer_alloc_shared offered */
     bool meta_on_device;     /* LETHE_CUDA_KV_META=device: pos/expire prefer the GPU too */
+    int gemv_variant;        /* LETHE_CUDA_GEMV: LETHE_CU_GEMV_NEW, _OLD ("old"), _WIDE ("wide") */
     const void *advised[16]; /* KV buffers whose placement advice is set      */
     int n_advised;
 

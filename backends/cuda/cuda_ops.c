@@ -177,7 +177,8 @@ size_t lethe_cu_scratch_need(const cu_ctx *c, const lethe_node *n) {
     if (n->op != LETHE_OP_MATMUL) return 0;
     const lethe_tensor *w = &n->src[0]->t;
     const int64_t T = nrows(&n->src[1]->t), K = w->ne[0], N = w->ne[1];
-    if (T <= LETHE_CU_GEMV_MAX_T || w->type == LETHE_F32) return 0;
+    if (T <= LETHE_CU_GEMV_MAX_T) return lethe_cu_align(lethe_cu_gemv_act_bytes((int)w->type, K, T, c->gemv_variant));
+    if (w->type == LETHE_F32) return 0;
     size_t s = lethe_cu_align((size_t)T * (size_t)K * 2);
     if (w->type != LETHE_F16 && w->type != LETHE_BF16) s += lethe_cu_align(prefill_chunk_rows(N, K) * (size_t)K * 2);
     return s;
@@ -262,7 +263,13 @@ static lethe_status op_matmul(lethe_backend *be, const lethe_node *n, void *w, c
     const int wtype = (int)wt->type;
     const size_t rb = wt->nb[1];
     if (T <= LETHE_CU_GEMV_MAX_T) {
-        LAUNCH(lethe_cu_gemv(wtype, w, rb, x, y, N, K, T, c->stream), "gemv");
+        void *act = NULL;
+        const size_t ab = lethe_cu_gemv_act_bytes(wtype, K, T, c->gemv_variant);
+        if (ab) {
+            lethe_status st = lethe_cu_scratch(c, ab, &act);
+            if (st != LETHE_OK) return st;
+        }
+        LAUNCH(lethe_cu_gemv(wtype, w, rb, x, y, N, K, T, c->gemv_variant, act, c->stream), "gemv");
         return LETHE_OK;
     }
     const float one = 1.0f, zero = 0.0f;
