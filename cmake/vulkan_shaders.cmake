@@ -22,6 +22,7 @@ set(_vk_variants
   "kv_flags|kv_store.comp|DMS_FLAGS=1"
   "attention|attention.comp|"
   "dms_decision|dms_decision.comp|"
+  "top_k|top_k.comp|"
   "fma_probe|fma_probe.comp|")   # not a pipeline of its own: vk_probe.c builds it to decide NATIVE_FMA
 foreach(wt ${_vk_wtypes})
   string(REPLACE "=" ";" _p ${wt})
