@@ -7,7 +7,8 @@
 #   probe     nvidia-smi, nvcc; stops with exit 2 and a clear line when either is missing
 #   build     lethe with CUDA (and Vulkan when its SDK is there) in $LETHE_GPU_BUILD (build-gpu)
 #   test      ctest: the backend-op consistency test (CUDA, and Vulkan on the NVIDIA
-#             driver), test_cuda_e2e, test_cuda_host (LETHE_GPU_CTEST=all: the whole suite)
+#             driver), test_cuda_e2e, test_cuda_host, test_device_sample (on-device top-k
+#             sampling: the same tokens as the logits path) (LETHE_GPU_CTEST=all: the whole suite)
 #   synth     full-size synthetic models ($LETHE_GPU_MODELS, default "llama3-8b:q4_0
 #             llama3-8b:f16") into $LETHE_GPU_WORK (default /tmp/lethe-gpu), reused if present
 #   sanitize  (memcheck over test_backend_ops, test_cuda_dms, test_cuda_e2e; racecheck over
@@ -57,7 +58,7 @@ PROFILE="${LETHE_GPU_PROFILE:-}"
 if [[ "$PROFILE" == lease ]]; then
     : "${LETHE_GPU_STAGES:=probe build test sanitize synth bench}" "${LETHE_GPU_BUDGET:=560}"
     : "${LETHE_GPU_MODELS:=llama3-8b:q4_0}" "${LETHE_GPU_BACKENDS:=cuda}" "${LETHE_GPU_DEPTHS:=0,8192}"
-    : "${LETHE_GPU_PARALLEL:=1,8}" "${LETHE_GPU_TARGETS:=lethe_cli test_backend_ops test_cuda_e2e test_cuda_dms test_cuda_host}"
+    : "${LETHE_GPU_PARALLEL:=1,8}" "${LETHE_GPU_TARGETS:=lethe_cli test_backend_ops test_cuda_e2e test_cuda_dms test_cuda_host test_device_sample}"
     : "${LETHE_GPU_DEPTH_REPS:=1}" "${LETHE_GPU_SANITIZE_LAST:=1}" "${LETHE_GPU_SANITIZE_TIMEOUT:=90}"
     : "${LETHE_GPU_VULKAN:=OFF}"
 fi
@@ -172,7 +173,7 @@ fi
 # ---- test
 if has test; then
     : > "$OUT/test.log"
-    filter=(-R 'backend_ops|cuda')
+    filter=(-R 'backend_ops|cuda|device_sample')
     [[ "${LETHE_GPU_CTEST:-}" == all ]] && filter=()
     # a Vulkan build where the image has no NVIDIA Vulkan driver: say so, but keep the CUDA cases
     run ctest "$OUT/test.log" env LETHE_TEST_ALLOW_NO_DEVICE=1 ctest --test-dir "$BUILD" --output-on-failure -V \
@@ -180,7 +181,7 @@ if has test; then
     note ""
     note "## tests"
     note '```'
-    grep -E "NMSE|greedy|skipped|Passed|Failed|SKIPPED|tests passed|no Vulkan device" "$OUT/test.log" | head -150 >> "$RES"
+    grep -E "NMSE|greedy|identical|skipped|Passed|Failed|SKIPPED|tests passed|no Vulkan device" "$OUT/test.log" | head -150 >> "$RES"
     note '```'
 fi
 
