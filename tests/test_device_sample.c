@@ -13,8 +13,11 @@
  *            lethe_sample(): only the candidates come back;
  *   both     logits and candidates, lethe_sample(); every step's candidates
  *            are checked bit for bit against a full sort of the logits row.
- * The token streams must be identical. Several sequences decode together
- * (one batch, a token of each asking for output) on the tiny model. On
+ * The token streams must be identical (SmolLM2 on lavapipe, seconds a step:
+ * logits against top-k only, 5 tokens). Several sequences decode together
+ * (one batch, a token of each asking for output) on the tiny models, with one
+ * chain for all or greedy next to top-k 40 (the context returns the larger
+ * need, each sampler takes what it needs). On
  * Vulkan every op of the top-k runs, TOP_K included, must run on the device
  * (no fallback line in the debug log); the same on CUDA where there is a GPU
  * (tools/gpu-check.sh; skipped here). A chain the candidates cannot serve
