@@ -163,9 +163,9 @@ void lethe_context_free(lethe_context *c) {
 /* Memory cap (lethe_context_params.mem_limit_bytes). Fixed bytes = the KV
  * pool + host buffers sized `logit_rows` rows of logits; what is left of
  * the cap goes to the executor, which refuses a batch before allocating. */
-static size_t other_bytes(const lethe_context *c, int32_t logit_rows, int32_t rows) {
+static size_t other_bytes(const lethe_context *c, int32_t logit_rows, int32_t rows, int32_t cand_rows) {
     return (size_t)logit_rows * c->model->hp.n_vocab * sizeof(float) + (size_t)rows * sizeof(int32_t) +
-           (size_t)c->cap_cands * (size_t)c->n_top_k * sizeof(lethe_candidate) +
+           (size_t)cand_rows * (size_t)c->n_top_k * sizeof(lethe_candidate) +
            4 * (size_t)c->params.n_batch * sizeof(int32_t) + (size_t)c->graph->cap * sizeof(lethe_node);
 }
 
@@ -175,7 +175,8 @@ static lethe_status apply_mem_limit(lethe_context *c, int32_t n_out, int32_t n_r
     size_t cap = c->params.mem_limit_bytes;
     if (!cap) return LETHE_OK;
     size_t fixed = kv_pool_bytes(c) +
-                   other_bytes(c, LETHE_MAX(n_out, c->cap_logits), LETHE_MAX(n_rows, c->cap_rows));
+                   other_bytes(c, c->top_k_only ? c->cap_logits : LETHE_MAX(n_out, c->cap_logits),
+                               LETHE_MAX(n_rows, c->cap_rows), c->n_top_k ? LETHE_MAX(n_out, c->cap_cands) : 0);
     size_t compute = lethe_executor_memory(c->ex);
     if (fixed + compute > cap)
         return lethe_fail(LETHE_ERR_OOM,
@@ -560,7 +561,7 @@ lethe_memory_info lethe_get_memory_info(const lethe_context *c) {
     mi.model_bytes = lethe_model_memory_bytes(c->model);
     mi.kv_bytes = kv_pool_bytes(c);
     mi.compute_bytes = lethe_executor_memory(c->ex);
-    mi.other_bytes = other_bytes(c, c->cap_logits, c->cap_rows);
+    mi.other_bytes = other_bytes(c, c->cap_logits, c->cap_rows, c->cap_cands);
     mi.context_bytes = mi.kv_bytes + mi.compute_bytes + mi.other_bytes;
     mi.mem_limit_bytes = c->params.mem_limit_bytes;
     return mi;
