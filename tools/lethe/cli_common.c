@@ -58,8 +58,9 @@ static const cli_optdef k_opts[] = {
     {"load", required_argument, OPT_LOAD, CLI_CHAT, "FILE", "resume a conversation saved with --save"},
     {"ignore-eos", no_argument, OPT_IGNORE_EOS, CLI_GENERATE, NULL, "keep generating past end-of-generation tokens"},
     {"host-sampling", no_argument, OPT_HOST_SAMPLING, CLI_CHAT | CLI_GENERATE | CLI_BENCH, NULL,
-     "sample from whole logits rows copied to the host (default: the device returns only the top-k the chain needs, "
-     "when it can: greedy, or top-k <= 256 without a repetition penalty; same tokens)"},
+     "decodes return whole logits rows, sampled on the host (default: only the top-k candidates the chain needs, "
+     "selected on the device, when the chain allows: greedy, or top-k <= 256 without a repetition penalty; the same "
+     "tokens; bench: what each tg step returns, default the 40 of generate's default chain)"},
     {"stats", no_argument, OPT_STATS, CLI_GENERATE | CLI_CHAT, NULL, "print timings on stderr"},
     {"no-special", no_argument, OPT_NO_SPECIAL, CLI_TOKENIZE, NULL, "no BOS/EOS and no special-token parsing"},
     {"pieces", no_argument, OPT_PIECES, CLI_TOKENIZE, NULL, "print one 'id<TAB>piece' per line"},
