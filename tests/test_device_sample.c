@@ -154,6 +154,7 @@ static void compare_runs(const char *what, lethe_model *m, int n_chains, int n_p
     lethe_status st;
     lethe_context *c = lethe_context_new(m, cp, &st);
     if (!c) fail_msg("context: %s: %s", lethe_strerror(st), lethe_last_error());
+    tu_pin_vulkan_driver();   /* the context opened the device: keep lavapipe named for LeakSanitizer */
     for (int k = 0; k < (mixed ? 1 : n_chains); k++) {
         const chain *chs[MAX_PAR];
         for (int q = 0; q < n_par; q++) chs[q] = &k_chains[mixed ? q : k];
@@ -179,7 +180,6 @@ static lethe_model *load(const char *path, const char *backend) {
     lethe_status st;
     lethe_model *m = lethe_model_load(path, mp, &st);
     if (!m) fail_msg("load %s (%s): %s: %s", path, backend, lethe_strerror(st), lethe_last_error());
-    if (strcmp(backend, "vulkan") == 0) tu_pin_vulkan_driver();
     return m;
 }
 
