@@ -44,6 +44,13 @@ cudaError_t lethe_cu_dms_decision(int mode, const float *x, int64_t xw, int64_t 
                                   int G, int per_layer, float scale, float offset, float rate, int layer,
                                   const int32_t *pos, cudaStream_t stream);
 
+/* k_topk.cu */
+/* TOP_K: x [T, V] f32 -> out [T, k, 2] (id, value bits), best first in the
+ * host sampler's order (cuda_topk.h); scratch: cu_topk_scratch_bytes(T, V, k)
+ * bytes of device memory (none when one segment covers a row). */
+cudaError_t lethe_cu_top_k(const float *x, int32_t *out, int64_t T, int64_t V, int k, void *scratch,
+                           cudaStream_t stream);
+
 /* k_rope.cu */
 /* ROPE: x [T, H, D] -> y, token t at angle pos[t] * invf[i] (computed in
  * double, as the CPU does). neox: pairs (i, i + n_rot/2), else (2i, 2i+1).

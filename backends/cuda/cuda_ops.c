@@ -20,6 +20,7 @@
  */
 #include "cuda_internal.h"
 #include "cuda_kv_meta.h"
+#include "cuda_topk.h"
 
 #include <math.h>
 #include <string.h>
@@ -95,8 +96,12 @@ bool lethe_cu_supports_op(lethe_backend *be, const lethe_node *n) {
     if (n->op == LETHE_OP_NONE) return true;
     for (int i = 0; i < LETHE_MAX_SRC; i++)
         if (n->src[i] && !contiguous(&n->src[i]->t)) return false;
-    if (!f32n(n) || !contiguous(&n->t)) return false;
+    if (!(f32n(n) || n->op == LETHE_OP_TOP_K) || !contiguous(&n->t)) return false;
     switch (n->op) {
+    case LETHE_OP_TOP_K:   /* integer keys: the CPU's bits (cuda_topk.h) */
+        return n->t.type == LETHE_I32 && f32n(n->src[0]) && n->iparams[0] >= 1 &&
+               n->iparams[0] <= n->src[0]->t.ne[0] && n->src[0]->t.ne[0] <= UINT32_MAX / 2 &&
+               nrows(&n->src[0]->t) <= 65535;
     case LETHE_OP_GET_ROWS:
     case LETHE_OP_MATMUL: {
         const lethe_tensor *w = &n->src[0]->t;
@@ -174,6 +179,8 @@ static size_t attn_part_bytes(const cu_ctx *c, const lethe_node *n) {
 
 size_t lethe_cu_scratch_need(const cu_ctx *c, const lethe_node *n) {
     if (n->op == LETHE_OP_ATTENTION) return attn_part_bytes(c, n);
+    if (n->op == LETHE_OP_TOP_K)
+        return cu_topk_scratch_bytes(nrows(&n->src[0]->t), (uint32_t)n->src[0]->t.ne[0], (uint32_t)n->iparams[0]);
     if (n->op != LETHE_OP_MATMUL) return 0;
     const lethe_tensor *w = &n->src[0]->t;
     const int64_t T = nrows(&n->src[1]->t), K = w->ne[0], N = w->ne[1];
@@ -499,6 +506,13 @@ static lethe_status run_node(lethe_backend *be, lethe_node *n, bool *used_err) {
         LAUNCH(lethe_cu_dms_decision(mode == LETHE_DMS_FORCED ? 2 : mode == LETHE_DMS_FROM_Q ? 0 : 1, src[0], xw, xw, y,
                                      n->ub->n_tokens, n->iparams[1], n->iparams[2], n->iparams[3], n->fparams[0],
                                      n->fparams[1], n->fparams[2], n->iparams[4], dpos, c->stream), "dms_decision");
+        return LETHE_OK;
+    }
+    case LETHE_OP_TOP_K: {
+        void *scratch = NULL;
+        const size_t need = lethe_cu_scratch_need(c, n);
+        if (need && (st = lethe_cu_scratch(c, need, &scratch)) != LETHE_OK) return st;
+        LAUNCH(lethe_cu_top_k(src[0], dst, nrows(a), a->ne[0], n->iparams[0], scratch, c->stream), "top_k");
         return LETHE_OK;
     }
     case LETHE_OP_KV_STORE:
