@@ -28,6 +28,7 @@
 #ifdef LETHE_HAVE_CUDA
 #include "backend.h"
 #include "cuda_kv_meta.h"
+#include "cuda_plan.h"
 #include "executor.h"
 #include "graph.h"
 #include "kv_cache.h"
@@ -35,6 +36,7 @@
 #endif
 
 #ifdef LETHE_HAVE_CUDA
+double lethe_rope_inv_freq(const lethe_rope_params *p, int i);   /* the CPU backend's */
 int lethe_cu_host_dequant_row(int wtype, const void *row, int64_t K, float *out);
 int lethe_cu_host_gemv(int wtype, const void *w, size_t row_bytes, const float *x, float *y, int64_t N, int64_t K,
                        int64_t T);
@@ -120,7 +122,7 @@ int lethe_cu_host_kv_store(const lethe_cu_kv_view *kv, const float *k, const flo
                            const lethe_cu_kv_row *rows, int64_t n_rows);
 int lethe_cu_host_attention(const lethe_cu_kv_view *kv, const float *q, float *out, const lethe_cu_attn_work *work,
                             int n_blocks, int decode, const int32_t *plists, const int32_t *qpos, int Hkv, int G,
-                            float scale, int chunk, int n_split);
+                            float scale, int chunk, int n_split, int cap);
 
 /* KV cases: a cache of 2 sequences x 2 layers x Hkv heads with `hist`
  * tokens of history in sequence 0 (9 in sequence 1), random rows, every 5th
@@ -320,6 +322,89 @@ static void kv_blind(kv_built *b) {
     for (int32_t j = 0; j < s->len; j++) *lethe_kv_expire(&b->kv, s, j) = 0;
 }
 
+/* ------------------------------------------------------------------------
+ * The launch plan (cuda_plan.h) with a fake device: every node's "device
+ * address" is derived from its index in the graph, scratch and the error
+ * flag are fixed addresses, so two plans of the same graph shape compare
+ * byte for byte exactly as the module's would. */
+typedef struct fake_dev {
+    const lethe_graph *g;
+    size_t scratch_bytes;
+    int prepared;
+} fake_dev;
+
+static int fake_resolve(void *user, const lethe_node *n, uint64_t *dev) {
+    const fake_dev *f = user;
+    *dev = 0x100000000000ull + (uint64_t)(n - f->g->nodes) * 0x100000ull;
+    return LETHE_OK;
+}
+static int fake_scratch(void *user, size_t bytes, uint64_t *dev) {
+    ((fake_dev *)user)->scratch_bytes = bytes;
+    *dev = 0x200000000000ull;
+    return LETHE_OK;
+}
+static int fake_kv_prepare(void *user, const lethe_kv_cache *kv) {
+    (void)kv;
+    ((fake_dev *)user)->prepared++;
+    return LETHE_OK;
+}
+static const int k_fake_backend = 0;   /* no node's buffer belongs to it: inputs are staged */
+
+static void plan_of(lethe_graph *g, bool bucketed, cu_plan *p, fake_dev *f) {
+    memset(f, 0, sizeof *f);
+    f->g = g;
+    const cu_plan_env env = {f, &k_fake_backend, 132, 0x300000000000ull, fake_resolve, fake_scratch, fake_kv_prepare};
+    char err[200];
+    const int rc = cu_plan_build(p, &env, g, 0, g->n_nodes, bucketed, err, sizeof err);
+    if (rc != LETHE_OK) fail_msg("cu_plan_build: %d %s", rc, err);
+}
+
+/* The staging region at offset `off` of a launch argument. */
+static const cu_region *region_at(const cu_plan *p, uint64_t off) {
+    for (int r = 0; r < p->n_regions; r++)
+        if (p->regions[r].off == off) return &p->regions[r];
+    fail_msg("no staging region at offset %llu", (unsigned long long)off);
+    return NULL;
+}
+
+static const cu_launch *launch_of(const cu_plan *p, int kind, int nth) {
+    for (int k = 0; k < p->n_launches; k++)
+        if (p->launches[k].kind == kind && nth-- == 0) return &p->launches[k];
+    return NULL;
+}
+
+/* Staged argument s of launch l: its bytes in the plan's staging buffer. */
+static const void *staged(const cu_plan *p, const cu_launch *l, int s, int kind) {
+    if (!((l->staged >> s) & 1u)) fail_msg("launch %d argument %d is not staged", l->kind, s);
+    const cu_region *r = region_at(p, l->p[s]);
+    assert_int_equal(r->kind, kind);
+    return p->stage + r->off;
+}
+
+/* ATTENTION from a plan's own staging bytes (work, page lists, positions,
+ * split) with the grid's span count from its launch: the host steps of the
+ * kernels must give the CPU's answer. */
+static void attention_from_plan(const cu_plan *p, const lethe_cu_kv_view *view, const float *q, const float *yr,
+                                size_t n_out, const char *name) {
+    const cu_launch *l = launch_of(p, CU_K_ATTENTION, 0);
+    assert_non_null(l);
+    const lethe_cu_attn_work *work = staged(p, l, 2, CU_R_WORK);
+    const int32_t *pl = staged(p, l, 3, CU_R_PLISTS);
+    const int32_t *qpos = staged(p, l, 4, CU_R_POS);
+    const int32_t *split = staged(p, l, 5, CU_R_SPLIT);
+    assert_true(split[1] >= 1 && split[1] <= l->i[4]);
+    if (l->i[1]) assert_int_equal(l->grid[1], l->i[4]);
+    float *y = malloc(n_out * sizeof(float));
+    for (size_t j = 0; j < n_out; j++) y[j] = NAN;
+    assert_int_equal(lethe_cu_host_attention(view, q, y, work, (int)l->i[0], (int)l->i[1], pl, qpos, (int)l->i[2],
+                                             (int)l->i[3], l->f[0], split[0], split[1], (int)l->i[4]), 0);
+    const double e = nmse(yr, y, n_out);
+    print_message("  %-28s from the %s plan's staging, grid %d spans (%d used): NMSE %.3g\n", name,
+                  p->bucketed ? "bucketed" : "plain", (int)l->i[4], split[1], e);
+    if (!(e < 1e-10)) fail_msg("%s: attention from the plan's staging: NMSE %.3g", name, e);
+    free(y);
+}
+
 /* One case of ATTENTION on both kernel paths and several split plans
  * against the CPU backend, after the same KV_STORE. blind: kv_blind first,
  * and the outputs of that stream's queries must be exactly 0 (the CPU's
@@ -359,13 +444,17 @@ static void attention_case(lethe_backend *cpu, const kv_case *c, uint64_t seed, 
             for (size_t ti = 0; ti < (plan.decode ? LETHE_ARRAY_SIZE(targets) : 1); ti++) {
                 int32_t chunk = 32, n_split = 1;
                 if (plan.decode) cu_attn_split_plan((int64_t)plan.n_blocks * c->Hkv, plan.Lmax, targets[ti], &chunk, &n_split);
+                /* the grid's span count: exact, the graph path's bucket, the largest */
+                const int caps[3] = {n_split, cu_pow2_ceil(n_split + 1), LETHE_CU_ATTN_MAX_SPLIT};
+                for (int ci = 0; ci < (plan.decode ? 3 : 1); ci++) {
+                const int cap = caps[ci] > LETHE_CU_ATTN_MAX_SPLIT ? LETHE_CU_ATTN_MAX_SPLIT : caps[ci];
                 for (size_t j = 0; j < n_out; j++) y[j] = NAN;   /* poison: every output written */
                 assert_int_equal(lethe_cu_host_attention(&view, emu.q, y, plan.work, plan.n_blocks, plan.decode,
                                                          plan.plists, emu.pos, c->Hkv, c->G,
-                                                         1.0f / sqrtf((float)c->D), chunk, n_split), 0);
+                                                         1.0f / sqrtf((float)c->D), chunk, n_split, cap), 0);
                 const double e = nmse(yr, y, n_out);
-                print_message("  %-28s %s, %3d span(s) of %4d: NMSE %.3g\n", c->name,
-                              plan.decode ? "decode" : "tiled ", n_split, chunk, e);
+                print_message("  %-28s %s, %3d span(s) of %4d, grid %3d: NMSE %.3g\n", c->name,
+                              plan.decode ? "decode" : "tiled ", n_split, chunk, cap, e);
                 if (!(e < 1e-10)) {
                     for (size_t r = 0; r < n_out / (size_t)c->D; r++) {
                         const double er = nmse(yr + r * (size_t)c->D, y + r * (size_t)c->D, (size_t)c->D);
@@ -388,8 +477,16 @@ static void attention_case(lethe_backend *cpu, const kv_case *c, uint64_t seed, 
                     }
                 }
                 if (blind) assert_true(blind_rows > 0);
+                }
             }
             cu_attn_plan_free(&plan);
+        }
+        for (int bucketed = 0; bucketed < 2; bucketed++) {   /* the plain and the graph path's plans */
+            cu_plan p;
+            fake_dev f;
+            plan_of(emu.g, bucketed, &p, &f);
+            attention_from_plan(&p, &view, emu.q, yr, n_out, c->name);
+            cu_plan_free(&p);
         }
         free(y);
         free(yr);
@@ -433,6 +530,236 @@ static void test_split_plan(void **state) {
             assert_true(Ls[a] == 0 || (int64_t)chunk * (n - 1) < Ls[a]);   /* no empty span for the longest */
         }
 }
+/* ------------------------------------------------------------------------
+ * Replay stability of the decode plan (CUDA graphs, cuda_graph.c): a graph
+ * of every op kind a decode step launches (GET_ROWS, RMS_NORM, GEMV, ROPE,
+ * DMS_DECISION, KV_STORE, ATTENTION) over a DMS cache whose streams grow,
+ * get holes and evict from step to step. */
+#define SG_E 64
+#define SG_V 16
+typedef struct step_graph {
+    lethe_graph *g;
+    int32_t ids[8];
+    float *emb, *wn, *wq, *k, *v;
+    lethe_rope_params rp;
+    lethe_node *store, *attn;
+} step_graph;
+
+static lethe_node *weight(lethe_graph *g, float *data, int64_t ne0, int64_t ne1, const char *name) {
+    lethe_tensor t;
+    const int64_t ne[2] = {ne0, ne1};
+    lethe_tensor_init(&t, LETHE_F32, ne1 > 1 ? 2 : 1, ne);
+    t.data = data;
+    snprintf(t.name, sizeof t.name, "%s", name);
+    return lethe_leaf(g, &t);
+}
+
+static void step_graph_build(step_graph *sg, lethe_kv_cache *kv, const lethe_ubatch *ub, uint64_t seed) {
+    memset(sg, 0, sizeof *sg);
+    const int64_t T = ub->n_tokens, Hkv = kv->n_head_kv, D = kv->head_dim, G = 4, Hq = Hkv * G;
+    sg->emb = malloc(SG_V * SG_E * sizeof(float));
+    sg->wn = malloc(SG_E * sizeof(float));
+    sg->wq = malloc((size_t)(Hq * D * SG_E) * sizeof(float));
+    sg->k = malloc((size_t)(T * Hkv * D) * sizeof(float));
+    sg->v = malloc((size_t)(T * Hkv * D) * sizeof(float));
+    tu_rand_fill(sg->emb, SG_V * SG_E, seed);
+    tu_rand_fill(sg->wn, SG_E, seed + 1);
+    tu_rand_fill(sg->wq, (size_t)(Hq * D * SG_E), seed + 2);
+    tu_rand_fill(sg->k, (size_t)(T * Hkv * D), seed + 3);
+    tu_rand_fill(sg->v, (size_t)(T * Hkv * D), seed + 4);
+    for (int t = 0; t < T; t++) sg->ids[t] = (int32_t)((seed + (uint64_t)t) % SG_V);
+    sg->rp = (lethe_rope_params){.mode = LETHE_ROPE_NEOX, .n_rot = (int32_t)D, .freq_base = 10000.0f,
+                                 .freq_scale = 1.0f};
+    lethe_graph *g = sg->g = lethe_graph_new(32);
+    const int64_t ni[1] = {T}, nk[3] = {D, Hkv, T}, nq[3] = {D, Hq, T};
+    lethe_node *x = lethe_get_rows(g, weight(g, sg->emb, SG_E, SG_V, "emb"), lethe_input(g, LETHE_I32, 1, ni, sg->ids, "ids"));
+    x = lethe_rms_norm(g, x, weight(g, sg->wn, SG_E, 1, "norm"), 1e-6f);
+    lethe_node *q = lethe_reshape(g, lethe_matmul(g, weight(g, sg->wq, SG_E, Hq * D, "wq"), x), 3, nq);
+    q = lethe_rope(g, q, &sg->rp, ub);
+    lethe_node *k = lethe_rope(g, lethe_input(g, LETHE_F32, 3, nk, sg->k, "k"), &sg->rp, ub);
+    lethe_node *v = lethe_input(g, LETHE_F32, 3, nk, sg->v, "v");
+    lethe_node *dec = lethe_dms_decision(g, NULL, LETHE_DMS_FORCED, (int)Hkv, (int)G, false, 1.0f, 0.0f, 0.5f,
+                                         KV_LAYER, ub);
+    sg->store = lethe_kv_store(g, kv, KV_LAYER, k, v, dec, ub);
+    sg->attn = lethe_attention(g, kv, KV_LAYER, q, sg->store, 1.0f / sqrtf((float)D), ub);
+    lethe_set_output(sg->attn);
+    assert_int_equal(g->status, LETHE_OK);
+}
+
+static void step_graph_free(step_graph *sg) {
+    lethe_graph_free(sg->g);
+    free(sg->emb);
+    free(sg->wn);
+    free(sg->wq);
+    free(sg->k);
+    free(sg->v);
+}
+
+/* The staged bytes of plan p decode to the values the kernels must get:
+ * the same tables the module's helpers build from the cache now. */
+static void check_staging(const cu_plan *p, const step_graph *sg, const lethe_ubatch *ub) {
+    const lethe_kv_cache *kv = sg->store->kv;
+    const size_t T = (size_t)ub->n_tokens;
+    for (int r = 0; r < 2; r++) {   /* both ROPEs: positions and the CPU backend's frequencies */
+        const cu_launch *l = launch_of(p, CU_K_ROPE, r);
+        assert_non_null(l);
+        assert_memory_equal(staged(p, l, 2, CU_R_POS), ub->pos, T * sizeof(int32_t));
+        const double *invf = staged(p, l, 3, CU_R_INVF);
+        for (int i = 0; i < sg->rp.n_rot / 2; i++)
+            if (invf[i] != lethe_rope_inv_freq(&sg->rp, i)) fail_msg("rope frequency %d differs from the CPU's", i);
+    }
+    assert_memory_equal(staged(p, launch_of(p, CU_K_GET_ROWS, 0), 1, CU_R_INPUT), sg->ids, T * sizeof(int32_t));
+    assert_memory_equal(staged(p, launch_of(p, CU_K_DMS, 0), 2, CU_R_POS), ub->pos, T * sizeof(int32_t));
+    const cu_launch *ls = launch_of(p, CU_K_KV_STORE, 0);
+    assert_memory_equal(staged(p, ls, 1, CU_R_INPUT), sg->v, T * (size_t)kv->n_head_kv * (size_t)kv->head_dim * sizeof(float));
+    lethe_cu_kv_row rows[64];
+    char err[160];
+    assert_int_equal(cu_kv_store_rows(sg->store, rows, err, sizeof err), LETHE_OK);
+    assert_memory_equal(staged(p, ls, 3, CU_R_KV_ROWS), rows, T * (size_t)kv->n_head_kv * sizeof *rows);
+    const cu_launch *la = launch_of(p, CU_K_ATTENTION, 0);
+    cu_attn_plan t;
+    assert_int_equal(cu_attn_plan_build(sg->attn, 4, false, &t, err, sizeof err), LETHE_OK);
+    assert_true(t.decode);
+    assert_int_equal(la->i[0], t.n_blocks);
+    assert_memory_equal(staged(p, la, 2, CU_R_WORK), t.work, (size_t)t.n_blocks * kv->n_head_kv * sizeof *t.work);
+    const cu_region *rp = region_at(p, la->p[3]);
+    assert_true(rp->size >= t.n_plist * sizeof(int32_t));
+    assert_memory_equal(p->stage + rp->off, t.plists, t.n_plist * sizeof(int32_t));
+    for (size_t i = t.n_plist * sizeof(int32_t); i < rp->size; i++)
+        if (p->stage[rp->off + i]) fail_msg("page-list padding byte %zu is not 0", i);
+    assert_memory_equal(staged(p, la, 4, CU_R_POS), ub->pos, T * sizeof(int32_t));
+    int32_t chunk, n_split;
+    cu_plan_attn_splits(sg->attn, 132, t.n_blocks, true, &chunk, &n_split);
+    const int32_t *split = staged(p, la, 5, CU_R_SPLIT);
+    assert_int_equal(split[0], chunk);
+    assert_int_equal(split[1], n_split);
+    assert_true(n_split <= la->i[4]);
+    if (p->bucketed) assert_int_equal(la->i[4], cu_pow2_ceil(n_split));   /* one attention node: its own bucket */
+    else assert_int_equal(la->i[4], n_split);
+    cu_attn_plan_free(&t);
+}
+
+/* The plain plan and the bucketed one: the same launches in the same order
+ * with the same values, except the attention grid's span count, its page-list
+ * capacity (and so the offsets after it) and the partials pointer. */
+static void check_plain_vs_bucketed(const cu_plan *p0, const cu_plan *p1) {
+    assert_int_equal(p0->n_launches, p1->n_launches);
+    assert_false(p0->bucketed);
+    assert_true(p1->bucketed && p1->capturable);
+    for (int k = 0; k < p0->n_launches; k++) {
+        const cu_launch *a = &p0->launches[k], *b = &p1->launches[k];
+        assert_int_equal(a->kind, b->kind);
+        assert_int_equal(a->staged, b->staged);
+        for (int s = 0; s < CU_LP; s++) {
+            if ((a->staged >> s) & 1u) {
+                const cu_region *ra = region_at(p0, a->p[s]), *rb = region_at(p1, b->p[s]);
+                assert_int_equal(ra->kind, rb->kind);
+                assert_true(rb->size >= ra->size);
+                if (memcmp(p0->stage + ra->off, p1->stage + rb->off, ra->size))
+                    fail_msg("launch %d (kind %d) argument %d: staged bytes differ between the plans", k, a->kind, s);
+            } else if (!(a->kind == CU_K_ATTENTION && s == 6) && a->p[s] != b->p[s]) {
+                fail_msg("launch %d (kind %d) argument %d differs", k, a->kind, s);
+            }
+        }
+        for (int i = 0; i < CU_LI; i++)
+            if (!(a->kind == CU_K_ATTENTION && i == 4) && a->i[i] != b->i[i])
+                fail_msg("launch %d (kind %d) integer %d differs", k, a->kind, i);
+    }
+}
+
+/* Decode steps: evictions (DMS flags), holes, growth, then a decode token. */
+static void next_step(kv_built *b, step_graph *sg, int step) {
+    lethe_kv_cache *kv = &b->kv;
+    lethe_kv_commit(kv);
+    for (int h = 0; h < kv->n_head_kv; h++) {
+        lethe_kv_stream *s = lethe_kv_stream_at(kv, 0, KV_LAYER, h);
+        if (s->len > 8 && (step + h) % 3 == 0) {   /* a DMS flag that will expire */
+            const int32_t j = s->len - 2;
+            if (*lethe_kv_pos(kv, s, j) != INT32_MAX) *lethe_kv_expire(kv, s, j) = *lethe_kv_pos(kv, s, j) + KV_W + 1;
+        }
+        if (s->len > 40 && (step + h) % 5 == 0) {   /* a hole */
+            const int32_t drop = 7 + (step * 13 + h) % (s->len - 20);
+            if (*lethe_kv_pos(kv, s, drop) != INT32_MAX) lethe_kv_stream_drop(kv, s, &drop, 1);
+        }
+    }
+    for (int t = 0; t < b->ub.n_tokens; t++) b->pos[t] += 1;   /* alternating sequences: one token each */
+    for (int t = 0; t < b->ub.n_tokens; t++) sg->ids[t] = (sg->ids[t] + 5) % SG_V;
+    tu_rand_fill(sg->k, (size_t)b->ub.n_tokens * kv->n_head_kv * kv->head_dim, 4000 + (uint64_t)step);
+    tu_rand_fill(sg->v, (size_t)b->ub.n_tokens * kv->n_head_kv * kv->head_dim, 5000 + (uint64_t)step);
+    lethe_kv_begin(kv);
+    assert_int_equal(lethe_kv_reserve(kv, b->ub.n_tokens, b->seq, b->pos), LETHE_OK);
+}
+
+static void test_plan_replay(void **state) {
+    (void)state;
+    const kv_case c = {"replay", 2, 2, 64, 4, 400, true, false, true};
+    kv_built b;
+    kv_build(&c, &b, 77);   /* 2 decode tokens (sequences 0 and 1) reserved */
+    step_graph sg;
+    step_graph_build(&sg, &b.kv, &b.ub, 78);
+    cu_plan p0, p1, prev;
+    fake_dev f;
+    plan_of(sg.g, false, &p0, &f);
+    plan_of(sg.g, true, &p1, &f);
+    assert_true(f.prepared >= 2);
+    check_staging(&p0, &sg, &b.ub);
+    check_staging(&p1, &sg, &b.ub);
+    check_plain_vs_bucketed(&p0, &p1);
+    cu_plan_free(&p0);
+    prev = p1;
+    int same = 0, crossed = 0;
+    for (int step = 1; step <= 160; step++) {
+        next_step(&b, &sg, step);
+        cu_plan p;
+        plan_of(sg.g, true, &p, &f);
+        check_staging(&p, &sg, &b.ub);
+        assert_int_equal(p.n_launches, prev.n_launches);
+        const bool buckets = p.span_cap == prev.span_cap && p.plist_cap == prev.plist_cap;
+        if (buckets) {   /* replay: the identical launch list, only the staging bytes move */
+            if (p.key != prev.key || p.stage_size != prev.stage_size ||
+                memcmp(p.launches, prev.launches, (size_t)p.n_launches * sizeof *p.launches))
+                fail_msg("step %d: same buckets (spans %d, pages %d) but a different launch list", step, p.span_cap,
+                         p.plist_cap);
+            if (!memcmp(p.stage, prev.stage, p.stage_size)) fail_msg("step %d: the staging bytes did not change", step);
+            same++;
+        } else {         /* a bucket crossed: a new key, and only the attention launch changed */
+            if (p.key == prev.key) fail_msg("step %d: buckets changed, the key did not", step);
+            for (int k = 0; k < p.n_launches; k++) {
+                const cu_launch *a = &p.launches[k], *o = &prev.launches[k];
+                if (a->kind != CU_K_ATTENTION && p.plist_cap == prev.plist_cap && memcmp(a, o, sizeof *a))
+                    fail_msg("step %d: launch %d (kind %d) changed with the span bucket", step, k, a->kind);
+                if (a->kind == CU_K_ATTENTION) assert_int_equal(a->grid[1], (uint32_t)p.span_cap);
+            }
+            print_message("  step %d: span bucket %d -> %d, page bucket %d -> %d: new key\n", step, prev.span_cap,
+                          p.span_cap, prev.plist_cap, p.plist_cap);
+            crossed++;
+        }
+        cu_plan_free(&prev);
+        prev = p;
+    }
+    print_message("  %d steps replayed the same launch list, %d crossed a bucket\n", same, crossed);
+    assert_true(same >= 100);
+    assert_true(crossed >= 1);   /* 400 -> 560 slots: 4 -> 5 spans of 128, bucket 4 -> 8 */
+    /* T changes: one token of sequence 0 only */
+    lethe_kv_commit(&b.kv);
+    int32_t seq1[1] = {0}, pos1[1] = {b.pos[0] + 1};
+    const lethe_ubatch ub1 = {1, seq1, pos1};
+    lethe_kv_begin(&b.kv);
+    assert_int_equal(lethe_kv_reserve(&b.kv, 1, seq1, pos1), LETHE_OK);
+    step_graph sg1;
+    step_graph_build(&sg1, &b.kv, &ub1, 79);
+    cu_plan p;
+    plan_of(sg1.g, true, &p, &f);
+    check_staging(&p, &sg1, &ub1);
+    assert_true(p.key != prev.key);
+    assert_int_equal(launch_of(&p, CU_K_GEMV, 0)->i[4], 1);
+    assert_int_equal(launch_of(&prev, CU_K_GEMV, 0)->i[4], 2);
+    cu_plan_free(&p);
+    cu_plan_free(&prev);
+    step_graph_free(&sg1);
+    step_graph_free(&sg);
+    kv_built_free(&b);
+}
 #else
 static void test_dequant_rows(void **state) {
     (void)state;
@@ -444,6 +771,7 @@ static void test_kv_store_tables(void **state) { test_dequant_rows(state); }
 static void test_attention_paths(void **state) { test_dequant_rows(state); }
 static void test_attention_blind(void **state) { test_dequant_rows(state); }
 static void test_split_plan(void **state) { test_dequant_rows(state); }
+static void test_plan_replay(void **state) { test_dequant_rows(state); }
 #endif
 
 int main(void) {
@@ -454,6 +782,7 @@ int main(void) {
         cmocka_unit_test(test_attention_paths),
         cmocka_unit_test(test_attention_blind),
         cmocka_unit_test(test_split_plan),
+        cmocka_unit_test(test_plan_replay),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

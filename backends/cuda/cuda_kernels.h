@@ -131,12 +131,17 @@ cudaError_t lethe_cu_kv_store(const lethe_cu_kv_view *kv, const float *k, const 
  * decode != 0 (every block one token): flash-decoding, each block's stream
  * cut into n_split spans of `chunk` slots (a multiple of P), one CTA per
  * (block, KV head, span) reading each K/V row once for its G query heads,
- * partials in `part` [n_blocks * Hkv][n_split][G][D + 2] f32, then a
- * combine kernel (n_split == 1: written directly). decode == 0: the tiled
- * kernel, one CTA per (block, KV head) with up to 32 / G tokens. */
+ * partials in `part` [n_blocks * Hkv][cap][G][D + 2] f32, then a combine
+ * kernel (launched when cap > 1; it does nothing when n_split == 1: the
+ * span's CTA wrote the output directly). chunk and n_split are read from
+ * the device array split[2] = {chunk, n_split}, 1 <= n_split <= cap: the
+ * grid (T * Hkv, cap) depends on cap alone, so a captured CUDA graph stays
+ * valid while n_split changes (surplus CTAs exit at once). decode == 0: the
+ * tiled kernel, one CTA per (block, KV head) with up to 32 / G tokens
+ * (split and cap unused). */
 cudaError_t lethe_cu_attention(const lethe_cu_kv_view *kv, const float *q, float *out, const lethe_cu_attn_work *work,
                                int n_blocks, int decode, const int32_t *plists, const int32_t *qpos, int Hkv, int G,
-                               float scale, int chunk, int n_split, float *part, cudaStream_t stream);
+                               float scale, const int32_t *split, int cap, float *part, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

@@ -178,16 +178,19 @@ static void host_decode_span(const lethe_cu_kv_view *kv, const float *q, const l
 }
 
 /* The decode path (k_attn_decode + k_attn_combine) and the tiled path
- * (k_attn_prefill), with the kernels' work tables and split plan. */
+ * (k_attn_prefill), with the kernels' work tables and split plan. cap: the
+ * decode grid's span count (>= n_split, cuda_plan.h's bucket): spans past
+ * n_split are CTAs that exit at once (their partials stay poisoned: NaN),
+ * partials are laid out with stride cap, and the combine reads n_split. */
 extern "C" int lethe_cu_host_attention(const lethe_cu_kv_view *kv, const float *q, float *out,
                                        const lethe_cu_attn_work *work, int n_blocks, int decode,
                                        const int32_t *plists, const int32_t *qpos, int Hkv, int G, float scale,
-                                       int chunk, int n_split) {
+                                       int chunk, int n_split, int cap) {
     const int D = kv->D, Hq = Hkv * G;
-    if (!lethe_cu_attn_shape_ok(D, G) || chunk % CU_KV_P != 0 || n_split < 1) return -1;
+    if (!lethe_cu_attn_shape_ok(D, G) || chunk % CU_KV_P != 0 || n_split < 1 || cap < n_split) return -1;
     if (decode) {
         const int stride = G * (D + 2);
-        float *part = (float *)malloc(sizeof(float) * (size_t)n_split * stride);
+        float *part = (float *)malloc(sizeof(float) * (size_t)cap * stride);
         for (int item = 0; item < n_blocks * Hkv; item++) {
             const int b = item / Hkv, hk = item % Hkv;
             const lethe_cu_attn_work &w = work[item];
@@ -196,7 +199,9 @@ extern "C" int lethe_cu_host_attention(const lethe_cu_kv_view *kv, const float *
                 return -2;
             }
             const int t = w.t0;
-            for (int sp = 0; sp < n_split; sp++) {
+            for (size_t i = 0; i < (size_t)cap * stride; i++) part[i] = NAN;
+            for (int sp = 0; sp < cap; sp++) {
+                if (sp >= n_split) continue;   /* the kernel's early exit */
                 const int jb = sp * chunk, je = w.L < jb + chunk ? w.L : jb + chunk;
                 host_decode_span(kv, q, w, plists, qpos[t], t, hk, Hkv, G, scale, jb, je, part + sp * stride);
             }
@@ -204,7 +209,7 @@ extern "C" int lethe_cu_host_attention(const lethe_cu_kv_view *kv, const float *
             for (int g = 0; g < G; g++) {
                 const float *p0 = part + g * (D + 2);
                 float *o = out + ((size_t)t * Hq + (size_t)hk * G + g) * D;
-                if (n_split == 1) {   /* the kernel writes acc * (1 / l) */
+                if (n_split == 1) {   /* the kernel writes acc * (1 / l); the combine, if launched, returns */
                     for (int d = 0; d < D; d++) o[d] = p0[1] > 0.0f ? p0[2 + d] * (1.0f / p0[1]) : 0.0f;
                     continue;
                 }
