@@ -308,18 +308,28 @@ if has graphs; then
         # 700 positions one token per call: decode steps only, DMS evicting (forced), the
         # streams cross span buckets 1 -> 2 -> 4 -> 8: every crossing is a new capture
         toks="$(seq -s, 1 700)"
+        glog="$WORK/logits-graphs.log"
+        : > "$glog"
         for gr in 0 1; do
-            run "logits-graphs-$gr" "$OUT/test.log" env LETHE_CUDA_GRAPHS=$gr "$LETHE" logits -m "$small" \
+            rm -f "$WORK/logits-graphs-$gr.bin"
+            run "logits-graphs-$gr" "$glog" env LETHE_CUDA_GRAPHS=$gr "$LETHE" logits -m "$small" \
                 --backend cuda -b 1 --tokens "$toks" --dms-force-rate 0.5 --dms-window 64 -c 1024 -v -v \
                 -o "$WORK/logits-graphs-$gr.bin"
         done
-        if cmp -s "$WORK/logits-graphs-0.bin" "$WORK/logits-graphs-1.bin"; then
+        grep -v '^lethe: debug: cuda: nodes' "$glog" >> "$OUT/test.log"
+        n_cap="$(grep -c 'graph of .* launches captured' "$glog")"
+        n_fb="$(grep -c 'runs plain launches' "$glog")"
+        if grep -q "unavailable.*running on the CPU" "$glog"; then
+            failed+=("logits-graphs-no-cuda")
+            note "- **logits with graphs on/off: the CUDA backend did not start** (CPU fallback; nothing checked)"
+        elif cmp -s "$WORK/logits-graphs-0.bin" "$WORK/logits-graphs-1.bin"; then
             note "- logits of 700 decode steps (DMS forced 0.5, window 64): graphs on == off, bit for bit"
         else
             failed+=("logits-graphs-differ")
             note "- **logits differ with graphs on** ($(cmp "$WORK/logits-graphs-0.bin" "$WORK/logits-graphs-1.bin" 2>&1 | head -1))"
         fi
-        note "- captures logged: $(grep -c 'graph of .* launches captured' "$OUT/test.log"), fallbacks: $(grep -c 'runs plain launches' "$OUT/test.log")"
+        note "- graphs captured: $n_cap, steps that fell back to plain launches: $n_fb"
+        [[ "$n_cap" -gt 0 ]] || { failed+=("graphs-never-captured"); note "- **no graph was captured with LETHE_CUDA_GRAPHS=1**"; }
     fi
     run "ctest-graphs" "$OUT/test.log" env LETHE_CUDA_GRAPHS=1 LETHE_TEST_ALLOW_NO_DEVICE=1 ctest --test-dir "$BUILD" \
         --output-on-failure -V --timeout "$TMO" -R 'test_cuda_(e2e|dms)' && note "- test_cuda_e2e, test_cuda_dms with graphs on: passed"
