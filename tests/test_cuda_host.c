@@ -539,7 +539,7 @@ static void test_split_plan(void **state) {
 #define SG_V 16
 typedef struct step_graph {
     lethe_graph *g;
-    int32_t ids[8];
+    int32_t ids[64];
     float *emb, *wn, *wq, *k, *v;
     lethe_rope_params rp;
     lethe_node *store, *attn;
@@ -699,9 +699,10 @@ static void test_plan_replay(void **state) {
     step_graph_build(&sg, &b.kv, &b.ub, 78);
     cu_plan p0, p1, prev;
     fake_dev f;
+    assert_true(cu_plan_decode_shaped(sg.g, 0, sg.g->n_nodes));
     plan_of(sg.g, false, &p0, &f);
     plan_of(sg.g, true, &p1, &f);
-    assert_true(f.prepared >= 2);
+    assert_true(f.prepared >= 2);   /* KV_STORE and ATTENTION asked for the cache's placement */
     check_staging(&p0, &sg, &b.ub);
     check_staging(&p1, &sg, &b.ub);
     check_plain_vs_bucketed(&p0, &p1);
@@ -760,6 +761,39 @@ static void test_plan_replay(void **state) {
     step_graph_free(&sg);
     kv_built_free(&b);
 }
+
+/* Prefill (runs of one sequence, T > 8): the matmuls go to cuBLAS, so the
+ * plan is not decode-shaped, not capturable, and its attention is the tiled
+ * kernel with a grid of (blocks, Hkv). */
+static void test_plan_prefill(void **state) {
+    (void)state;
+    const kv_case c = {"prefill", 12, 2, 64, 4, 100, true, true, true};
+    kv_built b;
+    kv_build(&c, &b, 91);
+    step_graph sg;
+    step_graph_build(&sg, &b.kv, &b.ub, 92);
+    assert_false(cu_plan_decode_shaped(sg.g, 0, sg.g->n_nodes));
+    cu_plan p;
+    fake_dev f;
+    plan_of(sg.g, false, &p, &f);
+    assert_false(p.capturable);
+    const cu_launch *m = launch_of(&p, CU_K_MATMUL, 0);
+    assert_non_null(m);
+    assert_null(launch_of(&p, CU_K_GEMV, 0));
+    assert_int_equal(m->i[4], 12);
+    assert_int_equal(m->i[0], LETHE_F32);   /* f32 weights: cublasSgemm, no f16 operands in scratch */
+    assert_int_equal(m->p[3], 0);
+    assert_int_equal(f.scratch_bytes, 0);
+    const cu_launch *a = launch_of(&p, CU_K_ATTENTION, 0);
+    assert_int_equal(a->i[1], 0);   /* tiled */
+    assert_int_equal(a->i[4], 1);
+    assert_int_equal(a->grid[0], (uint32_t)a->i[0]);
+    assert_int_equal(a->grid[1], 2);
+    assert_int_equal(a->p[6], 0);   /* no partials */
+    cu_plan_free(&p);
+    step_graph_free(&sg);
+    kv_built_free(&b);
+}
 #else
 static void test_dequant_rows(void **state) {
     (void)state;
@@ -772,6 +806,7 @@ static void test_attention_paths(void **state) { test_dequant_rows(state); }
 static void test_attention_blind(void **state) { test_dequant_rows(state); }
 static void test_split_plan(void **state) { test_dequant_rows(state); }
 static void test_plan_replay(void **state) { test_dequant_rows(state); }
+static void test_plan_prefill(void **state) { test_dequant_rows(state); }
 #endif
 
 int main(void) {
@@ -783,6 +818,7 @@ int main(void) {
         cmocka_unit_test(test_attention_blind),
         cmocka_unit_test(test_split_plan),
         cmocka_unit_test(test_plan_replay),
+        cmocka_unit_test(test_plan_prefill),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
