@@ -9,7 +9,13 @@
 # Kernels are CUDA C++ in one .cu file per op family behind a C ABI
 # (backends/cuda/cuda_kernels.h); the rest of the backend is C.
 file(GLOB LETHE_CUDA_SRC CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/backends/cuda/*.c ${PROJECT_SOURCE_DIR}/backends/cuda/*.cu)
-add_library(lethe-cuda MODULE ${LETHE_CUDA_SRC})
+list(REMOVE_ITEM LETHE_CUDA_SRC ${PROJECT_SOURCE_DIR}/backends/cuda/k_gemv.cu)
+# the decode GEMV is compiled once, for the module and for its microbenchmark
+add_library(lethe_cuda_gemv OBJECT ${PROJECT_SOURCE_DIR}/backends/cuda/k_gemv.cu)
+target_include_directories(lethe_cuda_gemv PRIVATE ${PROJECT_SOURCE_DIR}/backends/cuda)
+target_compile_options(lethe_cuda_gemv PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-lineinfo -Xcompiler=-fvisibility=hidden>)
+set_target_properties(lethe_cuda_gemv PROPERTIES POSITION_INDEPENDENT_CODE ON CUDA_VISIBILITY_PRESET hidden)
+add_library(lethe-cuda MODULE ${LETHE_CUDA_SRC} $<TARGET_OBJECTS:lethe_cuda_gemv>)
 target_include_directories(lethe-cuda PRIVATE ${PROJECT_SOURCE_DIR}/include ${PROJECT_SOURCE_DIR}/core
                            ${PROJECT_SOURCE_DIR}/backends/cuda)
 target_link_libraries(lethe-cuda PRIVATE CUDA::cudart_static CUDA::cublas m)
@@ -26,8 +32,16 @@ set_target_properties(lethe-cuda PROPERTIES
 target_link_options(lethe-cuda PRIVATE -Wl,-z,defs)
 install(TARGETS lethe-cuda LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}/${LETHE_MODULE_SUBDIR})
 
+# The decode GEMV alone, old kernel against new, in GB/s against the copy
+# roofline (tools/gpu-check.sh's gemv stage). Not installed.
+add_executable(lethe_cuda_gemv_bench ${PROJECT_SOURCE_DIR}/tools/cuda/gemv_bench.cu $<TARGET_OBJECTS:lethe_cuda_gemv>)
+target_include_directories(lethe_cuda_gemv_bench PRIVATE ${PROJECT_SOURCE_DIR}/backends/cuda)
+target_link_libraries(lethe_cuda_gemv_bench PRIVATE CUDA::cudart_static)
+
 # The kernels' block decoding and GEMV lane code compiled for the host, so
 # the CPU-only test suite checks them (tests/test_cuda_host.c).
 add_library(lethe_cuda_hostcheck STATIC ${PROJECT_SOURCE_DIR}/backends/cuda/hostcheck/k_hostcheck.cu)
 target_include_directories(lethe_cuda_hostcheck PRIVATE ${PROJECT_SOURCE_DIR}/backends/cuda)
 target_link_libraries(lethe_cuda_hostcheck PUBLIC CUDA::cudart_static stdc++)
+# the GEMV's float order is part of what the host checks: no fused a*b+c the device does not do
+target_compile_options(lethe_cuda_hostcheck PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-ffp-contract=off>)

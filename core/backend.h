@@ -17,6 +17,7 @@
 #include "lethe.h"
 
 typedef struct lethe_backend lethe_backend;
+typedef struct lethe_device_share lethe_device_share;   /* below */
 
 typedef struct lethe_buffer {
     lethe_backend *backend;
@@ -87,7 +88,31 @@ typedef struct lethe_backend_iface {
      * before returning, so the next compute does not page-fault them in.
      * A failure only costs speed. */
     lethe_status (*buffer_host_done)(lethe_buffer *buf, size_t offs, size_t size);
+
+    /* Optional (NULL: the backend shares nothing). GPU backends of one kind
+     * on one device index share one device per process (its queue,
+     * pipelines and weight cache; docs/DESIGN-CHANGES.md): what it holds now.
+     * weight_bytes / n_weights count the cached weights whose host bytes lie
+     * in [lo, lo + size), or all of them when lo is NULL. */
+    void (*device_share)(lethe_backend *be, const void *lo, size_t size, lethe_device_share *out);
 } lethe_backend_iface;
+
+struct lethe_device_share {
+    int users;               /* backends on the device now, `be` included     */
+    size_t n_weights;        /* weights of the range in the device's cache    */
+    size_t weight_bytes;     /* their bytes on the device (each counted once) */
+    uint64_t uploads;        /* weights uploaded since the device was created  */
+};
+
+/* Device weight caches are keyed by host address and outlive any one
+ * context: whoever frees host memory that graphs used as weights (a model's
+ * tensors: lethe_model_free) calls this first, so that every live device
+ * drops its copies of bytes in [lo, lo + size) and a later allocation at the
+ * same address is uploaded afresh, never served stale. No backend may have
+ * work in flight that reads those copies (their contexts are gone). */
+void lethe_backends_forget(const void *lo, size_t size);
+void lethe_backend_vulkan_forget(const void *lo, size_t size);
+void lethe_backend_cuda_forget(const void *lo, size_t size);
 
 struct lethe_backend {
     const lethe_backend_iface *iface;

@@ -11,7 +11,20 @@
 #include "common.h"
 
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdlib.h>
+
+/* The module once a backend of it started (it stays loaded), so that
+ * lethe_backend_cuda_forget reaches its devices without ever loading it. */
+static pthread_mutex_t g_cuda_mu = PTHREAD_MUTEX_INITIALIZER;
+static const lethe_backend_module *g_cuda_module;
+
+void lethe_backend_cuda_forget(const void *lo, size_t size) {
+    pthread_mutex_lock(&g_cuda_mu);
+    const lethe_backend_module *m = g_cuda_module;
+    pthread_mutex_unlock(&g_cuda_mu);
+    if (m && m->forget) m->forget(lo, size);
+}
 
 lethe_backend *lethe_backend_cuda_new(int device) {
 #ifndef LETHE_HAVE_CUDA
@@ -40,6 +53,12 @@ lethe_backend *lethe_backend_cuda_new(int device) {
         return NULL;
     }
     lethe_status st = LETHE_OK;
-    return m->create(device, &st);
+    lethe_backend *be = m->create(device, &st);
+    if (be) {
+        pthread_mutex_lock(&g_cuda_mu);
+        g_cuda_module = m;
+        pthread_mutex_unlock(&g_cuda_mu);
+    }
+    return be;
 #endif
 }

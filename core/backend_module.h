@@ -26,8 +26,8 @@
 /* Bumped whenever lethe_backend_iface (backend.h) or these structs change
  * layout: a module built against another layout is refused by name instead
  * of having fields read past its iface. 2: the iface grew device_ms and
- * buffer_host_done. */
-#define LETHE_BACKEND_MODULE_ABI 2
+ * buffer_host_done. 3: the iface grew device_share, the module forget. */
+#define LETHE_BACKEND_MODULE_ABI 3
 #define LETHE_BACKEND_MODULE_ENTRY "lethe_backend_module_entry"
 
 typedef struct lethe_module_host {
@@ -43,6 +43,9 @@ typedef struct lethe_backend_module {
     int (*device_count)(void);
     /* A backend on device `device`; NULL with a status on failure. */
     lethe_backend *(*create)(int device, lethe_status *status);
+    /* Drop every device's cached copies of host bytes [lo, lo + size)
+     * (backend.h, lethe_backends_forget); NULL: the module caches none. */
+    void (*forget)(const void *lo, size_t size);
 } lethe_backend_module;
 
 typedef const lethe_backend_module *(*lethe_backend_module_entry_fn)(const lethe_module_host *host);

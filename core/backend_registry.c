@@ -19,7 +19,17 @@ int lethe_backend_vulkan_native_fma(lethe_backend *be) {
     (void)be;
     return -1;
 }
+void lethe_backend_vulkan_forget(const void *lo, size_t size) {
+    (void)lo;
+    (void)size;
+}
 #endif
+
+void lethe_backends_forget(const void *lo, size_t size) {
+    if (!lo || !size) return;
+    lethe_backend_vulkan_forget(lo, size);
+    lethe_backend_cuda_forget(lo, size);
+}
 
 lethe_backend *lethe_backend_gpu_new(const char *name, int device) {
     if (name && strcmp(name, "vulkan") == 0) return lethe_backend_vulkan_new(device);

@@ -456,6 +456,7 @@ lethe_kv_cache *lethe_context_kv_mut(lethe_context *c) {
     return c ? &c->kv : NULL;
 }
 const struct lethe_model *lethe_context_model(const lethe_context *c) { return c ? c->model : NULL; }
+lethe_backend *lethe_context_gpu(const lethe_context *c) { return c ? c->gpu : NULL; }
 
 size_t lethe_model_memory_bytes(const lethe_model *m) {
     if (!m) return 0;
@@ -468,6 +469,20 @@ double lethe_get_device_ms(const lethe_context *c) {
     return c->gpu->iface->device_ms(c->gpu);
 }
 
+typedef struct device_weights {
+    lethe_backend *be;
+    size_t bytes;
+    int users;
+} device_weights;
+
+static void add_device_weight(const lethe_tensor *t, void *user) {
+    device_weights *w = user;
+    lethe_device_share sh;
+    w->be->iface->device_share(w->be, t->data, lethe_tensor_nbytes(t), &sh);
+    w->bytes += sh.weight_bytes;
+    w->users = sh.users;
+}
+
 lethe_memory_info lethe_get_memory_info(const lethe_context *c) {
     lethe_memory_info mi = {0};
     if (!c) return mi;
@@ -477,5 +492,11 @@ lethe_memory_info lethe_get_memory_info(const lethe_context *c) {
     mi.other_bytes = other_bytes(c, c->cap_logits, c->cap_rows);
     mi.context_bytes = mi.kv_bytes + mi.compute_bytes + mi.other_bytes;
     mi.mem_limit_bytes = c->params.mem_limit_bytes;
+    if (c->gpu && c->gpu->iface->device_share) {   /* the device's one copy of this model's weights */
+        device_weights w = {c->gpu, 0, 0};
+        lethe_model_for_each_weight(c->model, add_device_weight, &w);
+        mi.device_weight_bytes = w.bytes;
+        mi.device_contexts = w.users;
+    }
     return mi;
 }

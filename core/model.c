@@ -2,6 +2,7 @@
  * tensors checked against them (names, shapes, dtypes), tokenizer. */
 #include "model.h"
 #include "common.h"
+#include "backend.h"
 #include "hf_model.h"
 
 #include <string.h>
@@ -268,8 +269,31 @@ static lethe_status prefault(lethe_model *m) {
     return LETHE_OK;
 }
 
+void lethe_model_for_each_weight(const lethe_model *m, lethe_weight_fn fn, void *user) {
+    const lethe_tensor *top[3] = {&m->tok_embd, &m->output_norm, &m->output};
+    for (int i = 0; i < 3; i++)
+        if (top[i]->data && (i < 2 || top[i]->data != m->tok_embd.data)) fn(top[i], user);   /* tied: once */
+    for (int l = 0; m->layers && l < m->hp.n_layer; l++) {
+        const lethe_layer *L = &m->layers[l];
+        const lethe_tensor *ts[] = {&L->attn_norm, &L->wq, &L->wk, &L->wv, &L->wo, &L->bq, &L->bk, &L->bv,
+                                    &L->q_norm, &L->k_norm, &L->ffn_norm, &L->w_gate, &L->w_up, &L->w_down,
+                                    &L->dms_alpha, &L->dms_alpha_norm};
+        for (size_t i = 0; i < LETHE_ARRAY_SIZE(ts); i++)
+            if (ts[i]->data) fn(ts[i], user);
+    }
+}
+
+static void forget_weight(const lethe_tensor *t, void *user) {
+    (void)user;
+    lethe_backends_forget(t->data, lethe_tensor_nbytes(t));
+}
+
 void lethe_model_free(lethe_model *m) {
     if (!m) return;
+    /* GPU devices outlive contexts and cache weights by host address: drop
+     * this model's before its memory can be handed to another model */
+    lethe_model_for_each_weight(m, forget_weight, NULL);
+    if (m->gguf) lethe_backends_forget(m->gguf->base, m->gguf->size);   /* anything else in the file */
     lethe_tokenizer_free(m->tok);
     free(m->chat_system);
     free(m->layers);

@@ -68,6 +68,11 @@ struct lethe_model {
     float *dms_adapter_mem;                  /* --dms-adapter tensors (f32 copies) or NULL */
 };
 
+/* Call fn on each weight tensor of the model that has host data, tied ones
+ * once (the graph's leaves: what device backends upload and cache). */
+typedef void (*lethe_weight_fn)(const lethe_tensor *t, void *user);
+void lethe_model_for_each_weight(const lethe_model *m, lethe_weight_fn fn, void *user);
+
 /* Apply a DMS adapter file to a model that is not DMS (dms_adapter.c);
  * nothing changes unless every tensor is present and of the right shape. */
 lethe_status lethe_dms_adapter_apply(lethe_model *m, const char *path);

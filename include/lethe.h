@@ -293,6 +293,15 @@ typedef struct lethe_memory_info {
     size_t other_bytes;       /* logits, batch staging, graph nodes             */
     size_t context_bytes;     /* kv + compute + other: what mem_limit_bytes caps */
     size_t mem_limit_bytes;   /* the context's cap (0: none)                    */
+    /* The model's weights on the context's GPU. A process holds one device
+     * per backend kind and device index, shared by all its contexts, and
+     * each weight is uploaded there once, on first use by any of them: these
+     * bytes are the device's single copy, reported alike to every context
+     * that shares it and NOT part of context_bytes or of mem_limit_bytes
+     * (model memory, like model_bytes; add it once per device, not once per
+     * context). 0 on the CPU, and until the first decode uploads them. */
+    size_t device_weight_bytes;
+    int32_t device_contexts;  /* contexts sharing that device now, this one included (0: CPU only) */
 } lethe_memory_info;
 
 LETHE_API lethe_memory_info lethe_get_memory_info(const lethe_context *ctx);

@@ -856,6 +856,12 @@ static void test_native_fma(void **state) {
     const int nc = (int)LETHE_ARRAY_SIZE(cases);
     lethe_backend_info info;
 
+    /* the probe runs once per device, when it is made, and backends share
+     * a device (one per index and configuration per process): setup's
+     * backend holds this one, so it goes, for a fresh device here */
+    g_s.devs[0].be->iface->free(g_s.devs[0].be);
+    g_s.devs[0].be = NULL;
+
     /* the probe's own verdict */
     lethe_backend *be = vk_with(NULL, NULL);
     be->iface->get_info(be, &info);
@@ -863,6 +869,14 @@ static void test_native_fma(void **state) {
     assert_int_equal(g_probe_lines, 1);   /* one probe, one verdict, at debug level */
     assert_int_equal(g_probe_fused, fused);
     assert_int_equal(g_probe_warns, 0);
+    /* a second backend shares the device and its verdict: no second probe */
+    lethe_backend *be_b = vk_with(NULL, NULL);
+    assert_int_equal(g_probe_lines, 0);
+    assert_int_equal(lethe_backend_vulkan_native_fma(be_b), fused);
+    lethe_device_share sh;
+    be_b->iface->device_share(be_b, NULL, 0, &sh);
+    assert_int_equal(sh.users, 2);
+    be_b->iface->free(be_b);
     if (strstr(info.device_name, "llvmpipe")) assert_int_equal(fused, 0);   /* lavapipe: fma() not fused */
     print_message("  %s: fma() %s\n", info.device_name, fused ? "fused: NATIVE_FMA on" : "not fused: emulated");
     for (int i = 0; i < nc; i++) {
@@ -908,6 +922,66 @@ static void test_native_fma(void **state) {
     assert_int_equal(lethe_backend_vulkan_native_fma(be), 0);
     assert_int_equal(bit_diffs(be, &cases[0], 500, &e), 0);
     be->iface->free(be);
+
+    g_s.devs[0].be = lethe_backend_vulkan_new(0);   /* setup's again, for teardown */
+    assert_non_null(g_s.devs[0].be);
+}
+
+/* The CUDA decode GEMV (k_gemv.cu) on the device: for the 32-block types it
+ * computes the CPU's integer dots in the CPU's float order, so every output
+ * must be the CPU's bits (odd N: partial warps; K = 576: rows off 16 bytes;
+ * K = 1280: a partial chunk; T up to 8); the float types agree to rounding
+ * (another summation order). The "wide" layout (LETHE_CUDA_GEMV=wide) gives
+ * the same bits; the first kernel (LETHE_CUDA_GEMV=old) still meets the
+ * matmul limit. Skips without a CUDA device. */
+static void test_cuda_gemv(void **state) {
+    (void)state;
+    lethe_backend *cu = NULL;
+    for (int d = 0; d < g_s.n_devs; d++)
+        if (!strcmp(g_s.devs[d].name, "cuda")) cu = g_s.devs[d].be;
+    if (!cu) {
+        print_message("CUDA: skipped, no CUDA device here\n");
+        skip();
+    }
+    static const op_case exact[] = {
+        MM(Q4_0, 67, 128, 1), MM(Q4_1, 67, 128, 1), MM(Q5_0, 40, 160, 1), MM(Q5_1, 40, 160, 1),
+        MM(Q8_0, 67, 128, 1), MM(Q4_0, 37, 576, 8), MM(Q4_1, 576, 1536, 1), MM(Q5_0, 13, 1280, 5),
+        MM(Q5_1, 19, 576, 3), MM(Q8_0, 41, 1056, 8), MM(Q4_1, 192, 576, 2),
+    };
+    static const op_case close[] = {
+        MM(F32, 67, 96, 1), MM(F16, 67, 128, 8), MM(BF16, 37, 576, 3), MM(F16, 130, 1280, 1),
+    };
+    double e;
+    for (size_t i = 0; i < LETHE_ARRAY_SIZE(exact); i++) {
+        const int d = bit_diffs(cu, &exact[i], 900 + (uint64_t)i, &e);
+        print_message("  %-28s %d elements differ from the CPU (NMSE %.3g)\n", exact[i].name, d, e);
+        assert_int_equal(d, 0);
+    }
+    for (size_t i = 0; i < LETHE_ARRAY_SIZE(close); i++) {
+        bit_diffs(cu, &close[i], 950 + (uint64_t)i, &e);
+        print_message("  %-28s NMSE %.3g against the CPU\n", close[i].name, e);
+        assert_true(e <= 1e-9);
+    }
+    setenv("LETHE_CUDA_GEMV", "wide", 1);   /* 2 lanes per row: the same bits */
+    lethe_backend *wide = lethe_backend_cuda_new(0);
+    unsetenv("LETHE_CUDA_GEMV");
+    assert_non_null(wide);
+    for (size_t i = 0; i < LETHE_ARRAY_SIZE(exact); i++) {
+        const int d = bit_diffs(wide, &exact[i], 900 + (uint64_t)i, &e);
+        print_message("  %-28s wide: %d elements differ from the CPU\n", exact[i].name, d);
+        assert_int_equal(d, 0);
+    }
+    wide->iface->free(wide);
+    setenv("LETHE_CUDA_GEMV", "old", 1);
+    lethe_backend *old = lethe_backend_cuda_new(0);
+    unsetenv("LETHE_CUDA_GEMV");
+    assert_non_null(old);
+    for (size_t i = 0; i < 3; i++) {
+        bit_diffs(old, &exact[i], 900 + (uint64_t)i, &e);
+        print_message("  %-28s old kernel: NMSE %.3g against the CPU\n", exact[i].name, e);
+        assert_true(e <= EPS_MM);
+    }
+    old->iface->free(old);
 }
 
 static int setup(void **state) {
@@ -947,7 +1021,7 @@ static int teardown(void **state) {
     (void)state;
     for (int d = 0; d < g_s.n_devs; d++) {
         if (g_s.devs[d].split != g_s.devs[d].be) g_s.devs[d].split->iface->free(g_s.devs[d].split);
-        g_s.devs[d].be->iface->free(g_s.devs[d].be);
+        if (g_s.devs[d].be) g_s.devs[d].be->iface->free(g_s.devs[d].be);
     }
     g_s.cpu->iface->free(g_s.cpu);
     for (int i = 0; i < g_s.n_mem; i++) free(g_s.mem[i]);
@@ -963,6 +1037,7 @@ int main(void) {
         cmocka_unit_test(test_no_device),
         cmocka_unit_test(test_pipeline_failure),
         cmocka_unit_test(test_native_fma),
+        cmocka_unit_test(test_cuda_gemv),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -29,12 +29,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../backends/cuda/cuda_weights.h"   /* plain C: tested with or without CUDA */
 #include "common.h"
 #include "dtype.h"
 #include "testutil.h"
 
 #ifdef LETHE_HAVE_CUDA
 #include "backend.h"
+#include "cpu_kernels.h"
 #include "cuda_kv_meta.h"
 #include "cuda_plan.h"
 #include "executor.h"
@@ -123,6 +125,133 @@ static void test_gemv_lanes(void **state) {
             free(ref);
         }
         free(w);
+    }
+}
+
+int lethe_cu_host_q8_quant(const float *x, int64_t K, uint8_t *out);
+int lethe_cu_host_gemv_new(int wtype, const void *w, size_t row_bytes, const float *x, float *y, int64_t N, int64_t K,
+                           int64_t T, int variant);
+
+/* The device's activation quantizer (k_quant_q8) gives the CPU backend's q8
+ * blocks bit for bit: d and s (f16 values in f32), and every code, with the
+ * device's per-part permutation undone. Random rows plus the edges: an all-
+ * zero block, exact .5 ties of x * 127 / amax (nearest even), a block whose
+ * s overflows f16, tiny values. */
+static void test_q8_quant(void **state) {
+    (void)state;
+    const int64_t K = 32 * 64;
+    float *x = malloc((size_t)K * sizeof(float));
+    assert_non_null(x);
+    tu_rand_fill(x, (size_t)K, 1234);
+    for (int j = 0; j < 32; j++) x[32 + j] = 0.0f;                       /* block 1: zeros */
+    for (int j = 0; j < 32; j++) x[64 + j] = (float)(j - 16) + 0.5f;     /* block 2: ties (amax 16.5) */
+    x[64 + 31] = 127.0f;                                                   /* id = 1: x * id = x exactly */
+    for (int j = 0; j < 32; j++) x[96 + j] = 4000.0f + (float)j;         /* block 3: s = d * sum overflows f16 */
+    for (int j = 0; j < 32; j++) x[128 + j] = 1e-30f * (float)(j + 1);   /* block 4: tiny (d rounds to f16 0) */
+    lethe_cpu_q8a *cpu = malloc((size_t)(K / 32) * sizeof *cpu);
+    uint8_t *dev = malloc((size_t)(K / 32) * 64);
+    assert_non_null(cpu);
+    assert_non_null(dev);
+    lethe_cpu_quantize_q8a(x, cpu, K);
+    assert_int_equal(lethe_cu_host_q8_quant(x, K, dev), 0);
+    /* device block: 4 parts of 16 bytes {d, s, codes 4p..4p+3, codes 16+4p..16+4p+3} */
+    for (int64_t b = 0; b < K / 32; b++) {
+        const uint8_t *db = dev + 64 * b;
+        for (int p = 0; p < 4; p++) {
+            float ds[2];
+            memcpy(ds, db + 16 * p, sizeof ds);
+            if (memcmp(&ds[0], &cpu[b].d, 4) || memcmp(&ds[1], &cpu[b].s, 4))
+                fail_msg("block %lld part %d: device d %g s %g, cpu d %g s %g", (long long)b, p, ds[0], ds[1], cpu[b].d,
+                         cpu[b].s);
+        }
+        for (int e = 0; e < 32; e++) {
+            const int at = 16 * ((e & 15) / 4) + 8 + (e >= 16 ? 4 : 0) + e % 4;
+            if ((int8_t)db[at] != cpu[b].qs[e])
+                fail_msg("block %lld elem %d: device %d, cpu %d", (long long)b, e, (int8_t)db[at], cpu[b].qs[e]);
+        }
+    }
+    free(x);
+    free(cpu);
+    free(dev);
+}
+
+/* The new decode GEMV (k_gemv_q8 / k_gemv_f, their staging and lane
+ * mapping run warp by warp) against the CPU backend's own dot kernels, for
+ * every type, T = 1..8, odd row counts (a last warp of 1..7 rows), K that
+ * ends in a partial chunk (q4_*: 32 blocks, q8_0: 16), rows that do not
+ * start on 16 bytes (K = 576 in q4_0: 324-byte rows) and, for the quantized
+ * types, a matrix whose first byte is not 16-byte aligned (the staging's
+ * byte-wise edge copies). Quantized types: the CPU's bits, every (row,
+ * token) (the same q8 activations, integer dots and float order); float
+ * types: NMSE < 1e-9 (the CPU's float order depends on its build). The
+ * quantized types run both lane layouts (4 lanes per row; "wide": 2). */
+static void test_gemv_new(void **state) {
+    (void)state;
+    static const struct { int64_t N, K; } shapes[] = {{1, 32}, {7, 576}, {13, 1280}, {37, 1056}, {9, 4096}};
+    for (size_t i = 0; i < LETHE_ARRAY_SIZE(k_types); i++) {
+        const lethe_dtype t = k_types[i];
+        const lethe_cpu_type_kernels *kk = lethe_cpu_kernels_for(t);
+        assert_non_null(kk);
+        const bool quant = kk->act == LETHE_CPU_ACT_Q8A;
+        for (size_t si = 0; si < LETHE_ARRAY_SIZE(shapes); si++) {
+            const int64_t N = shapes[si].N, K = shapes[si].K;
+            const size_t rb = lethe_row_size(t, K);
+            uint8_t *w = make_rows(t, N, K, 300 + 17 * i + si);
+            /* the same rows 2 bytes into a buffer (quantized types only) */
+            uint8_t *wbuf = malloc(rb * (size_t)N + 16), *wmis = wbuf + 2;
+            assert_non_null(wbuf);
+            memcpy(wmis, w, rb * (size_t)N);
+            for (int64_t T = 1; T <= 8; T++) {
+                float *x = malloc((size_t)(T * K) * sizeof(float)), *y = malloc((size_t)(T * N) * sizeof(float));
+                float *want = malloc((size_t)(T * N) * sizeof(float));
+                uint8_t *act = malloc((size_t)T * lethe_cpu_act_row_size(kk->act, K));
+                assert_true(x && y && want && act);
+                tu_rand_fill(x, (size_t)(T * K), 500 + (uint64_t)T + 31 * si);
+                const size_t as = lethe_cpu_act_row_size(kk->act, K);
+                for (int64_t tt = 0; tt < T; tt++) {
+                    const void *xa = x + tt * K;
+                    if (quant) {
+                        lethe_cpu_quantize_q8a(x + tt * K, (lethe_cpu_q8a *)(act + (size_t)tt * as), K);
+                        xa = act + (size_t)tt * as;
+                    }
+                    for (int64_t n0 = 0; n0 < N; n0 += 4) {   /* as cpu_matmul.c: 4 rows per call */
+                        float out[4];
+                        const int nr = (int)(N - n0 < 4 ? N - n0 : 4);
+                        kk->dot(K, w + (size_t)n0 * rb, rb, nr, xa, out);
+                        memcpy(want + tt * N + n0, out, (size_t)nr * sizeof(float));
+                    }
+                }
+                for (int pass = 0; pass < (quant ? 4 : 1); pass++) {
+                    const int mis = pass & 1, variant = pass >> 1 ? LETHE_CU_GEMV_WIDE : LETHE_CU_GEMV_NEW;
+                    for (int64_t j = 0; j < T * N; j++) y[j] = NAN;   /* poison: every output written */
+                    assert_int_equal(lethe_cu_host_gemv_new((int)t, mis ? wmis : w, rb, x, y, N, K, T, variant), 0);
+                    if (quant) {
+                        for (int64_t j = 0; j < T * N; j++)
+                            if (memcmp(&y[j], &want[j], sizeof(float)))
+                                fail_msg("%s N=%lld K=%lld T=%lld%s%s: token %lld row %lld: cuda %.9g, cpu %.9g",
+                                         lethe_dtype_name(t), (long long)N, (long long)K, (long long)T,
+                                         mis ? " (misaligned matrix)" : "", variant ? " (wide)" : "",
+                                         (long long)(j / N), (long long)(j % N), y[j], want[j]);
+                    } else {
+                        double num = 0, den = 0;
+                        for (int64_t j = 0; j < T * N; j++) {
+                            if (isnan(y[j])) fail_msg("%s: output %lld not written", lethe_dtype_name(t), (long long)j);
+                            num += ((double)y[j] - want[j]) * ((double)y[j] - want[j]);
+                            den += (double)want[j] * want[j];
+                        }
+                        if (!(num / den < 1e-9))
+                            fail_msg("%s N=%lld K=%lld T=%lld: NMSE %.3g against the CPU", lethe_dtype_name(t),
+                                     (long long)N, (long long)K, (long long)T, num / den);
+                    }
+                }
+                free(x);
+                free(y);
+                free(want);
+                free(act);
+            }
+            free(w);
+            free(wbuf);
+        }
     }
 }
 
@@ -411,10 +540,23 @@ static int fake_kv_prepare(void *user, const lethe_kv_cache *kv) {
 }
 static const int k_fake_backend = 0;   /* no node's buffer belongs to it: inputs are staged */
 
+static void plan_of_gemv(lethe_graph *g, bool bucketed, cu_plan *p, fake_dev *f, int variant,
+                         size_t (*act)(int, int64_t, int64_t, int)) {
+    memset(f, 0, sizeof *f);
+    f->g = g;
+    const cu_plan_env env = {f, &k_fake_backend, 132, 0x300000000000ull, fake_resolve, fake_scratch, fake_kv_prepare,
+                             variant, act};
+    char err[200];
+    const int rc = cu_plan_build(p, &env, g, 0, g->n_nodes, bucketed, err, sizeof err);
+    if (rc != LETHE_OK) fail_msg("cu_plan_build: %d %s", rc, err);
+}
+
 static void plan_of(lethe_graph *g, bool bucketed, cu_plan *p, fake_dev *f) {
     memset(f, 0, sizeof *f);
     f->g = g;
-    const cu_plan_env env = {f, &k_fake_backend, 132, 0x300000000000ull, fake_resolve, fake_scratch, fake_kv_prepare};
+    /* the step graphs' weights are f32: no GEMV activation scratch (gemv_act_bytes NULL) */
+    const cu_plan_env env = {f, &k_fake_backend, 132, 0x300000000000ull, fake_resolve, fake_scratch, fake_kv_prepare,
+                             LETHE_CU_GEMV_NEW, NULL};
     char err[200];
     const int rc = cu_plan_build(p, &env, g, 0, g->n_nodes, bucketed, err, sizeof err);
     if (rc != LETHE_OK) fail_msg("cu_plan_build: %d %s", rc, err);
@@ -1182,6 +1324,58 @@ static void test_plan_prefill(void **state) {
     kv_built_free(&b);
 }
 
+
+/* The decode GEMV in the plan (cuda-gemv): quantized weights get the q8
+ * activations' scratch (the plan's one scratch, sized for it) and the
+ * variant as launch arguments; the old kernel none. k_gemv.cu's
+ * lethe_cu_gemv_act_bytes is not linked here: a stand-in of its rule. */
+static size_t fake_act_bytes(int wtype, int64_t K, int64_t T, int variant) {
+    if (variant == LETHE_CU_GEMV_OLD || wtype == LETHE_F32 || K % 32) return 0;
+    return (size_t)T * (size_t)(K / 32) * 64;
+}
+
+static void test_plan_gemv(void **state) {
+    (void)state;
+    const int64_t K = 96, N = 40, T = 3;
+    uint8_t *wq = calloc((size_t)N * (size_t)(K / 32), sizeof(lethe_block_q8_0));
+    float *x = calloc((size_t)(K * T), sizeof(float));
+    lethe_graph *g = lethe_graph_new(8);
+    lethe_tensor t;
+    const int64_t nw[2] = {K, N}, nx[2] = {K, T};
+    lethe_tensor_init(&t, LETHE_Q8_0, 2, nw);
+    t.data = wq;
+    snprintf(t.name, sizeof t.name, "wq8");
+    lethe_node *y = lethe_matmul(g, lethe_leaf(g, &t), lethe_input(g, LETHE_F32, 2, nx, x, "x"));
+    lethe_set_output(y);
+    assert_int_equal(g->status, LETHE_OK);
+    assert_true(cu_plan_decode_shaped(g, 0, g->n_nodes));
+    const int variants[3] = {LETHE_CU_GEMV_NEW, LETHE_CU_GEMV_WIDE, LETHE_CU_GEMV_OLD};
+    uint64_t keys[3];
+    for (int v = 0; v < 3; v++) {
+        cu_plan p;
+        fake_dev f;
+        plan_of_gemv(g, true, &p, &f, variants[v], fake_act_bytes);
+        const cu_launch *l = launch_of(&p, CU_K_GEMV, 0);
+        assert_non_null(l);
+        assert_true(p.capturable);
+        assert_int_equal(l->i[4], T);
+        assert_int_equal(l->i[5], variants[v]);
+        const size_t act = fake_act_bytes(LETHE_Q8_0, K, T, variants[v]);
+        if (act) {
+            assert_int_equal(l->p[3], 0x200000000000ull);   /* fake_scratch's address */
+            assert_true(f.scratch_bytes >= act && p.scratch_bytes >= act);
+        } else {
+            assert_int_equal(l->p[3], 0);
+            assert_int_equal(f.scratch_bytes, 0);
+        }
+        keys[v] = p.key;
+        cu_plan_free(&p);
+    }
+    assert_true(keys[0] != keys[1] && keys[0] != keys[2] && keys[1] != keys[2]);   /* the variant is in the key */
+    lethe_graph_free(g);
+    free(wq);
+    free(x);
+}
 /* ------------------------------------------------------------------------
  * Score policies in the launch plan, replayed. A decode step over a TOVA /
  * H2O / QUEST cache (kv_build's graph: KV_STORE + ATTENTION) for
@@ -1465,6 +1659,8 @@ static void test_dequant_rows(void **state) {
     skip();
 }
 static void test_gemv_lanes(void **state) { test_dequant_rows(state); }
+static void test_q8_quant(void **state) { test_dequant_rows(state); }
+static void test_gemv_new(void **state) { test_dequant_rows(state); }
 static void test_kv_store_tables(void **state) { test_dequant_rows(state); }
 static void test_attention_paths(void **state) { test_dequant_rows(state); }
 static void test_attention_blind(void **state) { test_dequant_rows(state); }
@@ -1474,12 +1670,130 @@ static void test_quest_pages(void **state) { test_dequant_rows(state); }
 static void test_plan_replay(void **state) { test_dequant_rows(state); }
 static void test_plan_prefill(void **state) { test_dequant_rows(state); }
 static void test_plan_policies(void **state) { test_dequant_rows(state); }
+static void test_plan_gemv(void **state) { test_dequant_rows(state); }
 #endif
+
+/* The device weight cache (backends/cuda/cuda_weights.h: plain C, so it
+ * runs here with or without CUDA), shared by every backend on a device:
+ * random uploads (new addresses, larger views of known ones), lookups and
+ * forgotten ranges against a plain list. Every copy must be found while
+ * live, dropped exactly once when its range is forgotten (retired copies
+ * too) or at the end, and the counts must add up. Device pointers are
+ * malloc'd here, so a double drop or a leak shows under ASan/LSan. */
+typedef struct ref_weight {
+    size_t off, size;
+    void *dev;
+    int state;   /* 0 gone, 1 live, 2 retired */
+} ref_weight;
+
+static uint64_t tu_mix(uint64_t z) {   /* splitmix64's finalizer */
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static int g_drops;
+static void drop_dev(void *dev, size_t size, void *user) {
+    (void)size;
+    (void)user;
+    g_drops++;
+    free(dev);
+}
+
+static void test_weight_cache(void **state) {
+    (void)state;
+    enum { ARENA = 1 << 20, N_REF = 20000 };
+    static uint8_t arena[ARENA];   /* host "weights": addresses inside it */
+    ref_weight *ref = calloc(N_REF, sizeof *ref);
+    assert_non_null(ref);
+    int n_ref = 0, n_dev = 0;
+    cu_wcache w = {0};
+    uint64_t s = 0x9E3779B97F4A7C15ull;
+#define RND() (s += 0x9E3779B97F4A7C15ull, tu_mix(s))
+    for (int step = 0; step < 12000; step++) {
+        const uint64_t r = RND() % 100;
+        if (r < 80 && n_ref < N_REF) {   /* an upload: absent, or a larger view */
+            const size_t off = (size_t)(RND() % 4096) * 64, size = 64 + (size_t)(RND() % 8) * 64;
+            const cu_weight *e = cu_wcache_find(&w, arena + off);
+            if (e && e->size >= size) continue;   /* cached: lethe_cu_weight uploads nothing */
+            void *dev = malloc(1);
+            assert_int_equal(cu_wcache_put(&w, arena + off, size, dev), 0);
+            n_dev++;
+            for (int i = 0; i < n_ref; i++)
+                if (ref[i].state == 1 && ref[i].off == off) ref[i].state = 2;
+            ref[n_ref++] = (ref_weight){off, size, dev, 1};
+        } else if (r < 98) {             /* a lookup of a random known entry */
+            if (!n_ref) continue;
+            const ref_weight *x = &ref[RND() % (uint64_t)n_ref];
+            const cu_weight *e = cu_wcache_find(&w, arena + x->off);
+            if (x->state == 1) {
+                assert_non_null(e);
+                assert_ptr_equal(e->dev, x->dev);
+                assert_int_equal(e->size, x->size);
+            } else {   /* gone or retired: only a newer live copy of that address may be found */
+                const ref_weight *y = NULL;
+                for (int i = 0; i < n_ref; i++)
+                    if (ref[i].state == 1 && ref[i].off == x->off) y = &ref[i];
+                if (y) assert_ptr_equal(e ? e->dev : NULL, y->dev);
+                else assert_null(e);
+            }
+        } else {                         /* a model freed: a range forgotten */
+            const size_t lo = (size_t)(RND() % ARENA), len = 1 + (size_t)(RND() % 16384);
+            const size_t hi = lo + len > ARENA ? ARENA : lo + len;
+            int want = 0;
+            for (int i = 0; i < n_ref; i++)
+                if (ref[i].state && ref[i].off < hi && ref[i].off + ref[i].size > lo) {
+                    ref[i].state = 0;
+                    want++;
+                }
+            const int before = g_drops;
+            assert_int_equal(cu_wcache_forget(&w, arena + lo, hi - lo, drop_dev, NULL), want);
+            assert_int_equal(g_drops - before, want);
+        }
+    }
+#undef RND
+    size_t live = 0, live_bytes = 0, all_bytes = 0, retired = 0;
+    for (int i = 0; i < n_ref; i++) {
+        if (ref[i].state == 1) {
+            live++;
+            live_bytes += ref[i].size;
+            const cu_weight *e = cu_wcache_find(&w, arena + ref[i].off);
+            assert_non_null(e);
+            assert_ptr_equal(e->dev, ref[i].dev);
+        }
+        retired += ref[i].state == 2;
+        if (ref[i].state) all_bytes += ref[i].size;
+        if (!ref[i].state) {   /* forgotten: not found, unless uploaded again since */
+            bool again = false;
+            for (int j = i + 1; j < n_ref; j++) again |= ref[j].state == 1 && ref[j].off == ref[i].off;
+            if (!again) assert_null(cu_wcache_find(&w, arena + ref[i].off));
+        }
+    }
+    size_t n, bytes;
+    cu_wcache_count(&w, NULL, 0, &n, &bytes);
+    assert_int_equal(n, live);
+    assert_int_equal(bytes, live_bytes);
+    assert_int_equal(w.n, live);
+    assert_int_equal(w.n_retired, retired);
+    assert_int_equal(w.bytes, all_bytes);
+    assert_int_equal(w.uploads, (uint64_t)n_dev);
+    print_message("  %d uploads, %zu live (%zu retired) after %d dropped by forgotten ranges; table of %zu slots\n",
+                  n_dev, live, retired, g_drops, w.cap);
+    assert_true(w.cap > 1024);   /* it grew: rehashing ran */
+    assert_true(g_drops > 0);    /* forgetting ran, deletions shifted runs */
+    assert_true(retired > 0);    /* larger views retired copies, kept until forgotten */
+    cu_wcache_free(&w, drop_dev, NULL);
+    assert_int_equal(g_drops, n_dev);   /* every copy dropped exactly once */
+    free(ref);
+}
 
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_weight_cache),
         cmocka_unit_test(test_dequant_rows),
         cmocka_unit_test(test_gemv_lanes),
+        cmocka_unit_test(test_q8_quant),
+        cmocka_unit_test(test_gemv_new),
         cmocka_unit_test(test_kv_store_tables),
         cmocka_unit_test(test_attention_paths),
         cmocka_unit_test(test_attention_blind),
@@ -1488,6 +1802,7 @@ int main(void) {
         cmocka_unit_test(test_quest_pages),
         cmocka_unit_test(test_plan_replay),
         cmocka_unit_test(test_plan_prefill),
+        cmocka_unit_test(test_plan_gemv),
         cmocka_unit_test(test_plan_policies),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -7,7 +7,16 @@
 #   probe     nvidia-smi, nvcc; stops with exit 2 and a clear line when either is missing
 #   build     lethe with CUDA (and Vulkan when its SDK is there) in $LETHE_GPU_BUILD (build-gpu)
 #   test      ctest: the backend-op consistency test (CUDA, and Vulkan on the NVIDIA
-#             driver), test_cuda_e2e, test_cuda_host (LETHE_GPU_CTEST=all: the whole suite)
+#             driver), test_cuda_e2e, test_cuda_host, test_cuda_shared (test_shared_device on
+#             CUDA: two contexts upload the weights once, two threads decode at once, a freed
+#             model's weights leave the device) (LETHE_GPU_CTEST=all: the whole suite)
+#   gemv      the decode GEMV alone (lethe_cuda_gemv_bench): per weight type on the 8B shapes
+#             (4096x4096, 14336x4096, 4096x14336, 128256x4096), T = 1 and 8, old kernel against
+#             new and wide (LETHE_CUDA_GEMV), us / GB/s / % of its own 1 GiB device copy; its
+#             table goes into results.md, its output into bench.log (before the bench stage's);
+#             fails when an output is unwritten, new and old disagree, or wide's bits differ
+#             ($LETHE_GPU_GEMV_ARGS passes options, e.g. "-t q4_0,f16 -T 1"; timeout
+#             $LETHE_GPU_GEMV_TIMEOUT, default 120 s; ~168 cases x ~5 ms: seconds, not yet run)
 #   synth     full-size synthetic models ($LETHE_GPU_MODELS, default "llama3-8b:q4_0
 #             llama3-8b:f16") into $LETHE_GPU_WORK (default /tmp/lethe-gpu), reused if present
 #   sanitize  (memcheck over test_backend_ops, test_cuda_dms, test_cuda_e2e; racecheck over
@@ -39,8 +48,8 @@
 # LETHE_GPU_BUDGET=S: the whole call ends within S seconds (each step's timeout shrinks to what
 # is left; steps past it are skipped and listed).
 # LETHE_GPU_PROFILE=lease: the one-call plan for a 15-minute device lease (with timeout_s 600):
-#   stages "probe build test sanitize synth bench graphs", budget 560 s, only the targets the tests
-#   need, CUDA only (LETHE_GPU_VULKAN=OFF: no shader build, and a Vulkan build on an image
+#   stages "probe build test gemv sanitize synth bench graphs", budget 560 s, only the targets the
+#   tests need (and lethe_cuda_gemv_bench), CUDA only (LETHE_GPU_VULKAN=OFF: no shader build, and a Vulkan build on an image
 #   without the NVIDIA Vulkan driver would fail test_backend_ops' setup, CUDA cases and all),
 #   model llama3-8b:q4_0, tg at depths 0,8192 x parallel 1,8 (1 repetition),
 #   none vs DMS, then the sanitizers (90 s each) with what is left of the budget;
@@ -56,20 +65,20 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${1:-}"
 if [[ -z "$OUT" || "$OUT" == -* ]]; then
-    echo "usage: tools/gpu-check.sh OUTDIR   (stages: LETHE_GPU_STAGES='probe build test sanitize synth bench peer')" >&2
+    echo "usage: tools/gpu-check.sh OUTDIR   (stages: LETHE_GPU_STAGES='probe build test gemv sanitize synth bench peer')" >&2
     exit 2
 fi
 mkdir -p "$OUT" || exit 2
 OUT="$(cd "$OUT" && pwd)"
 PROFILE="${LETHE_GPU_PROFILE:-}"
 if [[ "$PROFILE" == lease ]]; then
-    : "${LETHE_GPU_STAGES:=probe build test sanitize synth bench graphs}" "${LETHE_GPU_BUDGET:=560}"
+    : "${LETHE_GPU_STAGES:=probe build test gemv sanitize synth bench graphs}" "${LETHE_GPU_BUDGET:=560}"
     : "${LETHE_GPU_MODELS:=llama3-8b:q4_0}" "${LETHE_GPU_BACKENDS:=cuda}" "${LETHE_GPU_DEPTHS:=0,8192}"
-    : "${LETHE_GPU_PARALLEL:=1,8}" "${LETHE_GPU_TARGETS:=lethe_cli test_backend_ops test_cuda_e2e test_cuda_dms test_cuda_host}"
+    : "${LETHE_GPU_PARALLEL:=1,8}" "${LETHE_GPU_TARGETS:=lethe_cli test_backend_ops test_cuda_e2e test_cuda_dms test_cuda_host test_shared_device lethe_cuda_gemv_bench}"
     : "${LETHE_GPU_DEPTH_REPS:=1}" "${LETHE_GPU_SANITIZE_LAST:=1}" "${LETHE_GPU_SANITIZE_TIMEOUT:=90}"
     : "${LETHE_GPU_VULKAN:=OFF}"
 fi
-STAGES="${LETHE_GPU_STAGES:-probe build test sanitize synth bench graphs peer}"
+STAGES="${LETHE_GPU_STAGES:-probe build test gemv sanitize synth bench graphs peer}"
 BUDGET="${LETHE_GPU_BUDGET:-0}"
 START=$SECONDS
 PARALLEL="${LETHE_GPU_PARALLEL:-1,8}"
@@ -188,8 +197,29 @@ if has test; then
     note ""
     note "## tests"
     note '```'
-    grep -E "NMSE|greedy|skipped|Passed|Failed|SKIPPED|tests passed|no Vulkan device|slot scores|KV reads" "$OUT/test.log" | head -150 >> "$RES"
+    grep -E "NMSE|greedy|skipped|uploads|threads at once|Passed|Failed|SKIPPED|tests passed|no Vulkan device|slot scores|KV reads" "$OUT/test.log" | head -150 >> "$RES"
     note '```'
+fi
+
+# ---- gemv: the decode GEMV alone, old kernel against new (seconds of GPU time;
+# under the call's budget like every step, so it cannot make the lease overrun it)
+if has gemv; then
+    note ""
+    note "## decode GEMV alone (lethe_cuda_gemv_bench): old kernel vs new"
+    touch "$OUT/bench.log"
+    gemv_from=$(($(wc -l < "$OUT/bench.log") + 1))
+    read -r -a gemv_args <<< "${LETHE_GPU_GEMV_ARGS:-}"
+    saved_tmo="$TMO"
+    TMO="${LETHE_GPU_GEMV_TIMEOUT:-120}"
+    if [[ -x "$BUILD/bin/lethe_cuda_gemv_bench" ]]; then
+        run gemv "$OUT/bench.log" "$BUILD/bin/lethe_cuda_gemv_bench" "${gemv_args[@]}"
+    else
+        say "gemv: no $BUILD/bin/lethe_cuda_gemv_bench (build stage, CUDA backend on)"
+        failed+=(gemv)
+        note "- **gemv: no lethe_cuda_gemv_bench in the build**"
+    fi
+    TMO="$saved_tmo"
+    tail -n +"$gemv_from" "$OUT/bench.log" | awk '/^GPU:/ { print; print ""; next } /^\|/' >> "$RES"
 fi
 
 # ---- sanitize (a function: LETHE_GPU_SANITIZE_LAST=1 runs it after bench, so that a

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # tools/test-tsan.sh — the thread-safety tests in a ThreadSanitizer build
 # (-DLETHE_TSAN=ON): several threads, each with its own context on one
-# shared model (tests/test_threads.c), and the once-only backend-folder
-# lookup (tests/test_backend_module.c). Any TSan report fails the run.
+# shared model (tests/test_threads.c), two threads decoding at once in two
+# contexts on one shared Vulkan device (tests/test_shared_device.c, on
+# lavapipe: TSan sees the device's locks and every lethe access; lavapipe's
+# own code is not instrumented, its pthread calls are intercepted), and the
+# once-only backend-folder lookup (tests/test_backend_module.c). Any TSan
+# report fails the run.
 # Run after tools/test.sh (which installs packages and fetches the model).
 #
 #   tools/test-tsan.sh [CTEST_ARGS...]
@@ -28,8 +32,8 @@ BUILD_DIR="${LETHE_TSAN_BUILD_DIR:-build-tsan}"
 if [ ! -f "$BUILD_DIR/build.ninja" ]; then
     cmake -S . -B "$BUILD_DIR" -G Ninja -DLETHE_TSAN=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 fi
-ninja -C "$BUILD_DIR" ${LETHE_JOBS:+-j "$LETHE_JOBS"} test_threads test_backend_module
+ninja -C "$BUILD_DIR" ${LETHE_JOBS:+-j "$LETHE_JOBS"} test_threads test_backend_module test_shared_device
 export LETHE_TEST_CTX_THREADS=1 OMP_NUM_THREADS=1
 export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1:exitcode=66:second_deadlock_stack=1}"
 ctest --test-dir "$BUILD_DIR" --output-on-failure --no-tests=error --timeout 900 -j1 \
-    -R '^(test_threads|test_backend_module)$' "$@"
+    -R '^(test_threads|test_backend_module|test_shared_device)$' "$@"

@@ -1,5 +1,6 @@
-/* cuda_backend.c — the CUDA backend module: entry point, device, buffers,
- * weights uploaded on first use, per-compute uploads. See cuda_internal.h
+/* cuda_backend.c — the CUDA backend module: entry point, the devices shared
+ * by its backends, buffers, weights uploaded once per device, per-compute
+ * uploads. See cuda_internal.h
  * for the memory model; cuda_ops.c runs the nodes.
  */
 #include "cuda_internal.h"
@@ -15,70 +16,45 @@ size_t lethe_cu_align(size_t x) { return (x + CU_ALIGN - 1) / CU_ALIGN * CU_ALIG
 
 /* ------------------------------------------------------------- weights */
 
-static size_t w_hash(const void *p, size_t cap) {
-    uint64_t x = (uint64_t)(uintptr_t)p;
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdull;
-    x ^= x >> 33;
-    return (size_t)x & (cap - 1);
+static void drop_weight(void *dev, size_t size, void *user) {
+    (void)size;
+    (void)user;
+    cudaFree(dev);
 }
 
-static lethe_status w_grow(cu_ctx *c) {
-    size_t cap = c->w_cap ? 2 * c->w_cap : 1024;
-    cu_weight *t = calloc(cap, sizeof *t);
-    if (!t) return CU_FAIL(LETHE_ERR_OOM, "cuda: weight table");
-    for (size_t i = 0; i < c->w_cap; i++) {
-        if (!c->weights[i].host) continue;
-        size_t h = w_hash(c->weights[i].host, cap);
-        while (t[h].host) h = (h + 1) & (cap - 1);
-        t[h] = c->weights[i];
-    }
-    free(c->weights);
-    c->weights = t;
-    c->w_cap = cap;
-    return LETHE_OK;
-}
-
+/* The device's copy of a weight, uploaded by whichever backend asks first
+ * (the others wait on the lock, then find it). The pointer stays valid
+ * until its host range is forgotten (its model is freed: no backend
+ * launches on it any more) or the device goes; a larger view of the same
+ * address gets a new copy and the old one is retired, not freed
+ * (cuda_weights.h). */
 lethe_status lethe_cu_weight(cu_ctx *c, const void *host, size_t size, void **dev) {
-    if (c->w_cap) {
-        size_t h = w_hash(host, c->w_cap);
-        for (; c->weights[h].host; h = (h + 1) & (c->w_cap - 1)) {
-            cu_weight *w = &c->weights[h];
-            if (w->host != host) continue;
-            if (w->size >= size) {
-                *dev = w->dev;
-                return LETHE_OK;
-            }
-            /* the same address seen with more bytes (another view): upload again, larger */
-            cudaFree(w->dev);
-            c->weight_bytes -= w->size;
-            w->dev = NULL;
-            CU_CHECK(cudaMalloc(&w->dev, size), "cudaMalloc (weight)");
-            CU_CHECK(cudaMemcpy(w->dev, host, size, cudaMemcpyHostToDevice), "upload weight");
-            w->size = size;
-            c->weight_bytes += size;
-            *dev = w->dev;
-            return LETHE_OK;
-        }
+    cu_dev *d = c->dev;
+    lethe_status st = LETHE_OK;
+    pthread_mutex_lock(&d->mu);
+    const cu_weight *w = cu_wcache_find(&d->weights, host);
+    if (w && w->size >= size) {
+        *dev = w->dev;
+        goto out;
     }
-    if (2 * (c->w_n + 1) > c->w_cap) {
-        lethe_status st = w_grow(c);
-        if (st != LETHE_OK) return st;
-    }
-    void *d = NULL;
-    CU_CHECK(cudaMalloc(&d, size ? size : 1), "cudaMalloc (weight)");
-    cudaError_t e = cudaMemcpy(d, host, size, cudaMemcpyHostToDevice);
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, size ? size : 1);
+    if (e == cudaSuccess) e = cudaMemcpy(p, host, size, cudaMemcpyHostToDevice);
     if (e != cudaSuccess) {
-        cudaFree(d);
-        CU_CHECK(e, "upload weight");
+        if (p) cudaFree(p);
+        st = CU_FAIL(e == cudaErrorMemoryAllocation ? LETHE_ERR_OOM : LETHE_ERR_BACKEND,
+                     "cuda: upload of a %zu-byte weight: %s (%s)", size, cudaGetErrorString(e), cudaGetErrorName(e));
+        goto out;
     }
-    size_t h = w_hash(host, c->w_cap);
-    while (c->weights[h].host) h = (h + 1) & (c->w_cap - 1);
-    c->weights[h] = (cu_weight){host, size, d};
-    c->w_n++;
-    c->weight_bytes += size;
-    *dev = d;
-    return LETHE_OK;
+    if (cu_wcache_put(&d->weights, host, size, p) != 0) {
+        cudaFree(p);
+        st = CU_FAIL(LETHE_ERR_OOM, "cuda: weight table");
+        goto out;
+    }
+    *dev = p;
+out:
+    pthread_mutex_unlock(&d->mu);
+    return st;
 }
 
 /* ------------------------------------------------------------- uploads */
@@ -361,15 +337,76 @@ static size_t cu_scratch_bytes(lethe_backend *be, const lethe_graph *g, int begi
 
 /* ---------------------------------------------------------------- life */
 
+/* The process's devices, one per index. The lock guards the list and
+ * every users count. Lock order: registry, then a device's mu. */
+static pthread_mutex_t g_devs_mu = PTHREAD_MUTEX_INITIALIZER;
+static cu_dev *g_devs;
+
+static cu_dev *dev_acquire(int device) {
+    pthread_mutex_lock(&g_devs_mu);
+    cu_dev *d = g_devs;
+    while (d && d->device != device) d = d->next;
+    if (!d && (d = calloc(1, sizeof *d)) != NULL) {
+        d->device = device;
+        pthread_mutex_init(&d->mu, NULL);
+        d->next = g_devs;
+        g_devs = d;
+    }
+    if (d) d->users++;
+    pthread_mutex_unlock(&g_devs_mu);
+    return d;
+}
+
+/* The last backend frees the device's weights (on the calling thread's
+ * device, which cu_free has set). */
+static void dev_release(cu_dev *d) {
+    pthread_mutex_lock(&g_devs_mu);
+    const bool last = --d->users == 0;
+    if (last)
+        for (cu_dev **p = &g_devs; *p; p = &(*p)->next)
+            if (*p == d) { *p = d->next; break; }
+    pthread_mutex_unlock(&g_devs_mu);
+    if (!last) return;
+    cu_wcache_free(&d->weights, drop_weight, NULL);
+    pthread_mutex_destroy(&d->mu);
+    free(d);
+}
+
+/* lethe_backends_forget (backend.h) through the module: every device drops
+ * its copies of [lo, lo + size). cudaFree waits for work using them; their
+ * contexts are gone by contract. The caller's current device is kept. */
+static void cu_forget(const void *lo, size_t size) {
+    int cur = -1;
+    if (cudaGetDevice(&cur) != cudaSuccess) cudaGetLastError();
+    pthread_mutex_lock(&g_devs_mu);
+    for (cu_dev *d = g_devs; d; d = d->next) {
+        if (cudaSetDevice(d->device) != cudaSuccess) cudaGetLastError();
+        pthread_mutex_lock(&d->mu);
+        cu_wcache_forget(&d->weights, lo, size, drop_weight, NULL);
+        pthread_mutex_unlock(&d->mu);
+    }
+    pthread_mutex_unlock(&g_devs_mu);
+    if (cur >= 0 && cudaSetDevice(cur) != cudaSuccess) cudaGetLastError();
+}
+
+static void cu_device_share(lethe_backend *be, const void *lo, size_t size, lethe_device_share *out) {
+    cu_dev *d = ((cu_ctx *)be->ctx)->dev;
+    memset(out, 0, sizeof *out);
+    pthread_mutex_lock(&g_devs_mu);
+    out->users = d->users;
+    pthread_mutex_unlock(&g_devs_mu);
+    pthread_mutex_lock(&d->mu);
+    cu_wcache_count(&d->weights, lo, size, &out->n_weights, &out->weight_bytes);
+    out->uploads = d->weights.uploads;
+    pthread_mutex_unlock(&d->mu);
+}
+
 static void cu_free(lethe_backend *be) {
     if (!be) return;
     cu_ctx *c = be->ctx;
     if (c) {
         cudaSetDevice(c->device);
         if (c->stream) cudaStreamSynchronize(c->stream);
-        for (size_t i = 0; i < c->w_cap; i++)
-            if (c->weights[i].host) cudaFree(c->weights[i].dev);
-        free(c->weights);
         lethe_cu_graph_free(c);
         cudaFreeHost(c->up_host);
         cudaFree(c->up_dev);
@@ -379,6 +416,7 @@ static void cu_free(lethe_backend *be) {
         if (c->ev_begin) cudaEventDestroy(c->ev_begin);
         if (c->ev_end) cudaEventDestroy(c->ev_end);
         if (c->stream) cudaStreamDestroy(c->stream);
+        if (c->dev) dev_release(c->dev);
         free(c);
     }
     free(be);
@@ -411,6 +449,7 @@ static const lethe_backend_iface k_iface = {
     .device_ms = cu_device_ms,
     .buffer_alloc_shared = cu_buffer_alloc_shared,
     .buffer_host_done = cu_buffer_host_done,
+    .device_share = cu_device_share,
 };
 
 static int cu_device_count(void) {
@@ -465,10 +504,18 @@ static lethe_backend *cu_create(int device, lethe_status *status) {
      * checked them against the plain launches (docs/CUDA.md) */
     const char *graphs = getenv("LETHE_CUDA_GRAPHS");
     c->graphs = graphs && !strcmp(graphs, "1");
+    /* the decode GEMV (k_gemv.cu): "old" the first kernel, "wide" 2 lanes per row (comparisons) */
+    const char *gemv = getenv("LETHE_CUDA_GEMV");
+    c->gemv_variant = !gemv ? LETHE_CU_GEMV_NEW : !strcmp(gemv, "old") ? LETHE_CU_GEMV_OLD
+                    : !strcmp(gemv, "wide") ? LETHE_CU_GEMV_WIDE : LETHE_CU_GEMV_NEW;
     if (cudaEventCreate(&c->ev_begin) != cudaSuccess || cudaEventCreate(&c->ev_end) != cudaSuccess) {
         if (c->ev_begin) cudaEventDestroy(c->ev_begin);
         c->ev_begin = c->ev_end = NULL;   /* no device clock: bench falls back to the host's */
         cudaGetLastError();
+    }
+    if (!(c->dev = dev_acquire(device))) {
+        st = CU_FAIL(LETHE_ERR_OOM, "cuda: device %d", device);
+        goto out;
     }
     c->sm_count = prop.multiProcessorCount;
     c->l2_bytes = (size_t)prop.l2CacheSize;
@@ -491,7 +538,7 @@ out:
     return be;
 }
 
-static const lethe_backend_module k_module = {LETHE_BACKEND_MODULE_ABI, "cuda", cu_device_count, cu_create};
+static const lethe_backend_module k_module = {LETHE_BACKEND_MODULE_ABI, "cuda", cu_device_count, cu_create, cu_forget};
 
 __attribute__((visibility("default"))) const lethe_backend_module *lethe_backend_module_entry(const lethe_module_host *host) {
     if (!host || host->abi != LETHE_BACKEND_MODULE_ABI) return NULL;

@@ -3,10 +3,19 @@
  * cuda_plan.c (the launch plan of a node range), cuda_ops.c (supports_op
  * and compute) and cuda_graph.c (decode steps replayed as CUDA graphs).
  *
- * Memory model (like the Vulkan backend's): the executor's compute buffers
+ * One device, many backends (like the Vulkan backend): every backend (one
+ * per context) on a device index shares one cu_dev per process, refcounted
+ * and destroyed with its last backend: the weight cache, under its lock. A
+ * backend's own part is never shared: its stream, cuBLAS handle (a handle
+ * carries its stream and workspace and must not be used by two threads at
+ * once), uploads, scratch, error flag and events; so contexts on different
+ * threads launch at once.
+ *
+ * Memory model: the executor's compute buffers
  * are cudaMalloc'd (lethe_buffer.impl = device pointer, host_ptr = NULL).
- * Weights (leaves with host data) are uploaded once, on first use, into
- * their own device allocations, found again by their host address. Graph
+ * Weights (leaves with host data) are uploaded once per device, on first use
+ * by any backend, into their own device allocations, found again by their
+ * host address (cuda_weights.h) until lethe_backends_forget drops them. Graph
  * inputs (token ids: leaves marked is_input) and per-micro-batch tables
  * (positions, RoPE frequencies, KV slot tables) are laid out by the launch
  * plan (cuda_plan.h) in a pinned staging buffer and moved to the device
@@ -23,9 +32,11 @@
 #include "backend.h"
 #include "backend_module.h"
 #include "cuda_kernels.h"
+#include "cuda_weights.h"
 
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
+#include <pthread.h>
 
 extern const lethe_module_host *g_cu_host;
 #define CU_FAIL(st, ...) g_cu_host->fail((st), __VA_ARGS__)
@@ -41,13 +52,18 @@ extern const lethe_module_host *g_cu_host;
 
 #define CU_ALIGN 256   /* offsets of uploads and scratch parts */
 
-typedef struct cu_weight {   /* a weight uploaded on first use (open-addressing table slot) */
-    const void *host;
-    size_t size;
-    void *dev;
-} cu_weight;
+/* The shared device (one per device index per process; the registry in
+ * cuda_backend.c). */
+typedef struct cu_dev {
+    int device;
+    int users;               /* backends on it (registry lock)   */
+    struct cu_dev *next;     /* registry list (registry lock)    */
+    pthread_mutex_t mu;      /* guards the weight cache          */
+    cu_wcache weights;
+} cu_dev;
 
 typedef struct cu_ctx {
+    cu_dev *dev;             /* shared with the other backends on the device */
     int device;
     char name[128];
     int sm_count;
@@ -55,20 +71,18 @@ typedef struct cu_ctx {
     cudaStream_t stream;
     cublasHandle_t blas;
 
-    cu_weight *weights;      /* [w_cap] hash table by host address; NULL host = empty */
-    size_t w_cap, w_n, weight_bytes;
-
     uint8_t *up_host;        /* pinned staging [up_cap]: the plan's staged bytes,
                                 then the device results copied back (cuda_plan.h) */
     uint8_t *up_dev;         /* device upload buffer [up_cap], same offsets   */
     size_t up_cap;
 
-    void *scratch;           /* prefill operands in f16/bf16 [scratch_cap]    */
+    void *scratch;           /* prefill operands in f16/bf16, decode q8 activations [scratch_cap] */
     size_t scratch_cap;
     int *d_err;              /* device flag: a kernel met bad input (ids)     */
 
     bool managed_ok;         /* concurrent managed access: buffer_alloc_shared offered */
     bool meta_on_device;     /* LETHE_CUDA_KV_META=device: pos/expire prefer the GPU too */
+    int gemv_variant;        /* LETHE_CUDA_GEMV: LETHE_CU_GEMV_NEW, _OLD ("old"), _WIDE ("wide") */
     const void *advised[16]; /* KV buffers whose placement advice is set      */
     int n_advised;
 

@@ -54,10 +54,19 @@ cudaError_t lethe_cu_rope(const float *x, float *y, int64_t T, int64_t H, int64_
 /* k_gemv.cu */
 /* Decode GEMV for 1 <= T <= LETHE_CU_GEMV_MAX_T: w [N, K] wtype, x [T, K] f32
  * -> y [T, N] f32. Weights are read once for all T tokens (batched GEMV for
- * parallel sequences); quantized blocks are dequantized in registers. */
+ * parallel sequences). q4_0/q4_1/q5_0/q5_1/q8_0: the activations are first
+ * quantized into `act` (lethe_cu_gemv_act_bytes, device scratch) to the CPU
+ * backend's q8 blocks and every dot is the CPU's integer dot in its float
+ * order (the CPU's bits); f32/f16/bf16: 16-byte loads, lanes split K.
+ * variant (LETHE_CUDA_GEMV): NEW (4 lanes per row), WIDE ("wide": 2 lanes
+ * per row, 16 rows per warp; q8 types only, the same bits), OLD ("old": the
+ * first kernel, blocks dequantized to float against f32 activations; no
+ * scratch), kept for comparison. */
 #define LETHE_CU_GEMV_MAX_T 8
+enum { LETHE_CU_GEMV_NEW = 0, LETHE_CU_GEMV_OLD = 1, LETHE_CU_GEMV_WIDE = 2 };
+size_t lethe_cu_gemv_act_bytes(int wtype, int64_t K, int64_t T, int variant);
 cudaError_t lethe_cu_gemv(int wtype, const void *w, size_t row_bytes, const float *x, float *y, int64_t N,
-                          int64_t K, int64_t T, cudaStream_t stream);
+                          int64_t K, int64_t T, int variant, void *act, cudaStream_t stream);
 
 /* k_convert.cu (prefill: dequantize or convert, then cuBLAS) */
 /* rows [r0, r1) of w [N, K] wtype -> out [r1 - r0, K] f16 (bf16 = 0) or bf16. */

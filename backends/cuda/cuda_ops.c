@@ -3,9 +3,10 @@
  * the backend's stream, one synchronization per range.
  *
  * Shapes as in core/graph.h (outermost first). Matmul: T <= 8 tokens take
- * the GEMV kernel (weights read once for every token, dequantized in
- * registers); more take cuBLAS on f16/bf16 operands (quantized weights
- * dequantized chunk by chunk into scratch), f32 weights cublasSgemm.
+ * the GEMV kernel (weights read once for every token; quantized weights
+ * against q8 activations quantized into scratch first, k_gemv.cu); more take
+ * cuBLAS on f16/bf16 operands (quantized weights dequantized chunk by chunk
+ * into scratch), f32 weights cublasSgemm.
  *
  * compute() builds the range's launch plan (cuda_plan.h: every launch and
  * its arguments, the per-step tables in one staging buffer), copies the
@@ -109,7 +110,8 @@ bool lethe_cu_supports_op(lethe_backend *be, const lethe_node *n) {
 }
 
 size_t lethe_cu_scratch_need(const cu_ctx *c, const lethe_node *n) {
-    return cu_plan_scratch_need(n, c->sm_count, c->graphs);
+    const cu_plan_env env = {NULL, NULL, c->sm_count, 0, NULL, NULL, NULL, c->gemv_variant, lethe_cu_gemv_act_bytes};
+    return cu_plan_scratch_need(n, &env, c->graphs);
 }
 
 /* ------------------------------------------------- the plan's services */
@@ -223,7 +225,7 @@ static cudaError_t launch_one(cu_ctx *c, const cu_launch *l, uint8_t *up) {
         return lethe_cu_dms_decision((int)i[0], A(0), i[1], i[1], A(1), i[2], (int)i[3], (int)i[4], (int)i[5],
                                      l->f[0], l->f[1], l->f[2], (int)i[6], A(2), s);
     case CU_K_GEMV:
-        return lethe_cu_gemv((int)i[0], A(0), (size_t)i[1], A(1), A(2), i[2], i[3], i[4], s);
+        return lethe_cu_gemv((int)i[0], A(0), (size_t)i[1], A(1), A(2), i[2], i[3], i[4], (int)i[5], A(3), s);
     case CU_K_KV_STORE: {
         const lethe_cu_kv_view v = {A(4), NULL, A(5), 0, (size_t)i[2], (int)i[3], (int)i[1], NULL, NULL};
         return lethe_cu_kv_store(&v, A(0), A(1), A(2), A(3), i[0], s);
@@ -288,7 +290,7 @@ lethe_status lethe_cu_compute(lethe_backend *be, lethe_graph *g, int begin, int 
     /* a decode step of the whole graph may replay a CUDA graph: its plan is bucketed */
     const bool graph = c->graphs && whole_graph(g, begin, end) && cu_plan_decode_shaped(g, begin, end);
     const cu_plan_env env = {be, be, c->sm_count, (uint64_t)(uintptr_t)c->d_err, env_resolve, env_scratch,
-                             env_kv_prepare};
+                             env_kv_prepare, c->gemv_variant, lethe_cu_gemv_act_bytes};
     cu_plan plan;
     char err[200];
     int rc = cu_plan_build(&plan, &env, g, begin, end, graph, err, sizeof err);

@@ -108,7 +108,15 @@ static size_t part_bytes(const lethe_node *n, int G, int32_t n_blocks, int32_t c
            sizeof(float);
 }
 
-size_t cu_plan_scratch_need(const lethe_node *n, int sm_count, bool bucketed) {
+/* The decode GEMV's activation scratch (aligned; 0: the variant needs none). */
+static size_t gemv_act(const cu_plan_env *env, const lethe_tensor *w, int64_t T) {
+    if (!env->gemv_act_bytes) return 0;
+    const size_t b = env->gemv_act_bytes((int)w->type, w->ne[0], T, env->gemv_variant);
+    return b ? (b + 255) / 256 * 256 : 0;
+}
+
+size_t cu_plan_scratch_need(const lethe_node *n, const cu_plan_env *env, bool bucketed) {
+    const int sm_count = env->sm_count;
     if (n->op == LETHE_OP_ATTENTION) {
         if (!n->kv || !n->ub || n->ub->n_tokens <= 0 || !n->ub->seq_id || !n->src[0]) return 0;
         const int G = cu_attn_group(n);
@@ -128,7 +136,8 @@ size_t cu_plan_scratch_need(const lethe_node *n, int sm_count, bool bucketed) {
     if (n->op != LETHE_OP_MATMUL) return 0;
     const lethe_tensor *w = &n->src[0]->t;
     const int64_t T = cu_nrows(&n->src[1]->t), K = w->ne[0], N = w->ne[1];
-    if (T <= LETHE_CU_GEMV_MAX_T || w->type == LETHE_F32) return 0;
+    if (T <= LETHE_CU_GEMV_MAX_T) return gemv_act(env, w, T);
+    if (w->type == LETHE_F32) return 0;
     size_t s = ((size_t)T * (size_t)K * 2 + 255) / 256 * 256;
     if (w->type != LETHE_F16 && w->type != LETHE_BF16) s += prefill_chunk_rows(N, K) * (size_t)K * 2;
     return s;
@@ -386,12 +395,15 @@ static int plan_node(cu_plan *p, const cu_plan_env *env, lethe_graph *g, int i, 
         if (!gemv) {
             l->p[3] = scratch;
             p->capturable = false;
+        } else if (gemv_act(env, wt, T)) {   /* the activations quantized to q8 blocks first (k_gemv.cu) */
+            l->p[3] = scratch;
         }
         l->i[0] = (int64_t)wt->type;
         l->i[1] = (int64_t)wt->nb[1];
         l->i[2] = wt->ne[1];
         l->i[3] = wt->ne[0];
         l->i[4] = T;
+        l->i[5] = gemv ? env->gemv_variant : 0;
         return LETHE_OK;
     }
     case LETHE_OP_RMS_NORM:
@@ -683,7 +695,7 @@ int cu_plan_build(cu_plan *p, const cu_plan_env *env, lethe_graph *g, int begin,
                 const attn_pre *x = &ap[a++];
                 s = x->t.decode ? part_bytes(n, x->G, x->t.n_blocks, bucketed ? p->span_cap : x->n_split) : 0;
             } else if (n->op == LETHE_OP_MATMUL) {
-                s = cu_plan_scratch_need(n, env->sm_count, false);
+                s = cu_plan_scratch_need(n, env, false);
             }
             need = s > need ? s : need;
         }

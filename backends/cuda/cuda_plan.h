@@ -51,7 +51,7 @@ typedef enum cu_kind {
     CU_K_SWIGLU,          /* p: gate, up, y; i: n                                                    */
     CU_K_ROPE,            /* p: x, y, pos, invf; i: T, H, D, n_rot, neox, borrow_g                   */
     CU_K_DMS,             /* p: x, y, pos; i: mode, xw, T, Hkv, G, per_layer, layer; f: scale, offset, rate */
-    CU_K_GEMV,            /* p: w, x, y; i: wtype, row_bytes, N, K, T                                */
+    CU_K_GEMV,            /* p: w, x, y, act (q8 activations in scratch; 0: none); i: wtype, row_bytes, N, K, T, variant */
     CU_K_MATMUL,          /* prefill (cuBLAS; never captured) p: w, x, y, scratch; i: wtype, row_bytes, N, K, T */
     CU_K_KV_STORE,        /* p: k, v, dec (0: none), rows, pool, expire; i: n_rows, D, slot_bytes, f16 */
     CU_K_ATTENTION,       /* p: q, out, work, plists, qpos, split, part, pool, pos, expire, wts (0: none);
@@ -136,6 +136,10 @@ typedef struct cu_plan_env {
     int (*scratch)(void *user, size_t bytes, uint64_t *dev);
     /* the KV cache's buffer is about to be read by kernels (placement advice) */
     int (*kv_prepare)(void *user, const lethe_kv_cache *kv);
+    /* the decode GEMV's variant (LETHE_CUDA_GEMV) and the scratch bytes of its
+     * quantized activations (k_gemv.cu lethe_cu_gemv_act_bytes; NULL: none) */
+    int gemv_variant;
+    size_t (*gemv_act_bytes)(int wtype, int64_t K, int64_t T, int variant);
 } cu_plan_env;
 
 typedef struct cu_plan {
@@ -163,9 +167,10 @@ int64_t cu_nrows(const lethe_tensor *t);
 size_t cu_nbytes(const lethe_tensor *t);
 /* Query heads per KV head of an ATTENTION node, 0 if q's shape does not fit. */
 int cu_attn_group(const lethe_node *n);
-/* Scratch bytes a node needs (prefill matmul operands, split-K partials;
- * bucketed: the partials of the largest span bucket the plan may pick). */
-size_t cu_plan_scratch_need(const lethe_node *n, int sm_count, bool bucketed);
+/* Scratch bytes a node needs (prefill matmul operands, the decode GEMV's
+ * quantized activations, split-K partials; bucketed: the partials of the
+ * largest span bucket the plan may pick). env: sm_count and the GEMV fields. */
+size_t cu_plan_scratch_need(const lethe_node *n, const cu_plan_env *env, bool bucketed);
 /* Decode split plan of an ATTENTION node (n_split 1 when not decode). */
 void cu_plan_attn_splits(const lethe_node *n, int sm_count, int32_t n_blocks, bool decode, int32_t *chunk,
                          int32_t *n_split);

@@ -97,6 +97,13 @@ void lethe_vk_buf_destroy(vk_ctx *c, vk_buf *b) {
     memset(b, 0, sizeof *b);
 }
 
+VkResult lethe_vk_queue_submit(vk_ctx *c, const VkSubmitInfo *si, VkFence fence) {
+    pthread_mutex_lock(&c->d->queue_mu);
+    VkResult r = vkQueueSubmit(c->queue, 1, si, fence);
+    pthread_mutex_unlock(&c->d->queue_mu);
+    return r;
+}
+
 /* Run the transfer command buffer recorded by `rec` and wait for it. */
 lethe_status lethe_vk_xfer_begin(vk_ctx *c) {
     VKF(vkResetCommandBuffer(c->xfer, 0), "vkResetCommandBuffer");
@@ -110,7 +117,7 @@ lethe_status lethe_vk_xfer_submit(vk_ctx *c) {
     VKF(vkEndCommandBuffer(c->xfer), "vkEndCommandBuffer");
     VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &c->xfer};
     VKF(vkResetFences(c->dev, 1, &c->fence), "vkResetFences");
-    VKF(vkQueueSubmit(c->queue, 1, &si, c->fence), "vkQueueSubmit (transfer)");
+    VKF(lethe_vk_queue_submit(c, &si, c->fence), "vkQueueSubmit (transfer)");
     VKF(vkWaitForFences(c->dev, 1, &c->fence, VK_TRUE, UINT64_MAX), "vkWaitForFences (transfer)");
     return LETHE_OK;
 }
@@ -154,32 +161,43 @@ lethe_status lethe_vk_read(vk_ctx *c, VkBuffer src, VkDeviceSize offs, void *dst
     return LETHE_OK;
 }
 
+/* The device's weight cache: one copy per host range, whichever backend
+ * asks first uploads it (through its own staging; the others wait on the
+ * lock, then find it). Lookups return a VkBuffer handle, which stays valid
+ * until lethe_backend_vulkan_forget drops it (its model is freed, so no
+ * backend records it any more) or the device goes. */
 lethe_status lethe_vk_weight(vk_ctx *c, const void *host, size_t size, VkBuffer *out) {
-    for (int i = 0; i < c->n_weights; i++)
-        if (c->weights[i].host == host && c->weights[i].size == size) {
-            *out = c->weights[i].b.buf;
-            return LETHE_OK;
+    vk_device *d = c->d;
+    lethe_status st = LETHE_OK;
+    pthread_mutex_lock(&d->weights_mu);
+    for (int i = 0; i < d->n_weights; i++)
+        if (d->weights[i].host == host && d->weights[i].size == size) {
+            *out = d->weights[i].b.buf;
+            goto out;
         }
-    if (c->n_weights == c->cap_weights) {
-        int cap = c->cap_weights ? 2 * c->cap_weights : 64;
-        vk_weight *w = realloc(c->weights, (size_t)cap * sizeof *w);
-        if (!w) return lethe_fail(LETHE_ERR_OOM, "vulkan: weight table");
-        c->weights = w;
-        c->cap_weights = cap;
+    if (d->n_weights == d->cap_weights) {
+        int cap = d->cap_weights ? 2 * d->cap_weights : 64;
+        vk_weight *w = realloc(d->weights, (size_t)cap * sizeof *w);
+        if (!w) { st = lethe_fail(LETHE_ERR_OOM, "vulkan: weight table"); goto out; }
+        d->weights = w;
+        d->cap_weights = cap;
     }
-    vk_weight *w = &c->weights[c->n_weights];
+    vk_weight *w = &d->weights[d->n_weights];
     memset(w, 0, sizeof *w);
-    lethe_status st = lethe_vk_buf_create(c, size, false, &w->b);
-    if (st != LETHE_OK) return st;
+    if ((st = lethe_vk_buf_create(c, size, false, &w->b)) != LETHE_OK) goto out;
     if ((st = lethe_vk_write(c, w->b.buf, 0, host, size)) != LETHE_OK) {
         lethe_vk_buf_destroy(c, &w->b);
-        return st;
+        goto out;
     }
     w->host = host;
     w->size = size;
-    c->n_weights++;
+    d->n_weights++;
+    d->weight_bytes += size;
+    d->uploads++;
     *out = w->b.buf;
-    return LETHE_OK;
+out:
+    pthread_mutex_unlock(&d->weights_mu);
+    return st;
 }
 
 /* ------------------------------------------------------------ buffers */
@@ -461,32 +479,72 @@ static void probe_features(vk_ctx *c) {
 
 /* --------------------------------------------------------------- life */
 
+/* The process's devices: one per (device index, pipeline configuration).
+ * The lock guards the list and every d->users; it is held while a device is
+ * created (instance, probe, pipelines), so two contexts starting at once on
+ * one device build it once. Lock order: registry, weights_mu, queue_mu. */
+static pthread_mutex_t g_devices_mu = PTHREAD_MUTEX_INITIALIZER;
+static vk_device *g_devices;
+
+/* A backend's own resources (never the device's). */
+static void ctx_release(vk_ctx *c) {
+    if (!c->dev) return;
+    /* nothing of ours is in flight: every submit of a backend waits for its fence */
+    lethe_vk_buf_destroy(c, &c->staging);
+    lethe_vk_buf_destroy(c, &c->upload);
+    lethe_vk_buf_destroy(c, &c->dummy);
+    lethe_vk_buf_destroy(c, &c->act);
+    if (c->dpool) vkDestroyDescriptorPool(c->dev, c->dpool, NULL);
+    if (c->qpool) vkDestroyQueryPool(c->dev, c->qpool, NULL);
+    if (c->fence) vkDestroyFence(c->dev, c->fence, NULL);
+    if (c->cpool) vkDestroyCommandPool(c->dev, c->cpool, NULL);
+    c->dpool = VK_NULL_HANDLE;
+    c->qpool = VK_NULL_HANDLE;
+    c->fence = VK_NULL_HANDLE;
+    c->cpool = VK_NULL_HANDLE;
+    free(c->score_jobs);
+    free(c->sets);
+    c->score_jobs = NULL;
+    c->sets = NULL;
+}
+
+/* The device's handles, as held by `s` (d->shared, or a backend whose
+ * device failed before it was shared), and d's cache. */
+static void device_teardown(vk_ctx *s, vk_device *d) {
+    if (s->dev) {
+        vkDeviceWaitIdle(s->dev);
+        for (int i = 0; d && i < d->n_weights; i++) lethe_vk_buf_destroy(s, &d->weights[i].b);
+        for (int i = 0; i < s->n_pipes; i++)
+            if (s->pipes[i].pipe) vkDestroyPipeline(s->dev, s->pipes[i].pipe, NULL);
+        if (s->layout) vkDestroyPipelineLayout(s->dev, s->layout, NULL);
+        if (s->dsl) vkDestroyDescriptorSetLayout(s->dev, s->dsl, NULL);
+        vkDestroyDevice(s->dev, NULL);
+    }
+    if (s->inst) vkDestroyInstance(s->inst, NULL);
+    free(s->pipes);
+    if (d) {
+        free(d->weights);
+        pthread_mutex_destroy(&d->queue_mu);
+        pthread_mutex_destroy(&d->weights_mu);
+        free(d);
+    }
+}
+
 static void vk_free(lethe_backend *be) {
     if (!be) return;
     vk_ctx *c = be->ctx;
     if (c) {
-        if (c->dev) {
-            vkDeviceWaitIdle(c->dev);
-            for (int i = 0; i < c->n_weights; i++) lethe_vk_buf_destroy(c, &c->weights[i].b);
-            lethe_vk_buf_destroy(c, &c->staging);
-            lethe_vk_buf_destroy(c, &c->upload);
-            lethe_vk_buf_destroy(c, &c->dummy);
-            lethe_vk_buf_destroy(c, &c->act);
-            for (int i = 0; i < c->n_pipes; i++)
-                if (c->pipes[i].pipe) vkDestroyPipeline(c->dev, c->pipes[i].pipe, NULL);
-            if (c->dpool) vkDestroyDescriptorPool(c->dev, c->dpool, NULL);
-            if (c->layout) vkDestroyPipelineLayout(c->dev, c->layout, NULL);
-            if (c->dsl) vkDestroyDescriptorSetLayout(c->dev, c->dsl, NULL);
-            if (c->qpool) vkDestroyQueryPool(c->dev, c->qpool, NULL);
-            if (c->fence) vkDestroyFence(c->dev, c->fence, NULL);
-            if (c->cpool) vkDestroyCommandPool(c->dev, c->cpool, NULL);
-            vkDestroyDevice(c->dev, NULL);
-        }
-        if (c->inst) vkDestroyInstance(c->inst, NULL);
-        free(c->weights);
-        free(c->score_jobs);
-        free(c->pipes);
-        free(c->sets);
+        ctx_release(c);
+        vk_device *d = c->d;
+        pthread_mutex_lock(&g_devices_mu);
+        const bool shared = d && d->users > 0;   /* else its device failed to start: c's own */
+        const bool last = shared && --d->users == 0;
+        if (last)   /* the last backend takes the device down */
+            for (vk_device **p = &g_devices; *p; p = &(*p)->next)
+                if (*p == d) { *p = d->next; break; }
+        pthread_mutex_unlock(&g_devices_mu);
+        if (last) device_teardown(&d->shared, d);
+        else if (!shared) device_teardown(c, d);
         free(c);
     }
     free(be);
@@ -505,8 +563,51 @@ static void vk_get_info(lethe_backend *be, lethe_backend_info *info) {
 
 static lethe_status vk_synchronize(lethe_backend *be) {
     vk_ctx *c = be->ctx;
-    VKF(vkQueueWaitIdle(c->queue), "vkQueueWaitIdle");
+    pthread_mutex_lock(&c->d->queue_mu);
+    VkResult r = vkQueueWaitIdle(c->queue);
+    pthread_mutex_unlock(&c->d->queue_mu);
+    VKF(r, "vkQueueWaitIdle");
     return LETHE_OK;
+}
+
+static void vk_device_share(lethe_backend *be, const void *lo, size_t size, lethe_device_share *out) {
+    vk_device *d = ((vk_ctx *)be->ctx)->d;
+    memset(out, 0, sizeof *out);
+    pthread_mutex_lock(&g_devices_mu);
+    out->users = d->users;
+    pthread_mutex_unlock(&g_devices_mu);
+    pthread_mutex_lock(&d->weights_mu);
+    const uintptr_t a = (uintptr_t)lo, b = a + size;
+    for (int i = 0; i < d->n_weights; i++) {
+        const uintptr_t h = (uintptr_t)d->weights[i].host;
+        if (lo && (h < a || h + d->weights[i].size > b)) continue;
+        out->n_weights++;
+        out->weight_bytes += d->weights[i].size;
+    }
+    out->uploads = d->uploads;
+    pthread_mutex_unlock(&d->weights_mu);
+}
+
+void lethe_backend_vulkan_forget(const void *lo, size_t size) {
+    const uintptr_t a = (uintptr_t)lo, b = a + size;
+    pthread_mutex_lock(&g_devices_mu);
+    for (vk_device *d = g_devices; d; d = d->next) {
+        pthread_mutex_lock(&d->weights_mu);
+        int k = 0;
+        for (int i = 0; i < d->n_weights; i++) {
+            vk_weight *w = &d->weights[i];
+            const uintptr_t h = (uintptr_t)w->host;
+            if (h < b && h + w->size > a) {   /* overlaps: its host bytes are going away */
+                lethe_vk_buf_destroy(&d->shared, &w->b);
+                d->weight_bytes -= w->size;
+            } else {
+                d->weights[k++] = *w;
+            }
+        }
+        d->n_weights = k;
+        pthread_mutex_unlock(&d->weights_mu);
+    }
+    pthread_mutex_unlock(&g_devices_mu);
 }
 
 /* every compute() brackets its command buffer with two timestamps (vk_ops.c) */
@@ -525,6 +626,7 @@ static const lethe_backend_iface k_vk_iface = {
     .buffer_copy = vk_buffer_copy,
     .buffer_alloc_shared = vk_buffer_alloc_shared,
     .device_ms = vk_device_ms,
+    .device_share = vk_device_share,
 };
 
 static lethe_status vk_init(vk_ctx *c, int device) {
@@ -559,6 +661,11 @@ static lethe_status vk_init(vk_ctx *c, int device) {
     VKF(vkCreateDevice(c->phys, &di, NULL, &c->dev), "vkCreateDevice");
     vkGetDeviceQueue(c->dev, c->qfam, 0, &c->queue);
 
+    return LETHE_OK;
+}
+
+/* A backend's own resources, on the device its fields name. */
+static lethe_status ctx_init(vk_ctx *c) {
     VkCommandPoolCreateInfo pi = {.sType = VK_STRUCTURE_TYPE_COMMAND_POOL_CREATE_INFO,
                                   .flags = VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT,
                                   .queueFamilyIndex = c->qfam};
@@ -571,14 +678,78 @@ static lethe_status vk_init(vk_ctx *c, int device) {
     c->xfer = cbs[1];
     VkFenceCreateInfo fi = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
     VKF(vkCreateFence(c->dev, &fi, NULL, &c->fence), "vkCreateFence");
-    if (c->props.limits.timestampComputeAndGraphics && qf[c->qfam].timestampValidBits > 0) {
+    uint32_t nq = 0;
+    vkGetPhysicalDeviceQueueFamilyProperties(c->phys, &nq, NULL);
+    VkQueueFamilyProperties qf[32];
+    if (nq > 32) nq = 32;
+    vkGetPhysicalDeviceQueueFamilyProperties(c->phys, &nq, qf);
+    if (c->props.limits.timestampComputeAndGraphics && c->qfam < nq && qf[c->qfam].timestampValidBits > 0) {
         VkQueryPoolCreateInfo q = {.sType = VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO,
                                    .queryType = VK_QUERY_TYPE_TIMESTAMP, .queryCount = 2};
         if (vkCreateQueryPool(c->dev, &q, NULL, &c->qpool) != VK_SUCCESS) c->qpool = VK_NULL_HANDLE;
         c->ts_period_ns = c->props.limits.timestampPeriod;
     }
-    if ((st = lethe_vk_buf_create(c, 16, false, &c->dummy)) != LETHE_OK) return st;
-    return build_pipelines(c);
+    return lethe_vk_buf_create(c, 16, false, &c->dummy);
+}
+
+/* The environment that shapes a device's pipelines (test hooks and escape
+ * hatches): backends that differ in it get devices of their own. */
+static void device_key(int index, char *key, size_t n) {
+    const char *fma = getenv("LETHE_VK_NATIVE_FMA"), *fail = getenv("LETHE_VK_FAIL_PIPELINE"),
+               *range = getenv("LETHE_VK_MAX_RANGE");
+    snprintf(key, n, "%d|%.40s|%.40s|%.40s", index, fma ? fma : "", fail ? fail : "", range ? range : "");
+}
+
+/* c gets the device for `index`: the process's, shared, or a new one
+ * (instance, device, queue, probe, pipelines) that later backends share. */
+static lethe_status vk_attach(vk_ctx *c, int index) {
+    char key[sizeof ((vk_device *)0)->key];
+    device_key(index, key, sizeof key);
+    lethe_status st = LETHE_OK;
+    pthread_mutex_lock(&g_devices_mu);
+    vk_device *d = g_devices;
+    while (d && strcmp(d->key, key) != 0) d = d->next;
+    if (d) {
+        d->users++;   /* counted first: vk_free releases it if ctx_init fails */
+        *c = d->shared;
+        c->d = d;
+        pthread_mutex_unlock(&g_devices_mu);
+        return ctx_init(c);
+    }
+    d = calloc(1, sizeof *d);
+    if (!d) {
+        pthread_mutex_unlock(&g_devices_mu);
+        return lethe_fail(LETHE_ERR_OOM, "vulkan: cannot allocate the device");
+    }
+    pthread_mutex_init(&d->queue_mu, NULL);
+    pthread_mutex_init(&d->weights_mu, NULL);
+    snprintf(d->key, sizeof d->key, "%s", key);
+    c->d = d;   /* users 0 until it works: vk_free then tears it down as c's own */
+    if ((st = vk_init(c, index)) == LETHE_OK && (st = ctx_init(c)) == LETHE_OK && (st = build_pipelines(c)) == LETHE_OK) {
+        /* the device's fields; the backend's own cleared (see vk_ctx) */
+        vk_ctx *s = &d->shared;
+        *s = *c;
+        s->cpool = VK_NULL_HANDLE;
+        s->cmd = s->xfer = VK_NULL_HANDLE;
+        s->fence = VK_NULL_HANDLE;
+        s->qpool = VK_NULL_HANDLE;
+        s->last_compute_ms = s->total_compute_ms = 0.0;
+        s->dpool = VK_NULL_HANDLE;
+        s->dpool_cap = s->cap_sets = 0;
+        s->sets = NULL;
+        memset(&s->staging, 0, sizeof s->staging);
+        memset(&s->upload, 0, sizeof s->upload);
+        memset(&s->dummy, 0, sizeof s->dummy);
+        memset(&s->act, 0, sizeof s->act);
+        s->upload_used = 0;
+        s->score_jobs = NULL;
+        s->n_score_jobs = s->cap_score_jobs = 0;
+        d->users = 1;
+        d->next = g_devices;
+        g_devices = d;
+    }
+    pthread_mutex_unlock(&g_devices_mu);
+    return st;
 }
 
 lethe_backend *lethe_backend_vulkan_new(int device) {
@@ -602,7 +773,7 @@ lethe_backend *lethe_backend_vulkan_new(int device) {
     }
     be->iface = &k_vk_iface;
     be->ctx = c;
-    if (vk_init(c, device) != LETHE_OK) {
+    if (vk_attach(c, device) != LETHE_OK) {
         vk_free(be);   /* keeps the failure message: vk_free does not call lethe_fail */
         return NULL;
     }

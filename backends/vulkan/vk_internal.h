@@ -2,10 +2,20 @@
  * vk_device.c (instance, device, memory, buffers, pipelines, life) and
  * vk_ops.c (supports_op, graph recording, one function per op family).
  *
+ * One device, many backends: every backend (one per context) on the same
+ * device index and pipeline configuration shares one vk_device per process
+ * (instance, device, queue, pipelines, the fma probe's verdict, the weight
+ * cache), refcounted and destroyed with its last backend. A backend's own
+ * part (command buffers, fence, descriptor pool, staging and upload buffers,
+ * timestamps) is never shared, so contexts on different threads record and
+ * wait at once; what they share is locked: submissions to the queue
+ * (queue_mu) and the weight cache (weights_mu).
+ *
  * Memory model: the executor's compute buffers are device-local Vulkan
  * buffers (lethe_buffer.impl = vk_buf). Weights (graph leaves with host data)
- * are uploaded once, on first use, into device-local buffers cached by their
- * host address: they live where this backend maps them. Graph inputs (token
+ * are uploaded once per device, on first use by any of its backends, into
+ * device-local buffers cached by their host address, until the host memory
+ * is forgotten (lethe_backends_forget, from lethe_model_free). Graph inputs (token
  * ids: leaves marked is_input) and host-computed tables (RoPE cos/sin) go
  * each compute into a host-visible "upload" buffer that shaders read directly.
  * compute() records the node range into one command buffer, submits it and
@@ -18,6 +28,7 @@
 #include "common.h"
 #include "vk_shaders.h"
 
+#include <pthread.h>
 #include <vulkan/vulkan.h>
 
 #define LETHE_VK_BINDINGS 4      /* storage buffers per dispatch (set 0, bindings 0..3) */
@@ -41,7 +52,13 @@ typedef struct vk_pipe {
     VkPipeline pipe;         /* VK_NULL_HANDLE: failed to build, ops needing it fall back */
 } vk_pipe;
 
+typedef struct vk_device vk_device;
+
+/* A backend. The fields from inst to n_pipes, except the per-backend
+ * command pool, buffers, fence, timestamps and descriptor pool, are the
+ * device's (d): copied from d->shared at creation, read-only afterwards. */
 typedef struct vk_ctx {
+    vk_device *d;            /* shared with the other backends on the device */
     VkInstance inst;
     VkPhysicalDevice phys;
     VkDevice dev;
@@ -86,15 +103,27 @@ typedef struct vk_ctx {
     vk_buf dummy;            /* bound where a shader's binding is unused */
     vk_buf act;              /* device scratch: q8 blocks of a matmul's activations */
 
-    vk_weight *weights;
-    int n_weights, cap_weights;
-
     /* ATTENTION nodes of the current compute whose softmax weights the host
      * folds into TOVA / H2O scores once the device is done, or whose QUEST
      * selections give the KV reads (vk_ops.c) */
     struct vk_score_job *score_jobs;
     int n_score_jobs, cap_score_jobs;
 } vk_ctx;
+
+/* The shared device (one per device index and pipeline configuration per
+ * process; the registry in vk_device.c). */
+struct vk_device {
+    vk_ctx shared;           /* its device fields; the per-backend ones zero */
+    char key[160];           /* index + the environment that shapes pipelines */
+    int users;               /* backends on it (registry lock)                */
+    vk_device *next;         /* registry list (registry lock)                 */
+    pthread_mutex_t queue_mu;     /* the queue is externally synchronized     */
+    pthread_mutex_t weights_mu;   /* guards the weight cache below            */
+    vk_weight *weights;
+    int n_weights, cap_weights;
+    size_t weight_bytes;     /* bytes of weights cached now                   */
+    uint64_t uploads;        /* weights uploaded since creation               */
+};
 
 typedef struct vk_score_job {
     const lethe_node *n;
@@ -108,13 +137,16 @@ lethe_status lethe_vk_buf_create(vk_ctx *c, VkDeviceSize size, bool host_visible
 void lethe_vk_buf_destroy(vk_ctx *c, vk_buf *b);
 lethe_status lethe_vk_write(vk_ctx *c, VkBuffer dst, VkDeviceSize offs, const void *src, size_t size);
 lethe_status lethe_vk_read(vk_ctx *c, VkBuffer src, VkDeviceSize offs, void *dst, size_t size);
-/* The device buffer holding a weight (uploaded on first use). */
+/* The device buffer holding a weight (uploaded on first use by any backend
+ * on the device; the upload goes through c's staging). */
 lethe_status lethe_vk_weight(vk_ctx *c, const void *host, size_t size, VkBuffer *out);
 /* Pipeline by shader-variant name; VK_NULL_HANDLE if absent or failed. */
 VkPipeline lethe_vk_pipeline(const vk_ctx *c, const char *name);
 /* One compute pipeline of `s` in c->layout with the specialization
  * constants every shader shares: 0 = workgroup size, 1 = NATIVE_FMA. */
 VkResult lethe_vk_make_pipeline(vk_ctx *c, const lethe_vk_spirv *s, uint32_t wg, bool native_fma, VkPipeline *out);
+/* vkQueueSubmit on the shared queue, under its lock. */
+VkResult lethe_vk_queue_submit(vk_ctx *c, const VkSubmitInfo *si, VkFence fence);
 /* The one-shot command buffer c->xfer: begin it; end, submit and wait. */
 lethe_status lethe_vk_xfer_begin(vk_ctx *c);
 lethe_status lethe_vk_xfer_submit(vk_ctx *c);

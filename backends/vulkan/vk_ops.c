@@ -905,7 +905,7 @@ lethe_status lethe_vk_compute(lethe_backend *be, lethe_graph *g, int begin, int 
 
     VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &c->cmd};
     VKF(vkResetFences(c->dev, 1, &c->fence), "vkResetFences");
-    VKF(vkQueueSubmit(c->queue, 1, &si, c->fence), "vkQueueSubmit");
+    VKF(lethe_vk_queue_submit(c, &si, c->fence), "vkQueueSubmit");
     VKF(vkWaitForFences(c->dev, 1, &c->fence, VK_TRUE, UINT64_MAX), "vkWaitForFences");
     for (int j = 0; j < c->n_score_jobs; j++) apply_scores(c, &c->score_jobs[j]);
     if (c->qpool) {

@@ -15,9 +15,9 @@ static lethe_backend *dummy_create(int device, lethe_status *status) {
 }
 
 #ifdef DUMMY_BAD_ABI
-static const lethe_backend_module k_module = {LETHE_BACKEND_MODULE_ABI + 1, "badabi", dummy_device_count, dummy_create};
+static const lethe_backend_module k_module = {LETHE_BACKEND_MODULE_ABI + 1, "badabi", dummy_device_count, dummy_create, NULL};
 #else
-static const lethe_backend_module k_module = {LETHE_BACKEND_MODULE_ABI, "dummy", dummy_device_count, dummy_create};
+static const lethe_backend_module k_module = {LETHE_BACKEND_MODULE_ABI, "dummy", dummy_device_count, dummy_create, NULL};
 #endif
 
 __attribute__((visibility("default"))) const lethe_backend_module *lethe_backend_module_entry(const lethe_module_host *host) {

@@ -394,3 +394,143 @@ extern "C" int lethe_cu_host_quest_refresh(const lethe_cu_kv_view *kv, const let
     }
     return 0;
 }
+
+/* ------------------------------------------------ the decode GEMV's new paths */
+
+/* x [K] -> nb q8 blocks [nb][CU_Q8_BLOCK_BYTES], as k_quant_q8 does. */
+extern "C" int lethe_cu_host_q8_quant(const float *x, int64_t K, uint8_t *out) {
+    if (K % 32 != 0) return -1;
+    for (int64_t b = 0; b < K / 32; b++) cu_q8_quant_block(x + 32 * b, out + b * CU_Q8_BLOCK_BYTES);
+    return 0;
+}
+
+/* k_gemv_q8 (LPR lanes per row), one warp after the other: each chunk's
+ * copies (all 32 lanes, into the ring of stages, S - 1 chunks ahead), then
+ * each lane's blocks of the chunk, then the combine's shuffles, lane by lane. */
+#define HOST_Q8_STAGES 3
+template <int WT, int T, int LPR>
+static void gemv_q8(const uint8_t *w, size_t rb, const float *x, float *y, int64_t N, int64_t K) {
+    constexpr int C = q8_chunk_blocks<WT>(), RS = q8_row_stride<WT>(), BB = cu_block_bytes(WT);
+    constexpr int ROWS = 32 / LPR, PPL = 4 / LPR;
+    const int64_t nb = K / 32, nc = (nb + C - 1) / C;
+    const size_t xs = (size_t)nb * CU_Q8_BLOCK_BYTES;
+    uint8_t *xq = new uint8_t[(size_t)T * xs];
+    for (int t = 0; t < T; t++) lethe_cu_host_q8_quant(x + (size_t)t * K, K, xq + (size_t)t * xs);
+    static uint8_t stage[HOST_Q8_STAGES][ROWS * RS];
+    for (int64_t row0 = 0; row0 < N; row0 += ROWS) {
+        memset(stage, 0xA5, sizeof stage);   /* poison: a byte never copied shows */
+        float acc[32][T][2 * PPL], msum[32][T];
+        for (int l = 0; l < 32; l++)
+            for (int t = 0; t < T; t++) {
+                for (int i = 0; i < 2 * PPL; i++) acc[l][t][i] = 0.0f;
+                msum[l][t] = 0.0f;
+            }
+        for (int s = 0; s < HOST_Q8_STAGES - 1; s++)
+            if (s < nc)
+                for (int l = 0; l < 32; l++) q8_stage<WT, ROWS>(stage[s], w, rb, N, row0, (int64_t)s * C, l);
+        for (int64_t c = 0; c < nc; c++) {
+            const int64_t cn = c + HOST_Q8_STAGES - 1;
+            if (cn < nc)
+                for (int l = 0; l < 32; l++) q8_stage<WT, ROWS>(stage[cn % HOST_Q8_STAGES], w, rb, N, row0, cn * C, l);
+            const int64_t c0 = c * C;
+            const int n = (int)(c0 + C <= nb ? C : nb - c0);
+            for (int l = 0; l < 32; l++) {
+                const int r = l / LPR, h = l % LPR;
+                const int64_t row = cu_min64(row0 + r, N - 1);
+                const uint8_t *wb = stage[c % HOST_Q8_STAGES] + r * RS + q8_stage_delta<WT>(w, rb, row, c0);
+                for (int j = 0; j < n; j++)
+                    q8_lane_block<WT, T, PPL>(wb + j * BB, h * PPL, xq + (size_t)(c0 + j) * CU_Q8_BLOCK_BYTES, xs,
+                                              acc[l], msum[l]);
+            }
+        }
+        for (int r = 0; r < ROWS && row0 + r < N; r++)
+            for (int t = 0; t < T; t++) {
+                const int l0 = LPR * r;   /* lane h = 0 of the row stores */
+                float v;
+                if (LPR == 4) {
+                    float tp[4], u[4];
+                    for (int p = 0; p < 4; p++) tp[p] = cu_fadd(acc[l0 + p][t][0], acc[l0 + p][t][1]);
+                    for (int p = 0; p < 4; p++) u[p] = cu_fadd(tp[p], tp[p ^ 2]);
+                    v = cu_fadd(u[0], u[1]);
+                } else {
+                    float ta[2], tb[2];
+                    for (int h = 0; h < 2; h++) {
+                        ta[h] = cu_fadd(acc[l0 + h][t][0], acc[l0 + h][t][1]);
+                        tb[h] = cu_fadd(acc[l0 + h][t][PPL > 1 ? 2 : 0], acc[l0 + h][t][PPL > 1 ? 3 : 1]);
+                    }
+                    v = cu_fadd(cu_fadd(ta[0], ta[1]), cu_fadd(tb[0], tb[1]));
+                }
+                if (q8_has_m<WT>()) v = cu_fadd(v, msum[l0][t]);
+                y[(size_t)t * N + row0 + r] = v;
+            }
+    }
+    delete[] xq;
+}
+
+/* k_gemv_f, warp after warp: each lane's partial sums, then the butterfly. */
+template <int WT, int T>
+static void gemv_f(const uint8_t *w, size_t rb, const float *x, float *y, int64_t N, int64_t K) {
+    for (int64_t row0 = 0; row0 < N; row0 += F_ROWS) {
+        const uint8_t *wr[F_ROWS];
+        for (int i = 0; i < F_ROWS; i++) wr[i] = w + (size_t)cu_min64(row0 + i, N - 1) * rb;
+        static float acc[32][F_ROWS][T];
+        for (int l = 0; l < 32; l++) f_lane<WT, T>(wr, x, K, l, acc[l]);
+        for (int i = 0; i < F_ROWS && row0 + i < N; i++)
+            for (int t = 0; t < T; t++) {
+                float v[32], nv[32];
+                for (int l = 0; l < 32; l++) v[l] = acc[l][i][t];
+                for (int o = 16; o > 0; o >>= 1) {
+                    for (int l = 0; l < 32; l++) nv[l] = v[l] + v[l ^ o];
+                    memcpy(v, nv, sizeof v);
+                }
+                y[(size_t)t * N + row0 + i] = v[0];
+            }
+    }
+}
+
+template <int WT, int T>
+static void gemv_new(const uint8_t *w, size_t rb, const float *x, float *y, int64_t N, int64_t K, bool wide) {
+    if (WT == CU_F32 || WT == CU_F16 || WT == CU_BF16)
+        gemv_f<WT, T>(w, rb, x, y, N, K);
+    else if (wide)
+        gemv_q8<WT, T, 2>(w, rb, x, y, N, K);
+    else
+        gemv_q8<WT, T, 4>(w, rb, x, y, N, K);
+}
+
+template <int WT>
+static int gemv_new_t(const uint8_t *w, size_t rb, const float *x, float *y, int64_t N, int64_t K, int64_t T,
+                      bool wide) {
+    switch (T) {
+#define C(TT) case TT: gemv_new<WT, TT>(w, rb, x, y, N, K, wide); return 0;
+    C(1) C(2) C(3) C(4) C(5) C(6) C(7) C(8)
+#undef C
+    default: return -1;
+    }
+}
+
+/* y [T, N] as the new decode GEMV computes it (k_gemv_q8 / k_gemv_f);
+ * variant LETHE_CU_GEMV_NEW or _WIDE (cuda_kernels.h). The float path needs
+ * 16-byte aligned rows (the launcher takes the old kernel otherwise): -2 if
+ * they are not. */
+extern "C" int lethe_cu_host_gemv_new(int wtype, const void *w, size_t row_bytes, const float *x, float *y,
+                                      int64_t N, int64_t K, int64_t T, int variant) {
+    const bool wide = variant == LETHE_CU_GEMV_WIDE;
+    if (K % 32 != 0 || N <= 0) return -1;
+    const uint8_t *wb = (const uint8_t *)w;
+    const bool flt = wtype == CU_F32 || wtype == CU_F16 || wtype == CU_BF16;
+    if (flt && (((uintptr_t)w | row_bytes) & 15u)) return -2;
+#define L(WT) return gemv_new_t<WT>(wb, row_bytes, x, y, N, K, T, wide)
+    switch (wtype) {
+    case CU_F32: L(CU_F32);
+    case CU_F16: L(CU_F16);
+    case CU_BF16: L(CU_BF16);
+    case CU_Q4_0: L(CU_Q4_0);
+    case CU_Q4_1: L(CU_Q4_1);
+    case CU_Q5_0: L(CU_Q5_0);
+    case CU_Q5_1: L(CU_Q5_1);
+    case CU_Q8_0: L(CU_Q8_0);
+    default: return -1;
+    }
+#undef L
+}
