@@ -30,6 +30,7 @@ set(_vk_variants
   "quest_bounds_split|quest.comp|QUEST_BOUNDS=1,KV_SPLIT=1"
   "quest_select_split|quest.comp|KV_SPLIT=1"
   "dms_decision|dms_decision.comp|"
+  "top_k|top_k.comp|"
   "fma_probe|fma_probe.comp|")   # not a pipeline of its own: vk_probe.c builds it to decide NATIVE_FMA
 foreach(wt ${_vk_wtypes})
   string(REPLACE "=" ";" _p ${wt})

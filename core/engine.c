@@ -30,6 +30,14 @@ struct lethe_context {
     float *logits;
     int32_t *row_of;
     int32_t n_logits, cap_logits, cap_rows, last_batch_n;
+    /* on-device sampling support (lethe_get_top_k): per output row its
+     * n_top_k best candidates, [n_logits][n_top_k]; with top_k_only the
+     * logits rows above are not computed back to the host at all */
+    lethe_candidate *cands;
+    int32_t cap_cands;              /* rows of n_top_k the buffer holds     */
+    int32_t n_top_k;                /* 0: off                               */
+    bool top_k_only;
+    bool have_logits, have_cands;   /* what the last decode returned        */
     lethe_abort_fn abort_fn;
     void *abort_user;
     lethe_kv_policy_kind policy;   /* resolved: never AUTO */
@@ -148,14 +156,16 @@ void lethe_context_free(lethe_context *c) {
     free(c->ub_out);
     free(c->logits);
     free(c->row_of);
+    free(c->cands);
     free(c);
 }
 
 /* Memory cap (lethe_context_params.mem_limit_bytes). Fixed bytes = the KV
  * pool + host buffers sized `logit_rows` rows of logits; what is left of
  * the cap goes to the executor, which refuses a batch before allocating. */
-static size_t other_bytes(const lethe_context *c, int32_t logit_rows, int32_t rows) {
+static size_t other_bytes(const lethe_context *c, int32_t logit_rows, int32_t rows, int32_t cand_rows) {
     return (size_t)logit_rows * c->model->hp.n_vocab * sizeof(float) + (size_t)rows * sizeof(int32_t) +
+           (size_t)cand_rows * (size_t)c->n_top_k * sizeof(lethe_candidate) +
            4 * (size_t)c->params.n_batch * sizeof(int32_t) + (size_t)c->graph->cap * sizeof(lethe_node);
 }
 
@@ -165,7 +175,8 @@ static lethe_status apply_mem_limit(lethe_context *c, int32_t n_out, int32_t n_r
     size_t cap = c->params.mem_limit_bytes;
     if (!cap) return LETHE_OK;
     size_t fixed = kv_pool_bytes(c) +
-                   other_bytes(c, LETHE_MAX(n_out, c->cap_logits), LETHE_MAX(n_rows, c->cap_rows));
+                   other_bytes(c, c->top_k_only ? c->cap_logits : LETHE_MAX(n_out, c->cap_logits),
+                               LETHE_MAX(n_rows, c->cap_rows), c->n_top_k ? LETHE_MAX(n_out, c->cap_cands) : 0);
     size_t compute = lethe_executor_memory(c->ex);
     if (fixed + compute > cap)
         return lethe_fail(LETHE_ERR_OOM,
@@ -203,6 +214,12 @@ lethe_context *lethe_context_new(lethe_model *m, lethe_context_params p, lethe_s
         goto fail;
     }
     if (p.n_batch > p.n_ctx) p.n_batch = p.n_ctx;
+    if (p.n_top_k < 0 || p.n_top_k > LETHE_TOP_K_MAX || p.n_top_k > hp->n_vocab || (p.top_k_only && !p.n_top_k)) {
+        st = lethe_fail(LETHE_ERR_INVALID_ARG, "context: n_top_k %d must be in [0, min(%d, n_vocab %d)]%s",
+                        p.n_top_k, LETHE_TOP_K_MAX, hp->n_vocab,
+                        p.top_k_only && !p.n_top_k ? ", and > 0 with top_k_only" : "");
+        goto fail;
+    }
     lethe_kv_policy kvp;
     lethe_kv_policy_kind kind = LETHE_KV_POLICY_NONE;
     lethe_dms_run dms;
@@ -213,6 +230,8 @@ lethe_context *lethe_context_new(lethe_model *m, lethe_context_params p, lethe_s
     c->params = p;
     c->policy = kind;
     c->dms = dms;
+    c->n_top_k = p.n_top_k;
+    c->top_k_only = p.top_k_only;
 
     lethe_dtype kt = p.kv_type == LETHE_KV_F16 ? LETHE_F16 : LETHE_F32;
     size_t budget = p.kv_budget_bytes;
@@ -281,14 +300,29 @@ static lethe_status run_ubatch(lethe_context *c, int32_t n, int32_t n_out, int32
     lethe_graph_reset(c->graph);
     lethe_node *logits = lethe_llama_build(c->graph, c->model, &c->kv, &c->ub, c->ub_tokens,
                                            c->ub_out, n_out, &c->dms);
-    if (!logits) return c->graph->status != LETHE_OK ? c->graph->status
-                                                     : lethe_fail(LETHE_ERR_INTERNAL, "graph build failed");
+    /* Candidates are selected where the head ran (TOP_K goes to the first
+     * backend that supports it, as every node): on a GPU only k pairs per
+     * row come back when the logits are not outputs too. */
+    lethe_node *cands = NULL;
+    if (logits && n_out > 0 && c->n_top_k > 0) {
+        cands = lethe_top_k(c->graph, logits, c->n_top_k);
+        if (cands) {
+            lethe_set_output(cands);
+            if (c->top_k_only) logits->is_output = false;
+        }
+    }
+    if (!logits || (n_out > 0 && c->n_top_k > 0 && !cands))
+        return c->graph->status != LETHE_OK ? c->graph->status
+                                            : lethe_fail(LETHE_ERR_INTERNAL, "graph build failed");
     st = lethe_executor_run(c->ex, c->graph, c->abort_fn, c->abort_user);
     if (st != LETHE_OK) return st;
     lethe_kv_settle(&c->kv, n, c->ub_seq);
-    if (n_out > 0)
+    if (n_out > 0 && !c->top_k_only)
         memcpy(c->logits + (size_t)row0 * c->model->hp.n_vocab, logits->t.data,
                (size_t)n_out * c->model->hp.n_vocab * sizeof(float));
+    if (cands)   /* [n_out, k, 2] i32 = lethe_candidate {id, logit} pairs */
+        memcpy(c->cands + (size_t)row0 * c->n_top_k, cands->t.data,
+               (size_t)n_out * c->n_top_k * sizeof(lethe_candidate));
     return LETHE_OK;
 }
 
@@ -333,7 +367,13 @@ lethe_status lethe_decode(lethe_context *c, lethe_batch b) {
     lethe_status st = apply_mem_limit(c, n_out, n);
     if (st != LETHE_OK) return st;
     /* grow-only buffers: steady decoding allocates nothing */
-    if (n_out > c->cap_logits) {
+    if (c->n_top_k > 0 && n_out > c->cap_cands) {
+        lethe_candidate *cd = realloc(c->cands, (size_t)n_out * c->n_top_k * sizeof *cd);
+        if (!cd) return lethe_fail(LETHE_ERR_OOM, "decode: candidates buffer");
+        c->cands = cd;
+        c->cap_cands = n_out;
+    }
+    if (!c->top_k_only && n_out > c->cap_logits) {
         float *lg = realloc(c->logits, (size_t)n_out * V * sizeof(float));
         if (!lg) return lethe_fail(LETHE_ERR_OOM, "decode: logits buffer");
         c->logits = lg;
@@ -373,25 +413,72 @@ lethe_status lethe_decode(lethe_context *c, lethe_batch b) {
     }
     lethe_kv_commit(kv);
     c->n_logits = row;
+    c->have_logits = !c->top_k_only;
+    c->have_cands = c->n_top_k > 0;
     return LETHE_OK;
 }
 
-const float *lethe_get_logits(lethe_context *c, int32_t i) {
+/* Row of batch index i (-1: the last) among the outputs of the last
+ * decode, or -1 with the failure set (`what` names the caller). */
+static int32_t output_row(const lethe_context *c, int32_t i, const char *what) {
     if (!c || c->n_logits == 0) {
-        lethe_fail(LETHE_ERR_INVALID_ARG, "get_logits: no logits (no successful decode asked for them)");
-        return NULL;
+        lethe_fail(LETHE_ERR_INVALID_ARG, "%s: no logits (no successful decode asked for them)", what);
+        return -1;
     }
     int32_t row;
     if (i < -1) {
-        lethe_fail(LETHE_ERR_INVALID_ARG, "get_logits: index %d (use -1 for the last token with logits)", i);
-        return NULL;
+        lethe_fail(LETHE_ERR_INVALID_ARG, "%s: index %d (use -1 for the last token with logits)", what, i);
+        return -1;
     } else if (i < 0) {
         row = c->n_logits - 1;
     } else if (i >= c->last_batch_n || (row = c->row_of[i]) < 0) {
-        lethe_fail(LETHE_ERR_INVALID_ARG, "get_logits: token %d of the last batch did not ask for logits", i);
+        lethe_fail(LETHE_ERR_INVALID_ARG, "%s: token %d of the last batch did not ask for logits", what, i);
+        return -1;
+    }
+    return row;
+}
+
+const float *lethe_get_logits(lethe_context *c, int32_t i) {
+    const int32_t row = output_row(c, i, "get_logits");
+    if (row < 0) return NULL;
+    if (!c->have_logits) {
+        lethe_fail(LETHE_ERR_INVALID_ARG, "get_logits: the context returns only top-k candidates (top_k_only): "
+                   "use lethe_get_top_k, or lethe_set_outputs to ask for logits");
         return NULL;
     }
     return c->logits + (size_t)row * c->model->hp.n_vocab;
+}
+
+int32_t lethe_get_top_k(lethe_context *c, int32_t i, const lethe_candidate **out) {
+    if (out) *out = NULL;
+    if (!out) return -(int32_t)lethe_fail(LETHE_ERR_INVALID_ARG, "get_top_k: out is NULL");
+    const int32_t row = output_row(c, i, "get_top_k");
+    if (row < 0) return -(int32_t)LETHE_ERR_INVALID_ARG;
+    if (!c->have_cands)
+        return -(int32_t)lethe_fail(LETHE_ERR_INVALID_ARG,
+                                    "get_top_k: the last decode selected no candidates (n_top_k is 0)");
+    *out = c->cands + (size_t)row * c->n_top_k;
+    return c->n_top_k;
+}
+
+lethe_status lethe_set_outputs(lethe_context *c, int32_t n_top_k, bool top_k_only) {
+    if (!c) return lethe_fail(LETHE_ERR_INVALID_ARG, "set_outputs: context is NULL");
+    if (n_top_k < 0 || n_top_k > LETHE_TOP_K_MAX || n_top_k > c->model->hp.n_vocab || (top_k_only && !n_top_k))
+        return lethe_fail(LETHE_ERR_INVALID_ARG, "set_outputs: n_top_k %d must be in [0, min(%d, n_vocab %d)]%s",
+                          n_top_k, LETHE_TOP_K_MAX, c->model->hp.n_vocab,
+                          top_k_only && !n_top_k ? ", and > 0 with top_k_only" : "");
+    if (n_top_k != c->n_top_k) {   /* rows are n_top_k wide: regrow at the next decode */
+        free(c->cands);
+        c->cands = NULL;
+        c->cap_cands = 0;
+    }
+    c->n_top_k = n_top_k;
+    c->top_k_only = top_k_only;
+    c->params.n_top_k = n_top_k;
+    c->params.top_k_only = top_k_only;
+    c->n_logits = 0;   /* what the last decode returned no longer matches */
+    c->have_logits = c->have_cands = false;
+    return LETHE_OK;
 }
 
 int32_t lethe_seq_len(const lethe_context *c, int32_t s) {
@@ -489,7 +576,7 @@ lethe_memory_info lethe_get_memory_info(const lethe_context *c) {
     mi.model_bytes = lethe_model_memory_bytes(c->model);
     mi.kv_bytes = kv_pool_bytes(c);
     mi.compute_bytes = lethe_executor_memory(c->ex);
-    mi.other_bytes = other_bytes(c, c->cap_logits, c->cap_rows);
+    mi.other_bytes = other_bytes(c, c->cap_logits, c->cap_rows, c->cap_cands);
     mi.context_bytes = mi.kv_bytes + mi.compute_bytes + mi.other_bytes;
     mi.mem_limit_bytes = c->params.mem_limit_bytes;
     if (c->gpu && c->gpu->iface->device_share) {   /* the device's one copy of this model's weights */

@@ -20,6 +20,7 @@ static const char *const k_op_names[] = {
     [LETHE_OP_KV_STORE] = "kv_store",
     [LETHE_OP_ATTENTION] = "attention",
     [LETHE_OP_DMS_DECISION] = "dms_decision",
+    [LETHE_OP_TOP_K] = "top_k",
 };
 _Static_assert(LETHE_ARRAY_SIZE(k_op_names) == LETHE_OP_COUNT, "every op needs a name");
 
@@ -258,6 +259,19 @@ lethe_node *lethe_attention(lethe_graph *g, struct lethe_kv_cache *kv, int layer
     n->ub = ub;
     n->iparams[0] = layer;
     n->fparams[0] = scale;
+    return n;
+}
+
+lethe_node *lethe_top_k(lethe_graph *g, lethe_node *x, int k) {
+    NEED(x);
+    CHECK(g, x->t.type == LETHE_F32 && lethe_tensor_is_contiguous(&x->t), "top_k: x must be contiguous f32 [T, V]");
+    const int64_t V = x->t.ne[0], T = lethe_tensor_nrows(&x->t);
+    CHECK(g, k >= 1 && k <= LETHE_TOP_K_MAX && k <= V && V <= INT32_MAX, "top_k: k must be in [1, min(V, 256)]");
+    int64_t ne[3] = {2, k, T};
+    lethe_node *n = new_node(g, LETHE_OP_TOP_K, LETHE_I32, 3, ne);
+    NEED(n);
+    n->src[0] = x;
+    n->iparams[0] = k;
     return n;
 }
 

@@ -29,6 +29,7 @@ typedef enum lethe_op {
     LETHE_OP_KV_STORE,     /* write K and V rows into the per-head KV cache    */
     LETHE_OP_ATTENTION,    /* attention of queries over the per-head KV cache  */
     LETHE_OP_DMS_DECISION, /* DMS eviction logits per token and KV head        */
+    LETHE_OP_TOP_K,        /* per row the k largest (id, value) pairs, sorted  */
     LETHE_OP_COUNT
 } lethe_op;
 
@@ -162,6 +163,16 @@ typedef enum lethe_dms_mode { LETHE_DMS_FROM_Q = 0, LETHE_DMS_FROM_ADAPTER, LETH
 lethe_node *lethe_dms_decision(lethe_graph *g, lethe_node *x, lethe_dms_mode mode, int n_head_kv,
                                int group, bool per_layer, float scale, float offset, float rate,
                                int layer, const lethe_ubatch *ub);
+
+/* TOP_K: x [T, V] f32 -> [T, k, 2] i32: per row the k best (id, value)
+ * pairs, best first, the value's f32 bits stored in the i32 slot (so the
+ * pair is lethe.h's lethe_candidate). The order is the host sampler's
+ * (core/sampler.c cand_before): higher value first, equal values (-0 == +0)
+ * to the lower id, and NaN after every number (-inf included), NaNs among
+ * themselves by id: a NaN logit never wins over a number. Selection only
+ * compares, so every backend returns the same bits. 1 <= k <= min(V,
+ * LETHE_TOP_K_MAX); k = 1 is argmax. iparams[0] = k. */
+lethe_node *lethe_top_k(lethe_graph *g, lethe_node *x, int k);
 
 /* Reinterpret a node's contiguous result with a new shape of the same number
  * of elements, in place (no new node, no copy): e.g. the [T, Hq*D] output of

@@ -322,3 +322,139 @@ lethe_token lethe_sampler_sample(lethe_sampler *s, const float *logits) {
     }
     return c[n - 1].id;   /* rounding: r landed on the very top edge */
 }
+
+/* ---- sampling from a row's best candidates (on-device sampling) ---------
+ *
+ * lethe_sampler_sample above, restated for the k best candidates of a row
+ * in candidate order (what the TOP_K op returns). It takes the same steps on
+ * the same values in the same order, so it returns the same token and
+ * consumes the same random numbers, whenever the chain only ever looks at
+ * those k:
+ *  - greedy: the first best in candidate order is cand[0];
+ *  - lmax (the largest non-NaN logit, first by id among equals) is cand[0]'s
+ *    logit unless that is NaN, and then every logit is NaN;
+ *  - min-p keeps a prefix of the candidate order (x -> (x - lmax) / T is
+ *    monotone in float arithmetic; NaN and -inf never pass), so the kept
+ *    set is known from the candidates as soon as one of them fails;
+ *  - top-k keeps the first top_k in candidate order;
+ *  - the draw walks the kept candidates in candidate order when top-k cut
+ *    (or top-p sorted), but in id order when neither did (the host path
+ *    then never sorts): only with top_p = 1 and min-p keeping <= top_k, which
+ *    the (top_k + 1)-th candidate tells apart.
+ * A repetition penalty changes logits before the selection, and top_k off
+ * needs the whole row: those chains take lethe_sampler_sample. */
+
+int32_t lethe_sampler_top_k_needed(const lethe_sampler *s) {
+    if (!s) return 0;
+    const lethe_sampler_params *p = &s->params;
+    if (p->repeat_penalty != 1.0f && p->repeat_last_n > 0) return 0;
+    int32_t need;
+    if (!(p->temperature > 1e-6f) || p->top_k == 1) need = 1;
+    else if (p->top_k <= 0) return 0;
+    else need = p->top_k + (p->min_p > 0.0f && !(p->top_p < 1.0f) ? 1 : 0);
+    /* top_k >= n_vocab: the host never cuts at top_k; a row of exactly
+     * n_vocab candidates is the whole row, but asking for it is no saving */
+    if (need > 1 && p->top_k >= s->n_vocab) return 0;
+    return need <= LETHE_TOP_K_MAX && need <= s->n_vocab ? need : 0;
+}
+
+/* Candidate order for a candidate array: ids ascending (the host's index
+ * order, for the draw when nothing sorted). Insertion sort: n <= 257. */
+static void cand_sort_by_id(lethe_cand *c, size_t n) {
+    for (size_t i = 1; i < n; i++) {
+        lethe_cand x = c[i];
+        size_t j = i;
+        for (; j > 0 && c[j - 1].id > x.id; j--) c[j] = c[j - 1];
+        c[j] = x;
+    }
+}
+
+lethe_token lethe_sampler_sample_top_k(lethe_sampler *s, const lethe_candidate *cand, int32_t n_cand) {
+    if (!s || !cand) {
+        lethe_fail(LETHE_ERR_INVALID_ARG, "sampler: NULL sampler or candidates");
+        return -1;
+    }
+    const int32_t need = lethe_sampler_top_k_needed(s);
+    if (need == 0) {
+        lethe_fail(LETHE_ERR_UNSUPPORTED, "sampler: this chain needs every logit (top_k off, or a repetition penalty)");
+        return -1;
+    }
+    if (n_cand < need) {
+        lethe_fail(LETHE_ERR_INVALID_ARG, "sampler: %d candidates given, this chain needs %d", (int)n_cand, (int)need);
+        return -1;
+    }
+    lethe_cand *c = s->cand;
+    for (int32_t i = 0; i < need; i++) {
+        c[i].id = cand[i].id;
+        c[i].logit = cand[i].logit;
+        if (c[i].id < 0 || c[i].id >= s->n_vocab || (i > 0 && !cand_before(&c[i - 1], &c[i]))) {
+            lethe_fail(LETHE_ERR_INVALID_ARG, "sampler: candidate %d (id %d) is out of range or out of order",
+                       (int)i, (int)c[i].id);
+            return -1;
+        }
+    }
+    const lethe_sampler_params *p = &s->params;
+    if (!(p->temperature > 1e-6f) || p->top_k == 1) return c[0].id;
+
+    const float inv_t = 1.0f / p->temperature;
+    const float lmax = isnan(c[0].logit) ? -INFINITY : c[0].logit;
+    if (!isfinite(lmax)) return c[0].id;
+    const size_t K = (size_t)p->top_k;
+    size_t m = (size_t)need;   /* kept by min-p among the candidates */
+    bool cut;                  /* top-k cut (the host sorts): more than K kept */
+    if (p->min_p > 0.0f) {
+        const float thr = logf(p->min_p);
+        size_t k = 0;
+        for (size_t i = 0; i < (size_t)need; i++)
+            if ((c[i].logit - lmax) * inv_t >= thr) c[k++] = c[i];
+        m = k;
+        /* with top_p < 1 the host sorts either way: only the count matters */
+        cut = p->top_p < 1.0f ? m >= K : m > K;
+    } else {
+        cut = true;   /* every logit is kept and top_k < n_vocab */
+    }
+    size_t n = m < K ? m : K;
+    if (!cut && !(p->top_p < 1.0f)) cand_sort_by_id(c, n);
+
+    double sum = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        c[i].p = expf((c[i].logit - lmax) * inv_t);
+        sum += c[i].p;
+    }
+    if (p->top_p < 1.0f) {
+        const double target = (double)p->top_p * sum;
+        double cum = 0.0;
+        size_t keep = n;
+        for (size_t i = 0; i < n; i++) {
+            cum += c[i].p;
+            if (cum >= target) { keep = i + 1; break; }
+        }
+        n = keep;
+        sum = 0.0;
+        for (size_t i = 0; i < n; i++) sum += c[i].p;
+    }
+    double r = rng_uniform(s->rng) * sum;
+    double acc = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        acc += c[i].p;
+        if (r < acc) return c[i].id;
+    }
+    return c[n - 1].id;
+}
+
+lethe_token lethe_sample(lethe_sampler *s, lethe_context *ctx, int32_t i) {
+    if (!s || !ctx) {
+        lethe_fail(LETHE_ERR_INVALID_ARG, "sample: NULL sampler or context");
+        return -1;
+    }
+    const int32_t need = lethe_sampler_top_k_needed(s);
+    if (need > 0) {
+        const lethe_candidate *cand = NULL;
+        const int32_t n = lethe_get_top_k(ctx, i, &cand);
+        if (n >= need) return lethe_sampler_sample_top_k(s, cand, n);
+        lethe_clear_error();
+    }
+    const float *logits = lethe_get_logits(ctx, i);
+    if (!logits) return -1;   /* the reason is get_logits' */
+    return lethe_sampler_sample(s, logits);
+}

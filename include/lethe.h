@@ -211,6 +211,14 @@ typedef struct lethe_context_params {
                                  tokens by a position hash instead of the model's
                                  decisions: measures eviction on any model, but the
                                  answers are then not the model's                   */
+    int32_t n_top_k;          /* on-device sampling support: > 0: every token that asks
+                                 for logits also gets its n_top_k best (id, logit)
+                                 pairs (lethe_get_top_k), selected on the device that
+                                 computes the output head; at most LETHE_TOP_K_MAX
+                                 and n_vocab. 0: off (default)                      */
+    bool top_k_only;          /* with n_top_k > 0: skip the n_vocab-float logits rows
+                                 (lethe_get_logits then fails): a GPU sends back only
+                                 n_top_k pairs per token. false (default)           */
 } lethe_context_params;
 
 LETHE_API lethe_context_params lethe_context_default_params(void);
@@ -240,8 +248,29 @@ LETHE_API lethe_batch lethe_batch_one(const lethe_token *tokens, int32_t n_token
 LETHE_API lethe_status lethe_decode(lethe_context *ctx, lethe_batch batch);
 
 /* Logits of the i-th token of the last batch that asked for them
- * (i = -1: the last such token). n_vocab floats, valid until the next decode. */
+ * (i = -1: the last such token). n_vocab floats, valid until the next decode.
+ * NULL (and the reason in lethe_last_error) for a context set to top_k_only. */
 LETHE_API const float *lethe_get_logits(lethe_context *ctx, int32_t i);
+
+/* One candidate token of a logits row. */
+typedef struct lethe_candidate {
+    lethe_token id;
+    float logit;
+} lethe_candidate;
+
+#define LETHE_TOP_K_MAX 256
+
+/* The n_top_k best candidates of the i-th token of the last batch (i as for
+ * lethe_get_logits), best first: higher logit first, equal logits to the
+ * lower id, NaN logits after every number (so a NaN never wins) — exactly
+ * the order lethe_sampler_sample uses. The same bits on every backend (the
+ * selection only compares). Returns n_top_k and sets *out (valid until the
+ * next decode), or a negative lethe_status when the context selects none
+ * (n_top_k 0) or token i asked for no logits. */
+LETHE_API int32_t lethe_get_top_k(lethe_context *ctx, int32_t i, const lethe_candidate **out);
+/* Change n_top_k / top_k_only (lethe_context_params) between decodes; the
+ * last decode's outputs are dropped. */
+LETHE_API lethe_status lethe_set_outputs(lethe_context *ctx, int32_t n_top_k, bool top_k_only);
 
 /* Sequence management. */
 LETHE_API int32_t lethe_seq_len(const lethe_context *ctx, int32_t seq_id); /* tokens seen */
@@ -360,6 +389,25 @@ LETHE_API lethe_sampler *lethe_sampler_new(lethe_sampler_params params, int32_t 
 LETHE_API void lethe_sampler_free(lethe_sampler *s);
 /* Pick a token from n_vocab logits (not modified). */
 LETHE_API lethe_token lethe_sampler_sample(lethe_sampler *s, const float *logits);
+/* Sampling from candidates (on-device sampling): how many of a row's best
+ * candidates (lethe_get_top_k) lethe_sampler_sample_top_k needs to pick
+ * exactly the token lethe_sampler_sample would pick from the whole row,
+ * consuming the same random numbers: 1 when greedy (temperature 0 or top_k 1);
+ * top_k when top_k is on (top_k + 1 when min_p > 0 and top_p is 1: the
+ * extra candidate tells whether min-p cut inside the top k, which decides
+ * the draw order); 0 when the chain needs every logit (top_k off with a
+ * temperature, a repetition penalty: it changes logits before selection,
+ * or more than LETHE_TOP_K_MAX / n_vocab candidates). */
+LETHE_API int32_t lethe_sampler_top_k_needed(const lethe_sampler *s);
+/* Pick a token from a row's n best candidates in lethe_get_top_k's order;
+ * n >= lethe_sampler_top_k_needed(s) > 0, else -1 (LETHE_ERR_INVALID_ARG /
+ * LETHE_ERR_UNSUPPORTED in lethe_last_error). */
+LETHE_API lethe_token lethe_sampler_sample_top_k(lethe_sampler *s, const lethe_candidate *cand, int32_t n);
+/* Pick token i's successor from the last decode (i as for lethe_get_logits):
+ * from its candidates when the context returned enough for this chain,
+ * else from its logits. -1 when neither serves (a top_k_only context and a
+ * chain that needs every logit). */
+LETHE_API lethe_token lethe_sample(lethe_sampler *s, lethe_context *ctx, int32_t i);
 /* Tell the sampler a token was appended (for the repetition penalty). */
 LETHE_API void lethe_sampler_accept(lethe_sampler *s, lethe_token token);
 LETHE_API void lethe_sampler_reset(lethe_sampler *s);

@@ -81,10 +81,13 @@ typedef struct op_case {
     int kv_budget;            /* policy budget (0: 1000) */
     bool kv_tie;              /* QUEST: pages 1 and 3 of sequence 0 share their (dominant) keys */
     int kv_pages;             /* pages of the pool (0: enough for the case, at least 64) */
+    int topk_pat;             /* TOP_K: tu_topk_fill pattern              */
     double limit;
 } op_case;
 
 #define MM(t, N, K, T) {"matmul " #t " " #N "x" #K " T=" #T, LETHE_OP_MATMUL, LETHE_##t, N, K, T, .limit = EPS_MM}
+#define TK(T, V, k, pat) {"top_k " #k " V=" #V " T=" #T " pattern " #pat, LETHE_OP_TOP_K, LETHE_F32, T, V, k, \
+                         .topk_pat = pat, .limit = 0}
 #define GR(t) {"get_rows " #t, LETHE_OP_GET_ROWS, LETHE_##t, 37, 64, 6, .limit = EPS_ELEM}
 
 static const op_case k_cases[] = {
@@ -214,6 +217,13 @@ static const op_case k_cases[] = {
     /* decode GEMV with several sequences (T <= 8) and cuBLAS prefill at real widths */
     MM(Q4_0, 96, 576, 8), MM(Q8_0, 96, 576, 3), MM(F16, 70, 256, 8), MM(Q4_0, 130, 256, 40),
     MM(Q8_0, 64, 1536, 12), MM(F32, 50, 256, 24),
+    /* top_k: x [T = a, V = b], k = c; compared bit for bit (ids and value
+     * bits), and the CPU against a full sort (test_top_k_reference).
+     * SmolLM2's and Qwen2/3's vocabularies, the sampler's default k (40),
+     * argmax, the largest k; ties, -inf, NaN; rows shorter than a segment. */
+    TK(1, 49152, 1, 0), TK(3, 49152, 40, 0), TK(2, 151936, 64, 0), TK(1, 151936, 256, 0),
+    TK(2, 49152, 40, 1), TK(2, 151936, 64, 2), TK(2, 49152, 64, 3), TK(1, 151936, 1, 3),
+    TK(2, 10000, 64, 4), TK(1, 5000, 40, 5), TK(4, 7, 5, 2), TK(2, 64, 64, 1), TK(3, 4097, 17, 2),
 };
 
 /* ------------------------------------------------------------- state */
@@ -565,6 +575,13 @@ static void build(const op_case *k, built *b, uint64_t seed) {
     case LETHE_OP_ATTENTION:
         n = kv_build(k, b, seed);
         break;
+    case LETHE_OP_TOP_K: {
+        int64_t nx[2] = {k->b, k->a};
+        float *x = keep(malloc((size_t)(k->a * k->b) * sizeof(float)));
+        tu_topk_fill(x, (size_t)(k->a * k->b), k->topk_pat, seed);
+        n = lethe_top_k(g, lethe_input(g, LETHE_F32, 2, nx, x, "logits"), (int)k->c);
+        break;
+    }
     default:
         fail_msg("case %s: op not in the table builder", k->name);
     }
@@ -709,6 +726,21 @@ static void run_table(const device *d, bool kv_split) {
                           cuda ? "within rounding" : "identical");
             assert_true(n_set > 0);
         }
+        if (k->op == LETHE_OP_TOP_K) {   /* selection: the same ids and value bits */
+            for (size_t j = 0; j < n; j++)
+                if (memcmp(&yr[j], &yg[j], sizeof(float)) != 0) {
+                    int32_t ir, ig;
+                    memcpy(&ir, &yr[j & ~(size_t)1], 4);
+                    memcpy(&ig, &yg[j & ~(size_t)1], 4);
+                    fail_msg("%s on %s: pair %zu (row %zu): id %d on the CPU, %d on the device (or value bits differ)",
+                             k->name, d->name, j / 2 % (size_t)k->c, j / 2 / (size_t)k->c, ir, ig);
+                }
+            print_message("  %-28s %-7s identical\n", k->name, d->name);
+            built_free(&ref);
+            built_free(&got);
+            n_run++;
+            continue;
+        }
         double e = tu_nmse(yr, yg, n);
         const double limit = cuda && k->kv_rule == LETHE_KV_RULE_QUEST ? QUEST_CUDA : k->limit;
         print_message("  %-28s %-7s NMSE %.3g (limit %.0e)%s\n", k->name, d->name, e, limit,
@@ -721,6 +753,41 @@ static void run_table(const device *d, bool kv_split) {
     assert_true(n_run > 0);
     /* the split QUEST cases: at least one whose bounds cross from one binding into the next */
     if (n_quest_split) assert_true(n_bounds_cross > 0);
+}
+
+/* TOP_K on the CPU (the reference the devices are held to) against a full
+ * sort in the host sampler's order: every table case, and a NaN never
+ * placed before a number. Runs without a device. */
+static void test_top_k_reference(void **state) {
+    (void)state;
+    int n_run = 0;
+    for (size_t i = 0; i < LETHE_ARRAY_SIZE(k_cases); i++) {
+        const op_case *k = &k_cases[i];
+        if (k->op != LETHE_OP_TOP_K) continue;
+        built b;
+        build(k, &b, 1000 + i);
+        const float *x = b.out->src[0]->t.data;
+        int32_t *y = (int32_t *)run_on(&g_s.cpu, 1, &b);
+        int32_t *want = malloc((size_t)k->c * 2 * sizeof(int32_t));
+        assert_non_null(want);
+        for (int64_t t = 0; t < k->a; t++) {
+            tu_topk_oracle(x + t * k->b, k->b, (int)k->c, want);
+            const int32_t *got = y + t * 2 * k->c;
+            if (memcmp(got, want, (size_t)k->c * 2 * sizeof(int32_t)) != 0)
+                fail_msg("%s: row %lld differs from the full sort", k->name, (long long)t);
+            for (int64_t j = 1; j < k->c; j++) {
+                float a, c;
+                memcpy(&a, &got[2 * (j - 1) + 1], 4);
+                memcpy(&c, &got[2 * j + 1], 4);
+                assert_false(isnan(a) && !isnan(c));
+            }
+        }
+        free(want);
+        built_free(&b);
+        n_run++;
+    }
+    print_message("  top_k: %d CPU cases equal to the full sort\n", n_run);
+    assert_true(n_run >= 10);
 }
 
 static bool have_devices(void) {
@@ -1160,6 +1227,7 @@ static int teardown(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_top_k_reference),
         cmocka_unit_test(test_op_table),
         cmocka_unit_test(test_mixed_placement),
         cmocka_unit_test(test_bad_ids),

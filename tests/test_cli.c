@@ -283,6 +283,40 @@ static void test_generate_deterministic(void **state) {
     free_result(&b);
 }
 
+/* generate samples from the device's top-k candidates when the chain
+ * allows (greedy, seeded top-k; --parallel too): the same text as from
+ * whole logits rows (--host-sampling); -v says which path ran. */
+static void test_generate_device_sampling(void **state) {
+    (void)state;
+    need_model();
+    const char *const *cases[] = {
+        ARGS("generate", "-p", "Once upon a time", "--temp", "0", "-n", "12", "-v"),
+        ARGS("generate", "-p", "The weather", "--seed", "7", "-n", "12", "-v"),
+        ARGS("generate", "-p", "The weather", "--seed", "9", "--top-k", "5", "--top-p", "1", "--temp", "1.5", "-n", "12",
+             "-v"),
+        ARGS("generate", "-p", "The weather", "--seed", "3", "-n", "6", "--parallel", "3", "-v"),
+        ARGS("generate", "-p", "The weather", "--seed", "3", "-n", "6", "--repeat-penalty", "1.3", "-v"),
+    };
+    const char *want_path[] = {"the 1 best candidates", "the 40 best candidates", "the 6 best candidates",
+                               "the 40 best candidates", "whole logits rows"};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *host[24];
+        size_t n = 0;
+        for (; cases[i][n]; n++) host[n] = cases[i][n];
+        host[n++] = "--host-sampling";
+        host[n] = NULL;
+        run_result a = run(cases[i]), b = run(host);
+        assert_int_equal(a.status, 0);
+        assert_int_equal(b.status, 0);
+        assert_true(a.out_len > 0);
+        if (!strstr(a.err, want_path[i])) fail_msg("case %zu: stderr does not say '%s':\n%s", i, want_path[i], a.err);
+        assert_non_null(strstr(b.err, "whole logits rows"));
+        assert_string_equal(a.out, b.out);
+        free_result(&a);
+        free_result(&b);
+    }
+}
+
 static void test_prompt_too_long(void **state) {
     (void)state;
     need_model();
@@ -604,6 +638,7 @@ int main(void) {
         cmocka_unit_test(test_missing_model),
         cmocka_unit_test(test_tokenize),
         cmocka_unit_test(test_generate_deterministic),
+        cmocka_unit_test(test_generate_device_sampling),
         cmocka_unit_test(test_prompt_too_long),
         cmocka_unit_test(test_logits),
         cmocka_unit_test(test_chat_once),

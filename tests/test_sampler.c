@@ -309,6 +309,99 @@ static void test_repeat_penalty(void **state) {
     lethe_sampler_free(s);
 }
 
+/* Sampling from a row's best candidates (what on-device TOP_K returns)
+ * must pick the token the full row gives, draw after draw from one seed:
+ * the same kept set, the same order, the same random numbers. Chains of
+ * every kind the candidates can serve; rows with ties, -inf, NaN, all
+ * equal; logits spread so that min-p sometimes keeps fewer than top_k (the
+ * host then draws in id order, which the (top_k + 1)-th candidate tells). */
+static void test_sample_top_k_matches(void **state) {
+    (void)state;
+    const struct { float temp; int32_t top_k; float top_p, min_p; } ch[] = {
+        {0.0f, 40, 0.95f, 0.05f}, {0.8f, 1, 1.0f, 0.0f},   {0.8f, 40, 0.95f, 0.05f}, {0.8f, 64, 1.0f, 0.05f},
+        {1.5f, 64, 1.0f, 0.0f},   {0.7f, 5, 0.5f, 0.0f},   {1.0f, 40, 1.0f, 0.2f},   {0.3f, 64, 0.9f, 0.5f},
+        {2.0f, 255, 1.0f, 0.01f}, {1.2f, 200, 0.99f, 0.0f},
+    };
+    const float scales[3] = {1.0f, 20.0f, 60.0f};
+    const int pats[4] = {0, 1, 2, 5};
+    float *row = malloc(NV * sizeof(float));
+    int32_t *cand = malloc(257 * 2 * sizeof(int32_t));
+    assert_non_null(row);
+    assert_non_null(cand);
+    int id_order_rows = 0, draws = 0;
+    for (size_t c = 0; c < sizeof ch / sizeof ch[0]; c++) {
+        lethe_sampler_params p = plain_params();
+        p.temperature = ch[c].temp;
+        p.top_k = ch[c].top_k;
+        p.top_p = ch[c].top_p;
+        p.min_p = ch[c].min_p;
+        p.seed = 77 + c;
+        lethe_sampler *full = lethe_sampler_new(p, NV), *dev = lethe_sampler_new(p, NV);
+        assert_non_null(full);
+        assert_non_null(dev);
+        const int32_t need = lethe_sampler_top_k_needed(dev);
+        const int32_t want = ch[c].temp == 0.0f || ch[c].top_k == 1 ? 1
+                           : ch[c].top_k + (ch[c].min_p > 0.0f && ch[c].top_p >= 1.0f);
+        assert_int_equal(need, want);
+        for (int i = 0; i < 240; i++) {
+            tu_topk_fill(row, NV, pats[i % 4], 1000 * c + i);
+            for (int j = 0; j < NV; j++) row[j] *= scales[(i / 4) % 3];
+            tu_topk_oracle(row, NV, need, cand);
+            if (ch[c].min_p > 0.0f && ch[c].top_p >= 1.0f && ch[c].temp > 0.0f) {
+                float lmax = -INFINITY;
+                int kept = 0;
+                for (int j = 0; j < NV; j++) if (row[j] > lmax) lmax = row[j];
+                for (int j = 0; j < NV; j++) kept += (row[j] - lmax) / ch[c].temp >= logf(ch[c].min_p);
+                id_order_rows += isfinite(lmax) && kept <= ch[c].top_k;
+            }
+            const lethe_token a = lethe_sampler_sample(full, row);
+            const lethe_token b = lethe_sampler_sample_top_k(dev, (const lethe_candidate *)cand, need);
+            if (a != b)
+                fail_msg("chain %zu row %d (pattern %d): full row %d, candidates %d", c, i, pats[i % 4], a, b);
+            draws++;
+        }
+        lethe_sampler_free(full);
+        lethe_sampler_free(dev);
+    }
+    print_message("  %d draws identical; %d rows drawn in id order (min-p kept <= top_k)\n", draws, id_order_rows);
+    assert_true(id_order_rows > 10);
+    free(row);
+    free(cand);
+}
+
+/* What candidates cannot serve, and bad candidates. */
+static void test_sample_top_k_refusals(void **state) {
+    (void)state;
+    lethe_sampler_params p = plain_params();
+    p.top_k = 0;
+    lethe_sampler *s = lethe_sampler_new(p, NV);
+    assert_int_equal(lethe_sampler_top_k_needed(s), 0);   /* top-k off: the whole row */
+    lethe_candidate c[3] = {{5, 2.0f}, {7, 1.0f}, {1, 0.5f}};
+    assert_int_equal(lethe_sampler_sample_top_k(s, c, 3), -1);
+    lethe_sampler_free(s);
+    p.top_k = 3;
+    p.repeat_penalty = 1.3f;   /* changes logits before selection */
+    s = lethe_sampler_new(p, NV);
+    assert_int_equal(lethe_sampler_top_k_needed(s), 0);
+    lethe_sampler_free(s);
+    p.repeat_penalty = 1.0f;
+    p.top_k = NV;              /* no cut at all */
+    s = lethe_sampler_new(p, NV);
+    assert_int_equal(lethe_sampler_top_k_needed(s), 0);
+    lethe_sampler_free(s);
+    p.top_k = 3;
+    s = lethe_sampler_new(p, NV);
+    assert_int_equal(lethe_sampler_top_k_needed(s), 3);
+    assert_int_equal(lethe_sampler_sample_top_k(s, c, 2), -1);          /* too few */
+    lethe_candidate bad[3] = {{5, 1.0f}, {7, 2.0f}, {1, 0.5f}};
+    assert_int_equal(lethe_sampler_sample_top_k(s, bad, 3), -1);        /* out of order */
+    lethe_candidate oob[3] = {{5, 2.0f}, {NV, 1.0f}, {1, 0.5f}};
+    assert_int_equal(lethe_sampler_sample_top_k(s, oob, 3), -1);        /* id out of range */
+    lethe_token t = lethe_sampler_sample_top_k(s, c, 3);
+    assert_true(t == 5 || t == 7 || t == 1);
+    lethe_sampler_free(s);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),
@@ -320,6 +413,8 @@ int main(void) {
         cmocka_unit_test(test_min_p),
         cmocka_unit_test(test_temperature_and_top_k),
         cmocka_unit_test(test_repeat_penalty),
+        cmocka_unit_test(test_sample_top_k_matches),
+        cmocka_unit_test(test_sample_top_k_refusals),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -6,6 +6,7 @@
 #include <cmocka.h>
 
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,4 +74,58 @@ void tu_pin_vulkan_driver(void) {
     /* RTLD_NOLOAD: take a reference only if the loader already opened it */
     static const char *const k_icds[] = {"libvulkan_lvp.so"};
     for (size_t i = 0; i < sizeof k_icds / sizeof k_icds[0]; i++) (void)dlopen(k_icds[i], RTLD_LAZY | RTLD_NOLOAD);
+}
+
+void tu_topk_fill(float *x, size_t n, int pattern, uint64_t seed) {
+    tu_rand_fill(x, n, seed);
+    const uint32_t nans[4] = {0x7FC00000u, 0xFFC00000u, 0x7F800001u, 0x7FC12345u};
+    for (size_t i = 0; i < n; i++) {
+        uint64_t h = (i + 1) * 0x9E3779B97F4A7C15ull ^ seed;
+        h ^= h >> 29;
+        h *= 0xBF58476D1CE4E5B9ull;
+        h ^= h >> 32;
+        switch (pattern) {
+        case 1: {   /* 8 levels: long runs of equal values, +0 and -0 among them */
+            const float lv[8] = {3.0f, 1.5f, 0.0f, -0.0f, -1.0f, 2.25f, 3.0f, -7.0f};
+            x[i] = lv[h % 8];
+            break;
+        }
+        case 2:
+            if (h % 7 == 0) x[i] = -INFINITY;
+            else if (h % 11 == 0) memcpy(&x[i], &nans[(h >> 8) % 4], sizeof(float));
+            else if (h % 13 == 0) x[i] = (h >> 9) % 2 ? 0.0f : -0.0f;
+            break;
+        case 3:
+            if (h % 1000 >= 3) memcpy(&x[i], &nans[(h >> 8) % 4], sizeof(float));
+            else if (h % 2) x[i] = -INFINITY;
+            break;
+        case 4: x[i] = (float)i * 0.5f - 100.0f; break;
+        case 5: x[i] = 0.25f; break;
+        default: break;
+        }
+    }
+}
+
+/* the sampler's cand_before on (value, id) */
+static int topk_cmp(const void *pa, const void *pb) {
+    const int32_t *a = pa, *b = pb;
+    float va, vb;
+    memcpy(&va, &a[1], sizeof va);
+    memcpy(&vb, &b[1], sizeof vb);
+    const bool na = isnan(va), nb = isnan(vb);
+    if (na != nb) return na ? 1 : -1;
+    if (!na && va != vb) return va > vb ? -1 : 1;
+    return a[0] < b[0] ? -1 : a[0] > b[0];
+}
+
+void tu_topk_oracle(const float *x, int64_t V, int k, int32_t *out) {
+    int32_t *all = malloc((size_t)V * 2 * sizeof(int32_t));
+    if (!all) abort();
+    for (int64_t i = 0; i < V; i++) {
+        all[2 * i] = (int32_t)i;
+        memcpy(&all[2 * i + 1], &x[i], sizeof(float));
+    }
+    qsort(all, (size_t)V, 2 * sizeof(int32_t), topk_cmp);
+    memcpy(out, all, (size_t)k * 2 * sizeof(int32_t));
+    free(all);
 }

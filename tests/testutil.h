@@ -19,6 +19,16 @@ char *tu_write_temp(const void *data, size_t size);
 /* Deterministic pseudo-random floats in [-1, 1). */
 void tu_rand_fill(float *x, size_t n, uint64_t seed);
 
+/* TOP_K inputs (logit rows) that stress the selection order: pattern
+ * 0 random, 1 ties (a few distinct values, +-0 among them), 2 -inf and NaN
+ * (of both signs, several payloads) sprinkled in, 3 mostly NaN (fewer
+ * numbers than a k of 64), 4 ascending (the worst case of an insertion
+ * list), 5 all equal. */
+void tu_topk_fill(float *x, size_t n, int pattern, uint64_t seed);
+/* The k best (id, value bits) pairs of row x[0..V) in the host sampler's
+ * order, by a full sort: the oracle of the TOP_K op. out [k][2]. */
+void tu_topk_oracle(const float *x, int64_t V, int k, int32_t *out);
+
 /* Keep an ICD the Vulkan loader opened (lavapipe) loaded until exit, so that
  * LeakSanitizer can name the driver's own leaks and tests/lsan.supp can
  * suppress them (the loader unloads ICDs at vkDestroyInstance, and leaks in

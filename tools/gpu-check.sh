@@ -10,7 +10,8 @@
 #             driver, with test_vulkan_dms_split: the KV cache over several bindings, QUEST
 #             included), test_cuda_e2e, test_cuda_host, test_cuda_shared (test_shared_device on
 #             CUDA: two contexts upload the weights once, two threads decode at once, a freed
-#             model's weights leave the device) (LETHE_GPU_CTEST=all: the whole suite)
+#             model's weights leave the device) test_device_sample (on-device top-k sampling: the
+#             same tokens as the logits path) (LETHE_GPU_CTEST=all: the whole suite)
 #   gemv      the decode GEMV alone (lethe_cuda_gemv_bench): per weight type on the 8B shapes
 #             (4096x4096, 14336x4096, 4096x14336, 128256x4096), T = 1 and 8, old kernel against
 #             new and wide (LETHE_CUDA_GEMV), us / GB/s / % of its own 1 GiB device copy; its
@@ -27,6 +28,14 @@
 #             default 1,8) with KV policy none and DMS forced to ~8x (--dms-force-rate 0.9,
 #             window 256), the KV cache in the GPU's managed memory; LETHE_GPU_KV_META="host
 #             device" repeats the DMS rows with the cache metadata on each side (LETHE_CUDA_KV_META)
+#   graphs    decode steps replayed as CUDA graphs (LETHE_CUDA_GRAPHS=1, off by default until
+#             this stage has passed on a GPU): logits of every position of a DMS-evicting
+#             decode (one token per step, streams crossing span buckets) must be bit-identical
+#             with graphs on and off, and so for TOVA and QUEST decodes (score policies inside
+#             the graph); test_cuda_e2e and test_cuda_dms with graphs on (against
+#             the CPU as always); tg rows with graphs off vs on (smollm2-135m shape, where
+#             launch overhead shows most, and the first of $LETHE_GPU_MODELS when present) at
+#             depths $LETHE_GPU_GRAPH_DEPTHS (default 0,4096) x parallel 1,8
 #   peer      llama.cpp's CUDA build on the same GGUFs, when its trimmed source is at
 #             $LETHE_PEER_SRC (default .peer/llama.cpp; make it here with
 #             tools/peer/trim-llama-cpp.sh and carry it)
@@ -41,8 +50,8 @@
 # LETHE_GPU_BUDGET=S: the whole call ends within S seconds (each step's timeout shrinks to what
 # is left; steps past it are skipped and listed).
 # LETHE_GPU_PROFILE=lease: the one-call plan for a 15-minute device lease (with timeout_s 600):
-#   stages "probe build test gemv sanitize synth bench", budget 560 s, only the targets the tests
-#   need (and lethe_cuda_gemv_bench), CUDA only (LETHE_GPU_VULKAN=OFF: no shader build, and a Vulkan build on an image
+#   stages "probe build test gemv sanitize synth bench graphs", budget 560 s, only the targets the
+#   tests need (and lethe_cuda_gemv_bench), CUDA only (LETHE_GPU_VULKAN=OFF: no shader build, and a Vulkan build on an image
 #   without the NVIDIA Vulkan driver would fail test_backend_ops' setup, CUDA cases and all),
 #   model llama3-8b:q4_0, tg at depths 0,8192 x parallel 1,8 (1 repetition),
 #   none vs DMS, then the sanitizers (90 s each) with what is left of the budget;
@@ -65,13 +74,13 @@ mkdir -p "$OUT" || exit 2
 OUT="$(cd "$OUT" && pwd)"
 PROFILE="${LETHE_GPU_PROFILE:-}"
 if [[ "$PROFILE" == lease ]]; then
-    : "${LETHE_GPU_STAGES:=probe build test gemv sanitize synth bench}" "${LETHE_GPU_BUDGET:=560}"
+    : "${LETHE_GPU_STAGES:=probe build test gemv sanitize synth bench graphs}" "${LETHE_GPU_BUDGET:=560}"
     : "${LETHE_GPU_MODELS:=llama3-8b:q4_0}" "${LETHE_GPU_BACKENDS:=cuda}" "${LETHE_GPU_DEPTHS:=0,8192}"
-    : "${LETHE_GPU_PARALLEL:=1,8}" "${LETHE_GPU_TARGETS:=lethe_cli test_backend_ops test_cuda_e2e test_cuda_dms test_cuda_host test_shared_device lethe_cuda_gemv_bench}"
+    : "${LETHE_GPU_PARALLEL:=1,8}" "${LETHE_GPU_TARGETS:=lethe_cli test_backend_ops test_cuda_e2e test_cuda_dms test_cuda_host test_shared_device test_device_sample lethe_cuda_gemv_bench}"
     : "${LETHE_GPU_DEPTH_REPS:=1}" "${LETHE_GPU_SANITIZE_LAST:=1}" "${LETHE_GPU_SANITIZE_TIMEOUT:=90}"
     : "${LETHE_GPU_VULKAN:=OFF}"
 fi
-STAGES="${LETHE_GPU_STAGES:-probe build test gemv sanitize synth bench peer}"
+STAGES="${LETHE_GPU_STAGES:-probe build test gemv sanitize synth bench graphs peer}"
 BUDGET="${LETHE_GPU_BUDGET:-0}"
 START=$SECONDS
 PARALLEL="${LETHE_GPU_PARALLEL:-1,8}"
@@ -182,7 +191,7 @@ fi
 # ---- test
 if has test; then
     : > "$OUT/test.log"
-    filter=(-R 'backend_ops|cuda|vulkan_dms_split')   # vulkan_dms_split: the KV cache over several bindings
+    filter=(-R 'backend_ops|cuda|device_sample|vulkan_dms_split')   # vulkan_dms_split: the KV cache over several bindings
     [[ "${LETHE_GPU_CTEST:-}" == all ]] && filter=()
     # a Vulkan build where the image has no NVIDIA Vulkan driver: say so, but keep the CUDA cases
     run ctest "$OUT/test.log" env LETHE_TEST_ALLOW_NO_DEVICE=1 ctest --test-dir "$BUILD" --output-on-failure -V \
@@ -190,8 +199,8 @@ if has test; then
     note ""
     note "## tests"
     note '```'
-    grep -E "NMSE|greedy|skipped|uploads|threads at once|Passed|Failed|SKIPPED|tests passed|no Vulkan device|slot scores|KV reads|bindings|shared buffer \(KV" \
-        "$OUT/test.log" | head -190 >> "$RES"
+    grep -E "NMSE|greedy|identical|skipped|uploads|threads at once|Passed|Failed|SKIPPED|tests passed|no Vulkan device|slot scores|KV reads|bindings|shared buffer \(KV" \
+        "$OUT/test.log" | head -200 >> "$RES"
     note '```'
 fi
 
@@ -315,6 +324,87 @@ if has bench; then
                     --backend "$DEPTH_BACKEND" -p 0 -n 32 -r "${LETHE_GPU_DEPTH_REPS:-2}" -d "$DEPTHS" --parallel "$PARALLEL" \
                     "${extra[@]}" -o md --jsonl "$OUT/bench.jsonl"
             done
+        done
+    done
+fi
+
+# ---- graphs: CUDA-graph replay of decode steps against the plain launches
+if has graphs; then
+    note ""
+    note "## CUDA graphs (LETHE_CUDA_GRAPHS=1) against plain launches"
+    mkdir -p "$WORK"
+    small="$WORK/smollm2-135m-f16.gguf"
+    if [[ ! -s "$small" ]]; then
+        run "synth-smollm2" "$OUT/bench.log" "$LETHE" synth -o "$small.tmp" --shape smollm2-135m --type f16 &&
+            mv "$small.tmp" "$small"
+    fi
+    if [[ -s "$small" ]]; then
+        # 700 positions one token per call: decode steps only, DMS evicting (forced), the
+        # streams cross span buckets 1 -> 2 -> 4 -> 8: every crossing is a new capture
+        toks="$(seq -s, 1 700)"
+        glog="$WORK/logits-graphs.log"
+        : > "$glog"
+        for gr in 0 1; do
+            rm -f "$WORK/logits-graphs-$gr.bin"
+            run "logits-graphs-$gr" "$glog" env LETHE_CUDA_GRAPHS=$gr "$LETHE" logits -m "$small" \
+                --backend cuda -b 1 --tokens "$toks" --dms-force-rate 0.5 --dms-window 64 -c 1024 -v -v \
+                -o "$WORK/logits-graphs-$gr.bin"
+        done
+        grep -v '^lethe: debug: cuda: nodes' "$glog" >> "$OUT/test.log"
+        n_cap="$(grep -c 'graph of .* launches captured' "$glog")"
+        n_fb="$(grep -c 'runs plain launches' "$glog")"
+        if grep -q "unavailable.*running on the CPU" "$glog"; then
+            failed+=("logits-graphs-no-cuda")
+            note "- **logits with graphs on/off: the CUDA backend did not start** (CPU fallback; nothing checked)"
+        elif cmp -s "$WORK/logits-graphs-0.bin" "$WORK/logits-graphs-1.bin"; then
+            note "- logits of 700 decode steps (DMS forced 0.5, window 64): graphs on == off, bit for bit"
+        else
+            failed+=("logits-graphs-differ")
+            note "- **logits differ with graphs on** ($(cmp "$WORK/logits-graphs-0.bin" "$WORK/logits-graphs-1.bin" 2>&1 | head -1))"
+        fi
+        note "- graphs captured: $n_cap, steps that fell back to plain launches: $n_fb"
+        [[ "$n_cap" -gt 0 ]] || { failed+=("graphs-never-captured"); note "- **no graph was captured with LETHE_CUDA_GRAPHS=1**"; }
+        # score policies in the graph: TOVA (weights copied back by the graph, folded after the
+        # sync, evicting at budget 192) and QUEST (bounds + page selection inside the graph)
+        ptoks="$(seq -s, 1 400)"
+        for pol in tova quest; do
+            plog="$WORK/logits-graphs-$pol.log"
+            : > "$plog"
+            for gr in 0 1; do
+                rm -f "$WORK/logits-graphs-$pol-$gr.bin"
+                run "logits-graphs-$pol-$gr" "$plog" env LETHE_CUDA_GRAPHS=$gr "$LETHE" logits -m "$small" \
+                    --backend cuda -b 1 --tokens "$ptoks" --kv-policy $pol --kv-budget 192 -c 512 -v -v \
+                    -o "$WORK/logits-graphs-$pol-$gr.bin"
+            done
+            grep -v '^lethe: debug: cuda: nodes' "$plog" >> "$OUT/test.log"
+            p_cap="$(grep -c 'graph of .* launches captured' "$plog")"
+            if grep -q "unavailable.*running on the CPU" "$plog"; then
+                failed+=("logits-graphs-$pol-no-cuda")
+                note "- **$pol logits with graphs on/off: the CUDA backend did not start**"
+            elif [[ "$p_cap" -eq 0 ]]; then
+                failed+=("graphs-$pol-never-captured")
+                note "- **$pol: no graph was captured with LETHE_CUDA_GRAPHS=1** (attention on the CPU?)"
+            elif cmp -s "$WORK/logits-graphs-$pol-0.bin" "$WORK/logits-graphs-$pol-1.bin"; then
+                note "- $pol logits of 400 decode steps (budget 192): graphs on == off, bit for bit ($p_cap captures)"
+            else
+                failed+=("logits-graphs-$pol-differ")
+                note "- **$pol logits differ with graphs on** ($(cmp "$WORK/logits-graphs-$pol-0.bin" "$WORK/logits-graphs-$pol-1.bin" 2>&1 | head -1))"
+            fi
+        done
+    fi
+    run "ctest-graphs" "$OUT/test.log" env LETHE_CUDA_GRAPHS=1 LETHE_TEST_ALLOW_NO_DEVICE=1 ctest --test-dir "$BUILD" \
+        --output-on-failure -V --timeout "$TMO" -R 'test_cuda_(e2e|dms)' && note "- test_cuda_e2e, test_cuda_dms with graphs on: passed"
+    gmodels=("$small")
+    first="${MODELS%% *}"
+    [[ -s "$(model_path "$first")" ]] && gmodels+=("$(model_path "$first")")
+    for f in "${gmodels[@]}"; do
+        [[ -s "$f" ]] || continue
+        for gr in 0 1; do
+            note ""
+            note "### $(basename "$f"), cuda, tg at depths ${LETHE_GPU_GRAPH_DEPTHS:-0,4096} x parallel 1,8, LETHE_CUDA_GRAPHS=$gr"
+            bench_step "tg-graphs-$gr-$(basename "$f")" "$OUT/bench.log" env LETHE_CUDA_GRAPHS=$gr "$LETHE" bench -m "$f" \
+                --backend cuda -p 0 -n 64 -r 2 -d "${LETHE_GPU_GRAPH_DEPTHS:-0,4096}" --parallel 1,8 -o md \
+                --jsonl "$OUT/bench.jsonl"
         done
     done
 fi

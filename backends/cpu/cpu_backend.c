@@ -102,6 +102,9 @@ static bool cpu_supports_op(lethe_backend *be, const lethe_node *n) {
     case LETHE_OP_ROPE:
         return is_f32(n->src[0]) && is_f32(n) && n->ub && n->rope.n_rot > 0 && n->rope.n_rot % 2 == 0 &&
                n->rope.n_rot <= n->src[0]->t.ne[0];
+    case LETHE_OP_TOP_K:
+        return is_f32(n->src[0]) && n->t.type == LETHE_I32 && n->iparams[0] >= 1 &&
+               n->iparams[0] <= n->src[0]->t.ne[0];
     case LETHE_OP_DMS_DECISION:
         return is_f32(n) && n->ub && (n->iparams[0] == LETHE_DMS_FORCED || is_f32(n->src[0]));
     case LETHE_OP_KV_STORE:
@@ -145,6 +148,7 @@ static void run_node(const lethe_cpu_exec *ex, lethe_node *n) {
     case LETHE_OP_KV_STORE: lethe_cpu_kv_store(ex, n); break;
     case LETHE_OP_ATTENTION: lethe_cpu_attention(ex, n); break;
     case LETHE_OP_DMS_DECISION: lethe_cpu_dms_decision(ex, n); break;
+    case LETHE_OP_TOP_K: lethe_cpu_top_k(ex, n); break;
     default: break; /* NONE; anything else was refused before the region */
     }
 }

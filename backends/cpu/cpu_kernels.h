@@ -176,6 +176,7 @@ void lethe_cpu_rope(const lethe_cpu_exec *ex, lethe_node *n);
 void lethe_cpu_rope_ws(const lethe_node *n, int nth, size_t *per_thread, size_t *shared);
 void lethe_cpu_swiglu(const lethe_cpu_exec *ex, lethe_node *n);
 void lethe_cpu_dms_decision(const lethe_cpu_exec *ex, lethe_node *n);   /* cpu_dms.c */
+void lethe_cpu_top_k(const lethe_cpu_exec *ex, lethe_node *n);          /* cpu_topk.c */
 /* The FORCED decision for (pos, layer, head): +1 for a `rate` fraction. */
 float lethe_dms_forced_logit(int32_t pos, int layer, int head, float rate);
 

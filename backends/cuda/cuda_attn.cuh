@@ -67,6 +67,12 @@ CU_HD float cu_score_weight(float s, float M, float den) {
  * memory (more: the node runs on the CPU). */
 #define CU_QUEST_MAX_PAGES 4096
 
+/* Rows in use of page pg of a stream of L slots (0 past the end). */
+CU_HD int cu_quest_rows(int L, int pg) {
+    const int r = L - pg * CU_KV_P;
+    return r < 0 ? 0 : r > CU_KV_P ? CU_KV_P : r;
+}
+
 /* Rounded products and a rounded sum, never contracted into an fma, so
  * that the bound (and so the pages read) is the CPU's bit for bit. */
 CU_HD float cu_mul_rn(float a, float b) {

@@ -60,8 +60,6 @@ out:
 /* ------------------------------------------------------------- uploads */
 
 lethe_status lethe_cu_upload_reserve(cu_ctx *c, size_t need) {
-    c->up_used = 0;
-    c->n_ups = 0;
     if (need <= c->up_cap) return LETHE_OK;
     size_t cap = lethe_cu_align(need + need / 2 + 4096);
     CU_CHECK(cudaStreamSynchronize(c->stream), "cudaStreamSynchronize");
@@ -73,42 +71,6 @@ lethe_status lethe_cu_upload_reserve(cu_ctx *c, size_t need) {
     CU_CHECK(cudaMallocHost((void **)&c->up_host, cap), "cudaMallocHost (staging)");
     CU_CHECK(cudaMalloc((void **)&c->up_dev, cap), "cudaMalloc (upload buffer)");
     c->up_cap = cap;
-    return LETHE_OK;
-}
-
-lethe_status lethe_cu_upload(cu_ctx *c, const void *host, size_t size, bool dedup, void **dev) {
-    for (int i = 0; dedup && i < c->n_ups; i++)
-        if (c->ups[i].host == host && c->ups[i].size >= size) {
-            *dev = c->ups[i].dev;
-            return LETHE_OK;
-        }
-    const size_t off = c->up_used, sz = lethe_cu_align(size ? size : 1);
-    if (off + sz > c->up_cap)
-        return CU_FAIL(LETHE_ERR_INTERNAL, "cuda: upload of %zu bytes past the planned %zu", size, c->up_cap);
-    if (c->n_ups == c->cap_ups) {
-        int cap = c->cap_ups ? 2 * c->cap_ups : 64;
-        cu_upload *u = realloc(c->ups, (size_t)cap * sizeof *u);
-        if (!u) return CU_FAIL(LETHE_ERR_OOM, "cuda: upload list");
-        c->ups = u;
-        c->cap_ups = cap;
-    }
-    /* the staging bytes stay untouched until the compute's final sync */
-    memcpy(c->up_host + off, host, size);
-    CU_CHECK(cudaMemcpyAsync(c->up_dev + off, c->up_host + off, size, cudaMemcpyHostToDevice, c->stream),
-             "cudaMemcpyAsync (upload)");
-    c->up_used = off + sz;
-    if (dedup) c->ups[c->n_ups++] = (cu_upload){host, size, c->up_dev + off};
-    *dev = c->up_dev + off;
-    return LETHE_OK;
-}
-
-lethe_status lethe_cu_upload_space(cu_ctx *c, size_t size, void **dev, size_t *off) {
-    const size_t o = c->up_used, sz = lethe_cu_align(size ? size : 1);
-    if (o + sz > c->up_cap)
-        return CU_FAIL(LETHE_ERR_INTERNAL, "cuda: %zu bytes of upload space past the planned %zu", size, c->up_cap);
-    c->up_used = o + sz;
-    *dev = c->up_dev + o;
-    if (off) *off = o;
     return LETHE_OK;
 }
 
@@ -445,8 +407,7 @@ static void cu_free(lethe_backend *be) {
     if (c) {
         cudaSetDevice(c->device);
         if (c->stream) cudaStreamSynchronize(c->stream);
-        free(c->ups);
-        free(c->jobs);
+        lethe_cu_graph_free(c);
         cudaFreeHost(c->up_host);
         cudaFree(c->up_dev);
         cudaFree(c->scratch);
@@ -539,6 +500,10 @@ static lethe_backend *cu_create(int device, lethe_status *status) {
     c->managed_ok = mm && cma && !getenv("LETHE_CUDA_NO_SHARED");
     const char *meta = getenv("LETHE_CUDA_KV_META");
     c->meta_on_device = meta && !strcmp(meta, "device");
+    /* CUDA graphs for decode steps: off by default until a GPU run has
+     * checked them against the plain launches (docs/CUDA.md) */
+    const char *graphs = getenv("LETHE_CUDA_GRAPHS");
+    c->graphs = graphs && !strcmp(graphs, "1");
     /* the decode GEMV (k_gemv.cu): "old" the first kernel, "wide" 2 lanes per row (comparisons) */
     const char *gemv = getenv("LETHE_CUDA_GEMV");
     c->gemv_variant = !gemv ? LETHE_CU_GEMV_NEW : !strcmp(gemv, "old") ? LETHE_CU_GEMV_OLD
@@ -561,8 +526,9 @@ static lethe_backend *cu_create(int device, lethe_status *status) {
         goto out;
     }
     cublasSetStream(c->blas, c->stream);
-    CU_LOG(LETHE_LOG_INFO, "cuda: device %d: %s, sm_%d%d, %d SMs, %.1f GiB", device, prop.name, prop.major,
-           prop.minor, prop.multiProcessorCount, (double)prop.totalGlobalMem / (1u << 30));
+    CU_LOG(LETHE_LOG_INFO, "cuda: device %d: %s, sm_%d%d, %d SMs, %.1f GiB%s", device, prop.name, prop.major,
+           prop.minor, prop.multiProcessorCount, (double)prop.totalGlobalMem / (1u << 30),
+           c->graphs ? ", decode steps as CUDA graphs" : "");
 out:
     if (st != LETHE_OK) {
         cu_free(be);

@@ -1,6 +1,7 @@
 /* cuda_internal.h — state shared by the CUDA backend's C files:
- * cuda_backend.c (module entry, device, buffers, weights, uploads) and
- * cuda_ops.c (supports_op and compute: one kernel launch per node).
+ * cuda_backend.c (module entry, device, buffers, weights, uploads),
+ * cuda_plan.c (the launch plan of a node range), cuda_ops.c (supports_op
+ * and compute) and cuda_graph.c (decode steps replayed as CUDA graphs).
  *
  * One device, many backends (like the Vulkan backend): every backend (one
  * per context) on a device index shares one cu_dev per process, refcounted
@@ -16,9 +17,11 @@
  * by any backend, into their own device allocations, found again by their
  * host address (cuda_weights.h) until lethe_backends_forget drops them. Graph
  * inputs (token ids: leaves marked is_input) and per-micro-batch tables
- * (positions, RoPE frequencies) go through a pinned staging buffer into a
- * device upload buffer each compute(). compute() enqueues the node range on
- * the backend's stream and synchronizes once at the end.
+ * (positions, RoPE frequencies, KV slot tables) are laid out by the launch
+ * plan (cuda_plan.h) in a pinned staging buffer and moved to the device
+ * upload buffer by one copy each compute(). compute() enqueues the node
+ * range on the backend's stream, or replays a captured CUDA graph of it
+ * (cuda_graph.c), and synchronizes once at the end.
  *
  * This is a module (liblethe-cuda.so): it cannot call liblethe's hidden
  * functions, so errors and logs go through the host's services (g_cu_host).
@@ -59,23 +62,6 @@ typedef struct cu_dev {
     cu_wcache weights;
 } cu_dev;
 
-typedef struct cu_upload {   /* one host array uploaded in the current compute */
-    const void *host;
-    size_t size;
-    void *dev;
-} cu_upload;
-
-/* ATTENTION work the host finishes after the compute's sync: TOVA / H2O
- * weights to fold into kv->score, or QUEST work entries whose lengths are
- * the KV reads. Both live in the upload buffer at `off` (device) and are
- * copied back to the same offset of the staging buffer. */
-typedef struct cu_attn_job {
-    const lethe_node *n;
-    size_t off, bytes;
-    int32_t stride;          /* weights: [T][Hq][stride]; QUEST: entries       */
-    bool quest;
-} cu_attn_job;
-
 typedef struct cu_ctx {
     cu_dev *dev;             /* shared with the other backends on the device */
     int device;
@@ -85,17 +71,14 @@ typedef struct cu_ctx {
     cudaStream_t stream;
     cublasHandle_t blas;
 
-    uint8_t *up_host;        /* pinned staging [up_cap]                       */
-    uint8_t *up_dev;         /* device upload buffer [up_cap]                 */
-    size_t up_cap, up_used;
-    cu_upload *ups;          /* uploads of the current compute (dedup)        */
-    int n_ups, cap_ups;
+    uint8_t *up_host;        /* pinned staging [up_cap]: the plan's staged bytes,
+                                then the device results copied back (cuda_plan.h) */
+    uint8_t *up_dev;         /* device upload buffer [up_cap], same offsets   */
+    size_t up_cap;
 
     void *scratch;           /* prefill operands in f16/bf16, decode q8 activations [scratch_cap] */
     size_t scratch_cap;
     int *d_err;              /* device flag: a kernel met bad input (ids)     */
-    cu_attn_job *jobs;       /* the current compute's (cuda_ops.c)            */
-    int n_jobs, cap_jobs;
 
     bool managed_ok;         /* concurrent managed access: buffer_alloc_shared offered */
     bool meta_on_device;     /* LETHE_CUDA_KV_META=device: pos/expire prefer the GPU too */
@@ -108,20 +91,18 @@ typedef struct cu_ctx {
     cudaEvent_t ev_begin, ev_end;
     bool ev_open;            /* ev_begin recorded, not yet collected          */
     double device_ms;        /* device time of every collected interval       */
+
+    bool graphs;             /* LETHE_CUDA_GRAPHS=1: decode steps replay CUDA graphs */
+    struct cu_graph_cache *gc;   /* captured executables (cuda_graph.c), NULL until the first */
 } cu_ctx;
+
+struct cu_plan;
 
 /* cuda_backend.c */
 lethe_status lethe_cu_weight(cu_ctx *c, const void *host, size_t size, void **dev);
-/* Device copy of `size` host bytes for this compute; `dedup`: one copy per
- * host address per compute (arrays that live through the compute, such as
- * ub->pos), else always a fresh copy (tables on the caller's stack). The
- * bytes are taken at the call. */
-lethe_status lethe_cu_upload(cu_ctx *c, const void *host, size_t size, bool dedup, void **dev);
-/* Grow the upload buffers to hold `need` bytes (called before the first upload of a compute). */
+/* Grow the staging and upload buffers to hold `need` bytes (before the
+ * compute's staging bytes are written; may move both buffers). */
 lethe_status lethe_cu_upload_reserve(cu_ctx *c, size_t need);
-/* `size` bytes of the upload buffer for this compute that the kernels
- * write (nothing is copied in): device address and offset. */
-lethe_status lethe_cu_upload_space(cu_ctx *c, size_t size, void **dev, size_t *off);
 lethe_status lethe_cu_scratch(cu_ctx *c, size_t need, void **out);
 size_t lethe_cu_align(size_t x);
 /* Placement advice for a KV cache's managed buffer, once per buffer: bytes
@@ -141,5 +122,14 @@ bool lethe_cu_supports_op(lethe_backend *be, const lethe_node *n);
 lethe_status lethe_cu_compute(lethe_backend *be, lethe_graph *g, int begin, int end, lethe_abort_fn abort_fn,
                               void *abort_user);
 size_t lethe_cu_scratch_need(const cu_ctx *c, const lethe_node *n);
+/* The plan's staging copy and launches on c->stream (plain, or under capture). */
+lethe_status lethe_cu_enqueue(cu_ctx *c, const struct cu_plan *p);
+
+/* cuda_graph.c */
+/* Replay the plan as a CUDA graph (capture it first when no cached
+ * executable matches). *done false: nothing was enqueued, the caller
+ * launches the plan plainly (a capture error is logged, never fatal). */
+lethe_status lethe_cu_graph_run(cu_ctx *c, const struct cu_plan *p, bool *done);
+void lethe_cu_graph_free(cu_ctx *c);
 
 #endif

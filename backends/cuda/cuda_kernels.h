@@ -44,6 +44,13 @@ cudaError_t lethe_cu_dms_decision(int mode, const float *x, int64_t xw, int64_t 
                                   int G, int per_layer, float scale, float offset, float rate, int layer,
                                   const int32_t *pos, cudaStream_t stream);
 
+/* k_topk.cu */
+/* TOP_K: x [T, V] f32 -> out [T, k, 2] (id, value bits), best first in the
+ * host sampler's order (cuda_topk.h); scratch: cu_topk_scratch_bytes(T, V, k)
+ * bytes of device memory (none when one segment covers a row). */
+cudaError_t lethe_cu_top_k(const float *x, int32_t *out, int64_t T, int64_t V, int k, void *scratch,
+                           cudaStream_t stream);
+
 /* k_rope.cu */
 /* ROPE: x [T, H, D] -> y, token t at angle pos[t] * invf[i] (computed in
  * double, as the CPU does). neox: pairs (i, i + n_rot/2), else (2i, 2i+1).
@@ -141,12 +148,17 @@ cudaError_t lethe_cu_kv_store(const lethe_cu_kv_view *kv, const float *k, const 
  * decode != 0 (every block one token): flash-decoding, each block's stream
  * cut into n_split spans of `chunk` slots (a multiple of P), one CTA per
  * (block, KV head, span) reading each K/V row once for its G query heads,
- * partials in `part` [n_blocks * Hkv][n_split][G][D + 2] f32, then a
- * combine kernel (n_split == 1: written directly). decode == 0: the tiled
- * kernel, one CTA per (block, KV head) with up to 32 / G tokens. */
+ * partials in `part` [n_blocks * Hkv][cap][G][D + 2] f32, then a combine
+ * kernel (launched when cap > 1; it does nothing when n_split == 1: the
+ * span's CTA wrote the output directly). chunk and n_split are read from
+ * the device array split[2] = {chunk, n_split}, 1 <= n_split <= cap: the
+ * grid (T * Hkv, cap) depends on cap alone, so a captured CUDA graph stays
+ * valid while n_split changes (surplus CTAs exit at once). decode == 0: the
+ * tiled kernel, one CTA per (block, KV head) with up to 32 / G tokens
+ * (split and cap unused). */
 cudaError_t lethe_cu_attention(const lethe_cu_kv_view *kv, const float *q, float *out, const lethe_cu_attn_work *work,
                                int n_blocks, int decode, const int32_t *plists, const int32_t *qpos, int Hkv, int G,
-                               float scale, int chunk, int n_split, float *part, float *wts, int wstride,
+                               float scale, const int32_t *split, int cap, float *part, float *wts, int wstride,
                                cudaStream_t stream);
 /* wts (TOVA / H2O, else NULL): [T][Hkv * G][wstride] f32, filled with NaN
  * bytes by the caller: every key's softmax weight exp(s - M) / den of its
@@ -154,15 +166,22 @@ cudaError_t lethe_cu_attention(const lethe_cu_kv_view *kv, const float *q, float
  * [0, L) of each query's stream (wstride >= the longest L). Normalized
  * after the split-K combine (decode) or at the end of the tiled kernel. */
 
-/* QUEST. Bounds: for each of n entries {pool page id, rows in use} [n][2],
- * kmin / kmax [page][d] = min / max over its K rows (as f32). Select (the
- * decode plan: one token per block, n_items = T * Hkv work entries): the
- * pages of each (token, KV head) stream to read (cuda_attn.cuh
- * cu_quest_pick with k = k_pages), their pool page ids written to
- * plists[sel_base + item * k_pages ...], and work[item].L / .plist
- * rewritten to that list (L = the slots of the pages read); streams of at
- * most k_pages pages are left as they are. */
-cudaError_t lethe_cu_quest_bounds(const lethe_cu_kv_view *kv, const int32_t *entries, int n, cudaStream_t stream);
+/* QUEST. Bounds: grid (n_items, ny), work item i = (token, KV head) of the
+ * decode plan; ref [n_items][2] = {first stale page, page count} (cuda_kv_meta.h
+ * cu_quest_refresh_items; first -1: none) in device memory: for each of the
+ * item's pages pg in [first, count) (ny CTAs share them), page
+ * plists[work[i].plist + pg], rows min(P, L - pg P) clamped at 0, kmin /
+ * kmax [page][d] = min / max over its K rows (as f32). Must run before the
+ * selection rewrites the entries. The grid depends on T and Hkv only, so a
+ * captured graph keeps it while the stale pages change.
+ * Select (the decode plan: one token per block, n_items = T * Hkv work
+ * entries): the pages of each (token, KV head) stream to read
+ * (cuda_attn.cuh cu_quest_pick with k = k_pages), their pool page ids
+ * written to plists[sel_base + item * k_pages ...], and work[item].L /
+ * .plist rewritten to that list (L = the slots of the pages read); streams
+ * of at most k_pages pages are left as they are. */
+cudaError_t lethe_cu_quest_bounds(const lethe_cu_kv_view *kv, const lethe_cu_attn_work *work, const int32_t *plists,
+                                  const int32_t *ref, int n_items, int ny, cudaStream_t stream);
 cudaError_t lethe_cu_quest_select(const lethe_cu_kv_view *kv, const float *q, lethe_cu_attn_work *work, int n_items,
                                   int32_t *plists, int sel_base, int k_pages, const int32_t *qpos, int Hkv, int G,
                                   cudaStream_t stream);

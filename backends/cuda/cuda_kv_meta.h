@@ -222,6 +222,37 @@ static inline int32_t cu_quest_refresh_entries(const lethe_node *n, int32_t *out
     return m;
 }
 
+/* The same refresh per decode work item (token t, KV head h: item
+ * t * Hkv + h, the decode plan's order), as the bounds kernel takes it:
+ * out [T * Hkv][2] = {first stale page (an index into the item's stream
+ * page list; -1: none), the stream's page count}; the item's entries are
+ * its pages from `first` to the count, rows up to the work entry's L (the
+ * stream's len), in the order cu_quest_refresh_entries lists them. A table
+ * of fixed size: a replayed graph's grid does not depend on how many pages
+ * are stale. Returns the most pages one item refreshes. */
+static inline int32_t cu_quest_refresh_items(const lethe_node *n, int32_t *out) {
+    const lethe_kv_cache *kv = n->kv;
+    const int layer = n->iparams[0];
+    const int32_t T = n->ub->n_tokens, Hkv = kv->n_head_kv;
+    int32_t most = 0;
+    for (int32_t t = 0; t < T; t++) {
+        const int32_t seq = n->ub->seq_id[t];
+        const bool none = seq < 0 || seq >= kv->n_seq || kv->prev_t[t] >= 0;
+        for (int32_t h = 0; h < Hkv; h++) {
+            int32_t *o = out + 2 * ((size_t)t * Hkv + h);
+            o[0] = -1;
+            o[1] = 0;
+            if (none) continue;
+            const lethe_kv_stream *s = lethe_kv_stream_at(kv, seq, layer, h);
+            const int32_t first = kv->res_slot[((size_t)layer * Hkv + h) * kv->max_batch + t] / LETHE_KV_PAGE;
+            o[0] = first;
+            o[1] = s->n_pages;
+            if (s->n_pages - first > most) most = s->n_pages - first;
+        }
+    }
+    return most;
+}
+
 /* QUEST's pages per query group: max(budget / P, 1). */
 static inline int32_t cu_quest_k(const lethe_kv_cache *kv) {
     return kv->policy.budget / LETHE_KV_PAGE > 1 ? kv->policy.budget / LETHE_KV_PAGE : 1;

@@ -9,11 +9,16 @@
  * Slot j of a stream is visible to a query at position q iff
  * pos[j] <= q < expire[j] (cuda_attn.cuh); a query seeing nothing gets zeros.
  *
- * Decode (every block one token), flash-decoding: grid (T * Hkv, n_split),
- * 128 threads. A CTA walks one span of its stream page by page (pos/expire
- * of 512 slots at a time preloaded into shared memory: one round trip when
- * they live in host memory); each K and V row is read once for the G query
- * heads of the group.
+ * Decode (every block one token), flash-decoding: grid (T * Hkv, cap),
+ * 128 threads. The span size and count (chunk, n_split <= cap) are read
+ * from device memory, not passed by value: a decode step replayed as a CUDA
+ * graph (cuda_graph.c) keeps its grid while streams grow, CTAs past n_split
+ * return at once, partials are laid out with stride cap, and the combine
+ * reads n_split too (cuda_plan.h).
+ * A CTA walks one span of its stream page by page (pos/expire of 512 slots
+ * at a time preloaded into shared memory: one round trip when they live in
+ * host memory); each K and V row is read once for the G query heads of the
+ * group.
  *   scores: LPK lanes per key (8, or 16 when G > 4 to halve the query
  *           registers), each lane EPL = D / LPK dims, a butterfly over the
  *           LPK lanes; s[g][j] to shared memory;
@@ -179,7 +184,7 @@ __global__ void __launch_bounds__(ATTN_THREADS)
 k_attn_decode(const uint8_t *__restrict__ pool, const int32_t *__restrict__ kpos, const int32_t *__restrict__ kexp,
               size_t page_bytes, size_t slot_bytes, const float *__restrict__ q, float *__restrict__ out,
               const lethe_cu_attn_work *__restrict__ work, const int32_t *__restrict__ plists,
-              const int32_t *__restrict__ qpos, int Hkv, int G, float scale, int chunk, int n_split,
+              const int32_t *__restrict__ qpos, int Hkv, int G, float scale, const int32_t *__restrict__ split_info,
               float *__restrict__ part, float *__restrict__ wts, int wstride) {
     constexpr int LPK = MAXG > 4 ? 16 : 8;    /* lanes per key (scores)          */
     constexpr int EPL = D / LPK;              /* key dims per lane               */
@@ -193,6 +198,9 @@ k_attn_decode(const uint8_t *__restrict__ pool, const int32_t *__restrict__ kpos
     __shared__ int32_t s_pos[META_SEG], s_exp[META_SEG];   /* the segment's slot metadata */
 
     const int item = blockIdx.x, split = blockIdx.y;   /* item = block * Hkv + hk, a block = one token */
+    const int cap = gridDim.y;
+    const int chunk = split_info[0], n_split = min(split_info[1], cap);
+    if (split >= n_split) return;   /* a surplus CTA of the bucketed grid: the whole CTA leaves, before any barrier */
     const int hk = item % Hkv, Hq = Hkv * G;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const lethe_cu_attn_work w = work[item];
@@ -316,7 +324,7 @@ k_attn_decode(const uint8_t *__restrict__ pool, const int32_t *__restrict__ kpos
     }
 
     /* sum the row groups, one head at a time (G is uniform over the CTA) */
-    const size_t pbase = ((size_t)item * n_split + split) * G;   /* partial (item, split, g=0) */
+    const size_t pbase = ((size_t)item * cap + split) * G;   /* partial (item, split, g=0) */
 #pragma unroll
     for (int g = 0; g < MAXG; g++) {
         if (g >= G) break;
@@ -348,14 +356,19 @@ k_attn_decode(const uint8_t *__restrict__ pool, const int32_t *__restrict__ kpos
     }
 }
 
-/* grid (T * Hkv, G), 128 threads: merge the n_split partials of one query head. */
+/* grid (T * Hkv, G), 128 threads: merge the n_split partials of one query
+ * head (laid out with stride cap). n_split == 1: the decode CTA wrote the
+ * output itself, nothing to do. */
 __global__ void __launch_bounds__(ATTN_THREADS)
 k_attn_combine(const float *__restrict__ part, float *__restrict__ out, const lethe_cu_attn_work *__restrict__ work,
-               int Hkv, int G, int D, int n_split, float *__restrict__ wts, int wstride) {
+               int Hkv, int G, int D, const int32_t *__restrict__ split_info, int cap, float *__restrict__ wts,
+               int wstride) {
+    const int n_split = min(split_info[1], cap);
+    if (n_split <= 1) return;   /* the decode CTA wrote the output (and normalized the weights) itself */
     const int item = blockIdx.x, g = blockIdx.y;
     const int t = work[item].t0, hk = item % Hkv;
     const int stride = G * (D + 2);
-    const float *p0 = part + ((size_t)item * n_split * G + g) * (D + 2);   /* split 0; split i at + i * stride */
+    const float *p0 = part + ((size_t)item * cap * G + g) * (D + 2);   /* split 0; split i at + i * stride */
     const float M = cu_comb_max(n_split, p0, stride);
     const float den = cu_comb_den(n_split, p0, p0 + 1, stride, M);
     const float inv = den > 0.0f ? 1.0f / den : 0.0f;
@@ -507,25 +520,32 @@ k_attn_prefill(const uint8_t *__restrict__ pool, const int32_t *__restrict__ kpo
 
 /* --------------------------------------------------------------- QUEST */
 
-/* grid (n entries), D threads: dim d of entry e's page, min / max over its
- * rows with the CPU's compares (not fminf/fmaxf: -0 and NaN as it has them). */
+/* grid (n_items, ny), D threads: dim d of the item's stale pages (ny CTAs
+ * share them), min / max over each page's rows with the CPU's compares
+ * (not fminf/fmaxf: -0 and NaN as it has them). ref [n_items][2] = {first
+ * stale page, page count} (cuda_kv_meta.h cu_quest_refresh_items). */
 template <bool F16>
 __global__ void __launch_bounds__(256)
 k_quest_bounds(const uint8_t *__restrict__ pool, float *__restrict__ kmin, float *__restrict__ kmax,
-               const int32_t *__restrict__ entries, size_t page_bytes, size_t slot_bytes, int D) {
-    const int32_t page = entries[2 * blockIdx.x], rows = entries[2 * blockIdx.x + 1];
-    const int d = threadIdx.x;
-    if (d >= D) return;
-    const uint8_t *k0 = pool + (size_t)page * page_bytes;
-    float mn = INFINITY, mx = -INFINITY;
-    for (int r = 0; r < rows; r++) {
-        const uint8_t *row = k0 + (size_t)r * slot_bytes;
-        const float x = F16 ? __half2float(((const __half *)row)[d]) : ((const float *)row)[d];
-        mn = x < mn ? x : mn;
-        mx = x > mx ? x : mx;
+               const lethe_cu_attn_work *__restrict__ work, const int32_t *__restrict__ plists,
+               const int32_t *__restrict__ ref, size_t page_bytes, size_t slot_bytes, int D) {
+    const int item = blockIdx.x, d = threadIdx.x;
+    const int32_t first = ref[2 * item], count = ref[2 * item + 1];
+    if (first < 0 || d >= D) return;
+    const lethe_cu_attn_work w = work[item];
+    for (int32_t pg = first + (int32_t)blockIdx.y; pg < count; pg += (int32_t)gridDim.y) {
+        const int32_t page = plists[w.plist + pg], rows = cu_quest_rows(w.L, pg);
+        const uint8_t *k0 = pool + (size_t)page * page_bytes;
+        float mn = INFINITY, mx = -INFINITY;
+        for (int r = 0; r < rows; r++) {
+            const uint8_t *row = k0 + (size_t)r * slot_bytes;
+            const float x = F16 ? __half2float(((const __half *)row)[d]) : ((const float *)row)[d];
+            mn = x < mn ? x : mn;
+            mx = x > mx ? x : mx;
+        }
+        kmin[(size_t)page * D + d] = mn;
+        kmax[(size_t)page * D + d] = mx;
     }
-    kmin[(size_t)page * D + d] = mn;
-    kmax[(size_t)page * D + d] = mx;
 }
 
 /* grid (n_items = T * Hkv), 128 threads: one (token, KV head)'s pages. */
@@ -620,16 +640,16 @@ extern "C" cudaError_t lethe_cu_kv_store(const lethe_cu_kv_view *kv, const float
 template <int D, int MAXG, bool F16>
 static void launch_decode(const lethe_cu_kv_view *kv, const float *q, float *out, const lethe_cu_attn_work *work,
                           int n_items, const int32_t *plists, const int32_t *qpos, int Hkv, int G, float scale,
-                          int chunk, int n_split, float *part, float *wts, int wstride, cudaStream_t stream) {
-    k_attn_decode<D, MAXG, F16><<<dim3((unsigned)n_items, (unsigned)n_split), ATTN_THREADS, 0, stream>>>(
+                          const int32_t *split, int cap, float *part, float *wts, int wstride, cudaStream_t stream) {
+    k_attn_decode<D, MAXG, F16><<<dim3((unsigned)n_items, (unsigned)cap), ATTN_THREADS, 0, stream>>>(
         kv->pool, kv->pos, kv->expire, kv->page_bytes, kv->slot_bytes, q, out, work, plists, qpos, Hkv, G, scale,
-        chunk, n_split, part, wts, wstride);
+        split, part, wts, wstride);
 }
 
 template <int D, bool F16>
 static void attention_d(const lethe_cu_kv_view *kv, const float *q, float *out, const lethe_cu_attn_work *work,
                         int n_blocks, int decode, const int32_t *plists, const int32_t *qpos, int Hkv, int G,
-                        float scale, int chunk, int n_split, float *part, float *wts, int wstride,
+                        float scale, const int32_t *split, int cap, float *part, float *wts, int wstride,
                         cudaStream_t stream) {
     if (!decode) {
         k_attn_prefill<D, F16><<<dim3((unsigned)n_blocks, (unsigned)Hkv), ATTN_THREADS, 0, stream>>>(
@@ -638,34 +658,34 @@ static void attention_d(const lethe_cu_kv_view *kv, const float *q, float *out, 
         return;
     }
     const int n_items = n_blocks * Hkv;
-#define L(MG) launch_decode<D, MG, F16>(kv, q, out, work, n_items, plists, qpos, Hkv, G, scale, chunk, n_split, part, \
-                                        wts, wstride, stream)
+#define L(MG) launch_decode<D, MG, F16>(kv, q, out, work, n_items, plists, qpos, Hkv, G, scale, split, cap, part, wts, \
+                                        wstride, stream)
     if (G <= 1) L(1);
     else if (G <= 2) L(2);
     else if (G <= 4) L(4);
     else L(8);
 #undef L
-    if (n_split > 1)
+    if (cap > 1)
         k_attn_combine<<<dim3((unsigned)n_items, (unsigned)G), ATTN_THREADS, 0, stream>>>(part, out, work, Hkv, G, D,
-                                                                                          n_split, wts, wstride);
+                                                                                          split, cap, wts, wstride);
 }
 
 extern "C" cudaError_t lethe_cu_attention(const lethe_cu_kv_view *kv, const float *q, float *out,
                                           const lethe_cu_attn_work *work, int n_blocks, int decode,
                                           const int32_t *plists, const int32_t *qpos, int Hkv, int G, float scale,
-                                          int chunk, int n_split, float *part, float *wts, int wstride,
+                                          const int32_t *split, int cap, float *part, float *wts, int wstride,
                                           cudaStream_t stream) {
     if (n_blocks <= 0) return cudaSuccess;
-    if (!lethe_cu_attn_shape_ok(kv->D, G) || Hkv <= 0 || Hkv > 65535 || n_split < 1 ||
-        n_split > LETHE_CU_ATTN_MAX_SPLIT || chunk % CU_KV_P != 0 || (decode && n_split > 1 && !part) ||
-        (int64_t)n_blocks * Hkv > 0x7fffffffLL || (wts && wstride <= 0))
+    if (!lethe_cu_attn_shape_ok(kv->D, G) || Hkv <= 0 || Hkv > 65535 || cap < 1 || cap > LETHE_CU_ATTN_MAX_SPLIT ||
+        (decode && !split) || (decode && cap > 1 && !part) || (int64_t)n_blocks * Hkv > 0x7fffffffLL ||
+        (wts && wstride <= 0))
         return cudaErrorInvalidValue;
 #define A(DD)                                                                                                    \
     do {                                                                                                         \
-        if (kv->f16) attention_d<DD, true>(kv, q, out, work, n_blocks, decode, plists, qpos, Hkv, G, scale, chunk, \
-                                           n_split, part, wts, wstride, stream);                                 \
-        else attention_d<DD, false>(kv, q, out, work, n_blocks, decode, plists, qpos, Hkv, G, scale, chunk,        \
-                                    n_split, part, wts, wstride, stream);                                        \
+        if (kv->f16) attention_d<DD, true>(kv, q, out, work, n_blocks, decode, plists, qpos, Hkv, G, scale, split, \
+                                           cap, part, wts, wstride, stream);                                     \
+        else attention_d<DD, false>(kv, q, out, work, n_blocks, decode, plists, qpos, Hkv, G, scale, split, cap,   \
+                                    part, wts, wstride, stream);                                                 \
     } while (0)
     switch (kv->D) {
     case 32: A(32); break;
@@ -677,16 +697,19 @@ extern "C" cudaError_t lethe_cu_attention(const lethe_cu_kv_view *kv, const floa
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t lethe_cu_quest_bounds(const lethe_cu_kv_view *kv, const int32_t *entries, int n,
+extern "C" cudaError_t lethe_cu_quest_bounds(const lethe_cu_kv_view *kv, const lethe_cu_attn_work *work,
+                                             const int32_t *plists, const int32_t *ref, int n_items, int ny,
                                              cudaStream_t stream) {
-    if (n <= 0) return cudaSuccess;
-    if (!kv->kmin || !kv->kmax || kv->D > 256) return cudaErrorInvalidValue;
+    if (n_items <= 0) return cudaSuccess;
+    if (!kv->kmin || !kv->kmax || !ref || !work || !plists || kv->D > 256 || ny < 1 || ny > 65535)
+        return cudaErrorInvalidValue;
+    const dim3 grid((unsigned)n_items, (unsigned)ny);
     if (kv->f16)
-        k_quest_bounds<true><<<(unsigned)n, (unsigned)kv->D, 0, stream>>>(kv->pool, kv->kmin, kv->kmax, entries,
-                                                                          kv->page_bytes, kv->slot_bytes, kv->D);
+        k_quest_bounds<true><<<grid, (unsigned)kv->D, 0, stream>>>(kv->pool, kv->kmin, kv->kmax, work, plists, ref,
+                                                                   kv->page_bytes, kv->slot_bytes, kv->D);
     else
-        k_quest_bounds<false><<<(unsigned)n, (unsigned)kv->D, 0, stream>>>(kv->pool, kv->kmin, kv->kmax, entries,
-                                                                           kv->page_bytes, kv->slot_bytes, kv->D);
+        k_quest_bounds<false><<<grid, (unsigned)kv->D, 0, stream>>>(kv->pool, kv->kmin, kv->kmax, work, plists, ref,
+                                                                    kv->page_bytes, kv->slot_bytes, kv->D);
     return cudaGetLastError();
 }
 

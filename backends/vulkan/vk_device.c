@@ -598,6 +598,10 @@ static void probe_features(vk_ctx *c) {
     VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &p11};
     vkGetPhysicalDeviceProperties2(c->phys, &p2);
     c->subgroup_size = p11.subgroupSize;
+    /* top_k.comp reduces with subgroupMax/Min: compute stage, basic + arithmetic */
+    c->subgroup_arith = (p11.subgroupSupportedStages & VK_SHADER_STAGE_COMPUTE_BIT) &&
+                        (p11.subgroupSupportedOperations & VK_SUBGROUP_FEATURE_BASIC_BIT) &&
+                        (p11.subgroupSupportedOperations & VK_SUBGROUP_FEATURE_ARITHMETIC_BIT);
     c->f64 = f2.features.shaderFloat64;
     c->shared_mem = c->props.limits.maxComputeSharedMemorySize;
     c->max_range = c->props.limits.maxStorageBufferRange;

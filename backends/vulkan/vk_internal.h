@@ -90,6 +90,7 @@ typedef struct vk_ctx {
     bool fp16_storage, int8_storage, shader_f16, shader_i8, int_dot;
     bool f64;                /* shaderFloat64: enabled when present (rms_norm_f64) */
     uint32_t subgroup_size;
+    bool subgroup_arith;     /* compute-stage subgroup basic + arithmetic ops (top_k.comp) */
     size_t shared_mem;       /* maxComputeSharedMemorySize */
     size_t max_range;        /* maxStorageBufferRange (bytes one binding may span) */
     size_t align;            /* minStorageBufferOffsetAlignment (>= 4) */

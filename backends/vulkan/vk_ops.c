@@ -302,13 +302,38 @@ static int32_t max_len(const lethe_node *n) {
 #define SCORE_W_MAX ((uint64_t)32 << 20)
 #define QUEST_MAX_PAGES 4096   /* = MAX_PAGES in shaders/quest.comp */
 
+/* Segments per row for TOP_K: chunks of ~4096 elements (pass 0, one
+ * workgroup each, so one row still spreads over the device), but at most
+ * 4096 / k of them, so the merge pass reads ~16 pairs per invocation. Shared
+ * with nothing: the CUDA twin is cu_topk_plan (backends/cuda/cuda_topk.h). */
+static void top_k_plan(uint32_t V, uint32_t k, uint32_t *S, uint32_t *chunk) {
+    uint32_t s = (V + 4095u) / 4096u, s_max = LETHE_MAX(1u, 4096u / k);
+    if (s > s_max) s = s_max;
+    *chunk = (V + s - 1u) / s;
+    *S = (V + *chunk - 1u) / *chunk;
+}
+
+/* Bytes of pass 0's pairs [T, S, k, 2] (0 when one segment covers a row). */
+static size_t top_k_scratch(const lethe_node *n) {
+    uint32_t S, chunk;
+    const uint32_t k = (uint32_t)n->iparams[0];
+    top_k_plan((uint32_t)n->src[0]->t.ne[0], k, &S, &chunk);
+    return S == 1 ? 0 : (size_t)lethe_tensor_nrows(&n->src[0]->t) * S * k * 2 * sizeof(uint32_t);
+}
+
 bool lethe_vk_supports_op(lethe_backend *be, const lethe_node *n) {
     const vk_ctx *c = be->ctx;
     if (n->op == LETHE_OP_NONE) return true;
     for (int i = 0; i < LETHE_MAX_SRC; i++)
         if (n->src[i] && !lethe_tensor_is_contiguous(&n->src[i]->t)) return false;
-    if (!f32n(n) || (n->op != LETHE_OP_MATMUL && !fits(c, n))) return false;
+    if (!(f32n(n) || n->op == LETHE_OP_TOP_K) || (n->op != LETHE_OP_MATMUL && !fits(c, n))) return false;
     switch (n->op) {
+    case LETHE_OP_TOP_K:
+        /* integer keys and subgroup max/min: bit-exact with the CPU (top_k.comp) */
+        return n->t.type == LETHE_I32 && f32n(n->src[0]) && fits(c, n->src[0]) && c->subgroup_arith &&
+               n->iparams[0] >= 1 && n->iparams[0] <= n->src[0]->t.ne[0] && n->src[0]->t.ne[0] <= UINT32_MAX / 2 &&
+               lethe_tensor_nrows(&n->src[0]->t) <= 65535 && top_k_scratch(n) + c->align <= c->max_range &&
+               has_pipe(c, "top_k", NULL);
     case LETHE_OP_GET_ROWS:
     case LETHE_OP_MATMUL: {
         const lethe_tensor *w = &n->src[0]->t;
@@ -951,6 +976,31 @@ static lethe_status op_dms_decision(rec *r, const lethe_node *n) {
     return dispatch(r, "dms_decision", a, 2, &pc, sizeof pc, gx, gy, 1);
 }
 
+/* TOP_K: x [T, V] -> [T, k, 2] (id, value bits): pass 0 into the activation
+ * scratch [T, S, k, 2], pass 1 merges the S*k pairs of a row (top_k.comp). */
+static lethe_status op_top_k(rec *r, const lethe_node *n) {
+    const lethe_node *x = n->src[0];
+    const uint32_t V = (uint32_t)x->t.ne[0], T = (uint32_t)lethe_tensor_nrows(&x->t), k = (uint32_t)n->iparams[0];
+    uint32_t S, chunk;
+    top_k_plan(V, k, &S, &chunk);
+    vk_arg a[2];
+    lethe_status st;
+    if ((st = arg_all(r, x, &a[0])) != LETHE_OK || (st = arg_all(r, n, &a[1])) != LETHE_OK) return st;
+    struct { uint32_t V, T, k, chunk, S, mode, x_off, out_off; } pc = {V, T, k, chunk, S, 0, a[0].rem / 4, a[1].rem / 4};
+    if (S == 1) return dispatch(r, "top_k", a, 2, &pc, sizeof pc, 1, T, 1);
+    const size_t bytes = top_k_scratch(n);
+    if (r->dry) r->act_need = LETHE_MAX(r->act_need, bytes);
+    r->q8_of = NULL;   /* the scratch no longer holds q8 activations */
+    vk_arg mid[2] = {a[0], r->dry ? (vk_arg){r->c->dummy.buf, 0, 16, 0} : (vk_arg){r->c->act.buf, 0, align_to(bytes, 4), 0}};
+    pc.out_off = 0;
+    if ((st = dispatch(r, "top_k", mid, 2, &pc, sizeof pc, S, T, 1)) != LETHE_OK) return st;
+    vk_arg fin[2] = {mid[1], a[1]};
+    pc.mode = 1;
+    pc.x_off = 0;
+    pc.out_off = a[1].rem / 4;
+    return dispatch(r, "top_k", fin, 2, &pc, sizeof pc, 1, T, 1);
+}
+
 static lethe_status record_range(rec *r, lethe_graph *g, int begin, int end) {
     r->rope_have = false;
     r->q8_of = NULL;
@@ -969,6 +1019,7 @@ static lethe_status record_range(rec *r, lethe_graph *g, int begin, int end) {
         case LETHE_OP_KV_STORE: st = op_kv_store(r, n); break;
         case LETHE_OP_ATTENTION: st = op_attention(r, n); break;
         case LETHE_OP_DMS_DECISION: st = op_dms_decision(r, n); break;
+        case LETHE_OP_TOP_K: st = op_top_k(r, n); break;
         default:
             st = lethe_fail(LETHE_ERR_UNSUPPORTED, "vulkan: cannot compute node %d '%s' (%s)", i, n->t.name,
                             lethe_op_name(n->op));

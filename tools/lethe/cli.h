@@ -71,6 +71,7 @@ typedef struct cli_opts {
     int verbose;                  /* -v count                                   */
     bool stats;                   /* --stats                                    */
     bool ignore_eos;              /* --ignore-eos                               */
+    bool host_sampling;           /* --host-sampling: whole logits rows to the host */
     bool no_special;              /* --no-special (tokenize)                    */
     bool pieces;                  /* --pieces (tokenize)                        */
     bool help;                    /* -h                                         */
@@ -121,6 +122,12 @@ lethe_model *cli_load_model(const cli_opts *o, bool progress);
 /* A context with -c/-b/-t, --parallel and the KV policy options applied;
  * n_ctx_override > 0 replaces -c. */
 lethe_context *cli_new_context(lethe_model *m, const cli_opts *o, int32_t n_ctx_override);
+/* On-device sampling support: when the sampler's chain can be served by
+ * candidates (lethe_sampler_top_k_needed > 0) and --host-sampling is not
+ * given, the context's decodes return only each output token's top-k
+ * candidates (lethe_set_outputs(ctx, k, true)); sample with lethe_sample.
+ * Returns k, or 0 when the decodes keep returning logits rows. */
+int32_t cli_device_sampling(lethe_context *ctx, const cli_opts *o, const lethe_sampler *smp);
 
 /* Whole file into a NUL-terminated malloc'ed buffer (error line on failure). */
 char *cli_read_file(const char *path, size_t *len);

@@ -23,7 +23,7 @@ enum {
     OPT_PIECES, OPT_TOKENS, OPT_CHUNKS, OPT_KV_POLICY, OPT_KV_BUDGET, OPT_DMS_WINDOW, OPT_DMS_FORCE,
     OPT_KV_MEM, OPT_KV_STATS, OPT_PARALLEL, OPT_DMS_ADAPTER, OPT_POLICIES, OPT_PASSKEY, OPT_SAVE, OPT_LOAD,
     OPT_PEER, OPT_JSONL, OPT_ROOFLINE, OPT_PROGRESS, OPT_NO_PROGRESS, OPT_KV_TYPE, OPT_PLOT, OPT_PLOT_NAME,
-    OPT_VARTRACK, OPT_ARITH, OPT_HYPER, OPT_DEPTHS, OPT_TRIALS,
+    OPT_VARTRACK, OPT_ARITH, OPT_HYPER, OPT_DEPTHS, OPT_TRIALS, OPT_HOST_SAMPLING,
 };
 
 typedef struct cli_optdef {
@@ -57,6 +57,10 @@ static const cli_optdef k_opts[] = {
     {"save", required_argument, OPT_SAVE, CLI_CHAT, "FILE", "save the conversation and its KV cache when the chat ends"},
     {"load", required_argument, OPT_LOAD, CLI_CHAT, "FILE", "resume a conversation saved with --save"},
     {"ignore-eos", no_argument, OPT_IGNORE_EOS, CLI_GENERATE, NULL, "keep generating past end-of-generation tokens"},
+    {"host-sampling", no_argument, OPT_HOST_SAMPLING, CLI_CHAT | CLI_GENERATE | CLI_BENCH, NULL,
+     "decodes return whole logits rows, sampled on the host (default: only the top-k candidates the chain needs, "
+     "selected on the device, when the chain allows: greedy, or top-k <= 256 without a repetition penalty; the same "
+     "tokens; bench: what each tg step returns, default the 40 of generate's default chain)"},
     {"stats", no_argument, OPT_STATS, CLI_GENERATE | CLI_CHAT, NULL, "print timings on stderr"},
     {"no-special", no_argument, OPT_NO_SPECIAL, CLI_TOKENIZE, NULL, "no BOS/EOS and no special-token parsing"},
     {"pieces", no_argument, OPT_PIECES, CLI_TOKENIZE, NULL, "print one 'id<TAB>piece' per line"},
@@ -392,6 +396,7 @@ int cli_parse(int cmd, const char *cmd_name, int argc, char **argv, cli_opts *o)
         case OPT_DEVICE: ok = cli_parse_i32("--device", optarg, 0, 1024, &o->device); break;
         case OPT_SYSTEM: o->system = optarg; break;
         case OPT_IGNORE_EOS: o->ignore_eos = true; break;
+        case OPT_HOST_SAMPLING: o->host_sampling = true; break;
         case OPT_STATS: o->stats = true; break;
         case OPT_NO_SPECIAL: o->no_special = true; break;
         case OPT_PIECES: o->pieces = true; break;
@@ -527,6 +532,16 @@ lethe_context *cli_new_context(lethe_model *m, const cli_opts *o, int32_t n_ctx_
     lethe_context *ctx = lethe_context_new(m, cp, &st);
     if (!ctx) cli_error_status(st != LETHE_OK ? st : LETHE_ERR_INTERNAL, "cannot create a context");
     return ctx;
+}
+
+int32_t cli_device_sampling(lethe_context *ctx, const cli_opts *o, const lethe_sampler *smp) {
+    const int32_t k = o->host_sampling ? 0 : lethe_sampler_top_k_needed(smp);
+    if (k <= 0 || lethe_set_outputs(ctx, k, true) != LETHE_OK) {
+        if (o->verbose) fprintf(stderr, "lethe: sampling from whole logits rows on the host\n");
+        return 0;
+    }
+    if (o->verbose) fprintf(stderr, "lethe: sampling from the %d best candidates the decode selects\n", k);
+    return k;
 }
 
 /* ---- text --------------------------------------------------------------- */

@@ -183,6 +183,13 @@ static bool run_point(bench_env *e, const bench_point *p, bench_row *r) {
         return false;
     }
 
+    /* tg (and pp's last token): the decode returns what `lethe generate`'s
+     * default chain samples from, its top-k candidates selected on the
+     * device, not the logits rows (--host-sampling: the rows) */
+    lethe_sampler *chain = lethe_sampler_new(lethe_sampler_default_params(), e->mi.n_vocab);
+    if (chain) cli_device_sampling(ctx, &o, chain);
+    lethe_sampler_free(chain);
+
     const char *what = "warm-up";
     /* warm-up, as llama-bench: a short run of the same kind */
     st = refill(e, ctx, p);

@@ -142,8 +142,7 @@ static int chat_turn(chat_state *c) {
     bool full = false;
     double t0 = cli_now_s();
     for (; c->o->n_predict < 0 || n_gen < c->o->n_predict; n_gen++) {
-        const float *logits = lethe_get_logits(c->ctx, -1);
-        lethe_token t = logits ? lethe_sampler_sample(c->smp, logits) : -1;
+        lethe_token t = lethe_sample(c->smp, c->ctx, -1);   /* candidates or logits (cli_device_sampling) */
         if (t < 0) {
             free(reply);
             return cli_error_status(LETHE_ERR_INTERNAL, "sampling failed"), TURN_FAIL;
@@ -302,6 +301,7 @@ int cli_cmd_chat(int argc, char **argv) {
         cli_error_status(LETHE_ERR_INVALID_ARG, "bad sampling parameters");
         goto done;
     }
+    cli_device_sampling(c.ctx, &o, c.smp);
     if (o.load) {
         if (chat_load(&c, o.load)) goto done;
         if (o.system) cli_warn("--system ignored: the loaded conversation has its own");

@@ -47,23 +47,24 @@ static int generate_parallel(const cli_opts *o, lethe_model *m, lethe_context *c
         cli_error("out of memory");
         goto done;
     }
-    const float *prompt_logits = lethe_get_logits(ctx, -1);
-    float *first = prompt_logits ? malloc((size_t)lethe_n_vocab(m) * sizeof *first) : NULL;
-    if (!first) {
-        cli_error_status(LETHE_ERR_INTERNAL, "no logits after the prompt");
-        goto done;
-    }
-    memcpy(first, prompt_logits, (size_t)lethe_n_vocab(m) * sizeof *first);
-    int32_t n_live = 0;
+    /* every sequence's first token comes from the prompt's output (logits
+     * or candidates, cli_device_sampling), sampled before any fork */
     for (int32_t s = 0; s < N; s++) {
         lethe_sampler_params sp = o->sp;
         if (sp.seed != LETHE_SEED_RANDOM) sp.seed += (uint64_t)s;
         smp[s] = lethe_sampler_new(sp, lethe_n_vocab(m));
         if (!smp[s]) {
-            free(first);
             cli_error_status(LETHE_ERR_INVALID_ARG, "bad sampling parameters");
             goto done;
         }
+        next[s] = lethe_sample(smp[s], ctx, -1);
+        if (next[s] < 0) {
+            cli_error_status(LETHE_ERR_INTERNAL, "no output after the prompt");
+            goto done;
+        }
+    }
+    int32_t n_live = 0;
+    for (int32_t s = 0; s < N; s++) {
         if (s > 0) {
             lethe_status st = lethe_seq_fork(ctx, 0, s);
             if (st != LETHE_OK) {   /* the others are the same size: refused too */
@@ -75,9 +76,7 @@ static int generate_parallel(const cli_opts *o, lethe_model *m, lethe_context *c
         }
         live[s] = true;
         n_live++;
-        next[s] = lethe_sampler_sample(smp[s], first);
     }
-    free(first);
     while (n_live > 0) {
         int32_t nb = 0;
         for (int32_t s = 0; s < N; s++) {
@@ -125,7 +124,7 @@ static int generate_parallel(const cli_opts *o, lethe_model *m, lethe_context *c
             cli_error_status(st, "decode failed");
             goto done;
         }
-        for (int32_t i = 0; i < nb; i++) next[ids[i]] = lethe_sampler_sample(smp[ids[i]], lethe_get_logits(ctx, i));
+        for (int32_t i = 0; i < nb; i++) next[ids[i]] = lethe_sample(smp[ids[i]], ctx, i);
     }
     if (o->kv_stats) cli_print_kv_stats(ctx, m, false);
     for (int32_t s = 0; s < N; s++) {
@@ -183,6 +182,9 @@ int cli_cmd_generate(int argc, char **argv) {
     }
     /* the prompt feeds the repetition penalty, as in llama.cpp */
     for (int32_t i = 0; i < n_prompt; i++) lethe_sampler_accept(smp, toks[i]);
+    /* the decode selects the chain's candidates on the device when it can
+     * (--parallel: every sequence's sampler has this chain) */
+    cli_device_sampling(ctx, &o, smp);
 
     double t0 = cli_now_s();
     lethe_status st = cli_decode_chunks(ctx, toks, n_prompt, 0, o.n_batch);
@@ -199,12 +201,7 @@ int cli_cmd_generate(int argc, char **argv) {
     int32_t n_gen = 0;
     bool ctx_full = false;
     for (; o.n_predict < 0 || n_gen < o.n_predict; ) {
-        const float *logits = lethe_get_logits(ctx, -1);
-        if (!logits) {
-            cli_error_status(LETHE_ERR_INTERNAL, "no logits after decode");
-            goto done;
-        }
-        lethe_token t = lethe_sampler_sample(smp, logits);
+        lethe_token t = lethe_sample(smp, ctx, -1);   /* candidates or logits (cli_device_sampling) */
         if (t < 0) {
             cli_error_status(LETHE_ERR_INTERNAL, "sampling failed");
             goto done;

@@ -180,20 +180,23 @@ static void host_decode_span(const lethe_cu_kv_view *kv, const float *q, const l
 }
 
 /* The decode path (k_attn_decode + k_attn_combine) and the tiled path
- * (k_attn_prefill), with the kernels' work tables and split plan. */
+ * (k_attn_prefill), with the kernels' work tables and split plan. cap: the
+ * decode grid's span count (>= n_split, cuda_plan.h's bucket): spans past
+ * n_split are CTAs that exit at once (their partials stay poisoned: NaN),
+ * partials are laid out with stride cap, and the combine reads n_split. */
 extern "C" int lethe_cu_host_attention(const lethe_cu_kv_view *kv, const float *q, float *out,
                                        const lethe_cu_attn_work *work, int n_blocks, int decode,
                                        const int32_t *plists, const int32_t *qpos, int Hkv, int G, float scale,
-                                       int chunk, int n_split, float *wts, int wstride) {
+                                       int chunk, int n_split, int cap, float *wts, int wstride) {
     const int D = kv->D, Hq = Hkv * G;
-    if (!lethe_cu_attn_shape_ok(D, G) || chunk % CU_KV_P != 0 || n_split < 1) return -1;
+    if (!lethe_cu_attn_shape_ok(D, G) || chunk % CU_KV_P != 0 || n_split < 1 || cap < n_split) return -1;
     if (wts)   /* the caller's fill: NaN bytes where no kernel writes */
         memset(wts, 0xFF, sizeof(float) * (size_t)(decode ? n_blocks : work[(size_t)(n_blocks - 1) * Hkv].t0 +
                                                                           work[(size_t)(n_blocks - 1) * Hkv].nt) *
                               (size_t)Hq * (size_t)wstride);
     if (decode) {
         const int stride = G * (D + 2);
-        float *part = (float *)malloc(sizeof(float) * (size_t)n_split * stride);
+        float *part = (float *)malloc(sizeof(float) * (size_t)cap * stride);
         for (int item = 0; item < n_blocks * Hkv; item++) {
             const int b = item / Hkv, hk = item % Hkv;
             const lethe_cu_attn_work &w = work[item];
@@ -202,7 +205,9 @@ extern "C" int lethe_cu_host_attention(const lethe_cu_kv_view *kv, const float *
                 return -2;
             }
             const int t = w.t0;
-            for (int sp = 0; sp < n_split; sp++) {
+            for (size_t i = 0; i < (size_t)cap * stride; i++) part[i] = NAN;
+            for (int sp = 0; sp < cap; sp++) {
+                if (sp >= n_split) continue;   /* the kernel's early exit */
                 const int jb = sp * chunk, je = w.L < jb + chunk ? w.L : jb + chunk;
                 host_decode_span(kv, q, w, plists, qpos[t], t, hk, Hkv, G, scale, jb, je, part + sp * stride, wts,
                                  wstride);
@@ -212,7 +217,7 @@ extern "C" int lethe_cu_host_attention(const lethe_cu_kv_view *kv, const float *
                 const float *p0 = part + g * (D + 2);
                 float *o = out + ((size_t)t * Hq + (size_t)hk * G + g) * D;
                 float *wr = wts ? wts + ((size_t)t * Hq + (size_t)hk * G + g) * wstride : NULL;
-                if (n_split == 1) {   /* the kernel writes acc * (1 / l) */
+                if (n_split == 1) {   /* the kernel writes acc * (1 / l); the combine, if launched, returns */
                     for (int d = 0; d < D; d++) o[d] = p0[1] > 0.0f ? p0[2 + d] * (1.0f / p0[1]) : 0.0f;
                     for (int j = 0; wr && j < w.L; j++) wr[j] = cu_score_weight(wr[j], p0[0], p0[1]);
                     continue;
@@ -357,6 +362,36 @@ extern "C" int lethe_cu_host_quest(const lethe_cu_kv_view *kv, const float *q, l
     }
     free(bound);
     free(sel);
+    return 0;
+}
+
+/* k_quest_bounds on the host: each work item's stale pages from its
+ * ref {first, count} (cuda_kv_meta.h cu_quest_refresh_items), rows by
+ * cu_quest_rows of the entry's L, min / max with the kernel's compares.
+ * Run before the selection rewrites the entries. */
+extern "C" int lethe_cu_host_quest_refresh(const lethe_cu_kv_view *kv, const lethe_cu_attn_work *work,
+                                           const int32_t *plists, const int32_t *ref, int n_items) {
+    const int D = kv->D;
+    if (!kv->kmin || !kv->kmax) return -1;
+    for (int item = 0; item < n_items; item++) {
+        const int32_t first = ref[2 * item], count = ref[2 * item + 1];
+        if (first < 0) continue;
+        const lethe_cu_attn_work &w = work[item];
+        for (int32_t pg = first; pg < count; pg++) {
+            const int32_t page = plists[w.plist + pg], rows = cu_quest_rows(w.L, pg);
+            for (int d = 0; d < D; d++) {
+                float mn = INFINITY, mx = -INFINITY;
+                for (int r = 0; r < rows; r++) {
+                    const float x =
+                        kv_elem(kv->pool + (size_t)page * kv->page_bytes + (size_t)r * kv->slot_bytes, d, kv->f16);
+                    mn = x < mn ? x : mn;
+                    mx = x > mx ? x : mx;
+                }
+                kv->kmin[(size_t)page * D + d] = mn;
+                kv->kmax[(size_t)page * D + d] = mx;
+            }
+        }
+    }
     return 0;
 }
 
