@@ -1516,6 +1516,69 @@ static void test_plan_top_k(void **state) {
         free(x);
     }
 }
+/* The plan's one scratch shared by the merged features (attention's
+ * split-K partials, the decode GEMV's q8 activations, TOP_K's segment
+ * pairs): a decode step with all three, plain and bucketed. Each launch
+ * that uses scratch must get the plan's scratch, and the one allocation
+ * (asked once) must hold the largest of their needs, each recomputed here
+ * from the launch's own arguments, i.e. from what the kernel will touch. */
+static void test_plan_scratch_shared(void **state) {
+    (void)state;
+    const kv_case c = {"scratch", 2, 2, 64, 4, 400, true, false, true, 0, 0, false};
+    kv_built b;
+    kv_build(&c, &b, 91);
+    step_graph sg;
+    step_graph_build(&sg, &b.kv, &b.ub, 92);
+    lethe_graph *g = sg.g;
+    const int64_t T = b.ub.n_tokens, Kd = lethe_tensor_nelements(&sg.attn->t) / T, N = 60000;   /* TOP_K's pairs the largest need */
+    uint8_t *wo = calloc((size_t)N * (size_t)(Kd / 32), sizeof(lethe_block_q8_0));
+    lethe_tensor t;
+    const int64_t nw[2] = {Kd, N}, nf[2] = {Kd, T};
+    lethe_tensor_init(&t, LETHE_Q8_0, 2, nw);
+    t.data = wo;
+    snprintf(t.name, sizeof t.name, "output");
+    lethe_node *logits = lethe_matmul(g, lethe_leaf(g, &t), lethe_reshape(g, sg.attn, 2, nf));
+    lethe_node *top = lethe_top_k(g, logits, 256);
+    lethe_set_output(top);
+    assert_int_equal(g->status, LETHE_OK);
+    for (int bucketed = 0; bucketed < 2; bucketed++) {
+        cu_plan p;
+        fake_dev f;
+        plan_of_gemv(g, bucketed, &p, &f, LETHE_CU_GEMV_NEW, fake_act_bytes);
+        size_t need[3] = {0, 0, 0};   /* attention partials, GEMV activations, TOP_K pairs */
+        for (int k = 0; k < p.n_launches; k++) {
+            const cu_launch *l = &p.launches[k];
+            size_t nb = 0;
+            int slot = -1, which = -1;
+            if (l->kind == CU_K_ATTENTION && l->i[1] && l->i[4] > 1) {   /* [items][cap][G][D + 2] f32 */
+                nb = (size_t)l->grid[0] * (size_t)l->i[4] * (size_t)l->i[3] * (size_t)(l->i[8] + 2) * sizeof(float);
+                slot = 6, which = 0;
+            } else if (l->kind == CU_K_GEMV) {
+                nb = fake_act_bytes((int)l->i[0], l->i[3], l->i[4], (int)l->i[5]);
+                slot = 3, which = 1;
+            } else if (l->kind == CU_K_TOP_K) {
+                nb = cu_topk_scratch_bytes(l->i[0], (uint32_t)l->i[1], (uint32_t)l->i[2]);
+                slot = 2, which = 2;
+            }
+            if (slot < 0 || !nb) continue;
+            if (l->p[slot] != 0x200000000000ull) fail_msg("launch %d (kind %d) does not get the plan's scratch", k, l->kind);
+            need[which] = nb > need[which] ? nb : need[which];
+            if (nb > p.scratch_bytes)
+                fail_msg("%s plan: launch %d (kind %d) needs %zu scratch bytes, the plan has %zu", bucketed ? "bucketed" :
+                         "plain", k, l->kind, nb, p.scratch_bytes);
+        }
+        print_message("  %s: scratch %zu bytes (partials %zu, q8 activations %zu, top-k pairs %zu)\n",
+                      bucketed ? "bucketed" : "plain", p.scratch_bytes, need[0], need[1], need[2]);
+        assert_true(need[0] && need[1] && need[2]);   /* all three users present */
+        assert_int_equal(f.scratch_bytes, p.scratch_bytes);
+        assert_true(p.capturable);
+        cu_plan_free(&p);
+    }
+    step_graph_free(&sg);
+    kv_built_free(&b);
+    free(wo);
+}
+
 /* ------------------------------------------------------------------------
  * Score policies in the launch plan, replayed. A decode step over a TOVA /
  * H2O / QUEST cache (kv_build's graph: KV_STORE + ATTENTION) for
@@ -1813,6 +1876,7 @@ static void test_plan_prefill(void **state) { test_dequant_rows(state); }
 static void test_plan_policies(void **state) { test_dequant_rows(state); }
 static void test_plan_gemv(void **state) { test_dequant_rows(state); }
 static void test_plan_top_k(void **state) { test_dequant_rows(state); }
+static void test_plan_scratch_shared(void **state) { test_dequant_rows(state); }
 #endif
 
 /* The device weight cache (backends/cuda/cuda_weights.h: plain C, so it
@@ -1946,6 +2010,7 @@ int main(void) {
         cmocka_unit_test(test_plan_replay),
         cmocka_unit_test(test_plan_prefill),
         cmocka_unit_test(test_plan_gemv),
+        cmocka_unit_test(test_plan_scratch_shared),
         cmocka_unit_test(test_plan_top_k),
         cmocka_unit_test(test_plan_policies),
     };

@@ -23,7 +23,13 @@ static void drop_weight(void *dev, size_t size, void *user) {
 }
 
 /* The device's copy of a weight, uploaded by whichever backend asks first
- * (the others wait on the lock, then find it). The pointer stays valid
+ * (the others wait on the lock, then find it). The copy is complete before
+ * the pointer is published: it runs on the uploader's stream, which is
+ * synchronized under the lock. A plain cudaMemcpy would not do: from pageable
+ * memory it may return before the last DMA reached the device, ordered only
+ * against the legacy default stream, and every backend's stream is
+ * non-blocking (not ordered with the legacy stream), this backend's own
+ * included. The pointer stays valid
  * until its host range is forgotten (its model is freed: no backend
  * launches on it any more) or the device goes; a larger view of the same
  * address gets a new copy and the old one is retired, not freed
@@ -39,7 +45,8 @@ lethe_status lethe_cu_weight(cu_ctx *c, const void *host, size_t size, void **de
     }
     void *p = NULL;
     cudaError_t e = cudaMalloc(&p, size ? size : 1);
-    if (e == cudaSuccess) e = cudaMemcpy(p, host, size, cudaMemcpyHostToDevice);
+    if (e == cudaSuccess) e = cudaMemcpyAsync(p, host, size, cudaMemcpyHostToDevice, c->stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
     if (e != cudaSuccess) {
         if (p) cudaFree(p);
         st = CU_FAIL(e == cudaErrorMemoryAllocation ? LETHE_ERR_OOM : LETHE_ERR_BACKEND,
