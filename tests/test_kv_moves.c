@@ -28,10 +28,15 @@
 
 enum { NSEQ = 3, NL = 2, NH = 2, D = 4, MAXB = 24 };
 
+static lethe_status seq_apply(lethe_buffer *buf, const lethe_row_move *m, size_t n, size_t row_bytes);
+
 static struct {
     int calls, fail_next;     /* fail_next: refuse that many calls (host fallback) */
     size_t moves, max_batch;
     bool seen_page_rows, seen_slot_rows;
+    /* what moves the rows once the contract is checked: seq_apply, or a
+     * real backend's buffer_move_rows (the CUDA kernels) */
+    lethe_status (*apply)(lethe_buffer *buf, const lethe_row_move *m, size_t n, size_t row_bytes);
 } g_mv;
 
 static lethe_status fake_alloc_shared(lethe_backend *be, size_t size, lethe_buffer **out) {
@@ -66,11 +71,19 @@ static lethe_status fake_move_rows(lethe_buffer *buf, const lethe_row_move *m, s
                 fail_msg("move %zu reads the row move %zu wrote: a parallel gather would read it stale", i, j);
         }
     }
-    for (size_t i = 0; i < n; i++)
-        memmove((uint8_t *)buf->host_ptr + m[i].dst, (uint8_t *)buf->host_ptr + m[i].src, row_bytes);
+    lethe_status st = g_mv.apply(buf, m, n, row_bytes);
+    if (st != LETHE_OK) fail_msg("buffer_move_rows: %s", lethe_last_error());
     g_mv.calls++;
     g_mv.moves += n;
     if (n > g_mv.max_batch) g_mv.max_batch = n;
+    return LETHE_OK;
+}
+
+/* The moves one after another, in the given order: any other order of a
+ * compaction's batch ends with different bytes. */
+static lethe_status seq_apply(lethe_buffer *buf, const lethe_row_move *m, size_t n, size_t row_bytes) {
+    for (size_t i = 0; i < n; i++)
+        memmove((uint8_t *)buf->host_ptr + m[i].dst, (uint8_t *)buf->host_ptr + m[i].src, row_bytes);
     return LETHE_OK;
 }
 
@@ -115,17 +128,22 @@ static void assert_same(const lethe_kv_cache *a, const lethe_kv_cache *b) {
 /* The same random traffic on both caches: forks, clears, decode calls of
  * 1-2 micro-batches (rows, scores as the attention fold leaves them, DMS
  * flags), then commit or rollback. */
-static void run(const lethe_kv_policy *pol, uint64_t seed, int pool_pages, int iters) {
-    lethe_backend host_be = {&k_host_iface, NULL}, dev_be = {&k_dev_iface, NULL};
+/* `dev`: the backend of the cache whose rows move through the hook (the
+ * fake one, or a real one wrapped by k_dev_iface's checks). */
+static void run(const lethe_kv_policy *pol, uint64_t seed, int pool_pages, int iters, lethe_backend *dev) {
+    lethe_backend host_be = {&k_host_iface, NULL};
     lethe_kv_cache c[2];
     const size_t page = 2 * LETHE_KV_PAGE * D * sizeof(float);
     assert_int_equal(lethe_kv_init(&c[0], NSEQ, NL, NH, D, LETHE_F32, (size_t)pool_pages * page, MAXB, pol, &host_be),
                      LETHE_OK);
-    assert_int_equal(lethe_kv_init(&c[1], NSEQ, NL, NH, D, LETHE_F32, (size_t)pool_pages * page, MAXB, pol, &dev_be),
+    assert_int_equal(lethe_kv_init(&c[1], NSEQ, NL, NH, D, LETHE_F32, (size_t)pool_pages * page, MAXB, pol, dev),
                      LETHE_OK);
     assert_non_null(c[0].shared);
     assert_non_null(c[1].shared);
+    memcpy(c[1].shared->host_ptr, c[0].shared->host_ptr, c[0].shared->size);   /* the same first bytes */
+    lethe_status (*apply)(lethe_buffer *, const lethe_row_move *, size_t, size_t) = g_mv.apply;
     memset(&g_mv, 0, sizeof g_mv);
+    g_mv.apply = apply;
     uint64_t r = seed;
     float counter = 1.0f;
     int n_rollback = 0, n_fork = 0, n_fallback = 0;
@@ -231,24 +249,62 @@ static void run(const lethe_kv_policy *pol, uint64_t seed, int pool_pages, int i
     lethe_kv_free(&c[1]);
 }
 
+static const lethe_kv_policy k_tova = {.rule = LETHE_KV_RULE_TOVA, .budget = 20};
+/* with DMS expiries too: a stream may compact twice in one commit
+ * (expiries, then the budget), its first moves still queued */
+static const lethe_kv_policy k_h2o = {.rule = LETHE_KV_RULE_H2O, .budget = 24, .recent = 6, .window = 2};
+static const lethe_kv_policy k_dms = {.rule = LETHE_KV_RULE_DMS, .window = 3};
+
 static void test_moves_tova(void **state) {
     (void)state;
-    const lethe_kv_policy pol = {.rule = LETHE_KV_RULE_TOVA, .budget = 20};
-    for (uint64_t s = 1; s <= 3; s++) run(&pol, 0x9E3779B97F4A7C15ull * s, 200, 250);
+    lethe_backend be = {&k_dev_iface, NULL};
+    g_mv.apply = seq_apply;
+    for (uint64_t s = 1; s <= 3; s++) run(&k_tova, 0x9E3779B97F4A7C15ull * s, 200, 250, &be);
 }
 
 static void test_moves_h2o(void **state) {
     (void)state;
-    /* with DMS expiries too: a stream may compact twice in one commit
-     * (expiries, then the budget), its first moves still queued */
-    const lethe_kv_policy pol = {.rule = LETHE_KV_RULE_H2O, .budget = 24, .recent = 6, .window = 2};
-    for (uint64_t s = 1; s <= 3; s++) run(&pol, 0xD1B54A32D192ED03ull * s, 200, 250);
+    lethe_backend be = {&k_dev_iface, NULL};
+    g_mv.apply = seq_apply;
+    for (uint64_t s = 1; s <= 3; s++) run(&k_h2o, 0xD1B54A32D192ED03ull * s, 200, 250, &be);
 }
 
 static void test_moves_dms(void **state) {
     (void)state;
-    const lethe_kv_policy pol = {.rule = LETHE_KV_RULE_DMS, .window = 3};
-    for (uint64_t s = 1; s <= 3; s++) run(&pol, 0x2545F4914F6CDD1Dull * s, 120, 250);   /* tight: admission failures */
+    lethe_backend be = {&k_dev_iface, NULL};
+    g_mv.apply = seq_apply;
+    for (uint64_t s = 1; s <= 3; s++) run(&k_dms, 0x2545F4914F6CDD1Dull * s, 120, 250, &be);   /* tight: admission failures */
+}
+
+/* LETHE_TEST_KV_MOVES_BACKEND=cuda (ctest test_cuda_kv_moves): the same runs
+ * with the rows moved by that backend's own buffer_move_rows (the CUDA
+ * kernels, in its managed buffer), the contract still checked on every
+ * batch. Skips with a message where there is no such device. */
+static void test_moves_device(void **state) {
+    (void)state;
+    const char *name = getenv("LETHE_TEST_KV_MOVES_BACKEND");
+    if (!name || !*name) {
+        print_message("  LETHE_TEST_KV_MOVES_BACKEND unset: no device run\n");
+        skip();
+    }
+    lethe_backend *real = lethe_backend_gpu_new(name, 0);
+    if (!real) {
+        print_message("  %s: skipped, no device here (%s)\n", name, lethe_last_error());
+        lethe_clear_error();
+        skip();
+    }
+    if (!real->iface->buffer_alloc_shared || !real->iface->buffer_move_rows) {
+        real->iface->free(real);
+        fail_msg("%s offers no shared KV buffer or no buffer_move_rows", name);
+    }
+    /* its own iface, but every move batch through the contract check first */
+    lethe_backend_iface wrapped = *real->iface;
+    wrapped.buffer_move_rows = k_dev_iface.buffer_move_rows;
+    lethe_backend be = {&wrapped, real->ctx};
+    g_mv.apply = real->iface->buffer_move_rows;
+    const lethe_kv_policy *pols[] = {&k_tova, &k_h2o, &k_dms};
+    for (int i = 0; i < 3; i++) run(pols[i], 0xA24BAED4963EE407ull * (uint64_t)(i + 1), i == 2 ? 120 : 200, 250, &be);
+    real->iface->free(real);
 }
 
 int main(void) {
@@ -257,6 +313,7 @@ int main(void) {
         cmocka_unit_test(test_moves_tova),
         cmocka_unit_test(test_moves_h2o),
         cmocka_unit_test(test_moves_dms),
+        cmocka_unit_test(test_moves_device),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
