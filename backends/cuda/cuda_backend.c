@@ -248,9 +248,11 @@ static lethe_status cu_buffer_host_done(lethe_buffer *buf, size_t offs, size_t s
  * (buffer_host_done). Chunks of C moves: the pairs uploaded into the compute
  * scratch (idle between compute() calls), the rows gathered behind them,
  * then scattered. Synchronized before returning: the host's next look at
- * the rows (state save, a CPU fallback op) sees them moved. A failure
- * before the first launch moves nothing (the cache then moves the rows on
- * the host). */
+ * the rows (state save, a CPU fallback op) sees them moved. Checks and the
+ * scratch come first, so a refusal moves nothing (the cache then moves the
+ * rows on the host); an error once a chunk was launched is a device fault
+ * (sticky: the context's next compute fails with it too) and leaves the
+ * rows undefined. */
 static lethe_status cu_buffer_move_rows(lethe_buffer *buf, const lethe_row_move *moves, size_t n, size_t row_bytes) {
     cu_ctx *c = buf->backend->ctx;
     if (!n) return LETHE_OK;
