@@ -11,7 +11,8 @@
  * wrote) and then applies the moves one after another in the given order:
  * a batch in any other order (or a row moved twice, or queued and lost)
  * leaves different bytes. After every call the two whole shared buffers
- * (pool, pos, expire), the scores and the bookkeeping must be equal. */
+ * (pool, pos, expire), the scores and the bookkeeping must be equal.
+ * test_moves_device runs the same traffic through a real backend's hook. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -276,10 +277,11 @@ static void test_moves_dms(void **state) {
     for (uint64_t s = 1; s <= 3; s++) run(&k_dms, 0x2545F4914F6CDD1Dull * s, 120, 250, &be);   /* tight: admission failures */
 }
 
-/* LETHE_TEST_KV_MOVES_BACKEND=cuda (ctest test_cuda_kv_moves): the same runs
- * with the rows moved by that backend's own buffer_move_rows (the CUDA
- * kernels, in its managed buffer), the contract still checked on every
- * batch. Skips with a message where there is no such device. */
+/* LETHE_TEST_KV_MOVES_BACKEND=cuda|vulkan (ctest test_cuda_kv_moves,
+ * test_vulkan_kv_moves): the same runs with the rows moved by that backend's
+ * own buffer_move_rows (the CUDA kernels in its managed buffer; Vulkan's
+ * copies through scratch), the contract still checked on every batch.
+ * Skips with a message where there is no such device. */
 static void test_moves_device(void **state) {
     (void)state;
     const char *name = getenv("LETHE_TEST_KV_MOVES_BACKEND");
