@@ -355,8 +355,9 @@ static void queue_move(lethe_kv_cache *kv, size_t src, size_t dst, size_t row_by
 
 /* Move slot `from` to slot `to` (to < from) within a stream. A compaction
  * calls it for ascending `from` with strictly ascending `to`, so a move
- * never reads a row an earlier one wrote (to' < from' < from) and no two
- * write one row: buffer_move_rows' contract, for the device path. */
+ * never reads a row an earlier one wrote (an earlier move from' < from
+ * wrote to' < from') and no two write one row: buffer_move_rows' contract,
+ * for the device path. */
 static void move_slot(lethe_kv_cache *kv, lethe_kv_stream *s, int32_t from, int32_t to) {
     const size_t kf = (size_t)((uint8_t *)lethe_kv_k(kv, s, from) - kv->pool);
     const size_t kt = (size_t)((uint8_t *)lethe_kv_k(kv, s, to) - kv->pool);
