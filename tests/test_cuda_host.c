@@ -31,6 +31,7 @@
 
 #include "../backends/cuda/cuda_weights.h"   /* plain C: tested with or without CUDA */
 #include "../backends/cuda/cuda_kv_move.h"   /* plain C too */
+#include "backend.h"                         /* lethe_row_move */
 #include "common.h"
 #include "dtype.h"
 #include "testutil.h"

@@ -295,6 +295,7 @@ static void test_moves_device(void **state) {
         lethe_clear_error();
         skip();
     }
+    tu_pin_vulkan_driver();   /* LeakSanitizer names lavapipe's own leaks (tests/lsan.supp) */
     if (!real->iface->buffer_alloc_shared || !real->iface->buffer_move_rows) {
         real->iface->free(real);
         fail_msg("%s offers no shared KV buffer or no buffer_move_rows", name);
