@@ -11,7 +11,9 @@
 #             driver), test_cuda_e2e, test_cuda_dms, test_cuda_shared (test_shared_device on
 #             CUDA: two contexts upload the weights once, two threads decode at once, a freed
 #             model's weights leave the device) test_device_sample (on-device top-k sampling: the
-#             same tokens as the logits path) (LETHE_GPU_CTEST=all: the whole suite)
+#             same tokens as the logits path), test_cuda_kv_moves (test_kv_moves on CUDA: the
+#             KV cache's compaction / fork row moves by the kernels, bit-identical to the host
+#             path) (LETHE_GPU_CTEST=all: the whole suite)
 #   gemv      the decode GEMV alone (lethe_cuda_gemv_bench): per weight type on the 8B shapes
 #             (4096x4096, 14336x4096, 4096x14336, 128256x4096), T = 1 and 8, old kernel against
 #             new and wide (LETHE_CUDA_GEMV), us / GB/s / % of its own 1 GiB device copy; its
@@ -84,7 +86,7 @@ PROFILE="${LETHE_GPU_PROFILE:-}"
 if [[ "$PROFILE" == lease ]]; then
     : "${LETHE_GPU_STAGES:=probe build test synth bench gemv graphs sanitize}" "${LETHE_GPU_BUDGET:=560}"
     : "${LETHE_GPU_MODELS:=llama3-8b:q4_0}" "${LETHE_GPU_BACKENDS:=cuda}" "${LETHE_GPU_DEPTHS:=0,8192}"
-    : "${LETHE_GPU_PARALLEL:=1,8}" "${LETHE_GPU_TARGETS:=lethe_cli test_backend_ops test_cuda_e2e test_cuda_dms test_shared_device test_device_sample lethe_cuda_gemv_bench}"
+    : "${LETHE_GPU_PARALLEL:=1,8}" "${LETHE_GPU_TARGETS:=lethe_cli test_backend_ops test_cuda_e2e test_cuda_dms test_shared_device test_device_sample test_kv_moves lethe_cuda_gemv_bench}"
     : "${LETHE_GPU_DEPTH_REPS:=1}" "${LETHE_GPU_SANITIZE_TIMEOUT:=90}" "${LETHE_GPU_VULKAN:=OFF}"
     # caps per step, so that one hang costs its cap and not the rest of the call
     : "${LETHE_GPU_CTEST_JOBS:=3}" "${LETHE_GPU_CTEST_TIMEOUT:=120}" "${LETHE_GPU_TEST_CAP:=200}"
