@@ -32,6 +32,11 @@ typedef struct lethe_backend_info {
     size_t mem_total, mem_free;
 } lethe_backend_info;
 
+/* One row move of buffer_move_rows: byte offsets into the buffer. */
+typedef struct lethe_row_move {
+    size_t src, dst;
+} lethe_row_move;
+
 typedef struct lethe_backend_iface {
     void (*free)(lethe_backend *be);
     void (*get_info)(lethe_backend *be, lethe_backend_info *info);
@@ -95,6 +100,25 @@ typedef struct lethe_backend_iface {
      * weight_bytes / n_weights count the cached weights whose host bytes lie
      * in [lo, lo + size), or all of them when lo is NULL. */
     void (*device_share)(lethe_backend *be, const void *lo, size_t size, lethe_device_share *out);
+
+    /* Optional (NULL: the host moves rows itself, with plain pointers).
+     * Copy n rows of row_bytes bytes within shared buffer `buf` on the
+     * device: bytes [moves[i].src, + row_bytes) to [moves[i].dst, +
+     * row_bytes). Semantics: gather, then scatter (every source row is read
+     * before any destination row is written). The caller guarantees that the
+     * destinations are pairwise disjoint and that no move reads a row an
+     * earlier move of the batch writes (moves[j].dst never overlaps
+     * moves[i].src for j < i; a later move may write an earlier move's
+     * source), so the result is also that of the moves done one after
+     * another in the given order, which is what the host path does. The KV
+     * cache's batches meet it: a compaction's moves go to lower slots in
+     * ascending order (kv_cache.c move_slot), a fork's pages to free ones.
+     * Done when it returns (the host may touch the rows at once). A failure
+     * before any row was written returns a status and the caller moves the
+     * rows on the host; a device fault midway leaves them undefined (and the
+     * device unusable). Offsets carry no alignment promise. */
+    lethe_status (*buffer_move_rows)(lethe_buffer *buf, const lethe_row_move *moves, size_t n,
+                                     size_t row_bytes);
 } lethe_backend_iface;
 
 struct lethe_device_share {

@@ -26,8 +26,9 @@
 /* Bumped whenever lethe_backend_iface (backend.h) or these structs change
  * layout: a module built against another layout is refused by name instead
  * of having fields read past its iface. 2: the iface grew device_ms and
- * buffer_host_done. 3: the iface grew device_share, the module forget. */
-#define LETHE_BACKEND_MODULE_ABI 3
+ * buffer_host_done. 3: the iface grew device_share, the module forget.
+ * 4: the iface grew buffer_move_rows. */
+#define LETHE_BACKEND_MODULE_ABI 4
 #define LETHE_BACKEND_MODULE_ENTRY "lethe_backend_module_entry"
 
 typedef struct lethe_module_host {

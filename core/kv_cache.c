@@ -92,6 +92,7 @@ lethe_status lethe_kv_init(lethe_kv_cache *kv, int n_seq, int n_layer, int n_hea
     for (size_t i = 0; i < n_streams; i++) kv->streams[i].last = kv->streams[i].prev = -1;
     kv->touched_lo = INT32_MAX;
     kv->touched_hi = -1;
+    kv->move_gen = 1;   /* streams start at 0: none has rows queued */
     /* Pop order: lowest page id first, so a fresh cache fills memory in order. */
     for (int32_t i = 0; i < kv->n_pages; i++) kv->free_list[i] = kv->n_pages - 1 - i;
     kv->n_free = kv->n_pages;
@@ -125,6 +126,7 @@ void lethe_kv_free(lethe_kv_cache *kv) {
     free(kv->res_slot);
     free(kv->prev_t);
     free(kv->map);
+    free(kv->moves);
     memset(kv, 0, sizeof *kv);
 }
 
@@ -305,12 +307,70 @@ void lethe_kv_rollback(lethe_kv_cache *kv) {
     kv->n_reserved_tokens = 0;
 }
 
-/* Move slot `from` to slot `to` (to < from) within a stream. */
+/* ---- row moves: on the device when the shared buffer's backend offers it */
+
+static bool moves_on_device(const lethe_kv_cache *kv) {
+    return kv->shared && kv->shared->backend->iface->buffer_move_rows;
+}
+
+/* Pool bytes [src, + row_bytes) -> [dst, + row_bytes) on the host. */
+static void host_move(lethe_kv_cache *kv, size_t src, size_t dst, size_t row_bytes) {
+    lethe_kv_touch(kv, (int32_t)(src / kv->page_bytes));
+    lethe_kv_touch(kv, (int32_t)(dst / kv->page_bytes));
+    memcpy(kv->pool + dst, kv->pool + src, row_bytes);
+}
+
+void lethe_kv_flush_moves(lethe_kv_cache *kv) {
+    if (!kv->n_moves) return;
+    lethe_status st = kv->shared->backend->iface->buffer_move_rows(kv->shared, kv->moves, kv->n_moves,
+                                                                   kv->move_row_bytes);
+    if (st != LETHE_OK) {   /* nothing was moved: the host does it, in the same order */
+        lethe_log(LETHE_LOG_WARN, "kv cache: %zu row moves on the device failed (%s): moved on the host",
+                  kv->n_moves, lethe_last_error());
+        lethe_clear_error();
+        for (size_t i = 0; i < kv->n_moves; i++) host_move(kv, kv->moves[i].src, kv->moves[i].dst, kv->move_row_bytes);
+    }
+    kv->n_moves = 0;
+    kv->move_gen++;
+}
+
+/* Queue a row move for the device (moves_on_device), or do it on the host
+ * when the queue cannot grow; either way after every earlier move. */
+static void queue_move(lethe_kv_cache *kv, size_t src, size_t dst, size_t row_bytes) {
+    if (kv->n_moves && row_bytes != kv->move_row_bytes) lethe_kv_flush_moves(kv);
+    if (kv->n_moves == kv->moves_cap) {
+        size_t cap = kv->moves_cap ? 2 * kv->moves_cap : 256;
+        lethe_row_move *m = realloc(kv->moves, cap * sizeof *m);
+        if (!m) {
+            lethe_kv_flush_moves(kv);
+            host_move(kv, src, dst, row_bytes);
+            return;
+        }
+        kv->moves = m;
+        kv->moves_cap = cap;
+    }
+    kv->moves[kv->n_moves++] = (lethe_row_move){src, dst};
+    kv->move_row_bytes = row_bytes;
+}
+
+/* Move slot `from` to slot `to` (to < from) within a stream. A compaction
+ * calls it for ascending `from` with strictly ascending `to`, so a move
+ * never reads a row an earlier one wrote (an earlier move from' < from
+ * wrote to' < from') and no two write one row: buffer_move_rows' contract,
+ * for the device path. */
 static void move_slot(lethe_kv_cache *kv, lethe_kv_stream *s, int32_t from, int32_t to) {
-    lethe_kv_touch(kv, s->pages[to / LETHE_KV_PAGE]);
-    lethe_kv_touch(kv, s->pages[from / LETHE_KV_PAGE]);
-    memcpy(lethe_kv_k(kv, s, to), lethe_kv_k(kv, s, from), kv->slot_bytes);
-    memcpy(lethe_kv_v(kv, s, to), lethe_kv_v(kv, s, from), kv->slot_bytes);
+    const size_t kf = (size_t)((uint8_t *)lethe_kv_k(kv, s, from) - kv->pool);
+    const size_t kt = (size_t)((uint8_t *)lethe_kv_k(kv, s, to) - kv->pool);
+    const size_t vf = (size_t)((uint8_t *)lethe_kv_v(kv, s, from) - kv->pool);
+    const size_t vt = (size_t)((uint8_t *)lethe_kv_v(kv, s, to) - kv->pool);
+    if (moves_on_device(kv)) {   /* rows on the device; metadata below, on the host */
+        queue_move(kv, kf, kt, kv->slot_bytes);
+        queue_move(kv, vf, vt, kv->slot_bytes);
+        s->move_gen = kv->move_gen;
+    } else {
+        host_move(kv, kf, kt, kv->slot_bytes);
+        host_move(kv, vf, vt, kv->slot_bytes);
+    }
     const size_t a = lethe_kv_meta(s, to), b = lethe_kv_meta(s, from);
     kv->pos[a] = kv->pos[b];
     kv->expire[a] = kv->expire[b];
@@ -322,6 +382,9 @@ static void move_slot(lethe_kv_cache *kv, lethe_kv_stream *s, int32_t from, int3
 void lethe_kv_stream_compact(lethe_kv_cache *kv, lethe_kv_stream *s) {
     int32_t *map = kv->map;   /* [len] old slot -> new slot, -1 if dropped */
     LETHE_ASSERT(kv->map_cap >= s->len);
+    /* this stream's rows still queued (compacted twice in one commit): they
+     * must land before its slots are renumbered again */
+    if (kv->n_moves && s->move_gen == kv->move_gen) lethe_kv_flush_moves(kv);
     int32_t n = 0;
     for (int32_t i = 0; i < s->len; i++) map[i] = *lethe_kv_pos(kv, s, i) == LETHE_KV_HOLE ? -1 : n++;
     for (int32_t i = 0; i < s->len; i++)
@@ -334,6 +397,7 @@ void lethe_kv_stream_compact(lethe_kv_cache *kv, lethe_kv_stream *s) {
         *e = map[*e];
     }
     if (kv->kmin) {   /* QUEST bounds of the rewritten pages are stale: redo them */
+        lethe_kv_flush_moves(kv);   /* from the moved rows */
         for (int32_t p = 0; p < (n + LETHE_KV_PAGE - 1) / LETHE_KV_PAGE; p++) {
             float *mn = kv->kmin + (size_t)s->pages[p] * kv->head_dim;
             float *mx = kv->kmax + (size_t)s->pages[p] * kv->head_dim;
@@ -352,6 +416,7 @@ void lethe_kv_stream_compact(lethe_kv_cache *kv, lethe_kv_stream *s) {
     s->len = n;
     s->n_holes = 0;
     stream_shrink(kv, s, (n + LETHE_KV_PAGE - 1) / LETHE_KV_PAGE);
+    if (!kv->batch_moves) lethe_kv_flush_moves(kv);   /* commit flushes once for all streams */
 }
 
 void lethe_kv_stream_drop(lethe_kv_cache *kv, lethe_kv_stream *s, const int32_t *slots, int32_t n) {
@@ -394,6 +459,7 @@ static void stream_expire(lethe_kv_cache *kv, lethe_kv_stream *s, int32_t next) 
 
 void lethe_kv_commit(lethe_kv_cache *kv) {
     const size_t S = streams_per_seq(kv);
+    kv->batch_moves = true;   /* one batch of device row moves for every compaction */
     for (int q = 0; q < kv->n_seq; q++) {
         if (kv->seq_pos[q] == kv->saved_seq_pos[q]) continue;
         lethe_kv_stream *ss = seq_streams(kv, q);
@@ -402,7 +468,9 @@ void lethe_kv_commit(lethe_kv_cache *kv) {
             if (kv->score) lethe_kv_policy_evict(kv, &ss[i], kv->seq_pos[q]);
         }
     }
-    lethe_kv_host_done(kv);   /* compactions moved rows on the host */
+    kv->batch_moves = false;
+    lethe_kv_flush_moves(kv);
+    lethe_kv_host_done(kv);   /* compactions that moved rows on the host */
     lethe_kv_begin(kv);
 }
 
@@ -444,6 +512,7 @@ void lethe_kv_seq_clear(lethe_kv_cache *kv, int seq) {
 
 lethe_status lethe_kv_seq_copy(lethe_kv_cache *kv, int src, int dst) {
     if (src == dst) return LETHE_OK;
+    lethe_kv_flush_moves(kv);   /* none queued outside commit; the fork reads rows */
     lethe_kv_seq_clear(kv, dst);
     const size_t S = streams_per_seq(kv);
     lethe_kv_stream *as = seq_streams(kv, src), *bs = seq_streams(kv, dst);
@@ -467,10 +536,11 @@ lethe_status lethe_kv_seq_copy(lethe_kv_cache *kv, int src, int dst) {
         /* Pages are copied, not shared: each branch evicts per head on its own. */
         for (int32_t p = 0; p < a->n_pages; p++) {
             int32_t id = kv->free_list[--kv->n_free], from = a->pages[p];
-            lethe_kv_touch(kv, id);
-            lethe_kv_touch(kv, from);
-            memcpy(kv->pool + (size_t)id * kv->page_bytes, kv->pool + (size_t)from * kv->page_bytes,
-                   kv->page_bytes);
+            /* whole pages (K and V blocks) into free ones: no move reads another's destination */
+            if (moves_on_device(kv))
+                queue_move(kv, (size_t)from * kv->page_bytes, (size_t)id * kv->page_bytes, kv->page_bytes);
+            else
+                host_move(kv, (size_t)from * kv->page_bytes, (size_t)id * kv->page_bytes, kv->page_bytes);
             const size_t P = LETHE_KV_PAGE;
             memcpy(kv->pos + id * P, kv->pos + from * P, P * sizeof(int32_t));
             memcpy(kv->expire + id * P, kv->expire + from * P, P * sizeof(int32_t));
@@ -499,6 +569,7 @@ lethe_status lethe_kv_seq_copy(lethe_kv_cache *kv, int src, int dst) {
     }
     kv->seq_pos[dst] = kv->saved_seq_pos[dst] = kv->seq_pos[src];
     note_peak(kv);
-    lethe_kv_host_done(kv);   /* the pages were copied on the host */
+    lethe_kv_flush_moves(kv);
+    lethe_kv_host_done(kv);   /* the pages, if they were copied on the host */
     return LETHE_OK;
 }

@@ -80,7 +80,10 @@ typedef struct lethe_kv_stream {
     /* state saved by lethe_kv_begin for rollback */
     int32_t saved_len, saved_n_pages, saved_n_holes, saved_last, saved_pend_n, saved_last_expire;
     int32_t saved_holes[LETHE_KV_MAX_HOLES];
+    uint32_t move_gen;     /* kv->move_gen when its rows were last queued to move */
 } lethe_kv_stream;
+
+struct lethe_row_move;
 
 struct lethe_backend;
 struct lethe_buffer;
@@ -129,6 +132,14 @@ typedef struct lethe_kv_cache {
      * last lethe_kv_host_done ([lo, hi]; lo > hi: none): with a shared
      * pool, the backend's buffer_host_done places them back on the device. */
     int32_t touched_lo, touched_hi;
+    /* Row moves queued for the shared buffer's backend when it moves rows on
+     * the device (backend.h buffer_move_rows): a compaction's K/V rows or a
+     * fork's pages, all of row size move_row_bytes, in the order the host
+     * path would copy them; applied by lethe_kv_flush_moves. */
+    struct lethe_row_move *moves;  /* [moves_cap] */
+    size_t n_moves, moves_cap, move_row_bytes;
+    uint32_t move_gen;         /* bumped by every flush                           */
+    bool batch_moves;          /* inside commit: compactions leave their moves queued */
 } lethe_kv_cache;
 
 /* Allocate a cache; pages = ceil(budget_bytes / page_bytes). `mem`: a
@@ -173,6 +184,11 @@ static inline void lethe_kv_touch(lethe_kv_cache *kv, int32_t page) {
  * and forget them. Called where the host's row work ends: commit, fork,
  * state load. Never fails (a failure only costs speed). */
 void lethe_kv_host_done(lethe_kv_cache *kv);
+/* Apply the queued row moves (kv->moves) through the shared buffer's
+ * backend, or on the host if it fails. Commit and fork call it; a
+ * compaction outside commit does at its end. Rows read by the host after a
+ * compaction inside commit must wait for it. */
+void lethe_kv_flush_moves(lethe_kv_cache *kv);
 
 void lethe_kv_begin(lethe_kv_cache *kv);
 /* Give each token of the micro-batch a slot in every stream of its sequence

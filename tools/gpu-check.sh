@@ -3,19 +3,22 @@
 # command on a machine with the CUDA toolkit and a driver (no network: the
 # models it needs it makes itself with `lethe synth`).
 #
-# Stages, in order (LETHE_GPU_STAGES picks a subset, e.g. "build test"):
+# Stages run in the order LETHE_GPU_STAGES lists them (probe first wherever it is listed;
+# default "probe build test synth bench gemv graphs sanitize peer"; a subset, e.g. "build test"):
 #   probe     nvidia-smi, nvcc; stops with exit 2 and a clear line when either is missing
 #   build     lethe with CUDA (and Vulkan when its SDK is there) in $LETHE_GPU_BUILD (build-gpu)
 #   test      ctest: the backend-op consistency test (CUDA, and Vulkan on the NVIDIA
 #             driver, with test_vulkan_dms_split: the KV cache over several bindings, QUEST
-#             included), test_cuda_e2e, test_cuda_host, test_cuda_shared (test_shared_device on
+#             included), test_cuda_e2e, test_cuda_dms, test_cuda_shared (test_shared_device on
 #             CUDA: two contexts upload the weights once, two threads decode at once, a freed
 #             model's weights leave the device) test_device_sample (on-device top-k sampling: the
-#             same tokens as the logits path) (LETHE_GPU_CTEST=all: the whole suite)
+#             same tokens as the logits path), test_cuda_kv_moves (test_kv_moves on CUDA: the
+#             KV cache's compaction / fork row moves by the kernels, bit-identical to the host
+#             path) (LETHE_GPU_CTEST=all: the whole suite)
 #   gemv      the decode GEMV alone (lethe_cuda_gemv_bench): per weight type on the 8B shapes
 #             (4096x4096, 14336x4096, 4096x14336, 128256x4096), T = 1 and 8, old kernel against
 #             new and wide (LETHE_CUDA_GEMV), us / GB/s / % of its own 1 GiB device copy; its
-#             table goes into results.md, its output into bench.log (before the bench stage's);
+#             table goes into results.md, its output into bench.log;
 #             fails when an output is unwritten, new and old disagree, or wide's bits differ
 #             ($LETHE_GPU_GEMV_ARGS passes options, e.g. "-t q4_0,f16 -T 1"; timeout
 #             $LETHE_GPU_GEMV_TIMEOUT, default 120 s; ~168 cases x ~5 ms: seconds, not yet run)
@@ -23,11 +26,12 @@
 #             llama3-8b:f16") into $LETHE_GPU_WORK (default /tmp/lethe-gpu), reused if present
 #   sanitize  (memcheck over test_backend_ops, test_cuda_dms, test_cuda_e2e; racecheck over
 #             test_backend_ops, test_cuda_dms: the KV_STORE/ATTENTION kernels' shared memory)
-#   bench     lethe bench on CUDA, Vulkan and the CPU: pp512/tg128, then tg at depths
+#   bench     the roofline of each backend, then tg at depths
 #             ($LETHE_GPU_DEPTHS, default 0,4096) x parallel sequences ($LETHE_GPU_PARALLEL,
 #             default 1,8) with KV policy none and DMS forced to ~8x (--dms-force-rate 0.9,
 #             window 256), the KV cache in the GPU's managed memory; LETHE_GPU_KV_META="host
-#             device" repeats the DMS rows with the cache metadata on each side (LETHE_CUDA_KV_META)
+#             device" repeats the DMS rows with the cache metadata on each side (LETHE_CUDA_KV_META);
+#             then pp512/tg128 on CUDA, Vulkan and the CPU ($LETHE_GPU_BACKENDS)
 #   graphs    decode steps replayed as CUDA graphs (LETHE_CUDA_GRAPHS=1, off by default until
 #             this stage has passed on a GPU): logits of every position of a DMS-evicting
 #             decode (one token per step, streams crossing span buckets) must be bit-identical
@@ -49,13 +53,20 @@
 # toolkit but none of OpenBLAS, PCRE2, jansson, utf8proc, cmocka or pkg-config, and no network.
 # LETHE_GPU_BUDGET=S: the whole call ends within S seconds (each step's timeout shrinks to what
 # is left; steps past it are skipped and listed).
-# LETHE_GPU_PROFILE=lease: the one-call plan for a 15-minute device lease (with timeout_s 600):
-#   stages "probe build test gemv sanitize synth bench graphs", budget 560 s, only the targets the
-#   tests need (and lethe_cuda_gemv_bench), CUDA only (LETHE_GPU_VULKAN=OFF: no shader build, and a Vulkan build on an image
-#   without the NVIDIA Vulkan driver would fail test_backend_ops' setup, CUDA cases and all),
-#   model llama3-8b:q4_0, tg at depths 0,8192 x parallel 1,8 (1 repetition),
-#   none vs DMS, then the sanitizers (90 s each) with what is left of the budget;
-#   every variable above still overrides it.
+# LETHE_GPU_PROFILE=lease: the one-call plan for a 15-minute device lease (with timeout_s 600),
+#   most valuable first, so that running out of budget loses the least valuable:
+#   stages "probe build test synth bench gemv graphs sanitize", budget 560 s; only the targets
+#   the tests need (and lethe_cuda_gemv_bench; not test_cuda_host, a CPU test), sm_90, CUDA only
+#   (LETHE_GPU_VULKAN=OFF: no shader build, and a Vulkan build on an image without the NVIDIA
+#   Vulkan driver would fail test_backend_ops' setup, CUDA cases and all); ctest -j3, 120 s per
+#   test, 200 s for the step; model llama3-8b:q4_0; bench: roofline, then tg32 at depths 0,8192
+#   x parallel 1,8 for none and for DMS (1 repetition, 130 s cap each), then pp512/tg128 (-r 2);
+#   gemv (60 s cap); graphs (tg rows of the 8B model at depth 0 only, 1 repetition); the
+#   sanitizers (90 s each) with what is left. Every step's wall time goes to gpu.txt ("step ...").
+#   Every variable above (and LETHE_GPU_CTEST_JOBS, _CTEST_TIMEOUT, _TEST_CAP, _SYNTH_CAP,
+#   _DEPTH_CAP, _PPTG_REPS, _GRAPH_BIG_DEPTHS, _GRAPH_REPS) still overrides it.
+# Results are written as each step ends (results.md, the logs; bench flushes every row), so a
+# step killed by its cap or the budget keeps what came before it.
 # LETHE_GPU_BACKENDS / LETHE_GPU_DEPTH_BACKEND choose the benchmarked backends
 # (the script's non-GPU parts are tested on a CPU machine with "cpu" and a tiny model).
 # Every stage runs under `timeout` ($LETHE_GPU_STAGE_TIMEOUT s, default 540): a hang
@@ -67,20 +78,23 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${1:-}"
 if [[ -z "$OUT" || "$OUT" == -* ]]; then
-    echo "usage: tools/gpu-check.sh OUTDIR   (stages: LETHE_GPU_STAGES='probe build test gemv sanitize synth bench peer')" >&2
+    echo "usage: tools/gpu-check.sh OUTDIR   (stages: LETHE_GPU_STAGES='probe build test synth bench gemv graphs sanitize peer')" >&2
     exit 2
 fi
 mkdir -p "$OUT" || exit 2
 OUT="$(cd "$OUT" && pwd)"
 PROFILE="${LETHE_GPU_PROFILE:-}"
 if [[ "$PROFILE" == lease ]]; then
-    : "${LETHE_GPU_STAGES:=probe build test gemv sanitize synth bench graphs}" "${LETHE_GPU_BUDGET:=560}"
+    : "${LETHE_GPU_STAGES:=probe build test synth bench gemv graphs sanitize}" "${LETHE_GPU_BUDGET:=560}"
     : "${LETHE_GPU_MODELS:=llama3-8b:q4_0}" "${LETHE_GPU_BACKENDS:=cuda}" "${LETHE_GPU_DEPTHS:=0,8192}"
-    : "${LETHE_GPU_PARALLEL:=1,8}" "${LETHE_GPU_TARGETS:=lethe_cli test_backend_ops test_cuda_e2e test_cuda_dms test_cuda_host test_shared_device test_device_sample lethe_cuda_gemv_bench}"
-    : "${LETHE_GPU_DEPTH_REPS:=1}" "${LETHE_GPU_SANITIZE_LAST:=1}" "${LETHE_GPU_SANITIZE_TIMEOUT:=90}"
-    : "${LETHE_GPU_VULKAN:=OFF}"
+    : "${LETHE_GPU_PARALLEL:=1,8}" "${LETHE_GPU_TARGETS:=lethe_cli test_backend_ops test_cuda_e2e test_cuda_dms test_shared_device test_device_sample test_kv_moves lethe_cuda_gemv_bench}"
+    : "${LETHE_GPU_DEPTH_REPS:=1}" "${LETHE_GPU_SANITIZE_TIMEOUT:=90}" "${LETHE_GPU_VULKAN:=OFF}"
+    # caps per step, so that one hang costs its cap and not the rest of the call
+    : "${LETHE_GPU_CTEST_JOBS:=3}" "${LETHE_GPU_CTEST_TIMEOUT:=120}" "${LETHE_GPU_TEST_CAP:=200}"
+    : "${LETHE_GPU_SYNTH_CAP:=120}" "${LETHE_GPU_DEPTH_CAP:=130}" "${LETHE_GPU_PPTG_REPS:=2}" "${LETHE_GPU_GEMV_TIMEOUT:=60}"
+    : "${LETHE_GPU_GRAPH_BIG_DEPTHS:=0}" "${LETHE_GPU_GRAPH_REPS:=1}"
 fi
-STAGES="${LETHE_GPU_STAGES:-probe build test gemv sanitize synth bench graphs peer}"
+STAGES="${LETHE_GPU_STAGES:-probe build test synth bench gemv graphs sanitize peer}"
 BUDGET="${LETHE_GPU_BUDGET:-0}"
 START=$SECONDS
 PARALLEL="${LETHE_GPU_PARALLEL:-1,8}"
@@ -104,7 +118,8 @@ failed=()
 say() { echo "gpu-check: $*" >&2; }
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 note() { printf '%s\n' "$*" >> "$RES"; }
-# run NAME LOG CMD...: a stage step under the timeout (and the call's budget), output appended to LOG
+# run NAME LOG CMD...: a stage step under the timeout (and the call's budget), output appended to LOG;
+# CAP=S run ... caps that one step at S seconds (a hang then costs S, not the rest of the call)
 run() {
     local name="$1" log="$2"; shift 2
     local tmo="$TMO"
@@ -118,10 +133,14 @@ run() {
         fi
         [[ $left -lt $tmo ]] && tmo=$left
     fi
+    [[ -n "${CAP:-}" && "$CAP" -lt $tmo ]] && tmo=$CAP
     say "$name: $*"
     echo "\$ $*" >> "$log"
+    local t0=$SECONDS
     timeout --kill-after=10 "$tmo" "$@" >> "$log" 2>&1
     local rc=$?
+    # every step's wall time (the next lease plan is sized from these)
+    printf 'step %-28s %4ds  exit %d  (limit %ds)\n' "$name" $((SECONDS - t0)) $rc "$tmo" >> "$OUT/gpu.txt"
     if [[ $rc -ne 0 ]]; then
         [[ $rc -eq 124 || $rc -eq 137 ]] && say "$name: TIMED OUT after ${tmo}s" || say "$name: FAILED (exit $rc)"
         failed+=("$name")
@@ -140,7 +159,7 @@ run() {
 } > "$RES"
 
 # ---- probe
-if has probe; then
+stage_probe() {
     if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi > "$OUT/gpu.txt" 2>&1; then
         say "no NVIDIA GPU here (nvidia-smi missing or failing): nothing to check"
         note "- **no NVIDIA GPU** (nvidia-smi missing or failing)"
@@ -155,9 +174,10 @@ if has probe; then
     GPU="$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1)"
     note "- GPU: $GPU"
     say "GPU: $GPU"
-fi
+}
 
 # ---- carried libraries (tools/gpu-deps.sh), for every stage that builds or runs
+setup_deps() {
 if compgen -G "$ROOT/.gpu-deps/*.deb" > /dev/null; then
     DEPS="$WORK/deps"
     rm -rf "$DEPS" && mkdir -p "$DEPS"
@@ -173,9 +193,10 @@ if compgen -G "$ROOT/.gpu-deps/*.deb" > /dev/null; then
     command -v pkg-config > /dev/null 2>&1 || export PKG_CONFIG="$DEPS/usr/bin/pkgconf"
     note "- carried libraries: $(ls "$ROOT"/.gpu-deps/*.deb | wc -l) packages unpacked under $DEPS"
 fi
+}
 
 # ---- build
-if has build; then
+stage_build() {
     : > "$OUT/build.log"
     pkgcfg=()
     [[ -n "${PKG_CONFIG:-}" ]] && pkgcfg=(-DPKG_CONFIG_EXECUTABLE="$PKG_CONFIG")
@@ -186,44 +207,43 @@ if has build; then
         run build "$OUT/build.log" ninja -C "$BUILD" -j"$JOBS" "${targets[@]}" && note "- build: ok ($("$LETHE" --version 2>&1))"
         grep -q "CUDA backend on" "$OUT/build.log" || { say "the build has no CUDA backend"; failed+=(no-cuda); note "- **the build has no CUDA backend**"; }
     fi
-fi
+}
 
 # ---- test
-if has test; then
+stage_test() {
     : > "$OUT/test.log"
-    filter=(-R 'backend_ops|cuda|device_sample|vulkan_dms_split')   # vulkan_dms_split: the KV cache over several bindings
+    # test_cuda_host is CPU-only (CI runs it): left out here, its NMSE lines would crowd the summary;
+    # vulkan_dms_split: the KV cache over several bindings
+    filter=(-R 'backend_ops|cuda|device_sample|vulkan_dms_split' -E 'cuda_host')
     [[ "${LETHE_GPU_CTEST:-}" == all ]] && filter=()
     # a Vulkan build where the image has no NVIDIA Vulkan driver: say so, but keep the CUDA cases
-    run ctest "$OUT/test.log" env LETHE_TEST_ALLOW_NO_DEVICE=1 ctest --test-dir "$BUILD" --output-on-failure -V \
-        --timeout "$TMO" "${filter[@]}"
+    CAP="${LETHE_GPU_TEST_CAP:-}" run ctest "$OUT/test.log" env LETHE_TEST_ALLOW_NO_DEVICE=1 ctest --test-dir "$BUILD" \
+        --output-on-failure -V -j"${LETHE_GPU_CTEST_JOBS:-1}" --timeout "${LETHE_GPU_CTEST_TIMEOUT:-$TMO}" "${filter[@]}"
     note ""
     note "## tests"
     note '```'
-    grep -E "NMSE|greedy|identical|skipped|uploads|threads at once|Passed|Failed|SKIPPED|tests passed|no Vulkan device|slot scores|KV reads|bindings|shared buffer \(KV" \
+    grep -E "NMSE|greedy|identical|skipped|uploads|threads at once|Passed|Failed|SKIPPED|Timeout|tests passed|no Vulkan device|slot scores|KV reads|bindings|shared buffer \(KV" \
         "$OUT/test.log" | head -200 >> "$RES"
     note '```'
-fi
+}
 
 # ---- gemv: the decode GEMV alone, old kernel against new (seconds of GPU time;
 # under the call's budget like every step, so it cannot make the lease overrun it)
-if has gemv; then
+stage_gemv() {
     note ""
     note "## decode GEMV alone (lethe_cuda_gemv_bench): old kernel vs new"
     touch "$OUT/bench.log"
     gemv_from=$(($(wc -l < "$OUT/bench.log") + 1))
     read -r -a gemv_args <<< "${LETHE_GPU_GEMV_ARGS:-}"
-    saved_tmo="$TMO"
-    TMO="${LETHE_GPU_GEMV_TIMEOUT:-120}"
     if [[ -x "$BUILD/bin/lethe_cuda_gemv_bench" ]]; then
-        run gemv "$OUT/bench.log" "$BUILD/bin/lethe_cuda_gemv_bench" "${gemv_args[@]}"
+        CAP="${LETHE_GPU_GEMV_TIMEOUT:-120}" run gemv "$OUT/bench.log" "$BUILD/bin/lethe_cuda_gemv_bench" "${gemv_args[@]}"
     else
         say "gemv: no $BUILD/bin/lethe_cuda_gemv_bench (build stage, CUDA backend on)"
         failed+=(gemv)
         note "- **gemv: no lethe_cuda_gemv_bench in the build**"
     fi
-    TMO="$saved_tmo"
     tail -n +"$gemv_from" "$OUT/bench.log" | awk '/^GPU:/ { print; print ""; next } /^\|/' >> "$RES"
-fi
+}
 
 # ---- sanitize (a function: LETHE_GPU_SANITIZE_LAST=1 runs it after bench, so that a
 # call's budget goes to the speed numbers first)
@@ -236,7 +256,7 @@ stage_sanitize() {
     fi
     local n_san=0 tool t tests
     local saved_tmo="$TMO"
-    TMO="${LETHE_GPU_SANITIZE_TIMEOUT:-$TMO}"
+    TMO="${LETHE_GPU_SANITIZE_TIMEOUT:-$TMO}"   # each run's limit (and what is left of the budget)
     for tool in memcheck racecheck; do
         tests=(test_backend_ops test_cuda_dms test_cuda_e2e)
         [[ $tool == racecheck ]] && tests=(test_backend_ops test_cuda_dms)   # racecheck is slow; these hold the shared-memory kernels
@@ -249,19 +269,17 @@ stage_sanitize() {
     TMO="$saved_tmo"
     note "- compute-sanitizer: $(grep -c 'ERROR SUMMARY: 0 errors' "$OUT/sanitize.log") clean runs of $n_san"
 }
-SANITIZE_LAST="${LETHE_GPU_SANITIZE_LAST:-0}"
-if has sanitize && [[ "$SANITIZE_LAST" != 1 ]]; then stage_sanitize; fi
 
 # ---- synth
 model_path() { echo "$WORK/${1%%:*}-${1##*:}.gguf"; }
-if has synth; then
+stage_synth() {
     mkdir -p "$WORK"
     for mt in $MODELS; do
         f="$(model_path "$mt")"
         [[ -s "$f" ]] && { say "synth: $f exists"; continue; }
-        run "synth-$mt" "$OUT/bench.log" "$LETHE" synth -o "$f.tmp" --shape "${mt%%:*}" --type "${mt##*:}" && mv "$f.tmp" "$f"
+        CAP="${LETHE_GPU_SYNTH_CAP:-}" run "synth-$mt" "$OUT/bench.log" "$LETHE" synth -o "$f.tmp" --shape "${mt%%:*}" --type "${mt##*:}" && mv "$f.tmp" "$f"
     done
-fi
+}
 
 # ---- bench
 # bench_step NAME LOG CMD...: run one benchmark, append its output to LOG and its
@@ -273,7 +291,7 @@ bench_step() {
     mkdir -p "$WORK"
     : > "$tmp"
     run "$name" "$tmp" "$@"
-    local rc=$?
+    local rc=$?   # a killed bench still leaves its finished rows (each is flushed)
     cat "$tmp" >> "$log"
     if [[ $rc -eq 0 ]] && grep -q "unavailable.*running on the CPU" "$tmp"; then
         say "$name: the backend did not start (see $(basename "$log"))"
@@ -288,7 +306,7 @@ bench_step() {
     grep '^|' "$tmp" >> "$RES"
     return $rc
 }
-if has bench; then
+stage_bench() {
     note ""
     note "## lethe bench"
     # the roofline of each device first (GPU: buffer_copy, timed by the device clock where
@@ -302,14 +320,6 @@ if has bench; then
     for mt in $MODELS; do
         f="$(model_path "$mt")"
         [[ -s "$f" ]] || { say "bench: no $f (run the synth stage)"; failed+=("bench-$mt"); continue; }
-        for be in $BACKENDS; do
-            args=(-p 512 -n 128 -r 3)
-            [[ $be == cpu ]] && args=(-p 64 -n 16 -r 1)   # context for the GPU rows, kept short
-            note ""
-            note "### $mt, $be: ${args[*]}"
-            bench_step "bench-$mt-$be" "$OUT/bench.log" env VK_LOADER_DRIVERS_SELECT='*nvidia*' \
-                "$LETHE" bench -m "$f" --backend "$be" "${args[@]}" -o md --jsonl "$OUT/bench.jsonl"
-        done
         # decode at depth, P sequences together: none against DMS forced to ~8x
         # (the cache in managed memory; metadata placement per LETHE_GPU_KV_META)
         for pol in none dms; do
@@ -320,16 +330,25 @@ if has bench; then
             for meta in "${metas[@]}"; do
                 note ""
                 note "### $mt, $DEPTH_BACKEND, tg at depths $DEPTHS x parallel $PARALLEL, KV policy $pol (KV metadata: $meta)"
-                bench_step "depth-$mt-$pol-$meta" "$OUT/bench.log" env LETHE_CUDA_KV_META="$meta" "$LETHE" bench -m "$f" \
+                CAP="${LETHE_GPU_DEPTH_CAP:-}" bench_step "depth-$mt-$pol-$meta" "$OUT/bench.log" env LETHE_CUDA_KV_META="$meta" "$LETHE" bench -m "$f" \
                     --backend "$DEPTH_BACKEND" -p 0 -n 32 -r "${LETHE_GPU_DEPTH_REPS:-2}" -d "$DEPTHS" --parallel "$PARALLEL" \
                     "${extra[@]}" -o md --jsonl "$OUT/bench.jsonl"
             done
         done
+        # pp512 / tg128 (llama-bench's pair, for the peer comparison) after the depth rows
+        for be in $BACKENDS; do
+            args=(-p 512 -n 128 -r "${LETHE_GPU_PPTG_REPS:-3}")
+            [[ $be == cpu ]] && args=(-p 64 -n 16 -r 1)   # context for the GPU rows, kept short
+            note ""
+            note "### $mt, $be: ${args[*]}"
+            bench_step "bench-$mt-$be" "$OUT/bench.log" env VK_LOADER_DRIVERS_SELECT='*nvidia*' \
+                "$LETHE" bench -m "$f" --backend "$be" "${args[@]}" -o md --jsonl "$OUT/bench.jsonl"
+        done
     done
-fi
+}
 
 # ---- graphs: CUDA-graph replay of decode steps against the plain launches
-if has graphs; then
+stage_graphs() {
     note ""
     note "## CUDA graphs (LETHE_CUDA_GRAPHS=1) against plain launches"
     mkdir -p "$WORK"
@@ -392,30 +411,31 @@ if has graphs; then
             fi
         done
     fi
-    run "ctest-graphs" "$OUT/test.log" env LETHE_CUDA_GRAPHS=1 LETHE_TEST_ALLOW_NO_DEVICE=1 ctest --test-dir "$BUILD" \
-        --output-on-failure -V --timeout "$TMO" -R 'test_cuda_(e2e|dms)' && note "- test_cuda_e2e, test_cuda_dms with graphs on: passed"
-    gmodels=("$small")
+    CAP="${LETHE_GPU_TEST_CAP:-}" run "ctest-graphs" "$OUT/test.log" env LETHE_CUDA_GRAPHS=1 LETHE_TEST_ALLOW_NO_DEVICE=1 \
+        ctest --test-dir "$BUILD" --output-on-failure -V -j"${LETHE_GPU_CTEST_JOBS:-1}" \
+        --timeout "${LETHE_GPU_CTEST_TIMEOUT:-$TMO}" -R 'test_cuda_(e2e|dms)' &&
+        note "- test_cuda_e2e, test_cuda_dms with graphs on: passed"
+    # tg rows off vs on: the small shape (launch overhead shows most) at LETHE_GPU_GRAPH_DEPTHS,
+    # the first of $LETHE_GPU_MODELS at LETHE_GPU_GRAPH_BIG_DEPTHS (lease: depth 0 only)
     first="${MODELS%% *}"
-    [[ -s "$(model_path "$first")" ]] && gmodels+=("$(model_path "$first")")
-    for f in "${gmodels[@]}"; do
+    gmodels=("$small" "$(model_path "$first")")
+    gdepths=("${LETHE_GPU_GRAPH_DEPTHS:-0,4096}" "${LETHE_GPU_GRAPH_BIG_DEPTHS:-${LETHE_GPU_GRAPH_DEPTHS:-0,4096}}")
+    for gi in 0 1; do
+        f="${gmodels[$gi]}"
         [[ -s "$f" ]] || continue
         for gr in 0 1; do
             note ""
-            note "### $(basename "$f"), cuda, tg at depths ${LETHE_GPU_GRAPH_DEPTHS:-0,4096} x parallel 1,8, LETHE_CUDA_GRAPHS=$gr"
+            note "### $(basename "$f"), cuda, tg at depths ${gdepths[$gi]} x parallel 1,8, LETHE_CUDA_GRAPHS=$gr"
             bench_step "tg-graphs-$gr-$(basename "$f")" "$OUT/bench.log" env LETHE_CUDA_GRAPHS=$gr "$LETHE" bench -m "$f" \
-                --backend cuda -p 0 -n 64 -r 2 -d "${LETHE_GPU_GRAPH_DEPTHS:-0,4096}" --parallel 1,8 -o md \
+                --backend cuda -p 0 -n 64 -r "${LETHE_GPU_GRAPH_REPS:-2}" -d "${gdepths[$gi]}" --parallel 1,8 -o md \
                 --jsonl "$OUT/bench.jsonl"
         done
     done
-fi
+}
 
-if has sanitize && [[ "$SANITIZE_LAST" == 1 ]]; then
-    note ""
-    stage_sanitize
-fi
 
 # ---- peer
-if has peer; then
+stage_peer() {
     : > "$OUT/peer.log"
     note ""
     note "## llama.cpp (CUDA) on the same files"
@@ -435,7 +455,26 @@ if has peer; then
                 -p 512 -n 128 -r 3 -o md
         done
     fi
+}
+
+# ---- the stages, in the order LETHE_GPU_STAGES lists them (probe first, whatever its place)
+read -r -a stage_list <<< "$STAGES"
+for st in "${stage_list[@]}"; do
+    case "$st" in
+    probe|build|test|gemv|sanitize|synth|bench|graphs|peer) ;;
+    *) say "unknown stage '$st' (probe build test gemv sanitize synth bench graphs peer)"; exit 2 ;;
+    esac
+done
+# LETHE_GPU_SANITIZE_LAST=1 (older plans): the sanitizers after every other stage
+if [[ "${LETHE_GPU_SANITIZE_LAST:-0}" == 1 ]] && has sanitize; then
+    read -r -a stage_list <<< "$(for st in "${stage_list[@]}"; do [[ $st == sanitize ]] || printf '%s ' "$st"; done) sanitize"
 fi
+has probe && stage_probe
+setup_deps
+for st in "${stage_list[@]}"; do
+    [[ $st == probe ]] && continue
+    "stage_$st"
+done
 
 note ""
 if [[ ${#failed[@]} -eq 0 ]]; then

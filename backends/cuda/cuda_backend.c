@@ -4,6 +4,7 @@
  * for the memory model; cuda_ops.c runs the nodes.
  */
 #include "cuda_internal.h"
+#include "cuda_kv_move.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -23,7 +24,13 @@ static void drop_weight(void *dev, size_t size, void *user) {
 }
 
 /* The device's copy of a weight, uploaded by whichever backend asks first
- * (the others wait on the lock, then find it). The pointer stays valid
+ * (the others wait on the lock, then find it). The copy is complete before
+ * the pointer is published: it runs on the uploader's stream, which is
+ * synchronized under the lock. A plain cudaMemcpy would not do: from pageable
+ * memory it may return before the last DMA reached the device, ordered only
+ * against the legacy default stream, and every backend's stream is
+ * non-blocking (not ordered with the legacy stream), this backend's own
+ * included. The pointer stays valid
  * until its host range is forgotten (its model is freed: no backend
  * launches on it any more) or the device goes; a larger view of the same
  * address gets a new copy and the old one is retired, not freed
@@ -39,7 +46,8 @@ lethe_status lethe_cu_weight(cu_ctx *c, const void *host, size_t size, void **de
     }
     void *p = NULL;
     cudaError_t e = cudaMalloc(&p, size ? size : 1);
-    if (e == cudaSuccess) e = cudaMemcpy(p, host, size, cudaMemcpyHostToDevice);
+    if (e == cudaSuccess) e = cudaMemcpyAsync(p, host, size, cudaMemcpyHostToDevice, c->stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
     if (e != cudaSuccess) {
         if (p) cudaFree(p);
         st = CU_FAIL(e == cudaErrorMemoryAllocation ? LETHE_ERR_OOM : LETHE_ERR_BACKEND,
@@ -240,6 +248,50 @@ static lethe_status cu_buffer_host_done(lethe_buffer *buf, size_t offs, size_t s
     }
     return LETHE_OK;
 }
+
+/* KV row moves on the device (backend.h buffer_move_rows; kernels and why
+ * two phases: cuda_kv_move.h). The managed pool lives on the GPU, so moving
+ * rows on the host would fault its pages over to the host and back
+ * (buffer_host_done). Chunks of C moves: the pairs uploaded into the compute
+ * scratch (idle between compute() calls), the rows gathered behind them,
+ * then scattered. Synchronized before returning: the host's next look at
+ * the rows (state save, a CPU fallback op) sees them moved. Checks and the
+ * scratch come first, so a refusal moves nothing (the cache then moves the
+ * rows on the host); an error once a chunk was launched is a device fault
+ * (sticky: the context's next compute fails with it too) and leaves the
+ * rows undefined. */
+static lethe_status cu_buffer_move_rows(lethe_buffer *buf, const lethe_row_move *moves, size_t n, size_t row_bytes) {
+    cu_ctx *c = buf->backend->ctx;
+    if (!n) return LETHE_OK;
+    if (!row_bytes || !buf->host_ptr)
+        return CU_FAIL(LETHE_ERR_INVALID_ARG, "cuda: row moves of %zu bytes in a buffer that is not shared", row_bytes);
+    size_t bits = (size_t)(uintptr_t)buf->impl | row_bytes;
+    for (size_t i = 0; i < n; i++) {
+        if (moves[i].src > buf->size || row_bytes > buf->size - moves[i].src || moves[i].dst > buf->size ||
+            row_bytes > buf->size - moves[i].dst)
+            return CU_FAIL(LETHE_ERR_INVALID_ARG, "cuda: row move %zu (%zu -> %zu, %zu bytes) past a buffer of %zu", i,
+                           moves[i].src, moves[i].dst, row_bytes, buf->size);
+        bits |= moves[i].src | moves[i].dst;
+    }
+    const int wb = cu_move_word_bytes(bits);
+    const size_t chunk = n < cu_move_chunk_rows(row_bytes) ? n : cu_move_chunk_rows(row_bytes);
+    const size_t mv_bytes = lethe_cu_align(chunk * sizeof *moves);
+    CU_CHECK(cudaSetDevice(c->device), "cudaSetDevice");
+    void *scr;
+    lethe_status st = lethe_cu_scratch(c, mv_bytes + chunk * row_bytes, &scr);
+    if (st != LETHE_OK) return st;
+    for (size_t b = 0; b < n; b += chunk) {
+        const size_t m = n - b < chunk ? n - b : chunk;
+        CU_CHECK(cudaMemcpyAsync(scr, moves + b, m * sizeof *moves, cudaMemcpyHostToDevice, c->stream),
+                 "cudaMemcpyAsync (row moves)");
+        CU_CHECK(lethe_cu_move_rows(buf->impl, (const size_t *)scr, (int64_t)m, row_bytes, wb, (uint8_t *)scr + mv_bytes,
+                                    c->stream),
+                 "row move kernels");
+    }
+    CU_CHECK(cudaStreamSynchronize(c->stream), "cudaStreamSynchronize (row moves)");
+    return LETHE_OK;
+}
+_Static_assert(sizeof(lethe_row_move) == 2 * sizeof(size_t), "the kernels read moves as {src, dst} size_t pairs");
 
 static void cu_buffer_free(lethe_buffer *buf) {
     if (!buf) return;
@@ -450,6 +502,7 @@ static const lethe_backend_iface k_iface = {
     .buffer_alloc_shared = cu_buffer_alloc_shared,
     .buffer_host_done = cu_buffer_host_done,
     .device_share = cu_device_share,
+    .buffer_move_rows = cu_buffer_move_rows,
 };
 
 static int cu_device_count(void) {

@@ -51,6 +51,14 @@ cudaError_t lethe_cu_dms_decision(int mode, const float *x, int64_t xw, int64_t 
 cudaError_t lethe_cu_top_k(const float *x, int32_t *out, int64_t T, int64_t V, int k, void *scratch,
                            cudaStream_t stream);
 
+/* k_kv_move.cu */
+/* KV row moves (backend.h buffer_move_rows, cuda_kv_move.h): mv [n][2]
+ * {src, dst} byte offsets into buf, a device copy; rows of row_bytes moved
+ * by words of wb bytes (cu_move_word_bytes) through scratch [n * row_bytes]:
+ * a gather launch, then a scatter launch. */
+cudaError_t lethe_cu_move_rows(void *buf, const size_t *mv, int64_t n, size_t row_bytes, int wb, void *scratch,
+                               cudaStream_t stream);
+
 /* k_rope.cu */
 /* ROPE: x [T, H, D] -> y, token t at angle pos[t] * invf[i] (computed in
  * double, as the CPU does). neox: pairs (i, i + n_rot/2), else (2i, 2i+1).

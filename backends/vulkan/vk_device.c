@@ -399,6 +399,59 @@ static lethe_status vk_buffer_copy(lethe_buffer *dst, size_t dst_offs, lethe_buf
     return lethe_vk_xfer_submit(c);
 }
 
+/* KV row moves on the device (backend.h buffer_move_rows): the pool may be
+ * device-local host-visible (BAR) memory, where host reads are uncached and
+ * slow. Regions of one vkCmdCopyBuffer must not overlap, and a compaction's
+ * later move may write an earlier one's source, so each chunk (at most
+ * MOVE_CHUNK bytes of rows) is two copies through device scratch: every
+ * source row into scratch, a transfer barrier, scratch into every
+ * destination (disjoint by the contract); then a transfer -> host barrier,
+ * and the submit waits. Checks and the scratch come before any copy. */
+#define MOVE_CHUNK ((size_t)8 << 20)
+
+static lethe_status vk_buffer_move_rows(lethe_buffer *buf, const lethe_row_move *moves, size_t n, size_t row_bytes) {
+    if (!n) return LETHE_OK;
+    if (!buf || !row_bytes) return lethe_fail(LETHE_ERR_INVALID_ARG, "vulkan: row moves of %zu bytes", row_bytes);
+    for (size_t i = 0; i < n; i++)
+        if (moves[i].src > buf->size || row_bytes > buf->size - moves[i].src || moves[i].dst > buf->size ||
+            row_bytes > buf->size - moves[i].dst)
+            return lethe_fail(LETHE_ERR_INVALID_ARG, "vulkan: row move %zu (%zu -> %zu, %zu bytes) past a buffer of %zu",
+                              i, moves[i].src, moves[i].dst, row_bytes, buf->size);
+    vk_ctx *c = buf->backend->ctx;
+    const size_t chunk = LETHE_MIN(n, LETHE_MAX(MOVE_CHUNK / row_bytes, (size_t)1));
+    if (c->moves.size < chunk * row_bytes) {
+        lethe_vk_buf_destroy(c, &c->moves);
+        lethe_status st = lethe_vk_buf_create(c, chunk * row_bytes, false, &c->moves);
+        if (st != LETHE_OK) return st;
+    }
+    VkBufferCopy *reg = malloc(chunk * sizeof *reg);
+    if (!reg) return lethe_fail(LETHE_ERR_OOM, "vulkan: row move regions");
+    const VkBuffer pool = ((vk_buf *)buf->impl)->buf;
+    lethe_status st = LETHE_OK;
+    for (size_t b = 0; b < n && st == LETHE_OK; b += chunk) {
+        const size_t m = LETHE_MIN(n - b, chunk);
+        if ((st = lethe_vk_xfer_begin(c)) != LETHE_OK) break;
+        for (size_t i = 0; i < m; i++)
+            reg[i] = (VkBufferCopy){.srcOffset = moves[b + i].src, .dstOffset = i * row_bytes, .size = row_bytes};
+        vkCmdCopyBuffer(c->xfer, pool, c->moves.buf, (uint32_t)m, reg);
+        VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
+                              .srcAccessMask = VK_ACCESS_TRANSFER_WRITE_BIT | VK_ACCESS_TRANSFER_READ_BIT,
+                              .dstAccessMask = VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_TRANSFER_WRITE_BIT};
+        vkCmdPipelineBarrier(c->xfer, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_PIPELINE_STAGE_TRANSFER_BIT, 0, 1, &mb, 0, NULL,
+                             0, NULL);
+        for (size_t i = 0; i < m; i++)
+            reg[i] = (VkBufferCopy){.srcOffset = i * row_bytes, .dstOffset = moves[b + i].dst, .size = row_bytes};
+        vkCmdCopyBuffer(c->xfer, c->moves.buf, pool, (uint32_t)m, reg);
+        VkMemoryBarrier hb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
+                              .srcAccessMask = VK_ACCESS_TRANSFER_WRITE_BIT, .dstAccessMask = VK_ACCESS_HOST_READ_BIT};
+        vkCmdPipelineBarrier(c->xfer, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &hb, 0, NULL, 0,
+                             NULL);
+        st = lethe_vk_xfer_submit(c);
+    }
+    free(reg);
+    return st;
+}
+
 /* ---------------------------------------------------------- pipelines */
 
 VkPipeline lethe_vk_pipeline(const vk_ctx *c, const char *name) {
@@ -644,6 +697,7 @@ static void ctx_release(vk_ctx *c) {
     lethe_vk_buf_destroy(c, &c->upload);
     lethe_vk_buf_destroy(c, &c->dummy);
     lethe_vk_buf_destroy(c, &c->act);
+    lethe_vk_buf_destroy(c, &c->moves);
     if (c->dpool) vkDestroyDescriptorPool(c->dev, c->dpool, NULL);
     if (c->qpool) vkDestroyQueryPool(c->dev, c->qpool, NULL);
     if (c->fence) vkDestroyFence(c->dev, c->fence, NULL);
@@ -777,6 +831,7 @@ static const lethe_backend_iface k_vk_iface = {
     .synchronize = vk_synchronize,
     .buffer_copy = vk_buffer_copy,
     .buffer_alloc_shared = vk_buffer_alloc_shared,
+    .buffer_move_rows = vk_buffer_move_rows,
     .device_ms = vk_device_ms,
     .device_share = vk_device_share,
 };

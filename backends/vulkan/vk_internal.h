@@ -126,6 +126,7 @@ typedef struct vk_ctx {
     size_t upload_used;
     vk_buf dummy;            /* bound where a shader's binding is unused */
     vk_buf act;              /* device scratch: q8 blocks of a matmul's activations */
+    vk_buf moves;            /* device scratch: KV rows in flight (buffer_move_rows) */
 
     /* ATTENTION nodes of the current compute whose softmax weights the host
      * folds into TOVA / H2O scores once the device is done, or whose QUEST

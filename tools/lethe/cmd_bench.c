@@ -250,6 +250,7 @@ static bool run_point(bench_env *e, const bench_point *p, bench_row *r) {
 
 static void emit(bench_env *e, const bench_row *r) {
     bench_print_row(stdout, e->fmt, r, !e->any_rows);
+    fflush(stdout);   /* a row is kept when a timeout kills the run later (tools/gpu-check.sh) */
     if (e->jsonl) {
         bench_print_json_row(e->jsonl, r);
         fputc('\n', e->jsonl);
