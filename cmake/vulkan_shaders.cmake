@@ -23,6 +23,12 @@ set(_vk_variants
   "attention|attention.comp|"
   "quest_bounds|quest.comp|QUEST_BOUNDS=1"
   "quest_select|quest.comp|"
+  # the KV cache over several bindings (shaders/kv_split.glsl)
+  "kv_store_split|kv_store.comp|KV_SPLIT=1"
+  "kv_flags_split|kv_store.comp|DMS_FLAGS=1,KV_SPLIT=1"
+  "attention_split|attention.comp|KV_SPLIT=1"
+  "quest_bounds_split|quest.comp|QUEST_BOUNDS=1,KV_SPLIT=1"
+  "quest_select_split|quest.comp|KV_SPLIT=1"
   "dms_decision|dms_decision.comp|"
   "top_k|top_k.comp|"
   "fma_probe|fma_probe.comp|")   # not a pipeline of its own: vk_probe.c builds it to decide NATIVE_FMA

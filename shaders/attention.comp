@@ -29,6 +29,10 @@
 //     virtual slots v in [0, 32 n), slot = page[v / 32] * 32 + v % 32 (< L),
 //     so the order is the CPU's (selected pages ascending, slots in order).
 // Pass 2 recomputes each score rather than storing L of them (same bits).
+// -DKV_SPLIT: the cache over several bindings (kv_split.glsl); page pg's
+// rows in binding pg / chunk_pages, pos / expire words located from
+// (pos_b0, pos_word0) / (exp_b0, exp_word0), the binding and word of their
+// first entry. Same arithmetic, same bits.
 // Keys go WG at a time: invocation j scores key j of the chunk; in pass 2
 // the chunk's weights go through shared memory and invocation d accumulates
 // output dims d, d + WG, ... over the chunk's keys in order.
@@ -38,7 +42,7 @@
 #define MAX_DPT 4   // output dims per invocation: D <= WG * MAX_DPT
 layout(local_size_x_id = 0) in;
 layout(binding = 0) readonly buffer Q { float q[]; };
-layout(binding = 1) readonly buffer KV { uint kv[]; };
+layout(binding = 1) readonly buffer KV { uint kv[]; };   // one-binding variant
 layout(binding = 2) buffer Meta { int meta[]; };   // + the weights written for score policies
 layout(binding = 3) writeonly buffer Out { float outp[]; };
 layout(push_constant) uniform P {
@@ -52,15 +56,44 @@ layout(push_constant) uniform P {
     uint w_stride;
     uint sel_off;       // 0: every page; else the word in `meta` of the QUEST selections
     uint sel_stride;
+    uint n_bind, chunk_pages, chunk_words, pos_b0, exp_b0;   // KV_SPLIT (kv_split.glsl)
 } p;
+#define KV_READONLY
+#include "kv_split.glsl"
 
 shared float qs[WG * MAX_DPT];
 shared float wts[WG];
 shared float red[WG];
 
-float kv_elem(uint row, uint d) {
-    if (p.f16 != 0u) return f16_value((kv[row + d / 2u] >> (16u * (d & 1u))) & 0xFFFFu);
-    return uintBitsToFloat(kv[row + d]);
+// element d of the row at word `row` of binding b (b dynamically uniform)
+float kv_elem(uint b, uint row, uint d) {
+    if (p.f16 != 0u) return f16_value((KVW(b, row + d / 2u) >> (16u * (d & 1u))) & 0xFFFFu);
+    return uintBitsToFloat(KVW(b, row + d));
+}
+
+// binding and word of the K row of slot `in_page` of page `page` (V: + 32 rows)
+uint row_bind(uint page) {
+#ifdef KV_SPLIT
+    return page / p.chunk_pages;
+#else
+    return 0u;
+#endif
+}
+uint row_word(uint page, uint in_page) {
+#ifdef KV_SPLIT
+    page = page % p.chunk_pages;
+#endif
+    return page * p.page_words + in_page * p.slot_words;
+}
+
+// the pos (or expire: b0, w0 of that array) entry of slot mi = page * 32 + in_page
+int meta_word(uint b0, uint w0, uint mi) {
+#ifdef KV_SPLIT
+    uint x = w0 + mi;
+    return int(kv_load(b0 + x / p.chunk_words, x % p.chunk_words));
+#else
+    return int(kv[w0 + mi]);
+#endif
 }
 
 int L, plist, pq, Lv;   // Lv: virtual slots walked (L without QUEST)
@@ -73,21 +106,22 @@ int slot_of(int v) {
     return j < L ? j : -1;
 }
 
-// The K row of slot j if visible to the query, else -1 (as uint).
-uint key_row(uint j) {
+// The K row of slot j if visible to the query, else -1 (as uint); its binding in kb.
+uint key_row(uint j, out uint kb) {
     uint page = uint(meta[p.meta_off + uint(plist) + j / 32u]);
     uint in_page = j % 32u, mi = page * 32u + in_page;
-    int ps = int(kv[p.pos_word0 + mi]), ex = int(kv[p.exp_word0 + mi]);
-    return ps <= pq && pq < ex ? page * p.page_words + in_page * p.slot_words : 0xFFFFFFFFu;
+    int ps = meta_word(p.pos_b0, p.pos_word0, mi), ex = meta_word(p.exp_b0, p.exp_word0, mi);
+    kb = row_bind(page);
+    return ps <= pq && pq < ex ? row_word(page, in_page) : 0xFFFFFFFFu;
 }
 
-float score(uint krow) {
+float score_in(uint kb, uint krow) {
     // lane by lane, not unrolled: Mesa's lavapipe loses the exactness of
     // the emulated fma when the 16 lanes are unrolled side by side
     float a[16];
     [[dont_unroll]] for (uint l = 0u; l < 16u; l++) {
         float al = 0.0;
-        for (uint c = 0u; c < p.D; c += 16u) al = fma_rn(kv_elem(krow, c + l), qs[c + l], al);
+        for (uint c = 0u; c < p.D; c += 16u) al = fma_rn(kv_elem(kb, krow, c + l), qs[c + l], al);
         a[l] = al;
     }
     precise float t0 = a[0] + a[8], t1 = a[1] + a[9], t2 = a[2] + a[10], t3 = a[3] + a[11];
@@ -96,6 +130,18 @@ float score(uint krow) {
     precise float s = (u0 + u2) + (u1 + u3);
     precise float r = p.scale * s;
     return r;
+}
+
+// score_in with kb possibly different between invocations (kv_split.glsl)
+float score(uint kb, uint krow) {
+#ifdef KV_SPLIT
+    float r = 0.0;
+    for (uint k = 0u; k < p.n_bind; k++)
+        if (k == kb) r = score_in(k, krow);
+    return r;
+#else
+    return score_in(0u, krow);
+#endif
 }
 
 void main() {
@@ -119,8 +165,8 @@ void main() {
     for (int v = int(lid); v < Lv; v += WG) {
         int j = slot_of(v);
         if (j < 0) continue;
-        uint kr = key_row(uint(j));
-        if (kr != 0xFFFFFFFFu) m = max(m, score(kr));
+        uint kb, kr = key_row(uint(j), kb);
+        if (kr != 0xFFFFFFFFu) m = max(m, score(kb, kr));
     }
     red[lid] = m;
     barrier();
@@ -139,9 +185,9 @@ void main() {
             int j = j0 + int(lid) < Lv ? slot_of(j0 + int(lid)) : -1;
             float w = -1.0;   // not visible
             if (j >= 0) {
-                uint kr = key_row(uint(j));
+                uint kb, kr = key_row(uint(j), kb);
                 if (kr != 0xFFFFFFFFu) {
-                    precise float x = score(kr) - m;
+                    precise float x = score(kb, kr) - m;
                     w = exp_det(x);
                 }
             }
@@ -154,11 +200,12 @@ void main() {
                 sum = sum + wi;
                 uint jj = uint(slot_of(j0 + i));
                 uint page = uint(meta[p.meta_off + uint(plist) + jj / 32u]);
-                uint vrow = page * p.page_words + 32u * p.slot_words + (jj % 32u) * p.slot_words;
+                // the same row for the whole workgroup: its binding indexes kvs[] directly
+                uint vb = row_bind(page), vrow = row_word(page, jj % 32u) + 32u * p.slot_words;
                 [[dont_unroll]] for (uint c = 0u; c < MAX_DPT; c++) {   // see score()
                     uint d = lid + c * WG;
                     if (d < p.D) {
-                        float v = kv_elem(vrow, d);
+                        float v = kv_elem(vb, vrow, d);
                         if (p.fused != 0u) {
                             acc[c] = fma_rn(wi, v, acc[c]);
                         } else {
@@ -178,10 +225,10 @@ void main() {
     if (p.w_off != 0u) {
         uint wrow = p.w_off + (t * p.Hq + h) * p.w_stride;
         for (int j = int(lid); j < L; j += WG) {
-            uint kr = key_row(uint(j));
+            uint kb, kr = key_row(uint(j), kb);
             float pw = -1.0;
             if (kr != 0xFFFFFFFFu && sum > 0.0) {
-                precise float x = score(kr) - m;
+                precise float x = score(kb, kr) - m;
                 pw = div_rn(exp_det(x), sum);
             }
             meta[wrow + uint(j)] = floatBitsToInt(pw);

@@ -21,20 +21,38 @@
 // The KV binding is the cache's shared buffer as 32-bit words (kv_cache.h);
 // `meta` is attention.comp's: [T * Hkv][4] = {L, page-list start, query
 // position, 0} at meta_off, then the page lists.
+// -DKV_SPLIT: the cache over several bindings (kv_split.glsl), as in
+// attention.comp: page pg's rows in binding pg / chunk_pages; the pos,
+// kmin and kmax words located from (pos_b0, pos_word0), (kmin_b0,
+// kmin_word0), (kmax_b0, kmax_word0), the binding and word of each array's
+// first entry. Pages, rows and bounds differ between invocations, so every
+// access goes through kv_load / kv_store_word. Same arithmetic, same bits.
 #include "common.glsl"
 #define WG 64
 layout(local_size_x_id = 0) in;
 
+// word x (+ i) of an array whose first entry is word w0 of binding b0
+#ifdef KV_SPLIT
+#define LOC_B(b0, x) ((b0) + (x) / p.chunk_words)
+#define LOC_W(x) ((x) % p.chunk_words)
+#else
+#define LOC_B(b0, x) 0u
+#define LOC_W(x) (x)
+#endif
+
 #if defined(QUEST_BOUNDS)
-layout(binding = 0) buffer KV { uint kv[]; };
+layout(binding = 0) buffer KV { uint kv[]; };   // one-binding variant
 layout(binding = 1) readonly buffer Meta { int meta[]; };
 layout(push_constant) uniform P {
     uint D, n, meta_off, page_words, slot_words, kmin_word0, kmax_word0, f16;
+    uint n_bind, chunk_pages, chunk_words, kmin_b0, kmax_b0;   // KV_SPLIT
 } p;
+#include "kv_split.glsl"
 
-float kv_elem(uint row, uint d) {
-    if (p.f16 != 0u) return f16_value((kv[row + d / 2u] >> (16u * (d & 1u))) & 0xFFFFu);
-    return uintBitsToFloat(kv[row + d]);
+// element d of the row at word `row` of binding b (b may differ between invocations)
+float kv_elem(uint b, uint row, uint d) {
+    if (p.f16 != 0u) return f16_value((kv_load(b, row + d / 2u) >> (16u * (d & 1u))) & 0xFFFFu);
+    return uintBitsToFloat(kv_load(b, row + d));
 }
 
 void main() {
@@ -45,25 +63,40 @@ void main() {
     int rows = meta[p.meta_off + 2u * e + 1u];
     const float INF = 1.0 / 0.0;
     float mn = INF, mx = -INF;
+#ifdef KV_SPLIT
+    uint rb = page / p.chunk_pages, rw = (page % p.chunk_pages) * p.page_words;
+    uint kmin_b0 = p.kmin_b0, kmax_b0 = p.kmax_b0;
+#else
+    uint rb = 0u, rw = page * p.page_words, kmin_b0 = 0u, kmax_b0 = 0u;
+#endif
     for (int r = 0; r < rows; r++) {
-        float x = kv_elem(page * p.page_words + uint(r) * p.slot_words, d);
+        float x = kv_elem(rb, rw + uint(r) * p.slot_words, d);
         mn = x < mn ? x : mn;   // the CPU's compares (not min/max: -0 and NaN as it does)
         mx = x > mx ? x : mx;
     }
-    kv[p.kmin_word0 + page * p.D + d] = floatBitsToUint(mn);
-    kv[p.kmax_word0 + page * p.D + d] = floatBitsToUint(mx);
+    uint xn = p.kmin_word0 + page * p.D + d, xx = p.kmax_word0 + page * p.D + d;
+    kv_store_word(LOC_B(kmin_b0, xn), LOC_W(xn), floatBitsToUint(mn));
+    kv_store_word(LOC_B(kmax_b0, xx), LOC_W(xx), floatBitsToUint(mx));
 }
 #else
 #define MAX_PAGES 4096   // pages of one stream (131072 slots); more: the CPU (vk_ops.c)
 layout(binding = 0) readonly buffer Q { float q[]; };
-layout(binding = 1) readonly buffer KV { uint kv[]; };
+layout(binding = 1) readonly buffer KV { uint kv[]; };   // one-binding variant
 layout(binding = 2) buffer Meta { int meta[]; };
 layout(push_constant) uniform P {
     uint D, Hq, Hkv, G, T, q_off, meta_off;
     uint pos_word0, kmin_word0, kmax_word0;
     uint k_pages;       // max(budget / P, 1)
     uint sel_off, sel_stride;
+    uint n_bind, chunk_words, pos_b0, kmin_b0, kmax_b0;   // KV_SPLIT
 } p;
+#define KV_READONLY
+#include "kv_split.glsl"
+#ifdef KV_SPLIT
+#define B0(name) p.name
+#else
+#define B0(name) 0u
+#endif
 
 shared float bound[MAX_PAGES];
 shared uint picked[MAX_PAGES / 32];   // bit per page: selected
@@ -100,16 +133,19 @@ void main() {
             precise float b = 0.0;
             for (uint d = 0u; d < p.D; d++) {
                 float qd = q[qrow0 + g * p.D + d];
-                precise float a = qd * uintBitsToFloat(kv[mn0 + d]);
-                precise float c = qd * uintBitsToFloat(kv[mx0 + d]);
+                uint xn = mn0 + d, xx = mx0 + d;
+                precise float a = qd * uintBitsToFloat(kv_load(LOC_B(B0(kmin_b0), xn), LOC_W(xn)));
+                precise float c = qd * uintBitsToFloat(kv_load(LOC_B(B0(kmax_b0), xx), LOC_W(xx)));
                 b = b + (a > c ? a : c);
             }
             best = b > best ? b : best;
         }
         bound[pg] = best;
         int rows = min(32, L - pg * 32);
-        for (int j = 0; j < rows; j++)
-            if (int(kv[p.pos_word0 + page * 32u + uint(j)]) == pq) atomicMax(own_s, pg);
+        for (int j = 0; j < rows; j++) {
+            uint x = p.pos_word0 + page * 32u + uint(j);
+            if (int(kv_load(LOC_B(B0(pos_b0), x), LOC_W(x))) == pq) atomicMax(own_s, pg);
+        }
     }
     barrier();
     int own = own_s;

@@ -16,8 +16,11 @@
  * its runs are skipped with a message saying so: CI has no GPU, and
  * tools/gpu-check.sh runs this test on one). A second Vulkan instance with a
  * 4 KiB binding limit (LETHE_VK_MAX_RANGE) runs the "split" cases, which
- * need a weight spread over several bindings. The same executable runs again
- * under the Khronos validation layer (ctest fails on any "VUID-" message).
+ * need a weight spread over several bindings, and a third with a 32 KiB limit
+ * runs every Vulkan KV case again with the cache's shared buffer spread over
+ * several bindings (>= 3, checked; backends/vulkan/vk_ops.c kv_plan). The
+ * same executable runs again under the Khronos validation layer (ctest
+ * fails on any "VUID-" message).
  *
  * KV_STORE and ATTENTION cases build a small cache in the device's shared
  * memory (backend.h buffer_alloc_shared) with a history of two sequences,
@@ -77,6 +80,7 @@ typedef struct op_case {
                                  QUEST: the page bounds, the KV reads and the output exactly */
     int kv_budget;            /* policy budget (0: 1000) */
     bool kv_tie;              /* QUEST: pages 1 and 3 of sequence 0 share their (dominant) keys */
+    int kv_pages;             /* pages of the pool (0: enough for the case, at least 64) */
     int topk_pat;             /* TOP_K: tu_topk_fill pattern              */
     double limit;
 } op_case;
@@ -102,6 +106,11 @@ static const op_case k_cases[] = {
     MM(Q4_1, 192, 576, 1), MM(Q4_1, 576, 1536, 1), MM(Q4_1, 64, 576, 5),   /* SmolLM2's widths */
     {"matmul q4_1 split T=1", LETHE_OP_MATMUL, LETHE_Q4_1, 150, 256, 1, .split = true, .limit = EPS_MM},
     {"matmul q8_0 split T=5", LETHE_OP_MATMUL, LETHE_Q8_0, 150, 128, 5, .split = true, .limit = EPS_MM},
+    /* activations over several bindings too (split by tokens): x [19, 128] and
+     * out [19, 150] of 9.5 and 11 KiB, its q8 blocks; GEMV and tiled */
+    {"matmul q8_0 split x,out T=19", LETHE_OP_MATMUL, LETHE_Q8_0, 150, 128, 19, .split = true, .limit = EPS_MM},
+    {"matmul f16 split x,out T=9", LETHE_OP_MATMUL, LETHE_F16, 300, 160, 9, .split = true, .limit = EPS_MM},
+    {"matmul q4_1 split out T=2", LETHE_OP_MATMUL, LETHE_Q4_1, 700, 64, 2, .split = true, .limit = EPS_MM},
     /* rms_norm: x [a, b] */
     {"rms_norm", LETHE_OP_RMS_NORM, LETHE_F32, 5, 96, .limit = EPS_ELEM},
     {"rms_norm 576", LETHE_OP_RMS_NORM, LETHE_F32, 2, 576, .limit = EPS_ELEM},
@@ -139,6 +148,11 @@ static const op_case k_cases[] = {
     {"attention f16 G=3 D=128", LETHE_OP_ATTENTION, LETHE_F32, 2, 3, 128, .kv_g = 3, .kv_f16 = true, .limit = EPS_MM},
     {"attention f32 G=4 T=1", LETHE_OP_ATTENTION, LETHE_F32, 1, 2, 64, .kv_g = 4, .limit = EPS_MM},
     {"attention f16 G=3 dms", LETHE_OP_ATTENTION, LETHE_F32, 5, 3, 64, .kv_g = 3, .kv_f16 = true, .kv_dms = true, .limit = EPS_MM},
+    /* a stream of 7 pages: over several bindings on the kv_split twin */
+    {"attention f16 G=2 hist=200", LETHE_OP_ATTENTION, LETHE_F32, 3, 2, 64, .kv_g = 2, .kv_f16 = true, .kv_dms = true,
+     .kv_hist = 200, .limit = EPS_MM},
+    {"kv_store f32 dms hist=200", LETHE_OP_KV_STORE, LETHE_F32, 4, 2, 32, .kv_g = 1, .kv_dms = true, .kv_hist = 200,
+     .limit = 0},
     /* CUDA: flash-decoding over long streams (split spans + combine), the tiled
      * prefill kernel (runs of one sequence), head dims 32..256, G up to 8 */
     {"attention f16 G=4 D=128 long", LETHE_OP_ATTENTION, LETHE_F32, 2, 2, 128, .kv_g = 4, .kv_f16 = true,
@@ -187,6 +201,11 @@ static const op_case k_cases[] = {
     {"attention f16 G=2 quest runs", LETHE_OP_ATTENTION, LETHE_F32, 12, 2, 64, .kv_g = 2, .kv_f16 = true,
      .kv_rule = LETHE_KV_RULE_QUEST, .kv_budget = 64, .kv_hist = 150, .kv_runs = true, .kv_tie = true,
      .limit = 0},
+    /* a pool of 30 pages of 8 KiB: on the kv_split twin (chunks of 8 pages)
+     * kmax [pages][D] starts 1 KiB before a chunk's end, so the bounds of
+     * pages 4 on sit in the next binding (quest_*_split's (binding, word)) */
+    {"attention f16 G=2 quest 30 pages", LETHE_OP_ATTENTION, LETHE_F32, 4, 2, 64, .kv_g = 2, .kv_f16 = true,
+     .kv_rule = LETHE_KV_RULE_QUEST, .kv_budget = 64, .kv_hist = 140, .kv_tie = true, .kv_pages = 30, .limit = 0},
     /* CUDA: weights normalized after the split-K combine (long streams) and
      * in the tiled prefill kernel; QUEST over two spans */
     {"attention f16 G=4 D=128 tova long", LETHE_OP_ATTENTION, LETHE_F32, 2, 2, 128, .kv_g = 4, .kv_f16 = true,
@@ -212,7 +231,13 @@ static const op_case k_cases[] = {
 typedef struct device {
     lethe_backend *be, *split;   /* split: the 4 KiB-binding twin (Vulkan), else be */
     const char *name;
+    lethe_backend *kv_split;     /* Vulkan: the KV_SPLIT_RANGE twin (KV caches over several bindings), else NULL */
 } device;
+
+/* The kv_split twin's binding limit: a page of the KV cases' caches (8 to
+ * 32 KiB) fits one binding, their pools need several (8 to 20 of the 28
+ * the shaders declare). */
+#define KV_SPLIT_RANGE 65536
 
 typedef struct {
     lethe_backend *cpu;
@@ -332,7 +357,8 @@ static lethe_kv_cache *kv_setup(const op_case *k, built *b, uint64_t seed) {
     const lethe_dtype type = k->kv_f16 ? LETHE_F16 : LETHE_F32;
     const size_t page = 2 * (size_t)LETHE_KV_PAGE * lethe_row_size(type, D);
     const int hist[2] = {k->kv_hist ? k->kv_hist : 37, 9};
-    const size_t pages = LETHE_MAX((size_t)64, (size_t)4 * Hkv * ((size_t)(hist[0] + T) / LETHE_KV_PAGE + 4) + 16);
+    const size_t pages = k->kv_pages ? (size_t)k->kv_pages
+                                     : LETHE_MAX((size_t)64, (size_t)4 * Hkv * ((size_t)(hist[0] + T) / LETHE_KV_PAGE + 4) + 16);
     assert_int_equal(lethe_kv_init(kv, 2, 2, Hkv, D, type, page * pages, 64, &pol, g_kv_mem), LETHE_OK);
     assert_non_null(kv->shared);   /* the device offered shared memory */
     for (int sq = 0; sq < 2; sq++) {
@@ -581,14 +607,16 @@ static float *run_on(lethe_backend **bes, int n_bes, built *b) {
 
 /* ------------------------------------------------------------- tests */
 
-/* The case table on one device: every case it must take, against the CPU. */
-static void run_table(const device *d) {
-    int n_run = 0;
+/* The case table on one device: every case it must take, against the CPU.
+ * kv_split: only the KV cases, on d->kv_split (their caches over several bindings). */
+static void run_table(const device *d, bool kv_split) {
+    int n_run = 0, n_quest_split = 0, n_bounds_cross = 0;
     for (size_t i = 0; i < LETHE_ARRAY_SIZE(k_cases); i++) {
         const op_case *k = &k_cases[i];
         if (k->cuda_only && strcmp(d->name, "cuda") != 0) continue;
         if (k->vk_only && strcmp(d->name, "vulkan") != 0) continue;
-        lethe_backend *dev = k->split ? d->split : d->be;
+        if (kv_split && k->op != LETHE_OP_KV_STORE && k->op != LETHE_OP_ATTENTION) continue;
+        lethe_backend *dev = kv_split ? d->kv_split : k->split ? d->split : d->be;
         const bool cuda = strcmp(d->name, "cuda") == 0;
         built ref, got;
         g_kv_mem = dev;
@@ -598,6 +626,35 @@ static void run_table(const device *d) {
         lethe_backend *bes[2] = {dev, g_s.cpu};
         float *yg = run_on(bes, 2, &got);
         if (got.out->backend != 0) fail_msg("%s: %s did not take the op (fell back to the CPU)", k->name, d->name);
+        if (kv_split) {   /* the cache really spans >= 3 bindings of at most KV_SPLIT_RANGE bytes */
+            const size_t bytes = got.kv->shared->size;
+            print_message("  %-28s cache of %zu KiB over >= %zu bindings\n", k->name, bytes >> 10,
+                          (bytes + KV_SPLIT_RANGE - 1) / KV_SPLIT_RANGE);
+            assert_true(bytes > 2 * (size_t)KV_SPLIT_RANGE);
+            if (k->kv_rule == LETHE_KV_RULE_QUEST) {
+                /* QUEST's bounds kmin [pages][D] f32, then kmax, are
+                 * located by (binding, word): does a page the streams use
+                 * have its bounds in another chunk than its array's first
+                 * entry (chunks of whole pages, as vk_ops.c kv_plan)? */
+                const lethe_kv_cache *kv = got.kv;
+                const size_t chunk = KV_SPLIT_RANGE / kv->page_bytes * kv->page_bytes;
+                const size_t row = (size_t)kv->head_dim * sizeof(float);
+                int crossed = 0;
+                for (int sq = 0; sq < 2; sq++)
+                    for (int h = 0; h < kv->n_head_kv; h++) {
+                        const lethe_kv_stream *sg = lethe_kv_stream_at(kv, sq, KV_LAYER, h);
+                        for (int32_t p = 0; p < sg->n_pages; p++) {
+                            const size_t o = (size_t)sg->pages[p] * row;
+                            crossed += (kv->kmin_offs + o + row - 1) / chunk != kv->kmin_offs / chunk ||
+                                       (kv->kmax_offs + o + row - 1) / chunk != kv->kmax_offs / chunk;
+                        }
+                    }
+                print_message("  %-28s QUEST bounds of %d pages read in a later binding than their array's start\n",
+                              k->name, crossed);
+                n_quest_split++;
+                n_bounds_cross += crossed > 0;
+            }
+        }
         size_t n = (size_t)lethe_tensor_nelements(&ref.out->t);
         if (k->op == LETHE_OP_KV_STORE) {   /* the cache is the result */
             size_t n2;
@@ -686,13 +743,16 @@ static void run_table(const device *d) {
         }
         double e = tu_nmse(yr, yg, n);
         const double limit = cuda && k->kv_rule == LETHE_KV_RULE_QUEST ? QUEST_CUDA : k->limit;
-        print_message("  %-28s %-7s NMSE %.3g (limit %.0e)\n", k->name, d->name, e, limit);
+        print_message("  %-28s %-7s NMSE %.3g (limit %.0e)%s\n", k->name, d->name, e, limit,
+                      kv_split ? " split KV" : "");
         if (!(e <= limit)) fail_msg("%s on %s: NMSE %.3g > %.3g", k->name, d->name, e, limit);
         built_free(&ref);
         built_free(&got);
         n_run++;
     }
     assert_true(n_run > 0);
+    /* the split QUEST cases: at least one whose bounds cross from one binding into the next */
+    if (n_quest_split) assert_true(n_bounds_cross > 0);
 }
 
 /* TOP_K on the CPU (the reference the devices are held to) against a full
@@ -738,7 +798,10 @@ static bool have_devices(void) {
 static void test_op_table(void **state) {
     (void)state;
     if (!have_devices()) skip();
-    for (int d = 0; d < g_s.n_devs; d++) run_table(&g_s.devs[d]);
+    for (int d = 0; d < g_s.n_devs; d++) {
+        run_table(&g_s.devs[d], false);
+        if (g_s.devs[d].kv_split) run_table(&g_s.devs[d], true);
+    }
 }
 
 /* Mixed placement: a q4_k matmul (no Vulkan shader) between device ops; the
@@ -994,6 +1057,69 @@ static void test_native_fma(void **state) {
     assert_non_null(g_s.devs[0].be);
 }
 
+/* A KV cache the backend cannot spread over its bindings (more chunks than
+ * the shaders' 28, or a page larger than one binding) is refused with one
+ * warning (so is one whose *_split pipeline failed to build), and its ops
+ * run on the CPU over the same memory, with the CPU's
+ * results. And where the shared buffer lives is said, once per cache:
+ * lavapipe's one memory type is device-local and host-visible;
+ * LETHE_VK_KV_MEMORY=host asks for host memory. */
+static int g_refusals, g_mem_dev, g_mem_forced;
+
+static void on_kv_log(lethe_log_level level, const char *msg, void *user) {
+    (void)user;
+    if (level >= LETHE_LOG_WARN && strstr(msg, "KV_STORE and ATTENTION run on the CPU")) g_refusals++;
+    if (strstr(msg, "shared buffer (KV cache)")) {
+        if (strstr(msg, ": device-local and host-visible")) g_mem_dev++;
+        if (strstr(msg, "(LETHE_VK_KV_MEMORY=host)")) g_mem_forced++;
+        print_message("    log: %s\n", msg);
+    }
+    if (strstr(msg, "KV cache of")) print_message("    log: %s\n", msg);
+}
+
+static void test_kv_split_refused(void **state) {
+    (void)state;
+    if (g_s.n_devs == 0 || strcmp(g_s.devs[0].name, "vulkan") != 0) skip();
+    static const struct { const char *range, *mem, *fail; } runs[] = {
+        {"16384", NULL, NULL},               /* 1 page of 16 KiB per binding: 65 bindings > 28 */
+        {"8192", "host", NULL},              /* a page of 16 KiB > a binding */
+        {"65536", NULL, "attention_split"},  /* 17 bindings, but a split pipeline failed to build */
+    };
+    const op_case k = {"attention f32 G=1", LETHE_OP_ATTENTION, LETHE_F32, 3, 2, 64, .kv_g = 1, .limit = EPS_MM};
+    for (size_t i = 0; i < LETHE_ARRAY_SIZE(runs); i++) {
+        setenv("LETHE_VK_MAX_RANGE", runs[i].range, 1);
+        if (runs[i].mem) setenv("LETHE_VK_KV_MEMORY", runs[i].mem, 1);
+        if (runs[i].fail) setenv("LETHE_VK_FAIL_PIPELINE", runs[i].fail, 1);
+        lethe_backend *be = lethe_backend_vulkan_new(0);
+        unsetenv("LETHE_VK_MAX_RANGE");
+        unsetenv("LETHE_VK_FAIL_PIPELINE");
+        assert_non_null(be);
+        g_refusals = g_mem_dev = g_mem_forced = 0;
+        lethe_set_log(on_kv_log, NULL);
+        built ref, got;
+        g_kv_mem = be;
+        build(&k, &ref, 77);
+        build(&k, &got, 77);
+        unsetenv("LETHE_VK_KV_MEMORY");
+        float *yr = run_on(&g_s.cpu, 1, &ref);
+        lethe_backend *bes[2] = {be, g_s.cpu};
+        float *yg = run_on(bes, 2, &got);
+        lethe_set_log(NULL, NULL);
+        assert_int_equal(got.out->backend, 1);   /* on the CPU */
+        assert_int_equal(g_refusals, 1);         /* said once */
+        const size_t n = (size_t)lethe_tensor_nelements(&ref.out->t);
+        assert_memory_equal(yr, yg, n * sizeof(float));
+        /* one line per cache (ref's and got's); lavapipe has one memory type, device-local and host-visible */
+        lethe_backend_info info;
+        be->iface->get_info(be, &info);
+        if (strstr(info.device_name, "llvmpipe")) assert_int_equal(g_mem_dev, 2);
+        assert_int_equal(g_mem_forced, runs[i].mem ? 2 : 0);
+        built_free(&ref);
+        built_free(&got);
+        be->iface->free(be);
+    }
+}
+
 /* The CUDA decode GEMV (k_gemv.cu) on the device: for the 32-block types it
  * computes the CPU's integer dots in the CPU's float order, so every output
  * must be the CPU's bits (odd N: partial warps; K = 576: rows off 16 bytes;
@@ -1063,8 +1189,10 @@ static int setup(void **state) {
         tu_pin_vulkan_driver();
         setenv("LETHE_VK_MAX_RANGE", "4096", 1);
         d->split = lethe_backend_vulkan_new(0);
+        setenv("LETHE_VK_MAX_RANGE", "65536", 1);   /* = KV_SPLIT_RANGE */
+        d->kv_split = lethe_backend_vulkan_new(0);
         unsetenv("LETHE_VK_MAX_RANGE");
-        if (!d->split) return -1;
+        if (!d->split || !d->kv_split) return -1;
     } else {
         print_message("no Vulkan device: %s\n", lethe_last_error());
 #ifdef LETHE_HAVE_VULKAN
@@ -1075,7 +1203,7 @@ static int setup(void **state) {
     }
     lethe_backend *cu = lethe_backend_cuda_new(0);
     if (cu) {
-        g_s.devs[g_s.n_devs++] = (device){cu, cu, "cuda"};
+        g_s.devs[g_s.n_devs++] = (device){cu, cu, "cuda", NULL};
     } else {
         /* CI has no GPU: the CUDA runs are skipped, and say so */
         print_message("CUDA: skipped, no CUDA device here (%s)\n", lethe_last_error());
@@ -1088,6 +1216,7 @@ static int teardown(void **state) {
     (void)state;
     for (int d = 0; d < g_s.n_devs; d++) {
         if (g_s.devs[d].split != g_s.devs[d].be) g_s.devs[d].split->iface->free(g_s.devs[d].split);
+        if (g_s.devs[d].kv_split) g_s.devs[d].kv_split->iface->free(g_s.devs[d].kv_split);
         if (g_s.devs[d].be) g_s.devs[d].be->iface->free(g_s.devs[d].be);
     }
     g_s.cpu->iface->free(g_s.cpu);
@@ -1105,6 +1234,7 @@ int main(void) {
         cmocka_unit_test(test_no_device),
         cmocka_unit_test(test_pipeline_failure),
         cmocka_unit_test(test_native_fma),
+        cmocka_unit_test(test_kv_split_refused),
         cmocka_unit_test(test_cuda_gemv),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -15,6 +15,15 @@
  * lengths, and evictions really happened. Then the Vulkan context saves its
  * state (lethe_state_save), decodes on, and a fresh Vulkan context that
  * loads the state decodes the same tokens to the same logits, bit for bit.
+ *
+ * ctest runs it a second time as test_vulkan_dms_split with
+ * LETHE_VK_MAX_RANGE lowered to 4 KiB: the cache's shared buffer is then
+ * spread over 9 bindings (backends/vulkan/vk_ops.c kv_plan) and the logits
+ * of a 5-token call (6.4 KiB) computed in token chunks (matmul_tokens); the
+ * checks are the same, plus: the backend said so (>= 3 bindings), and every
+ * graph still ran whole on the device. That covers the score policies too:
+ * TOVA / H2O weights and QUEST's bounds and page selection
+ * (quest_*_split) on the split cache, still the CPU's bits.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -47,13 +56,25 @@
 #define DEV "vulkan"
 #endif
 
-static int g_vk_runs, g_fallbacks;
+static int g_vk_runs, g_fallbacks, g_kv_bindings;
 
 static void on_log(lethe_log_level level, const char *msg, void *user) {
     (void)level;
     (void)user;
     if (strstr(msg, DEV ": nodes [")) g_vk_runs++;               /* a compute on the device (debug log) */
     if (strstr(msg, "executor: " DEV " runs")) g_fallbacks++;    /* some ops of a graph left to the CPU */
+    const char *b = strstr(msg, "KV cache of ");                 /* vk_ops.c kv_plan: "... over N bindings" */
+    if (b && (b = strstr(b, " over ")) != NULL) g_kv_bindings = atoi(b + 6);
+    if (strstr(msg, "KV_STORE and ATTENTION run on the CPU")) g_kv_bindings = -1;
+}
+
+/* test_vulkan_dms_split (LETHE_VK_MAX_RANGE set): the context's cache must
+ * have been spread over several bindings, and said so. */
+static void check_kv_split(void) {
+    if (!getenv("LETHE_VK_MAX_RANGE")) return;
+    print_message("  LETHE_VK_MAX_RANGE=%s: the KV cache over %d bindings\n", getenv("LETHE_VK_MAX_RANGE"),
+                  g_kv_bindings);
+    assert_true(g_kv_bindings >= 3);
 }
 
 static char *make_model(lethe_dtype wtype, int dms_variant) {
@@ -118,8 +139,9 @@ static float *feed(lethe_context *c, const int32_t *tok, int from, int to, int V
     return out;
 }
 
-static void test_dms_on_vulkan(void **state) {
-    (void)state;
+/* wtype F32: the f32 GEMV (logits within LIMIT); Q8_0 on Vulkan: every op
+ * gives the CPU's bits (test_vulkan_e2e), so the logits must be identical. */
+static void dms_run(lethe_dtype wtype) {
 #ifdef LETHE_DMS_CUDA
     lethe_backend *probe = lethe_backend_gpu_new("cuda", 0);
     if (!probe) {
@@ -131,9 +153,12 @@ static void test_dms_on_vulkan(void **state) {
 #else
     if (!strstr(lethe_version(), "vulkan")) skip();   /* a build without Vulkan */
 #endif
-    char *path = make_model(LETHE_F32, 1);
+    char *path = make_model(wtype, 1);
     lethe_model *mc, *mv;
+    g_kv_bindings = 0;
+    lethe_set_log(on_log, NULL);
     lethe_context *cc = open_ctx(path, "cpu", &mc), *cv = open_ctx(path, DEV, &mv);
+    lethe_set_log(NULL, NULL);
 #ifndef LETHE_DMS_CUDA
     tu_pin_vulkan_driver();
 #endif
@@ -149,12 +174,20 @@ static void test_dms_on_vulkan(void **state) {
     lethe_set_log(NULL, NULL);
     assert_true(g_vk_runs > 0);       /* the graphs ran on the device ... */
     assert_int_equal(g_fallbacks, 0); /* ... all of them: KV_STORE, ATTENTION, DMS_DECISION included */
+    check_kv_split();
     double worst = 0.0;
+    int n_exact = 0;
     for (int i = 0; i < N_TOK; i++) {
         double e = tu_nmse(lc + (size_t)i * V, lv + (size_t)i * V, (size_t)V);
         if (e > worst) worst = e;
+        n_exact += memcmp(lc + (size_t)i * V, lv + (size_t)i * V, sizeof(float) * (size_t)V) == 0;
         if (!(e <= LIMIT)) fail_msg("position %d: logits NMSE %.3g > %.0e", i, e, LIMIT);
     }
+    print_message("  %s weights: %d of %d positions bit-identical to the CPU\n", wtype == LETHE_Q8_0 ? "q8_0" : "f32",
+                  n_exact, N_TOK);
+#ifndef LETHE_DMS_CUDA
+    if (wtype == LETHE_Q8_0) assert_int_equal(n_exact, N_TOK);
+#endif
     int live_total = 0;
     for (int l = 0; l < N_LAYER; l++)
         for (int h = 0; h < N_HEAD_KV; h++) {
@@ -205,6 +238,12 @@ static void test_dms_on_vulkan(void **state) {
     free(path);
 }
 
+static void test_dms_on_vulkan(void **state) {
+    (void)state;
+    dms_run(LETHE_F32);
+    dms_run(LETHE_Q8_0);
+}
+
 /* The device of the score-policy checks: Vulkan (its shaders are the CPU's
  * arithmetic: q8_0 weights, bit-identical logits required) or, in
  * test_cuda_dms, CUDA (f32 weights: no q8 activations on one side only;
@@ -248,7 +287,10 @@ static void test_score_policies_on_vulkan(void **state) {
     for (int k = 0; k < 2; k++) {
         lethe_model *mc, *mv;
         lethe_context *cc = open_ctx_policy(path, "cpu", pols[k], 24, &mc);
+        g_kv_bindings = 0;
+        lethe_set_log(on_log, NULL);
         lethe_context *cv = open_ctx_policy(path, DEV, pols[k], 24, &mv);
+        lethe_set_log(NULL, NULL);
 #ifndef LETHE_DMS_CUDA
         tu_pin_vulkan_driver();
 #endif
@@ -264,6 +306,7 @@ static void test_score_policies_on_vulkan(void **state) {
         lethe_set_log(NULL, NULL);
         assert_true(g_vk_runs > 0);
         assert_int_equal(g_fallbacks, 0);   /* ATTENTION with scores on the device too */
+        check_kv_split();
         double worst = 0.0;
         int n_exact = 0;
         for (int i = 0; i < N_TOK; i++) {
@@ -319,7 +362,7 @@ static void test_quest_on_device(void **state) {
     int32_t tok[N_QUEST];
     for (int i = 0; i < N_QUEST; i++) tok[i] = (int32_t)((i * 53 + 7) % V);
     float *lc = feed(cc, tok, 0, N_QUEST, V), *ln = feed(cn, tok, 0, N_QUEST, V);
-    g_vk_runs = g_fallbacks = 0;
+    g_vk_runs = g_fallbacks = g_kv_bindings = 0;
     lethe_set_log(on_log, NULL);
     lethe_set_log_level(LETHE_LOG_DEBUG);
     float *lv = feed(cv, tok, 0, N_QUEST, V);
@@ -327,6 +370,7 @@ static void test_quest_on_device(void **state) {
     lethe_set_log(NULL, NULL);
     assert_true(g_vk_runs > 0);
     assert_int_equal(g_fallbacks, 0);   /* every ATTENTION (and KV_STORE) on the device */
+    check_kv_split();                   /* test_vulkan_dms_split: QUEST over several bindings */
     int n_exact = 0, n_changed = 0;
     double worst = 0.0;
     for (int i = 0; i < N_QUEST; i++) {

@@ -40,7 +40,42 @@ static int find_memory(const vk_ctx *c, uint32_t bits, VkMemoryPropertyFlags wan
     return -1;
 }
 
+/* A buffer of `size` bytes, mapped if host_visible, in the memory type that
+ * `pick` chooses from the buffer's memoryTypeBits (setting *flag as it
+ * likes), or without `pick` the first host-visible coherent type
+ * (host_visible) or device-local one. */
+typedef int (*type_pick_fn)(const vk_ctx *c, uint32_t bits, VkDeviceSize size, bool *flag);
+
+static lethe_status buf_create_with(vk_ctx *c, VkDeviceSize size, bool host_visible, type_pick_fn pick,
+                                    bool *flag, vk_buf *out);
+
 lethe_status lethe_vk_buf_create(vk_ctx *c, VkDeviceSize size, bool host_visible, vk_buf *out) {
+    return buf_create_with(c, size, host_visible, NULL, NULL, out);
+}
+
+/* The shared buffer (vk_buffer_alloc_shared): host-visible, in the memory
+ * shared_memory_type prefers; if that allocation fails (a BAR heap too full
+ * for it), in plain host-visible memory. */
+static int shared_memory_type(const vk_ctx *c, uint32_t bits, VkDeviceSize size, bool *device_local);
+static int host_memory_type(const vk_ctx *c, uint32_t bits, VkDeviceSize size, bool *device_local) {
+    (void)size;
+    *device_local = false;
+    return find_memory(c, bits, VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT);
+}
+
+static lethe_status buf_create_shared(vk_ctx *c, VkDeviceSize size, vk_buf *out, bool *device_local) {
+    lethe_status st = buf_create_with(c, size, true, shared_memory_type, device_local, out);
+    if (st != LETHE_OK && *device_local) {
+        LETHE_LOGI("vulkan: device-local host-visible memory refused %.1f MiB (%s): trying host memory",
+                   (double)size / 1048576.0, lethe_last_error());
+        lethe_clear_error();
+        st = buf_create_with(c, size, true, host_memory_type, device_local, out);
+    }
+    return st;
+}
+
+static lethe_status buf_create_with(vk_ctx *c, VkDeviceSize size, bool host_visible, type_pick_fn pick,
+                                    bool *flag, vk_buf *out) {
     memset(out, 0, sizeof *out);
     size = (size + 15) & ~(VkDeviceSize)15;   /* never 0; shaders read whole words */
     if (size == 0) size = 16;
@@ -54,7 +89,8 @@ lethe_status lethe_vk_buf_create(vk_ctx *c, VkDeviceSize size, bool host_visible
     VKF(vkCreateBuffer(c->dev, &bi, NULL, &out->buf), "vkCreateBuffer");
     VkMemoryRequirements req;
     vkGetBufferMemoryRequirements(c->dev, out->buf, &req);
-    int type = host_visible
+    int type = pick ? pick(c, req.memoryTypeBits, req.size, flag)
+        : host_visible
         ? find_memory(c, req.memoryTypeBits, VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT)
         : find_memory(c, req.memoryTypeBits, VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT);
     if (type < 0 && !host_visible) type = find_memory(c, req.memoryTypeBits, 0);
@@ -80,6 +116,7 @@ lethe_status lethe_vk_buf_create(vk_ctx *c, VkDeviceSize size, bool host_visible
     }
     vkBindBufferMemory(c->dev, out->buf, out->mem, 0);
     out->size = size;
+    out->mem_type = (uint32_t)type;
     if (host_visible) {
         r = vkMapMemory(c->dev, out->mem, 0, VK_WHOLE_SIZE, 0, &out->map);
         if (r != VK_SUCCESS) {
@@ -225,6 +262,35 @@ static lethe_status vk_buffer_alloc(lethe_backend *be, size_t size, lethe_buffer
     return LETHE_OK;
 }
 
+/* The memory of the shared buffer. The shaders read the KV cache at every
+ * step and the host touches only what it evicts, moves or saves, so the
+ * best home is device-local memory the host can map: every type of a
+ * discrete GPU's resizable BAR (DEVICE_LOCAL | HOST_VISIBLE | HOST_COHERENT),
+ * or any type of an integrated GPU or lavapipe, where all memory is both.
+ * Such a type is taken when its heap is large enough for the buffer (a
+ * 256 MiB BAR without resizable BAR rarely is); else the first host-visible
+ * coherent type, system memory the GPU reads over the bus (PCIe on a
+ * discrete GPU: far slower than its own memory). The Vulkan spec orders
+ * types of equal properties by performance, so the first match of each
+ * kind is the one to take. LETHE_VK_KV_MEMORY=host forces the second. */
+static int shared_memory_type(const vk_ctx *c, uint32_t bits, VkDeviceSize size, bool *device_local) {
+    const VkMemoryPropertyFlags hv = VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT;
+    const char *env = getenv("LETHE_VK_KV_MEMORY");
+    const bool host_only = env && strcmp(env, "host") == 0;
+    *device_local = false;
+    if (!host_only)
+        for (uint32_t i = 0; i < c->mem_props.memoryTypeCount; i++) {
+            const VkMemoryType *t = &c->mem_props.memoryTypes[i];
+            if ((bits & (1u << i)) && (t->propertyFlags & (hv | VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT)) ==
+                                          (hv | VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT) &&
+                c->mem_props.memoryHeaps[t->heapIndex].size >= size) {
+                *device_local = true;
+                return (int)i;
+            }
+        }
+    return find_memory(c, bits, hv);
+}
+
 /* Host-visible, coherent memory mapped for the buffer's life: the host
  * reads and writes it with plain pointers (host_ptr) between computes, the
  * shaders bind it (the KV pool and its per-slot metadata, kv_cache.h).
@@ -234,6 +300,20 @@ static lethe_status vk_buffer_alloc(lethe_backend *be, size_t size, lethe_buffer
 static lethe_status vk_buffer_alloc_shared(lethe_backend *be, size_t size, lethe_buffer **out) {
     vk_ctx *c = be->ctx;
     *out = NULL;
+    /* maxBufferSize bounds a VkBuffer (a larger one is invalid usage);
+     * maxMemoryAllocationSize is a soft limit (the spec lets a larger
+     * allocation fail with VK_ERROR_OUT_OF_DEVICE_MEMORY, NVIDIA's succeed):
+     * past it, try and say so */
+    if (c->max_buffer && size > c->max_buffer) {
+        /* kv_cache.c then keeps the pool in host memory: the KV ops run on the CPU */
+        LETHE_LOGW("vulkan: a shared buffer of %.1f MiB exceeds the device's maxBufferSize of %.1f MiB: "
+                   "the KV cache stays in host memory and its ops run on the CPU",
+                   (double)size / 1048576.0, (double)c->max_buffer / 1048576.0);
+        return lethe_fail(LETHE_ERR_OOM, "vulkan: shared buffer of %zu bytes exceeds maxBufferSize", size);
+    }
+    if (c->max_alloc && size > c->max_alloc)
+        LETHE_LOGI("vulkan: a shared buffer of %.1f MiB exceeds maxMemoryAllocationSize (%.1f MiB), a soft limit: "
+                   "trying", (double)size / 1048576.0, (double)c->max_alloc / 1048576.0);
     lethe_buffer *b = calloc(1, sizeof *b);
     vk_buf *vb = calloc(1, sizeof *vb);
     if (!b || !vb) {
@@ -241,12 +321,27 @@ static lethe_status vk_buffer_alloc_shared(lethe_backend *be, size_t size, lethe
         free(vb);
         return lethe_fail(LETHE_ERR_OOM, "vulkan: buffer handle");
     }
-    lethe_status st = lethe_vk_buf_create(c, size, true, vb);
+    bool device_local = false;
+    lethe_status st = buf_create_shared(c, size, vb, &device_local);
     if (st != LETHE_OK) {
+        /* kv_cache.c clears the error and keeps the pool in host memory: say so here */
+        LETHE_LOGW("vulkan: no shared buffer of %.1f MiB (%s): the KV cache stays in host memory and its ops run "
+                   "on the CPU", (double)size / 1048576.0, lethe_last_error());
         free(b);
         free(vb);
         return st;
     }
+    /* where the KV cache lives decides what each decode step costs: say it */
+    const VkMemoryType *mt = &c->mem_props.memoryTypes[vb->mem_type];
+    const char *env = getenv("LETHE_VK_KV_MEMORY");
+    LETHE_LOGI("vulkan: shared buffer (KV cache) of %zu KiB in memory type %u, heap %u of %.0f MiB: %s%s",
+               size >> 10, vb->mem_type, mt->heapIndex,
+               (double)c->mem_props.memoryHeaps[mt->heapIndex].size / 1048576.0,
+               (mt->propertyFlags & VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT)
+                   ? "device-local and host-visible (resizable BAR, or unified memory)"
+                   : "host memory, read by the device over the bus",
+               env && strcmp(env, "host") == 0 ? " (LETHE_VK_KV_MEMORY=host)"
+               : device_local ? "" : " (no device-local host-visible type with a heap that large)");
     b->backend = be;
     b->size = size;
     b->host_ptr = vb->map;
@@ -258,7 +353,13 @@ static lethe_status vk_buffer_alloc_shared(lethe_backend *be, size_t size, lethe
 static void vk_buffer_free(lethe_buffer *buf) {
     if (!buf) return;
     vk_ctx *c = buf->backend->ctx;
+    /* vkDeviceWaitIdle externally synchronizes every queue of the device,
+     * and other backends submit to the shared one */
+    pthread_mutex_lock(&c->d->queue_mu);
     vkDeviceWaitIdle(c->dev);
+    pthread_mutex_unlock(&c->d->queue_mu);
+    vk_buf *vb = buf->impl;
+    if (vb->kv_pool) vkDestroyDescriptorPool(c->dev, vb->kv_pool, NULL);   /* frees kv_set */
     lethe_vk_buf_destroy(c, buf->impl);
     free(buf->impl);
     free(buf);
@@ -364,8 +465,10 @@ static uint32_t wg_size_for(const char *name) {
     if (strncmp(name, "matmul_vec", 10) == 0) return 32;
     if (strncmp(name, "rms_norm", 8) == 0) return 64;
     if (strcmp(name, "quantize_q8") == 0) return 64;
-    if (strcmp(name, "attention") == 0) return 64;   /* = WG in shaders/attention.comp */
-    if (strcmp(name, "quest_select") == 0) return 64;   /* = WG in shaders/quest.comp */
+    /* attention and attention_split: = WG in shaders/attention.comp */
+    if (strncmp(name, "attention", 9) == 0) return 64;
+    /* quest_select and quest_select_split: = WG in shaders/quest.comp */
+    if (strncmp(name, "quest_select", 12) == 0) return 64;
     return 256;
 }
 
@@ -373,6 +476,11 @@ typedef struct vk_spec {    /* specialization constants 0 and 1 */
     uint32_t wg;
     VkBool32 native_fma;
 } vk_spec;
+
+bool lethe_vk_is_split_pipe(const char *name) {
+    const size_t n = strlen(name);
+    return n > 6 && strcmp(name + n - 6, "_split") == 0;
+}
 
 VkResult lethe_vk_make_pipeline(vk_ctx *c, const lethe_vk_spirv *s, uint32_t wg, bool native_fma, VkPipeline *out) {
     *out = VK_NULL_HANDLE;
@@ -393,7 +501,7 @@ VkResult lethe_vk_make_pipeline(vk_ctx *c, const lethe_vk_spirv *s, uint32_t wg,
         .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
         .stage = {.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO, .stage = VK_SHADER_STAGE_COMPUTE_BIT,
                   .module = mod, .pName = "main", .pSpecializationInfo = &si},
-        .layout = c->layout,
+        .layout = lethe_vk_is_split_pipe(s->name) ? c->layout_kv : c->layout,
     };
     r = vkCreateComputePipelines(c->dev, VK_NULL_HANDLE, 1, &ci, NULL, out);
     vkDestroyShaderModule(c->dev, mod, NULL);
@@ -419,6 +527,19 @@ static lethe_status build_pipelines(vk_ctx *c) {
                                      .setLayoutCount = 1, .pSetLayouts = &c->dsl,
                                      .pushConstantRangeCount = 1, .pPushConstantRanges = &pr};
     VKF(vkCreatePipelineLayout(c->dev, &pl, NULL, &c->layout), "vkCreatePipelineLayout");
+    if (c->kv_split) {
+        VkDescriptorSetLayoutBinding kb = {.binding = 0, .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
+                                           .descriptorCount = LETHE_VK_KV_MAX_BIND,
+                                           .stageFlags = VK_SHADER_STAGE_COMPUTE_BIT};
+        VkDescriptorSetLayoutCreateInfo kl = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO,
+                                              .bindingCount = 1, .pBindings = &kb};
+        VKF(vkCreateDescriptorSetLayout(c->dev, &kl, NULL, &c->dsl_kv), "vkCreateDescriptorSetLayout (KV)");
+        const VkDescriptorSetLayout sets[2] = {c->dsl, c->dsl_kv};
+        VkPipelineLayoutCreateInfo pk = pl;
+        pk.setLayoutCount = 2;
+        pk.pSetLayouts = sets;
+        VKF(vkCreatePipelineLayout(c->dev, &pk, NULL, &c->layout_kv), "vkCreatePipelineLayout (KV)");
+    }
 
     /* NATIVE_FMA first: every pipeline below is built with the same value */
     lethe_vk_decide_native_fma(c);
@@ -436,6 +557,7 @@ static lethe_status build_pipelines(vk_ctx *c) {
         const size_t len = strlen(s->name);
         if (strcmp(s->name, "fma_probe") == 0) continue;   /* vk_probe.c's, used once above */
         if (!c->f64 && len > 4 && strcmp(s->name + len - 4, "_f64") == 0) continue;   /* needs shaderFloat64 */
+        if (!c->kv_split && lethe_vk_is_split_pipe(s->name)) continue;              /* see probe_features */
         if (fail && (strcmp(fail, "all") == 0 || strcmp(fail, s->name) == 0)) {
             if (strcmp(fail, "all") != 0)
                 LETHE_LOGW("vulkan: pipeline %s disabled by LETHE_VK_FAIL_PIPELINE: its ops run on the CPU", s->name);
@@ -507,7 +629,25 @@ static void probe_features(vk_ctx *c) {
     c->int8_storage = f12.storageBuffer8BitAccess;
     c->shader_f16 = f12.shaderFloat16;
     c->shader_i8 = f12.shaderInt8;
-    VkPhysicalDeviceVulkan11Properties p11 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_1_PROPERTIES};
+    uint32_t n_ext = 0;
+    vkEnumerateDeviceExtensionProperties(c->phys, NULL, &n_ext, NULL);
+    VkExtensionProperties *ext = calloc(n_ext ? n_ext : 1, sizeof *ext);
+    bool maint4 = false;
+    if (ext) {
+        vkEnumerateDeviceExtensionProperties(c->phys, NULL, &n_ext, ext);
+        for (uint32_t i = 0; i < n_ext; i++) {
+            if (strcmp(ext[i].extensionName, "VK_KHR_shader_integer_dot_product") == 0) c->int_dot = true;
+            if (strcmp(ext[i].extensionName, "VK_KHR_maintenance4") == 0) maint4 = true;
+        }
+        free(ext);
+    }
+    /* maxBufferSize: Vulkan 1.3 or VK_KHR_maintenance4, whose properties a
+     * device offering the extension reports (the instance asks for 1.2) */
+    VkPhysicalDeviceMaintenance4Properties pm4 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_4_PROPERTIES};
+    VkPhysicalDeviceMaintenance3Properties pm3 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_3_PROPERTIES,
+                                                  .pNext = maint4 ? &pm4 : NULL};
+    VkPhysicalDeviceVulkan11Properties p11 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_1_PROPERTIES,
+                                              .pNext = &pm3};
     VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &p11};
     vkGetPhysicalDeviceProperties2(c->phys, &p2);
     c->subgroup_size = p11.subgroupSize;
@@ -516,15 +656,6 @@ static void probe_features(vk_ctx *c) {
                         (p11.subgroupSupportedOperations & VK_SUBGROUP_FEATURE_BASIC_BIT) &&
                         (p11.subgroupSupportedOperations & VK_SUBGROUP_FEATURE_ARITHMETIC_BIT);
     c->f64 = f2.features.shaderFloat64;
-    uint32_t n_ext = 0;
-    vkEnumerateDeviceExtensionProperties(c->phys, NULL, &n_ext, NULL);
-    VkExtensionProperties *ext = calloc(n_ext ? n_ext : 1, sizeof *ext);
-    if (ext) {
-        vkEnumerateDeviceExtensionProperties(c->phys, NULL, &n_ext, ext);
-        for (uint32_t i = 0; i < n_ext; i++)
-            if (strcmp(ext[i].extensionName, "VK_KHR_shader_integer_dot_product") == 0) c->int_dot = true;
-        free(ext);
-    }
     c->shared_mem = c->props.limits.maxComputeSharedMemorySize;
     c->max_range = c->props.limits.maxStorageBufferRange;
     c->align = LETHE_MAX((size_t)c->props.limits.minStorageBufferOffsetAlignment, (size_t)4);
@@ -532,6 +663,21 @@ static void probe_features(vk_ctx *c) {
      * of large tensors across bindings runs on any device */
     const char *mr = getenv("LETHE_VK_MAX_RANGE");
     if (mr && atol(mr) >= 1024 && (size_t)atol(mr) < c->max_range) c->max_range = (size_t)atol(mr);
+    c->max_alloc = pm3.maxMemoryAllocationSize;
+    c->max_buffer = maint4 ? pm4.maxBufferSize : 0;
+    /* a KV cache over several bindings (vk_ops.c kv_plan): an array of
+     * LETHE_VK_KV_MAX_BIND storage buffers beside set 0's four, indexed by
+     * dynamically uniform values (shaders/kv_split.glsl: no need for
+     * shaderStorageBufferArrayNonUniformIndexing, which lavapipe lacks) */
+    const uint32_t need = LETHE_VK_BINDINGS + LETHE_VK_KV_MAX_BIND;
+    c->kv_split = f2.features.shaderStorageBufferArrayDynamicIndexing &&
+                  c->props.limits.maxPerStageDescriptorStorageBuffers >= need &&
+                  c->props.limits.maxDescriptorSetStorageBuffers >= need &&
+                  c->props.limits.maxPerStageResources >= need;
+    if (!c->kv_split)
+        LETHE_LOGI("vulkan: a KV cache larger than one binding (%zu MiB) stays on the CPU: the device lacks %s",
+                   c->max_range >> 20, !f2.features.shaderStorageBufferArrayDynamicIndexing
+                   ? "shaderStorageBufferArrayDynamicIndexing" : "32 storage buffers per stage");
 }
 
 /* --------------------------------------------------------------- life */
@@ -575,6 +721,8 @@ static void device_teardown(vk_ctx *s, vk_device *d) {
         for (int i = 0; i < s->n_pipes; i++)
             if (s->pipes[i].pipe) vkDestroyPipeline(s->dev, s->pipes[i].pipe, NULL);
         if (s->layout) vkDestroyPipelineLayout(s->dev, s->layout, NULL);
+        if (s->layout_kv) vkDestroyPipelineLayout(s->dev, s->layout_kv, NULL);
+        if (s->dsl_kv) vkDestroyDescriptorSetLayout(s->dev, s->dsl_kv, NULL);
         if (s->dsl) vkDestroyDescriptorSetLayout(s->dev, s->dsl, NULL);
         vkDestroyDevice(s->dev, NULL);
     }
@@ -714,7 +862,7 @@ static lethe_status vk_init(vk_ctx *c, int device) {
     float prio = 1.0f;
     VkDeviceQueueCreateInfo qi = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO, .queueFamilyIndex = c->qfam,
                                   .queueCount = 1, .pQueuePriorities = &prio};
-    VkPhysicalDeviceFeatures feat = {.shaderFloat64 = c->f64};
+    VkPhysicalDeviceFeatures feat = {.shaderFloat64 = c->f64, .shaderStorageBufferArrayDynamicIndexing = c->kv_split};
     VkDeviceCreateInfo di = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO, .queueCreateInfoCount = 1,
                              .pQueueCreateInfos = &qi, .pEnabledFeatures = &feat};
     VKF(vkCreateDevice(c->phys, &di, NULL, &c->dev), "vkCreateDevice");
@@ -837,11 +985,13 @@ lethe_backend *lethe_backend_vulkan_new(int device) {
         return NULL;
     }
     LETHE_LOGI("vulkan: device %d: %s (Vulkan %u.%u); fp16 storage %s, int8 storage %s, fp16 math %s, "
-               "int dot product %s, fp64 %s, subgroup %u, shared memory %zu KiB, max binding %zu MiB, fma %s",
+               "int dot product %s, fp64 %s, subgroup %u, shared memory %zu KiB, max binding %zu %s%s, fma %s",
                c->device_index, c->device_name, VK_API_VERSION_MAJOR(c->props.apiVersion),
                VK_API_VERSION_MINOR(c->props.apiVersion), c->fp16_storage ? "yes" : "no",
                c->int8_storage ? "yes" : "no", c->shader_f16 ? "yes" : "no", c->int_dot ? "yes" : "no", c->f64 ? "yes" : "no",
-               c->subgroup_size, c->shared_mem / 1024, c->max_range >> 20,
+               c->subgroup_size, c->shared_mem / 1024, c->max_range >> (c->max_range >= (1u << 20) ? 20 : 10),
+               c->max_range >= (1u << 20) ? "MiB" : "KiB",
+               c->kv_split ? " (KV cache up to 28 bindings)" : "",
                c->native_fma ? "native (fused)" : "emulated (exact)");
     return be;
 }

@@ -19,7 +19,10 @@
  * ids: leaves marked is_input) and host-computed tables (RoPE cos/sin) go
  * each compute into a host-visible "upload" buffer that shaders read directly.
  * compute() records the node range into one command buffer, submits it and
- * waits, so a finished compute leaves nothing in flight.
+ * waits, so a finished compute leaves nothing in flight. The KV cache's
+ * shared buffer (buffer_alloc_shared) is host-visible, device-local where a
+ * heap allows; larger than one binding, it is bound as an array of chunks
+ * of whole pages (vk_ops.c kv_plan, shaders/kv_split.glsl).
  */
 #ifndef LETHE_VK_INTERNAL_H
 #define LETHE_VK_INTERNAL_H
@@ -33,12 +36,26 @@
 
 #define LETHE_VK_BINDINGS 4      /* storage buffers per dispatch (set 0, bindings 0..3) */
 #define LETHE_VK_PUSH_BYTES 128  /* push-constant block, the minimum every device offers */
+/* The KV cache's shared buffer over several bindings (shaders/kv_split.glsl:
+ * set 1, binding 0, an array of this many storage buffers; = KV_MAX_BIND
+ * there). 28 + the 4 of set 0 = 32, lavapipe's maxPerStageDescriptorStorageBuffers. */
+#define LETHE_VK_KV_MAX_BIND 28
 
 typedef struct vk_buf {
     VkBuffer buf;
     VkDeviceMemory mem;
     VkDeviceSize size;
     void *map;               /* host address when host-visible, else NULL */
+    uint32_t mem_type;       /* index into the device's memory types */
+    /* a KV cache's shared buffer larger than one binding (vk_ops.c kv_plan):
+     * kv_plan 0 not planned yet, 1 split into kv_nbind chunks of kv_chunk
+     * bytes bound as kv_set (from its own pool), -1 refused (ops on the CPU) */
+    int kv_plan;
+    uint32_t kv_nbind;
+    size_t kv_chunk;
+    VkDescriptorPool kv_pool;
+    VkDescriptorSet kv_set;
+    bool kv_noted;           /* the host-read warning of kv_on_device, said once */
 } vk_buf;
 
 typedef struct vk_weight {   /* a weight uploaded on first use */
@@ -77,6 +94,10 @@ typedef struct vk_ctx {
     size_t shared_mem;       /* maxComputeSharedMemorySize */
     size_t max_range;        /* maxStorageBufferRange (bytes one binding may span) */
     size_t align;            /* minStorageBufferOffsetAlignment (>= 4) */
+    VkDeviceSize max_alloc;  /* maxMemoryAllocationSize (Vulkan 1.1; a soft limit) */
+    VkDeviceSize max_buffer; /* maxBufferSize (VK_KHR_maintenance4), 0 if not reported */
+    bool kv_split;           /* the *_split pipelines can exist: shaderStorageBufferArrayDynamicIndexing
+                              * and 4 + LETHE_VK_KV_MAX_BIND storage buffers per stage and per set */
     bool native_fma;         /* exact.glsl's NATIVE_FMA (specialization constant 1) for every
                               * pipeline: the driver's fma() measured fused (vk_probe.c) */
 
@@ -90,6 +111,8 @@ typedef struct vk_ctx {
 
     VkDescriptorSetLayout dsl;
     VkPipelineLayout layout;
+    VkDescriptorSetLayout dsl_kv;   /* set 1 of the *_split pipelines: the KV chunks */
+    VkPipelineLayout layout_kv;     /* {dsl, dsl_kv}; NULL without kv_split */
     VkDescriptorPool dpool;
     uint32_t dpool_cap;      /* sets the pool holds */
     VkDescriptorSet *sets;   /* [cap_sets] handles allocated per compute */
@@ -139,12 +162,15 @@ lethe_status lethe_vk_buf_create(vk_ctx *c, VkDeviceSize size, bool host_visible
 void lethe_vk_buf_destroy(vk_ctx *c, vk_buf *b);
 lethe_status lethe_vk_write(vk_ctx *c, VkBuffer dst, VkDeviceSize offs, const void *src, size_t size);
 lethe_status lethe_vk_read(vk_ctx *c, VkBuffer src, VkDeviceSize offs, void *dst, size_t size);
+/* Is `name` a KV_SPLIT variant (built in layout_kv)? */
+bool lethe_vk_is_split_pipe(const char *name);
 /* The device buffer holding a weight (uploaded on first use by any backend
  * on the device; the upload goes through c's staging). */
 lethe_status lethe_vk_weight(vk_ctx *c, const void *host, size_t size, VkBuffer *out);
 /* Pipeline by shader-variant name; VK_NULL_HANDLE if absent or failed. */
 VkPipeline lethe_vk_pipeline(const vk_ctx *c, const char *name);
-/* One compute pipeline of `s` in c->layout with the specialization
+/* One compute pipeline of `s` in c->layout (c->layout_kv for the *_split
+ * variants) with the specialization
  * constants every shader shares: 0 = workgroup size, 1 = NATIVE_FMA. */
 VkResult lethe_vk_make_pipeline(vk_ctx *c, const lethe_vk_spirv *s, uint32_t wg, bool native_fma, VkPipeline *out);
 /* vkQueueSubmit on the shared queue, under its lock. */

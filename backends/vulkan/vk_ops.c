@@ -26,6 +26,7 @@ typedef struct rec {
     size_t act_need;          /* dry: bytes of q8 activation scratch needed      */
     const lethe_node *q8_of;  /* the node whose q8 blocks the scratch holds now  */
     VkDescriptorSet *sets;    /* record: [n_dispatch] allocated after pass 1     */
+    VkDescriptorSet kv_set;   /* set 1 of the next dispatch (a *_split pipeline)  */
     /* RoPE cos/sin table shared by every ROPE node of the range with the same
      * parameters and micro-batch (q and k of every layer) */
     bool rope_have;
@@ -147,8 +148,12 @@ static lethe_status dispatch(rec *r, const char *pipe_name, const vk_arg *args, 
     }
     vkUpdateDescriptorSets(c->dev, LETHE_VK_BINDINGS, w, 0, NULL);
     vkCmdBindPipeline(c->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe);
-    vkCmdBindDescriptorSets(c->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, c->layout, 0, 1, &set, 0, NULL);
-    vkCmdPushConstants(c->cmd, c->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, (uint32_t)pc_size, pc);
+    /* a *_split pipeline also reads the KV chunks (set 1) */
+    LETHE_ASSERT(lethe_vk_is_split_pipe(pipe_name) == (r->kv_set != VK_NULL_HANDLE));
+    const VkPipelineLayout layout = r->kv_set ? c->layout_kv : c->layout;
+    const VkDescriptorSet both[2] = {set, r->kv_set};
+    vkCmdBindDescriptorSets(c->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, layout, 0, r->kv_set ? 2 : 1, both, 0, NULL);
+    vkCmdPushConstants(c->cmd, layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, (uint32_t)pc_size, pc);
     vkCmdDispatch(c->cmd, gx, gy, gz);
     VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
                           .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT,
@@ -189,24 +194,94 @@ static bool has_pipe(const vk_ctx *c, const char *fmt, const char *suffix) {
 
 static bool f32n(const lethe_node *n) { return n && n->t.type == LETHE_F32; }
 
-/* An activation must fit one binding (weights are split by rows instead). */
+/* An activation must fit one binding (weights are split by rows instead;
+ * MATMUL splits its activations by token rows: matmul_tokens). */
 static bool fits(const vk_ctx *c, const lethe_node *n) {
     return !n || lethe_tensor_nbytes(&n->t) + c->align <= c->max_range;
 }
 
+#define Q8_BLOCK_BYTES 40    /* lethe_cpu_q8a: f32 d, f32 s, i8 qs[32] */
+
+/* Tokens per dispatch of a MATMUL w [N, K] x [T, K] -> out [T, N]: as many
+ * rows of x, of its q8 blocks and of out as one binding holds (a prefill's
+ * logits over a 150K vocabulary pass 128 MiB at 220 tokens); 0 if not even
+ * one row fits. Each output element is computed by one invocation from its
+ * own row of x, so the split changes no bits. */
+static uint32_t matmul_tokens(const vk_ctx *c, int64_t N, int64_t K) {
+    const size_t row = (size_t)LETHE_MAX(N, K) * sizeof(float);   /* a row of out or of x */
+    const size_t q8row = (size_t)(K / 32) * Q8_BLOCK_BYTES;         /* a row of x's q8 blocks */
+    const size_t widest = LETHE_MAX(row, q8row);
+    if (c->max_range < c->align + widest) return 0;
+    return (uint32_t)LETHE_MIN((size_t)65535, (c->max_range - c->align) / widest);
+}
+
+/* A cache's shared buffer larger than one binding: chunks of whole pages
+ * (no K/V row straddles two bindings), each at most max_range bytes and a
+ * multiple of the offset alignment, bound as the array of set 1
+ * (shaders/kv_split.glsl). Planned once per buffer; a refusal is logged
+ * once and leaves the cache's ops on the CPU, which reads the same memory. */
+static bool kv_plan(const vk_ctx *c, const lethe_kv_cache *kv) {
+    vk_buf *vb = kv->shared->impl;
+    if (vb->kv_plan) return vb->kv_plan > 0;
+    const char *why = NULL;
+    size_t pages = c->max_range / kv->page_bytes;
+    while (pages > 0 && (pages * kv->page_bytes) % c->align != 0) pages--;
+    const size_t chunk = pages * kv->page_bytes;
+    const size_t nbind = chunk ? (vb->size + chunk - 1) / chunk : 0;
+    if (!c->kv_split || !lethe_vk_pipeline(c, "attention_split") || !lethe_vk_pipeline(c, "kv_store_split") ||
+        !lethe_vk_pipeline(c, "kv_flags_split"))
+        why = "the *_split pipelines are unavailable (the lines above say why)";
+    else if (!chunk)
+        why = "one page of the pool is larger than a binding";
+    else if (nbind > LETHE_VK_KV_MAX_BIND || chunk / 4 > UINT32_MAX / 2)
+        why = "it needs more bindings than the shaders declare";
+    vb->kv_plan = why ? -1 : 1;
+    vb->kv_chunk = chunk;
+    vb->kv_nbind = (uint32_t)nbind;
+    if (why)
+        LETHE_LOGW("vulkan: KV cache of %zu KiB > one binding of %zu KiB, and %s (pages of %zu KiB, %zu bindings "
+                   "needed, %d declared): KV_STORE and ATTENTION run on the CPU", (size_t)vb->size >> 10,
+                   c->max_range >> 10, why, kv->page_bytes >> 10, nbind, LETHE_VK_KV_MAX_BIND);
+    else
+        LETHE_LOGI("vulkan: KV cache of %zu KiB over %zu bindings of %zu pages (%zu KiB each)", (size_t)vb->size >> 10,
+                   nbind, pages, chunk >> 10);
+    return !why;
+}
+
+/* Device-local host-visible memory that the host does not cache (a
+ * discrete GPU's BAR, chosen by vk_device.c shared_memory_type) makes every
+ * host read of the cache a bus round trip. DMS and the plain cache read
+ * little on the host per step (the expire of a token leaving the window);
+ * TOVA and H2O scan every slot's pos per stream and step
+ * (kv_policy.c lethe_kv_policy_evict): said once, with the way out. */
+static void kv_memory_note(const vk_ctx *c, const lethe_kv_cache *kv) {
+    vk_buf *vb = kv->shared->impl;
+    if (vb->kv_noted) return;
+    vb->kv_noted = true;
+    const VkMemoryPropertyFlags f = c->mem_props.memoryTypes[vb->mem_type].propertyFlags;
+    if (kv->score && c->props.deviceType == VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU &&
+        (f & VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT) && !(f & VK_MEMORY_PROPERTY_HOST_CACHED_BIT))
+        LETHE_LOGW("vulkan: the KV cache is in device-local memory the host reads uncached, and the %s policy scans "
+                   "it on the host every step: LETHE_VK_KV_MEMORY=host may be faster",
+                   kv->policy.rule == LETHE_KV_RULE_TOVA ? "TOVA" : "H2O");
+}
+
+static bool kv_split(const lethe_kv_cache *kv) { return ((const vk_buf *)kv->shared->impl)->kv_plan > 0; }
+
 /* The KV cache of a KV_STORE / ATTENTION node lives in this backend's
- * shared memory (kv_cache.h: lethe_kv_init's `mem`), in one binding, in a
- * layout the shaders address as 32-bit words (F16 rows: D even), D within
- * attention.comp's 256. Else the node runs on the CPU, which reads the same
- * memory through host_ptr. */
+ * shared memory (kv_cache.h: lethe_kv_init's `mem`), in one binding or in
+ * several (kv_plan), in a layout the shaders address as 32-bit words (F16
+ * rows: D even), D within attention.comp's 256. Else the node runs on the
+ * CPU, which reads the same memory through host_ptr. */
 static bool kv_on_device(const vk_ctx *c, const lethe_backend *be, const lethe_node *n) {
     const lethe_kv_cache *kv = n->kv;
     if (!kv || !kv->shared || kv->shared->backend != be || !n->ub || n->ub->n_tokens <= 0 ||
         n->ub->n_tokens > kv->max_batch)
         return false;
-    if (((const vk_buf *)kv->shared->impl)->size > c->max_range) return false;
     if (kv->head_dim > 256 || (kv->type != LETHE_F32 && kv->type != LETHE_F16)) return false;
-    return kv->slot_bytes % 4 == 0 && kv->pos_offs % 4 == 0 && kv->expire_offs % 4 == 0;
+    if (kv->slot_bytes % 4 != 0 || kv->pos_offs % 4 != 0 || kv->expire_offs % 4 != 0) return false;
+    kv_memory_note(c, kv);
+    return ((const vk_buf *)kv->shared->impl)->size <= c->max_range || kv_plan(c, kv);
 }
 
 /* Longest head stream an ATTENTION node reads. */
@@ -251,7 +326,7 @@ bool lethe_vk_supports_op(lethe_backend *be, const lethe_node *n) {
     if (n->op == LETHE_OP_NONE) return true;
     for (int i = 0; i < LETHE_MAX_SRC; i++)
         if (n->src[i] && !lethe_tensor_is_contiguous(&n->src[i]->t)) return false;
-    if (!(f32n(n) || n->op == LETHE_OP_TOP_K) || !fits(c, n)) return false;
+    if (!(f32n(n) || n->op == LETHE_OP_TOP_K) || (n->op != LETHE_OP_MATMUL && !fits(c, n))) return false;
     switch (n->op) {
     case LETHE_OP_TOP_K:
         /* integer keys and subgroup max/min: bit-exact with the CPU (top_k.comp) */
@@ -268,7 +343,8 @@ bool lethe_vk_supports_op(lethe_backend *be, const lethe_node *n) {
         if (n->op == LETHE_OP_GET_ROWS)
             return n->src[1] && n->src[1]->t.type == LETHE_I32 && fits(c, n->src[1]) &&
                    has_pipe(c, "get_rows_%s", sfx);
-        return f32n(n->src[1]) && fits(c, n->src[1]) && n->src[1]->t.ne[0] == w->ne[0] &&
+        return f32n(n->src[1]) && matmul_tokens(c, w->ne[1], w->ne[0]) > 0 && n->src[1]->t.ne[0] == w->ne[0] &&
+               lethe_tensor_nelements(&n->t) == w->ne[1] * lethe_tensor_nrows(&n->src[1]->t) &&
                lethe_tensor_nrows(&n->src[1]->t) <= 65535 && has_pipe(c, "matmul_vec_%s", sfx) &&
                (!q8_path(w->type) || has_pipe(c, "quantize_q8", NULL));
     }
@@ -297,14 +373,15 @@ bool lethe_vk_supports_op(lethe_backend *be, const lethe_node *n) {
          * selects the pages on the device (op_attention); a stream of more
          * pages than its shared memory holds runs on the CPU. */
         if (!kv_on_device(c, be, n) || !f32n(n->src[0]) || !fits(c, n->src[0])) return false;
+        const char *sfx = kv_split(n->kv) ? "_split" : "";
         if (n->kv->kmin && (!n->kv->kmin_offs || (max_len(n) + LETHE_KV_PAGE - 1) / LETHE_KV_PAGE > QUEST_MAX_PAGES ||
-                            !has_pipe(c, "quest_bounds", NULL) || !has_pipe(c, "quest_select", NULL)))
+                            !has_pipe(c, "quest_bounds%s", sfx) || !has_pipe(c, "quest_select%s", sfx)))
             return false;
         const int64_t D = n->kv->head_dim, T = n->ub->n_tokens, nq = lethe_tensor_nelements(&n->src[0]->t);
         if (nq % (D * T) != 0 || D % 16 != 0) return false;   /* the CPU's 16-lane scores (attention.comp) */
         const int64_t Hq = nq / (D * T);
         if (n->kv->score && (uint64_t)T * (uint64_t)Hq * (uint64_t)max_len(n) * 4u > SCORE_W_MAX) return false;
-        return Hq % n->kv->n_head_kv == 0 && Hq * T <= 65535LL * 65535LL && has_pipe(c, "attention", NULL);
+        return Hq % n->kv->n_head_kv == 0 && Hq * T <= 65535LL * 65535LL && has_pipe(c, "attention%s", sfx);
     }
     case LETHE_OP_DMS_DECISION: {
         const int mode = n->iparams[0];
@@ -350,33 +427,48 @@ static lethe_status op_get_rows(rec *r, const lethe_node *n) {
     return LETHE_OK;
 }
 
-#define Q8_BLOCK_BYTES 40
 #ifndef GEMV_ROWS
 #define GEMV_ROWS 8
-#endif   /* lethe_cpu_q8a: f32 d, f32 s, i8 qs[32] */
+#endif
+
+/* Bytes [byte0, byte0 + nbytes) of the q8 activation scratch as a binding. */
+static vk_arg act_arg(const rec *r, size_t byte0, size_t nbytes) {
+    if (r->dry) return (vk_arg){r->c->dummy.buf, 0, 16, 0};
+    const size_t boff = byte0 / r->c->align * r->c->align;
+    return (vk_arg){r->c->act.buf, boff, align_to(byte0 - boff + nbytes, 4), (uint32_t)(byte0 - boff)};
+}
 
 /* x [T, K] -> q8 blocks [T, K/32] in the activation scratch (skipped when the
- * scratch already holds this node's blocks: q, k and v share their input). */
-static lethe_status quantize_x(rec *r, const lethe_node *x, size_t *bytes) {
-    const uint64_t n_blocks = (uint64_t)lethe_tensor_nelements(&x->t) / 32;
-    *bytes = (size_t)n_blocks * Q8_BLOCK_BYTES;
+ * scratch already holds this node's blocks: q, k and v share their input),
+ * `tpc` token rows per dispatch (matmul_tokens). */
+static lethe_status quantize_x(rec *r, const lethe_node *x, uint32_t tpc, size_t *bytes) {
+    const uint64_t T = (uint64_t)lethe_tensor_nrows(&x->t), bpr = (uint64_t)x->t.ne[0] / 32;   /* blocks per row */
+    *bytes = (size_t)(T * bpr) * Q8_BLOCK_BYTES;
     if (r->dry) r->act_need = LETHE_MAX(r->act_need, *bytes);
     if (r->q8_of == x) return LETHE_OK;
-    vk_arg a[2];
-    lethe_status st = arg_all(r, x, &a[0]);
-    if (st != LETHE_OK) return st;
-    a[1] = r->dry ? (vk_arg){r->c->dummy.buf, 0, 16, 0} : (vk_arg){r->c->act.buf, 0, align_to(*bytes, 4), 0};
-    struct { uint32_t n_blocks, x_off, q_off; } pc = {(uint32_t)n_blocks, a[0].rem / 4, 0};
-    uint32_t gx, gy;
-    grid_1d(n_blocks, 64, &gx, &gy);
-    if ((st = dispatch(r, "quantize_q8", a, 2, &pc, sizeof pc, gx, gy, 1)) != LETHE_OK) return st;
+    for (uint64_t t0 = 0; t0 < T; t0 += tpc) {
+        const uint64_t tc = LETHE_MIN((uint64_t)tpc, T - t0), n_blocks = tc * bpr;
+        vk_arg a[2];
+        lethe_status st = arg_of(r, x, (size_t)(t0 * bpr * 32 * sizeof(float)), (size_t)(n_blocks * 32 * sizeof(float)),
+                                 &a[0]);
+        if (st != LETHE_OK) return st;
+        a[1] = act_arg(r, (size_t)(t0 * bpr) * Q8_BLOCK_BYTES, (size_t)n_blocks * Q8_BLOCK_BYTES);
+        struct { uint32_t n_blocks, x_off, q_off; } pc = {(uint32_t)n_blocks, a[0].rem / 4, a[1].rem / 4};
+        uint32_t gx, gy;
+        grid_1d(n_blocks, 64, &gx, &gy);
+        if ((st = dispatch(r, "quantize_q8", a, 2, &pc, sizeof pc, gx, gy, 1)) != LETHE_OK) return st;
+    }
     r->q8_of = x;
     return LETHE_OK;
 }
 
+/* Weights in row chunks of one binding each; activations (x, its q8 blocks,
+ * out) in token chunks of one binding each (matmul_tokens): one dispatch per
+ * (token chunk, row chunk). */
 static lethe_status op_matmul(rec *r, const lethe_node *n) {
     const lethe_node *w = n->src[0], *x = n->src[1];
     const uint32_t N = (uint32_t)w->t.ne[1], K = (uint32_t)w->t.ne[0], T = (uint32_t)lethe_tensor_nrows(&x->t);
+    const uint32_t tpc = matmul_tokens(r->c, N, K);
     const size_t row_bytes = w->t.nb[1];
     const char *sfx = wtype_suffix(w->t.type);
     /* T > 1: the tiled shader dequantizes each weight once per 16 tokens */
@@ -386,32 +478,36 @@ static lethe_status op_matmul(rec *r, const lethe_node *n) {
     size_t q8_bytes = 0;
     const bool q8 = q8_path(w->t.type);
     lethe_status st;
-    if (q8 && (st = quantize_x(r, x, &q8_bytes)) != LETHE_OK) return st;
+    if (q8 && (st = quantize_x(r, x, tpc, &q8_bytes)) != LETHE_OK) return st;
+    const size_t q8_row = (size_t)(K / 32) * Q8_BLOCK_BYTES;
     const uint32_t per = (uint32_t)LETHE_MAX((size_t)1, (r->c->max_range - r->c->align) / row_bytes);
-    for (uint32_t n0 = 0; n0 < N; n0 += per) {
-        const uint32_t nc = LETHE_MIN(N - n0, per);
-        vk_arg a[3];
-        if ((st = arg_of(r, w, (size_t)n0 * row_bytes, (size_t)nc * row_bytes, &a[0])) != LETHE_OK ||
-            (st = arg_all(r, n, &a[2])) != LETHE_OK)
-            return st;
-        if (!q8) {
-            if ((st = arg_all(r, x, &a[1])) != LETHE_OK) return st;
-        } else {
-            a[1] = r->dry ? (vk_arg){r->c->dummy.buf, 0, 16, 0}
-                          : (vk_arg){r->c->act.buf, 0, align_to(q8_bytes, 4), 0};
+    for (uint32_t t0 = 0; t0 < T; t0 += tpc) {
+        const uint32_t tc = LETHE_MIN(T - t0, tpc);
+        for (uint32_t n0 = 0; n0 < N; n0 += per) {
+            const uint32_t nc = LETHE_MIN(N - n0, per);
+            vk_arg a[3];
+            if ((st = arg_of(r, w, (size_t)n0 * row_bytes, (size_t)nc * row_bytes, &a[0])) != LETHE_OK ||
+                (st = arg_of(r, n, (size_t)t0 * N * sizeof(float), (size_t)tc * N * sizeof(float), &a[2])) != LETHE_OK)
+                return st;
+            if (!q8) {
+                if ((st = arg_of(r, x, (size_t)t0 * K * sizeof(float), (size_t)tc * K * sizeof(float), &a[1])) != LETHE_OK)
+                    return st;
+            } else {
+                a[1] = act_arg(r, (size_t)t0 * q8_row, (size_t)tc * q8_row);
+            }
+            struct { uint32_t N, K, T, w_off, row_bytes, x_off, out_off, out_stride, out_col0; } pc = {
+                nc, K, tc, a[0].rem, (uint32_t)row_bytes, a[1].rem / 4, a[2].rem / 4, N, n0};
+            if (tiled) {
+                st = dispatch(r, pipe, a, 3, &pc, sizeof pc, (nc + 15) / 16, (tc + 15) / 16, 1);
+            } else {
+                /* a workgroup loops over GEMV_ROWS rows: fewer, longer workgroups
+                 * (the per-workgroup cost dominates on CPU drivers) */
+                const uint32_t groups = (nc + GEMV_ROWS - 1) / GEMV_ROWS;
+                uint32_t gx = LETHE_MIN(groups, 65535u), gy = (groups + gx - 1) / gx;
+                st = dispatch(r, pipe, a, 3, &pc, sizeof pc, gx, gy, tc);
+            }
+            if (st != LETHE_OK) return st;
         }
-        struct { uint32_t N, K, T, w_off, row_bytes, x_off, out_off, out_stride, out_col0; } pc = {
-            nc, K, T, a[0].rem, (uint32_t)row_bytes, a[1].rem / 4, a[2].rem / 4, N, n0};
-        if (tiled) {
-            st = dispatch(r, pipe, a, 3, &pc, sizeof pc, (nc + 15) / 16, (T + 15) / 16, 1);
-        } else {
-            /* a workgroup loops over GEMV_ROWS rows: fewer, longer workgroups
-             * (the per-workgroup cost dominates on CPU drivers) */
-            const uint32_t groups = (nc + GEMV_ROWS - 1) / GEMV_ROWS;
-            uint32_t gx = LETHE_MIN(groups, 65535u), gy = (groups + gx - 1) / gx;
-            st = dispatch(r, pipe, a, 3, &pc, sizeof pc, gx, gy, T);
-        }
-        if (st != LETHE_OK) return st;
     }
     return LETHE_OK;
 }
@@ -495,11 +591,56 @@ static lethe_status op_rope(rec *r, const lethe_node *n) {
 
 /* --------------------------------------------------------- KV cache ops */
 
-/* The cache's shared buffer, whole, as one binding (kv_on_device checked it fits). */
+/* The cache's shared buffer, whole, as one binding (kv_on_device checked it
+ * fits); a split cache (kv_plan) binds the dummy there and its chunks as set 1. */
 static vk_arg kv_arg(const rec *r, const lethe_kv_cache *kv) {
-    if (r->dry) return (vk_arg){r->c->dummy.buf, 0, 16, 0};
+    if (r->dry || kv_split(kv)) return (vk_arg){r->c->dummy.buf, 0, 16, 0};
     const vk_buf *vb = kv->shared->impl;
     return (vk_arg){vb->buf, 0, vb->size, 0};
+}
+
+/* A split cache's set 1: chunk i of the buffer as element i of the array,
+ * elements past the buffer's end bound to the dummy (every element of a
+ * statically used array must be valid). Made once per buffer, in its own
+ * pool, freed with it (vk_device.c vk_buffer_free). */
+static lethe_status kv_set_of(vk_ctx *c, const lethe_kv_cache *kv, VkDescriptorSet *out) {
+    vk_buf *vb = kv->shared->impl;
+    if (!vb->kv_set) {
+        VkDescriptorPoolSize ps = {.type = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, .descriptorCount = LETHE_VK_KV_MAX_BIND};
+        VkDescriptorPoolCreateInfo pi = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO, .maxSets = 1,
+                                         .poolSizeCount = 1, .pPoolSizes = &ps};
+        VkResult res = vkCreateDescriptorPool(c->dev, &pi, NULL, &vb->kv_pool);
+        if (res != VK_SUCCESS) {
+            vb->kv_pool = VK_NULL_HANDLE;
+            return lethe_fail(LETHE_ERR_BACKEND, "vulkan: KV descriptor pool: %s", lethe_vk_check(res));
+        }
+        VkDescriptorSetAllocateInfo ai = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO,
+                                          .descriptorPool = vb->kv_pool, .descriptorSetCount = 1,
+                                          .pSetLayouts = &c->dsl_kv};
+        if ((res = vkAllocateDescriptorSets(c->dev, &ai, &vb->kv_set)) != VK_SUCCESS) {
+            vb->kv_set = VK_NULL_HANDLE;
+            return lethe_fail(LETHE_ERR_BACKEND, "vulkan: KV descriptor set: %s", lethe_vk_check(res));
+        }
+        VkDescriptorBufferInfo bi[LETHE_VK_KV_MAX_BIND];
+        for (uint32_t i = 0; i < LETHE_VK_KV_MAX_BIND; i++) {
+            const VkDeviceSize off = (VkDeviceSize)i * vb->kv_chunk;
+            bi[i] = i < vb->kv_nbind ? (VkDescriptorBufferInfo){vb->buf, off, LETHE_MIN(vb->kv_chunk, vb->size - off)}
+                                     : (VkDescriptorBufferInfo){c->dummy.buf, 0, VK_WHOLE_SIZE};
+        }
+        VkWriteDescriptorSet w = {.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET, .dstSet = vb->kv_set,
+                                  .dstBinding = 0, .descriptorCount = LETHE_VK_KV_MAX_BIND,
+                                  .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, .pBufferInfo = bi};
+        vkUpdateDescriptorSets(c->dev, 1, &w, 0, NULL);
+    }
+    *out = vb->kv_set;
+    return LETHE_OK;
+}
+
+/* Binding and word of byte `b` of a split cache's buffer. */
+static void kv_loc(const lethe_kv_cache *kv, size_t b, int32_t *bind, int32_t *word) {
+    const size_t chunk = ((const vk_buf *)kv->shared->impl)->kv_chunk;
+    *bind = (int32_t)(b / chunk);
+    *word = (int32_t)(b % chunk / 4);
 }
 
 /* A growable int32 list for the per-run metadata built from host structs. */
@@ -523,7 +664,9 @@ static lethe_status ivec_push(ivec *a, int32_t x) {
 /* KV_STORE metadata [T * Hkv][4]: word of the K row and of the V row of the
  * slot reserved for (t, h), the expire word of the sequence's previous token
  * (kv->prev_t / stream->prev, as lethe_cpu_kv_store finds it; -1: none) and
- * the expire a positive decision gives it (pos[t] + w, saturated). */
+ * the expire a positive decision gives it (pos[t] + w, saturated). A split
+ * cache: [T * Hkv][8], each word as (binding, word in it), then the expire
+ * and a pad (shaders/kv_store.comp). */
 static lethe_status store_meta(const lethe_node *n, ivec *m) {
     const lethe_kv_cache *kv = n->kv;
     const int layer = n->iparams[0];
@@ -545,12 +688,22 @@ static lethe_status store_meta(const lethe_node *n, ivec *m) {
             const int32_t pt = kv->prev_t[t];
             const int32_t prev = pt >= 0 ? kv->res_slot[si * kv->max_batch + pt] : s->prev;
             const int32_t p = n->ub->pos[t];
+            const int32_t nexp = p > LETHE_KV_NEVER - w ? LETHE_KV_NEVER : p + w;
+            if (kv_split(kv)) {
+                int32_t loc[8] = {0};
+                kv_loc(kv, kb, &loc[0], &loc[1]);
+                kv_loc(kv, vb, &loc[2], &loc[3]);
+                if (prev >= 0) kv_loc(kv, kv->expire_offs + 4 * lethe_kv_meta(s, prev), &loc[4], &loc[5]);
+                else loc[5] = -1;
+                loc[6] = nexp;
+                for (int i = 0; i < 8 && st == LETHE_OK; i++) st = ivec_push(m, loc[i]);
+                continue;
+            }
             const int64_t ew = prev >= 0 ? (int64_t)(kv->expire_offs / 4 + lethe_kv_meta(s, prev)) : -1;
             if (kb / 4 > INT32_MAX || vb / 4 > INT32_MAX || ew > INT32_MAX)
                 return lethe_fail(LETHE_ERR_INTERNAL, "vulkan: KV cache offsets beyond 31 bits");
             if ((st = ivec_push(m, (int32_t)(kb / 4))) != LETHE_OK || (st = ivec_push(m, (int32_t)(vb / 4))) != LETHE_OK ||
-                (st = ivec_push(m, (int32_t)ew)) != LETHE_OK ||
-                (st = ivec_push(m, p > LETHE_KV_NEVER - w ? LETHE_KV_NEVER : p + w)) != LETHE_OK)
+                (st = ivec_push(m, (int32_t)ew)) != LETHE_OK || (st = ivec_push(m, nexp)) != LETHE_OK)
                 return st;
         }
     }
@@ -568,21 +721,28 @@ static lethe_status op_kv_store(rec *r, const lethe_node *n) {
     if (st != LETHE_OK) return st;
     if ((st = arg_all(r, n->src[0], &a[0])) != LETHE_OK || (st = arg_all(r, n->src[1], &a[1])) != LETHE_OK) return st;
     a[2] = kv_arg(r, kv);
-    const bool f16 = kv->type == LETHE_F16;
-    struct { uint32_t D, n_rows, k_off, v_off, meta_off, f16; } pc = {D, T * Hkv, a[0].rem / 4, a[1].rem / 4, 0, f16};
+    const bool f16 = kv->type == LETHE_F16, split = kv_split(kv);
+    const uint32_t n_bind = split ? ((const vk_buf *)kv->shared->impl)->kv_nbind : 1;
+    struct { uint32_t D, n_rows, k_off, v_off, meta_off, f16, n_bind; } pc = {D, T * Hkv, a[0].rem / 4, a[1].rem / 4, 0,
+                                                                               f16, n_bind};
     uint32_t gx, gy;
     grid_1d((uint64_t)T * Hkv * (f16 ? D / 2 : D), 256, &gx, &gy);
-    if ((st = dispatch(r, "kv_store", a, 4, &pc, sizeof pc, gx, gy, 1)) != LETHE_OK) return st;
-    if (!n->src[2]) return LETHE_OK;
+    if (split && (st = kv_set_of(r->c, kv, &r->kv_set)) != LETHE_OK) return st;
+    st = dispatch(r, split ? "kv_store_split" : "kv_store", a, 4, &pc, sizeof pc, gx, gy, 1);
+    r->kv_set = VK_NULL_HANDLE;
+    if (st != LETHE_OK || !n->src[2]) return st;
     /* the DMS flags of the previous tokens (after the rows: a flag may land
      * in a slot this micro-batch just wrote, never in the same word) */
     vk_arg f[3];
     if ((st = arg_all(r, n->src[2], &f[0])) != LETHE_OK) return st;
     f[1] = a[2];
     f[2] = a[3];
-    struct { uint32_t n_rows, dec_off, meta_off; } pf = {T * Hkv, f[0].rem / 4, 0};
+    struct { uint32_t n_rows, dec_off, meta_off, n_bind; } pf = {T * Hkv, f[0].rem / 4, 0, n_bind};
     grid_1d((uint64_t)T * Hkv, 256, &gx, &gy);
-    return dispatch(r, "kv_flags", f, 3, &pf, sizeof pf, gx, gy, 1);
+    if (split && (st = kv_set_of(r->c, kv, &r->kv_set)) != LETHE_OK) return st;
+    st = dispatch(r, split ? "kv_flags_split" : "kv_flags", f, 3, &pf, sizeof pf, gx, gy, 1);
+    r->kv_set = VK_NULL_HANDLE;
+    return st;
 }
 
 /* ATTENTION metadata: [T * Hkv][4] = {L, start of the stream's page list,
@@ -661,12 +821,31 @@ static lethe_status quest_refresh(rec *r, const lethe_node *n) {
     free(m.v);
     if (st != LETHE_OK || !n_pg) return st;
     a[0] = kv_arg(r, kv);
-    struct { uint32_t D, n, meta_off, page_words, slot_words, kmin_word0, kmax_word0, f16; } pc = {
-        D, n_pg, a[1].rem / 4, (uint32_t)(kv->page_bytes / 4), (uint32_t)(kv->slot_bytes / 4),
-        (uint32_t)(kv->kmin_offs / 4), (uint32_t)(kv->kmax_offs / 4), kv->type == LETHE_F16};
+    struct {
+        uint32_t D, n, meta_off, page_words, slot_words, kmin_word0, kmax_word0, f16;
+        uint32_t n_bind, chunk_pages, chunk_words, kmin_b0, kmax_b0;   /* a split cache (kv_split.glsl) */
+    } pc = {D, n_pg, a[1].rem / 4, (uint32_t)(kv->page_bytes / 4), (uint32_t)(kv->slot_bytes / 4),
+            (uint32_t)(kv->kmin_offs / 4), (uint32_t)(kv->kmax_offs / 4), kv->type == LETHE_F16, 1, 0, 0, 0, 0};
+    const bool split = kv_split(kv);
+    if (split) {   /* the bounds by (binding, word) like pos and expire: kmin and kmax may cross chunks */
+        const vk_buf *vb = kv->shared->impl;
+        int32_t b, w;
+        pc.n_bind = vb->kv_nbind;
+        pc.chunk_pages = (uint32_t)(vb->kv_chunk / kv->page_bytes);
+        pc.chunk_words = (uint32_t)(vb->kv_chunk / 4);
+        kv_loc(kv, kv->kmin_offs, &b, &w);
+        pc.kmin_b0 = (uint32_t)b;
+        pc.kmin_word0 = (uint32_t)w;
+        kv_loc(kv, kv->kmax_offs, &b, &w);
+        pc.kmax_b0 = (uint32_t)b;
+        pc.kmax_word0 = (uint32_t)w;
+        if ((st = kv_set_of(r->c, kv, &r->kv_set)) != LETHE_OK) return st;
+    }
     uint32_t gx, gy;
     grid_1d((uint64_t)n_pg * D, 256, &gx, &gy);
-    return dispatch(r, "quest_bounds", a, 2, &pc, sizeof pc, gx, gy, 1);
+    st = dispatch(r, split ? "quest_bounds_split" : "quest_bounds", a, 2, &pc, sizeof pc, gx, gy, 1);
+    r->kv_set = VK_NULL_HANDLE;
+    return st;
 }
 
 static lethe_status op_attention(rec *r, const lethe_node *n) {
@@ -697,17 +876,37 @@ static lethe_status op_attention(rec *r, const lethe_node *n) {
         return st;
     if ((st = arg_all(r, q, &a[0])) != LETHE_OK || (st = arg_all(r, n, &a[3])) != LETHE_OK) return st;
     a[1] = kv_arg(r, kv);
+    const bool split = kv_split(kv);
     if (quest) {
         if ((st = quest_refresh(r, n)) != LETHE_OK) return st;
         struct {
             uint32_t D, Hq, Hkv, G, T, q_off, meta_off, pos_word0, kmin_word0, kmax_word0, k_pages, sel_off,
                 sel_stride;
+            uint32_t n_bind, chunk_words, pos_b0, kmin_b0, kmax_b0;   /* a split cache (kv_split.glsl) */
         } ps = {D, Hq, Hkv, Hq / Hkv, T, a[0].rem / 4, a[2].rem / 4, (uint32_t)(kv->pos_offs / 4),
                 (uint32_t)(kv->kmin_offs / 4), (uint32_t)(kv->kmax_offs / 4), k_pages, a[2].rem / 4 + sel_off,
-                sel_stride};
+                sel_stride, 1, 0, 0, 0, 0};
+        if (split) {
+            const vk_buf *vb = kv->shared->impl;
+            int32_t b, w;
+            ps.n_bind = vb->kv_nbind;
+            ps.chunk_words = (uint32_t)(vb->kv_chunk / 4);
+            kv_loc(kv, kv->pos_offs, &b, &w);
+            ps.pos_b0 = (uint32_t)b;
+            ps.pos_word0 = (uint32_t)w;
+            kv_loc(kv, kv->kmin_offs, &b, &w);
+            ps.kmin_b0 = (uint32_t)b;
+            ps.kmin_word0 = (uint32_t)w;
+            kv_loc(kv, kv->kmax_offs, &b, &w);
+            ps.kmax_b0 = (uint32_t)b;
+            ps.kmax_word0 = (uint32_t)w;
+            if ((st = kv_set_of(r->c, kv, &r->kv_set)) != LETHE_OK) return st;
+        }
         vk_arg sa[3] = {a[0], a[1], a[2]};
         const uint32_t groups = T * Hkv, sx = LETHE_MIN(groups, 65535u), sy = (groups + sx - 1) / sx;
-        if ((st = dispatch(r, "quest_select", sa, 3, &ps, sizeof ps, sx, sy, 1)) != LETHE_OK) return st;
+        st = dispatch(r, split ? "quest_select_split" : "quest_select", sa, 3, &ps, sizeof ps, sx, sy, 1);
+        r->kv_set = VK_NULL_HANDLE;
+        if (st != LETHE_OK) return st;
         /* KV reads: the selected pages' slots, counted once the device is done */
         if (!r->dry && (st = add_job(r->c, (vk_score_job){n, off + (size_t)sel_off * sizeof(int32_t), sel_stride,
                                                            true})) != LETHE_OK)
@@ -717,12 +916,29 @@ static lethe_status op_attention(rec *r, const lethe_node *n) {
         uint32_t D, Hq, Hkv, G, T, q_off, out_off, meta_off, page_words, slot_words, pos_word0, exp_word0, f16;
         float scale;
         uint32_t fused, w_off, w_stride, sel_off, sel_stride;
+        uint32_t n_bind, chunk_pages, chunk_words, pos_b0, exp_b0;   /* a split cache (kv_split.glsl) */
     } pc = {D, Hq, Hkv, Hq / Hkv, T, a[0].rem / 4, a[3].rem / 4, 0, (uint32_t)(kv->page_bytes / 4),
             (uint32_t)(kv->slot_bytes / 4), (uint32_t)(kv->pos_offs / 4), (uint32_t)(kv->expire_offs / 4),
             kv->type == LETHE_F16, n->fparams[0], lethe_cpu_attention_fused(kv, (int64_t)(Hq / Hkv)), w_off, stride,
-            quest ? sel_off : 0, sel_stride};
+            quest ? sel_off : 0, sel_stride, 1, 0, 0, 0, 0};
+    if (split) {
+        const vk_buf *vb = kv->shared->impl;
+        int32_t b, w;
+        pc.n_bind = vb->kv_nbind;
+        pc.chunk_pages = (uint32_t)(vb->kv_chunk / kv->page_bytes);
+        pc.chunk_words = (uint32_t)(vb->kv_chunk / 4);
+        kv_loc(kv, kv->pos_offs, &b, &w);
+        pc.pos_b0 = (uint32_t)b;
+        pc.pos_word0 = (uint32_t)w;
+        kv_loc(kv, kv->expire_offs, &b, &w);
+        pc.exp_b0 = (uint32_t)b;
+        pc.exp_word0 = (uint32_t)w;
+        if ((st = kv_set_of(r->c, kv, &r->kv_set)) != LETHE_OK) return st;
+    }
     const uint32_t groups = T * Hq, gx = LETHE_MIN(groups, 65535u), gy = (groups + gx - 1) / gx;
-    if ((st = dispatch(r, "attention", a, 4, &pc, sizeof pc, gx, gy, 1)) != LETHE_OK) return st;
+    st = dispatch(r, split ? "attention_split" : "attention", a, 4, &pc, sizeof pc, gx, gy, 1);
+    r->kv_set = VK_NULL_HANDLE;
+    if (st != LETHE_OK) return st;
     /* as the CPU kernel counts (QUEST: after the device, from its selections) */
     if (!r->dry && !quest) __atomic_fetch_add(&kv->reads, reads, __ATOMIC_RELAXED);
     return LETHE_OK;
