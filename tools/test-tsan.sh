@@ -4,7 +4,8 @@
 # shared model (tests/test_threads.c), two threads decoding at once in two
 # contexts on one shared Vulkan device (tests/test_shared_device.c, on
 # lavapipe: TSan sees the device's locks and every lethe access; lavapipe's
-# own code is not instrumented, its pthread calls are intercepted), and the
+# own code is not instrumented and its futex hand-offs are invisible to TSan:
+# tests/tsan.supp drops reports with a lavapipe frame), and the
 # once-only backend-folder lookup (tests/test_backend_module.c). Any TSan
 # report fails the run.
 # Run after tools/test.sh (which installs packages and fetches the model).
@@ -34,6 +35,6 @@ if [ ! -f "$BUILD_DIR/build.ninja" ]; then
 fi
 ninja -C "$BUILD_DIR" ${LETHE_JOBS:+-j "$LETHE_JOBS"} test_threads test_backend_module test_shared_device
 export LETHE_TEST_CTX_THREADS=1 OMP_NUM_THREADS=1
-export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1:exitcode=66:second_deadlock_stack=1}"
+export TSAN_OPTIONS="${TSAN_OPTIONS:-halt_on_error=1:exitcode=66:second_deadlock_stack=1:suppressions=$ROOT/tests/tsan.supp}"
 ctest --test-dir "$BUILD_DIR" --output-on-failure --no-tests=error --timeout 900 -j1 \
     -R '^(test_threads|test_backend_module|test_shared_device)$' "$@"
