@@ -222,6 +222,38 @@ static void cand_top_k(lethe_cand *c, size_t n, size_t k) {
 
 /* ---- sampling ----------------------------------------------------------- */
 
+/* The chain's last steps over the n candidates left, in their order (both
+ * sampling paths end here, so they draw the same token from the same
+ * random number): softmax with temperature (unnormalised; the sum is
+ * kept), top-p as the shortest prefix whose mass reaches top_p (at least
+ * one), then the draw. */
+static lethe_token softmax_top_p_draw(lethe_sampler *s, lethe_cand *c, size_t n, float lmax, float inv_t) {
+    double sum = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        c[i].p = expf((c[i].logit - lmax) * inv_t);
+        sum += c[i].p;
+    }
+    if (s->params.top_p < 1.0f) {
+        const double target = (double)s->params.top_p * sum;
+        double cum = 0.0;
+        size_t keep = n;
+        for (size_t i = 0; i < n; i++) {
+            cum += c[i].p;
+            if (cum >= target) { keep = i + 1; break; }
+        }
+        n = keep;
+        sum = 0.0;
+        for (size_t i = 0; i < n; i++) sum += c[i].p;
+    }
+    double r = rng_uniform(s->rng) * sum;
+    double acc = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        acc += c[i].p;
+        if (r < acc) return c[i].id;
+    }
+    return c[n - 1].id;   /* rounding: r landed on the very top edge */
+}
+
 /* Penalise every distinct recent token once (llama.cpp semantics). */
 static void apply_repeat_penalty(lethe_sampler *s) {
     const float pen = s->params.repeat_penalty;
@@ -292,35 +324,7 @@ lethe_token lethe_sampler_sample(lethe_sampler *s, const float *logits) {
         cand_sort(c, n);
     }
 
-    /* softmax with temperature (unnormalised; the sum is kept). */
-    double sum = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        c[i].p = expf((c[i].logit - lmax) * inv_t);
-        sum += c[i].p;
-    }
-
-    /* top-p: the shortest sorted prefix whose mass reaches top_p (at least one). */
-    if (s->params.top_p < 1.0f) {
-        const double target = (double)s->params.top_p * sum;
-        double cum = 0.0;
-        size_t keep = n;
-        for (size_t i = 0; i < n; i++) {
-            cum += c[i].p;
-            if (cum >= target) { keep = i + 1; break; }
-        }
-        n = keep;
-        sum = 0.0;
-        for (size_t i = 0; i < n; i++) sum += c[i].p;
-    }
-
-    /* draw */
-    double r = rng_uniform(s->rng) * sum;
-    double acc = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        acc += c[i].p;
-        if (r < acc) return c[i].id;
-    }
-    return c[n - 1].id;   /* rounding: r landed on the very top edge */
+    return softmax_top_p_draw(s, c, n, lmax, inv_t);
 }
 
 /* ---- sampling from a row's best candidates (on-device sampling) ---------
@@ -416,30 +420,7 @@ lethe_token lethe_sampler_sample_top_k(lethe_sampler *s, const lethe_candidate *
     size_t n = m < K ? m : K;
     if (!cut && !(p->top_p < 1.0f)) cand_sort_by_id(c, n);
 
-    double sum = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        c[i].p = expf((c[i].logit - lmax) * inv_t);
-        sum += c[i].p;
-    }
-    if (p->top_p < 1.0f) {
-        const double target = (double)p->top_p * sum;
-        double cum = 0.0;
-        size_t keep = n;
-        for (size_t i = 0; i < n; i++) {
-            cum += c[i].p;
-            if (cum >= target) { keep = i + 1; break; }
-        }
-        n = keep;
-        sum = 0.0;
-        for (size_t i = 0; i < n; i++) sum += c[i].p;
-    }
-    double r = rng_uniform(s->rng) * sum;
-    double acc = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        acc += c[i].p;
-        if (r < acc) return c[i].id;
-    }
-    return c[n - 1].id;
+    return softmax_top_p_draw(s, c, n, lmax, inv_t);
 }
 
 lethe_token lethe_sample(lethe_sampler *s, lethe_context *ctx, int32_t i) {
