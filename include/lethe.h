@@ -334,10 +334,6 @@ typedef struct lethe_memory_info {
 } lethe_memory_info;
 
 LETHE_API lethe_memory_info lethe_get_memory_info(const lethe_context *ctx);
-/* Milliseconds the context's GPU spent computing its decode calls so far,
- * by device timestamps (Vulkan); -1 when the context runs on the CPU only
- * or its device offers no timestamps. `lethe bench` reports it per row. */
-LETHE_API double lethe_get_device_ms(const lethe_context *ctx);
 /* Bytes of the model file held in memory (mapped or read). */
 LETHE_API size_t lethe_model_memory_bytes(const lethe_model *model);
 
@@ -345,7 +341,8 @@ LETHE_API size_t lethe_model_memory_bytes(const lethe_model *model);
  * made, by the device's own timestamps (host overhead and CPU-fallback ops
  * left out); take differences around what you time. -1 when there is no
  * such clock: a CPU-only context, or a backend without timestamps (Vulkan
- * reports them where the driver supports timestamp queries). */
+ * reports them where the driver supports timestamp queries; CUDA by events).
+ * `lethe bench` reports it per row. */
 LETHE_API double lethe_get_device_ms(const lethe_context *ctx);
 
 /* ---- KV statistics ------------------------------------------------------ */
