@@ -60,7 +60,7 @@ static const cli_optdef k_opts[] = {
     {"host-sampling", no_argument, OPT_HOST_SAMPLING, CLI_CHAT | CLI_GENERATE | CLI_BENCH, NULL,
      "decodes return whole logits rows, sampled on the host (default: only the top-k candidates the chain needs, "
      "selected on the device, when the chain allows: greedy, or top-k <= 256 without a repetition penalty; the same "
-     "tokens; bench: what each tg step returns, default the 40 of generate's default chain)"},
+     "tokens; bench on a GPU: what each tg step returns, default the 40 of generate's default chain; bench on the CPU always returns rows)"},
     {"stats", no_argument, OPT_STATS, CLI_GENERATE | CLI_CHAT, NULL, "print timings on stderr"},
     {"no-special", no_argument, OPT_NO_SPECIAL, CLI_TOKENIZE, NULL, "no BOS/EOS and no special-token parsing"},
     {"pieces", no_argument, OPT_PIECES, CLI_TOKENIZE, NULL, "print one 'id<TAB>piece' per line"},
