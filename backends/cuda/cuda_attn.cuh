@@ -73,23 +73,6 @@ CU_HD int cu_quest_rows(int L, int pg) {
     return r < 0 ? 0 : r > CU_KV_P ? CU_KV_P : r;
 }
 
-/* Rounded products and a rounded sum, never contracted into an fma, so
- * that the bound (and so the pages read) is the CPU's bit for bit. */
-CU_HD float cu_mul_rn(float a, float b) {
-#ifdef __CUDA_ARCH__
-    return __fmul_rn(a, b);
-#else
-    return a * b;
-#endif
-}
-CU_HD float cu_add_rn(float a, float b) {
-#ifdef __CUDA_ARCH__
-    return __fadd_rn(a, b);
-#else
-    return a + b;
-#endif
-}
-
 /* The bound of one page on q.k for the G queries q [G][D] of a group:
  * max over g of sum_d max(q_d kmin_d, q_d kmax_d), summed in d order. */
 CU_HD float cu_quest_bound(const float *q, int G, int D, const float *kmin, const float *kmax) {
@@ -97,8 +80,9 @@ CU_HD float cu_quest_bound(const float *q, int G, int D, const float *kmin, cons
     for (int g = 0; g < G; g++) {
         float b = 0.0f;
         for (int d = 0; d < D; d++) {
-            const float a = cu_mul_rn(q[g * D + d], kmin[d]), c = cu_mul_rn(q[g * D + d], kmax[d]);
-            b = cu_add_rn(b, a > c ? a : c);
+            /* rounded products and sum, never an fma: the CPU's bound bit for bit */
+            const float a = cu_fmul(q[g * D + d], kmin[d]), c = cu_fmul(q[g * D + d], kmax[d]);
+            b = cu_fadd(b, a > c ? a : c);
         }
         best = b > best ? b : best;
     }

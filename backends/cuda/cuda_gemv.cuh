@@ -55,31 +55,6 @@ CU_HD void gemv_lane(const uint8_t *wr, const float *x, int64_t K, int lane, flo
     }
 }
 
-/* ------------------------------------------------ exact float operations
- * Spelled out so that nvcc never contracts a product and a sum into an fma
- * the CPU does not do (and the host build, compiled with
- * -ffp-contract=off, does the same). */
-CU_HD float cu_fmul(float a, float b) {
-#ifdef __CUDA_ARCH__
-    return __fmul_rn(a, b);
-#else
-    return a * b;
-#endif
-}
-CU_HD float cu_fadd(float a, float b) {
-#ifdef __CUDA_ARCH__
-    return __fadd_rn(a, b);
-#else
-    return a + b;
-#endif
-}
-CU_HD float cu_fma(float a, float b, float c) {
-#ifdef __CUDA_ARCH__
-    return __fmaf_rn(a, b, c);
-#else
-    return fmaf(a, b, c);
-#endif
-}
 /* sum of 4 signed byte products plus c (the host emulates the instruction) */
 CU_HD int cu_dp4a(int a, int b, int c) {
 #ifdef __CUDA_ARCH__

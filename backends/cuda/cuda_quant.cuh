@@ -16,6 +16,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -25,6 +26,33 @@ enum { CU_F32 = 0, CU_F16 = 1, CU_Q4_0 = 2, CU_Q4_1 = 3, CU_Q5_0 = 6, CU_Q5_1 = 
 /* Host and device: the same code also runs on the host in k_hostcheck.cu,
  * which the CPU-only test suite checks against the CPU's dequantization. */
 #define CU_HD __host__ __device__ __forceinline__
+
+/* ------------------------------------------------ exact float operations
+ * Spelled out so that nvcc never contracts a product and a sum into an fma
+ * the CPU does not do (and the host build, compiled with
+ * -ffp-contract=off, does the same). Shared by the GEMV's float chains and
+ * QUEST's page bound (cuda_gemv.cuh, cuda_attn.cuh). */
+CU_HD float cu_fmul(float a, float b) {
+#ifdef __CUDA_ARCH__
+    return __fmul_rn(a, b);
+#else
+    return a * b;
+#endif
+}
+CU_HD float cu_fadd(float a, float b) {
+#ifdef __CUDA_ARCH__
+    return __fadd_rn(a, b);
+#else
+    return a + b;
+#endif
+}
+CU_HD float cu_fma(float a, float b, float c) {
+#ifdef __CUDA_ARCH__
+    return __fmaf_rn(a, b, c);
+#else
+    return fmaf(a, b, c);
+#endif
+}
 
 CU_HD float cu_bits_f32(uint32_t u) {
 #ifdef __CUDA_ARCH__
