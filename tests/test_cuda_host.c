@@ -49,7 +49,6 @@
 #endif
 
 #ifdef LETHE_HAVE_CUDA
-double lethe_rope_inv_freq(const lethe_rope_params *p, int i);   /* the CPU backend's */
 int lethe_cu_host_dequant_row(int wtype, const void *row, int64_t K, float *out);
 int lethe_cu_host_gemv(int wtype, const void *w, size_t row_bytes, const float *x, float *y, int64_t N, int64_t K,
                        int64_t T);

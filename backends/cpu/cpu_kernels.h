@@ -16,6 +16,7 @@
 #include "common.h"
 #include "dtype.h"
 #include "graph.h"
+#include "rope_freq.h"   /* lethe_rope_inv_freq, shared with the GPU backends */
 
 #include <math.h>
 #include <sched.h>
@@ -179,9 +180,6 @@ void lethe_cpu_dms_decision(const lethe_cpu_exec *ex, lethe_node *n);   /* cpu_d
 void lethe_cpu_top_k(const lethe_cpu_exec *ex, lethe_node *n);          /* cpu_topk.c */
 /* The FORCED decision for (pos, layer, head): +1 for a `rate` fraction. */
 float lethe_dms_forced_logit(int32_t pos, int layer, int head, float rate);
-
-/* Llama-3 scaled inverse frequency of rotary pair i (shared with tests). */
-double lethe_rope_inv_freq(const lethe_rope_params *p, int i);
 
 /* Split [0, n) into nth near-equal parts, part ith is [*b, *e); `align`
  * rounds part boundaries to multiples (the last part takes the rest). */

@@ -87,28 +87,6 @@ void lethe_cpu_swiglu(const lethe_cpu_exec *ex, lethe_node *n) {
     }
 }
 
-/* Inverse frequency of rotary pair i: base^(-2i/n_rot), with Llama 3
- * scaling applied as Hugging Face's _compute_llama3_parameters does (high
- * frequencies kept, low ones divided by factor, a smooth blend between),
- * then times freq_scale. */
-double lethe_rope_inv_freq(const lethe_rope_params *p, int i) {
-    double inv = pow((double)p->freq_base, -2.0 * i / (double)p->n_rot);
-    if (p->llama3_factor > 0.0f) {
-        const double factor = p->llama3_factor, lo = p->llama3_low_freq_factor, hi = p->llama3_high_freq_factor;
-        const double ctx = p->llama3_orig_ctx;
-        const double lo_wavelen = ctx / lo, hi_wavelen = ctx / hi;
-        const double wavelen = 2.0 * M_PI / inv;
-        if (wavelen > lo_wavelen) {
-            inv = inv / factor;
-        } else if (wavelen >= hi_wavelen) { /* medium band */
-            const double smooth = (ctx / wavelen - lo) / (hi - lo);
-            inv = (1.0 - smooth) * inv / factor + smooth * inv;
-        }
-    }
-    if (p->freq_factors) inv /= (double)p->freq_factors[i];
-    return inv * (double)p->freq_scale;
-}
-
 void lethe_cpu_rope_ws(const lethe_node *n, int nth, size_t *per_thread, size_t *shared) {
     /* inverse frequencies (double), cos and sin of the current token (float),
      * one row for the DMS borrowed channel */

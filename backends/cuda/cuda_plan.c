@@ -17,6 +17,7 @@
  */
 #include "cuda_plan.h"
 #include "cuda_topk.h"
+#include "rope_freq.h"
 
 #include "backend.h"   /* lethe_buffer: which backend a node's buffer belongs to */
 
@@ -152,26 +153,6 @@ bool cu_plan_decode_shaped(const lethe_graph *g, int begin, int end) {
         if (n->op == LETHE_OP_MATMUL && cu_nrows(&n->src[1]->t) > LETHE_CU_GEMV_MAX_T) return false;
     }
     return true;
-}
-
-/* Inverse frequency of rotary pair i, computed as the CPU backend's
- * lethe_rope_inv_freq does (same double arithmetic, same libm). */
-static double rope_inv_freq(const lethe_rope_params *p, int i) {
-    double inv = pow((double)p->freq_base, -2.0 * i / (double)p->n_rot);
-    if (p->llama3_factor > 0.0f) {
-        const double factor = p->llama3_factor, lo = p->llama3_low_freq_factor, hi = p->llama3_high_freq_factor;
-        const double ctx = p->llama3_orig_ctx;
-        const double lo_wavelen = ctx / lo, hi_wavelen = ctx / hi;
-        const double wavelen = 2.0 * M_PI / inv;
-        if (wavelen > lo_wavelen) {
-            inv = inv / factor;
-        } else if (wavelen >= hi_wavelen) {
-            const double smooth = (ctx / wavelen - lo) / (hi - lo);
-            inv = (1.0 - smooth) * inv / factor + smooth * inv;
-        }
-    }
-    if (p->freq_factors) inv /= (double)p->freq_factors[i];
-    return inv * (double)p->freq_scale;
 }
 
 /* ----------------------------------------------------------- the plan */
@@ -453,7 +434,7 @@ static int plan_node(cu_plan *p, const cu_plan_env *env, lethe_graph *g, int i, 
             snprintf(err, errlen, "rope over %d dims", rp->n_rot);
             return LETHE_ERR_UNSUPPORTED;
         }
-        for (int r = 0; r < half; r++) invf[r] = rope_inv_freq(rp, r);
+        for (int r = 0; r < half; r++) invf[r] = lethe_rope_inv_freq(rp, r);
         NEW(CU_K_ROPE);
         ARG(0, n->src[0]);
         ARG(1, n);
