@@ -53,6 +53,7 @@
  */
 #include "cuda_attn.cuh"
 #include "cuda_kernels.h"
+#include "cuda_launch.cuh"
 
 #include <cuda_fp16.h>
 
@@ -631,9 +632,9 @@ extern "C" cudaError_t lethe_cu_kv_store(const lethe_cu_kv_view *kv, const float
     if (n_rows <= 0) return cudaSuccess;
     if (n_rows > 0x7fffffffLL) return cudaErrorInvalidValue;
     if (kv->f16)
-        k_kv_store<true><<<(unsigned)n_rows, 64, 0, stream>>>(k, v, dec, rows, kv->pool, kv->expire, kv->D, kv->slot_bytes);
+        LETHE_CU_LAUNCH((unsigned)n_rows, 64, 0, stream, k_kv_store<true>)(k, v, dec, rows, kv->pool, kv->expire, kv->D, kv->slot_bytes);
     else
-        k_kv_store<false><<<(unsigned)n_rows, 64, 0, stream>>>(k, v, dec, rows, kv->pool, kv->expire, kv->D, kv->slot_bytes);
+        LETHE_CU_LAUNCH((unsigned)n_rows, 64, 0, stream, k_kv_store<false>)(k, v, dec, rows, kv->pool, kv->expire, kv->D, kv->slot_bytes);
     return cudaGetLastError();
 }
 
@@ -641,7 +642,7 @@ template <int D, int MAXG, bool F16>
 static void launch_decode(const lethe_cu_kv_view *kv, const float *q, float *out, const lethe_cu_attn_work *work,
                           int n_items, const int32_t *plists, const int32_t *qpos, int Hkv, int G, float scale,
                           const int32_t *split, int cap, float *part, float *wts, int wstride, cudaStream_t stream) {
-    k_attn_decode<D, MAXG, F16><<<dim3((unsigned)n_items, (unsigned)cap), ATTN_THREADS, 0, stream>>>(
+    LETHE_CU_LAUNCH(dim3((unsigned)n_items, (unsigned)cap), ATTN_THREADS, 0, stream, k_attn_decode<D, MAXG, F16>)(
         kv->pool, kv->pos, kv->expire, kv->page_bytes, kv->slot_bytes, q, out, work, plists, qpos, Hkv, G, scale,
         split, part, wts, wstride);
 }
@@ -652,7 +653,7 @@ static void attention_d(const lethe_cu_kv_view *kv, const float *q, float *out, 
                         float scale, const int32_t *split, int cap, float *part, float *wts, int wstride,
                         cudaStream_t stream) {
     if (!decode) {
-        k_attn_prefill<D, F16><<<dim3((unsigned)n_blocks, (unsigned)Hkv), ATTN_THREADS, 0, stream>>>(
+        LETHE_CU_LAUNCH(dim3((unsigned)n_blocks, (unsigned)Hkv), ATTN_THREADS, 0, stream, k_attn_prefill<D, F16>)(
             kv->pool, kv->pos, kv->expire, kv->page_bytes, kv->slot_bytes, q, out, work, plists, qpos, Hkv, G, scale,
             wts, wstride);
         return;
@@ -666,7 +667,7 @@ static void attention_d(const lethe_cu_kv_view *kv, const float *q, float *out, 
     else L(8);
 #undef L
     if (cap > 1)
-        k_attn_combine<<<dim3((unsigned)n_items, (unsigned)G), ATTN_THREADS, 0, stream>>>(part, out, work, Hkv, G, D,
+        LETHE_CU_LAUNCH(dim3((unsigned)n_items, (unsigned)G), ATTN_THREADS, 0, stream, k_attn_combine)(part, out, work, Hkv, G, D,
                                                                                           split, cap, wts, wstride);
 }
 
@@ -705,10 +706,10 @@ extern "C" cudaError_t lethe_cu_quest_bounds(const lethe_cu_kv_view *kv, const l
         return cudaErrorInvalidValue;
     const dim3 grid((unsigned)n_items, (unsigned)ny);
     if (kv->f16)
-        k_quest_bounds<true><<<grid, (unsigned)kv->D, 0, stream>>>(kv->pool, kv->kmin, kv->kmax, work, plists, ref,
+        LETHE_CU_LAUNCH(grid, (unsigned)kv->D, 0, stream, k_quest_bounds<true>)(kv->pool, kv->kmin, kv->kmax, work, plists, ref,
                                                                    kv->page_bytes, kv->slot_bytes, kv->D);
     else
-        k_quest_bounds<false><<<grid, (unsigned)kv->D, 0, stream>>>(kv->pool, kv->kmin, kv->kmax, work, plists, ref,
+        LETHE_CU_LAUNCH(grid, (unsigned)kv->D, 0, stream, k_quest_bounds<false>)(kv->pool, kv->kmin, kv->kmax, work, plists, ref,
                                                                     kv->page_bytes, kv->slot_bytes, kv->D);
     return cudaGetLastError();
 }
@@ -719,7 +720,7 @@ extern "C" cudaError_t lethe_cu_quest_select(const lethe_cu_kv_view *kv, const f
     if (n_items <= 0) return cudaSuccess;
     if (!kv->kmin || !kv->kmax || k_pages < 1 || Hkv <= 0 || !lethe_cu_attn_shape_ok(kv->D, G))
         return cudaErrorInvalidValue;
-    k_quest_select<<<(unsigned)n_items, ATTN_THREADS, 0, stream>>>(kv->pos, kv->kmin, kv->kmax, q, work, plists,
+    LETHE_CU_LAUNCH((unsigned)n_items, ATTN_THREADS, 0, stream, k_quest_select)(kv->pos, kv->kmin, kv->kmax, q, work, plists,
                                                                     sel_base, k_pages, qpos, Hkv, G, kv->D);
     return cudaGetLastError();
 }

@@ -7,6 +7,7 @@
  * x [n] f32 -> out [n]. Grid-stride over 8-value parts (cuda_quant.cuh).
  */
 #include "cuda_kernels.h"
+#include "cuda_launch.cuh"
 #include "cuda_quant.cuh"
 
 template <typename H>
@@ -44,9 +45,9 @@ extern "C" cudaError_t lethe_cu_dequant_rows(int wtype, const void *w, size_t ro
     const unsigned grid = grid_for(rows * (K / 8));
     const uint8_t *wb = (const uint8_t *)w;
 #define L(WT)                                                                                                 \
-    if (bf16) k_dequant_rows<WT, __nv_bfloat16><<<grid, 256, 0, stream>>>(wb, row_bytes, r0, rows, K,          \
+    if (bf16) LETHE_CU_LAUNCH(grid, 256, 0, stream, k_dequant_rows<WT, __nv_bfloat16>)(wb, row_bytes, r0, rows, K,          \
                                                                           (__nv_bfloat16 *)out);              \
-    else k_dequant_rows<WT, __half><<<grid, 256, 0, stream>>>(wb, row_bytes, r0, rows, K, (__half *)out)
+    else LETHE_CU_LAUNCH(grid, 256, 0, stream, k_dequant_rows<WT, __half>)(wb, row_bytes, r0, rows, K, (__half *)out)
     CU_WTYPE_DISPATCH(wtype, L)
 #undef L
     return cudaGetLastError();
@@ -60,7 +61,7 @@ __global__ void k_f32_to_h(const float *__restrict__ x, H *__restrict__ out, int
 
 extern "C" cudaError_t lethe_cu_f32_to_half(const float *x, void *out, int64_t n, int bf16, cudaStream_t stream) {
     if (n <= 0) return cudaSuccess;
-    if (bf16) k_f32_to_h<__nv_bfloat16><<<grid_for(n), 256, 0, stream>>>(x, (__nv_bfloat16 *)out, n);
-    else k_f32_to_h<__half><<<grid_for(n), 256, 0, stream>>>(x, (__half *)out, n);
+    if (bf16) LETHE_CU_LAUNCH(grid_for(n), 256, 0, stream, k_f32_to_h<__nv_bfloat16>)(x, (__nv_bfloat16 *)out, n);
+    else LETHE_CU_LAUNCH(grid_for(n), 256, 0, stream, k_f32_to_h<__half>)(x, (__half *)out, n);
     return cudaGetLastError();
 }

@@ -7,6 +7,7 @@
  * code, one block per row where a row reduction is needed.
  */
 #include "cuda_kernels.h"
+#include "cuda_launch.cuh"
 #include "cuda_quant.cuh"
 
 extern "C" int lethe_cu_wtype_ok(int t) { return cu_block_bytes(t) != 0; }
@@ -40,7 +41,7 @@ __global__ void k_get_rows(const uint8_t *__restrict__ w, size_t row_bytes, int6
 extern "C" cudaError_t lethe_cu_get_rows(int wtype, const void *w, size_t row_bytes, int64_t Nw, int64_t E,
                                          const int32_t *ids, int64_t R, float *out, int *err, cudaStream_t stream) {
     if (R <= 0) return cudaSuccess;
-#define L(WT) k_get_rows<WT><<<(unsigned)R, 128, 0, stream>>>((const uint8_t *)w, row_bytes, Nw, E, ids, out, err)
+#define L(WT) LETHE_CU_LAUNCH((unsigned)R, 128, 0, stream, k_get_rows<WT>)((const uint8_t *)w, row_bytes, Nw, E, ids, out, err)
     CU_WTYPE_DISPATCH(wtype, L)
 #undef L
     return cudaGetLastError();
@@ -75,7 +76,7 @@ __global__ void k_rms_norm(const float *__restrict__ x, const float *__restrict_
 extern "C" cudaError_t lethe_cu_rms_norm(const float *x, const float *w, float *y, int64_t T, int64_t E, float eps,
                                          cudaStream_t stream) {
     if (T <= 0) return cudaSuccess;
-    k_rms_norm<<<(unsigned)T, 256, 0, stream>>>(x, w, y, E, eps);
+    LETHE_CU_LAUNCH((unsigned)T, 256, 0, stream, k_rms_norm)(x, w, y, E, eps);
     return cudaGetLastError();
 }
 
@@ -98,7 +99,7 @@ extern "C" cudaError_t lethe_cu_binary(int mul, const float *a, const float *b, 
                                        int bcast, cudaStream_t stream) {
     const int64_t n = T * N;
     if (n <= 0) return cudaSuccess;
-    k_binary<<<grid_for(n, 256), 256, 0, stream>>>(mul, a, b, y, n, N, bcast);
+    LETHE_CU_LAUNCH(grid_for(n, 256), 256, 0, stream, k_binary)(mul, a, b, y, n, N, bcast);
     return cudaGetLastError();
 }
 
@@ -109,7 +110,7 @@ __global__ void k_swiglu(const float *__restrict__ g, const float *__restrict__ 
 
 extern "C" cudaError_t lethe_cu_swiglu(const float *gate, const float *up, float *y, int64_t n, cudaStream_t stream) {
     if (n <= 0) return cudaSuccess;
-    k_swiglu<<<grid_for(n, 256), 256, 0, stream>>>(gate, up, y, n);
+    LETHE_CU_LAUNCH(grid_for(n, 256), 256, 0, stream, k_swiglu)(gate, up, y, n);
     return cudaGetLastError();
 }
 
@@ -152,7 +153,7 @@ extern "C" cudaError_t lethe_cu_dms_decision(int mode, const float *x, int64_t x
                                              int layer, const int32_t *pos, cudaStream_t stream) {
     const int64_t n = T * Hkv;
     if (n <= 0) return cudaSuccess;
-    k_dms_decision<<<(unsigned)((n + 127) / 128), 128, 0, stream>>>(mode, x, xw, D, out, T, Hkv, G, per_layer, scale,
+    LETHE_CU_LAUNCH((unsigned)((n + 127) / 128), 128, 0, stream, k_dms_decision)(mode, x, xw, D, out, T, Hkv, G, per_layer, scale,
                                                                     offset, rate, layer, pos);
     return cudaGetLastError();
 }

@@ -29,6 +29,7 @@
  * dequantized to float against f32 activations.
  */
 #include "cuda_kernels.h"
+#include "cuda_launch.cuh"
 #include "cuda_gemv.cuh"
 
 #define GEMV_WARPS 4   /* old and float kernels */
@@ -208,7 +209,7 @@ static cudaError_t gemv_t(const void *w, size_t row_bytes, const float *x, float
     if (variant == LETHE_CU_GEMV_OLD) {
         const unsigned grid = (unsigned)((N + GEMV_WARPS - 1) / GEMV_WARPS);
         switch (T) {
-#define C(TT) case TT: k_gemv_old<WT, TT><<<grid, GEMV_WARPS * 32, 0, stream>>>(wb, row_bytes, x, y, N, K); break;
+#define C(TT) case TT: LETHE_CU_LAUNCH(grid, GEMV_WARPS * 32, 0, stream, k_gemv_old<WT, TT>)(wb, row_bytes, x, y, N, K); break;
         C(1) C(2) C(3) C(4) C(5) C(6) C(7) C(8)
 #undef C
         default: return cudaErrorInvalidValue;
@@ -218,7 +219,7 @@ static cudaError_t gemv_t(const void *w, size_t row_bytes, const float *x, float
     if constexpr (is_q8_type(WT)) {
         if (!act) return cudaErrorInvalidValue;
         const int64_t nblk = T * (K / 32);
-        k_quant_q8<<<(unsigned)((nblk + 127) / 128), 128, 0, stream>>>(x, (uint8_t *)act, nblk);
+        LETHE_CU_LAUNCH((unsigned)((nblk + 127) / 128), 128, 0, stream, k_quant_q8)(x, (uint8_t *)act, nblk);
         const uint8_t *xq = (const uint8_t *)act;
         const bool wide = variant == LETHE_CU_GEMV_WIDE;
         const int64_t rows_per_cta = wide ? 16 : 2 * 8;   /* q8_warps<LPR>() * 32 / LPR */
@@ -226,8 +227,8 @@ static cudaError_t gemv_t(const void *w, size_t row_bytes, const float *x, float
         switch (T) {
 #define C(TT)                                                                                    \
     case TT:                                                                                     \
-        if (wide) k_gemv_q8<WT, TT, 2><<<grid, threads, 0, stream>>>(wb, row_bytes, xq, y, N, K); \
-        else k_gemv_q8<WT, TT, 4><<<grid, threads, 0, stream>>>(wb, row_bytes, xq, y, N, K);     \
+        if (wide) LETHE_CU_LAUNCH(grid, threads, 0, stream, k_gemv_q8<WT, TT, 2>)(wb, row_bytes, xq, y, N, K); \
+        else LETHE_CU_LAUNCH(grid, threads, 0, stream, k_gemv_q8<WT, TT, 4>)(wb, row_bytes, xq, y, N, K);     \
         break;
         C(1) C(2) C(3) C(4) C(5) C(6) C(7) C(8)
 #undef C
@@ -237,7 +238,7 @@ static cudaError_t gemv_t(const void *w, size_t row_bytes, const float *x, float
         const int64_t rows_per_cta = (int64_t)GEMV_WARPS * F_ROWS;
         const unsigned grid = (unsigned)((N + rows_per_cta - 1) / rows_per_cta);
         switch (T) {
-#define C(TT) case TT: k_gemv_f<WT, TT><<<grid, GEMV_WARPS * 32, 0, stream>>>(wb, row_bytes, x, y, N, K); break;
+#define C(TT) case TT: LETHE_CU_LAUNCH(grid, GEMV_WARPS * 32, 0, stream, k_gemv_f<WT, TT>)(wb, row_bytes, x, y, N, K); break;
         C(1) C(2) C(3) C(4) C(5) C(6) C(7) C(8)
 #undef C
         default: return cudaErrorInvalidValue;

@@ -4,6 +4,7 @@
  * cuda_kv_move.h. One lane per word (16, 4 or 1 bytes), grid-stride.
  * Legend: n moves, R row bytes, WPR words per row. */
 #include "cuda_kernels.h"
+#include "cuda_launch.cuh"
 #include "cuda_kv_move.h"
 
 template <typename Wt>
@@ -23,7 +24,7 @@ static void launch(int phase, uint8_t *buf, const size_t *mv, int64_t lanes, int
                    uint8_t *scratch, cudaStream_t stream) {
     const int64_t want = (lanes + 255) / 256;
     const unsigned blocks = (unsigned)(want < 65535 ? want : 65535);
-    k_move_rows<Wt><<<blocks, 256, 0, stream>>>(phase, buf, mv, lanes, wpr, row_bytes, scratch);
+    LETHE_CU_LAUNCH(blocks, 256, 0, stream, k_move_rows<Wt>)(phase, buf, mv, lanes, wpr, row_bytes, scratch);
 }
 
 extern "C" cudaError_t lethe_cu_move_rows(void *buf, const size_t *mv, int64_t n, size_t row_bytes, int wb,

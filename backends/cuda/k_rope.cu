@@ -12,6 +12,7 @@
  * in heads h % borrow_g == 0, channel D-1 reads as 0 and is written as 0.
  */
 #include "cuda_kernels.h"
+#include "cuda_launch.cuh"
 
 __global__ void k_rope(const float *__restrict__ x, float *__restrict__ y, int64_t H, int64_t D, int n_rot, int neox,
                        const int32_t *__restrict__ pos, const double *__restrict__ invf, int borrow_g) {
@@ -42,6 +43,6 @@ extern "C" cudaError_t lethe_cu_rope(const float *x, float *y, int64_t T, int64_
     if (T * H <= 0) return cudaSuccess;
     int threads = n_rot / 2;
     threads = threads < 32 ? 32 : threads > 256 ? 256 : (threads + 31) / 32 * 32;
-    k_rope<<<(unsigned)(T * H), threads, 0, stream>>>(x, y, H, D, n_rot, neox, pos, invf, borrow_g);
+    LETHE_CU_LAUNCH((unsigned)(T * H), threads, 0, stream, k_rope)(x, y, H, D, n_rot, neox, pos, invf, borrow_g);
     return cudaGetLastError();
 }

@@ -7,6 +7,7 @@
  * slots alternate by round parity, so each of the k rounds has one barrier.
  * Legend: T rows, V row width, k pairs kept, S segments per row. */
 #include "cuda_kernels.h"
+#include "cuda_launch.cuh"
 #include "cuda_topk.h"
 
 #define N_WARPS (CU_TOPK_WG / 32)
@@ -60,11 +61,11 @@ extern "C" cudaError_t lethe_cu_top_k(const float *x, int32_t *out, int64_t T, i
     const uint32_t *xi = (const uint32_t *)x;
     uint32_t *o = (uint32_t *)out;
     if (S == 1) {
-        k_top_k<<<dim3(1, (unsigned)T), CU_TOPK_WG, 0, stream>>>(xi, o, (uint32_t)V, (uint32_t)k, chunk, S, 0);
+        LETHE_CU_LAUNCH(dim3(1, (unsigned)T), CU_TOPK_WG, 0, stream, k_top_k)(xi, o, (uint32_t)V, (uint32_t)k, chunk, S, 0);
         return cudaGetLastError();
     }
     uint32_t *mid = (uint32_t *)scratch;
-    k_top_k<<<dim3(S, (unsigned)T), CU_TOPK_WG, 0, stream>>>(xi, mid, (uint32_t)V, (uint32_t)k, chunk, S, 0);
-    k_top_k<<<dim3(1, (unsigned)T), CU_TOPK_WG, 0, stream>>>(mid, o, (uint32_t)V, (uint32_t)k, chunk, S, 1);
+    LETHE_CU_LAUNCH(dim3(S, (unsigned)T), CU_TOPK_WG, 0, stream, k_top_k)(xi, mid, (uint32_t)V, (uint32_t)k, chunk, S, 0);
+    LETHE_CU_LAUNCH(dim3(1, (unsigned)T), CU_TOPK_WG, 0, stream, k_top_k)(mid, o, (uint32_t)V, (uint32_t)k, chunk, S, 1);
     return cudaGetLastError();
 }

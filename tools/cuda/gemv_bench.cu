@@ -31,6 +31,7 @@
  * Exit status: 0, 1 when an output was not written or an NMSE is off, 2 no GPU.
  */
 #include "cuda_kernels.h"
+#include "cuda_launch.cuh"
 #include "cuda_quant.cuh"
 
 #include <math.h>
@@ -169,7 +170,7 @@ int main(int argc, char **argv) {
         CK(cudaMalloc(&y, (size_t)8 * N * sizeof(float)));
         CK(cudaMalloc(&yo, (size_t)8 * N * sizeof(float)));
         CK(cudaMalloc(&yw, (size_t)8 * N * sizeof(float)));
-        k_fill_x<<<(unsigned)((8 * K + 255) / 256), 256, 0, st>>>(x, 8 * K, 7);
+        LETHE_CU_LAUNCH((unsigned)((8 * K + 255) / 256), 256, 0, st, k_fill_x)(x, 8 * K, 7);
         float *hy = (float *)malloc((size_t)8 * N * sizeof(float)), *ho = (float *)malloc((size_t)8 * N * sizeof(float));
         float *hw = (float *)malloc((size_t)8 * N * sizeof(float));
         for (int ti = 0; ti < nt; ti++) {
@@ -184,7 +185,7 @@ int main(int argc, char **argv) {
             uint8_t *w;
             CK(cudaMalloc(&w, wbytes));
             const int64_t nblk = N * (K / 32);
-            k_fill<<<(unsigned)((nblk + 255) / 256), 256, 0, st>>>(w, wt, nblk, 1000 + (uint64_t)ti);
+            LETHE_CU_LAUNCH((unsigned)((nblk + 255) / 256), 256, 0, st, k_fill)(w, wt, nblk, 1000 + (uint64_t)ti);
             CK(cudaGetLastError());
             void *act = NULL;
             const size_t ab = lethe_cu_gemv_act_bytes(wt, K, 8, LETHE_CU_GEMV_NEW);
