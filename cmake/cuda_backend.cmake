@@ -39,7 +39,7 @@ target_include_directories(lethe_cuda_gemv_bench PRIVATE ${PROJECT_SOURCE_DIR}/b
 target_link_libraries(lethe_cuda_gemv_bench PRIVATE CUDA::cudart_static)
 
 # The kernels' block decoding and GEMV lane code compiled for the host, so
-# the CPU-only test suite checks them (tests/test_cuda_host.c).
+# the CPU-only test suite checks them (tests/test_cuda_host_*.c).
 add_library(lethe_cuda_hostcheck STATIC ${PROJECT_SOURCE_DIR}/backends/cuda/hostcheck/k_hostcheck.cu)
 target_include_directories(lethe_cuda_hostcheck PRIVATE ${PROJECT_SOURCE_DIR}/backends/cuda)
 target_link_libraries(lethe_cuda_hostcheck PUBLIC CUDA::cudart_static stdc++)

@@ -56,7 +56,7 @@
 # LETHE_GPU_PROFILE=lease: the one-call plan for a 15-minute device lease (with timeout_s 600),
 #   most valuable first, so that running out of budget loses the least valuable:
 #   stages "probe build test synth bench gemv graphs sanitize", budget 560 s; only the targets
-#   the tests need (and lethe_cuda_gemv_bench; not test_cuda_host, a CPU test), sm_90, CUDA only
+#   the tests need (and lethe_cuda_gemv_bench; not test_cuda_host_*, CPU tests), sm_90, CUDA only
 #   (LETHE_GPU_VULKAN=OFF: no shader build, and a Vulkan build on an image without the NVIDIA
 #   Vulkan driver would fail test_backend_ops' setup, CUDA cases and all); ctest -j3, 120 s per
 #   test, 200 s for the step; model llama3-8b:q4_0; bench: roofline, then tg32 at depths 0,8192
@@ -212,7 +212,7 @@ stage_build() {
 # ---- test
 stage_test() {
     : > "$OUT/test.log"
-    # test_cuda_host is CPU-only (CI runs it): left out here, its NMSE lines would crowd the summary;
+    # test_cuda_host_* are CPU-only (CI runs them): left out here, their NMSE lines would crowd the summary;
     # vulkan_dms_split: the KV cache over several bindings
     filter=(-R 'backend_ops|cuda|device_sample|vulkan_dms_split' -E 'cuda_host')
     [[ "${LETHE_GPU_CTEST:-}" == all ]] && filter=()

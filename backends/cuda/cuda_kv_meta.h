@@ -2,7 +2,7 @@
  * host from the cache's bookkeeping (core/kv_cache.h), exactly as the CPU
  * kernels (backends/cpu/cpu_attention.c) find slots and previous tokens.
  * Header-only (static functions of plain C) so that the CUDA module
- * (cuda_ops.c) and tests/test_cuda_host.c build the very same tables; the
+ * (cuda_ops.c) and tests/test_cuda_host_attn.c build the very same tables; the
  * module cannot call liblethe's hidden functions, so nothing here does.
  *
  * Legend: T tokens of the micro-batch, Hkv KV heads, G = Hq / Hkv, P slots per

@@ -27,7 +27,7 @@
  * [0, stage_size) staged bytes (copied in), then [result_off, up_size)
  * device-only areas the kernels write (weights, QUEST's page lists).
  *
- * Plain C with no CUDA call, so tests/test_cuda_host.c builds the very plans
+ * Plain C with no CUDA call, so tests/test_cuda_host_plan*.c build the very plans
  * the module runs. The module side (device addresses, weights, scratch)
  * comes through cu_plan_env callbacks.
  *

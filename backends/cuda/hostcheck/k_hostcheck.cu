@@ -1,5 +1,5 @@
 /* k_hostcheck.cu — the CUDA kernels' block decoding and GEMV lane code run
- * on the host, for tests/test_cuda_host.c: CI has no GPU, but it can still
+ * on the host, for tests/test_cuda_host_*.c: CI has no GPU, but it can still
  * check that the device code reads every GGUF block type exactly as the CPU
  * backend does and that the GEMV's lane/part mapping covers each weight once.
  * Built into a small static library (not the module); no kernel is launched.
