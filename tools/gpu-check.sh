@@ -4,7 +4,7 @@
 # models it needs it makes itself with `lethe synth`).
 #
 # Stages run in the order LETHE_GPU_STAGES lists them (probe first wherever it is listed;
-# default "probe build test synth bench gemv graphs sanitize peer"; a subset, e.g. "build test"):
+# default "probe build test synth bench gemv attn graphs sanitize peer"; a subset, e.g. "build test"):
 #   probe     nvidia-smi, nvcc; stops with exit 2 and a clear line when either is missing
 #   build     lethe with CUDA (and Vulkan when its SDK is there) in $LETHE_GPU_BUILD (build-gpu)
 #   test      ctest: the backend-op consistency test (CUDA, and Vulkan on the NVIDIA
@@ -22,6 +22,15 @@
 #             fails when an output is unwritten, new and old disagree, or wide's bits differ
 #             ($LETHE_GPU_GEMV_ARGS passes options, e.g. "-t q4_0,f16 -T 1"; timeout
 #             $LETHE_GPU_GEMV_TIMEOUT, default 120 s; ~168 cases x ~5 ms: seconds, not yet run)
+#   attn      prefill attention alone (lethe_cuda_attn_bench): the tiled f32 kernel against the
+#             tensor-core one (k_attn_tc.cu) on a synthetic paged f16 cache: the 8B shape (8 KV
+#             heads, G 4, D 128) at depth 8192 + a 512-token prompt with DMS flags and holes, a
+#             32768-token prompt from depth 0 (a 32k refill), G 8 / D 128 and G 3 / D 64 at depth
+#             4096; ms of each, speedup, nominal TFLOP/s, NMSE tc vs f32 (fails over 1e-5 or on
+#             an unwritten output); its table goes into results.md, its output into bench.log
+#             ($LETHE_GPU_ATTN_ARGS passes options, e.g. "-c 8x4x128@0+32768 -r 3"; timeout
+#             $LETHE_GPU_ATTN_TIMEOUT, default 120 s; not yet run: the f32 kernel's 32k case is
+#             estimated at 0.5-3 s a launch, 2+ launches)
 #   synth     full-size synthetic models ($LETHE_GPU_MODELS, default "llama3-8b:q4_0
 #             llama3-8b:f16") into $LETHE_GPU_WORK (default /tmp/lethe-gpu), reused if present
 #   sanitize  (memcheck over test_backend_ops, test_cuda_dms, test_cuda_e2e; racecheck over
@@ -55,13 +64,14 @@
 # is left; steps past it are skipped and listed).
 # LETHE_GPU_PROFILE=lease: the one-call plan for a 15-minute device lease (with timeout_s 600),
 #   most valuable first, so that running out of budget loses the least valuable:
-#   stages "probe build test synth bench gemv graphs sanitize", budget 560 s; only the targets
-#   the tests need (and lethe_cuda_gemv_bench; not test_cuda_host_*, CPU tests), sm_90, CUDA only
+#   stages "probe build test synth bench gemv attn graphs sanitize", budget 560 s; only the targets
+#   the tests need (and lethe_cuda_gemv_bench, lethe_cuda_attn_bench; not test_cuda_host_*,
+#   CPU tests), sm_90, CUDA only
 #   (LETHE_GPU_VULKAN=OFF: no shader build, and a Vulkan build on an image without the NVIDIA
 #   Vulkan driver would fail test_backend_ops' setup, CUDA cases and all); ctest -j3, 120 s per
 #   test, 200 s for the step; model llama3-8b:q4_0; bench: roofline, then tg32 at depths 0,8192
 #   x parallel 1,8 for none and for DMS (1 repetition, 130 s cap each), then pp512/tg128 (-r 2);
-#   gemv (60 s cap); graphs (tg rows of the 8B model at depth 0 only, 1 repetition); the
+#   gemv (60 s cap); attn (60 s cap); graphs (tg rows of the 8B model at depth 0 only, 1 repetition); the
 #   sanitizers (90 s each) with what is left. Every step's wall time goes to gpu.txt ("step ...").
 #   Every variable above (and LETHE_GPU_CTEST_JOBS, _CTEST_TIMEOUT, _TEST_CAP, _SYNTH_CAP,
 #   _DEPTH_CAP, _PPTG_REPS, _GRAPH_BIG_DEPTHS, _GRAPH_REPS) still overrides it.
@@ -78,23 +88,24 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${1:-}"
 if [[ -z "$OUT" || "$OUT" == -* ]]; then
-    echo "usage: tools/gpu-check.sh OUTDIR   (stages: LETHE_GPU_STAGES='probe build test synth bench gemv graphs sanitize peer')" >&2
+    echo "usage: tools/gpu-check.sh OUTDIR   (stages: LETHE_GPU_STAGES='probe build test synth bench gemv attn graphs sanitize peer')" >&2
     exit 2
 fi
 mkdir -p "$OUT" || exit 2
 OUT="$(cd "$OUT" && pwd)"
 PROFILE="${LETHE_GPU_PROFILE:-}"
 if [[ "$PROFILE" == lease ]]; then
-    : "${LETHE_GPU_STAGES:=probe build test synth bench gemv graphs sanitize}" "${LETHE_GPU_BUDGET:=560}"
+    : "${LETHE_GPU_STAGES:=probe build test synth bench gemv attn graphs sanitize}" "${LETHE_GPU_BUDGET:=560}"
     : "${LETHE_GPU_MODELS:=llama3-8b:q4_0}" "${LETHE_GPU_BACKENDS:=cuda}" "${LETHE_GPU_DEPTHS:=0,8192}"
-    : "${LETHE_GPU_PARALLEL:=1,8}" "${LETHE_GPU_TARGETS:=lethe_cli test_backend_ops test_cuda_e2e test_cuda_dms test_shared_device test_device_sample test_kv_moves lethe_cuda_gemv_bench}"
+    : "${LETHE_GPU_PARALLEL:=1,8}" "${LETHE_GPU_TARGETS:=lethe_cli test_backend_ops test_cuda_e2e test_cuda_dms test_shared_device test_device_sample test_kv_moves lethe_cuda_gemv_bench lethe_cuda_attn_bench}"
     : "${LETHE_GPU_DEPTH_REPS:=1}" "${LETHE_GPU_SANITIZE_TIMEOUT:=90}" "${LETHE_GPU_VULKAN:=OFF}"
     # caps per step, so that one hang costs its cap and not the rest of the call
     : "${LETHE_GPU_CTEST_JOBS:=3}" "${LETHE_GPU_CTEST_TIMEOUT:=120}" "${LETHE_GPU_TEST_CAP:=200}"
     : "${LETHE_GPU_SYNTH_CAP:=120}" "${LETHE_GPU_DEPTH_CAP:=130}" "${LETHE_GPU_PPTG_REPS:=2}" "${LETHE_GPU_GEMV_TIMEOUT:=60}"
+    : "${LETHE_GPU_ATTN_TIMEOUT:=60}"
     : "${LETHE_GPU_GRAPH_BIG_DEPTHS:=0}" "${LETHE_GPU_GRAPH_REPS:=1}"
 fi
-STAGES="${LETHE_GPU_STAGES:-probe build test synth bench gemv graphs sanitize peer}"
+STAGES="${LETHE_GPU_STAGES:-probe build test synth bench gemv attn graphs sanitize peer}"
 BUDGET="${LETHE_GPU_BUDGET:-0}"
 START=$SECONDS
 PARALLEL="${LETHE_GPU_PARALLEL:-1,8}"
@@ -243,6 +254,24 @@ stage_gemv() {
         note "- **gemv: no lethe_cuda_gemv_bench in the build**"
     fi
     tail -n +"$gemv_from" "$OUT/bench.log" | awk '/^GPU:/ { print; print ""; next } /^\|/' >> "$RES"
+}
+
+# ---- attn: prefill attention alone, the tiled f32 kernel against the tensor-core one
+# (the f32 kernel's 32k-token case dominates: estimated seconds; under the call's budget)
+stage_attn() {
+    note ""
+    note "## prefill attention alone (lethe_cuda_attn_bench): tiled f32 vs tensor cores"
+    touch "$OUT/bench.log"
+    attn_from=$(($(wc -l < "$OUT/bench.log") + 1))
+    read -r -a attn_args <<< "${LETHE_GPU_ATTN_ARGS:-}"
+    if [[ -x "$BUILD/bin/lethe_cuda_attn_bench" ]]; then
+        CAP="${LETHE_GPU_ATTN_TIMEOUT:-120}" run attn "$OUT/bench.log" "$BUILD/bin/lethe_cuda_attn_bench" "${attn_args[@]}"
+    else
+        say "attn: no $BUILD/bin/lethe_cuda_attn_bench (build stage, CUDA backend on)"
+        failed+=(attn)
+        note "- **attn: no lethe_cuda_attn_bench in the build**"
+    fi
+    tail -n +"$attn_from" "$OUT/bench.log" | awk '/^GPU:/ { print; print ""; next } /^\|/ || /^\(NMSE/' >> "$RES"
 }
 
 # ---- sanitize (a function: LETHE_GPU_SANITIZE_LAST=1 runs it after bench, so that a
@@ -461,8 +490,8 @@ stage_peer() {
 read -r -a stage_list <<< "$STAGES"
 for st in "${stage_list[@]}"; do
     case "$st" in
-    probe|build|test|gemv|sanitize|synth|bench|graphs|peer) ;;
-    *) say "unknown stage '$st' (probe build test gemv sanitize synth bench graphs peer)"; exit 2 ;;
+    probe|build|test|gemv|attn|sanitize|synth|bench|graphs|peer) ;;
+    *) say "unknown stage '$st' (probe build test gemv attn sanitize synth bench graphs peer)"; exit 2 ;;
     esac
 done
 # LETHE_GPU_SANITIZE_LAST=1 (older plans): the sanitizers after every other stage

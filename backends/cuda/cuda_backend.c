@@ -561,6 +561,12 @@ static lethe_backend *cu_create(int device, lethe_status *status) {
     const char *gemv = getenv("LETHE_CUDA_GEMV");
     c->gemv_variant = !gemv ? LETHE_CU_GEMV_NEW : !strcmp(gemv, "old") ? LETHE_CU_GEMV_OLD
                     : !strcmp(gemv, "wide") ? LETHE_CU_GEMV_WIDE : LETHE_CU_GEMV_NEW;
+    /* prefill attention: the tensor-core kernel where it applies (k_attn_tc.cu), or "f32": the tiled
+     * f32 kernel always (comparisons; every device this module runs on is sm_80+, so mma.sync is there) */
+    const char *pa = getenv("LETHE_CUDA_PREFILL_ATTN");
+    c->prefill_tc = !(pa && !strcmp(pa, "f32"));
+    if (pa && strcmp(pa, "f32") && strcmp(pa, "tc"))
+        CU_LOG(LETHE_LOG_WARN, "cuda: LETHE_CUDA_PREFILL_ATTN=%s is neither tc nor f32: tc", pa);
     if (cudaEventCreate(&c->ev_begin) != cudaSuccess || cudaEventCreate(&c->ev_end) != cudaSuccess) {
         if (c->ev_begin) cudaEventDestroy(c->ev_begin);
         c->ev_begin = c->ev_end = NULL;   /* no device clock: bench falls back to the host's */

@@ -147,6 +147,20 @@ static inline void cu_attn_split_plan(int64_t n_items, int32_t Lmax, int64_t tar
 static inline int lethe_cu_attn_shape_ok(int D, int G) {
     return (D == 32 || D == 64 || D == 128 || D == 256) && G >= 1 && G <= LETHE_CU_ATTN_MAX_G;
 }
+/* The kernel of an ATTENTION launch (its `decode` argument; cuda_plan.h
+ * CU_K_ATTENTION i[1]): flash-decoding (one token per block), the tiled f32
+ * kernel (blocks of 32 / G tokens), or the tensor-core prefill kernel
+ * (k_attn_tc.cu: blocks of LETHE_CU_ATTN_TC_ROWS / G tokens, f16 cache,
+ * D 64 or 128, no TOVA / H2O weights). */
+#define LETHE_CU_ATTN_TILED 0
+#define LETHE_CU_ATTN_DECODE 1
+#define LETHE_CU_ATTN_TC 2
+#define LETHE_CU_ATTN_ROWS 32      /* query rows per block of the tiled f32 kernel   */
+#define LETHE_CU_ATTN_TC_ROWS 64   /* query rows per block of the tensor-core kernel */
+static inline int lethe_cu_attn_tc_ok(int D, int G, int f16) {
+    return (D == 64 || D == 128) && G >= 1 && G <= LETHE_CU_ATTN_MAX_G && f16;
+}
+
 /* k, v [T * Hkv, D] f32 -> the rows' slots (f16 round to nearest even, or
  * f32); dec [T * Hkv] or NULL: dec[r] > 0 sets expire[rows[r].exp_idx]. */
 cudaError_t lethe_cu_kv_store(const lethe_cu_kv_view *kv, const float *k, const float *v, const float *dec,
@@ -163,11 +177,18 @@ cudaError_t lethe_cu_kv_store(const lethe_cu_kv_view *kv, const float *k, const 
  * grid (T * Hkv, cap) depends on cap alone, so a captured CUDA graph stays
  * valid while n_split changes (surplus CTAs exit at once). decode == 0: the
  * tiled kernel, one CTA per (block, KV head) with up to 32 / G tokens
- * (split and cap unused). */
+ * (split and cap unused); decode == LETHE_CU_ATTN_TC: the tensor-core
+ * kernel (lethe_cu_attention_tc; wts must be NULL). */
 cudaError_t lethe_cu_attention(const lethe_cu_kv_view *kv, const float *q, float *out, const lethe_cu_attn_work *work,
                                int n_blocks, int decode, const int32_t *plists, const int32_t *qpos, int Hkv, int G,
                                float scale, const int32_t *split, int cap, float *part, float *wts, int wstride,
                                cudaStream_t stream);
+/* The tensor-core prefill kernel alone (lethe_cu_attention with decode =
+ * LETHE_CU_ATTN_TC comes here): grid (n_blocks, Hkv), blocks of at most
+ * LETHE_CU_ATTN_TC_ROWS / G tokens, no weights. */
+cudaError_t lethe_cu_attention_tc(const lethe_cu_kv_view *kv, const float *q, float *out,
+                                  const lethe_cu_attn_work *work, int n_blocks, const int32_t *plists,
+                                  const int32_t *qpos, int Hkv, int G, float scale, cudaStream_t stream);
 /* wts (TOVA / H2O, else NULL): [T][Hkv * G][wstride] f32, filled with NaN
  * bytes by the caller: every key's softmax weight exp(s - M) / den of its
  * query (cuda_attn.cuh cu_score_weight), -1 where it has none; slots

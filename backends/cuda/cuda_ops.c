@@ -114,7 +114,8 @@ bool lethe_cu_supports_op(lethe_backend *be, const lethe_node *n) {
 }
 
 size_t lethe_cu_scratch_need(const cu_ctx *c, const lethe_node *n) {
-    const cu_plan_env env = {NULL, NULL, c->sm_count, 0, NULL, NULL, NULL, c->gemv_variant, lethe_cu_gemv_act_bytes};
+    const cu_plan_env env = {NULL, NULL, c->sm_count, 0, NULL, NULL, NULL, c->gemv_variant, lethe_cu_gemv_act_bytes,
+                             c->prefill_tc};
     return cu_plan_scratch_need(n, &env, c->graphs);
 }
 
@@ -296,7 +297,7 @@ lethe_status lethe_cu_compute(lethe_backend *be, lethe_graph *g, int begin, int 
     /* a decode step of the whole graph may replay a CUDA graph: its plan is bucketed */
     const bool graph = c->graphs && whole_graph(g, begin, end) && cu_plan_decode_shaped(g, begin, end);
     const cu_plan_env env = {be, be, c->sm_count, (uint64_t)(uintptr_t)c->d_err, env_resolve, env_scratch,
-                             env_kv_prepare, c->gemv_variant, lethe_cu_gemv_act_bytes};
+                             env_kv_prepare, c->gemv_variant, lethe_cu_gemv_act_bytes, c->prefill_tc};
     cu_plan plan;
     char err[200];
     int rc = cu_plan_build(&plan, &env, g, begin, end, graph, err, sizeof err);

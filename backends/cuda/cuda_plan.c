@@ -321,6 +321,7 @@ typedef struct attn_pre {
     int32_t chunk, n_split;
     int32_t ref_ny;               /* QUEST: CTAs per work item of the bounds kernel (grid y) */
     int32_t wstride;              /* TOVA / H2O: the weights' row stride */
+    bool tc;                      /* prefill on the tensor-core kernel (blocks of 64 / G tokens) */
 } attn_pre;
 
 static int plan_node(cu_plan *p, const cu_plan_env *env, lethe_graph *g, int i, attn_pre *ap, uint64_t scratch,
@@ -588,7 +589,7 @@ static int plan_node(cu_plan *p, const cu_plan_env *env, lethe_graph *g, int i, 
         l->p[9] = (uint64_t)(uintptr_t)kv->expire;
         if (score) RESULT(10, r_w);
         l->i[0] = t->n_blocks;
-        l->i[1] = t->decode;
+        l->i[1] = t->decode ? LETHE_CU_ATTN_DECODE : ap->tc ? LETHE_CU_ATTN_TC : LETHE_CU_ATTN_TILED;
         l->i[2] = Hkv;
         l->i[3] = ap->G;
         l->i[4] = cap;
@@ -654,7 +655,13 @@ int cu_plan_build(cu_plan *p, const cu_plan_env *env, lethe_graph *g, int begin,
             st = LETHE_ERR_INVALID_ARG;
             break;
         }
-        if ((st = cu_attn_plan_build(n, x->G, n->kv->kmin != NULL, &x->t, err, errlen)) != LETHE_OK) break;
+        bool decode;
+        (void)cu_attn_blocks(n, x->G, n->kv->kmin != NULL, &decode);
+        x->tc = cu_attn_use_tc(n, x->G, decode, env->prefill_tc);
+        if ((st = cu_attn_plan_build_rows(n, x->G, n->kv->kmin != NULL,
+                                          x->tc ? LETHE_CU_ATTN_TC_ROWS : LETHE_CU_ATTN_ROWS, &x->t, err, errlen)) !=
+            LETHE_OK)
+            break;
         cu_plan_attn_splits(n, env->sm_count, x->t.n_blocks, x->t.decode, &x->chunk, &x->n_split);
         if (n->kv->kmin) {   /* plain: one CTA per stale page of the longest refresh (prefill); graph: 1 */
             int32_t *tmp = malloc((size_t)x->t.n_blocks * n->kv->n_head_kv * 2 * sizeof(int32_t));

@@ -55,7 +55,8 @@ typedef enum cu_kind {
     CU_K_MATMUL,          /* prefill (cuBLAS; never captured) p: w, x, y, scratch; i: wtype, row_bytes, N, K, T */
     CU_K_KV_STORE,        /* p: k, v, dec (0: none), rows, pool, expire; i: n_rows, D, slot_bytes, f16 */
     CU_K_ATTENTION,       /* p: q, out, work, plists, qpos, split, part, pool, pos, expire, wts (0: none);
-                             i: n_blocks, decode, Hkv, G, cap, page_bytes, slot_bytes, f16, D, wstride; f: scale */
+                             i: n_blocks, kernel (LETHE_CU_ATTN_TILED / _DECODE / _TC), Hkv, G, cap, page_bytes,
+                             slot_bytes, f16, D, wstride; f: scale */
     CU_K_FILL,            /* p0: upload-buffer area; i: bytes, byte value (TOVA / H2O weights: NaN bytes)    */
     CU_K_COPY_BACK,       /* p0: upload-buffer area; i: bytes: device -> the same offset of pinned staging    */
     CU_K_QUEST_BOUNDS,    /* p: pool, kmin, kmax, ref, work, plists; i: n_items, page_bytes, slot_bytes, f16, D, ny */
@@ -141,6 +142,10 @@ typedef struct cu_plan_env {
      * quantized activations (k_gemv.cu lethe_cu_gemv_act_bytes; NULL: none) */
     int gemv_variant;
     size_t (*gemv_act_bytes)(int wtype, int64_t K, int64_t T, int variant);
+    /* prefill ATTENTION on the tensor-core kernel where it applies
+     * (cu_attn_use_tc: f16 cache, D 64 / 128, no TOVA / H2O); 0: the tiled
+     * f32 kernel always (LETHE_CUDA_PREFILL_ATTN=f32) */
+    int prefill_tc;
 } cu_plan_env;
 
 typedef struct cu_plan {
