@@ -561,6 +561,9 @@ static lethe_backend *cu_create(int device, lethe_status *status) {
     const char *gemv = getenv("LETHE_CUDA_GEMV");
     c->gemv_variant = !gemv ? LETHE_CU_GEMV_NEW : !strcmp(gemv, "old") ? LETHE_CU_GEMV_OLD
                     : !strcmp(gemv, "wide") ? LETHE_CU_GEMV_WIDE : LETHE_CU_GEMV_NEW;
+    /* fused decode passes (ADD + RMS_NORM, norm / swiglu -> the GEMVs' q8 blocks): "0" turns them off */
+    const char *fuse = getenv("LETHE_CUDA_FUSE");
+    c->fuse = !(fuse && !strcmp(fuse, "0"));
     if (cudaEventCreate(&c->ev_begin) != cudaSuccess || cudaEventCreate(&c->ev_end) != cudaSuccess) {
         if (c->ev_begin) cudaEventDestroy(c->ev_begin);
         c->ev_begin = c->ev_end = NULL;   /* no device clock: bench falls back to the host's */

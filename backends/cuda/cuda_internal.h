@@ -83,6 +83,7 @@ typedef struct cu_ctx {
     bool managed_ok;         /* concurrent managed access: buffer_alloc_shared offered */
     bool meta_on_device;     /* LETHE_CUDA_KV_META=device: pos/expire prefer the GPU too */
     int gemv_variant;        /* LETHE_CUDA_GEMV: LETHE_CU_GEMV_NEW, _OLD ("old"), _WIDE ("wide") */
+    int fuse;                /* LETHE_CUDA_FUSE: fused decode passes (cuda_plan.c), 1 unless "0" */
     const void *advised[16]; /* KV buffers whose placement advice is set      */
     int n_advised;
 
