@@ -99,9 +99,11 @@ extern "C" cudaError_t lethe_cu_rms_norm(const float *x, const float *w, float *
  * of squares. Phase 2: the normalized row as k_rms_norm writes it (y,
  * element-strided) or, with xq, per q8 block k (thread k, k + 256, ...):
  * its 32 values (to y as well when y), then k_quant_q8's block. */
+/* a, b and y carry no __restrict__: y may share a source's bytes (cuda_plan.c fold_add: the very
+ * same rows, or one row), which is safe only because all reads precede the barrier. */
 __global__ void __launch_bounds__(CU_NORM_THREADS)
-k_norm_fused(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ sum,
-             const float *__restrict__ w, float *__restrict__ y, uint8_t *__restrict__ xq, int64_t E, float eps) {
+k_norm_fused(const float *a, const float *b, float *sum, const float *__restrict__ w, float *y,
+             uint8_t *__restrict__ xq, int64_t E, float eps) {
     extern __shared__ float row[];   /* [cu_norm_pad(E)] */
     const size_t r0 = (size_t)blockIdx.x * (size_t)E;
     double ss = 0.0;
