@@ -377,9 +377,10 @@ static void decode_build(decode_case *d) {
     assert_int_equal(d->g->status, LETHE_OK);
 }
 
-static void decode_open(decode_case *d, lethe_dtype wtype, int T, bool dms_forced) {
+static void decode_open_arch(decode_case *d, const char *arch, lethe_dtype wtype, int T, bool dms_forced) {
     memset(d, 0, sizeof *d);
     lethe_synth_params sp = lethe_synth_default_params();
+    sp.arch = arch;
     sp.n_layer = 3;
     sp.n_embd = 128;
     sp.n_head = 4;
@@ -420,6 +421,10 @@ static void decode_open(decode_case *d, lethe_dtype wtype, int T, bool dms_force
     if (dms_forced) d->dms = (lethe_dms_run){.on = true, .mode = LETHE_DMS_FORCED, .rate = 0.5f};
     d->g = lethe_graph_new(lethe_llama_graph_size(d->m));
     decode_build(d);
+}
+
+static void decode_open(decode_case *d, lethe_dtype wtype, int T, bool dms_forced) {
+    decode_open_arch(d, "llama", wtype, T, dms_forced);
 }
 
 static void decode_next(decode_case *d) {
@@ -580,6 +585,40 @@ static void test_plan_decode(void **state) {
             cu_plan_free(&old);
             decode_close(&d);
         }
+}
+
+/* qwen2 (q, k, v biases: broadcast ADDs, never folded) and qwen3 (per-head
+ * q / k norms read by ROPE, not by GEMVs: plain launches): the residual
+ * ADDs and the layer norms fuse as for llama, nothing else. */
+static void test_plan_archs(void **state) {
+    (void)state;
+    const int L = 3;
+    const char *archs[2] = {"qwen2", "qwen3"};
+    for (int a = 0; a < 2; a++) {
+        decode_case d;
+        decode_open_arch(&d, archs[a], LETHE_Q8_0, 2, false);
+        assert_int_equal(count_op(d.g, LETHE_OP_ADD), a == 0 ? 2 * L + 3 * L : 2 * L);
+        assert_int_equal(count_op(d.g, LETHE_OP_RMS_NORM), a == 1 ? 4 * L + 1 : 2 * L + 1);
+        fake_dev f = {0};
+        cu_plan off, on;
+        plan_with(d.g, &f, &f, true, 0, LETHE_CU_GEMV_NEW, &off);
+        plan_with(d.g, &f, &f, true, 1, LETHE_CU_GEMV_NEW, &on);
+        check_unfused(&off, d.g);
+        assert_int_equal(count_kind(&on, CU_K_NORM_FUSED), 2 * L + 1);
+        assert_int_equal(count_kind(&on, CU_K_RMS_NORM), a == 1 ? 2 * L : 0);
+        assert_int_equal(count_kind(&on, CU_K_BINARY), count_op(d.g, LETHE_OP_ADD) - (2 * L - 1));
+        assert_int_equal(count_kind(&on, CU_K_SWIGLU_Q8), L);
+        int ready = 0;
+        for (int k = 0; k < on.n_launches; k++) ready += on.launches[k].kind == CU_K_GEMV && on.launches[k].i[6];
+        assert_int_equal(ready, 6 * L + 1);
+        for (int k = 0; k < on.n_launches; k++)   /* a folded ADD is never a bias */
+            if (on.launches[k].kind == CU_K_NORM_FUSED && on.launches[k].i[2] >= 0)
+                assert_int_not_equal(d.g->nodes[on.launches[k].i[2]].src[1]->op, LETHE_OP_NONE);
+        assert_int_equal(kernels(&off) - kernels(&on), 8 * L);
+        cu_plan_free(&off);
+        cu_plan_free(&on);
+        decode_close(&d);
+    }
 }
 
 /* f16 weights (the float GEMV reads f32 rows): only the ADDs fold; the
@@ -752,6 +791,7 @@ static void test_plan_decode(void **state) { skip_msg(state); }
 static void test_plan_real_memory(void **state) { skip_msg(state); }
 static void test_fold_rules(void **state) { skip_msg(state); }
 static void test_plan_ranges(void **state) { skip_msg(state); }
+static void test_plan_archs(void **state) { skip_msg(state); }
 #endif
 
 int main(void) {
@@ -759,7 +799,7 @@ int main(void) {
         cmocka_unit_test(test_norm_fused_bits),  cmocka_unit_test(test_swiglu_fused_bits),
         cmocka_unit_test(test_fused_vs_cpu),     cmocka_unit_test(test_plan_decode),
         cmocka_unit_test(test_plan_real_memory), cmocka_unit_test(test_fold_rules),
-        cmocka_unit_test(test_plan_ranges),
+        cmocka_unit_test(test_plan_ranges),      cmocka_unit_test(test_plan_archs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
