@@ -55,7 +55,8 @@ target_link_libraries(lethe_cuda_attn_bench PRIVATE CUDA::cudart_static)
 # The kernels' block decoding and GEMV lane code compiled for the host, so
 # the CPU-only test suite checks them (tests/test_cuda_host_*.c).
 add_library(lethe_cuda_hostcheck STATIC ${PROJECT_SOURCE_DIR}/backends/cuda/hostcheck/k_hostcheck.cu
-            ${PROJECT_SOURCE_DIR}/backends/cuda/hostcheck/k_hostcheck_mma.cu)
+            ${PROJECT_SOURCE_DIR}/backends/cuda/hostcheck/k_hostcheck_mma.cu
+            ${PROJECT_SOURCE_DIR}/backends/cuda/hostcheck/k_hostcheck_fuse.cu)
 target_include_directories(lethe_cuda_hostcheck PRIVATE ${PROJECT_SOURCE_DIR}/backends/cuda)
 target_link_libraries(lethe_cuda_hostcheck PUBLIC CUDA::cudart_static stdc++)
 # the GEMV's float order is part of what the host checks: no fused a*b+c the device does not do

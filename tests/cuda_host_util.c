@@ -78,7 +78,7 @@ void plan_of_gemv(lethe_graph *g, bool bucketed, cu_plan *p, fake_dev *f, int va
     memset(f, 0, sizeof *f);
     f->g = g;
     const cu_plan_env env = {f, &k_fake_backend, 132, 0x300000000000ull, fake_resolve, fake_scratch, fake_kv_prepare,
-                             variant, act, 0};
+                             variant, act, 0, 0};
     char err[200];
     const int rc = cu_plan_build(p, &env, g, 0, g->n_nodes, bucketed, err, sizeof err);
     if (rc != LETHE_OK) fail_msg("cu_plan_build: %d %s", rc, err);
@@ -89,7 +89,7 @@ void plan_of(lethe_graph *g, bool bucketed, cu_plan *p, fake_dev *f) {
     f->g = g;
     /* the step graphs' weights are f32: no GEMV activation scratch (gemv_act_bytes NULL) */
     const cu_plan_env env = {f, &k_fake_backend, 132, 0x300000000000ull, fake_resolve, fake_scratch, fake_kv_prepare,
-                             LETHE_CU_GEMV_NEW, NULL, 0};
+                             LETHE_CU_GEMV_NEW, NULL, 0, 0};
     char err[200];
     const int rc = cu_plan_build(p, &env, g, 0, g->n_nodes, bucketed, err, sizeof err);
     if (rc != LETHE_OK) fail_msg("cu_plan_build: %d %s", rc, err);

@@ -482,7 +482,7 @@ static void test_tc_plan(void **state) {
         for (int allow = 0; allow < 2; allow++) {
             fake_dev f = {b.g};
             const cu_plan_env env = {&f, &k_fake_backend, 132, 0x300000000000ull, fake_resolve, fake_scratch,
-                                     fake_kv_prepare, LETHE_CU_GEMV_NEW, NULL, allow};
+                                     fake_kv_prepare, LETHE_CU_GEMV_NEW, NULL, allow, 0};
             cu_plan p;
             char err[200];
             for (int bucketed = 0; bucketed < 2; bucketed++) {

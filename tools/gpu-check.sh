@@ -49,6 +49,8 @@
 #             the CPU as always); tg rows with graphs off vs on (smollm2-135m shape, where
 #             launch overhead shows most, and the first of $LETHE_GPU_MODELS when present) at
 #             depths $LETHE_GPU_GRAPH_DEPTHS (default 0,4096) x parallel 1,8
+#             and the fused decode passes (LETHE_CUDA_FUSE): logits of a q4_0 smollm2-shape
+#             decode bit-identical with fusion off and on (plain and graphs), tg rows off vs on
 #   peer      llama.cpp's CUDA build on the same GGUFs, when its trimmed source is at
 #             $LETHE_PEER_SRC (default .peer/llama.cpp; make it here with
 #             tools/peer/trim-llama-cpp.sh and carry it)
@@ -438,6 +440,46 @@ stage_graphs() {
                 failed+=("logits-graphs-$pol-differ")
                 note "- **$pol logits differ with graphs on** ($(cmp "$WORK/logits-graphs-$pol-0.bin" "$WORK/logits-graphs-$pol-1.bin" 2>&1 | head -1))"
             fi
+        done
+    fi
+    # fused decode passes (LETHE_CUDA_FUSE, on by default): the fused kernels' thread mapping is
+    # what only a GPU shows; their arithmetic is the unfused launches' (test_cuda_fuse, host).
+    # A q4_0 model (norm / swiglu -> the GEMVs' q8 blocks, ADD + norm), 300 evicting decode
+    # steps, fusion off vs on, plain launches and graphs: logits bit for bit; then tg rows.
+    smallq="$WORK/smollm2-135m-q4_0.gguf"
+    if [[ ! -s "$smallq" ]]; then
+        run "synth-smollm2-q4_0" "$OUT/bench.log" "$LETHE" synth -o "$smallq.tmp" --shape smollm2-135m --type q4_0 &&
+            mv "$smallq.tmp" "$smallq"
+    fi
+    if [[ -s "$smallq" ]]; then
+        ftoks="$(seq -s, 1 300)"
+        flog="$WORK/logits-fuse.log"
+        : > "$flog"
+        for gr in 0 1; do
+            for fu in 0 1; do
+                rm -f "$WORK/logits-fuse-$gr-$fu.bin"
+                run "logits-fuse-$gr-$fu" "$flog" env LETHE_CUDA_GRAPHS=$gr LETHE_CUDA_FUSE=$fu "$LETHE" logits \
+                    -m "$smallq" --backend cuda -b 1 --tokens "$ftoks" --dms-force-rate 0.5 --dms-window 64 -c 512 \
+                    -o "$WORK/logits-fuse-$gr-$fu.bin"
+            done
+        done
+        cat "$flog" >> "$OUT/test.log"
+        if grep -q "unavailable.*running on the CPU" "$flog"; then
+            failed+=("logits-fuse-no-cuda")
+            note "- **logits with fusion on/off: the CUDA backend did not start**"
+        elif cmp -s "$WORK/logits-fuse-0-0.bin" "$WORK/logits-fuse-0-1.bin" &&
+            cmp -s "$WORK/logits-fuse-0-0.bin" "$WORK/logits-fuse-1-1.bin"; then
+            note "- fused decode passes (q4_0, 300 decode steps): logits with LETHE_CUDA_FUSE=0 == fused, plain and graphs, bit for bit"
+        else
+            failed+=("logits-fuse-differ")
+            note "- **logits differ with the fused decode passes** (plain: $(cmp "$WORK/logits-fuse-0-0.bin" "$WORK/logits-fuse-0-1.bin" 2>&1 | head -1); graphs: $(cmp "$WORK/logits-fuse-0-0.bin" "$WORK/logits-fuse-1-1.bin" 2>&1 | head -1))"
+        fi
+        for fu in 0 1; do
+            note ""
+            note "### $(basename "$smallq"), cuda, tg, LETHE_CUDA_GRAPHS=1, LETHE_CUDA_FUSE=$fu"
+            bench_step "tg-fuse-$fu" "$OUT/bench.log" env LETHE_CUDA_GRAPHS=1 LETHE_CUDA_FUSE=$fu "$LETHE" bench \
+                -m "$smallq" --backend cuda -p 0 -n 64 -r "${LETHE_GPU_GRAPH_REPS:-2}" -d 0 --parallel 1,8 -o md \
+                --jsonl "$OUT/bench.jsonl"
         done
     fi
     CAP="${LETHE_GPU_TEST_CAP:-}" run "ctest-graphs" "$OUT/test.log" env LETHE_CUDA_GRAPHS=1 LETHE_TEST_ALLOW_NO_DEVICE=1 \

@@ -567,6 +567,9 @@ static lethe_backend *cu_create(int device, lethe_status *status) {
     c->prefill_tc = !(pa && !strcmp(pa, "f32"));
     if (pa && strcmp(pa, "f32") && strcmp(pa, "tc"))
         CU_LOG(LETHE_LOG_WARN, "cuda: LETHE_CUDA_PREFILL_ATTN=%s is neither tc nor f32: tc", pa);
+    /* fused decode passes (ADD + RMS_NORM, norm / swiglu -> the GEMVs' q8 blocks): "0" turns them off */
+    const char *fuse = getenv("LETHE_CUDA_FUSE");
+    c->fuse = !(fuse && !strcmp(fuse, "0"));
     if (cudaEventCreate(&c->ev_begin) != cudaSuccess || cudaEventCreate(&c->ev_end) != cudaSuccess) {
         if (c->ev_begin) cudaEventDestroy(c->ev_begin);
         c->ev_begin = c->ev_end = NULL;   /* no device clock: bench falls back to the host's */

@@ -84,6 +84,7 @@ typedef struct cu_ctx {
     bool meta_on_device;     /* LETHE_CUDA_KV_META=device: pos/expire prefer the GPU too */
     int gemv_variant;        /* LETHE_CUDA_GEMV: LETHE_CU_GEMV_NEW, _OLD ("old"), _WIDE ("wide") */
     int prefill_tc;          /* LETHE_CUDA_PREFILL_ATTN: 1 tensor-core prefill attention ("tc", default), 0 "f32" */
+    int fuse;                /* LETHE_CUDA_FUSE: fused decode passes (cuda_plan.c), 1 unless "0" */
     const void *advised[16]; /* KV buffers whose placement advice is set      */
     int n_advised;
 

@@ -37,6 +37,17 @@ cudaError_t lethe_cu_binary(int mul, const float *a, const float *b, float *y, i
                             cudaStream_t stream);
 /* SWIGLU: gate [n], up [n] -> silu(gate) * up. */
 cudaError_t lethe_cu_swiglu(const float *gate, const float *up, float *y, int64_t n, cudaStream_t stream);
+/* Fused decode passes (cuda_fuse.cuh; the plan decides, cuda_plan.c):
+ * x' = a + b (b NULL: x' = a) [T, E], written to sum when non-NULL; then
+ * RMS_NORM of x' with w -> y [T, E] when y is non-NULL, and its q8 blocks
+ * xq [T][E / 32][64 B] (k_quant_q8's bytes) when xq is non-NULL (E % 32 == 0).
+ * Every value is the unfused launches' bits. E <= CU_NORM_MAX_E (11904). */
+cudaError_t lethe_cu_norm_fused(const float *a, const float *b, float *sum, const float *w, float *y, void *xq,
+                                int64_t T, int64_t E, float eps, cudaStream_t stream);
+/* SWIGLU of gate, up [n] (n % 32 == 0) -> its q8 blocks xq [n / 32][64 B],
+ * and y [n] when non-NULL. */
+cudaError_t lethe_cu_swiglu_q8(const float *gate, const float *up, float *y, void *xq, int64_t n,
+                               cudaStream_t stream);
 /* DMS_DECISION -> out [T, Hkv] logits (graph.h): mode 0 from q [T, Hkv*G, D]
  * (channel D-1 of head h*G), 1 from adapter projections x [T, xw] (xw = Hkv
  * or 1), 2 forced by the position hash (x unused). */
@@ -82,6 +93,11 @@ enum { LETHE_CU_GEMV_NEW = 0, LETHE_CU_GEMV_OLD = 1, LETHE_CU_GEMV_WIDE = 2 };
 size_t lethe_cu_gemv_act_bytes(int wtype, int64_t K, int64_t T, int variant);
 cudaError_t lethe_cu_gemv(int wtype, const void *w, size_t row_bytes, const float *x, float *y, int64_t N,
                           int64_t K, int64_t T, int variant, void *act, cudaStream_t stream);
+/* The same GEMV on activations already in q8 blocks (xq: what k_quant_q8
+ * would write, here from a fused norm / swiglu launch): q4_0 / q4_1 / q5_0 /
+ * q5_1 / q8_0 weights, variant NEW or WIDE only. */
+cudaError_t lethe_cu_gemv_xq(int wtype, const void *w, size_t row_bytes, const void *xq, float *y, int64_t N,
+                             int64_t K, int64_t T, int variant, cudaStream_t stream);
 
 /* k_convert.cu (prefill: dequantize or convert, then cuBLAS) */
 /* rows [r0, r1) of w [N, K] wtype -> out [r1 - r0, K] f16 (bf16 = 0) or bf16. */

@@ -27,6 +27,14 @@
  * [0, stage_size) staged bytes (copied in), then [result_off, up_size)
  * device-only areas the kernels write (weights, QUEST's page lists).
  *
+ * Fused decode passes (env.fuse): found by pattern over the node range,
+ * the graph untouched (cuda_plan.c "fusion"): an ADD whose only next reader
+ * is an RMS_NORM runs inside that norm's launch (NORM_FUSED), and an
+ * RMS_NORM or SWIGLU whose readers include decode GEMVs on q8-family
+ * weights writes the q8 blocks those GEMVs read (NORM_FUSED / SWIGLU_Q8
+ * into the fused area of the scratch; GEMV act_ready = 1), its f32 result
+ * only when another node reads it.
+ *
  * Plain C with no CUDA call, so tests/test_cuda_host_plan*.c build the very plans
  * the module runs. The module side (device addresses, weights, scratch)
  * comes through cu_plan_env callbacks.
@@ -51,7 +59,8 @@ typedef enum cu_kind {
     CU_K_SWIGLU,          /* p: gate, up, y; i: n                                                    */
     CU_K_ROPE,            /* p: x, y, pos, invf; i: T, H, D, n_rot, neox, borrow_g                   */
     CU_K_DMS,             /* p: x, y, pos; i: mode, xw, T, Hkv, G, per_layer, layer; f: scale, offset, rate */
-    CU_K_GEMV,            /* p: w, x, y, act (q8 activations in scratch; 0: none); i: wtype, row_bytes, N, K, T, variant */
+    CU_K_GEMV,            /* p: w, x, y, act (q8 activations in scratch; 0: none); i: wtype, row_bytes, N, K, T, variant,
+                             act_ready (1: act = the fused area, already holding x's q8 blocks: no quantization) */
     CU_K_MATMUL,          /* prefill (cuBLAS; never captured) p: w, x, y, scratch; i: wtype, row_bytes, N, K, T */
     CU_K_KV_STORE,        /* p: k, v, dec (0: none), rows, pool, expire; i: n_rows, D, slot_bytes, f16 */
     CU_K_ATTENTION,       /* p: q, out, work, plists, qpos, split, part, pool, pos, expire, wts (0: none);
@@ -63,6 +72,9 @@ typedef enum cu_kind {
     CU_K_QUEST_SELECT,    /* p: q, work, plists, qpos, pos, kmin, kmax, sel (= plists + sel_base);
                              i: n_items (grid), sel_base, k, Hkv, G, D                                       */
     CU_K_TOP_K,           /* p: x, out, scratch (0: one segment per row); i: T, V, k (k_topk.cu)            */
+    CU_K_NORM_FUSED,      /* p: a, b (0: no ADD), sum (the ADD's node, 0: none), w (0: none), y (0: not written),
+                             xq (the fused area, 0: none); i: T, E, add node (-1: none); f: eps (cuda_fuse.cuh) */
+    CU_K_SWIGLU_Q8,       /* p: gate, up, y (0: not written), xq (the fused area); i: n                      */
 } cu_kind;
 
 #define CU_LP 12   /* pointer arguments of a launch */
@@ -146,6 +158,9 @@ typedef struct cu_plan_env {
      * (cu_attn_use_tc: f16 cache, D 64 / 128, no TOVA / H2O); 0: the tiled
      * f32 kernel always (LETHE_CUDA_PREFILL_ATTN=f32) */
     int prefill_tc;
+    /* fused decode passes (LETHE_CUDA_FUSE, on unless "0"): ADD + RMS_NORM,
+     * and RMS_NORM / SWIGLU writing the q8 blocks their GEMVs read (cuda_fuse.cuh) */
+    int fuse;
 } cu_plan_env;
 
 typedef struct cu_plan {
@@ -164,6 +179,8 @@ typedef struct cu_plan {
     int32_t span_cap;             /* bucketed: the decode attention grid's span count (1: none) */
     int32_t plist_cap;            /* bucketed: page-list capacity of each ATTENTION node */
     size_t scratch_bytes;
+    size_t fuse_off, fuse_bytes;  /* the fused q8 area in the scratch: [fuse_off, + fuse_bytes) (0: none) */
+    int n_fused;                  /* NORM_FUSED / SWIGLU_Q8 launches, GEMVs on their blocks, ADDs folded in */
     uint64_t key;                 /* hash of the launch list and the staging size */
 } cu_plan;
 
