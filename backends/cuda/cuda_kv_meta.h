@@ -105,9 +105,14 @@ static inline int32_t cu_attn_lmax(const lethe_node *n) {
     return m;
 }
 
-/* force_decode: one token per block whatever the batch (tests run both paths). */
-static inline int cu_attn_plan_build(const lethe_node *n, int G, bool force_decode, cu_attn_plan *p, char *err,
-                              size_t errlen) {
+/* force_decode: one token per block whatever the batch (tests run both paths).
+ * stream_off: NULL, the lists are copied into p->plists (staged by the
+ * plan); else a device-resident mirror holds every stream's list
+ * (cuda_plist.h) and stream_off[si] is where stream si's starts (-1: no
+ * extent, the stream has no page): the work entries point there and
+ * p->plists stays empty. */
+static inline int cu_attn_plan_build_at(const lethe_node *n, int G, bool force_decode, const int32_t *stream_off,
+                                        cu_attn_plan *p, char *err, size_t errlen) {
     const lethe_kv_cache *kv = n->kv;
     const int layer = n->iparams[0];
     const int32_t T = n->ub->n_tokens, Hkv = kv->n_head_kv, BQ = 32 / G;
@@ -121,7 +126,7 @@ static inline int cu_attn_plan_build(const lethe_node *n, int G, bool force_deco
     int32_t *start = malloc((size_t)kv->n_seq * (size_t)Hkv * sizeof(int32_t));   /* [n_seq][Hkv] list start */
     p->work = malloc((size_t)p->n_blocks * (size_t)Hkv * sizeof *p->work);
     size_t cap = 0;
-    for (int q = 0; q < kv->n_seq; q++)
+    for (int q = 0; q < kv->n_seq && !stream_off; q++)
         for (int h = 0; h < Hkv; h++) cap += (size_t)lethe_kv_stream_at(kv, q, layer, h)->n_pages;
     p->plists = malloc((cap ? cap : 1) * sizeof(int32_t));
     if (!start || !p->work || !p->plists) {
@@ -143,7 +148,10 @@ static inline int cu_attn_plan_build(const lethe_node *n, int G, bool force_deco
         for (int32_t h = 0; h < Hkv; h++) {
             const lethe_kv_stream *s = lethe_kv_stream_at(kv, seq, layer, h);
             int32_t *sp = &start[(size_t)seq * Hkv + h];
-            if (*sp < 0) {
+            if (*sp < 0 && stream_off) {
+                const int32_t o = stream_off[((size_t)seq * kv->n_layer + layer) * Hkv + h];
+                *sp = o >= 0 ? o : 0;
+            } else if (*sp < 0) {
                 *sp = (int32_t)p->n_plist;
                 memcpy(p->plists + p->n_plist, s->pages, (size_t)s->n_pages * sizeof(int32_t));
                 p->n_plist += (size_t)s->n_pages;
@@ -157,6 +165,11 @@ static inline int cu_attn_plan_build(const lethe_node *n, int G, bool force_deco
     }
     free(start);
     return LETHE_OK;
+}
+
+static inline int cu_attn_plan_build(const lethe_node *n, int G, bool force_decode, cu_attn_plan *p, char *err,
+                                     size_t errlen) {
+    return cu_attn_plan_build_at(n, G, force_decode, NULL, p, err, errlen);
 }
 
 /* ---- score policies */
