@@ -14,7 +14,8 @@
 #             model's weights leave the device) test_device_sample (on-device top-k sampling: the
 #             same tokens as the logits path), test_cuda_kv_moves (test_kv_moves on CUDA: the
 #             KV cache's compaction / fork row moves by the kernels, bit-identical to the host
-#             path) (LETHE_GPU_CTEST=all: the whole suite)
+#             path) (LETHE_GPU_CTEST=all: the whole suite); all with LETHE_CUDA_PLIST_CHECK=1 (the
+#             device-resident page lists checked against the cache and read back every compute)
 #   gemv      the decode GEMV alone (lethe_cuda_gemv_bench): per weight type on the 8B shapes
 #             (4096x4096, 14336x4096, 4096x14336, 128256x4096), T = 1 and 8, old kernel against
 #             new and wide (LETHE_CUDA_GEMV), us / GB/s / % of its own 1 GiB device copy; its
@@ -212,12 +213,15 @@ stage_build() {
 # ---- test
 stage_test() {
     : > "$OUT/test.log"
-    # test_cuda_host is CPU-only (CI runs it): left out here, its NMSE lines would crowd the summary;
-    # vulkan_dms_split: the KV cache over several bindings
-    filter=(-R 'backend_ops|cuda|device_sample|vulkan_dms_split' -E 'cuda_host')
+    # test_cuda_host and test_cuda_plists are CPU-only (CI runs them): left out here, their NMSE
+    # lines would crowd the summary; vulkan_dms_split: the KV cache over several bindings
+    filter=(-R 'backend_ops|cuda|device_sample|vulkan_dms_split' -E 'cuda_host|cuda_plists')
     [[ "${LETHE_GPU_CTEST:-}" == all ]] && filter=()
-    # a Vulkan build where the image has no NVIDIA Vulkan driver: say so, but keep the CUDA cases
-    CAP="${LETHE_GPU_TEST_CAP:-}" run ctest "$OUT/test.log" env LETHE_TEST_ALLOW_NO_DEVICE=1 ctest --test-dir "$BUILD" \
+    # a Vulkan build where the image has no NVIDIA Vulkan driver: say so, but keep the CUDA cases.
+    # LETHE_CUDA_PLIST_CHECK=1: every compute compares the device-resident page lists with the
+    # cache's and reads each arena back (cuda_plist.h): a stale list or a wrong upload fails the test
+    CAP="${LETHE_GPU_TEST_CAP:-}" run ctest "$OUT/test.log" env LETHE_TEST_ALLOW_NO_DEVICE=1 LETHE_CUDA_PLIST_CHECK=1 \
+        ctest --test-dir "$BUILD" \
         --output-on-failure -V -j"${LETHE_GPU_CTEST_JOBS:-1}" --timeout "${LETHE_GPU_CTEST_TIMEOUT:-$TMO}" "${filter[@]}"
     note ""
     note "## tests"
