@@ -25,7 +25,7 @@
  *    across 100 decode steps but for arena growth), and the attention
  *    kernels' host steps driven by the plan's staged bytes and the
  *    emulated arena equal the CPU backend through decode, fork, rollback,
- *    compaction and clear; and the dry run of the Llama-3-8B shape at 8
+ *    compaction, clear and state load; and the dry run of the Llama-3-8B shape at 8
  *    sequences x 32768 (staged page-list bytes per step before and after,
  *    none and DMS).
  */
@@ -192,13 +192,14 @@ static sync_out sync_after(cu_plist_mirror *m, emu_dev *e, const lethe_kv_cache 
     }
     char err[400];
     m->check = true;
+    const bool first = !m->off || m->kv_uid != kv->uid;   /* a new mirror: every list is new to it */
     const int rc = cu_plist_sync(m, kv, emu_alloc, e, err, sizeof err);
     if (rc != LETHE_OK) fail_msg("%s: sync: %s", what, err);
     o.full = m->full;
     o.pairs = m->last.pairs;
     o.bytes = m->last.bytes;
-    assert_int_equal(m->last.changed, (uint64_t)o.gen_moved);   /* only the streams whose generation moved */
-    if (!o.full && o.pairs != o.want_pairs)
+    if (!first) assert_int_equal(m->last.changed, (uint64_t)o.gen_moved);   /* only the streams whose generation moved */
+    if (!first && !o.full && o.pairs != o.want_pairs)
         fail_msg("%s: %llu pairs uploaded, the device lacked %llu entries", what, (unsigned long long)o.pairs,
                  (unsigned long long)o.want_pairs);
     if (!o.full) assert_int_equal(o.bytes, o.pairs * 8 + m->n_moves * 12);
@@ -983,6 +984,150 @@ static void test_plan_mirror(void **state) {
     twin_free(&emu);
 }
 
+/* A state load (core/state.c) through the engine, then attention over
+ * the loaded lists: two contexts given the same history and the same
+ * loads (so the same pages), one token per sequence reserved, KV_STORE +
+ * ATTENTION of layer 1 on the CPU backend over one, the plan's staged bytes
+ * and the emulated arena (synced after the loads) over the other. */
+typedef struct sl_graph {
+    lethe_graph *g;
+    lethe_node *attn;
+    lethe_ubatch ub;
+    int32_t seq[2], pos[2];
+    float k[2 * 2 * 32], v[2 * 2 * 32], q[2 * 4 * 32], dec[2 * 2];
+} sl_graph;
+
+static void sl_build(sl_graph *x, lethe_kv_cache *kv) {
+    memset(x, 0, sizeof *x);
+    const int D = kv->head_dim, Hkv = kv->n_head_kv, G = 2;
+    assert_int_equal(D, 32);
+    assert_int_equal(Hkv, 2);
+    for (int q = 0; q < 2; q++) {
+        x->seq[q] = q;
+        x->pos[q] = kv->seq_pos[q];
+    }
+    x->ub = (lethe_ubatch){2, x->seq, x->pos};
+    lethe_kv_begin(kv);
+    assert_int_equal(lethe_kv_reserve(kv, 2, x->seq, x->pos), LETHE_OK);
+    tu_rand_fill(x->k, LETHE_ARRAY_SIZE(x->k), 71);
+    tu_rand_fill(x->v, LETHE_ARRAY_SIZE(x->v), 72);
+    tu_rand_fill(x->q, LETHE_ARRAY_SIZE(x->q), 73);
+    tu_rand_fill(x->dec, LETHE_ARRAY_SIZE(x->dec), 74);
+    lethe_graph *g = x->g = lethe_graph_new(16);
+    const int64_t nk[3] = {D, Hkv, 2}, nq[3] = {D, Hkv * G, 2}, nd[2] = {Hkv, 2};
+    lethe_node *dn = lethe_dms_decision(g, lethe_input(g, LETHE_F32, 2, nd, x->dec, "alpha"), LETHE_DMS_FROM_ADAPTER,
+                                        Hkv, G, false, 1.0f, 0.0f, 0.0f, 1, &x->ub);
+    lethe_node *st = lethe_kv_store(g, kv, 1, lethe_input(g, LETHE_F32, 3, nk, x->k, "k"),
+                                    lethe_input(g, LETHE_F32, 3, nk, x->v, "v"), dn, &x->ub);
+    x->attn = lethe_attention(g, kv, 1, lethe_input(g, LETHE_F32, 3, nq, x->q, "q"), st, 1.0f / sqrtf((float)D),
+                              &x->ub);
+    lethe_set_output(x->attn);
+    assert_int_equal(g->status, LETHE_OK);
+}
+
+static void test_state_load_attention(void **state) {
+    (void)state;
+    lethe_synth_params sp = lethe_synth_default_params();
+    sp.n_embd = 128;   /* head dim 32: a shape the attention kernels take */
+    sp.dms_variant = 1;
+    sp.dms_window = 4;
+    sp.seed = 9;
+    char *path = tu_write_temp("", 0);
+    if (lethe_synth_write(path, sp) != LETHE_OK) fail_msg("synth: %s", lethe_last_error());
+    lethe_status st;
+    lethe_model *model = lethe_model_load(path, lethe_model_default_params(), &st);
+    assert_non_null(model);
+    lethe_context_params cp = lethe_context_default_params();
+    cp.n_ctx = 256;
+    cp.n_seq_max = 2;
+    cp.n_threads = 1;
+    lethe_context *ctx[3];
+    for (int i = 0; i < 3; i++) assert_non_null(ctx[i] = lethe_context_new(model, cp, &st));
+    /* the saved sequence: 90 tokens with DMS evictions in context 0 */
+    for (int i = 0; i < 90; i++) {
+        int32_t tok = (int32_t)((i * 37 + 11) % 300), s0 = 0;
+        lethe_batch b = lethe_batch_one(&tok, 1);
+        b.seq_id = &s0;
+        assert_int_equal(lethe_decode(ctx[0], b), LETHE_OK);
+    }
+    void *buf;
+    size_t n;
+    assert_int_equal(lethe_state_save(ctx[0], 0, NULL, 0, NULL, 0, &buf, &n), LETHE_OK);
+    /* contexts 1 (CPU) and 2 (the plan): the same other history, then the same loads */
+    cu_plist_mirror m = {0};
+    emu_dev e = {0};
+    for (int c = 1; c < 3; c++)
+        for (int i = 0; i < 40; i++) {
+            int32_t tok = (int32_t)((i * 11 + 3) % 300), sq = i % 2;
+            lethe_batch b = lethe_batch_one(&tok, 1);
+            b.seq_id = &sq;
+            assert_int_equal(lethe_decode(ctx[c], b), LETHE_OK);
+        }
+    lethe_kv_cache *kv1 = lethe_context_kv_mut(ctx[1]), *kv2 = lethe_context_kv_mut(ctx[2]);
+    snap sn;
+    snap_take(&sn, kv2, &m);
+    sync_after(&m, &e, kv2, &sn, "before the loads");
+    snap_free(&sn);
+    for (int q = 1; q >= 0; q--) {
+        assert_int_equal(lethe_state_load(ctx[1], q, buf, n, NULL, 0, NULL, NULL, NULL), LETHE_OK);
+        snap_take(&sn, kv2, &m);
+        assert_int_equal(lethe_state_load(ctx[2], q, buf, n, NULL, 0, NULL, NULL, NULL), LETHE_OK);
+        const sync_out o = sync_after(&m, &e, kv2, &sn, "state load");
+        print_message("  state load into sequence %d: %d lists changed, %llu bytes uploaded\n", q, o.list_changed,
+                      (unsigned long long)o.bytes);
+        snap_free(&sn);
+    }
+    for (size_t i = 0; i < (size_t)kv1->n_seq * kv1->n_layer * kv1->n_head_kv; i++)
+        assert_memory_equal(kv1->streams[i].pages, kv2->streams[i].pages, (size_t)kv1->streams[i].n_pages * 4);
+    sl_graph r, x;
+    sl_build(&r, kv1);
+    sl_build(&x, kv2);
+    lethe_backend *cpu = lethe_backend_cpu_new(1);
+    lethe_executor *ex = lethe_executor_new(&cpu, 1);
+    assert_int_equal(lethe_executor_run(ex, r.g, NULL, NULL), LETHE_OK);
+    float yr[LETHE_ARRAY_SIZE(r.q)], y[LETHE_ARRAY_SIZE(r.q)];
+    memcpy(yr, r.attn->t.data, sizeof yr);
+    lethe_executor_free(ex);
+    fake f = {0};
+    f.m = m;   /* the mirror synced above, its emulated arena */
+    f.e = e;
+    cu_plan p;
+    plan_build(&f, x.g, true, true, &p);
+    assert_int_equal(p.plist_staged, 0);
+    emu_apply(&f.e, &f.m);
+    emu_verify(&f.e, &f.m, kv2, "after the loads", false);
+    const lethe_cu_kv_view view = {kv2->pool, kv2->pos, kv2->expire, kv2->page_bytes, kv2->slot_bytes,
+                                   kv2->type == LETHE_F16, kv2->head_dim, NULL, NULL};
+    const cu_launch *ls = launch_of(&p, CU_K_KV_STORE), *la = launch_of(&p, CU_K_ATTENTION);
+    assert_true(la->p[3] == f.m.dev);
+    assert_int_equal(lethe_cu_host_kv_store(&view, staged(&p, ls, 0, CU_R_INPUT), staged(&p, ls, 1, CU_R_INPUT), x.dec,
+                                            staged(&p, ls, 3, CU_R_KV_ROWS), ls->i[0]),
+                     0);
+    const int32_t *split = staged(&p, la, 5, CU_R_SPLIT);
+    for (size_t j = 0; j < LETHE_ARRAY_SIZE(y); j++) y[j] = NAN;
+    assert_int_equal(lethe_cu_host_attention(&view, staged(&p, la, 0, CU_R_INPUT), y, staged(&p, la, 2, CU_R_WORK),
+                                             (int)la->i[0], (int)la->i[1], f.e.arena, staged(&p, la, 4, CU_R_POS),
+                                             (int)la->i[2], (int)la->i[3], la->f[0], split[0], split[1], (int)la->i[4],
+                                             NULL, 0),
+                     0);
+    const double err_n = nmse(yr, y, LETHE_ARRAY_SIZE(y));
+    print_message("  attention over the loaded lists from the mirror: NMSE %.3g against the CPU\n", err_n);
+    if (!(err_n < 1e-10)) fail_msg("attention after a state load: NMSE %.3g", err_n);
+    cu_plan_free(&p);
+    lethe_kv_rollback(kv1);
+    lethe_kv_rollback(kv2);
+    lethe_graph_free(r.g);
+    lethe_graph_free(x.g);
+    cpu->iface->free(cpu);
+    cu_plist_free(&f.m);
+    free(f.e.arena);
+    free(buf);
+    for (int i = 0; i < 3; i++) lethe_context_free(ctx[i]);
+    lethe_model_free(model);
+    unlink(path);
+    free(path);
+}
+
 /* The Llama-3-8B shape (8 KV heads, G = 4) at 8 sequences x 32768 tokens:
  * the page-list bytes a decode step stages, before (every list of every
  * ATTENTION node, plain and bucketed as the plan lays them out) and after
@@ -1083,6 +1228,7 @@ int main(void) {
         cmocka_unit_test(test_engine_paths),
 #ifdef LETHE_HAVE_CUDA
         cmocka_unit_test(test_plan_mirror),
+        cmocka_unit_test(test_state_load_attention),
         cmocka_unit_test(test_dry_run_8b),
 #endif
     };
