@@ -79,8 +79,9 @@ int lethe_cu_plist_env(void *user, const lethe_kv_cache *kv, cu_plist_mirror **o
         c->plist_warned = true;
         return LETHE_OK;
     }
-    CU_LOG(LETHE_LOG_DEBUG, "cuda: page lists: %llu streams changed, %llu bytes to upload%s",
-           (unsigned long long)m->last.changed, (unsigned long long)m->last.bytes, m->full ? " (whole arena)" : "");
+    if (m->last.bytes)
+        CU_LOG(LETHE_LOG_DEBUG, "cuda: page lists: %llu streams changed, %llu bytes to upload%s",
+               (unsigned long long)m->last.changed, (unsigned long long)m->last.bytes, m->full ? " (whole arena)" : "");
     *out = m;
     return LETHE_OK;
 }
