@@ -40,7 +40,10 @@
 #             the graph); test_cuda_e2e and test_cuda_dms with graphs on (against
 #             the CPU as always); tg rows with graphs off vs on (smollm2-135m shape, where
 #             launch overhead shows most, and the first of $LETHE_GPU_MODELS when present) at
-#             depths $LETHE_GPU_GRAPH_DEPTHS (default 0,4096) x parallel 1,8
+#             depths $LETHE_GPU_GRAPH_DEPTHS (default 0,4096) x parallel 1,8; and the DMS decode's
+#             logits with every page list staged (LETHE_CUDA_PLISTS=staged) bit-identical to the
+#             device-resident lists' (LETHE_GPU_PLIST_AB=1 in the bench stage: the none depth rows
+#             again with staged lists)
 #   peer      llama.cpp's CUDA build on the same GGUFs, when its trimmed source is at
 #             $LETHE_PEER_SRC (default .peer/llama.cpp; make it here with
 #             tools/peer/trim-llama-cpp.sh and carry it)
@@ -339,6 +342,15 @@ stage_bench() {
                     "${extra[@]}" -o md --jsonl "$OUT/bench.jsonl"
             done
         done
+        # LETHE_GPU_PLIST_AB=1: the none rows again with every page list staged each step (the
+        # path before device-resident page lists, cuda_plist.h): what the mirror saves at depth
+        if [[ "${LETHE_GPU_PLIST_AB:-0}" == 1 ]]; then
+            note ""
+            note "### $mt, $DEPTH_BACKEND, tg at depths $DEPTHS x parallel $PARALLEL, KV policy none, page lists staged (LETHE_CUDA_PLISTS=staged)"
+            CAP="${LETHE_GPU_DEPTH_CAP:-}" bench_step "depth-$mt-none-staged" "$OUT/bench.log" env LETHE_CUDA_PLISTS=staged \
+                "$LETHE" bench -m "$f" --backend "$DEPTH_BACKEND" -p 0 -n 32 -r "${LETHE_GPU_DEPTH_REPS:-2}" -d "$DEPTHS" \
+                --parallel "$PARALLEL" -o md --jsonl "$OUT/bench.jsonl"
+        fi
         # pp512 / tg128 (llama-bench's pair, for the peer comparison) after the depth rows
         for be in $BACKENDS; do
             args=(-p 512 -n 128 -r "${LETHE_GPU_PPTG_REPS:-3}")
@@ -373,6 +385,18 @@ stage_graphs() {
                 --backend cuda -b 1 --tokens "$toks" --dms-force-rate 0.5 --dms-window 64 -c 1024 -v -v \
                 -o "$WORK/logits-graphs-$gr.bin"
         done
+        # the same decode with every page list staged (LETHE_CUDA_PLISTS=staged, graphs off): the
+        # device-resident lists must give the same bits
+        rm -f "$WORK/logits-plists-staged.bin"
+        run "logits-plists-staged" "$glog" env LETHE_CUDA_GRAPHS=0 LETHE_CUDA_PLISTS=staged "$LETHE" logits -m "$small" \
+            --backend cuda -b 1 --tokens "$toks" --dms-force-rate 0.5 --dms-window 64 -c 1024 \
+            -o "$WORK/logits-plists-staged.bin"
+        if cmp -s "$WORK/logits-graphs-0.bin" "$WORK/logits-plists-staged.bin"; then
+            note "- logits of 700 DMS-evicting decode steps: device-resident page lists == staged lists, bit for bit"
+        else
+            failed+=("logits-plists-differ")
+            note "- **logits differ between device-resident and staged page lists** ($(cmp "$WORK/logits-graphs-0.bin" "$WORK/logits-plists-staged.bin" 2>&1 | head -1))"
+        fi
         grep -v '^lethe: debug: cuda: nodes' "$glog" >> "$OUT/test.log"
         n_cap="$(grep -c 'graph of .* launches captured' "$glog")"
         n_fb="$(grep -c 'runs plain launches' "$glog")"
