@@ -362,7 +362,7 @@ static void test_tc_attention(void **state) {
         float *yr = cpu_attention(cpu, &b, n_out);
         cu_attn_plan plan;
         char err[160];
-        assert_int_equal(cu_attn_plan_build_rows(b.attn, c->G, false, LETHE_CU_ATTN_TC_ROWS, &plan, err, sizeof err),
+        assert_int_equal(cu_attn_plan_build_at(b.attn, c->G, false, LETHE_CU_ATTN_TC_ROWS, NULL, &plan, err, sizeof err),
                          LETHE_OK);
         assert_false(plan.decode);
         int multi = 0;   /* blocks holding the most tokens they may: runs longer than one block */

@@ -14,7 +14,8 @@
 #             model's weights leave the device) test_device_sample (on-device top-k sampling: the
 #             same tokens as the logits path), test_cuda_kv_moves (test_kv_moves on CUDA: the
 #             KV cache's compaction / fork row moves by the kernels, bit-identical to the host
-#             path) (LETHE_GPU_CTEST=all: the whole suite)
+#             path) (LETHE_GPU_CTEST=all: the whole suite); all with LETHE_CUDA_PLIST_CHECK=1 (the
+#             device-resident page lists checked against the cache and read back every compute)
 #   gemv      the decode GEMV alone (lethe_cuda_gemv_bench): per weight type on the 8B shapes
 #             (4096x4096, 14336x4096, 4096x14336, 128256x4096), T = 1 and 8, old kernel against
 #             new and wide (LETHE_CUDA_GEMV), us / GB/s / % of its own 1 GiB device copy; its
@@ -50,7 +51,10 @@
 #             launch overhead shows most, and the first of $LETHE_GPU_MODELS when present) at
 #             depths $LETHE_GPU_GRAPH_DEPTHS (default 0,4096) x parallel 1,8
 #             and the fused decode passes (LETHE_CUDA_FUSE): logits of a q4_0 smollm2-shape
-#             decode bit-identical with fusion off and on (plain and graphs), tg rows off vs on
+#             decode bit-identical with fusion off and on (plain and graphs), tg rows off vs on;
+#             and the DMS decode's logits with every page list staged (LETHE_CUDA_PLISTS=staged)
+#             bit-identical to the device-resident lists' (LETHE_GPU_PLIST_AB=1 in the bench stage:
+#             the none depth rows again with staged lists)
 #   peer      llama.cpp's CUDA build on the same GGUFs, when its trimmed source is at
 #             $LETHE_PEER_SRC (default .peer/llama.cpp; make it here with
 #             tools/peer/trim-llama-cpp.sh and carry it)
@@ -225,12 +229,15 @@ stage_build() {
 # ---- test
 stage_test() {
     : > "$OUT/test.log"
-    # test_cuda_host_* are CPU-only (CI runs them): left out here, their NMSE lines would crowd the summary;
+    # test_cuda_host_* and test_cuda_plists are CPU-only (CI runs them): left out here, their NMSE lines would crowd the summary;
     # vulkan_dms_split: the KV cache over several bindings
-    filter=(-R 'backend_ops|cuda|device_sample|vulkan_dms_split' -E 'cuda_host')
+    filter=(-R 'backend_ops|cuda|device_sample|vulkan_dms_split' -E 'cuda_host|cuda_plists')
     [[ "${LETHE_GPU_CTEST:-}" == all ]] && filter=()
-    # a Vulkan build where the image has no NVIDIA Vulkan driver: say so, but keep the CUDA cases
-    CAP="${LETHE_GPU_TEST_CAP:-}" run ctest "$OUT/test.log" env LETHE_TEST_ALLOW_NO_DEVICE=1 ctest --test-dir "$BUILD" \
+    # a Vulkan build where the image has no NVIDIA Vulkan driver: say so, but keep the CUDA cases.
+    # LETHE_CUDA_PLIST_CHECK=1: every compute compares the device-resident page lists with the
+    # cache's and reads each arena back (cuda_plist.h): a stale list or a wrong upload fails the test
+    CAP="${LETHE_GPU_TEST_CAP:-}" run ctest "$OUT/test.log" env LETHE_TEST_ALLOW_NO_DEVICE=1 LETHE_CUDA_PLIST_CHECK=1 \
+        ctest --test-dir "$BUILD" \
         --output-on-failure -V -j"${LETHE_GPU_CTEST_JOBS:-1}" --timeout "${LETHE_GPU_CTEST_TIMEOUT:-$TMO}" "${filter[@]}"
     note ""
     note "## tests"
@@ -366,6 +373,15 @@ stage_bench() {
                     "${extra[@]}" -o md --jsonl "$OUT/bench.jsonl"
             done
         done
+        # LETHE_GPU_PLIST_AB=1: the none rows again with every page list staged each step (the
+        # path before device-resident page lists, cuda_plist.h): what the mirror saves at depth
+        if [[ "${LETHE_GPU_PLIST_AB:-0}" == 1 ]]; then
+            note ""
+            note "### $mt, $DEPTH_BACKEND, tg at depths $DEPTHS x parallel $PARALLEL, KV policy none, page lists staged (LETHE_CUDA_PLISTS=staged)"
+            CAP="${LETHE_GPU_DEPTH_CAP:-}" bench_step "depth-$mt-none-staged" "$OUT/bench.log" env LETHE_CUDA_PLISTS=staged \
+                "$LETHE" bench -m "$f" --backend "$DEPTH_BACKEND" -p 0 -n 32 -r "${LETHE_GPU_DEPTH_REPS:-2}" -d "$DEPTHS" \
+                --parallel "$PARALLEL" -o md --jsonl "$OUT/bench.jsonl"
+        fi
         # pp512 / tg128 (llama-bench's pair, for the peer comparison) after the depth rows
         for be in $BACKENDS; do
             args=(-p 512 -n 128 -r "${LETHE_GPU_PPTG_REPS:-3}")
@@ -400,6 +416,18 @@ stage_graphs() {
                 --backend cuda -b 1 --tokens "$toks" --dms-force-rate 0.5 --dms-window 64 -c 1024 -v -v \
                 -o "$WORK/logits-graphs-$gr.bin"
         done
+        # the same decode with every page list staged (LETHE_CUDA_PLISTS=staged, graphs off): the
+        # device-resident lists must give the same bits
+        rm -f "$WORK/logits-plists-staged.bin"
+        run "logits-plists-staged" "$glog" env LETHE_CUDA_GRAPHS=0 LETHE_CUDA_PLISTS=staged "$LETHE" logits -m "$small" \
+            --backend cuda -b 1 --tokens "$toks" --dms-force-rate 0.5 --dms-window 64 -c 1024 \
+            -o "$WORK/logits-plists-staged.bin"
+        if cmp -s "$WORK/logits-graphs-0.bin" "$WORK/logits-plists-staged.bin"; then
+            note "- logits of 700 DMS-evicting decode steps: device-resident page lists == staged lists, bit for bit"
+        else
+            failed+=("logits-plists-differ")
+            note "- **logits differ between device-resident and staged page lists** ($(cmp "$WORK/logits-graphs-0.bin" "$WORK/logits-plists-staged.bin" 2>&1 | head -1))"
+        fi
         grep -v '^lethe: debug: cuda: nodes' "$glog" >> "$OUT/test.log"
         n_cap="$(grep -c 'graph of .* launches captured' "$glog")"
         n_fb="$(grep -c 'runs plain launches' "$glog")"

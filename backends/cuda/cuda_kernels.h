@@ -70,6 +70,13 @@ cudaError_t lethe_cu_top_k(const float *x, int32_t *out, int64_t T, int64_t V, i
 cudaError_t lethe_cu_move_rows(void *buf, const size_t *mv, int64_t n, size_t row_bytes, int wb, void *scratch,
                                cudaStream_t stream);
 
+/* k_plist.cu */
+/* The page-list mirror's pending upload (cuda_plist.h), in device memory:
+ * runs [n_runs][3] {from, to, count} copied inside the arena, then pairs
+ * [n][2] {arena index, page id}: arena[index] = page id. */
+cudaError_t lethe_cu_plist_move(int32_t *arena, const int32_t *runs, int64_t n_runs, cudaStream_t stream);
+cudaError_t lethe_cu_plist_scatter(int32_t *arena, const int32_t *pairs, int64_t n, cudaStream_t stream);
+
 /* k_rope.cu */
 /* ROPE: x [T, H, D] -> y, token t at angle pos[t] * invf[i] (computed in
  * double, as the CPU does). neox: pairs (i, i + n_rot/2), else (2i, 2i+1).

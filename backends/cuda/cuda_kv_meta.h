@@ -111,10 +111,15 @@ static inline int32_t cu_attn_lmax(const lethe_node *n) {
     return m;
 }
 
-/* force_decode: one token per block whatever the batch (tests run both
- * paths). rows: query rows per prefill block (cu_attn_blocks_rows). */
-static inline int cu_attn_plan_build_rows(const lethe_node *n, int G, bool force_decode, int rows, cu_attn_plan *p,
-                                          char *err, size_t errlen) {
+/* force_decode: one token per block whatever the batch (tests run both paths).
+ * rows: query rows per prefill block (cu_attn_blocks_rows).
+ * stream_off: NULL, the lists are copied into p->plists (staged by the
+ * plan); else a device-resident mirror holds every stream's list
+ * (cuda_plist.h) and stream_off[si] is where stream si's starts (-1: no
+ * extent, the stream has no page): the work entries point there and
+ * p->plists stays empty. */
+static inline int cu_attn_plan_build_at(const lethe_node *n, int G, bool force_decode, int rows,
+                                        const int32_t *stream_off, cu_attn_plan *p, char *err, size_t errlen) {
     const lethe_kv_cache *kv = n->kv;
     const int layer = n->iparams[0];
     const int32_t T = n->ub->n_tokens, Hkv = kv->n_head_kv, BQ = rows / G;
@@ -128,7 +133,7 @@ static inline int cu_attn_plan_build_rows(const lethe_node *n, int G, bool force
     int32_t *start = malloc((size_t)kv->n_seq * (size_t)Hkv * sizeof(int32_t));   /* [n_seq][Hkv] list start */
     p->work = malloc((size_t)p->n_blocks * (size_t)Hkv * sizeof *p->work);
     size_t cap = 0;
-    for (int q = 0; q < kv->n_seq; q++)
+    for (int q = 0; q < kv->n_seq && !stream_off; q++)
         for (int h = 0; h < Hkv; h++) cap += (size_t)lethe_kv_stream_at(kv, q, layer, h)->n_pages;
     p->plists = malloc((cap ? cap : 1) * sizeof(int32_t));
     if (!start || !p->work || !p->plists) {
@@ -150,7 +155,10 @@ static inline int cu_attn_plan_build_rows(const lethe_node *n, int G, bool force
         for (int32_t h = 0; h < Hkv; h++) {
             const lethe_kv_stream *s = lethe_kv_stream_at(kv, seq, layer, h);
             int32_t *sp = &start[(size_t)seq * Hkv + h];
-            if (*sp < 0) {
+            if (*sp < 0 && stream_off) {
+                const int32_t o = stream_off[((size_t)seq * kv->n_layer + layer) * Hkv + h];
+                *sp = o >= 0 ? o : 0;
+            } else if (*sp < 0) {
                 *sp = (int32_t)p->n_plist;
                 memcpy(p->plists + p->n_plist, s->pages, (size_t)s->n_pages * sizeof(int32_t));
                 p->n_plist += (size_t)s->n_pages;
@@ -165,10 +173,6 @@ static inline int cu_attn_plan_build_rows(const lethe_node *n, int G, bool force
     free(start);
     return LETHE_OK;
 }
-static inline int cu_attn_plan_build(const lethe_node *n, int G, bool force_decode, cu_attn_plan *p, char *err,
-                                     size_t errlen) {
-    return cu_attn_plan_build_rows(n, G, force_decode, LETHE_CU_ATTN_ROWS, p, err, errlen);
-}
 
 /* Does a prefill ATTENTION node (not decode) run the tensor-core kernel?
  * prefill_tc: the backend allows it (cu_plan_env). The kernel needs an f16
@@ -178,6 +182,11 @@ static inline bool cu_attn_use_tc(const lethe_node *n, int G, bool decode, int p
     const lethe_kv_cache *kv = n->kv;
     return prefill_tc && !decode && !kv->score && !kv->kmin &&
            lethe_cu_attn_tc_ok(kv->head_dim, G, kv->type == LETHE_F16);
+}
+
+static inline int cu_attn_plan_build(const lethe_node *n, int G, bool force_decode, cu_attn_plan *p, char *err,
+                                     size_t errlen) {
+    return cu_attn_plan_build_at(n, G, force_decode, LETHE_CU_ATTN_ROWS, NULL, p, err, errlen);
 }
 
 /* ---- score policies */

@@ -9,8 +9,9 @@
  * into scratch), f32 weights cublasSgemm.
  *
  * compute() builds the range's launch plan (cuda_plan.h: every launch and
- * its arguments, the per-step tables in one staging buffer), copies the
- * staging bytes once, then either launches the plan's kernels one by one or,
+ * its arguments, the per-step tables in one staging buffer), uploads what
+ * changed in the KV cache's page lists into their device mirror
+ * (cuda_plist.h), copies the staging bytes once, then either launches the plan's kernels one by one or,
  * for a decode step of the whole graph with LETHE_CUDA_GRAPHS=1, replays a
  * captured CUDA graph of the same launches (cuda_graph.c).
  *
@@ -309,9 +310,10 @@ lethe_status lethe_cu_compute(lethe_backend *be, lethe_graph *g, int begin, int 
     const bool graph = c->graphs && whole_graph(g, begin, end) && cu_plan_decode_shaped(g, begin, end);
     const cu_plan_env env = {be, be, c->sm_count, (uint64_t)(uintptr_t)c->d_err, env_resolve, env_scratch,
                              env_kv_prepare, c->gemv_variant, lethe_cu_gemv_act_bytes, c->prefill_tc, c->fuse};
+    const cu_plist_env pl = {be, lethe_cu_plist_env};
     cu_plan plan;
     char err[200];
-    int rc = cu_plan_build(&plan, &env, g, begin, end, graph, err, sizeof err);
+    int rc = cu_plan_build_pl(&plan, &env, &pl, g, begin, end, graph, err, sizeof err);
     if (rc != LETHE_OK) return err[0] ? CU_FAIL((lethe_status)rc, "cuda: %s", err) : (lethe_status)rc;
     lethe_status st = lethe_cu_upload_reserve(c, plan.up_size);
     if (st != LETHE_OK) {
@@ -323,7 +325,9 @@ lethe_status lethe_cu_compute(lethe_backend *be, lethe_graph *g, int begin, int 
     for (int k = 0; k < plan.n_launches; k++) used_err |= plan.launches[k].kind == CU_K_GET_ROWS;
     lethe_cu_clock_begin(c);
     bool done = false;
-    if (graph && plan.capturable) st = lethe_cu_graph_run(c, &plan, &done);
+    /* the page lists that changed, into the mirrors' arenas (outside any graph: their size varies) */
+    st = lethe_cu_plist_apply(c, &plan);
+    if (st == LETHE_OK && graph && plan.capturable) st = lethe_cu_graph_run(c, &plan, &done);
     if (st == LETHE_OK && !done) st = lethe_cu_enqueue(c, &plan);
     /* nothing stays in flight after compute(), also after a failure: the
      * staging and upload buffers are reused by the next call */
@@ -342,6 +346,7 @@ lethe_status lethe_cu_compute(lethe_backend *be, lethe_graph *g, int begin, int 
      * brought: KV reads (QUEST's from its rewritten work entries), the
      * TOVA / H2O fold into kv->score */
     if (st == LETHE_OK && e == cudaSuccess) cu_plan_finish(&plan, c->up_host);
+    if (st == LETHE_OK && e == cudaSuccess) st = lethe_cu_plist_verify(c, &plan);
     cu_plan_free(&plan);
     if (st != LETHE_OK) return st;
     if (e != cudaSuccess)

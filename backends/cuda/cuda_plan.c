@@ -318,6 +318,7 @@ static uint64_t fnv(uint64_t h, const void *data, size_t n) {
 /* One ATTENTION node's first-pass results. */
 typedef struct attn_pre {
     cu_attn_plan t;
+    cu_plist_mirror *m;           /* the cache's device-resident lists, NULL: staged */
     int G;
     int32_t chunk, n_split;
     int32_t ref_ny;               /* QUEST: CTAs per work item of the bounds kernel (grid y) */
@@ -715,11 +716,12 @@ static int plan_node(cu_plan *p, const cu_plan_env *env, lethe_graph *g, int i, 
         const size_t pl_cap = p->bucketed ? (size_t)p->plist_cap : t->n_plist;
         const size_t work_bytes = (size_t)n_items * sizeof *t->work;
         /* the tables first: QUEST's selection addresses them too */
-        size_t o_work, o_pl, o_pos, o_split;
+        size_t o_work, o_pl = 0, o_pos, o_split;
         const int32_t split[2] = {ap->chunk, ap->n_split};
+        if (!ap->m) p->plist_staged += pl_cap * sizeof(int32_t);
         if (stage_add(p, CU_R_WORK, i, t->work, work_bytes, work_bytes, false, &o_work) ||
-            stage_add(p, CU_R_PLISTS, i, t->plists, t->n_plist * sizeof(int32_t), pl_cap * sizeof(int32_t), false,
-                      &o_pl) ||
+            (!ap->m && stage_add(p, CU_R_PLISTS, i, t->plists, t->n_plist * sizeof(int32_t),
+                                 pl_cap * sizeof(int32_t), false, &o_pl)) ||
             stage_add(p, CU_R_POS, i, n->ub->pos, (size_t)n->ub->n_tokens * sizeof(int32_t),
                       (size_t)n->ub->n_tokens * sizeof(int32_t), true, &o_pos) ||
             stage_add(p, CU_R_SPLIT, i, split, sizeof split, sizeof split, false, &o_split))
@@ -791,7 +793,8 @@ static int plan_node(cu_plan *p, const cu_plan_env *env, lethe_graph *g, int i, 
         ARG(0, n->src[0]);
         ARG(1, n);
         STAGED(2, o_work);
-        STAGED(3, o_pl);
+        if (ap->m) l->p[3] = ap->m->dev;   /* the mirror's arena: fixed until it grows */
+        else STAGED(3, o_pl);
         STAGED(4, o_pos);
         STAGED(5, o_split);
         l->p[6] = cap > 1 ? scratch : 0;
@@ -843,6 +846,11 @@ static int plan_node(cu_plan *p, const cu_plan_env *env, lethe_graph *g, int i, 
 
 int cu_plan_build(cu_plan *p, const cu_plan_env *env, lethe_graph *g, int begin, int end, bool bucketed, char *err,
                   size_t errlen) {
+    return cu_plan_build_pl(p, env, NULL, g, begin, end, bucketed, err, errlen);
+}
+
+int cu_plan_build_pl(cu_plan *p, const cu_plan_env *env, const cu_plist_env *pl, lethe_graph *g, int begin, int end,
+                     bool bucketed, char *err, size_t errlen) {
     memset(p, 0, sizeof *p);
     err[0] = 0;
     p->bucketed = bucketed;
@@ -869,9 +877,17 @@ int cu_plan_build(cu_plan *p, const cu_plan_env *env, lethe_graph *g, int begin,
         bool decode;
         (void)cu_attn_blocks(n, x->G, n->kv->kmin != NULL, &decode);
         x->tc = cu_attn_use_tc(n, x->G, decode, env->prefill_tc);
-        if ((st = cu_attn_plan_build_rows(n, x->G, n->kv->kmin != NULL,
-                                          x->tc ? LETHE_CU_ATTN_TC_ROWS : LETHE_CU_ATTN_ROWS, &x->t, err, errlen)) !=
-            LETHE_OK)
+        if (pl && pl->mirror && !n->kv->kmin) {   /* the cache's device-resident lists, synced once per plan */
+            for (int k = 0; k < p->n_mirrors && !x->m; k++)
+                if (p->mirrors[k]->kv_uid == n->kv->uid) x->m = p->mirrors[k];
+            if (!x->m && p->n_mirrors < CU_PLAN_MIRRORS) {
+                err[0] = 0;
+                if ((st = pl->mirror(pl->user, n->kv, &x->m)) != LETHE_OK) break;
+                if (x->m) p->mirrors[p->n_mirrors++] = x->m;
+            }
+        }
+        if ((st = cu_attn_plan_build_at(n, x->G, n->kv->kmin != NULL, x->tc ? LETHE_CU_ATTN_TC_ROWS : LETHE_CU_ATTN_ROWS,
+                                        x->m ? x->m->off : NULL, &x->t, err, errlen)) != LETHE_OK)
             break;
         cu_plan_attn_splits(n, env->sm_count, x->t.n_blocks, x->t.decode, &x->chunk, &x->n_split);
         if (n->kv->kmin) {   /* plain: one CTA per stale page of the longest refresh (prefill); graph: 1 */
@@ -959,6 +975,7 @@ int cu_plan_build(cu_plan *p, const cu_plan_env *env, lethe_graph *g, int begin,
         cu_plan_free(p);
         return st;
     }
+    for (int k = 0; k < p->n_mirrors; k++) p->plist_bytes += cu_plist_pending_bytes(p->mirrors[k]);
     /* the device-only areas after the staged bytes: final offsets */
     const size_t base = (p->stage_size + STAGE_ALIGN - 1) / STAGE_ALIGN * STAGE_ALIGN, results = p->up_size;
     p->result_off = base;

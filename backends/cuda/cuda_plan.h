@@ -35,6 +35,11 @@
  * into the fused area of the scratch; GEMV act_ready = 1), its f32 result
  * only when another node reads it.
  *
+ * Page lists: staged per ATTENTION node (CU_R_PLISTS), or, when the module
+ * offers a device-resident mirror of the cache's lists (cuda_plist.h,
+ * cu_plan_build_pl), read from the mirror's arena with only what changed
+ * uploaded (cu_plan.plist_bytes).
+ *
  * Plain C with no CUDA call, so tests/test_cuda_host_plan*.c build the very plans
  * the module runs. The module side (device addresses, weights, scratch)
  * comes through cu_plan_env callbacks.
@@ -46,6 +51,7 @@
 #define LETHE_CUDA_PLAN_H
 
 #include "cuda_kv_meta.h"   /* graph.h, kv_cache.h, the kernels' table types */
+#include "cuda_plist.h"     /* device-resident page lists */
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -163,6 +169,17 @@ typedef struct cu_plan_env {
     int fuse;
 } cu_plan_env;
 
+/* The module's device-resident page lists (cuda_plist.h): the mirror of a
+ * cache, synced with it now; asked once per cache and plan. *m NULL: the
+ * plan stages that cache's lists itself. QUEST caches never ask (the
+ * selection writes its lists next to the staged ones). */
+typedef struct cu_plist_env {
+    void *user;
+    int (*mirror)(void *user, const lethe_kv_cache *kv, cu_plist_mirror **m);
+} cu_plist_env;
+
+#define CU_PLAN_MIRRORS 4   /* caches with a page-list mirror in one plan (more: staged) */
+
 typedef struct cu_plan {
     cu_launch *launches;
     int n_launches, cap_launches;
@@ -182,6 +199,14 @@ typedef struct cu_plan {
     size_t fuse_off, fuse_bytes;  /* the fused q8 area in the scratch: [fuse_off, + fuse_bytes) (0: none) */
     int n_fused;                  /* NORM_FUSED / SWIGLU_Q8 launches, GEMVs on their blocks, ADDs folded in */
     uint64_t key;                 /* hash of the launch list and the staging size */
+    /* Page lists. With a mirror (cu_plan_build_pl) the attention launches read the
+     * mirror's device arena (a launch argument, not staged) and the mirror's
+     * pending upload goes before the plan's staging copy (cuda_ops.c); the
+     * bytes a step moves for page lists are plist_staged + plist_bytes. */
+    cu_plist_mirror *mirrors[CU_PLAN_MIRRORS];   /* the mirrors this plan's attention reads */
+    int n_mirrors;
+    size_t plist_bytes;           /* the mirrors' pending uploads after the plan's syncs */
+    size_t plist_staged;          /* page-list bytes inside [0, stage_size) (QUEST, no mirror) */
 } cu_plan;
 
 /* --- tensor helpers the module shares with the plan */
@@ -212,6 +237,10 @@ int32_t cu_plan_attn_lmax(const lethe_node *n);
  * err: the plan's own message ("" when a callback failed: it reported). */
 int cu_plan_build(cu_plan *p, const cu_plan_env *env, lethe_graph *g, int begin, int end, bool bucketed, char *err,
                   size_t errlen);
+/* The same with the page lists of caches read from their device mirrors
+ * (pl NULL: every list staged, as cu_plan_build). */
+int cu_plan_build_pl(cu_plan *p, const cu_plan_env *env, const cu_plist_env *pl, lethe_graph *g, int begin, int end,
+                     bool bucketed, char *err, size_t errlen);
 void cu_plan_free(cu_plan *p);
 /* After the compute's sync (the plan's launches, or its replayed graph, are
  * done; up_host holds what its COPY_BACK launches brought): the KV reads,
