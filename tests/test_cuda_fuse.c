@@ -49,6 +49,7 @@
 int lethe_cu_host_rms_norm(const float *x, const float *w, float *y, int64_t T, int64_t E, float eps);
 int lethe_cu_host_norm_fused(const float *a, const float *b, float *sum, const float *w, float *y, uint8_t *xq,
                              int64_t T, int64_t E, float eps);
+size_t lethe_cu_host_norm_smem_bytes(int64_t E);
 int lethe_cu_host_swiglu(const float *g, const float *u, float *y, int64_t n);
 int lethe_cu_host_swiglu_q8(const float *g, const float *u, float *y, uint8_t *xq, int64_t n);
 int lethe_cu_host_q8_quant(const float *x, int64_t K, uint8_t *out);
@@ -79,7 +80,7 @@ static void same_bits(const void *a, const void *b, size_t n, const char *what) 
  * Fused vs unfused, the kernels' host code: ADD + RMS_NORM (+ q8). */
 static void test_norm_fused_bits(void **state) {
     (void)state;
-    static const struct { int64_t T, E; } shapes[] = {{1, 64}, {3, 576}, {1, 4096}, {8, 4096}, {2, 11904}, {3, 8192}};
+    static const struct { int64_t T, E; } shapes[] = {{1, 64}, {3, 576}, {1, 4096}, {8, 4096}, {2, LETHE_CU_NORM_MAX_E}, {3, 8192}};
     for (size_t si = 0; si < LETHE_ARRAY_SIZE(shapes); si++) {
         const int64_t T = shapes[si].T, E = shapes[si].E, n = T * E, nq = n / 32 * Q8B;
         float *a = malloc((size_t)n * sizeof(float)), *b = malloc((size_t)n * sizeof(float));
@@ -128,7 +129,22 @@ static void test_norm_fused_bits(void **state) {
     uint8_t xq[128];
     assert_int_not_equal(lethe_cu_host_norm_fused(x, NULL, NULL, NULL, NULL, xq, 1, 48, 1e-5f), 0);   /* E % 32 */
     assert_int_not_equal(lethe_cu_host_norm_fused(x, NULL, NULL, NULL, NULL, NULL, 1, 64, 1e-5f), 0); /* nothing */
-    assert_int_not_equal(lethe_cu_host_norm_fused(x, NULL, NULL, NULL, y, NULL, 1, 11936, 1e-5f), 0); /* > max E */
+    assert_int_not_equal(lethe_cu_host_norm_fused(x, NULL, NULL, NULL, y, NULL, 1, LETHE_CU_NORM_MAX_E + 1, 1e-5f),
+                         0); /* > max E */
+}
+
+/* The widest row k_norm_fused takes must fit the 48 KiB of shared memory a
+ * block gets without an opt-in attribute, counting the reduction's static
+ * bytes with the padded row (the device adds them: static + dynamic). The
+ * first limit, 11904, took 49,360 bytes: its launch would have failed on
+ * the GPU for rows of 11855..11904, which the host emulation, with no
+ * shared-memory budget, ran happily. The plan must refuse wider rows. */
+static void test_norm_fused_smem(void **state) {
+    (void)state;
+    assert_true(lethe_cu_host_norm_smem_bytes(LETHE_CU_NORM_MAX_E) <= 48 * 1024);
+    assert_true(lethe_cu_host_norm_smem_bytes(LETHE_CU_NORM_MAX_E + 32) > 48 * 1024 - 64);   /* a tight limit */
+    float x[64] = {0}, y[64];
+    assert_int_not_equal(lethe_cu_host_norm_fused(x, NULL, NULL, NULL, y, NULL, 1, LETHE_CU_NORM_MAX_E + 32, 1e-5f), 0);
 }
 
 /* SWIGLU + q8: the fused blocks and y are k_swiglu's then k_quant_q8's bits. */
@@ -744,6 +760,39 @@ static void test_fold_rules(void **state) {
     }
 }
 
+/* The plan fuses a norm only as wide as k_norm_fused's shared memory allows:
+ * an ADD + RMS_NORM read by a q8_0 GEMV folds at LETHE_CU_NORM_MAX_E and
+ * stays plain one q8 block wider (its launch would fail on the device). */
+static void test_plan_norm_width(void **state) {
+    (void)state;
+    for (int wider = 0; wider < 2; wider++) {
+        const int64_t E = LETHE_CU_NORM_MAX_E + 32 * wider, ne[2] = {E, 1}, n1[1] = {E};
+        float *in0 = calloc((size_t)E, sizeof(float)), *in1 = calloc((size_t)E, sizeof(float));
+        float *ones = malloc((size_t)E * sizeof(float));
+        uint8_t *wq = rand_weights(LETHE_Q8_0, 4, E, 7);
+        assert_true(in0 && in1 && ones);
+        for (int64_t i = 0; i < E; i++) ones[i] = 1.0f;
+        lethe_graph *g = lethe_graph_new(16);
+        lethe_tensor t1;
+        lethe_tensor_init(&t1, LETHE_F32, 1, n1);
+        t1.data = ones;
+        lethe_node *one = lethe_leaf(g, &t1);
+        lethe_node *s0 = lethe_mul(g, lethe_input(g, LETHE_F32, 2, ne, in0, "in0"), one);
+        lethe_node *s1 = lethe_mul(g, lethe_input(g, LETHE_F32, 2, ne, in1, "in1"), one);
+        lethe_node *h = lethe_rms_norm(g, lethe_add(g, s0, s1), one, 1e-5f);
+        lethe_set_output(lethe_matmul(g, leaf_q(g, LETHE_Q8_0, wq, E, 4, "wq"), h));
+        assert_int_equal(g->status, LETHE_OK);
+        fake_dev f = {0};
+        cu_plan p;
+        plan_with(g, &f, &f, false, 1, LETHE_CU_GEMV_NEW, &p);
+        assert_int_equal(count_kind(&p, CU_K_NORM_FUSED), wider ? 0 : 1);
+        assert_int_equal(count_kind(&p, CU_K_RMS_NORM), wider ? 1 : 0);
+        cu_plan_free(&p);
+        lethe_graph_free(g);
+        free(in0); free(in1); free(ones); free(wq);
+    }
+}
+
 /* A node range that ends between a norm and its GEMVs (a CPU segment, or
  * LETHE_DUMP_NODES: one node per range) keeps the f32 row and the plain
  * launches: fusion never reaches outside the range. */
@@ -785,6 +834,8 @@ static void skip_msg(void **state) {
     skip();
 }
 static void test_norm_fused_bits(void **state) { skip_msg(state); }
+static void test_norm_fused_smem(void **state) { skip_msg(state); }
+static void test_plan_norm_width(void **state) { skip_msg(state); }
 static void test_swiglu_fused_bits(void **state) { skip_msg(state); }
 static void test_fused_vs_cpu(void **state) { skip_msg(state); }
 static void test_plan_decode(void **state) { skip_msg(state); }
@@ -796,10 +847,12 @@ static void test_plan_archs(void **state) { skip_msg(state); }
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_norm_fused_bits),  cmocka_unit_test(test_swiglu_fused_bits),
+        cmocka_unit_test(test_norm_fused_bits),  cmocka_unit_test(test_norm_fused_smem),
+        cmocka_unit_test(test_swiglu_fused_bits),
         cmocka_unit_test(test_fused_vs_cpu),     cmocka_unit_test(test_plan_decode),
         cmocka_unit_test(test_plan_real_memory), cmocka_unit_test(test_fold_rules),
         cmocka_unit_test(test_plan_ranges),      cmocka_unit_test(test_plan_archs),
+        cmocka_unit_test(test_plan_norm_width),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -27,19 +27,32 @@
 #ifndef LETHE_CUDA_FUSE_CUH
 #define LETHE_CUDA_FUSE_CUH
 
-#include "cuda_gemv.cuh"   /* cu_q8_quant_block, CU_Q8_BLOCK_BYTES, cu_fmul / cu_fadd */
+#include "cuda_gemv.cuh"      /* cu_q8_quant_block, CU_Q8_BLOCK_BYTES, cu_fmul / cu_fadd */
+#include "cuda_kernels.h"     /* LETHE_CU_NORM_MAX_E */
 
 /* Threads of k_rms_norm's and k_norm_fused's block: part of the reduction order. */
 #define CU_NORM_THREADS 256
+/* Static shared memory of the block's reduction (block_rms_scale's
+ * double part[32], k_elementwise.cu: it sizes the array with this). */
+#define CU_NORM_RED_BYTES 256
 /* k_norm_fused keeps its row in shared memory, padded (cu_norm_pad):
- * (E + E / 32) floats <= 48 KiB, the static limit (no opt-in attribute). */
-#define CU_NORM_MAX_E 11904
+ * (E + E / 32) floats dynamic + CU_NORM_RED_BYTES static <= 48 KiB, the
+ * limit without an opt-in attribute (the sum counts: with 11904, the first
+ * value, a row of E > 11854 failed its launch). cuda_kernels.h says why
+ * 11840; the plan uses the same constant. */
+#define CU_NORM_MAX_E LETHE_CU_NORM_MAX_E
+static_assert((CU_NORM_MAX_E + CU_NORM_MAX_E / 32) * 4 + CU_NORM_RED_BYTES <= 48 * 1024,
+              "k_norm_fused's widest row must fit 48 KiB of shared memory with the reduction's");
 
 /* A row element's place in the padded shared copy: one float of padding
  * per 32, so that both phases are free of bank conflicts (phase 1: thread t
  * writes element t + 256 k; phase 2: thread k reads block k's 32 elements,
  * 33 k + j, bank (k + j) % 32). */
 CU_HD int64_t cu_norm_pad(int64_t e) { return e + (e >> 5); }
+
+/* Shared memory of a k_norm_fused launch over rows of E: dynamic (the
+ * padded row) + static (the reduction). */
+CU_HD size_t cu_norm_smem_bytes(int64_t E) { return (size_t)cu_norm_pad(E) * sizeof(float) + CU_NORM_RED_BYTES; }
 
 /* ss + x^2 in double. (double)x * x is exact (24-bit significands, 48-bit
  * product), so a contraction into an fma gives the same bits. */

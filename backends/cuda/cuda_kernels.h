@@ -41,7 +41,12 @@ cudaError_t lethe_cu_swiglu(const float *gate, const float *up, float *y, int64_
  * x' = a + b (b NULL: x' = a) [T, E], written to sum when non-NULL; then
  * RMS_NORM of x' with w -> y [T, E] when y is non-NULL, and its q8 blocks
  * xq [T][E / 32][64 B] (k_quant_q8's bytes) when xq is non-NULL (E % 32 == 0).
- * Every value is the unfused launches' bits. E <= CU_NORM_MAX_E (11904). */
+ * Every value is the unfused launches' bits. E <= LETHE_CU_NORM_MAX_E. */
+/* The widest row k_norm_fused takes: its padded row (E + E / 32 floats,
+ * dynamic) plus block_rms_scale's 256 static bytes must fit the 48 KiB a
+ * block gets without cudaFuncSetAttribute (static + dynamic count together:
+ * a launch over it fails). (11840 + 370) * 4 + 256 = 49,096 <= 49,152. */
+#define LETHE_CU_NORM_MAX_E 11840
 cudaError_t lethe_cu_norm_fused(const float *a, const float *b, float *sum, const float *w, float *y, void *xq,
                                 int64_t T, int64_t E, float eps, cudaStream_t stream);
 /* SWIGLU of gate, up [n] (n % 32 == 0) -> its q8 blocks xq [n / 32][64 B],

@@ -30,7 +30,7 @@
 #define PREFILL_CHUNK_BYTES ((size_t)64 << 20)
 #define PLIST_MIN_CAP 64            /* bucketed page lists: at least this many pages */
 #define WSTRIDE_MIN 64              /* bucketed TOVA / H2O weight rows: at least this many slots */
-#define CU_PLAN_NORM_MAX_E 11904    /* = cuda_fuse.cuh's CU_NORM_MAX_E: NORM_FUSED's row in shared memory */
+#define CU_PLAN_NORM_MAX_E LETHE_CU_NORM_MAX_E   /* NORM_FUSED's row in shared memory (cuda_kernels.h) */
 
 /* ------------------------------------------------------ tensor helpers */
 

@@ -59,7 +59,7 @@ extern "C" cudaError_t lethe_cu_get_rows(int wtype, const void *w, size_t row_by
  * CPU (which sums in double too). Ends with a barrier: shared memory the
  * threads wrote before it is visible to all after it. */
 __device__ __forceinline__ float block_rms_scale(double ss, int64_t E, float eps) {
-    __shared__ double part[32];
+    __shared__ double part[CU_NORM_RED_BYTES / sizeof(double)];   /* one per warp, at most 32 */
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
     if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
@@ -143,7 +143,7 @@ extern "C" cudaError_t lethe_cu_norm_fused(const float *a, const float *b, float
                                            void *xq, int64_t T, int64_t E, float eps, cudaStream_t stream) {
     if (T <= 0) return cudaSuccess;
     if (E <= 0 || E > CU_NORM_MAX_E || (xq && E % 32 != 0) || (!xq && !y)) return cudaErrorInvalidValue;
-    const size_t smem = (size_t)cu_norm_pad(E) * sizeof(float);
+    const size_t smem = (size_t)cu_norm_pad(E) * sizeof(float);   /* + CU_NORM_RED_BYTES static: cu_norm_smem_bytes */
     LETHE_CU_LAUNCH((unsigned)T, CU_NORM_THREADS, smem, stream, k_norm_fused)(a, b, sum, w, y, (uint8_t *)xq, E, eps);
     return cudaGetLastError();
 }

@@ -49,6 +49,10 @@ extern "C" int lethe_cu_host_rms_norm(const float *x, const float *w, float *y, 
     return 0;
 }
 
+/* Shared memory a k_norm_fused launch over rows of E takes (dynamic + static):
+ * the launch fails over 48 KiB (no opt-in attribute). */
+extern "C" size_t lethe_cu_host_norm_smem_bytes(int64_t E) { return cu_norm_smem_bytes(E); }
+
 /* k_norm_fused: a, b (or NULL) [T, E] -> sum (or NULL), y (or NULL), xq (or NULL). */
 extern "C" int lethe_cu_host_norm_fused(const float *a, const float *b, float *sum, const float *w, float *y,
                                         uint8_t *xq, int64_t T, int64_t E, float eps) {
