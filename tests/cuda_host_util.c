@@ -14,11 +14,16 @@
 #include "testutil.h"
 
 void kv_build(const kv_case *c, kv_built *b, uint64_t seed) {
-    memset(b, 0, sizeof *b);
-    const tu_kv_spec spec = {.T = c->T, .Hkv = c->Hkv, .D = c->D, .hist = c->hist, .f16 = c->f16, .runs = c->runs,
-                             .tie = c->tie, .rule = c->rule, .budget = c->budget,
+    const tu_kv_spec spec = {.T = c->T, .Hkv = c->Hkv, .D = c->D, .hist = c->hist, .hist1 = 9, .f16 = c->f16,
+                             .runs = c->runs, .tie = c->tie, .rule = c->rule, .budget = c->budget,
                              .pages = (size_t)4 * c->Hkv * ((size_t)(c->hist + c->T) / LETHE_KV_PAGE + 4) + 16};
-    tu_kv_setup(&b->kv, &spec, NULL, seed, b->seq, b->pos);
+    kv_build_spec(c, &spec, b, seed);
+}
+
+void kv_build_spec(const kv_case *c, const tu_kv_spec *spec, kv_built *b, uint64_t seed) {
+    memset(b, 0, sizeof *b);
+    assert_true(c->T <= (int)LETHE_ARRAY_SIZE(b->seq));
+    tu_kv_setup(&b->kv, spec, NULL, seed, b->seq, b->pos);
     b->ub = (lethe_ubatch){c->T, b->seq, b->pos};
     lethe_kv_cache *kv = &b->kv;
     const int64_t T = c->T, Hkv = c->Hkv, D = c->D, Hq = Hkv * c->G;
@@ -55,15 +60,22 @@ void kv_built_free(kv_built *b) {
 }
 
 /* The launch plan with a fake device (cuda_host_util.h): node addresses from
- * the node's index, scratch and the error flag at fixed addresses. */
-static int fake_resolve(void *user, const lethe_node *n, uint64_t *dev) {
+ * the node's index (or overridden, or the host's), scratch and the error
+ * flag at fixed addresses. */
+int fake_resolve(void *user, const lethe_node *n, uint64_t *dev) {
     const fake_dev *f = user;
-    *dev = 0x100000000000ull + (uint64_t)(n - f->g->nodes) * 0x100000ull;
+    const int i = (int)(n - f->g->nodes);
+    for (int k = 0; k < f->n_over; k++)
+        if (f->over_node[k] == i) {
+            *dev = f->over_addr[k];
+            return LETHE_OK;
+        }
+    *dev = f->host_addr && n->t.data ? (uint64_t)(uintptr_t)n->t.data : 0x100000000000ull + (uint64_t)i * 0x100000ull;
     return LETHE_OK;
 }
 static int fake_scratch(void *user, size_t bytes, uint64_t *dev) {
     ((fake_dev *)user)->scratch_bytes = bytes;
-    *dev = 0x200000000000ull;
+    *dev = FAKE_SCRATCH;
     return LETHE_OK;
 }
 static int fake_kv_prepare(void *user, const lethe_kv_cache *kv) {
@@ -73,26 +85,30 @@ static int fake_kv_prepare(void *user, const lethe_kv_cache *kv) {
 }
 static const int k_fake_backend = 0;   /* no node's buffer belongs to it: inputs are staged */
 
-void plan_of_gemv(lethe_graph *g, bool bucketed, cu_plan *p, fake_dev *f, int variant,
-                  size_t (*act)(int, int64_t, int64_t, int)) {
-    memset(f, 0, sizeof *f);
+cu_plan_env fake_env(fake_dev *f, const lethe_graph *g) {
     f->g = g;
-    const cu_plan_env env = {f, &k_fake_backend, 132, 0x300000000000ull, fake_resolve, fake_scratch, fake_kv_prepare,
-                             variant, act, 0, 0};
+    return (cu_plan_env){f, &k_fake_backend, 132, 0x300000000000ull, fake_resolve, fake_scratch, fake_kv_prepare,
+                         LETHE_CU_GEMV_NEW, NULL, 0, 0};
+}
+
+void plan_build_env(cu_plan *p, const cu_plan_env *env, const cu_plist_env *pl, lethe_graph *g, bool bucketed) {
     char err[200];
-    const int rc = cu_plan_build(p, &env, g, 0, g->n_nodes, bucketed, err, sizeof err);
+    const int rc = cu_plan_build_pl(p, env, pl, g, 0, g->n_nodes, bucketed, err, sizeof err);
     if (rc != LETHE_OK) fail_msg("cu_plan_build: %d %s", rc, err);
 }
 
-void plan_of(lethe_graph *g, bool bucketed, cu_plan *p, fake_dev *f) {
+void plan_of_gemv(lethe_graph *g, bool bucketed, cu_plan *p, fake_dev *f, int variant,
+                  size_t (*act)(int, int64_t, int64_t, int)) {
     memset(f, 0, sizeof *f);
-    f->g = g;
+    cu_plan_env env = fake_env(f, g);
+    env.gemv_variant = variant;
+    env.gemv_act_bytes = act;
+    plan_build_env(p, &env, NULL, g, bucketed);
+}
+
+void plan_of(lethe_graph *g, bool bucketed, cu_plan *p, fake_dev *f) {
     /* the step graphs' weights are f32: no GEMV activation scratch (gemv_act_bytes NULL) */
-    const cu_plan_env env = {f, &k_fake_backend, 132, 0x300000000000ull, fake_resolve, fake_scratch, fake_kv_prepare,
-                             LETHE_CU_GEMV_NEW, NULL, 0, 0};
-    char err[200];
-    const int rc = cu_plan_build(p, &env, g, 0, g->n_nodes, bucketed, err, sizeof err);
-    if (rc != LETHE_OK) fail_msg("cu_plan_build: %d %s", rc, err);
+    plan_of_gemv(g, bucketed, p, f, LETHE_CU_GEMV_NEW, NULL);
 }
 
 /* The staging region at offset `off` of a launch argument. */

@@ -57,13 +57,15 @@ typedef struct kv_built {
     lethe_graph *g;
     lethe_node *store, *attn;
     lethe_ubatch ub;
-    int32_t seq[64], pos[64];
+    int32_t seq[256], pos[256];
     float *k, *v, *q, *dec;
 } kv_built;
 
 /* Build case c into b (seed: the rows, k, v, q and the DMS logits); two
- * builds from one seed are identical. */
+ * builds from one seed are identical. kv_build_spec: the cache from `spec`
+ * (its T, Hkv, D as c's), the rest as kv_build. */
 void kv_build(const kv_case *c, kv_built *b, uint64_t seed);
+void kv_build_spec(const kv_case *c, const tu_kv_spec *spec, kv_built *b, uint64_t seed);
 void kv_built_free(kv_built *b);
 
 /* The launch plan (cuda_plan.h) with a fake device: every node's "device
@@ -74,7 +76,20 @@ typedef struct fake_dev {
     const lethe_graph *g;
     size_t scratch_bytes;   /* what the plan asked of fake_scratch */
     int prepared;           /* kv_prepare calls */
+    bool host_addr;         /* resolve = the node's host address (the executor's memory plan) */
+    int n_over;             /* overrides: node over_node[i] at over_addr[i] */
+    int over_node[8];
+    uint64_t over_addr[8];
 } fake_dev;
+#define FAKE_SCRATCH 0x200000000000ull   /* fake_scratch's address */
+/* f's address of node n (fake_resolve, the plan's resolve callback). */
+int fake_resolve(void *user, const lethe_node *n, uint64_t *dev);
+/* The plan's environment on fake device f for graph g (sets f->g, keeps
+ * the rest of f): 132 SMs, GEMV_NEW, no activation scratch, no
+ * tensor-core prefill, no fusion; tests set the fields they vary. */
+cu_plan_env fake_env(fake_dev *f, const lethe_graph *g);
+/* cu_plan_build_pl of all of g (fails the test on an error). */
+void plan_build_env(cu_plan *p, const cu_plan_env *env, const cu_plist_env *pl, lethe_graph *g, bool bucketed);
 /* The plan of g (fails the test on an error). plan_of: the step graphs'
  * weights are f32, no GEMV activation scratch; plan_of_gemv: the GEMV
  * variant and its activation-bytes rule. */

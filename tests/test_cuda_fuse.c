@@ -37,7 +37,7 @@
 #ifdef LETHE_HAVE_CUDA
 #include "backend.h"
 #include "cpu_kernels.h"
-#include "cuda_plan.h"
+#include "cuda_host_util.h"
 #include "dtype.h"
 #include "executor.h"
 #include "graph.h"
@@ -300,40 +300,9 @@ static void test_fused_vs_cpu(void **state) {
 }
 
 /* ------------------------------------------------------------------------
- * Plans. Fake device: every node its own address (or the executor's real
- * offsets), scratch and error flag fixed, so plans compare byte for byte. */
-typedef struct fake_dev {
-    const lethe_graph *g;
-    bool host_addr;            /* resolve = the node's host address (the executor's memory plan) */
-    int n_over;                /* overrides: node -> address */
-    int over_node[8];
-    uint64_t over_addr[8];
-} fake_dev;
-
-#define SCRATCH 0x200000000000ull
-
-static int fake_resolve(void *user, const lethe_node *n, uint64_t *dev) {
-    const fake_dev *f = user;
-    const int i = (int)(n - f->g->nodes);
-    for (int k = 0; k < f->n_over; k++)
-        if (f->over_node[k] == i) {
-            *dev = f->over_addr[k];
-            return LETHE_OK;
-        }
-    *dev = f->host_addr && n->t.data ? (uint64_t)(uintptr_t)n->t.data : 0x100000000000ull + (uint64_t)i * 0x100000ull;
-    return LETHE_OK;
-}
-static int fake_scratch(void *user, size_t bytes, uint64_t *dev) {
-    (void)user;
-    (void)bytes;
-    *dev = SCRATCH;
-    return LETHE_OK;
-}
-static int fake_kv_prepare(void *user, const lethe_kv_cache *kv) {
-    (void)user;
-    (void)kv;
-    return LETHE_OK;
-}
+ * Plans. Fake device (cuda_host_util.h): every node its own address (or the
+ * executor's real offsets), scratch and error flag fixed, so plans compare
+ * byte for byte. */
 /* k_gemv.cu's rule (not linked here): q8-family weights quantize activations, the old kernel not */
 static size_t fake_act_bytes(int wtype, int64_t K, int64_t T, int variant) {
     const bool q8 = wtype == LETHE_Q4_0 || wtype == LETHE_Q4_1 || wtype == LETHE_Q5_0 || wtype == LETHE_Q5_1 ||
@@ -343,12 +312,12 @@ static size_t fake_act_bytes(int wtype, int64_t K, int64_t T, int variant) {
 
 static void plan_with(lethe_graph *g, fake_dev *f, const void *backend, bool bucketed, int fuse, int variant,
                       cu_plan *p) {
-    f->g = g;
-    const cu_plan_env env = {f, backend, 132, 0x300000000000ull, fake_resolve, fake_scratch, fake_kv_prepare,
-                             variant, fake_act_bytes, 0, fuse};
-    char err[200];
-    const int rc = cu_plan_build(p, &env, g, 0, g->n_nodes, bucketed, err, sizeof err);
-    if (rc != LETHE_OK) fail_msg("cu_plan_build: %d %s", rc, err);
+    cu_plan_env env = fake_env(f, g);
+    env.backend = backend;
+    env.gemv_variant = variant;
+    env.gemv_act_bytes = fake_act_bytes;
+    env.fuse = fuse;
+    plan_build_env(p, &env, NULL, g, bucketed);
 }
 
 static int count_kind(const cu_plan *p, int kind) {
@@ -497,7 +466,7 @@ static void check_fused_q8(const cu_plan *p, const lethe_graph *g, int L, int T)
     assert_int_equal(count_kind(p, CU_K_SWIGLU), 0);
     assert_int_equal(count_kind(p, CU_K_BINARY), count_op(g, LETHE_OP_ADD) - (2 * L - 1));
     int ready = 0, adds = 0;
-    uint64_t area = SCRATCH + p->fuse_off;
+    uint64_t area = FAKE_SCRATCH + p->fuse_off;
     assert_true(p->fuse_bytes >= (size_t)T * 256 / 32 * 64);   /* the largest producer: SWIGLU, F = 256 */
     int last_producer = -1;
     for (int k = 0; k < p->n_launches; k++) {
@@ -534,7 +503,7 @@ static void check_fused_q8(const cu_plan *p, const lethe_graph *g, int L, int T)
             } else {
                 assert_int_equal(src, LETHE_OP_ATTENTION);
                 assert_int_equal(l->i[6], 0);
-                assert_int_equal(l->p[3], SCRATCH);
+                assert_int_equal(l->p[3], FAKE_SCRATCH);
             }
         }
     }
@@ -801,9 +770,10 @@ static void test_plan_ranges(void **state) {
     decode_case d;
     decode_open(&d, LETHE_Q4_0, 1, false);
     fake_dev f = {0};
-    f.g = d.g;
-    const cu_plan_env env = {&f, &f, 132, 0x300000000000ull, fake_resolve, fake_scratch, fake_kv_prepare,
-                             LETHE_CU_GEMV_NEW, fake_act_bytes, 0, 1};
+    cu_plan_env env = fake_env(&f, d.g);
+    env.backend = &f;
+    env.gemv_act_bytes = fake_act_bytes;
+    env.fuse = 1;
     char err[200];
     int n_plain = 0;
     for (int i = 0; i < d.g->n_nodes; i++) {   /* one node at a time */

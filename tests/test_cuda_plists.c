@@ -646,15 +646,8 @@ static void test_engine_paths(void **state) {
 /* ------------------------------------------------------------------------
  * The launch plan over the mirror, and the kernels' host steps. */
 #include "backend.h"
-#include "cuda_plan.h"
+#include "cuda_host_util.h"
 #include "executor.h"
-#include "graph.h"
-
-int lethe_cu_host_kv_store(const lethe_cu_kv_view *kv, const float *k, const float *v, const float *dec,
-                           const lethe_cu_kv_row *rows, int64_t n_rows);
-int lethe_cu_host_attention(const lethe_cu_kv_view *kv, const float *q, float *out, const lethe_cu_attn_work *work,
-                            int n_blocks, int decode, const int32_t *plists, const int32_t *qpos, int Hkv, int G,
-                            float scale, int chunk, int n_split, int cap, float *wts, int wstride);
 
 #define PL_LAYER 1
 #define PL_SEQ 4
@@ -662,32 +655,16 @@ int lethe_cu_host_attention(const lethe_cu_kv_view *kv, const float *q, float *o
 #define PL_D 64
 #define PL_G 4
 
-/* A fake device for the plan (addresses from node indices, as
- * test_cuda_host.c's), with the page-list mirror over the emulated arena. */
+/* The fake device of the plan (cuda_host_util.h), with the page-list
+ * mirror over the emulated arena. */
 typedef struct fake {
-    const lethe_graph *g;
+    fake_dev dev;
     bool mirror;
     cu_plist_mirror m;
     emu_dev e;
     int asked;
 } fake;
 
-static int fake_resolve(void *user, const lethe_node *n, uint64_t *dev) {
-    const fake *f = user;
-    *dev = 0x100000000000ull + (uint64_t)(n - f->g->nodes) * 0x100000ull;
-    return LETHE_OK;
-}
-static int fake_scratch(void *user, size_t bytes, uint64_t *dev) {
-    (void)user;
-    (void)bytes;
-    *dev = 0x200000000000ull;
-    return LETHE_OK;
-}
-static int fake_kv_prepare(void *user, const lethe_kv_cache *kv) {
-    (void)user;
-    (void)kv;
-    return LETHE_OK;
-}
 static int fake_plist(void *user, const lethe_kv_cache *kv, cu_plist_mirror **out) {
     fake *f = user;
     *out = NULL;
@@ -702,33 +679,17 @@ static int fake_plist(void *user, const lethe_kv_cache *kv, cu_plist_mirror **ou
 }
 
 static void plan_build(fake *f, lethe_graph *g, bool bucketed, bool mirror, cu_plan *p) {
-    f->g = g;
     f->mirror = mirror;
-    const cu_plan_env env = {f, f, 132, 0x300000000000ull, fake_resolve, fake_scratch, fake_kv_prepare,
-                             LETHE_CU_GEMV_NEW, NULL, 0, 0};
+    const cu_plan_env env = fake_env(&f->dev, g);
     const cu_plist_env pl = {f, fake_plist};
-    char err[200];
-    const int rc = cu_plan_build_pl(p, &env, &pl, g, 0, g->n_nodes, bucketed, err, sizeof err);
-    if (rc != LETHE_OK) fail_msg("cu_plan_build: %d %s", rc, err);
+    plan_build_env(p, &env, &pl, g, bucketed);
 }
 
-static const cu_region *region_at(const cu_plan *p, uint64_t off) {
-    for (int r = 0; r < p->n_regions; r++)
-        if (p->regions[r].off == off && !p->regions[r].result) return &p->regions[r];
-    fail_msg("no staging region at offset %llu", (unsigned long long)off);
-    return NULL;
-}
-static const cu_launch *launch_of(const cu_plan *p, int kind) {
-    for (int k = 0; k < p->n_launches; k++)
-        if (p->launches[k].kind == kind) return &p->launches[k];
-    fail_msg("no launch of kind %d", kind);
-    return NULL;
-}
-static const void *staged(const cu_plan *p, const cu_launch *l, int s, int kind) {
-    if (!((l->staged >> s) & 1u)) fail_msg("launch %d argument %d is not staged", l->kind, s);
-    const cu_region *r = region_at(p, l->p[s]);
-    assert_int_equal(r->kind, kind);
-    return p->stage + r->off;
+/* The first launch of a kind (fails if none). */
+static const cu_launch *launch_1(const cu_plan *p, int kind) {
+    const cu_launch *l = launch_of(p, kind, 0);
+    if (!l) fail_msg("no launch of kind %d", kind);
+    return l;
 }
 
 /* One cache with its decode graph: KV_STORE (DMS decisions from `dec`,
@@ -832,16 +793,6 @@ static void op_clear(lethe_kv_cache *kv, int step) {
     seq_rows(kv, 3, (uint64_t)step);
 }
 
-static double nmse(const float *ref, const float *got, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (isnan(got[i])) return INFINITY;
-        num += ((double)got[i] - ref[i]) * ((double)got[i] - ref[i]);
-        den += (double)ref[i] * ref[i];
-    }
-    return den > 0 ? num / den : num;
-}
-
 /* 100 decode steps of 4 sequences at depths of 90 to 1500 tokens (3 to 47
  * pages a stream) with DMS evictions, and a fork, a rollback, a compaction
  * and a clear on the way: the plan stages no list, uploads what the device
@@ -904,7 +855,7 @@ static void test_plan_mirror(void **state) {
         assert_int_equal(p.plist_bytes, cu_plist_pending_bytes(&f.m));
         assert_int_equal(p.plist_staged, 0);
         for (int r = 0; r < p.n_regions; r++) assert_int_not_equal(p.regions[r].kind, CU_R_PLISTS);
-        const cu_launch *la = launch_of(&p, CU_K_ATTENTION);
+        const cu_launch *la = launch_1(&p, CU_K_ATTENTION);
         assert_false((la->staged >> 3) & 1u);
         assert_true(la->p[3] == f.m.dev);   /* the arena: a launch argument */
         assert_true(p0.plist_staged > 0);
@@ -939,7 +890,7 @@ static void test_plan_mirror(void **state) {
         emu_verify(&f.e, &f.m, &emu.kv, "plan step", false);
         const lethe_cu_kv_view view = {emu.kv.pool, emu.kv.pos, emu.kv.expire, emu.kv.page_bytes, emu.kv.slot_bytes,
                                        1, PL_D, NULL, NULL};
-        const cu_launch *ls = launch_of(&p, CU_K_KV_STORE);
+        const cu_launch *ls = launch_1(&p, CU_K_KV_STORE);
         assert_int_equal(lethe_cu_host_kv_store(&view, staged(&p, ls, 0, CU_R_INPUT), staged(&p, ls, 1, CU_R_INPUT),
                                                 emu.dec, staged(&p, ls, 3, CU_R_KV_ROWS), ls->i[0]),
                          0);
@@ -949,7 +900,7 @@ static void test_plan_mirror(void **state) {
                                                  (int)la->i[1], f.e.arena, staged(&p, la, 4, CU_R_POS), (int)la->i[2],
                                                  (int)la->i[3], la->f[0], split[0], split[1], (int)la->i[4], NULL, 0),
                          0);
-        const double err_n = nmse(yr, y, n_out);
+        const double err_n = tu_nmse(yr, y, n_out);
         worst = err_n > worst ? err_n : worst;
         if (!(err_n < 1e-10)) fail_msg("step %d: attention from the mirror: NMSE %.3g against the CPU", step, err_n);
         cu_plan_free(&p0);
@@ -1102,7 +1053,7 @@ static void test_state_load_attention(void **state) {
     emu_verify(&f.e, &f.m, kv2, "after the loads", false);
     const lethe_cu_kv_view view = {kv2->pool, kv2->pos, kv2->expire, kv2->page_bytes, kv2->slot_bytes,
                                    kv2->type == LETHE_F16, kv2->head_dim, NULL, NULL};
-    const cu_launch *ls = launch_of(&p, CU_K_KV_STORE), *la = launch_of(&p, CU_K_ATTENTION);
+    const cu_launch *ls = launch_1(&p, CU_K_KV_STORE), *la = launch_1(&p, CU_K_ATTENTION);
     assert_true(la->p[3] == f.m.dev);
     assert_int_equal(lethe_cu_host_kv_store(&view, staged(&p, ls, 0, CU_R_INPUT), staged(&p, ls, 1, CU_R_INPUT), x.dec,
                                             staged(&p, ls, 3, CU_R_KV_ROWS), ls->i[0]),
@@ -1114,7 +1065,7 @@ static void test_state_load_attention(void **state) {
                                              (int)la->i[2], (int)la->i[3], la->f[0], split[0], split[1], (int)la->i[4],
                                              NULL, 0),
                      0);
-    const double err_n = nmse(yr, y, LETHE_ARRAY_SIZE(y));
+    const double err_n = tu_nmse(yr, y, LETHE_ARRAY_SIZE(y));
     print_message("  attention over the loaded lists from the mirror: NMSE %.3g against the CPU\n", err_n);
     if (!(err_n < 1e-10)) fail_msg("attention after a state load: NMSE %.3g", err_n);
     cu_plan_free(&p);
