@@ -11,6 +11,7 @@
 
 #include "cuda_host_util.h"
 #include "common.h"
+#include "executor.h"
 #include "testutil.h"
 
 void kv_build(const kv_case *c, kv_built *b, uint64_t seed) {
@@ -57,6 +58,26 @@ void kv_built_free(kv_built *b) {
     free(b->v);
     free(b->q);
     free(b->dec);
+}
+
+void kv_store_tables(kv_built *b, const kv_case *c, lethe_cu_kv_view *view) {
+    const size_t n_rows = (size_t)c->T * c->Hkv;
+    lethe_cu_kv_row *rows = malloc(n_rows * sizeof *rows);
+    char err[160];
+    assert_int_equal(cu_kv_store_rows(b->store, rows, err, sizeof err), LETHE_OK);
+    *view = (lethe_cu_kv_view){b->kv.pool, b->kv.pos, b->kv.expire, b->kv.page_bytes, b->kv.slot_bytes,
+                               c->f16, c->D, b->kv.kmin, b->kv.kmax};
+    assert_int_equal(lethe_cu_host_kv_store(view, b->k, b->v, c->dms ? b->dec : NULL, rows, (int64_t)n_rows), 0);
+    free(rows);
+}
+
+float *cpu_attn_out(lethe_backend *cpu, kv_built *b, size_t n_out) {
+    lethe_executor *ex = lethe_executor_new(&cpu, 1);
+    assert_int_equal(lethe_executor_run(ex, b->g, NULL, NULL), LETHE_OK);
+    float *y = malloc(n_out * sizeof(float));   /* the output lives in the executor's memory */
+    memcpy(y, b->attn->t.data, n_out * sizeof(float));
+    lethe_executor_free(ex);
+    return y;
 }
 
 /* The launch plan with a fake device (cuda_host_util.h): node addresses from

@@ -107,6 +107,14 @@ const void *staged(const cu_plan *p, const cu_launch *l, int s, int kind);
  * values and staged bytes but for what the buckets size. */
 void check_plain_vs_bucketed(const cu_plan *p0, const cu_plan *p1);
 
+/* KV_STORE of b through the module's tables (cu_kv_store_rows) and the
+ * kernel's steps, as the device does before attention; *view: b's cache as
+ * the kernels see it. */
+void kv_store_tables(kv_built *b, const kv_case *c, lethe_cu_kv_view *view);
+/* The CPU backend's ATTENTION output of b's graph [n_out] (the graph run,
+ * KV_STORE first; the cache left as the attention read it). Caller frees. */
+float *cpu_attn_out(lethe_backend *cpu, kv_built *b, size_t n_out);
+
 /* One decode step on: the commit (the step before's policy evictions), DMS
  * flags, holes, growth, and each token one position on (reserved). */
 void kv_advance(kv_built *b, int step);

@@ -45,7 +45,6 @@
 #include "cpu_kernels.h"
 #include "cuda_host_util.h"
 #include "dtype.h"
-#include "executor.h"
 
 void lethe_cu_host_mma_ref(const uint32_t a[32][4], const uint32_t b[32][2], float c[32][4]);
 void lethe_cu_host_mma_rc(int which, int lane, int r, int h, int *row, int *col);
@@ -215,17 +214,6 @@ static void tc_build(const tc_case *c, kv_built *b, uint64_t seed) {
     }
 }
 
-/* The CPU's output of the case's graph (store, then attention); the cache
- * is left as the attention read it. */
-static float *cpu_attention(lethe_backend *cpu, kv_built *b, size_t n_out) {
-    lethe_executor *ex = lethe_executor_new(&cpu, 1);
-    assert_int_equal(lethe_executor_run(ex, b->g, NULL, NULL), LETHE_OK);
-    float *yr = malloc(n_out * sizeof(float));
-    memcpy(yr, b->attn->t.data, n_out * sizeof(float));
-    lethe_executor_free(ex);
-    return yr;
-}
-
 static const tc_case k_tc_cases[] = {
     /* name                              T  Hkv   D  G hist0 hist1  f16   dms  blind qmul */
     {"G=1 D=64 fresh prompt", 150, 2, 64, 1, 0, 9, true, true, false, 1.0f, 0},
@@ -252,7 +240,7 @@ static void test_tc_attention(void **state) {
         kv_built b;
         tc_build(c, &b, 4000 + ci * 17);
         const size_t n_out = (size_t)c->T * c->Hkv * c->G * c->D;
-        float *yr = cpu_attention(cpu, &b, n_out);
+        float *yr = cpu_attn_out(cpu, &b, n_out);
         cu_attn_plan plan;
         char err[160];
         assert_int_equal(cu_attn_plan_build_at(b.attn, c->G, false, LETHE_CU_ATTN_TC_ROWS, NULL, &plan, err, sizeof err),
@@ -336,7 +324,7 @@ static void test_tc_plan(void **state) {
         kv_built b;
         tc_build(c, &b, 7000 + ci);
         const size_t n_out = (size_t)c->T * c->Hkv * c->G * c->D;
-        float *yr = cpu_attention(cpu, &b, n_out);
+        float *yr = cpu_attn_out(cpu, &b, n_out);
         for (int allow = 0; allow < 2; allow++) {
             fake_dev f = {0};
             cu_plan_env env = fake_env(&f, b.g);
