@@ -189,19 +189,6 @@ static lethe_node *leaf_q(lethe_graph *g, lethe_dtype t, void *data, int64_t K, 
     return lethe_leaf(g, &x);
 }
 
-static uint8_t *rand_weights(lethe_dtype t, int64_t N, int64_t K, uint64_t seed) {
-    const size_t rs = lethe_row_size(t, K);
-    uint8_t *w = malloc(rs * (size_t)N);
-    float *row = malloc((size_t)K * sizeof(float));
-    assert_true(w && row);
-    for (int64_t r = 0; r < N; r++) {
-        tu_rand_fill(row, (size_t)K, seed + (uint64_t)r);
-        lethe_dtype_get(t)->from_f32(row, w + (size_t)r * rs, K);
-    }
-    free(row);
-    return w;
-}
-
 static void test_fused_vs_cpu(void **state) {
     (void)state;
     const int64_t E = 2048, F = 1536, N = 48;
@@ -209,8 +196,8 @@ static void test_fused_vs_cpu(void **state) {
     const lethe_dtype wt[3] = {LETHE_Q8_0, LETHE_Q4_0, LETHE_Q5_1};
     lethe_backend *cpu = lethe_backend_cpu_new(1);
     assert_non_null(cpu);
-    uint8_t *W[3], *Wd = rand_weights(LETHE_Q4_1, N, F, 900);
-    for (int k = 0; k < 3; k++) W[k] = rand_weights(wt[k], N, E, 700 + 100 * (uint64_t)k);
+    uint8_t *W[3], *Wd = tu_make_rows(LETHE_Q4_1, N, F, 900, 0);
+    for (int k = 0; k < 3; k++) W[k] = tu_make_rows(wt[k], N, E, 700 + 100 * (uint64_t)k, 0);
     float *nw = malloc((size_t)E * sizeof(float));
     tu_rand_fill(nw, (size_t)E, 77);
     for (size_t ti = 0; ti < LETHE_ARRAY_SIZE(Ts); ti++) {
@@ -738,7 +725,7 @@ static void test_plan_norm_width(void **state) {
         const int64_t E = LETHE_CU_NORM_MAX_E + 32 * wider, ne[2] = {E, 1}, n1[1] = {E};
         float *in0 = calloc((size_t)E, sizeof(float)), *in1 = calloc((size_t)E, sizeof(float));
         float *ones = malloc((size_t)E * sizeof(float));
-        uint8_t *wq = rand_weights(LETHE_Q8_0, 4, E, 7);
+        uint8_t *wq = tu_make_rows(LETHE_Q8_0, 4, E, 7, 0);
         assert_true(in0 && in1 && ones);
         for (int64_t i = 0; i < E; i++) ones[i] = 1.0f;
         lethe_graph *g = lethe_graph_new(16);
