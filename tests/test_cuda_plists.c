@@ -705,13 +705,6 @@ typedef struct twin {
     float k[PL_SEQ * PL_HKV * PL_D], v[PL_SEQ * PL_HKV * PL_D], q[PL_SEQ * PL_HKV * PL_G * PL_D], dec[PL_SEQ * PL_HKV];
 } twin;
 
-static void row_fill(const lethe_kv_cache *kv, void *dst, uint64_t seed) {
-    float x[PL_D];
-    tu_rand_fill(x, PL_D, seed);
-    for (int d = 0; d < PL_D; d++) ((lethe_f16 *)dst)[d] = lethe_f32_to_f16(x[d]);
-    (void)kv;
-}
-
 /* Rows of every slot of sequence q from a seed of (seq, layer, head, slot). */
 static void seq_rows(lethe_kv_cache *kv, int q, uint64_t seed) {
     for (int l = 0; l < kv->n_layer; l++)
@@ -719,8 +712,8 @@ static void seq_rows(lethe_kv_cache *kv, int q, uint64_t seed) {
             const lethe_kv_stream *s = lethe_kv_stream_at(kv, q, l, h);
             for (int32_t j = 0; j < s->len; j++) {
                 const uint64_t r = seed * 7919 + (((uint64_t)q * 2 + l) * 2 + h) * 100003 + (uint64_t)j;
-                row_fill(kv, lethe_kv_k(kv, s, j), r * 2);
-                row_fill(kv, lethe_kv_v(kv, s, j), r * 2 + 1);
+                tu_kv_fill_row(kv, lethe_kv_k(kv, s, j), r * 2);
+                tu_kv_fill_row(kv, lethe_kv_v(kv, s, j), r * 2 + 1);
             }
         }
 }

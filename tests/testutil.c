@@ -147,7 +147,7 @@ void *tu_make_rows(lethe_dtype type, int64_t N, int64_t K, uint64_t seed, size_t
     return w;
 }
 
-static void kv_fill_row(const lethe_kv_cache *kv, void *dst, uint64_t seed) {
+void tu_kv_fill_row(const lethe_kv_cache *kv, void *dst, uint64_t seed) {
     float x[256];
     tu_rand_fill(x, (size_t)kv->head_dim, seed);
     if (kv->type == LETHE_F16) {
@@ -212,8 +212,8 @@ void tu_kv_setup(lethe_kv_cache *kv, const tu_kv_spec *c, lethe_backend *mem, ui
             for (int h = 0; h < c->Hkv; h++) {
                 lethe_kv_stream *s = lethe_kv_stream_at(kv, sq, l, h);
                 for (int32_t j = 0; j < s->len; j++) {
-                    kv_fill_row(kv, lethe_kv_k(kv, s, j), ++r * 31);
-                    kv_fill_row(kv, lethe_kv_v(kv, s, j), ++r * 31);
+                    tu_kv_fill_row(kv, lethe_kv_k(kv, s, j), ++r * 31);
+                    tu_kv_fill_row(kv, lethe_kv_v(kv, s, j), ++r * 31);
                     /* every 5th token flagged: expired (j + w + 1 < now) or, near the end, still visible */
                     if (!c->unflagged && (j + h) % 5 == 2) *lethe_kv_expire(kv, s, j) = *lethe_kv_pos(kv, s, j) + TU_KV_W + 1;
                 }

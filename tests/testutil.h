@@ -48,6 +48,10 @@ struct lethe_backend;
  * (0: an overread shows under ASan). Caller frees. */
 void *tu_make_rows(lethe_dtype type, int64_t N, int64_t K, uint64_t seed, size_t pad);
 
+/* One K or V row of kv (head_dim values, f16 or f32 as the cache holds
+ * them): tu_rand_fill(seed). */
+void tu_kv_fill_row(const struct lethe_kv_cache *kv, void *dst, uint64_t seed);
+
 #define TU_KV_LAYER 1   /* the layer the cases store and attend (of 2: its offset in the pool matters) */
 #define TU_KV_W 3       /* the DMS window */
 typedef struct tu_kv_spec {
