@@ -37,18 +37,25 @@ void kv_build_spec(const kv_case *c, const tu_kv_spec *spec, kv_built *b, uint64
     tu_rand_fill(b->q, (size_t)(T * Hq * D), seed + 3);
     tu_rand_fill(b->dec, (size_t)(T * Hkv), seed + 4);   /* both sides of 0 */
     b->g = lethe_graph_new(16);
-    int64_t nk[3] = {D, Hkv, T}, nq[3] = {D, Hq, T}, nd[2] = {Hkv, T};
-    lethe_node *kn = lethe_input(b->g, LETHE_F32, 3, nk, b->k, "k");
-    lethe_node *vn = lethe_input(b->g, LETHE_F32, 3, nk, b->v, "v");
+    b->attn = kv_attn_graph(b->g, kv, KV_LAYER, c->G, &b->ub, b->k, b->v, b->q, c->dms ? b->dec : NULL, &b->store);
+}
+
+lethe_node *kv_attn_graph(lethe_graph *g, lethe_kv_cache *kv, int layer, int G, const lethe_ubatch *ub, float *k,
+                          float *v, float *q, float *dec, lethe_node **store) {
+    const int64_t T = ub->n_tokens, Hkv = kv->n_head_kv, D = kv->head_dim;
+    const int64_t nk[3] = {D, Hkv, T}, nq[3] = {D, Hkv * G, T}, nd[2] = {Hkv, T};
+    lethe_node *kn = lethe_input(g, LETHE_F32, 3, nk, k, "k");
+    lethe_node *vn = lethe_input(g, LETHE_F32, 3, nk, v, "v");
     lethe_node *dn = NULL;
-    if (c->dms)   /* adapter-style logits 1 * x - 0 = x: the decisions are b->dec exactly */
-        dn = lethe_dms_decision(b->g, lethe_input(b->g, LETHE_F32, 2, nd, b->dec, "alpha"), LETHE_DMS_FROM_ADAPTER,
-                                c->Hkv, c->G, false, 1.0f, 0.0f, 0.0f, KV_LAYER, &b->ub);
-    b->store = lethe_kv_store(b->g, kv, KV_LAYER, kn, vn, dn, &b->ub);
-    lethe_node *qn = lethe_input(b->g, LETHE_F32, 3, nq, b->q, "q");
-    b->attn = lethe_attention(b->g, kv, KV_LAYER, qn, b->store, 1.0f / sqrtf((float)D), &b->ub);
-    lethe_set_output(b->attn);
-    assert_int_equal(b->g->status, LETHE_OK);
+    if (dec)
+        dn = lethe_dms_decision(g, lethe_input(g, LETHE_F32, 2, nd, dec, "alpha"), LETHE_DMS_FROM_ADAPTER, (int)Hkv, G,
+                                false, 1.0f, 0.0f, 0.0f, layer, ub);
+    *store = lethe_kv_store(g, kv, layer, kn, vn, dn, ub);
+    lethe_node *attn = lethe_attention(g, kv, layer, lethe_input(g, LETHE_F32, 3, nq, q, "q"), *store,
+                                       1.0f / sqrtf((float)D), ub);
+    lethe_set_output(attn);
+    assert_int_equal(g->status, LETHE_OK);
+    return attn;
 }
 
 void kv_built_free(kv_built *b) {

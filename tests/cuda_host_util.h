@@ -67,6 +67,13 @@ typedef struct kv_built {
 void kv_build(const kv_case *c, kv_built *b, uint64_t seed);
 void kv_build_spec(const kv_case *c, const tu_kv_spec *spec, kv_built *b, uint64_t seed);
 void kv_built_free(kv_built *b);
+/* The KV cases' graph on g: KV_STORE of k, v [T][Hkv][D] into `layer` of
+ * kv (DMS decisions from dec [T][Hkv], adapter-style logits 1 * x - 0 = x:
+ * the decisions are dec exactly; NULL: none), then ATTENTION of q
+ * [T][Hkv G][D] over it (scale 1/sqrt(D)), the graph's output; ub (T
+ * tokens) must outlive g. Returns the ATTENTION node, *store the KV_STORE. */
+lethe_node *kv_attn_graph(lethe_graph *g, lethe_kv_cache *kv, int layer, int G, const lethe_ubatch *ub, float *k,
+                          float *v, float *q, float *dec, lethe_node **store);
 
 /* The launch plan (cuda_plan.h) with a fake device: every node's "device
  * address" is derived from its index in the graph, scratch is at

@@ -730,17 +730,8 @@ static void twin_init(twin *t) {
     }
     for (int q = 0; q < PL_SEQ; q++) t->seq[q] = q;
     t->ub = (lethe_ubatch){PL_SEQ, t->seq, t->pos};
-    lethe_graph *g = t->g = lethe_graph_new(16);
-    const int64_t nk[3] = {PL_D, PL_HKV, PL_SEQ}, nq[3] = {PL_D, PL_HKV * PL_G, PL_SEQ}, nd[2] = {PL_HKV, PL_SEQ};
-    lethe_node *kn = lethe_input(g, LETHE_F32, 3, nk, t->k, "k");
-    lethe_node *vn = lethe_input(g, LETHE_F32, 3, nk, t->v, "v");
-    lethe_node *dn = lethe_dms_decision(g, lethe_input(g, LETHE_F32, 2, nd, t->dec, "alpha"), LETHE_DMS_FROM_ADAPTER,
-                                        PL_HKV, PL_G, false, 1.0f, 0.0f, 0.0f, PL_LAYER, &t->ub);
-    t->store = lethe_kv_store(g, &t->kv, PL_LAYER, kn, vn, dn, &t->ub);
-    lethe_node *qn = lethe_input(g, LETHE_F32, 3, nq, t->q, "q");
-    t->attn = lethe_attention(g, &t->kv, PL_LAYER, qn, t->store, 1.0f / sqrtf((float)PL_D), &t->ub);
-    lethe_set_output(t->attn);
-    assert_int_equal(g->status, LETHE_OK);
+    t->g = lethe_graph_new(16);
+    t->attn = kv_attn_graph(t->g, &t->kv, PL_LAYER, PL_G, &t->ub, t->k, t->v, t->q, t->dec, &t->store);
 }
 
 static void twin_free(twin *t) {
@@ -958,16 +949,9 @@ static void sl_build(sl_graph *x, lethe_kv_cache *kv) {
     tu_rand_fill(x->v, LETHE_ARRAY_SIZE(x->v), 72);
     tu_rand_fill(x->q, LETHE_ARRAY_SIZE(x->q), 73);
     tu_rand_fill(x->dec, LETHE_ARRAY_SIZE(x->dec), 74);
-    lethe_graph *g = x->g = lethe_graph_new(16);
-    const int64_t nk[3] = {D, Hkv, 2}, nq[3] = {D, Hkv * G, 2}, nd[2] = {Hkv, 2};
-    lethe_node *dn = lethe_dms_decision(g, lethe_input(g, LETHE_F32, 2, nd, x->dec, "alpha"), LETHE_DMS_FROM_ADAPTER,
-                                        Hkv, G, false, 1.0f, 0.0f, 0.0f, 1, &x->ub);
-    lethe_node *st = lethe_kv_store(g, kv, 1, lethe_input(g, LETHE_F32, 3, nk, x->k, "k"),
-                                    lethe_input(g, LETHE_F32, 3, nk, x->v, "v"), dn, &x->ub);
-    x->attn = lethe_attention(g, kv, 1, lethe_input(g, LETHE_F32, 3, nq, x->q, "q"), st, 1.0f / sqrtf((float)D),
-                              &x->ub);
-    lethe_set_output(x->attn);
-    assert_int_equal(g->status, LETHE_OK);
+    lethe_node *st;
+    x->g = lethe_graph_new(16);
+    x->attn = kv_attn_graph(x->g, kv, 1, G, &x->ub, x->k, x->v, x->q, x->dec, &st);
 }
 
 static void test_state_load_attention(void **state) {
