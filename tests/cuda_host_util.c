@@ -11,14 +11,20 @@
 
 #include "cuda_host_util.h"
 #include "common.h"
+#include "executor.h"
 #include "testutil.h"
 
 void kv_build(const kv_case *c, kv_built *b, uint64_t seed) {
-    memset(b, 0, sizeof *b);
-    const tu_kv_spec spec = {.T = c->T, .Hkv = c->Hkv, .D = c->D, .hist = c->hist, .f16 = c->f16, .runs = c->runs,
-                             .tie = c->tie, .rule = c->rule, .budget = c->budget,
+    const tu_kv_spec spec = {.T = c->T, .Hkv = c->Hkv, .D = c->D, .hist = c->hist, .hist1 = 9, .f16 = c->f16,
+                             .runs = c->runs, .tie = c->tie, .rule = c->rule, .budget = c->budget,
                              .pages = (size_t)4 * c->Hkv * ((size_t)(c->hist + c->T) / LETHE_KV_PAGE + 4) + 16};
-    tu_kv_setup(&b->kv, &spec, NULL, seed, b->seq, b->pos);
+    kv_build_spec(c, &spec, b, seed);
+}
+
+void kv_build_spec(const kv_case *c, const tu_kv_spec *spec, kv_built *b, uint64_t seed) {
+    memset(b, 0, sizeof *b);
+    assert_true(c->T <= (int)LETHE_ARRAY_SIZE(b->seq));
+    tu_kv_setup(&b->kv, spec, NULL, seed, b->seq, b->pos);
     b->ub = (lethe_ubatch){c->T, b->seq, b->pos};
     lethe_kv_cache *kv = &b->kv;
     const int64_t T = c->T, Hkv = c->Hkv, D = c->D, Hq = Hkv * c->G;
@@ -31,18 +37,25 @@ void kv_build(const kv_case *c, kv_built *b, uint64_t seed) {
     tu_rand_fill(b->q, (size_t)(T * Hq * D), seed + 3);
     tu_rand_fill(b->dec, (size_t)(T * Hkv), seed + 4);   /* both sides of 0 */
     b->g = lethe_graph_new(16);
-    int64_t nk[3] = {D, Hkv, T}, nq[3] = {D, Hq, T}, nd[2] = {Hkv, T};
-    lethe_node *kn = lethe_input(b->g, LETHE_F32, 3, nk, b->k, "k");
-    lethe_node *vn = lethe_input(b->g, LETHE_F32, 3, nk, b->v, "v");
+    b->attn = kv_attn_graph(b->g, kv, KV_LAYER, c->G, &b->ub, b->k, b->v, b->q, c->dms ? b->dec : NULL, &b->store);
+}
+
+lethe_node *kv_attn_graph(lethe_graph *g, lethe_kv_cache *kv, int layer, int G, const lethe_ubatch *ub, float *k,
+                          float *v, float *q, float *dec, lethe_node **store) {
+    const int64_t T = ub->n_tokens, Hkv = kv->n_head_kv, D = kv->head_dim;
+    const int64_t nk[3] = {D, Hkv, T}, nq[3] = {D, Hkv * G, T}, nd[2] = {Hkv, T};
+    lethe_node *kn = lethe_input(g, LETHE_F32, 3, nk, k, "k");
+    lethe_node *vn = lethe_input(g, LETHE_F32, 3, nk, v, "v");
     lethe_node *dn = NULL;
-    if (c->dms)   /* adapter-style logits 1 * x - 0 = x: the decisions are b->dec exactly */
-        dn = lethe_dms_decision(b->g, lethe_input(b->g, LETHE_F32, 2, nd, b->dec, "alpha"), LETHE_DMS_FROM_ADAPTER,
-                                c->Hkv, c->G, false, 1.0f, 0.0f, 0.0f, KV_LAYER, &b->ub);
-    b->store = lethe_kv_store(b->g, kv, KV_LAYER, kn, vn, dn, &b->ub);
-    lethe_node *qn = lethe_input(b->g, LETHE_F32, 3, nq, b->q, "q");
-    b->attn = lethe_attention(b->g, kv, KV_LAYER, qn, b->store, 1.0f / sqrtf((float)D), &b->ub);
-    lethe_set_output(b->attn);
-    assert_int_equal(b->g->status, LETHE_OK);
+    if (dec)
+        dn = lethe_dms_decision(g, lethe_input(g, LETHE_F32, 2, nd, dec, "alpha"), LETHE_DMS_FROM_ADAPTER, (int)Hkv, G,
+                                false, 1.0f, 0.0f, 0.0f, layer, ub);
+    *store = lethe_kv_store(g, kv, layer, kn, vn, dn, ub);
+    lethe_node *attn = lethe_attention(g, kv, layer, lethe_input(g, LETHE_F32, 3, nq, q, "q"), *store,
+                                       1.0f / sqrtf((float)D), ub);
+    lethe_set_output(attn);
+    assert_int_equal(g->status, LETHE_OK);
+    return attn;
 }
 
 void kv_built_free(kv_built *b) {
@@ -54,16 +67,43 @@ void kv_built_free(kv_built *b) {
     free(b->dec);
 }
 
+void kv_store_tables(kv_built *b, const kv_case *c, lethe_cu_kv_view *view) {
+    const size_t n_rows = (size_t)c->T * c->Hkv;
+    lethe_cu_kv_row *rows = malloc(n_rows * sizeof *rows);
+    char err[160];
+    assert_int_equal(cu_kv_store_rows(b->store, rows, err, sizeof err), LETHE_OK);
+    *view = (lethe_cu_kv_view){b->kv.pool, b->kv.pos, b->kv.expire, b->kv.page_bytes, b->kv.slot_bytes,
+                               c->f16, c->D, b->kv.kmin, b->kv.kmax};
+    assert_int_equal(lethe_cu_host_kv_store(view, b->k, b->v, c->dms ? b->dec : NULL, rows, (int64_t)n_rows), 0);
+    free(rows);
+}
+
+float *cpu_attn_out(lethe_backend *cpu, kv_built *b, size_t n_out) {
+    lethe_executor *ex = lethe_executor_new(&cpu, 1);
+    assert_int_equal(lethe_executor_run(ex, b->g, NULL, NULL), LETHE_OK);
+    float *y = malloc(n_out * sizeof(float));   /* the output lives in the executor's memory */
+    memcpy(y, b->attn->t.data, n_out * sizeof(float));
+    lethe_executor_free(ex);
+    return y;
+}
+
 /* The launch plan with a fake device (cuda_host_util.h): node addresses from
- * the node's index, scratch and the error flag at fixed addresses. */
-static int fake_resolve(void *user, const lethe_node *n, uint64_t *dev) {
+ * the node's index (or overridden, or the host's), scratch and the error
+ * flag at fixed addresses. */
+int fake_resolve(void *user, const lethe_node *n, uint64_t *dev) {
     const fake_dev *f = user;
-    *dev = 0x100000000000ull + (uint64_t)(n - f->g->nodes) * 0x100000ull;
+    const int i = (int)(n - f->g->nodes);
+    for (int k = 0; k < f->n_over; k++)
+        if (f->over_node[k] == i) {
+            *dev = f->over_addr[k];
+            return LETHE_OK;
+        }
+    *dev = f->host_addr && n->t.data ? (uint64_t)(uintptr_t)n->t.data : 0x100000000000ull + (uint64_t)i * 0x100000ull;
     return LETHE_OK;
 }
 static int fake_scratch(void *user, size_t bytes, uint64_t *dev) {
     ((fake_dev *)user)->scratch_bytes = bytes;
-    *dev = 0x200000000000ull;
+    *dev = FAKE_SCRATCH;
     return LETHE_OK;
 }
 static int fake_kv_prepare(void *user, const lethe_kv_cache *kv) {
@@ -73,26 +113,30 @@ static int fake_kv_prepare(void *user, const lethe_kv_cache *kv) {
 }
 static const int k_fake_backend = 0;   /* no node's buffer belongs to it: inputs are staged */
 
-void plan_of_gemv(lethe_graph *g, bool bucketed, cu_plan *p, fake_dev *f, int variant,
-                  size_t (*act)(int, int64_t, int64_t, int)) {
-    memset(f, 0, sizeof *f);
+cu_plan_env fake_env(fake_dev *f, const lethe_graph *g) {
     f->g = g;
-    const cu_plan_env env = {f, &k_fake_backend, 132, 0x300000000000ull, fake_resolve, fake_scratch, fake_kv_prepare,
-                             variant, act, 0, 0};
+    return (cu_plan_env){f, &k_fake_backend, 132, 0x300000000000ull, fake_resolve, fake_scratch, fake_kv_prepare,
+                         LETHE_CU_GEMV_NEW, NULL, 0, 0};
+}
+
+void plan_build_env(cu_plan *p, const cu_plan_env *env, const cu_plist_env *pl, lethe_graph *g, bool bucketed) {
     char err[200];
-    const int rc = cu_plan_build(p, &env, g, 0, g->n_nodes, bucketed, err, sizeof err);
+    const int rc = cu_plan_build_pl(p, env, pl, g, 0, g->n_nodes, bucketed, err, sizeof err);
     if (rc != LETHE_OK) fail_msg("cu_plan_build: %d %s", rc, err);
 }
 
-void plan_of(lethe_graph *g, bool bucketed, cu_plan *p, fake_dev *f) {
+void plan_of_gemv(lethe_graph *g, bool bucketed, cu_plan *p, fake_dev *f, int variant,
+                  size_t (*act)(int, int64_t, int64_t, int)) {
     memset(f, 0, sizeof *f);
-    f->g = g;
+    cu_plan_env env = fake_env(f, g);
+    env.gemv_variant = variant;
+    env.gemv_act_bytes = act;
+    plan_build_env(p, &env, NULL, g, bucketed);
+}
+
+void plan_of(lethe_graph *g, bool bucketed, cu_plan *p, fake_dev *f) {
     /* the step graphs' weights are f32: no GEMV activation scratch (gemv_act_bytes NULL) */
-    const cu_plan_env env = {f, &k_fake_backend, 132, 0x300000000000ull, fake_resolve, fake_scratch, fake_kv_prepare,
-                             LETHE_CU_GEMV_NEW, NULL, 0, 0};
-    char err[200];
-    const int rc = cu_plan_build(p, &env, g, 0, g->n_nodes, bucketed, err, sizeof err);
-    if (rc != LETHE_OK) fail_msg("cu_plan_build: %d %s", rc, err);
+    plan_of_gemv(g, bucketed, p, f, LETHE_CU_GEMV_NEW, NULL);
 }
 
 /* The staging region at offset `off` of a launch argument. */

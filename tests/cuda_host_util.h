@@ -57,14 +57,23 @@ typedef struct kv_built {
     lethe_graph *g;
     lethe_node *store, *attn;
     lethe_ubatch ub;
-    int32_t seq[64], pos[64];
+    int32_t seq[256], pos[256];
     float *k, *v, *q, *dec;
 } kv_built;
 
 /* Build case c into b (seed: the rows, k, v, q and the DMS logits); two
- * builds from one seed are identical. */
+ * builds from one seed are identical. kv_build_spec: the cache from `spec`
+ * (its T, Hkv, D as c's), the rest as kv_build. */
 void kv_build(const kv_case *c, kv_built *b, uint64_t seed);
+void kv_build_spec(const kv_case *c, const tu_kv_spec *spec, kv_built *b, uint64_t seed);
 void kv_built_free(kv_built *b);
+/* The KV cases' graph on g: KV_STORE of k, v [T][Hkv][D] into `layer` of
+ * kv (DMS decisions from dec [T][Hkv], adapter-style logits 1 * x - 0 = x:
+ * the decisions are dec exactly; NULL: none), then ATTENTION of q
+ * [T][Hkv G][D] over it (scale 1/sqrt(D)), the graph's output; ub (T
+ * tokens) must outlive g. Returns the ATTENTION node, *store the KV_STORE. */
+lethe_node *kv_attn_graph(lethe_graph *g, lethe_kv_cache *kv, int layer, int G, const lethe_ubatch *ub, float *k,
+                          float *v, float *q, float *dec, lethe_node **store);
 
 /* The launch plan (cuda_plan.h) with a fake device: every node's "device
  * address" is derived from its index in the graph, scratch is at
@@ -74,7 +83,20 @@ typedef struct fake_dev {
     const lethe_graph *g;
     size_t scratch_bytes;   /* what the plan asked of fake_scratch */
     int prepared;           /* kv_prepare calls */
+    bool host_addr;         /* resolve = the node's host address (the executor's memory plan) */
+    int n_over;             /* overrides: node over_node[i] at over_addr[i] */
+    int over_node[8];
+    uint64_t over_addr[8];
 } fake_dev;
+#define FAKE_SCRATCH 0x200000000000ull   /* fake_scratch's address */
+/* f's address of node n (fake_resolve, the plan's resolve callback). */
+int fake_resolve(void *user, const lethe_node *n, uint64_t *dev);
+/* The plan's environment on fake device f for graph g (sets f->g, keeps
+ * the rest of f): 132 SMs, GEMV_NEW, no activation scratch, no
+ * tensor-core prefill, no fusion; tests set the fields they vary. */
+cu_plan_env fake_env(fake_dev *f, const lethe_graph *g);
+/* cu_plan_build_pl of all of g (fails the test on an error). */
+void plan_build_env(cu_plan *p, const cu_plan_env *env, const cu_plist_env *pl, lethe_graph *g, bool bucketed);
 /* The plan of g (fails the test on an error). plan_of: the step graphs'
  * weights are f32, no GEMV activation scratch; plan_of_gemv: the GEMV
  * variant and its activation-bytes rule. */
@@ -91,6 +113,14 @@ const void *staged(const cu_plan *p, const cu_launch *l, int s, int kind);
 /* The plain plan p0 and the bucketed p1 of one graph: the same launches,
  * values and staged bytes but for what the buckets size. */
 void check_plain_vs_bucketed(const cu_plan *p0, const cu_plan *p1);
+
+/* KV_STORE of b through the module's tables (cu_kv_store_rows) and the
+ * kernel's steps, as the device does before attention; *view: b's cache as
+ * the kernels see it. */
+void kv_store_tables(kv_built *b, const kv_case *c, lethe_cu_kv_view *view);
+/* The CPU backend's ATTENTION output of b's graph [n_out] (the graph run,
+ * KV_STORE first; the cache left as the attention read it). Caller frees. */
+float *cpu_attn_out(lethe_backend *cpu, kv_built *b, size_t n_out);
 
 /* One decode step on: the commit (the step before's policy evictions), DMS
  * flags, holes, growth, and each token one position on (reserved). */

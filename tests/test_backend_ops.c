@@ -306,7 +306,7 @@ static lethe_kv_cache *kv_setup(const op_case *k, built *b, uint64_t seed) {
     assert_non_null(kv);
     const int hist = k->kv_hist ? k->kv_hist : 37;
     const tu_kv_spec spec = {
-        .T = T, .Hkv = Hkv, .D = D, .hist = hist, .f16 = k->kv_f16, .runs = k->kv_runs, .tie = k->kv_tie,
+        .T = T, .Hkv = Hkv, .D = D, .hist = hist, .hist1 = 9, .f16 = k->kv_f16, .runs = k->kv_runs, .tie = k->kv_tie,
         .rule = k->kv_rule, .budget = k->kv_budget ? k->kv_budget : 1000,
         .pages = k->kv_pages ? (size_t)k->kv_pages
                              : LETHE_MAX((size_t)64, (size_t)4 * Hkv * ((size_t)(hist + T) / LETHE_KV_PAGE + 4) + 16)};

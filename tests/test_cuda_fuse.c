@@ -37,7 +37,7 @@
 #ifdef LETHE_HAVE_CUDA
 #include "backend.h"
 #include "cpu_kernels.h"
-#include "cuda_plan.h"
+#include "cuda_host_util.h"
 #include "dtype.h"
 #include "executor.h"
 #include "graph.h"
@@ -189,19 +189,6 @@ static lethe_node *leaf_q(lethe_graph *g, lethe_dtype t, void *data, int64_t K, 
     return lethe_leaf(g, &x);
 }
 
-static uint8_t *rand_weights(lethe_dtype t, int64_t N, int64_t K, uint64_t seed) {
-    const size_t rs = lethe_row_size(t, K);
-    uint8_t *w = malloc(rs * (size_t)N);
-    float *row = malloc((size_t)K * sizeof(float));
-    assert_true(w && row);
-    for (int64_t r = 0; r < N; r++) {
-        tu_rand_fill(row, (size_t)K, seed + (uint64_t)r);
-        lethe_dtype_get(t)->from_f32(row, w + (size_t)r * rs, K);
-    }
-    free(row);
-    return w;
-}
-
 static void test_fused_vs_cpu(void **state) {
     (void)state;
     const int64_t E = 2048, F = 1536, N = 48;
@@ -209,8 +196,8 @@ static void test_fused_vs_cpu(void **state) {
     const lethe_dtype wt[3] = {LETHE_Q8_0, LETHE_Q4_0, LETHE_Q5_1};
     lethe_backend *cpu = lethe_backend_cpu_new(1);
     assert_non_null(cpu);
-    uint8_t *W[3], *Wd = rand_weights(LETHE_Q4_1, N, F, 900);
-    for (int k = 0; k < 3; k++) W[k] = rand_weights(wt[k], N, E, 700 + 100 * (uint64_t)k);
+    uint8_t *W[3], *Wd = tu_make_rows(LETHE_Q4_1, N, F, 900, 0);
+    for (int k = 0; k < 3; k++) W[k] = tu_make_rows(wt[k], N, E, 700 + 100 * (uint64_t)k, 0);
     float *nw = malloc((size_t)E * sizeof(float));
     tu_rand_fill(nw, (size_t)E, 77);
     for (size_t ti = 0; ti < LETHE_ARRAY_SIZE(Ts); ti++) {
@@ -300,40 +287,9 @@ static void test_fused_vs_cpu(void **state) {
 }
 
 /* ------------------------------------------------------------------------
- * Plans. Fake device: every node its own address (or the executor's real
- * offsets), scratch and error flag fixed, so plans compare byte for byte. */
-typedef struct fake_dev {
-    const lethe_graph *g;
-    bool host_addr;            /* resolve = the node's host address (the executor's memory plan) */
-    int n_over;                /* overrides: node -> address */
-    int over_node[8];
-    uint64_t over_addr[8];
-} fake_dev;
-
-#define SCRATCH 0x200000000000ull
-
-static int fake_resolve(void *user, const lethe_node *n, uint64_t *dev) {
-    const fake_dev *f = user;
-    const int i = (int)(n - f->g->nodes);
-    for (int k = 0; k < f->n_over; k++)
-        if (f->over_node[k] == i) {
-            *dev = f->over_addr[k];
-            return LETHE_OK;
-        }
-    *dev = f->host_addr && n->t.data ? (uint64_t)(uintptr_t)n->t.data : 0x100000000000ull + (uint64_t)i * 0x100000ull;
-    return LETHE_OK;
-}
-static int fake_scratch(void *user, size_t bytes, uint64_t *dev) {
-    (void)user;
-    (void)bytes;
-    *dev = SCRATCH;
-    return LETHE_OK;
-}
-static int fake_kv_prepare(void *user, const lethe_kv_cache *kv) {
-    (void)user;
-    (void)kv;
-    return LETHE_OK;
-}
+ * Plans. Fake device (cuda_host_util.h): every node its own address (or the
+ * executor's real offsets), scratch and error flag fixed, so plans compare
+ * byte for byte. */
 /* k_gemv.cu's rule (not linked here): q8-family weights quantize activations, the old kernel not */
 static size_t fake_act_bytes(int wtype, int64_t K, int64_t T, int variant) {
     const bool q8 = wtype == LETHE_Q4_0 || wtype == LETHE_Q4_1 || wtype == LETHE_Q5_0 || wtype == LETHE_Q5_1 ||
@@ -343,12 +299,12 @@ static size_t fake_act_bytes(int wtype, int64_t K, int64_t T, int variant) {
 
 static void plan_with(lethe_graph *g, fake_dev *f, const void *backend, bool bucketed, int fuse, int variant,
                       cu_plan *p) {
-    f->g = g;
-    const cu_plan_env env = {f, backend, 132, 0x300000000000ull, fake_resolve, fake_scratch, fake_kv_prepare,
-                             variant, fake_act_bytes, 0, fuse};
-    char err[200];
-    const int rc = cu_plan_build(p, &env, g, 0, g->n_nodes, bucketed, err, sizeof err);
-    if (rc != LETHE_OK) fail_msg("cu_plan_build: %d %s", rc, err);
+    cu_plan_env env = fake_env(f, g);
+    env.backend = backend;
+    env.gemv_variant = variant;
+    env.gemv_act_bytes = fake_act_bytes;
+    env.fuse = fuse;
+    plan_build_env(p, &env, NULL, g, bucketed);
 }
 
 static int count_kind(const cu_plan *p, int kind) {
@@ -497,7 +453,7 @@ static void check_fused_q8(const cu_plan *p, const lethe_graph *g, int L, int T)
     assert_int_equal(count_kind(p, CU_K_SWIGLU), 0);
     assert_int_equal(count_kind(p, CU_K_BINARY), count_op(g, LETHE_OP_ADD) - (2 * L - 1));
     int ready = 0, adds = 0;
-    uint64_t area = SCRATCH + p->fuse_off;
+    uint64_t area = FAKE_SCRATCH + p->fuse_off;
     assert_true(p->fuse_bytes >= (size_t)T * 256 / 32 * 64);   /* the largest producer: SWIGLU, F = 256 */
     int last_producer = -1;
     for (int k = 0; k < p->n_launches; k++) {
@@ -534,7 +490,7 @@ static void check_fused_q8(const cu_plan *p, const lethe_graph *g, int L, int T)
             } else {
                 assert_int_equal(src, LETHE_OP_ATTENTION);
                 assert_int_equal(l->i[6], 0);
-                assert_int_equal(l->p[3], SCRATCH);
+                assert_int_equal(l->p[3], FAKE_SCRATCH);
             }
         }
     }
@@ -769,7 +725,7 @@ static void test_plan_norm_width(void **state) {
         const int64_t E = LETHE_CU_NORM_MAX_E + 32 * wider, ne[2] = {E, 1}, n1[1] = {E};
         float *in0 = calloc((size_t)E, sizeof(float)), *in1 = calloc((size_t)E, sizeof(float));
         float *ones = malloc((size_t)E * sizeof(float));
-        uint8_t *wq = rand_weights(LETHE_Q8_0, 4, E, 7);
+        uint8_t *wq = tu_make_rows(LETHE_Q8_0, 4, E, 7, 0);
         assert_true(in0 && in1 && ones);
         for (int64_t i = 0; i < E; i++) ones[i] = 1.0f;
         lethe_graph *g = lethe_graph_new(16);
@@ -801,9 +757,10 @@ static void test_plan_ranges(void **state) {
     decode_case d;
     decode_open(&d, LETHE_Q4_0, 1, false);
     fake_dev f = {0};
-    f.g = d.g;
-    const cu_plan_env env = {&f, &f, 132, 0x300000000000ull, fake_resolve, fake_scratch, fake_kv_prepare,
-                             LETHE_CU_GEMV_NEW, fake_act_bytes, 0, 1};
+    cu_plan_env env = fake_env(&f, d.g);
+    env.backend = &f;
+    env.gemv_act_bytes = fake_act_bytes;
+    env.fuse = 1;
     char err[200];
     int n_plain = 0;
     for (int i = 0; i < d.g->n_nodes; i++) {   /* one node at a time */

@@ -60,14 +60,8 @@ static void test_kv_store_tables(void **state) {
         lethe_executor *ex = lethe_executor_new(&cpu, 1);
         assert_int_equal(lethe_executor_run(ex, ref.g, NULL, NULL), LETHE_OK);
         lethe_executor_free(ex);
-        const size_t n_rows = (size_t)c->T * c->Hkv;
-        lethe_cu_kv_row *rows = malloc(n_rows * sizeof *rows);
-        char err[160];
-        assert_int_equal(cu_kv_store_rows(emu.store, rows, err, sizeof err), LETHE_OK);
-        const lethe_cu_kv_view view = {emu.kv.pool, emu.kv.pos, emu.kv.expire, emu.kv.page_bytes, emu.kv.slot_bytes,
-                                       c->f16, c->D, NULL, NULL};
-        assert_int_equal(lethe_cu_host_kv_store(&view, emu.k, emu.v, c->dms ? emu.dec : NULL, rows, (int64_t)n_rows), 0);
-        free(rows);
+        lethe_cu_kv_view view;
+        kv_store_tables(&emu, c, &view);
         int flagged = 0;
         for (int sq = 0; sq < 2; sq++)
             for (int h = 0; h < c->Hkv; h++) {
@@ -136,20 +130,11 @@ static void attention_case(lethe_backend *cpu, const kv_case *c, uint64_t seed, 
             kv_blind(&emu);
         }
         const size_t n_out = (size_t)c->T * c->Hkv * c->G * c->D;
-        lethe_executor *ex = lethe_executor_new(&cpu, 1);
-        assert_int_equal(lethe_executor_run(ex, ref.g, NULL, NULL), LETHE_OK);
-        float *yr = malloc(n_out * sizeof(float));   /* the output lives in the executor's memory */
-        memcpy(yr, ref.attn->t.data, n_out * sizeof(float));
-        lethe_executor_free(ex);
+        float *yr = cpu_attn_out(cpu, &ref, n_out);
         /* the store first (checked above), then attention from the tables */
-        const size_t n_rows = (size_t)c->T * c->Hkv;
-        lethe_cu_kv_row *rows = malloc(n_rows * sizeof *rows);
+        lethe_cu_kv_view view;
+        kv_store_tables(&emu, c, &view);
         char err[160];
-        assert_int_equal(cu_kv_store_rows(emu.store, rows, err, sizeof err), LETHE_OK);
-        const lethe_cu_kv_view view = {emu.kv.pool, emu.kv.pos, emu.kv.expire, emu.kv.page_bytes, emu.kv.slot_bytes,
-                                       c->f16, c->D, NULL, NULL};
-        assert_int_equal(lethe_cu_host_kv_store(&view, emu.k, emu.v, c->dms ? emu.dec : NULL, rows, (int64_t)n_rows), 0);
-        free(rows);
         float *y = malloc(n_out * sizeof(float));
         for (int path = 0; path < 2; path++) {   /* 0: the module's choice, 1: decode forced */
             cu_attn_plan plan;

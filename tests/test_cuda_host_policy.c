@@ -22,19 +22,6 @@
 
 #ifdef LETHE_HAVE_CUDA
 #include "cuda_host_util.h"
-#include "executor.h"
-
-/* Store through the module's tables, as the device does before attention. */
-static void emu_store(kv_built *emu, const kv_case *c, lethe_cu_kv_view *view) {
-    const size_t n_rows = (size_t)c->T * c->Hkv;
-    lethe_cu_kv_row *rows = malloc(n_rows * sizeof *rows);
-    char err[160];
-    assert_int_equal(cu_kv_store_rows(emu->store, rows, err, sizeof err), LETHE_OK);
-    *view = (lethe_cu_kv_view){emu->kv.pool, emu->kv.pos, emu->kv.expire, emu->kv.page_bytes, emu->kv.slot_bytes,
-                               c->f16, c->D, emu->kv.kmin, emu->kv.kmax};
-    assert_int_equal(lethe_cu_host_kv_store(view, emu->k, emu->v, c->dms ? emu->dec : NULL, rows, (int64_t)n_rows), 0);
-    free(rows);
-}
 
 /* TOVA / H2O: the kernels' softmax weights (raw scores as computed, then
  * normalized after the split-K combine or at the end of a tiled row) folded
@@ -60,13 +47,9 @@ static void test_score_weights(void **state) {
                 kv_build(c, &ref, 2100 + i);
                 kv_build(c, &emu, 2100 + i);
                 const size_t Hq = (size_t)c->Hkv * c->G, n_out = (size_t)c->T * Hq * c->D;
-                float *yr = malloc(n_out * sizeof(float)), *y = malloc(n_out * sizeof(float));
-                lethe_executor *ex = lethe_executor_new(&cpu, 1);
-                assert_int_equal(lethe_executor_run(ex, ref.g, NULL, NULL), LETHE_OK);
-                memcpy(yr, ref.attn->t.data, n_out * sizeof(float));   /* the output lives in the executor's memory */
-                lethe_executor_free(ex);
+                float *yr = cpu_attn_out(cpu, &ref, n_out), *y = malloc(n_out * sizeof(float));
                 lethe_cu_kv_view view;
-                emu_store(&emu, c, &view);
+                kv_store_tables(&emu, c, &view);
                 cu_attn_plan plan;
                 char err[160];
                 assert_int_equal(cu_attn_plan_build(emu.attn, c->G, path == 1, &plan, err, sizeof err), LETHE_OK);
@@ -232,14 +215,10 @@ static void test_quest_pages(void **state) {
         kv_built ref, emu;
         kv_build(c, &ref, 3100 + i);
         kv_build(c, &emu, 3100 + i);
-        lethe_executor *ex = lethe_executor_new(&cpu, 1);
-        assert_int_equal(lethe_executor_run(ex, ref.g, NULL, NULL), LETHE_OK);
         const size_t Hq = (size_t)c->Hkv * c->G, n_out = (size_t)c->T * Hq * c->D;
-        float *yr = malloc(n_out * sizeof(float)), *y = malloc(n_out * sizeof(float));
-        memcpy(yr, ref.attn->t.data, n_out * sizeof(float));
-        lethe_executor_free(ex);
+        float *yr = cpu_attn_out(cpu, &ref, n_out), *y = malloc(n_out * sizeof(float));
         lethe_cu_kv_view view;
-        emu_store(&emu, c, &view);
+        kv_store_tables(&emu, c, &view);
         cu_attn_plan plan;
         char err[160];
         assert_int_equal(cu_attn_plan_build(emu.attn, c->G, true, &plan, err, sizeof err), LETHE_OK);

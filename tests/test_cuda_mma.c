@@ -43,20 +43,13 @@
 #ifdef LETHE_HAVE_CUDA
 #include "backend.h"
 #include "cpu_kernels.h"
-#include "cuda_kv_meta.h"
-#include "cuda_plan.h"
+#include "cuda_host_util.h"
 #include "dtype.h"
-#include "executor.h"
-#include "graph.h"
-#include "kv_cache.h"
 
 void lethe_cu_host_mma_ref(const uint32_t a[32][4], const uint32_t b[32][2], float c[32][4]);
 void lethe_cu_host_mma_rc(int which, int lane, int r, int h, int *row, int *col);
 uint32_t lethe_cu_host_h2_pack(float lo, float hi);
 int lethe_cu_host_fa_frag_check(char *msg, size_t len);
-int lethe_cu_host_attention(const lethe_cu_kv_view *kv, const float *q, float *out, const lethe_cu_attn_work *work,
-                            int n_blocks, int decode, const int32_t *plists, const int32_t *qpos, int Hkv, int G,
-                            float scale, int chunk, int n_split, int cap, float *wts, int wstride);
 int lethe_cu_host_attention_tc(const lethe_cu_kv_view *kv, const float *q, float *out, const lethe_cu_attn_work *work,
                                int n_blocks, const int32_t *plists, const int32_t *qpos, int Hkv, int G, float scale);
 
@@ -196,9 +189,8 @@ static void test_mma_layout(void **state) {
  * history, random rows, every 5th slot DMS-flagged (expired, or still in
  * its window, KV_W), slots of head h of layer KV_LAYER of sequence 0
  * dropped (holes: ragged per-head lengths); then T tokens reserved, the
- * first 3/5 sequence 0, the rest sequence 1 (runs: the prefill plan). */
-#define KV_LAYER 1
-#define KV_W 3
+ * first 3/5 sequence 0, the rest sequence 1 (runs: the prefill plan)
+ * (cuda_host_util.h kv_build_spec). */
 typedef struct tc_case {
     const char *name;
     int T, Hkv, D, G, hist0, hist1;
@@ -207,130 +199,19 @@ typedef struct tc_case {
     int rule;       /* 0 DMS, else LETHE_KV_RULE_TOVA (the plan keeps the f32 kernel) */
 } tc_case;
 
-typedef struct tc_built {
-    lethe_kv_cache kv;
-    lethe_graph *g;
-    lethe_node *store, *attn;
-    lethe_ubatch ub;
-    int32_t seq[256], pos[256];
-    float *k, *v, *q, *dec;
-} tc_built;
-
-static void fill_row(const lethe_kv_cache *kv, void *dst, uint64_t seed) {
-    float x[256];
-    tu_rand_fill(x, (size_t)kv->head_dim, seed);
-    if (kv->type == LETHE_F16)
-        for (int d = 0; d < kv->head_dim; d++) ((lethe_f16 *)dst)[d] = lethe_f32_to_f16(x[d]);
-    else
-        memcpy(dst, x, (size_t)kv->head_dim * sizeof(float));
-}
-
-static void tc_build(const tc_case *c, tc_built *b, uint64_t seed) {
-    memset(b, 0, sizeof *b);
-    assert_true(c->T <= 256);
-    lethe_kv_policy pol = {.rule = c->rule ? (lethe_kv_rule)c->rule : LETHE_KV_RULE_DMS, .window = KV_W,
-                           .budget = 1 << 20, .recent = 4};
-    const lethe_dtype type = c->f16 ? LETHE_F16 : LETHE_F32;
-    const size_t page = 2 * (size_t)LETHE_KV_PAGE * lethe_row_size(type, c->D);
-    const size_t pages = (size_t)4 * c->Hkv * ((size_t)(c->hist0 + c->hist1 + c->T) / LETHE_KV_PAGE + 4) + 16;
-    assert_int_equal(lethe_kv_init(&b->kv, 2, 2, c->Hkv, c->D, type, page * pages, 256, &pol, NULL), LETHE_OK);
-    lethe_kv_cache *kv = &b->kv;
-    const int hist[2] = {c->hist0, c->hist1};
-    for (int sq = 0; sq < 2; sq++) {
-        int32_t ids[256], ps[256];
-        for (int i0 = 0; i0 < hist[sq]; i0 += 256) {
-            const int nt = LETHE_MIN(256, hist[sq] - i0);
-            for (int i = 0; i < nt; i++) {
-                ids[i] = sq;
-                ps[i] = i0 + i;
-            }
-            lethe_kv_begin(kv);
-            assert_int_equal(lethe_kv_reserve(kv, nt, ids, ps), LETHE_OK);
-            lethe_kv_commit(kv);
-        }
-    }
-    uint64_t r = seed;
-    for (int sq = 0; sq < 2; sq++)
-        for (int l = 0; l < 2; l++)
-            for (int h = 0; h < c->Hkv; h++) {
-                lethe_kv_stream *s = lethe_kv_stream_at(kv, sq, l, h);
-                for (int32_t j = 0; j < s->len; j++) {
-                    fill_row(kv, lethe_kv_k(kv, s, j), ++r * 31);
-                    fill_row(kv, lethe_kv_v(kv, s, j), ++r * 31);
-                    if (c->dms && (j + h) % 5 == 2) *lethe_kv_expire(kv, s, j) = *lethe_kv_pos(kv, s, j) + KV_W + 1;
-                }
-                if (l == KV_LAYER && sq == 0 && s->len > 40) {   /* holes, more for later heads */
-                    int32_t drop[16];
-                    const int nd = LETHE_MIN(2 * h + 1, 16);
-                    for (int i = 0; i < nd; i++) drop[i] = 3 + 2 * i;
-                    lethe_kv_stream_drop(kv, s, drop, nd);
-                }
-            }
-    int32_t next[2] = {hist[0], hist[1]};
-    for (int t = 0; t < c->T; t++) {
-        b->seq[t] = t < c->T * 3 / 5 ? 0 : 1;
-        b->pos[t] = next[b->seq[t]]++;
-    }
-    b->ub = (lethe_ubatch){c->T, b->seq, b->pos};
-    lethe_kv_begin(kv);
-    assert_int_equal(lethe_kv_reserve(kv, c->T, b->seq, b->pos), LETHE_OK);
-    const int64_t T = c->T, Hkv = c->Hkv, D = c->D, Hq = Hkv * c->G;
-    b->k = malloc((size_t)(T * Hkv * D) * sizeof(float));
-    b->v = malloc((size_t)(T * Hkv * D) * sizeof(float));
-    b->q = malloc((size_t)(T * Hq * D) * sizeof(float));
-    b->dec = malloc((size_t)(T * Hkv) * sizeof(float));
-    tu_rand_fill(b->k, (size_t)(T * Hkv * D), seed + 1);
-    tu_rand_fill(b->v, (size_t)(T * Hkv * D), seed + 2);
-    tu_rand_fill(b->q, (size_t)(T * Hq * D), seed + 3);
-    for (size_t i = 0; i < (size_t)(T * Hq * D); i++) b->q[i] *= c->qmul;
-    tu_rand_fill(b->dec, (size_t)(T * Hkv), seed + 4);   /* both signs: some new tokens flag their predecessor */
-    b->g = lethe_graph_new(16);
-    int64_t nk[3] = {D, Hkv, T}, nq[3] = {D, Hq, T}, nd[2] = {Hkv, T};
-    lethe_node *kn = lethe_input(b->g, LETHE_F32, 3, nk, b->k, "k");
-    lethe_node *vn = lethe_input(b->g, LETHE_F32, 3, nk, b->v, "v");
-    lethe_node *dn = NULL;
-    if (c->dms)
-        dn = lethe_dms_decision(b->g, lethe_input(b->g, LETHE_F32, 2, nd, b->dec, "alpha"), LETHE_DMS_FROM_ADAPTER,
-                                c->Hkv, c->G, false, 1.0f, 0.0f, 0.0f, KV_LAYER, &b->ub);
-    b->store = lethe_kv_store(b->g, kv, KV_LAYER, kn, vn, dn, &b->ub);
-    lethe_node *qn = lethe_input(b->g, LETHE_F32, 3, nq, b->q, "q");
-    b->attn = lethe_attention(b->g, kv, KV_LAYER, qn, b->store, 1.0f / sqrtf((float)D), &b->ub);
-    lethe_set_output(b->attn);
-    assert_int_equal(b->g->status, LETHE_OK);
+static void tc_build(const tc_case *c, kv_built *b, uint64_t seed) {
+    const kv_case kc = {.name = c->name, .T = c->T, .Hkv = c->Hkv, .D = c->D, .G = c->G, .hist = c->hist0,
+                        .f16 = c->f16, .runs = true, .dms = c->dms, .rule = c->rule, .budget = 1 << 20};
+    const tu_kv_spec spec = {
+        .T = c->T, .Hkv = c->Hkv, .D = c->D, .hist = c->hist0, .hist1 = c->hist1, .f16 = c->f16, .runs = true,
+        .unflagged = !c->dms, .holes_over = 40, .rule = c->rule, .budget = 1 << 20, .max_batch = 256,
+        .pages = (size_t)4 * c->Hkv * ((size_t)(c->hist0 + c->hist1 + c->T) / LETHE_KV_PAGE + 4) + 16};
+    kv_build_spec(&kc, &spec, b, seed);
+    for (size_t i = 0; i < (size_t)c->T * c->Hkv * c->G * c->D; i++) b->q[i] *= c->qmul;
     if (c->blind) {   /* sequence 1's stream of KV head 0: nothing visible (its new slots: the store rewrites none) */
-        const lethe_kv_stream *s = lethe_kv_stream_at(kv, 1, KV_LAYER, 0);
-        for (int32_t j = 0; j < s->len; j++) *lethe_kv_expire(kv, s, j) = 0;
+        const lethe_kv_stream *s = lethe_kv_stream_at(&b->kv, 1, KV_LAYER, 0);
+        for (int32_t j = 0; j < s->len; j++) *lethe_kv_expire(&b->kv, s, j) = 0;
     }
-}
-
-static void tc_free(tc_built *b) {
-    lethe_graph_free(b->g);
-    lethe_kv_free(&b->kv);
-    free(b->k);
-    free(b->v);
-    free(b->q);
-    free(b->dec);
-}
-
-static double nmse(const float *ref, const float *got, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (isnan(got[i])) return INFINITY;
-        num += ((double)got[i] - ref[i]) * ((double)got[i] - ref[i]);
-        den += (double)ref[i] * ref[i];
-    }
-    return den > 0 ? num / den : num;
-}
-
-/* The CPU's output of the case's graph (store, then attention); the cache
- * is left as the attention read it. */
-static float *cpu_attention(lethe_backend *cpu, tc_built *b, size_t n_out) {
-    lethe_executor *ex = lethe_executor_new(&cpu, 1);
-    assert_int_equal(lethe_executor_run(ex, b->g, NULL, NULL), LETHE_OK);
-    float *yr = malloc(n_out * sizeof(float));
-    memcpy(yr, b->attn->t.data, n_out * sizeof(float));
-    lethe_executor_free(ex);
-    return yr;
 }
 
 static const tc_case k_tc_cases[] = {
@@ -356,10 +237,10 @@ static void test_tc_attention(void **state) {
     double worst = 0;
     for (size_t ci = 0; ci < LETHE_ARRAY_SIZE(k_tc_cases); ci++) {
         const tc_case *c = &k_tc_cases[ci];
-        tc_built b;
+        kv_built b;
         tc_build(c, &b, 4000 + ci * 17);
         const size_t n_out = (size_t)c->T * c->Hkv * c->G * c->D;
-        float *yr = cpu_attention(cpu, &b, n_out);
+        float *yr = cpu_attn_out(cpu, &b, n_out);
         cu_attn_plan plan;
         char err[160];
         assert_int_equal(cu_attn_plan_build_at(b.attn, c->G, false, LETHE_CU_ATTN_TC_ROWS, NULL, &plan, err, sizeof err),
@@ -374,7 +255,7 @@ static void test_tc_attention(void **state) {
         assert_int_equal(lethe_cu_host_attention_tc(&view, b.q, y, plan.work, plan.n_blocks, plan.plists, b.pos,
                                                     c->Hkv, c->G, 1.0f / sqrtf((float)c->D)),
                          0);
-        const double e = nmse(yr, y, n_out);
+        const double e = tu_nmse(yr, y, n_out);
         int32_t lmin = INT32_MAX, lmax = 0;
         for (int32_t k = 0; k < plan.n_blocks * c->Hkv; k++) {
             lmin = plan.work[k].L < lmin ? plan.work[k].L : lmin;
@@ -384,7 +265,7 @@ static void test_tc_attention(void **state) {
                       multi, lmin, lmax, e);
         if (!(e < TC_NMSE_MAX)) {
             for (size_t r = 0; r < n_out / (size_t)c->D; r++) {
-                const double er = nmse(yr + r * (size_t)c->D, y + r * (size_t)c->D, (size_t)c->D);
+                const double er = tu_nmse(yr + r * (size_t)c->D, y + r * (size_t)c->D, (size_t)c->D);
                 if (er > TC_NMSE_MAX)
                     print_message("    row %zu (t %zu, q head %zu): NMSE %.3g, cpu %g got %g\n", r,
                                   r / ((size_t)c->Hkv * c->G), r % ((size_t)c->Hkv * c->G), er, yr[r * c->D],
@@ -410,48 +291,13 @@ static void test_tc_attention(void **state) {
         cu_attn_plan_free(&plan);
         free(y);
         free(yr);
-        tc_free(&b);
+        kv_built_free(&b);
     }
     print_message("  worst NMSE %.3g (limit %g)\n", worst, TC_NMSE_MAX);
     cpu->iface->free(cpu);
 }
 
 /* ------------------------------------------------------------- the plan */
-
-typedef struct fake_dev {
-    const lethe_graph *g;
-} fake_dev;
-static int fake_resolve(void *user, const lethe_node *n, uint64_t *dev) {
-    const fake_dev *f = user;
-    *dev = 0x100000000000ull + (uint64_t)(n - f->g->nodes) * 0x100000ull;
-    return LETHE_OK;
-}
-static int fake_scratch(void *user, size_t bytes, uint64_t *dev) {
-    (void)user;
-    (void)bytes;
-    *dev = 0x200000000000ull;
-    return LETHE_OK;
-}
-static int fake_kv_prepare(void *user, const lethe_kv_cache *kv) {
-    (void)user;
-    (void)kv;
-    return LETHE_OK;
-}
-static const int k_fake_backend = 0;
-
-static const cu_launch *attn_launch(const cu_plan *p) {
-    for (int k = 0; k < p->n_launches; k++)
-        if (p->launches[k].kind == CU_K_ATTENTION) return &p->launches[k];
-    fail_msg("no ATTENTION launch");
-    return NULL;
-}
-
-/* Bytes of staged argument s of launch l. */
-static const void *staged_arg(const cu_plan *p, const cu_launch *l, int s) {
-    assert_true((l->staged >> s) & 1u);
-    assert_true(l->p[s] < p->stage_size);
-    return p->stage + l->p[s];
-}
 
 static const struct {
     tc_case c;
@@ -475,26 +321,25 @@ static void test_tc_plan(void **state) {
     lethe_backend *cpu = lethe_backend_cpu_new(1);
     for (size_t ci = 0; ci < LETHE_ARRAY_SIZE(k_plan_cases); ci++) {
         const tc_case *c = &k_plan_cases[ci].c;
-        tc_built b;
+        kv_built b;
         tc_build(c, &b, 7000 + ci);
         const size_t n_out = (size_t)c->T * c->Hkv * c->G * c->D;
-        float *yr = cpu_attention(cpu, &b, n_out);
+        float *yr = cpu_attn_out(cpu, &b, n_out);
         for (int allow = 0; allow < 2; allow++) {
-            fake_dev f = {b.g};
-            const cu_plan_env env = {&f, &k_fake_backend, 132, 0x300000000000ull, fake_resolve, fake_scratch,
-                                     fake_kv_prepare, LETHE_CU_GEMV_NEW, NULL, allow, 0};
+            fake_dev f = {0};
+            cu_plan_env env = fake_env(&f, b.g);
+            env.prefill_tc = allow;
             cu_plan p;
-            char err[200];
             for (int bucketed = 0; bucketed < 2; bucketed++) {
-                const int rc = cu_plan_build(&p, &env, b.g, 0, b.g->n_nodes, bucketed, err, sizeof err);
-                if (rc != LETHE_OK) fail_msg("cu_plan_build: %d %s", rc, err);
-                const cu_launch *l = attn_launch(&p);
+                plan_build_env(&p, &env, NULL, b.g, bucketed);
+                const cu_launch *l = launch_of(&p, CU_K_ATTENTION, 0);
+                if (!l) fail_msg("no ATTENTION launch");
                 const int want = allow ? k_plan_cases[ci].want
                                        : k_plan_cases[ci].want == LETHE_CU_ATTN_TC ? LETHE_CU_ATTN_TILED
                                                                                    : k_plan_cases[ci].want;
                 if (l->i[1] != want)
                     fail_msg("%s (prefill_tc %d): kernel %d, want %d", c->name, allow, (int)l->i[1], want);
-                const lethe_cu_attn_work *work = staged_arg(&p, l, 2);
+                const lethe_cu_attn_work *work = staged(&p, l, 2, CU_R_WORK);
                 const int rows = want == LETHE_CU_ATTN_TC ? LETHE_CU_ATTN_TC_ROWS : LETHE_CU_ATTN_ROWS;
                 int32_t tokens = 0;
                 for (int64_t k = 0; k < l->i[0]; k++) {
@@ -509,15 +354,15 @@ static void test_tc_plan(void **state) {
                 {   /* the launch as the module runs it: lethe_cu_attention's host twin picks by i[1] */
                     const lethe_cu_kv_view view = {b.kv.pool, b.kv.pos, b.kv.expire, b.kv.page_bytes,
                                                    b.kv.slot_bytes, c->f16, c->D, NULL, NULL};
-                    const int32_t *split = staged_arg(&p, l, 5);
+                    const int32_t *split = staged(&p, l, 5, CU_R_SPLIT);
                     float *y = malloc(n_out * sizeof(float));
                     for (size_t j = 0; j < n_out; j++) y[j] = NAN;
                     assert_int_equal(lethe_cu_host_attention(&view, b.q, y, work, (int)l->i[0], (int)l->i[1],
-                                                             staged_arg(&p, l, 3), staged_arg(&p, l, 4),
+                                                             staged(&p, l, 3, CU_R_PLISTS), staged(&p, l, 4, CU_R_POS),
                                                              (int)l->i[2], (int)l->i[3], l->f[0], split[0], split[1],
                                                              (int)l->i[4], NULL, 0),
                                      0);
-                    const double e = nmse(yr, y, n_out), lim = want == LETHE_CU_ATTN_TC ? TC_NMSE_MAX : 1e-10;
+                    const double e = tu_nmse(yr, y, n_out), lim = want == LETHE_CU_ATTN_TC ? TC_NMSE_MAX : 1e-10;
                     print_message("  %-24s prefill_tc %d, %s plan: kernel %d, NMSE %.3g\n", c->name, allow,
                                   bucketed ? "bucketed" : "plain   ", want, e);
                     if (!(e < lim)) fail_msg("%s: NMSE %.3g from the plan (limit %g)", c->name, e, lim);
@@ -527,7 +372,7 @@ static void test_tc_plan(void **state) {
             }
         }
         free(yr);
-        tc_free(&b);
+        kv_built_free(&b);
     }
     cpu->iface->free(cpu);
 }

@@ -646,15 +646,8 @@ static void test_engine_paths(void **state) {
 /* ------------------------------------------------------------------------
  * The launch plan over the mirror, and the kernels' host steps. */
 #include "backend.h"
-#include "cuda_plan.h"
+#include "cuda_host_util.h"
 #include "executor.h"
-#include "graph.h"
-
-int lethe_cu_host_kv_store(const lethe_cu_kv_view *kv, const float *k, const float *v, const float *dec,
-                           const lethe_cu_kv_row *rows, int64_t n_rows);
-int lethe_cu_host_attention(const lethe_cu_kv_view *kv, const float *q, float *out, const lethe_cu_attn_work *work,
-                            int n_blocks, int decode, const int32_t *plists, const int32_t *qpos, int Hkv, int G,
-                            float scale, int chunk, int n_split, int cap, float *wts, int wstride);
 
 #define PL_LAYER 1
 #define PL_SEQ 4
@@ -662,32 +655,16 @@ int lethe_cu_host_attention(const lethe_cu_kv_view *kv, const float *q, float *o
 #define PL_D 64
 #define PL_G 4
 
-/* A fake device for the plan (addresses from node indices, as
- * test_cuda_host.c's), with the page-list mirror over the emulated arena. */
+/* The fake device of the plan (cuda_host_util.h), with the page-list
+ * mirror over the emulated arena. */
 typedef struct fake {
-    const lethe_graph *g;
+    fake_dev dev;
     bool mirror;
     cu_plist_mirror m;
     emu_dev e;
     int asked;
 } fake;
 
-static int fake_resolve(void *user, const lethe_node *n, uint64_t *dev) {
-    const fake *f = user;
-    *dev = 0x100000000000ull + (uint64_t)(n - f->g->nodes) * 0x100000ull;
-    return LETHE_OK;
-}
-static int fake_scratch(void *user, size_t bytes, uint64_t *dev) {
-    (void)user;
-    (void)bytes;
-    *dev = 0x200000000000ull;
-    return LETHE_OK;
-}
-static int fake_kv_prepare(void *user, const lethe_kv_cache *kv) {
-    (void)user;
-    (void)kv;
-    return LETHE_OK;
-}
 static int fake_plist(void *user, const lethe_kv_cache *kv, cu_plist_mirror **out) {
     fake *f = user;
     *out = NULL;
@@ -702,33 +679,17 @@ static int fake_plist(void *user, const lethe_kv_cache *kv, cu_plist_mirror **ou
 }
 
 static void plan_build(fake *f, lethe_graph *g, bool bucketed, bool mirror, cu_plan *p) {
-    f->g = g;
     f->mirror = mirror;
-    const cu_plan_env env = {f, f, 132, 0x300000000000ull, fake_resolve, fake_scratch, fake_kv_prepare,
-                             LETHE_CU_GEMV_NEW, NULL, 0, 0};
+    const cu_plan_env env = fake_env(&f->dev, g);
     const cu_plist_env pl = {f, fake_plist};
-    char err[200];
-    const int rc = cu_plan_build_pl(p, &env, &pl, g, 0, g->n_nodes, bucketed, err, sizeof err);
-    if (rc != LETHE_OK) fail_msg("cu_plan_build: %d %s", rc, err);
+    plan_build_env(p, &env, &pl, g, bucketed);
 }
 
-static const cu_region *region_at(const cu_plan *p, uint64_t off) {
-    for (int r = 0; r < p->n_regions; r++)
-        if (p->regions[r].off == off && !p->regions[r].result) return &p->regions[r];
-    fail_msg("no staging region at offset %llu", (unsigned long long)off);
-    return NULL;
-}
-static const cu_launch *launch_of(const cu_plan *p, int kind) {
-    for (int k = 0; k < p->n_launches; k++)
-        if (p->launches[k].kind == kind) return &p->launches[k];
-    fail_msg("no launch of kind %d", kind);
-    return NULL;
-}
-static const void *staged(const cu_plan *p, const cu_launch *l, int s, int kind) {
-    if (!((l->staged >> s) & 1u)) fail_msg("launch %d argument %d is not staged", l->kind, s);
-    const cu_region *r = region_at(p, l->p[s]);
-    assert_int_equal(r->kind, kind);
-    return p->stage + r->off;
+/* The first launch of a kind (fails if none). */
+static const cu_launch *launch_1(const cu_plan *p, int kind) {
+    const cu_launch *l = launch_of(p, kind, 0);
+    if (!l) fail_msg("no launch of kind %d", kind);
+    return l;
 }
 
 /* One cache with its decode graph: KV_STORE (DMS decisions from `dec`,
@@ -744,13 +705,6 @@ typedef struct twin {
     float k[PL_SEQ * PL_HKV * PL_D], v[PL_SEQ * PL_HKV * PL_D], q[PL_SEQ * PL_HKV * PL_G * PL_D], dec[PL_SEQ * PL_HKV];
 } twin;
 
-static void row_fill(const lethe_kv_cache *kv, void *dst, uint64_t seed) {
-    float x[PL_D];
-    tu_rand_fill(x, PL_D, seed);
-    for (int d = 0; d < PL_D; d++) ((lethe_f16 *)dst)[d] = lethe_f32_to_f16(x[d]);
-    (void)kv;
-}
-
 /* Rows of every slot of sequence q from a seed of (seq, layer, head, slot). */
 static void seq_rows(lethe_kv_cache *kv, int q, uint64_t seed) {
     for (int l = 0; l < kv->n_layer; l++)
@@ -758,8 +712,8 @@ static void seq_rows(lethe_kv_cache *kv, int q, uint64_t seed) {
             const lethe_kv_stream *s = lethe_kv_stream_at(kv, q, l, h);
             for (int32_t j = 0; j < s->len; j++) {
                 const uint64_t r = seed * 7919 + (((uint64_t)q * 2 + l) * 2 + h) * 100003 + (uint64_t)j;
-                row_fill(kv, lethe_kv_k(kv, s, j), r * 2);
-                row_fill(kv, lethe_kv_v(kv, s, j), r * 2 + 1);
+                tu_kv_fill_row(kv, lethe_kv_k(kv, s, j), r * 2);
+                tu_kv_fill_row(kv, lethe_kv_v(kv, s, j), r * 2 + 1);
             }
         }
 }
@@ -776,17 +730,8 @@ static void twin_init(twin *t) {
     }
     for (int q = 0; q < PL_SEQ; q++) t->seq[q] = q;
     t->ub = (lethe_ubatch){PL_SEQ, t->seq, t->pos};
-    lethe_graph *g = t->g = lethe_graph_new(16);
-    const int64_t nk[3] = {PL_D, PL_HKV, PL_SEQ}, nq[3] = {PL_D, PL_HKV * PL_G, PL_SEQ}, nd[2] = {PL_HKV, PL_SEQ};
-    lethe_node *kn = lethe_input(g, LETHE_F32, 3, nk, t->k, "k");
-    lethe_node *vn = lethe_input(g, LETHE_F32, 3, nk, t->v, "v");
-    lethe_node *dn = lethe_dms_decision(g, lethe_input(g, LETHE_F32, 2, nd, t->dec, "alpha"), LETHE_DMS_FROM_ADAPTER,
-                                        PL_HKV, PL_G, false, 1.0f, 0.0f, 0.0f, PL_LAYER, &t->ub);
-    t->store = lethe_kv_store(g, &t->kv, PL_LAYER, kn, vn, dn, &t->ub);
-    lethe_node *qn = lethe_input(g, LETHE_F32, 3, nq, t->q, "q");
-    t->attn = lethe_attention(g, &t->kv, PL_LAYER, qn, t->store, 1.0f / sqrtf((float)PL_D), &t->ub);
-    lethe_set_output(t->attn);
-    assert_int_equal(g->status, LETHE_OK);
+    t->g = lethe_graph_new(16);
+    t->attn = kv_attn_graph(t->g, &t->kv, PL_LAYER, PL_G, &t->ub, t->k, t->v, t->q, t->dec, &t->store);
 }
 
 static void twin_free(twin *t) {
@@ -830,16 +775,6 @@ static void op_clear(lethe_kv_cache *kv, int step) {
     lethe_kv_seq_clear(kv, 3);
     kv_prefill(kv, 3, 2100, 40, (uint64_t)step);   /* outgrows its extents: the arena grows */
     seq_rows(kv, 3, (uint64_t)step);
-}
-
-static double nmse(const float *ref, const float *got, size_t n) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (isnan(got[i])) return INFINITY;
-        num += ((double)got[i] - ref[i]) * ((double)got[i] - ref[i]);
-        den += (double)ref[i] * ref[i];
-    }
-    return den > 0 ? num / den : num;
 }
 
 /* 100 decode steps of 4 sequences at depths of 90 to 1500 tokens (3 to 47
@@ -904,7 +839,7 @@ static void test_plan_mirror(void **state) {
         assert_int_equal(p.plist_bytes, cu_plist_pending_bytes(&f.m));
         assert_int_equal(p.plist_staged, 0);
         for (int r = 0; r < p.n_regions; r++) assert_int_not_equal(p.regions[r].kind, CU_R_PLISTS);
-        const cu_launch *la = launch_of(&p, CU_K_ATTENTION);
+        const cu_launch *la = launch_1(&p, CU_K_ATTENTION);
         assert_false((la->staged >> 3) & 1u);
         assert_true(la->p[3] == f.m.dev);   /* the arena: a launch argument */
         assert_true(p0.plist_staged > 0);
@@ -939,7 +874,7 @@ static void test_plan_mirror(void **state) {
         emu_verify(&f.e, &f.m, &emu.kv, "plan step", false);
         const lethe_cu_kv_view view = {emu.kv.pool, emu.kv.pos, emu.kv.expire, emu.kv.page_bytes, emu.kv.slot_bytes,
                                        1, PL_D, NULL, NULL};
-        const cu_launch *ls = launch_of(&p, CU_K_KV_STORE);
+        const cu_launch *ls = launch_1(&p, CU_K_KV_STORE);
         assert_int_equal(lethe_cu_host_kv_store(&view, staged(&p, ls, 0, CU_R_INPUT), staged(&p, ls, 1, CU_R_INPUT),
                                                 emu.dec, staged(&p, ls, 3, CU_R_KV_ROWS), ls->i[0]),
                          0);
@@ -949,7 +884,7 @@ static void test_plan_mirror(void **state) {
                                                  (int)la->i[1], f.e.arena, staged(&p, la, 4, CU_R_POS), (int)la->i[2],
                                                  (int)la->i[3], la->f[0], split[0], split[1], (int)la->i[4], NULL, 0),
                          0);
-        const double err_n = nmse(yr, y, n_out);
+        const double err_n = tu_nmse(yr, y, n_out);
         worst = err_n > worst ? err_n : worst;
         if (!(err_n < 1e-10)) fail_msg("step %d: attention from the mirror: NMSE %.3g against the CPU", step, err_n);
         cu_plan_free(&p0);
@@ -1014,16 +949,9 @@ static void sl_build(sl_graph *x, lethe_kv_cache *kv) {
     tu_rand_fill(x->v, LETHE_ARRAY_SIZE(x->v), 72);
     tu_rand_fill(x->q, LETHE_ARRAY_SIZE(x->q), 73);
     tu_rand_fill(x->dec, LETHE_ARRAY_SIZE(x->dec), 74);
-    lethe_graph *g = x->g = lethe_graph_new(16);
-    const int64_t nk[3] = {D, Hkv, 2}, nq[3] = {D, Hkv * G, 2}, nd[2] = {Hkv, 2};
-    lethe_node *dn = lethe_dms_decision(g, lethe_input(g, LETHE_F32, 2, nd, x->dec, "alpha"), LETHE_DMS_FROM_ADAPTER,
-                                        Hkv, G, false, 1.0f, 0.0f, 0.0f, 1, &x->ub);
-    lethe_node *st = lethe_kv_store(g, kv, 1, lethe_input(g, LETHE_F32, 3, nk, x->k, "k"),
-                                    lethe_input(g, LETHE_F32, 3, nk, x->v, "v"), dn, &x->ub);
-    x->attn = lethe_attention(g, kv, 1, lethe_input(g, LETHE_F32, 3, nq, x->q, "q"), st, 1.0f / sqrtf((float)D),
-                              &x->ub);
-    lethe_set_output(x->attn);
-    assert_int_equal(g->status, LETHE_OK);
+    lethe_node *st;
+    x->g = lethe_graph_new(16);
+    x->attn = kv_attn_graph(x->g, kv, 1, G, &x->ub, x->k, x->v, x->q, x->dec, &st);
 }
 
 static void test_state_load_attention(void **state) {
@@ -1102,7 +1030,7 @@ static void test_state_load_attention(void **state) {
     emu_verify(&f.e, &f.m, kv2, "after the loads", false);
     const lethe_cu_kv_view view = {kv2->pool, kv2->pos, kv2->expire, kv2->page_bytes, kv2->slot_bytes,
                                    kv2->type == LETHE_F16, kv2->head_dim, NULL, NULL};
-    const cu_launch *ls = launch_of(&p, CU_K_KV_STORE), *la = launch_of(&p, CU_K_ATTENTION);
+    const cu_launch *ls = launch_1(&p, CU_K_KV_STORE), *la = launch_1(&p, CU_K_ATTENTION);
     assert_true(la->p[3] == f.m.dev);
     assert_int_equal(lethe_cu_host_kv_store(&view, staged(&p, ls, 0, CU_R_INPUT), staged(&p, ls, 1, CU_R_INPUT), x.dec,
                                             staged(&p, ls, 3, CU_R_KV_ROWS), ls->i[0]),
@@ -1114,7 +1042,7 @@ static void test_state_load_attention(void **state) {
                                              (int)la->i[2], (int)la->i[3], la->f[0], split[0], split[1], (int)la->i[4],
                                              NULL, 0),
                      0);
-    const double err_n = nmse(yr, y, LETHE_ARRAY_SIZE(y));
+    const double err_n = tu_nmse(yr, y, LETHE_ARRAY_SIZE(y));
     print_message("  attention over the loaded lists from the mirror: NMSE %.3g against the CPU\n", err_n);
     if (!(err_n < 1e-10)) fail_msg("attention after a state load: NMSE %.3g", err_n);
     cu_plan_free(&p);

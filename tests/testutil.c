@@ -147,7 +147,7 @@ void *tu_make_rows(lethe_dtype type, int64_t N, int64_t K, uint64_t seed, size_t
     return w;
 }
 
-static void kv_fill_row(const lethe_kv_cache *kv, void *dst, uint64_t seed) {
+void tu_kv_fill_row(const lethe_kv_cache *kv, void *dst, uint64_t seed) {
     float x[256];
     tu_rand_fill(x, (size_t)kv->head_dim, seed);
     if (kv->type == LETHE_F16) {
@@ -189,12 +189,14 @@ void tu_kv_setup(lethe_kv_cache *kv, const tu_kv_spec *c, lethe_backend *mem, ui
                                  .budget = c->budget, .recent = 4};
     const lethe_dtype type = c->f16 ? LETHE_F16 : LETHE_F32;
     const size_t page = 2 * (size_t)LETHE_KV_PAGE * lethe_row_size(type, c->D);
-    assert_int_equal(lethe_kv_init(kv, 2, 2, c->Hkv, c->D, type, page * c->pages, 64, &pol, mem), LETHE_OK);
-    const int hist[2] = {c->hist, 9};
+    const int mb = c->max_batch ? c->max_batch : 64;
+    assert_true(mb <= 256);
+    assert_int_equal(lethe_kv_init(kv, 2, 2, c->Hkv, c->D, type, page * c->pages, mb, &pol, mem), LETHE_OK);
+    const int hist[2] = {c->hist, c->hist1};
     for (int sq = 0; sq < 2; sq++) {
-        int32_t ids[64], ps[64];
-        for (int i0 = 0; i0 < hist[sq]; i0 += 64) {   /* micro-batches of at most max_batch */
-            const int nt = LETHE_MIN(64, hist[sq] - i0);
+        int32_t ids[256], ps[256];
+        for (int i0 = 0; i0 < hist[sq]; i0 += mb) {   /* micro-batches of at most max_batch */
+            const int nt = LETHE_MIN(mb, hist[sq] - i0);
             for (int i = 0; i < nt; i++) {
                 ids[i] = sq;
                 ps[i] = i0 + i;
@@ -210,12 +212,12 @@ void tu_kv_setup(lethe_kv_cache *kv, const tu_kv_spec *c, lethe_backend *mem, ui
             for (int h = 0; h < c->Hkv; h++) {
                 lethe_kv_stream *s = lethe_kv_stream_at(kv, sq, l, h);
                 for (int32_t j = 0; j < s->len; j++) {
-                    kv_fill_row(kv, lethe_kv_k(kv, s, j), ++r * 31);
-                    kv_fill_row(kv, lethe_kv_v(kv, s, j), ++r * 31);
+                    tu_kv_fill_row(kv, lethe_kv_k(kv, s, j), ++r * 31);
+                    tu_kv_fill_row(kv, lethe_kv_v(kv, s, j), ++r * 31);
                     /* every 5th token flagged: expired (j + w + 1 < now) or, near the end, still visible */
-                    if ((j + h) % 5 == 2) *lethe_kv_expire(kv, s, j) = *lethe_kv_pos(kv, s, j) + TU_KV_W + 1;
+                    if (!c->unflagged && (j + h) % 5 == 2) *lethe_kv_expire(kv, s, j) = *lethe_kv_pos(kv, s, j) + TU_KV_W + 1;
                 }
-                if (l == TU_KV_LAYER && sq == 0) {   /* ragged: head h drops 2h + 1 slots */
+                if (l == TU_KV_LAYER && sq == 0 && s->len > c->holes_over) {   /* ragged: head h drops 2h + 1 slots */
                     int32_t drop[16];
                     const int nd = LETHE_MIN(2 * h + 1, 16);
                     for (int i = 0; i < nd; i++) drop[i] = 3 + 2 * i;

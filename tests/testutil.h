@@ -48,24 +48,32 @@ struct lethe_backend;
  * (0: an overread shows under ASan). Caller frees. */
 void *tu_make_rows(lethe_dtype type, int64_t N, int64_t K, uint64_t seed, size_t pad);
 
+/* One K or V row of kv (head_dim values, f16 or f32 as the cache holds
+ * them): tu_rand_fill(seed). */
+void tu_kv_fill_row(const struct lethe_kv_cache *kv, void *dst, uint64_t seed);
+
 #define TU_KV_LAYER 1   /* the layer the cases store and attend (of 2: its offset in the pool matters) */
 #define TU_KV_W 3       /* the DMS window */
 typedef struct tu_kv_spec {
     int T, Hkv, D;      /* micro-batch tokens, KV heads, head_dim */
-    int hist;           /* sequence 0's history (sequence 1: 9 tokens) */
+    int hist, hist1;    /* sequences 0 and 1's histories */
     bool f16;           /* cache rows in f16 (else f32) */
     bool runs;          /* micro-batch in runs of one sequence (else alternating) */
     bool tie;           /* pages 1 and 3 of sequence 0 share their (dominant) keys, other values */
+    bool unflagged;     /* no DMS flags in the histories */
+    int holes_over;     /* only streams longer than this drop slots */
     int rule, budget;   /* lethe_kv_rule (0: DMS) and the policy's budget */
+    int max_batch;      /* the cache's micro-batch limit, and the histories' batches (0: 64) */
     size_t pages;       /* pool pages of 2 x LETHE_KV_PAGE rows */
 } tu_kv_spec;
 /* A cache of 2 sequences x 2 layers x Hkv heads in `mem`'s shared memory
- * (NULL: host memory): histories of s->hist and 9 tokens with random rows,
- * every 5th token DMS-flagged (expired, or near the end still visible), head
- * h of layer TU_KV_LAYER of sequence 0 dropping 2h + 1 slots (holes, or a
- * compaction past LETHE_KV_MAX_HOLES), s->tie's pages, QUEST's page bounds
- * from the rows; then a micro-batch of s->T tokens reserved (begun, not
- * committed), each at its sequence's next position: seq [T], pos [T]. */
+ * (NULL: host memory): histories of s->hist and s->hist1 tokens with random
+ * rows, every 5th token DMS-flagged (expired, or near the end still
+ * visible; none if s->unflagged), head h of layer TU_KV_LAYER of sequence 0
+ * dropping 2h + 1 slots (holes, or a compaction past LETHE_KV_MAX_HOLES;
+ * longer than s->holes_over), s->tie's pages, QUEST's page bounds from the
+ * rows; then a micro-batch of s->T tokens reserved (begun, not committed),
+ * each at its sequence's next position: seq [T], pos [T]. */
 void tu_kv_setup(struct lethe_kv_cache *kv, const tu_kv_spec *s, struct lethe_backend *mem, uint64_t seed,
                  int32_t *seq, int32_t *pos);
 

@@ -247,40 +247,40 @@ stage_test() {
     note '```'
 }
 
-# ---- gemv: the decode GEMV alone, old kernel against new (seconds of GPU time;
-# under the call's budget like every step, so it cannot make the lease overrun it)
-stage_gemv() {
+# ---- gemv, attn: one kernel's microbenchmark alone (tools/cuda: lethe_cuda_NAME_bench,
+# options in ARGS, capped at CAP seconds; under the call's budget like every step, so it
+# cannot make the lease overrun it): its output into bench.log, its table (the GPU line and
+# the rows the awk pattern ROWS keeps) into results.md
+# bench_stage NAME TITLE ARGS CAP ROWS
+bench_stage() {
+    local name="$1" title="$2" args_line="$3" cap="$4" rows="$5"
+    local bin="$BUILD/bin/lethe_cuda_${name}_bench" from args
     note ""
-    note "## decode GEMV alone (lethe_cuda_gemv_bench): old kernel vs new"
+    note "## $title"
     touch "$OUT/bench.log"
-    gemv_from=$(($(wc -l < "$OUT/bench.log") + 1))
-    read -r -a gemv_args <<< "${LETHE_GPU_GEMV_ARGS:-}"
-    if [[ -x "$BUILD/bin/lethe_cuda_gemv_bench" ]]; then
-        CAP="${LETHE_GPU_GEMV_TIMEOUT:-120}" run gemv "$OUT/bench.log" "$BUILD/bin/lethe_cuda_gemv_bench" "${gemv_args[@]}"
+    from=$(($(wc -l < "$OUT/bench.log") + 1))
+    read -r -a args <<< "$args_line"
+    if [[ -x "$bin" ]]; then
+        CAP="$cap" run "$name" "$OUT/bench.log" "$bin" "${args[@]}"
     else
-        say "gemv: no $BUILD/bin/lethe_cuda_gemv_bench (build stage, CUDA backend on)"
-        failed+=(gemv)
-        note "- **gemv: no lethe_cuda_gemv_bench in the build**"
+        say "$name: no $bin (build stage, CUDA backend on)"
+        failed+=("$name")
+        note "- **$name: no lethe_cuda_${name}_bench in the build**"
     fi
-    tail -n +"$gemv_from" "$OUT/bench.log" | awk '/^GPU:/ { print; print ""; next } /^\|/' >> "$RES"
+    tail -n +"$from" "$OUT/bench.log" | awk '/^GPU:/ { print; print ""; next } '"$rows" >> "$RES"
 }
 
-# ---- attn: prefill attention alone, the tiled f32 kernel against the tensor-core one
-# (the f32 kernel's 32k-token case dominates: estimated seconds; under the call's budget)
+# the decode GEMV alone, old kernel against new (seconds of GPU time)
+stage_gemv() {
+    bench_stage gemv "decode GEMV alone (lethe_cuda_gemv_bench): old kernel vs new" \
+        "${LETHE_GPU_GEMV_ARGS:-}" "${LETHE_GPU_GEMV_TIMEOUT:-120}" '/^\|/'
+}
+
+# prefill attention alone, the tiled f32 kernel against the tensor-core one (the f32
+# kernel's 32k-token case dominates: estimated seconds)
 stage_attn() {
-    note ""
-    note "## prefill attention alone (lethe_cuda_attn_bench): tiled f32 vs tensor cores"
-    touch "$OUT/bench.log"
-    attn_from=$(($(wc -l < "$OUT/bench.log") + 1))
-    read -r -a attn_args <<< "${LETHE_GPU_ATTN_ARGS:-}"
-    if [[ -x "$BUILD/bin/lethe_cuda_attn_bench" ]]; then
-        CAP="${LETHE_GPU_ATTN_TIMEOUT:-120}" run attn "$OUT/bench.log" "$BUILD/bin/lethe_cuda_attn_bench" "${attn_args[@]}"
-    else
-        say "attn: no $BUILD/bin/lethe_cuda_attn_bench (build stage, CUDA backend on)"
-        failed+=(attn)
-        note "- **attn: no lethe_cuda_attn_bench in the build**"
-    fi
-    tail -n +"$attn_from" "$OUT/bench.log" | awk '/^GPU:/ { print; print ""; next } /^\|/ || /^\(NMSE/' >> "$RES"
+    bench_stage attn "prefill attention alone (lethe_cuda_attn_bench): tiled f32 vs tensor cores" \
+        "${LETHE_GPU_ATTN_ARGS:-}" "${LETHE_GPU_ATTN_TIMEOUT:-120}" '/^\|/ || /^\(NMSE/'
 }
 
 # ---- sanitize (a function: LETHE_GPU_SANITIZE_LAST=1 runs it after bench, so that a

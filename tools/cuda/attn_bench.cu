@@ -34,31 +34,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CK(call)                                                                                          \
-    do {                                                                                                  \
-        cudaError_t e_ = (call);                                                                          \
-        if (e_ != cudaSuccess) {                                                                          \
-            fprintf(stderr, "attn_bench: %s: %s (line %d)\n", #call, cudaGetErrorString(e_), __LINE__); \
-            exit(2);                                                                                      \
-        }                                                                                                 \
-    } while (0)
+#define BENCH_NAME "attn_bench"
+#include "bench_util.cuh"
 
 #define NMSE_MAX 1e-5
 #define P LETHE_CU_KV_PAGE
 
-__device__ uint32_t hash32(uint64_t x) {
-    x ^= x >> 33; x *= 0xff51afd7ed558ccdull; x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ull; x ^= x >> 33;
-    return (uint32_t)x;
-}
-__device__ float unit(uint64_t i) { return (float)(hash32(i) >> 8) * (2.0f / 16777216.0f) - 1.0f; }   /* [-1, 1) */
-
 __global__ void k_fill_h(__half *x, int64_t n, uint64_t seed) {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] = __float2half_rn(unit(seed * 0x9E3779B97F4A7C15ull + (uint64_t)i));
-}
-__global__ void k_fill_f(float *x, int64_t n, uint64_t seed) {
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) x[i] = unit(seed * 0x9E3779B97F4A7C15ull + (uint64_t)i);
 }
 
 typedef struct bcase {
@@ -120,18 +104,10 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    int ndev = 0;
-    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
-        fprintf(stderr, "attn_bench: no CUDA device\n");
-        return 2;
-    }
     cudaDeviceProp prop;
-    CK(cudaGetDeviceProperties(&prop, 0));
     cudaStream_t st;
-    CK(cudaStreamCreate(&st));
     cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
+    if (bench_open(&prop, &st, &e0, &e1)) return 2;
     printf("GPU: %s, %d SMs\n\n", prop.name, prop.multiProcessorCount);
     printf("| case | Hq x D | depth + T | f32 ms | tc ms | tc / f32 speedup | tc nominal TFLOP/s | NMSE tc vs f32 |\n");
     printf("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |\n");

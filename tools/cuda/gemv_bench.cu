@@ -39,25 +39,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CK(call)                                                                                  \
-    do {                                                                                          \
-        cudaError_t e_ = (call);                                                                  \
-        if (e_ != cudaSuccess) {                                                                  \
-            fprintf(stderr, "gemv_bench: %s: %s (line %d)\n", #call, cudaGetErrorString(e_), __LINE__); \
-            exit(2);                                                                              \
-        }                                                                                         \
-    } while (0)
+#define BENCH_NAME "gemv_bench"
+#include "bench_util.cuh"
 
 static const struct { const char *name; int id; } k_types[] = {
     {"q4_0", CU_Q4_0}, {"q4_1", CU_Q4_1}, {"q5_0", CU_Q5_0}, {"q5_1", CU_Q5_1},
     {"q8_0", CU_Q8_0}, {"f16", CU_F16},   {"bf16", CU_BF16}, {"f32", CU_F32},
 };
-
-__device__ uint32_t hash32(uint64_t x) {
-    x ^= x >> 33; x *= 0xff51afd7ed558ccdull; x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ull; x ^= x >> 33;
-    return (uint32_t)x;
-}
-__device__ float unit(uint64_t i) { return (float)(hash32(i) >> 8) * (2.0f / 16777216.0f) - 1.0f; }   /* [-1, 1) */
 
 /* one thread per 32-element block of w (n_blocks of them) */
 __global__ void k_fill(uint8_t *w, int wtype, int64_t n_blocks, uint64_t seed) {
@@ -81,10 +69,6 @@ __global__ void k_fill(uint8_t *w, int wtype, int64_t n_blocks, uint64_t seed) {
             memcpy(p + 2, &m, 2);
         }
     }
-}
-__global__ void k_fill_x(float *x, int64_t n, uint64_t seed) {
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) x[i] = unit(seed * 0x9E3779B97F4A7C15ull + (uint64_t)i);
 }
 
 static int parse_list(const char *s, char out[][32], int max) {
@@ -118,18 +102,10 @@ int main(int argc, char **argv) {
         }
     }
     if (reps < 0) reps = 0;
-    int ndev = 0;
-    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
-        fprintf(stderr, "gemv_bench: no CUDA device\n");
-        return 2;
-    }
     cudaDeviceProp prop;
-    CK(cudaGetDeviceProperties(&prop, 0));
     cudaStream_t st;
-    CK(cudaStreamCreate(&st));
     cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
+    if (bench_open(&prop, &st, &e0, &e1)) return 2;
 
     /* roofline: 1 GiB device-to-device copy, read + written */
     const size_t cb = (size_t)1 << 30;
@@ -170,7 +146,7 @@ int main(int argc, char **argv) {
         CK(cudaMalloc(&y, (size_t)8 * N * sizeof(float)));
         CK(cudaMalloc(&yo, (size_t)8 * N * sizeof(float)));
         CK(cudaMalloc(&yw, (size_t)8 * N * sizeof(float)));
-        LETHE_CU_LAUNCH((unsigned)((8 * K + 255) / 256), 256, 0, st, k_fill_x)(x, 8 * K, 7);
+        LETHE_CU_LAUNCH((unsigned)((8 * K + 255) / 256), 256, 0, st, k_fill_f)(x, 8 * K, 7);
         float *hy = (float *)malloc((size_t)8 * N * sizeof(float)), *ho = (float *)malloc((size_t)8 * N * sizeof(float));
         float *hw = (float *)malloc((size_t)8 * N * sizeof(float));
         for (int ti = 0; ti < nt; ti++) {
