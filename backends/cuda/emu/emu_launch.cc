@@ -1,0 +1,104 @@
+/* emu_launch.cc — kernel launches on the CUDA emulator: the configuration
+ * checks a real launch makes, the sticky error state behind
+ * cudaGetLastError, and the grid handed to its stream (emu_stream.h: run
+ * now, or queued until a synchronization, or recorded by a capture). */
+#include "emu_device.h"
+#include "emu_stream.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include <mutex>
+#include <string>
+
+namespace lethe_emu {
+
+bool run_grid(const char *name, dim3 grid, dim3 block, const std::function<void()> &body, std::string *msg);
+void set_order(int order, uint64_t seed);
+void stats(uint64_t *l, uint64_t *b, uint64_t *t);
+
+static std::recursive_mutex g_exec_mu;   /* one grid at a time, process-wide */
+static std::mutex g_err_mu;
+static cudaError_t g_sticky = cudaSuccess;   /* a kernel failed: like a device fault, until taken */
+static std::string g_sticky_msg;
+static thread_local cudaError_t t_last = cudaSuccess;
+
+void set_last_error(cudaError_t e) {
+    if (e != cudaSuccess) t_last = e;
+}
+
+cudaError_t sticky_error() {
+    std::lock_guard<std::mutex> lk(g_err_mu);
+    return g_sticky;
+}
+
+void exec_grid(const grid_work &w) {
+    std::lock_guard<std::recursive_mutex> lk(g_exec_mu);
+    if (sticky_error() != cudaSuccess) return;   /* a faulted context runs nothing more */
+    std::string msg;
+    if (!run_grid(w.name, w.grid, w.block, w.body, &msg)) {
+        fprintf(stderr, "%s\n", msg.c_str());
+        std::lock_guard<std::mutex> lk2(g_err_mu);
+        if (g_sticky == cudaSuccess) {
+            g_sticky = cudaErrorLaunchFailure;
+            g_sticky_msg = msg;
+        }
+    }
+}
+
+cudaError_t launch(const char *name, dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                   std::function<void()> body) {
+    const uint64_t threads = (uint64_t)block.x * block.y * block.z;
+    if (grid.x == 0 || grid.y == 0 || grid.z == 0 || threads == 0 || threads > 1024 || block.z > 64 ||
+        grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535 || smem > 48 * 1024) {
+        fprintf(stderr, "cuda emulator: kernel %s: invalid launch grid (%u,%u,%u) block (%u,%u,%u) smem %zu\n", name,
+                grid.x, grid.y, grid.z, block.x, block.y, block.z, smem);
+        set_last_error(cudaErrorInvalidConfiguration);
+        return cudaErrorInvalidConfiguration;
+    }
+    grid_work w{name, grid, block, std::move(body)};
+    const cudaError_t e = stream_submit_grid(stream, std::move(w));
+    set_last_error(e);
+    return e;
+}
+
+}   // namespace lethe_emu
+
+using namespace lethe_emu;
+
+extern "C" {
+
+cudaError_t cudaGetLastError(void) {
+    const cudaError_t s = sticky_error();
+    if (s != cudaSuccess) return s;
+    const cudaError_t e = t_last;
+    t_last = cudaSuccess;
+    return e;
+}
+
+cudaError_t cudaPeekAtLastError(void) {
+    const cudaError_t s = sticky_error();
+    return s != cudaSuccess ? s : t_last;
+}
+
+void lethe_cu_emu_set_order(int order, uint64_t seed) {
+    std::lock_guard<std::recursive_mutex> lk(g_exec_mu);
+    set_order(order, seed);
+}
+
+int lethe_cu_emu_take_error(char *msg, size_t size) {
+    std::lock_guard<std::mutex> lk(g_err_mu);
+    const int e = (int)g_sticky;
+    if (msg && size) snprintf(msg, size, "%s", g_sticky_msg.c_str());
+    g_sticky = cudaSuccess;
+    g_sticky_msg.clear();
+    t_last = cudaSuccess;
+    return e;
+}
+
+void lethe_cu_emu_stats(uint64_t *launches, uint64_t *blocks, uint64_t *threads) {
+    std::lock_guard<std::recursive_mutex> lk(g_exec_mu);
+    stats(launches, blocks, threads);
+}
+
+}

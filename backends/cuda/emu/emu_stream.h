@@ -1,0 +1,28 @@
+/* emu_stream.h — the CUDA emulator's streams as the launcher sees them.
+ * A grid is work on a stream (emu_runtime.cc): run at once, queued until
+ * the stream is synchronized, or recorded into a graph under capture. */
+#ifndef LETHE_CUDA_EMU_STREAM_H
+#define LETHE_CUDA_EMU_STREAM_H
+
+#include <cuda_runtime_api.h>
+
+#include <functional>
+
+namespace lethe_emu {
+
+struct grid_work {
+    const char *name;
+    dim3 grid, block;
+    std::function<void()> body;
+};
+
+/* Runs one grid now, under the process-wide execution lock; a failure
+ * makes the sticky error (cudaErrorLaunchFailure). */
+void exec_grid(const grid_work &w);
+cudaError_t stream_submit_grid(cudaStream_t stream, grid_work w);
+void set_last_error(cudaError_t e);
+cudaError_t sticky_error();
+
+}   // namespace lethe_emu
+
+#endif

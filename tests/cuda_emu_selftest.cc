@@ -1,0 +1,87 @@
+/* cuda_emu_selftest.cc — kernels with the bugs the CUDA emulator must catch
+ * (tests/test_cuda_emu.c): each would hang, race or read too early on a GPU.
+ * Built like the real kernels (backends/cuda/emu/emu_device.h). */
+#include "emu_device.h"
+#include "cuda_launch.cuh"
+
+/* thread 5 leaves before a barrier the others wait at */
+__global__ void k_exit_before_barrier(int *out) {
+    __shared__ int s[64];
+    if (threadIdx.x == 5) return;
+    s[threadIdx.x] = 1;
+    __syncthreads();
+    out[threadIdx.x] = s[(threadIdx.x + 1) % 64];
+}
+
+/* even and odd threads wait at two different barriers */
+__global__ void k_divergent(int *out) {
+    if (threadIdx.x & 1) {
+        __syncthreads();
+    } else {
+        __syncthreads();
+    }
+    out[threadIdx.x] = 1;
+}
+
+/* a neighbour's shared value read with no barrier in between */
+__global__ void k_race(int *out) {
+    __shared__ int s[64];
+    s[threadIdx.x] = (int)threadIdx.x + 1;
+    out[threadIdx.x] = s[(threadIdx.x + 1) % 64];
+}
+
+/* the same with its barrier: order-independent */
+__global__ void k_norace(int *out) {
+    __shared__ int s[64];
+    s[threadIdx.x] = (int)threadIdx.x + 1;
+    __syncthreads();
+    out[threadIdx.x] = s[(threadIdx.x + 1) % 64];
+}
+
+/* a cp.async copy read before and after the wait that retires it */
+__global__ void k_cp_async(const uint8_t *src, uint8_t *before, uint8_t *after) {
+    __shared__ __align__(16) uint8_t s[32 * 16];
+    const int l = threadIdx.x;
+    memset(s + 16 * l, 0xAB, 16);
+    lethe_emu::cp_async16(s + 16 * l, src + 16 * l);
+    lethe_emu::cp_async_commit();
+    memcpy(before + 16 * l, s + 16 * l, 16);
+    lethe_emu::cp_async_wait(0);
+    memcpy(after + 16 * l, s + 16 * l, 16);
+}
+
+/* lane 3 leaves; the others shuffle over the full mask */
+__global__ void k_shfl_exited(int *out) {
+    if (threadIdx.x == 3) return;
+    out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, (int)threadIdx.x, 1);
+}
+
+/* warp reductions every way: xor, down, idx, ballot, syncthreads_count */
+__global__ void k_collectives(int *out) {
+    const int l = threadIdx.x & 31;
+    int x = l + 1, d = l + 1;
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    for (int o = 16; o > 0; o >>= 1) d += __shfl_down_sync(0xffffffffu, d, o);
+    const int b = __shfl_sync(0xffffffffu, l * 10, 7);
+    const unsigned bal = __ballot_sync(0xffffffffu, l % 3 == 0);
+    const int cnt = __syncthreads_count(threadIdx.x % 5 == 0);
+    out[4 * threadIdx.x] = x;
+    out[4 * threadIdx.x + 1] = l == 0 ? d : -1;
+    out[4 * threadIdx.x + 2] = b;
+    out[4 * threadIdx.x + 3] = (int)bal + cnt;
+}
+
+extern "C" int lethe_emu_selftest(int which, void *a, void *b, void *c) {
+    switch (which) {
+    case 0: LETHE_CU_LAUNCH(1, 64, 0, 0, k_exit_before_barrier)((int *)a); break;
+    case 1: LETHE_CU_LAUNCH(1, 64, 0, 0, k_divergent)((int *)a); break;
+    case 2: LETHE_CU_LAUNCH(1, 64, 0, 0, k_race)((int *)a); break;
+    case 3: LETHE_CU_LAUNCH(1, 64, 0, 0, k_norace)((int *)a); break;
+    case 4: LETHE_CU_LAUNCH(1, 32, 0, 0, k_cp_async)((const uint8_t *)a, (uint8_t *)b, (uint8_t *)c); break;
+    case 5: LETHE_CU_LAUNCH(1, 32, 0, 0, k_shfl_exited)((int *)a); break;
+    case 6: LETHE_CU_LAUNCH(1, 64, 0, 0, k_collectives)((int *)a); break;
+    case 7: LETHE_CU_LAUNCH(1, 2048, 0, 0, k_norace)((int *)a); break;   /* over 1024 threads */
+    case 8: LETHE_CU_LAUNCH(dim3(1, 70000), 64, 0, 0, k_norace)((int *)a); break;   /* grid y over 65535 */
+    }
+    return (int)cudaGetLastError();
+}
