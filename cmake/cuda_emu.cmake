@@ -43,4 +43,25 @@ if(LETHE_HAVE_CUDA_EMU)
   add_library(lethe_cuda_emu_now OBJECT ${_emu}/emu_stream_now.cc)
   target_link_libraries(lethe_cuda_emu_now PUBLIC lethe_cuda_emu_kernels)
   set_target_properties(lethe_cuda_emu_now PROPERTIES POSITION_INDEPENDENT_CODE ON CXX_STANDARD 17)
+
+  # The whole CUDA module on the emulator: the same backends/cuda/*.c, the
+  # emulated kernels, and a fake cudart + cuBLAS (emu_runtime.cc,
+  # emu_cublas.cc) whose streams queue work until a synchronization. The
+  # engine loads it instead of liblethe-cuda.so when LETHE_CUDA_EMU=1 (tests
+  # only: core/backend_cuda.c); not installed.
+  file(GLOB _cuda_c CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/backends/cuda/*.c)
+  add_library(lethe-cuda-emu MODULE ${_cuda_c} ${_emu}/emu_runtime.cc ${_emu}/emu_cublas.cc)
+  target_include_directories(lethe-cuda-emu PRIVATE ${PROJECT_SOURCE_DIR}/include ${PROJECT_SOURCE_DIR}/core
+                             ${PROJECT_SOURCE_DIR}/backends/cuda ${CUDAToolkit_INCLUDE_DIRS})
+  target_compile_definitions(lethe-cuda-emu PRIVATE LETHE_CUDA_MODULE_NAME="cuda-emu")
+  target_link_libraries(lethe-cuda-emu PRIVATE lethe_cuda_emu_kernels m)
+  set_target_properties(lethe-cuda-emu PROPERTIES
+    PREFIX lib
+    C_VISIBILITY_PRESET hidden
+    CXX_VISIBILITY_PRESET hidden
+    CXX_STANDARD 17
+    LINKER_LANGUAGE CXX
+    LIBRARY_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/${CMAKE_INSTALL_LIBDIR}/${LETHE_MODULE_SUBDIR})
+  target_link_options(lethe-cuda-emu PRIVATE -Wl,-z,defs)
+  target_compile_definitions(lethe_obj PRIVATE LETHE_HAVE_CUDA_EMU)
 endif()

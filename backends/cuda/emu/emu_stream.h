@@ -20,6 +20,10 @@ struct grid_work {
  * makes the sticky error (cudaErrorLaunchFailure). */
 void exec_grid(const grid_work &w);
 cudaError_t stream_submit_grid(cudaStream_t stream, grid_work w);
+/* Any other work on a stream (copies, memsets, cuBLAS calls, event
+ * records): kind names its graph node type (emu_runtime.cc). */
+enum { WORK_KERNEL = 1, WORK_MEMCPY, WORK_MEMSET, WORK_EVENT, WORK_BLAS };
+cudaError_t stream_submit(cudaStream_t stream, int kind, std::function<void()> fn);
 void set_last_error(cudaError_t e);
 cudaError_t sticky_error();
 
