@@ -34,11 +34,14 @@ if(LETHE_HAVE_CUDA_EMU)
   # the kernels' float order: no product and sum fused that the source does
   # not fuse (explicit fmaf / __fmaf_rn are fused); kernels reinterpret
   # loaded words (a uint4 read as __half2), which nvcc allows: no strict aliasing
-  target_compile_options(lethe_cuda_emu_kernels PRIVATE -ffp-contract=off -fno-strict-aliasing -Wno-unused-variable
+  # -fdata-sections: each __shared__ array (a function-local static) in a
+  # section of its own, which emu_shared.ld gathers for the NaN fill
+  target_compile_options(lethe_cuda_emu_kernels PRIVATE -ffp-contract=off -fno-strict-aliasing -fdata-sections -Wno-unused-variable
                          -Wno-unused-but-set-variable -Wno-unknown-pragmas)
   set_target_properties(lethe_cuda_emu_kernels PROPERTIES POSITION_INDEPENDENT_CODE ON CXX_STANDARD 17
                         CXX_VISIBILITY_PRESET hidden)
   target_link_libraries(lethe_cuda_emu_kernels PUBLIC stdc++ m)
+  target_link_options(lethe_cuda_emu_kernels INTERFACE -Wl,-T,${_emu}/emu_shared.ld)
 
   add_library(lethe_cuda_emu_now OBJECT ${_emu}/emu_stream_now.cc)
   target_link_libraries(lethe_cuda_emu_now PUBLIC lethe_cuda_emu_kernels)

@@ -71,6 +71,16 @@ __global__ void k_collectives(int *out) {
     out[4 * threadIdx.x + 3] = (int)bal + cnt;
 }
 
+/* block 0 (mode 0) writes its shared array, block 1 reads it without
+ * writing: shared memory is the block's own, so it must see poison (0xFF
+ * bytes), not block 0's values */
+__global__ void k_uninit(int *out) {
+    __shared__ int s[64];
+    if (blockIdx.x == 0) s[threadIdx.x] = 7;
+    __syncthreads();
+    out[blockIdx.x * 64 + threadIdx.x] = s[threadIdx.x];
+}
+
 extern "C" int lethe_emu_selftest(int which, void *a, void *b, void *c) {
     switch (which) {
     case 0: LETHE_CU_LAUNCH(1, 64, 0, 0, k_exit_before_barrier)((int *)a); break;
@@ -81,6 +91,7 @@ extern "C" int lethe_emu_selftest(int which, void *a, void *b, void *c) {
     case 5: LETHE_CU_LAUNCH(1, 32, 0, 0, k_shfl_exited)((int *)a); break;
     case 6: LETHE_CU_LAUNCH(1, 64, 0, 0, k_collectives)((int *)a); break;
     case 7: LETHE_CU_LAUNCH(1, 2048, 0, 0, k_norace)((int *)a); break;   /* over 1024 threads */
+    case 9: LETHE_CU_LAUNCH(2, 64, 0, 0, k_uninit)((int *)a); break;
     case 8: LETHE_CU_LAUNCH(dim3(1, 70000), 64, 0, 0, k_norace)((int *)a); break;   /* grid y over 65535 */
     }
     return (int)cudaGetLastError();

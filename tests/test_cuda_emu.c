@@ -121,6 +121,15 @@ static void test_selftest(void **state) {
     lethe_emu_selftest(4, src, before, after);
     for (int i = 0; i < 512; i++) assert_int_equal(before[i], 0xAB);
     assert_memory_equal(after, src, 512);
+    /* shared memory a block never wrote reads as poison, not the previous block's values */
+    int sh[128];
+    set_order(LETHE_CU_EMU_FORWARD);
+    lethe_emu_selftest(9, sh, NULL, NULL);
+    no_emu_error("uninitialized shared memory");
+    for (int i = 0; i < 64; i++) {
+        assert_int_equal(sh[i], 7);
+        assert_int_equal(sh[64 + i], -1);
+    }
     /* collectives: sums, ballot, broadcast, barrier count, under every order */
     for (int o = 0; o < N_ORDERS; o++) {
         set_order(o);

@@ -23,7 +23,12 @@
 
 #include <deque>
 #include <string>
+#include <unordered_map>
 #include <vector>
+
+/* the gathered __shared__ arrays of the link (emu_shared.ld); absent: no poison */
+extern "C" char lethe_emu_shared_begin[] __attribute__((weak));
+extern "C" char lethe_emu_shared_end[] __attribute__((weak));
 
 namespace lethe_emu {
 
@@ -75,6 +80,38 @@ grid_run g;   /* one grid at a time (the runtime holds its lock) */
 int g_order = -1;
 uint64_t g_seed = 1;
 uint64_t g_launches, g_blocks, g_threads;
+
+/* ---- shared memory poison. A kernel's __shared__ arrays are statics in
+ * the gathered section, sorted by name: one kernel's lie together. Before
+ * the first block of a kernel not seen yet, the whole section is filled
+ * with 0xFF bytes; after it, the bytes it changed give the kernel's range,
+ * which is filled again before each later block. A read of shared memory
+ * no thread of the block wrote then sees NaN / -1, not the last block's
+ * values. (A range the first block never wrote is not refilled: a missed
+ * poison, never a false alarm.) Raw writes, not memset: under ASan the
+ * section holds redzones. */
+struct srange {
+    char *lo, *hi;
+};
+std::unordered_map<const void *, srange> g_sranges;
+
+__attribute__((no_sanitize_address)) void poison(char *lo, char *hi) {
+    volatile char *p = lo;
+    while (p < hi && ((uintptr_t)p & 7)) *p++ = (char)0xFF;
+    for (; p + 8 <= hi; p += 8) *(volatile uint64_t *)p = ~(uint64_t)0;
+    while (p < hi) *p++ = (char)0xFF;
+}
+
+__attribute__((no_sanitize_address)) srange written(char *lo, char *hi) {
+    srange r{nullptr, nullptr};
+    for (char *p = lo; p < hi; p++)
+        if (*(volatile char *)p != (char)0xFF) {
+            if (!r.lo) r.lo = p;
+            r.hi = p + 1;
+        }
+    if (!r.lo) r.lo = r.hi = lo;
+    return r;
+}
 
 void land(std::vector<copy16> &v) {
     for (const copy16 &c : v) memcpy(c.dst, c.bytes, 16);
@@ -363,7 +400,8 @@ void cp_async_wait(int n) {
 }
 
 /* Runs a whole grid now; returns false (message in *msg) when a block failed. */
-bool run_grid(const char *name, dim3 grid, dim3 block, const std::function<void()> &body, std::string *msg) {
+bool run_grid(const char *name, const void *kernel, dim3 grid, dim3 block, const std::function<void()> &body,
+              std::string *msg) {
     if (g_order < 0) {
         g_order = LETHE_CU_EMU_FORWARD;
         const char *e = getenv("LETHE_CUDA_EMU_ORDER");
@@ -386,7 +424,13 @@ bool run_grid(const char *name, dim3 grid, dim3 block, const std::function<void(
         for (unsigned y = 0; y < grid.y && !g.failed; y++)
             for (unsigned x = 0; x < grid.x && !g.failed; x++) {
                 g.rng = g_seed * 0x100000001B3ull ^ (g_launches << 20) ^ ((uint64_t)x << 40) ^ ((uint64_t)y << 8) ^ z;
+                char *sb = lethe_emu_shared_begin, *se = lethe_emu_shared_end;
+                auto it = sb && se > sb ? g_sranges.find(kernel) : g_sranges.end();
+                const bool learn = sb && se > sb && it == g_sranges.end();
+                if (learn) poison(sb, se);
+                else if (it != g_sranges.end()) poison(it->second.lo, it->second.hi);
                 run_block(make_uint3(x, y, z));
+                if (learn) g_sranges[kernel] = written(sb, se);
             }
     if (g.failed) *msg = g.msg;
     return !g.failed;

@@ -38,7 +38,8 @@
 
 /* ---- declaration specifiers nvcc knows and g++ does not */
 #undef __shared__
-#define __shared__ static   /* launches are serialized; one block at a time */
+#define __shared__ static   /* launches are serialized; one block at a time; filled with NaN bytes
+                              before each block where the link gathers them (emu_shared.ld) */
 #ifndef __launch_bounds__
 #define __launch_bounds__(...)
 #endif
@@ -66,7 +67,7 @@ void cp_async_wait(int n);
 /* The launcher behind LETHE_CU_LAUNCH: checks the configuration as a real
  * launch does and hands the grid to the runtime (emu_runtime.cc), which runs
  * it on its stream's order (now, at a sync, or at a graph replay). */
-cudaError_t launch(const char *name, dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+cudaError_t launch(const char *name, const void *kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
                    std::function<void()> body);
 
 template <class K>
@@ -79,7 +80,7 @@ struct launcher {
     template <class... A>
     void operator()(A... args) const {
         K k = kernel;
-        launch(name, grid, block, smem, stream, [=]() { k(args...); });   /* arguments copied at launch */
+        launch(name, (const void *)k, grid, block, smem, stream, [=]() { k(args...); });   /* arguments copied at launch */
     }
 };
 template <class K>

@@ -13,7 +13,7 @@
 
 namespace lethe_emu {
 
-bool run_grid(const char *name, dim3 grid, dim3 block, const std::function<void()> &body, std::string *msg);
+bool run_grid(const char *name, const void *kernel, dim3 grid, dim3 block, const std::function<void()> &body, std::string *msg);
 void set_order(int order, uint64_t seed);
 void stats(uint64_t *l, uint64_t *b, uint64_t *t);
 
@@ -36,7 +36,7 @@ void exec_grid(const grid_work &w) {
     std::lock_guard<std::recursive_mutex> lk(g_exec_mu);
     if (sticky_error() != cudaSuccess) return;   /* a faulted context runs nothing more */
     std::string msg;
-    if (!run_grid(w.name, w.grid, w.block, w.body, &msg)) {
+    if (!run_grid(w.name, w.kernel, w.grid, w.block, w.body, &msg)) {
         fprintf(stderr, "%s\n", msg.c_str());
         std::lock_guard<std::mutex> lk2(g_err_mu);
         if (g_sticky == cudaSuccess) {
@@ -46,7 +46,7 @@ void exec_grid(const grid_work &w) {
     }
 }
 
-cudaError_t launch(const char *name, dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+cudaError_t launch(const char *name, const void *kernel, dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
                    std::function<void()> body) {
     const uint64_t threads = (uint64_t)block.x * block.y * block.z;
     if (grid.x == 0 || grid.y == 0 || grid.z == 0 || threads == 0 || threads > 1024 || block.z > 64 ||
@@ -56,7 +56,7 @@ cudaError_t launch(const char *name, dim3 grid, dim3 block, size_t smem, cudaStr
         set_last_error(cudaErrorInvalidConfiguration);
         return cudaErrorInvalidConfiguration;
     }
-    grid_work w{name, grid, block, std::move(body)};
+    grid_work w{name, kernel, grid, block, std::move(body)};
     const cudaError_t e = stream_submit_grid(stream, std::move(w));
     set_last_error(e);
     return e;

@@ -12,6 +12,7 @@ namespace lethe_emu {
 
 struct grid_work {
     const char *name;
+    const void *kernel;   /* the kernel function: its shared memory's range (emu_block.cc) */
     dim3 grid, block;
     std::function<void()> body;
 };
