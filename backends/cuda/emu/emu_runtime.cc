@@ -70,9 +70,11 @@ namespace {
 
 std::recursive_mutex g_mu;   /* streams, queues, allocations */
 CUstream_st g_legacy;        /* stream 0 (legacy default) */
-std::vector<CUstream_st *> g_streams, g_dead;
-std::map<uintptr_t, size_t> g_allocs, g_pinned;
-std::vector<CUevent_st *> g_events;   /* kept: a destroyed event may still be recorded by queued work */
+/* never destroyed (reachable until exit, so LeakSanitizer sees what they
+ * hold as live, as the driver's own tables would be) */
+std::vector<CUstream_st *> &g_streams = *new std::vector<CUstream_st *>, &g_dead = *new std::vector<CUstream_st *>;
+std::map<uintptr_t, size_t> &g_allocs = *new std::map<uintptr_t, size_t>, &g_pinned = *new std::map<uintptr_t, size_t>;
+std::vector<CUevent_st *> &g_events = *new std::vector<CUevent_st *>;   /* kept: queued work may record a destroyed event */
 size_t g_used;
 thread_local int t_device;
 int g_sync_mode = -1;
