@@ -81,6 +81,15 @@ __global__ void k_uninit(int *out) {
     out[blockIdx.x * 64 + threadIdx.x] = s[threadIdx.x];
 }
 
+/* 50 KiB of static shared memory: more than a launch allows */
+__global__ void k_big_shared(int *out) {
+    __shared__ uint8_t s[50 * 1024];
+    s[threadIdx.x] = 1;
+    s[sizeof s - 1 - threadIdx.x] = 2;
+    __syncthreads();
+    out[threadIdx.x] = s[threadIdx.x + 1] + s[sizeof s - 2 - threadIdx.x];
+}
+
 extern "C" int lethe_emu_selftest(int which, void *a, void *b, void *c) {
     switch (which) {
     case 0: LETHE_CU_LAUNCH(1, 64, 0, 0, k_exit_before_barrier)((int *)a); break;
@@ -91,6 +100,7 @@ extern "C" int lethe_emu_selftest(int which, void *a, void *b, void *c) {
     case 5: LETHE_CU_LAUNCH(1, 32, 0, 0, k_shfl_exited)((int *)a); break;
     case 6: LETHE_CU_LAUNCH(1, 64, 0, 0, k_collectives)((int *)a); break;
     case 7: LETHE_CU_LAUNCH(1, 2048, 0, 0, k_norace)((int *)a); break;   /* over 1024 threads */
+    case 10: LETHE_CU_LAUNCH(1, 64, 0, 0, k_big_shared)((int *)a); break;
     case 9: LETHE_CU_LAUNCH(2, 64, 0, 0, k_uninit)((int *)a); break;
     case 8: LETHE_CU_LAUNCH(dim3(1, 70000), 64, 0, 0, k_norace)((int *)a); break;   /* grid y over 65535 */
     }

@@ -130,6 +130,12 @@ static void test_selftest(void **state) {
         assert_int_equal(sh[i], 7);
         assert_int_equal(sh[64 + i], -1);
     }
+    /* static shared memory over 48 KiB fails the launch (where the emulator measures it) */
+    if (lethe_cu_emu_checks_shared_size()) {
+        lethe_emu_selftest(10, sh, NULL, NULL);
+        assert_int_not_equal(lethe_cu_emu_take_error(msg, sizeof msg), 0);
+        assert_non_null(strstr(msg, "48 KiB"));
+    }
     /* collectives: sums, ballot, broadcast, barrier count, under every order */
     for (int o = 0; o < N_ORDERS; o++) {
         set_order(o);

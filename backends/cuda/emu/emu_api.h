@@ -11,7 +11,8 @@
  *
  * Errors: a launch the device would refuse (block over 1024 threads, grid
  * y/z over 65535, dynamic shared memory over 48 KiB, a zero dimension)
- * returns cudaErrorInvalidConfiguration; a kernel that deadlocks (a thread
+ * returns cudaErrorInvalidConfiguration (static shared memory over 48 KiB:
+ * the launch fails, see lethe_cu_emu_checks_shared_size); a kernel that deadlocks (a thread
  * exited, or waits at another barrier, while others wait at __syncthreads;
  * a warp collective whose mask names a lane that exited or waits elsewhere)
  * fails with cudaErrorLaunchFailure and the launch's message: kernel, block,
@@ -34,6 +35,9 @@ void lethe_cu_emu_set_order(int order, uint64_t seed);
 /* The first kernel failure since the last call (0: none), its message into
  * msg; clears it. */
 int lethe_cu_emu_take_error(char *msg, size_t size);
+/* Does a launch fail when a kernel's static shared memory passes 48 KiB
+ * (measured from its first block's writes; not under ASan)? */
+int lethe_cu_emu_checks_shared_size(void);
 /* Counters since the process started: launches, blocks, threads run. */
 void lethe_cu_emu_stats(uint64_t *launches, uint64_t *blocks, uint64_t *threads);
 

@@ -113,6 +113,14 @@ __attribute__((no_sanitize_address)) srange written(char *lo, char *hi) {
     return r;
 }
 
+bool shared_limit_checked() {
+#ifdef __SANITIZE_ADDRESS__
+    return false;
+#else
+    return true;
+#endif
+}
+
 void land(std::vector<copy16> &v) {
     for (const copy16 &c : v) memcpy(c.dst, c.bytes, 16);
     v.clear();
@@ -430,7 +438,15 @@ bool run_grid(const char *name, const void *kernel, dim3 grid, dim3 block, const
                 if (learn) poison(sb, se);
                 else if (it != g_sranges.end()) poison(it->second.lo, it->second.hi);
                 run_block(make_uint3(x, y, z));
-                if (learn) g_sranges[kernel] = written(sb, se);
+                if (learn) {
+                    const srange r = written(sb, se);
+                    g_sranges[kernel] = r;
+                    /* the static limit a launch checks on a GPU, from the bytes the first block
+                     * wrote (a kernel's arrays lie together); not under ASan (its redzones) */
+                    if (shared_limit_checked() && r.hi - r.lo > 48 * 1024)
+                        failf("static shared memory of %zu bytes or more, over the 48 KiB a launch allows",
+                              (size_t)(r.hi - r.lo));
+                }
             }
     if (g.failed) *msg = g.msg;
     return !g.failed;
@@ -440,6 +456,8 @@ void set_order(int order, uint64_t seed) {
     g_order = order;
     g_seed = seed;
 }
+
+int shared_size_checked() { return shared_limit_checked() && lethe_emu_shared_begin != nullptr; }
 
 void stats(uint64_t *l, uint64_t *b, uint64_t *t) {
     if (l) *l = g_launches;

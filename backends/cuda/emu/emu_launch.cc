@@ -16,6 +16,7 @@ namespace lethe_emu {
 bool run_grid(const char *name, const void *kernel, dim3 grid, dim3 block, const std::function<void()> &body, std::string *msg);
 void set_order(int order, uint64_t seed);
 void stats(uint64_t *l, uint64_t *b, uint64_t *t);
+int shared_size_checked();
 
 static std::recursive_mutex g_exec_mu;   /* one grid at a time, process-wide */
 static std::mutex g_err_mu;
@@ -95,6 +96,8 @@ int lethe_cu_emu_take_error(char *msg, size_t size) {
     t_last = cudaSuccess;
     return e;
 }
+
+int lethe_cu_emu_checks_shared_size(void) { return shared_size_checked(); }
 
 void lethe_cu_emu_stats(uint64_t *launches, uint64_t *blocks, uint64_t *threads) {
     std::lock_guard<std::recursive_mutex> lk(g_exec_mu);
