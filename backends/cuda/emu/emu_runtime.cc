@@ -152,9 +152,12 @@ cudaError_t fail(cudaError_t e) {
 }
 
 void *emu_alloc(size_t size, std::map<uintptr_t, size_t> *pinned) {
-    const size_t n = ((size ? size : 1) + 255) & ~(size_t)255;
-    void *p = aligned_alloc(256, n);
-    if (!p) return nullptr;
+    /* exactly the bytes asked for (256-byte aligned, as cudaMalloc): under
+     * ASan a kernel or copy that reads or writes past a buffer's end is
+     * reported, as compute-sanitizer's memcheck would on a GPU */
+    const size_t n = size ? size : 1;
+    void *p = nullptr;
+    if (posix_memalign(&p, 256, n) != 0) return nullptr;
     memset(p, 0xFF, n);   /* uninitialized device memory: NaN bytes */
     std::lock_guard<std::recursive_mutex> lk(g_mu);
     g_allocs[(uintptr_t)p] = n;
