@@ -35,6 +35,6 @@ check() {   # name, then the logits options
     fi
 }
 check dms --tokens "$(seq -s, 1 200)" --dms-force-rate 0.2 --dms-window 16 -c 512
-check tova --tokens "$(seq -s, 1 130)" --kv-policy tova --kv-budget 64 -c 256
-check quest --tokens "$(seq -s, 1 130)" --kv-policy quest --kv-budget 64 -c 256
+check tova --tokens "$(seq -s, 1 100)" --kv-policy tova --kv-budget 64 -c 256
+check quest --tokens "$(seq -s, 1 100)" --kv-policy quest --kv-budget 64 -c 256
 exit $fail
