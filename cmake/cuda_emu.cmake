@@ -27,9 +27,12 @@ if(LETHE_HAVE_CUDA_EMU)
 ")
     list(APPEND _wrappers ${w})
   endforeach()
-  add_library(lethe_cuda_emu_kernels STATIC ${_wrappers} ${_emu}/emu_block.cc ${_emu}/emu_fiber.cc ${_emu}/emu_launch.cc)
+  add_library(lethe_cuda_emu_kernels STATIC ${_wrappers} ${_emu}/emu_block.cc ${_emu}/emu_fiber.cc ${_emu}/emu_launch.cc
+              ${_emu}/emu_mma.cc)
   target_include_directories(lethe_cuda_emu_kernels PUBLIC ${_emu} ${PROJECT_SOURCE_DIR}/backends/cuda
                              ${CUDAToolkit_INCLUDE_DIRS})
+  # core/ and include/: k_plist.cu reads the KV cache's page-list types (cuda_plist.h)
+  target_include_directories(lethe_cuda_emu_kernels PRIVATE ${PROJECT_SOURCE_DIR}/core ${PROJECT_SOURCE_DIR}/include)
   target_compile_definitions(lethe_cuda_emu_kernels PUBLIC LETHE_CUDA_EMU)
   # the kernels' float order: no product and sum fused that the source does
   # not fuse (explicit fmaf / __fmaf_rn are fused); kernels reinterpret

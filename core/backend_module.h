@@ -27,8 +27,9 @@
  * layout: a module built against another layout is refused by name instead
  * of having fields read past its iface. 2: the iface grew device_ms and
  * buffer_host_done. 3: the iface grew device_share, the module forget.
- * 4: the iface grew buffer_move_rows. */
-#define LETHE_BACKEND_MODULE_ABI 4
+ * 4: the iface grew buffer_move_rows. 5: lethe_kv_stream / lethe_kv_cache
+ * (kv_cache.h, read by a module's kernels' tables) grew plist_gen, uid. */
+#define LETHE_BACKEND_MODULE_ABI 5
 #define LETHE_BACKEND_MODULE_ENTRY "lethe_backend_module_entry"
 
 typedef struct lethe_module_host {

@@ -93,6 +93,8 @@ lethe_status lethe_kv_init(lethe_kv_cache *kv, int n_seq, int n_layer, int n_hea
     kv->touched_lo = INT32_MAX;
     kv->touched_hi = -1;
     kv->move_gen = 1;   /* streams start at 0: none has rows queued */
+    static uint64_t g_uid;   /* caches of every thread of the process */
+    kv->uid = __atomic_add_fetch(&g_uid, 1, __ATOMIC_RELAXED);
     /* Pop order: lowest page id first, so a fresh cache fills memory in order. */
     for (int32_t i = 0; i < kv->n_pages; i++) kv->free_list[i] = kv->n_pages - 1 - i;
     kv->n_free = kv->n_pages;
@@ -139,9 +141,21 @@ static void note_peak(lethe_kv_cache *kv) {
     if (res > kv->bytes_peak) kv->bytes_peak = res;
 }
 
+/* The only two ways a stream's page list changes; both move its generation
+ * (lethe_kv_stream.plist_gen), which device mirrors of the lists trust. */
+static void plist_changed(lethe_kv_cache *kv, lethe_kv_stream *s) { s->plist_gen = ++kv->plist_clock; }
+
+/* Append a page from the pool (the caller checked n_free and the capacity). */
+static void stream_push_page(lethe_kv_cache *kv, lethe_kv_stream *s) {
+    s->pages[s->n_pages++] = kv->free_list[--kv->n_free];
+    plist_changed(kv, s);
+}
+
 /* Return a stream's pages beyond `keep_pages` to the pool. */
 static void stream_shrink(lethe_kv_cache *kv, lethe_kv_stream *s, int32_t keep_pages) {
+    if (s->n_pages <= keep_pages) return;
     while (s->n_pages > keep_pages) kv->free_list[kv->n_free++] = s->pages[--s->n_pages];
+    plist_changed(kv, s);
 }
 
 static bool grow_i32(int32_t **a, int32_t *cap, int32_t need) {
@@ -218,7 +232,7 @@ lethe_status lethe_kv_reserve(lethe_kv_cache *kv, int32_t n_tokens, const int32_
             int32_t pages_after = (len_after + LETHE_KV_PAGE - 1) / LETHE_KV_PAGE;
             if (!grow_i32(&st->pages, &st->cap_pages, pages_after) || !pend_reserve(st, add[q] + 1))
                 return lethe_fail(LETHE_ERR_OOM, "kv cache: page list");
-            while (st->n_pages < pages_after) st->pages[st->n_pages++] = kv->free_list[--kv->n_free];
+            while (st->n_pages < pages_after) stream_push_page(kv, st);
             st->prev = st->last;
         }
     }
@@ -493,7 +507,7 @@ lethe_status lethe_kv_stream_capacity(lethe_kv_cache *kv, lethe_kv_stream *s, in
 
 void lethe_kv_stream_take(lethe_kv_cache *kv, lethe_kv_stream *s, int32_t pages) {
     LETHE_ASSERT(s->cap_pages >= pages && kv->n_free >= pages - s->n_pages);
-    while (s->n_pages < pages) s->pages[s->n_pages++] = kv->free_list[--kv->n_free];
+    while (s->n_pages < pages) stream_push_page(kv, s);
     note_peak(kv);
 }
 
@@ -535,7 +549,8 @@ lethe_status lethe_kv_seq_copy(lethe_kv_cache *kv, int src, int dst) {
         lethe_kv_stream *b = &bs[i];
         /* Pages are copied, not shared: each branch evicts per head on its own. */
         for (int32_t p = 0; p < a->n_pages; p++) {
-            int32_t id = kv->free_list[--kv->n_free], from = a->pages[p];
+            stream_push_page(kv, b);
+            const int32_t id = b->pages[p], from = a->pages[p];
             /* whole pages (K and V blocks) into free ones: no move reads another's destination */
             if (moves_on_device(kv))
                 queue_move(kv, (size_t)from * kv->page_bytes, (size_t)id * kv->page_bytes, kv->page_bytes);
@@ -550,7 +565,6 @@ lethe_status lethe_kv_seq_copy(lethe_kv_cache *kv, int src, int dst) {
                 memcpy(kv->kmin + id * D, kv->kmin + from * D, D * sizeof(float));
                 memcpy(kv->kmax + id * D, kv->kmax + from * D, D * sizeof(float));
             }
-            b->pages[b->n_pages++] = id;
         }
         b->len = a->len;
         b->n_holes = a->n_holes;

@@ -81,6 +81,15 @@ typedef struct lethe_kv_stream {
     int32_t saved_len, saved_n_pages, saved_n_holes, saved_last, saved_pend_n, saved_last_expire;
     int32_t saved_holes[LETHE_KV_MAX_HOLES];
     uint32_t move_gen;     /* kv->move_gen when its rows were last queued to move */
+    /* The change signal of the page list: kv->plist_clock when pages[0,
+     * n_pages) last changed (a page taken or given back: reserve over a page
+     * boundary, a compaction's or rollback's or drop's tail pages, fork,
+     * sequence clear, state load). Content changes only through
+     * stream_push_page / stream_shrink (kv_cache.c), which bump it, so
+     * "same generation" means "same list": a device backend keeps a mirror
+     * of the lists and uploads only the streams whose generation moved
+     * (backends/cuda/cuda_plist.h). 0: never had a page. */
+    uint64_t plist_gen;
 } lethe_kv_stream;
 
 struct lethe_row_move;
@@ -139,6 +148,10 @@ typedef struct lethe_kv_cache {
     struct lethe_row_move *moves;  /* [moves_cap] */
     size_t n_moves, moves_cap, move_row_bytes;
     uint32_t move_gen;         /* bumped by every flush                           */
+    uint64_t plist_clock;      /* page-list changes of every stream so far (plist_gen) */
+    uint64_t uid;              /* unique in the process (lethe_kv_init): tells a mirror
+                                  of the page lists which cache it holds, even when a
+                                  freed cache's memory is reused by a new one */
     bool batch_moves;          /* inside commit: compactions leave their moves queued */
 } lethe_kv_cache;
 

@@ -269,17 +269,7 @@ static float *randf(size_t n, uint64_t seed) {
 }
 
 static void *make_weights(lethe_dtype t, int64_t N, int64_t K, uint64_t seed) {
-    const lethe_dtype_traits *tr = lethe_dtype_get(t);
-    size_t rs = lethe_row_size(t, K);
-    uint8_t *w = keep(malloc(rs * (size_t)N + 64));
-    float *x = malloc((size_t)K * sizeof(float));
-    assert_non_null(x);
-    for (int64_t r = 0; r < N; r++) {
-        tu_rand_fill(x, (size_t)K, seed + (uint64_t)r);
-        tr->from_f32(x, w + (size_t)r * rs, K);
-    }
-    free(x);
-    return w;
+    return keep(tu_make_rows(t, N, K, seed, 64));
 }
 
 /* The case as a graph; returns the op's node (marked output). */
@@ -304,125 +294,27 @@ static void built_free(built *b) {
 /* The backend whose shared memory holds the KV cases' caches. */
 static lethe_backend *g_kv_mem;
 
-#define KV_LAYER 1            /* of 2: the layer's offset in res_slot matters */
-#define KV_W 3                /* DMS window */
+#define KV_LAYER TU_KV_LAYER  /* of 2: the layer's offset in res_slot matters */
 
-static void kv_fill_row(const lethe_kv_cache *kv, void *dst, uint64_t seed) {
-    float x[256];
-    tu_rand_fill(x, (size_t)kv->head_dim, seed);
-    if (kv->type == LETHE_F16) {
-        for (int d = 0; d < kv->head_dim; d++) ((lethe_f16 *)dst)[d] = lethe_f32_to_f16(x[d]);
-    } else {
-        memcpy(dst, x, (size_t)kv->head_dim * sizeof(float));
-    }
-}
-
-/* QUEST: every page's key bounds from its rows (what the cache would hold
- * had the rows come through KV_STORE and attention). */
-static void kv_quest_bounds(lethe_kv_cache *kv) {
-    const int D = kv->head_dim;
-    for (int sq = 0; sq < kv->n_seq; sq++)
-        for (int l = 0; l < kv->n_layer; l++)
-            for (int h = 0; h < kv->n_head_kv; h++) {
-                const lethe_kv_stream *s = lethe_kv_stream_at(kv, sq, l, h);
-                for (int32_t p = 0; p < s->n_pages; p++) {
-                    float *mn = kv->kmin + (size_t)s->pages[p] * D, *mx = kv->kmax + (size_t)s->pages[p] * D;
-                    for (int d = 0; d < D; d++) {
-                        mn[d] = INFINITY;
-                        mx[d] = -INFINITY;
-                    }
-                    for (int32_t j = p * LETHE_KV_PAGE; j < LETHE_MIN(s->len, (p + 1) * LETHE_KV_PAGE); j++)
-                        for (int d = 0; d < D; d++) {
-                            const void *k = lethe_kv_k(kv, s, j);
-                            const float x = kv->type == LETHE_F16 ? lethe_f16_to_f32(((const lethe_f16 *)k)[d])
-                                                                  : ((const float *)k)[d];
-                            mn[d] = x < mn[d] ? x : mn[d];
-                            mx[d] = x > mx[d] ? x : mx[d];
-                        }
-                }
-            }
-}
-
-/* A cache of 2 sequences x 2 layers x Hkv heads in g_kv_mem's shared memory:
- * histories of 37 (two pages) and 9 tokens with random rows, some expired
- * or expiring (DMS), each head of layer KV_LAYER dropping a different number
- * of slots (holes, or a compaction past LETHE_KV_MAX_HOLES), then a reserved
- * micro-batch of T tokens alternating the sequences. */
+/* A cache of 2 sequences x 2 layers x Hkv heads in g_kv_mem's shared memory
+ * (tu_kv_setup: ragged streams, DMS expiries, histories of 37 tokens (two
+ * pages) unless the case says, and 9), with its micro-batch of T tokens
+ * reserved. */
 static lethe_kv_cache *kv_setup(const op_case *k, built *b, uint64_t seed) {
     const int Hkv = (int)k->b, D = (int)k->c, T = (int)k->a;
     lethe_kv_cache *kv = calloc(1, sizeof *kv);
     assert_non_null(kv);
-    lethe_kv_policy pol = {.rule = k->kv_rule ? (lethe_kv_rule)k->kv_rule : LETHE_KV_RULE_DMS, .window = KV_W,
-                           .budget = k->kv_budget ? k->kv_budget : 1000, .recent = 4};
-    const lethe_dtype type = k->kv_f16 ? LETHE_F16 : LETHE_F32;
-    const size_t page = 2 * (size_t)LETHE_KV_PAGE * lethe_row_size(type, D);
-    const int hist[2] = {k->kv_hist ? k->kv_hist : 37, 9};
-    const size_t pages = k->kv_pages ? (size_t)k->kv_pages
-                                     : LETHE_MAX((size_t)64, (size_t)4 * Hkv * ((size_t)(hist[0] + T) / LETHE_KV_PAGE + 4) + 16);
-    assert_int_equal(lethe_kv_init(kv, 2, 2, Hkv, D, type, page * pages, 64, &pol, g_kv_mem), LETHE_OK);
-    assert_non_null(kv->shared);   /* the device offered shared memory */
-    for (int sq = 0; sq < 2; sq++) {
-        int32_t ids[64], pos[64];
-        for (int i0 = 0; i0 < hist[sq]; i0 += 64) {   /* micro-batches of at most max_batch */
-            const int nt = LETHE_MIN(64, hist[sq] - i0);
-            for (int i = 0; i < nt; i++) {
-                ids[i] = sq;
-                pos[i] = i0 + i;
-            }
-            lethe_kv_begin(kv);
-            assert_int_equal(lethe_kv_reserve(kv, nt, ids, pos), LETHE_OK);
-            lethe_kv_commit(kv);
-        }
-    }
-    uint64_t r = seed;
-    for (int sq = 0; sq < 2; sq++)
-        for (int l = 0; l < 2; l++)
-            for (int h = 0; h < Hkv; h++) {
-                lethe_kv_stream *s = lethe_kv_stream_at(kv, sq, l, h);
-                for (int32_t j = 0; j < s->len; j++) {
-                    kv_fill_row(kv, lethe_kv_k(kv, s, j), ++r * 31);
-                    kv_fill_row(kv, lethe_kv_v(kv, s, j), ++r * 31);
-                    /* every 5th token flagged: expired (j + w + 1 < now) or, near the end, still visible */
-                    if ((j + h) % 5 == 2) *lethe_kv_expire(kv, s, j) = *lethe_kv_pos(kv, s, j) + KV_W + 1;
-                }
-                if (l == KV_LAYER && sq == 0) {   /* ragged: head h drops 2h + 1 slots */
-                    int32_t drop[16];
-                    int nd = LETHE_MIN(2 * h + 1, 16);
-                    for (int i = 0; i < nd; i++) drop[i] = 3 + 2 * i;
-                    lethe_kv_stream_drop(kv, s, drop, nd);
-                }
-            }
-    if (k->kv_tie) {   /* pages 1 and 3 of sequence 0: the same keys, large (the top bound), other values */
-        for (int l = 0; l < 2; l++)
-            for (int h = 0; h < Hkv; h++) {
-                lethe_kv_stream *s = lethe_kv_stream_at(kv, 0, l, h);
-                assert_true(s->len >= 4 * LETHE_KV_PAGE);
-                for (int32_t j = LETHE_KV_PAGE; j < 2 * LETHE_KV_PAGE; j++) {
-                    for (int d = 0; d < D; d++) {
-                        if (type == LETHE_F16) {
-                            lethe_f16 *x = lethe_kv_k(kv, s, j);
-                            x[d] = lethe_f32_to_f16(4.0f * lethe_f16_to_f32(x[d]));
-                        } else {
-                            ((float *)lethe_kv_k(kv, s, j))[d] *= 4.0f;
-                        }
-                    }
-                    memcpy(lethe_kv_k(kv, s, j + 2 * LETHE_KV_PAGE), lethe_kv_k(kv, s, j), kv->slot_bytes);
-                }
-            }
-    }
-    if (kv->kmin) kv_quest_bounds(kv);
-    /* the micro-batch: alternate sequences (decode shape) or runs (the first
-     * 3/5 of the tokens sequence 0: prefill shape), each at its next position */
+    const int hist = k->kv_hist ? k->kv_hist : 37;
+    const tu_kv_spec spec = {
+        .T = T, .Hkv = Hkv, .D = D, .hist = hist, .f16 = k->kv_f16, .runs = k->kv_runs, .tie = k->kv_tie,
+        .rule = k->kv_rule, .budget = k->kv_budget ? k->kv_budget : 1000,
+        .pages = k->kv_pages ? (size_t)k->kv_pages
+                             : LETHE_MAX((size_t)64, (size_t)4 * Hkv * ((size_t)(hist + T) / LETHE_KV_PAGE + 4) + 16)};
     b->seq = keep(malloc((size_t)LETHE_MAX(T, 1) * sizeof(int32_t)));
     b->pos = keep(malloc((size_t)LETHE_MAX(T, 1) * sizeof(int32_t)));
-    int32_t next[2] = {hist[0], hist[1]};
-    for (int t = 0; t < T; t++) {
-        b->seq[t] = k->kv_runs ? (t < T * 3 / 5 ? 0 : 1) : t % 2;
-        b->pos[t] = next[b->seq[t]]++;
-    }
+    tu_kv_setup(kv, &spec, g_kv_mem, seed, b->seq, b->pos);
+    assert_non_null(kv->shared);   /* the device offered shared memory */
     b->ub = (lethe_ubatch){T, b->seq, b->pos};
-    lethe_kv_begin(kv);
-    assert_int_equal(lethe_kv_reserve(kv, T, b->seq, b->pos), LETHE_OK);
     b->kv = kv;
     return kv;
 }

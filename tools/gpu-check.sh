@@ -4,7 +4,7 @@
 # models it needs it makes itself with `lethe synth`).
 #
 # Stages run in the order LETHE_GPU_STAGES lists them (probe first wherever it is listed;
-# default "probe build test synth bench gemv graphs sanitize peer"; a subset, e.g. "build test"):
+# default "probe build test synth bench gemv attn graphs sanitize peer"; a subset, e.g. "build test"):
 #   probe     nvidia-smi, nvcc; stops with exit 2 and a clear line when either is missing
 #   build     lethe with CUDA (and Vulkan when its SDK is there) in $LETHE_GPU_BUILD (build-gpu)
 #   test      ctest: the backend-op consistency test (CUDA, and Vulkan on the NVIDIA
@@ -14,7 +14,8 @@
 #             model's weights leave the device) test_device_sample (on-device top-k sampling: the
 #             same tokens as the logits path), test_cuda_kv_moves (test_kv_moves on CUDA: the
 #             KV cache's compaction / fork row moves by the kernels, bit-identical to the host
-#             path) (LETHE_GPU_CTEST=all: the whole suite)
+#             path) (LETHE_GPU_CTEST=all: the whole suite); all with LETHE_CUDA_PLIST_CHECK=1 (the
+#             device-resident page lists checked against the cache and read back every compute)
 #   gemv      the decode GEMV alone (lethe_cuda_gemv_bench): per weight type on the 8B shapes
 #             (4096x4096, 14336x4096, 4096x14336, 128256x4096), T = 1 and 8, old kernel against
 #             new and wide (LETHE_CUDA_GEMV), us / GB/s / % of its own 1 GiB device copy; its
@@ -22,6 +23,15 @@
 #             fails when an output is unwritten, new and old disagree, or wide's bits differ
 #             ($LETHE_GPU_GEMV_ARGS passes options, e.g. "-t q4_0,f16 -T 1"; timeout
 #             $LETHE_GPU_GEMV_TIMEOUT, default 120 s; ~168 cases x ~5 ms: seconds, not yet run)
+#   attn      prefill attention alone (lethe_cuda_attn_bench): the tiled f32 kernel against the
+#             tensor-core one (k_attn_tc.cu) on a synthetic paged f16 cache: the 8B shape (8 KV
+#             heads, G 4, D 128) at depth 8192 + a 512-token prompt with DMS flags and holes, a
+#             32768-token prompt from depth 0 (a 32k refill), G 8 / D 128 and G 3 / D 64 at depth
+#             4096; ms of each, speedup, nominal TFLOP/s, NMSE tc vs f32 (fails over 1e-5 or on
+#             an unwritten output); its table goes into results.md, its output into bench.log
+#             ($LETHE_GPU_ATTN_ARGS passes options, e.g. "-c 8x4x128@0+32768 -r 3"; timeout
+#             $LETHE_GPU_ATTN_TIMEOUT, default 120 s; not yet run: the f32 kernel's 32k case is
+#             estimated at 0.5-3 s a launch, 2+ launches)
 #   synth     full-size synthetic models ($LETHE_GPU_MODELS, default "llama3-8b:q4_0
 #             llama3-8b:f16") into $LETHE_GPU_WORK (default /tmp/lethe-gpu), reused if present
 #   sanitize  (memcheck over test_backend_ops, test_cuda_dms, test_cuda_e2e; racecheck over
@@ -40,6 +50,11 @@
 #             the CPU as always); tg rows with graphs off vs on (smollm2-135m shape, where
 #             launch overhead shows most, and the first of $LETHE_GPU_MODELS when present) at
 #             depths $LETHE_GPU_GRAPH_DEPTHS (default 0,4096) x parallel 1,8
+#             and the fused decode passes (LETHE_CUDA_FUSE): logits of a q4_0 smollm2-shape
+#             decode bit-identical with fusion off and on (plain and graphs), tg rows off vs on;
+#             and the DMS decode's logits with every page list staged (LETHE_CUDA_PLISTS=staged)
+#             bit-identical to the device-resident lists' (LETHE_GPU_PLIST_AB=1 in the bench stage:
+#             the none depth rows again with staged lists)
 #   peer      llama.cpp's CUDA build on the same GGUFs, when its trimmed source is at
 #             $LETHE_PEER_SRC (default .peer/llama.cpp; make it here with
 #             tools/peer/trim-llama-cpp.sh and carry it)
@@ -55,13 +70,14 @@
 # is left; steps past it are skipped and listed).
 # LETHE_GPU_PROFILE=lease: the one-call plan for a 15-minute device lease (with timeout_s 600),
 #   most valuable first, so that running out of budget loses the least valuable:
-#   stages "probe build test synth bench gemv graphs sanitize", budget 560 s; only the targets
-#   the tests need (and lethe_cuda_gemv_bench; not test_cuda_host, a CPU test), sm_90, CUDA only
+#   stages "probe build test synth bench gemv attn graphs sanitize", budget 560 s; only the targets
+#   the tests need (and lethe_cuda_gemv_bench, lethe_cuda_attn_bench; not test_cuda_host_*,
+#   CPU tests), sm_90, CUDA only
 #   (LETHE_GPU_VULKAN=OFF: no shader build, and a Vulkan build on an image without the NVIDIA
 #   Vulkan driver would fail test_backend_ops' setup, CUDA cases and all); ctest -j3, 120 s per
 #   test, 200 s for the step; model llama3-8b:q4_0; bench: roofline, then tg32 at depths 0,8192
 #   x parallel 1,8 for none and for DMS (1 repetition, 130 s cap each), then pp512/tg128 (-r 2);
-#   gemv (60 s cap); graphs (tg rows of the 8B model at depth 0 only, 1 repetition); the
+#   gemv (60 s cap); attn (60 s cap); graphs (tg rows of the 8B model at depth 0 only, 1 repetition); the
 #   sanitizers (90 s each) with what is left. Every step's wall time goes to gpu.txt ("step ...").
 #   Every variable above (and LETHE_GPU_CTEST_JOBS, _CTEST_TIMEOUT, _TEST_CAP, _SYNTH_CAP,
 #   _DEPTH_CAP, _PPTG_REPS, _GRAPH_BIG_DEPTHS, _GRAPH_REPS) still overrides it.
@@ -78,23 +94,24 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${1:-}"
 if [[ -z "$OUT" || "$OUT" == -* ]]; then
-    echo "usage: tools/gpu-check.sh OUTDIR   (stages: LETHE_GPU_STAGES='probe build test synth bench gemv graphs sanitize peer')" >&2
+    echo "usage: tools/gpu-check.sh OUTDIR   (stages: LETHE_GPU_STAGES='probe build test synth bench gemv attn graphs sanitize peer')" >&2
     exit 2
 fi
 mkdir -p "$OUT" || exit 2
 OUT="$(cd "$OUT" && pwd)"
 PROFILE="${LETHE_GPU_PROFILE:-}"
 if [[ "$PROFILE" == lease ]]; then
-    : "${LETHE_GPU_STAGES:=probe build test synth bench gemv graphs sanitize}" "${LETHE_GPU_BUDGET:=560}"
+    : "${LETHE_GPU_STAGES:=probe build test synth bench gemv attn graphs sanitize}" "${LETHE_GPU_BUDGET:=560}"
     : "${LETHE_GPU_MODELS:=llama3-8b:q4_0}" "${LETHE_GPU_BACKENDS:=cuda}" "${LETHE_GPU_DEPTHS:=0,8192}"
-    : "${LETHE_GPU_PARALLEL:=1,8}" "${LETHE_GPU_TARGETS:=lethe_cli test_backend_ops test_cuda_e2e test_cuda_dms test_shared_device test_device_sample test_kv_moves lethe_cuda_gemv_bench}"
+    : "${LETHE_GPU_PARALLEL:=1,8}" "${LETHE_GPU_TARGETS:=lethe_cli test_backend_ops test_cuda_e2e test_cuda_dms test_shared_device test_device_sample test_kv_moves lethe_cuda_gemv_bench lethe_cuda_attn_bench}"
     : "${LETHE_GPU_DEPTH_REPS:=1}" "${LETHE_GPU_SANITIZE_TIMEOUT:=90}" "${LETHE_GPU_VULKAN:=OFF}"
     # caps per step, so that one hang costs its cap and not the rest of the call
     : "${LETHE_GPU_CTEST_JOBS:=3}" "${LETHE_GPU_CTEST_TIMEOUT:=120}" "${LETHE_GPU_TEST_CAP:=200}"
     : "${LETHE_GPU_SYNTH_CAP:=120}" "${LETHE_GPU_DEPTH_CAP:=130}" "${LETHE_GPU_PPTG_REPS:=2}" "${LETHE_GPU_GEMV_TIMEOUT:=60}"
+    : "${LETHE_GPU_ATTN_TIMEOUT:=60}"
     : "${LETHE_GPU_GRAPH_BIG_DEPTHS:=0}" "${LETHE_GPU_GRAPH_REPS:=1}"
 fi
-STAGES="${LETHE_GPU_STAGES:-probe build test synth bench gemv graphs sanitize peer}"
+STAGES="${LETHE_GPU_STAGES:-probe build test synth bench gemv attn graphs sanitize peer}"
 BUDGET="${LETHE_GPU_BUDGET:-0}"
 START=$SECONDS
 PARALLEL="${LETHE_GPU_PARALLEL:-1,8}"
@@ -214,12 +231,15 @@ stage_build() {
 # ---- test
 stage_test() {
     : > "$OUT/test.log"
-    # test_cuda_host is CPU-only (CI runs it): left out here, its NMSE lines would crowd the summary;
+    # test_cuda_host_* and test_cuda_plists are CPU-only (CI runs them): left out here, their NMSE lines would crowd the summary;
     # vulkan_dms_split: the KV cache over several bindings
-    filter=(-R 'backend_ops|cuda|device_sample|vulkan_dms_split' -E 'cuda_host')
+    filter=(-R 'backend_ops|cuda|device_sample|vulkan_dms_split' -E 'cuda_host|cuda_plists')
     [[ "${LETHE_GPU_CTEST:-}" == all ]] && filter=()
-    # a Vulkan build where the image has no NVIDIA Vulkan driver: say so, but keep the CUDA cases
-    CAP="${LETHE_GPU_TEST_CAP:-}" run ctest "$OUT/test.log" env LETHE_TEST_ALLOW_NO_DEVICE=1 ctest --test-dir "$BUILD" \
+    # a Vulkan build where the image has no NVIDIA Vulkan driver: say so, but keep the CUDA cases.
+    # LETHE_CUDA_PLIST_CHECK=1: every compute compares the device-resident page lists with the
+    # cache's and reads each arena back (cuda_plist.h): a stale list or a wrong upload fails the test
+    CAP="${LETHE_GPU_TEST_CAP:-}" run ctest "$OUT/test.log" env LETHE_TEST_ALLOW_NO_DEVICE=1 LETHE_CUDA_PLIST_CHECK=1 \
+        ctest --test-dir "$BUILD" \
         --output-on-failure -V -j"${LETHE_GPU_CTEST_JOBS:-1}" --timeout "${LETHE_GPU_CTEST_TIMEOUT:-$TMO}" "${filter[@]}"
     note ""
     note "## tests"
@@ -245,6 +265,24 @@ stage_gemv() {
         note "- **gemv: no lethe_cuda_gemv_bench in the build**"
     fi
     tail -n +"$gemv_from" "$OUT/bench.log" | awk '/^GPU:/ { print; print ""; next } /^\|/' >> "$RES"
+}
+
+# ---- attn: prefill attention alone, the tiled f32 kernel against the tensor-core one
+# (the f32 kernel's 32k-token case dominates: estimated seconds; under the call's budget)
+stage_attn() {
+    note ""
+    note "## prefill attention alone (lethe_cuda_attn_bench): tiled f32 vs tensor cores"
+    touch "$OUT/bench.log"
+    attn_from=$(($(wc -l < "$OUT/bench.log") + 1))
+    read -r -a attn_args <<< "${LETHE_GPU_ATTN_ARGS:-}"
+    if [[ -x "$BUILD/bin/lethe_cuda_attn_bench" ]]; then
+        CAP="${LETHE_GPU_ATTN_TIMEOUT:-120}" run attn "$OUT/bench.log" "$BUILD/bin/lethe_cuda_attn_bench" "${attn_args[@]}"
+    else
+        say "attn: no $BUILD/bin/lethe_cuda_attn_bench (build stage, CUDA backend on)"
+        failed+=(attn)
+        note "- **attn: no lethe_cuda_attn_bench in the build**"
+    fi
+    tail -n +"$attn_from" "$OUT/bench.log" | awk '/^GPU:/ { print; print ""; next } /^\|/ || /^\(NMSE/' >> "$RES"
 }
 
 # ---- sanitize (a function: LETHE_GPU_SANITIZE_LAST=1 runs it after bench, so that a
@@ -337,6 +375,15 @@ stage_bench() {
                     "${extra[@]}" -o md --jsonl "$OUT/bench.jsonl"
             done
         done
+        # LETHE_GPU_PLIST_AB=1: the none rows again with every page list staged each step (the
+        # path before device-resident page lists, cuda_plist.h): what the mirror saves at depth
+        if [[ "${LETHE_GPU_PLIST_AB:-0}" == 1 ]]; then
+            note ""
+            note "### $mt, $DEPTH_BACKEND, tg at depths $DEPTHS x parallel $PARALLEL, KV policy none, page lists staged (LETHE_CUDA_PLISTS=staged)"
+            CAP="${LETHE_GPU_DEPTH_CAP:-}" bench_step "depth-$mt-none-staged" "$OUT/bench.log" env LETHE_CUDA_PLISTS=staged \
+                "$LETHE" bench -m "$f" --backend "$DEPTH_BACKEND" -p 0 -n 32 -r "${LETHE_GPU_DEPTH_REPS:-2}" -d "$DEPTHS" \
+                --parallel "$PARALLEL" -o md --jsonl "$OUT/bench.jsonl"
+        fi
         # pp512 / tg128 (llama-bench's pair, for the peer comparison) after the depth rows
         for be in $BACKENDS; do
             args=(-p 512 -n 128 -r "${LETHE_GPU_PPTG_REPS:-3}")
@@ -371,6 +418,18 @@ stage_graphs() {
                 --backend cuda -b 1 --tokens "$toks" --dms-force-rate 0.5 --dms-window 64 -c 1024 -v -v \
                 -o "$WORK/logits-graphs-$gr.bin"
         done
+        # the same decode with every page list staged (LETHE_CUDA_PLISTS=staged, graphs off): the
+        # device-resident lists must give the same bits
+        rm -f "$WORK/logits-plists-staged.bin"
+        run "logits-plists-staged" "$glog" env LETHE_CUDA_GRAPHS=0 LETHE_CUDA_PLISTS=staged "$LETHE" logits -m "$small" \
+            --backend cuda -b 1 --tokens "$toks" --dms-force-rate 0.5 --dms-window 64 -c 1024 \
+            -o "$WORK/logits-plists-staged.bin"
+        if cmp -s "$WORK/logits-graphs-0.bin" "$WORK/logits-plists-staged.bin"; then
+            note "- logits of 700 DMS-evicting decode steps: device-resident page lists == staged lists, bit for bit"
+        else
+            failed+=("logits-plists-differ")
+            note "- **logits differ between device-resident and staged page lists** ($(cmp "$WORK/logits-graphs-0.bin" "$WORK/logits-plists-staged.bin" 2>&1 | head -1))"
+        fi
         grep -v '^lethe: debug: cuda: nodes' "$glog" >> "$OUT/test.log"
         n_cap="$(grep -c 'graph of .* launches captured' "$glog")"
         n_fb="$(grep -c 'runs plain launches' "$glog")"
@@ -411,6 +470,46 @@ stage_graphs() {
                 failed+=("logits-graphs-$pol-differ")
                 note "- **$pol logits differ with graphs on** ($(cmp "$WORK/logits-graphs-$pol-0.bin" "$WORK/logits-graphs-$pol-1.bin" 2>&1 | head -1))"
             fi
+        done
+    fi
+    # fused decode passes (LETHE_CUDA_FUSE, on by default): the fused kernels' thread mapping is
+    # what only a GPU shows; their arithmetic is the unfused launches' (test_cuda_fuse, host).
+    # A q4_0 model (norm / swiglu -> the GEMVs' q8 blocks, ADD + norm), 300 evicting decode
+    # steps, fusion off vs on, plain launches and graphs: logits bit for bit; then tg rows.
+    smallq="$WORK/smollm2-135m-q4_0.gguf"
+    if [[ ! -s "$smallq" ]]; then
+        run "synth-smollm2-q4_0" "$OUT/bench.log" "$LETHE" synth -o "$smallq.tmp" --shape smollm2-135m --type q4_0 &&
+            mv "$smallq.tmp" "$smallq"
+    fi
+    if [[ -s "$smallq" ]]; then
+        ftoks="$(seq -s, 1 300)"
+        flog="$WORK/logits-fuse.log"
+        : > "$flog"
+        for gr in 0 1; do
+            for fu in 0 1; do
+                rm -f "$WORK/logits-fuse-$gr-$fu.bin"
+                run "logits-fuse-$gr-$fu" "$flog" env LETHE_CUDA_GRAPHS=$gr LETHE_CUDA_FUSE=$fu "$LETHE" logits \
+                    -m "$smallq" --backend cuda -b 1 --tokens "$ftoks" --dms-force-rate 0.5 --dms-window 64 -c 512 \
+                    -o "$WORK/logits-fuse-$gr-$fu.bin"
+            done
+        done
+        cat "$flog" >> "$OUT/test.log"
+        if grep -q "unavailable.*running on the CPU" "$flog"; then
+            failed+=("logits-fuse-no-cuda")
+            note "- **logits with fusion on/off: the CUDA backend did not start**"
+        elif cmp -s "$WORK/logits-fuse-0-0.bin" "$WORK/logits-fuse-0-1.bin" &&
+            cmp -s "$WORK/logits-fuse-0-0.bin" "$WORK/logits-fuse-1-1.bin"; then
+            note "- fused decode passes (q4_0, 300 decode steps): logits with LETHE_CUDA_FUSE=0 == fused, plain and graphs, bit for bit"
+        else
+            failed+=("logits-fuse-differ")
+            note "- **logits differ with the fused decode passes** (plain: $(cmp "$WORK/logits-fuse-0-0.bin" "$WORK/logits-fuse-0-1.bin" 2>&1 | head -1); graphs: $(cmp "$WORK/logits-fuse-0-0.bin" "$WORK/logits-fuse-1-1.bin" 2>&1 | head -1))"
+        fi
+        for fu in 0 1; do
+            note ""
+            note "### $(basename "$smallq"), cuda, tg, LETHE_CUDA_GRAPHS=1, LETHE_CUDA_FUSE=$fu"
+            bench_step "tg-fuse-$fu" "$OUT/bench.log" env LETHE_CUDA_GRAPHS=1 LETHE_CUDA_FUSE=$fu "$LETHE" bench \
+                -m "$smallq" --backend cuda -p 0 -n 64 -r "${LETHE_GPU_GRAPH_REPS:-2}" -d 0 --parallel 1,8 -o md \
+                --jsonl "$OUT/bench.jsonl"
         done
     fi
     CAP="${LETHE_GPU_TEST_CAP:-}" run "ctest-graphs" "$OUT/test.log" env LETHE_CUDA_GRAPHS=1 LETHE_TEST_ALLOW_NO_DEVICE=1 \
@@ -463,8 +562,8 @@ stage_peer() {
 read -r -a stage_list <<< "$STAGES"
 for st in "${stage_list[@]}"; do
     case "$st" in
-    probe|build|test|gemv|sanitize|synth|bench|graphs|peer) ;;
-    *) say "unknown stage '$st' (probe build test gemv sanitize synth bench graphs peer)"; exit 2 ;;
+    probe|build|test|gemv|attn|sanitize|synth|bench|graphs|peer) ;;
+    *) say "unknown stage '$st' (probe build test gemv attn sanitize synth bench graphs peer)"; exit 2 ;;
     esac
 done
 # LETHE_GPU_SANITIZE_LAST=1 (older plans): the sanitizers after every other stage

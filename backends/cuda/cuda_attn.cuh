@@ -2,7 +2,7 @@
  * that does not depend on threads: slot addressing in the paged pool, the
  * visibility rule, the online-softmax step and the combine of split-K
  * partials. In a header so that k_hostcheck.cu runs the very same code on
- * the host against the CPU reference (tests/test_cuda_host.c).
+ * the host against the CPU reference (tests/test_cuda_host_attn.c).
  *
  * Legend: P = 32 slots per page, D head dim, n_split spans of a stream, a
  * partial = (m, l, acc[D]): running max of the scores, sum of exp(s - m),

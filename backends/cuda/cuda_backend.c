@@ -5,6 +5,7 @@
  */
 #include "cuda_internal.h"
 #include "cuda_kv_move.h"
+#include "cuda_plist.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -298,6 +299,7 @@ static void cu_buffer_free(lethe_buffer *buf) {
     cu_ctx *c = buf->backend ? buf->backend->ctx : NULL;
     for (int i = 0; c && i < c->n_advised; i++)
         if (c->advised[i] == buf->impl) c->advised[i] = c->advised[--c->n_advised];
+    if (c && buf->host_ptr) lethe_cu_plist_drop(c, buf);   /* a KV cache's buffer: its page-list mirror goes */
     cudaFree(buf->impl);   /* managed or not; waits for work using it */
     free(buf);
 }
@@ -384,7 +386,7 @@ static size_t cu_scratch_bytes(lethe_backend *be, const lethe_graph *g, int begi
             size_t need = lethe_cu_scratch_need(c, &g->nodes[i]);
             s = need > s ? need : s;
         }
-    return s + c->up_cap;
+    return s + c->up_cap + lethe_cu_plist_device_bytes(c);
 }
 
 /* ---------------------------------------------------------------- life */
@@ -460,6 +462,7 @@ static void cu_free(lethe_backend *be) {
         cudaSetDevice(c->device);
         if (c->stream) cudaStreamSynchronize(c->stream);
         lethe_cu_graph_free(c);
+        lethe_cu_plist_drop(c, NULL);
         cudaFreeHost(c->up_host);
         cudaFree(c->up_dev);
         cudaFree(c->scratch);
@@ -558,9 +561,22 @@ static lethe_backend *cu_create(int device, lethe_status *status) {
     const char *graphs = getenv("LETHE_CUDA_GRAPHS");
     c->graphs = graphs && !strcmp(graphs, "1");
     /* the decode GEMV (k_gemv.cu): "old" the first kernel, "wide" 2 lanes per row (comparisons) */
+    /* device-resident page lists (cuda_plist.h): "staged" stages them every step, as before */
+    const char *plists = getenv("LETHE_CUDA_PLISTS");
+    c->plists = !(plists && !strcmp(plists, "staged"));
+    c->plist_check = cu_plist_check_env();
     const char *gemv = getenv("LETHE_CUDA_GEMV");
     c->gemv_variant = !gemv ? LETHE_CU_GEMV_NEW : !strcmp(gemv, "old") ? LETHE_CU_GEMV_OLD
                     : !strcmp(gemv, "wide") ? LETHE_CU_GEMV_WIDE : LETHE_CU_GEMV_NEW;
+    /* prefill attention: the tensor-core kernel where it applies (k_attn_tc.cu), or "f32": the tiled
+     * f32 kernel always (comparisons; every device this module runs on is sm_80+, so mma.sync is there) */
+    const char *pa = getenv("LETHE_CUDA_PREFILL_ATTN");
+    c->prefill_tc = !(pa && !strcmp(pa, "f32"));
+    if (pa && strcmp(pa, "f32") && strcmp(pa, "tc"))
+        CU_LOG(LETHE_LOG_WARN, "cuda: LETHE_CUDA_PREFILL_ATTN=%s is neither tc nor f32: tc", pa);
+    /* fused decode passes (ADD + RMS_NORM, norm / swiglu -> the GEMVs' q8 blocks): "0" turns them off */
+    const char *fuse = getenv("LETHE_CUDA_FUSE");
+    c->fuse = !(fuse && !strcmp(fuse, "0"));
     if (cudaEventCreate(&c->ev_begin) != cudaSuccess || cudaEventCreate(&c->ev_end) != cudaSuccess) {
         if (c->ev_begin) cudaEventDestroy(c->ev_begin);
         c->ev_begin = c->ev_end = NULL;   /* no device clock: bench falls back to the host's */

@@ -1,6 +1,6 @@
 /* cuda_gemv.cuh — the per-lane arithmetic of the decode GEMV (k_gemv.cu), in
  * a header so that hostcheck/k_hostcheck.cu runs the very same code on the
- * host (tests/test_cuda_host.c checks it against the CPU backend).
+ * host (tests/test_cuda_host_gemv.c checks it against the CPU backend).
  *
  * Legend: N weight rows, K reduced dim (K % 32 == 0), nb = K / 32 blocks,
  * T tokens (<= 8), WT weight row type (cuda_quant.cuh), p part of a block

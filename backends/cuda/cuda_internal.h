@@ -31,6 +31,7 @@
 
 #include "backend.h"
 #include "backend_module.h"
+#include "kv_cache.h"
 #include "cuda_kernels.h"
 #include "cuda_weights.h"
 
@@ -51,6 +52,7 @@ extern const lethe_module_host *g_cu_host;
     } while (0)
 
 #define CU_ALIGN 256   /* offsets of uploads and scratch parts */
+#define CU_PLIST_SLOTS 4   /* KV caches with a page-list mirror per backend */
 
 /* The shared device (one per device index per process; the registry in
  * cuda_backend.c). */
@@ -83,6 +85,8 @@ typedef struct cu_ctx {
     bool managed_ok;         /* concurrent managed access: buffer_alloc_shared offered */
     bool meta_on_device;     /* LETHE_CUDA_KV_META=device: pos/expire prefer the GPU too */
     int gemv_variant;        /* LETHE_CUDA_GEMV: LETHE_CU_GEMV_NEW, _OLD ("old"), _WIDE ("wide") */
+    int prefill_tc;          /* LETHE_CUDA_PREFILL_ATTN: 1 tensor-core prefill attention ("tc", default), 0 "f32" */
+    int fuse;                /* LETHE_CUDA_FUSE: fused decode passes (cuda_plan.c), 1 unless "0" */
     const void *advised[16]; /* KV buffers whose placement advice is set      */
     int n_advised;
 
@@ -94,6 +98,18 @@ typedef struct cu_ctx {
 
     bool graphs;             /* LETHE_CUDA_GRAPHS=1: decode steps replay CUDA graphs */
     struct cu_graph_cache *gc;   /* captured executables (cuda_graph.c), NULL until the first */
+
+    /* device-resident page lists (cuda_plist.h, cuda_plist_dev.c): one
+     * mirror per KV cache this backend attends over, least recently used
+     * replaced; pending pair uploads go through pl_host -> pl_dev */
+    bool plists;             /* on unless LETHE_CUDA_PLISTS=staged                 */
+    bool plist_check;        /* LETHE_CUDA_PLIST_CHECK=1                           */
+    struct cu_plist_mirror *plm[CU_PLIST_SLOTS];
+    uint64_t plm_used[CU_PLIST_SLOTS], plm_clock;
+    uint8_t *pl_host;        /* pinned [pl_cap]                                     */
+    uint8_t *pl_dev;         /* device [pl_cap]                                     */
+    size_t pl_cap;
+    bool plist_warned;       /* one warning when a mirror cannot be had             */
 } cu_ctx;
 
 struct cu_plan;
@@ -124,6 +140,18 @@ lethe_status lethe_cu_compute(lethe_backend *be, lethe_graph *g, int begin, int 
 size_t lethe_cu_scratch_need(const cu_ctx *c, const lethe_node *n);
 /* The plan's staging copy and launches on c->stream (plain, or under capture). */
 lethe_status lethe_cu_enqueue(cu_ctx *c, const struct cu_plan *p);
+
+/* cuda_plist_dev.c: the page-list mirrors' device side */
+struct cu_plist_mirror;
+/* cu_plan_env.plist: the mirror of kv's lists, synced now (*m NULL: stage them) */
+int lethe_cu_plist_env(void *user, const lethe_kv_cache *kv, struct cu_plist_mirror **m);
+/* Enqueue the plan's mirrors' pending uploads (before its staging copy and launches). */
+lethe_status lethe_cu_plist_apply(cu_ctx *c, const struct cu_plan *p);
+/* LETHE_CUDA_PLIST_CHECK, after the compute's sync: each arena read back equals its host copy. */
+lethe_status lethe_cu_plist_verify(cu_ctx *c, const struct cu_plan *p);
+/* Drop the mirrors of a KV buffer being freed (NULL: every mirror). */
+void lethe_cu_plist_drop(cu_ctx *c, const void *kv_buf);
+size_t lethe_cu_plist_device_bytes(const cu_ctx *c);
 
 /* cuda_graph.c */
 /* Replay the plan as a CUDA graph (capture it first when no cached

@@ -37,6 +37,17 @@ cudaError_t lethe_cu_binary(int mul, const float *a, const float *b, float *y, i
                             cudaStream_t stream);
 /* SWIGLU: gate [n], up [n] -> silu(gate) * up. */
 cudaError_t lethe_cu_swiglu(const float *gate, const float *up, float *y, int64_t n, cudaStream_t stream);
+/* Fused decode passes (cuda_fuse.cuh; the plan decides, cuda_plan.c):
+ * x' = a + b (b NULL: x' = a) [T, E], written to sum when non-NULL; then
+ * RMS_NORM of x' with w -> y [T, E] when y is non-NULL, and its q8 blocks
+ * xq [T][E / 32][64 B] (k_quant_q8's bytes) when xq is non-NULL (E % 32 == 0).
+ * Every value is the unfused launches' bits. E <= CU_NORM_MAX_E (11904). */
+cudaError_t lethe_cu_norm_fused(const float *a, const float *b, float *sum, const float *w, float *y, void *xq,
+                                int64_t T, int64_t E, float eps, cudaStream_t stream);
+/* SWIGLU of gate, up [n] (n % 32 == 0) -> its q8 blocks xq [n / 32][64 B],
+ * and y [n] when non-NULL. */
+cudaError_t lethe_cu_swiglu_q8(const float *gate, const float *up, float *y, void *xq, int64_t n,
+                               cudaStream_t stream);
 /* DMS_DECISION -> out [T, Hkv] logits (graph.h): mode 0 from q [T, Hkv*G, D]
  * (channel D-1 of head h*G), 1 from adapter projections x [T, xw] (xw = Hkv
  * or 1), 2 forced by the position hash (x unused). */
@@ -58,6 +69,13 @@ cudaError_t lethe_cu_top_k(const float *x, int32_t *out, int64_t T, int64_t V, i
  * a gather launch, then a scatter launch. */
 cudaError_t lethe_cu_move_rows(void *buf, const size_t *mv, int64_t n, size_t row_bytes, int wb, void *scratch,
                                cudaStream_t stream);
+
+/* k_plist.cu */
+/* The page-list mirror's pending upload (cuda_plist.h), in device memory:
+ * runs [n_runs][3] {from, to, count} copied inside the arena, then pairs
+ * [n][2] {arena index, page id}: arena[index] = page id. */
+cudaError_t lethe_cu_plist_move(int32_t *arena, const int32_t *runs, int64_t n_runs, cudaStream_t stream);
+cudaError_t lethe_cu_plist_scatter(int32_t *arena, const int32_t *pairs, int64_t n, cudaStream_t stream);
 
 /* k_rope.cu */
 /* ROPE: x [T, H, D] -> y, token t at angle pos[t] * invf[i] (computed in
@@ -82,6 +100,11 @@ enum { LETHE_CU_GEMV_NEW = 0, LETHE_CU_GEMV_OLD = 1, LETHE_CU_GEMV_WIDE = 2 };
 size_t lethe_cu_gemv_act_bytes(int wtype, int64_t K, int64_t T, int variant);
 cudaError_t lethe_cu_gemv(int wtype, const void *w, size_t row_bytes, const float *x, float *y, int64_t N,
                           int64_t K, int64_t T, int variant, void *act, cudaStream_t stream);
+/* The same GEMV on activations already in q8 blocks (xq: what k_quant_q8
+ * would write, here from a fused norm / swiglu launch): q4_0 / q4_1 / q5_0 /
+ * q5_1 / q8_0 weights, variant NEW or WIDE only. */
+cudaError_t lethe_cu_gemv_xq(int wtype, const void *w, size_t row_bytes, const void *xq, float *y, int64_t N,
+                             int64_t K, int64_t T, int variant, cudaStream_t stream);
 
 /* k_convert.cu (prefill: dequantize or convert, then cuBLAS) */
 /* rows [r0, r1) of w [N, K] wtype -> out [r1 - r0, K] f16 (bf16 = 0) or bf16. */
@@ -147,6 +170,20 @@ static inline void cu_attn_split_plan(int64_t n_items, int32_t Lmax, int64_t tar
 static inline int lethe_cu_attn_shape_ok(int D, int G) {
     return (D == 32 || D == 64 || D == 128 || D == 256) && G >= 1 && G <= LETHE_CU_ATTN_MAX_G;
 }
+/* The kernel of an ATTENTION launch (its `decode` argument; cuda_plan.h
+ * CU_K_ATTENTION i[1]): flash-decoding (one token per block), the tiled f32
+ * kernel (blocks of 32 / G tokens), or the tensor-core prefill kernel
+ * (k_attn_tc.cu: blocks of LETHE_CU_ATTN_TC_ROWS / G tokens, f16 cache,
+ * D 64 or 128, no TOVA / H2O weights). */
+#define LETHE_CU_ATTN_TILED 0
+#define LETHE_CU_ATTN_DECODE 1
+#define LETHE_CU_ATTN_TC 2
+#define LETHE_CU_ATTN_ROWS 32      /* query rows per block of the tiled f32 kernel   */
+#define LETHE_CU_ATTN_TC_ROWS 64   /* query rows per block of the tensor-core kernel */
+static inline int lethe_cu_attn_tc_ok(int D, int G, int f16) {
+    return (D == 64 || D == 128) && G >= 1 && G <= LETHE_CU_ATTN_MAX_G && f16;
+}
+
 /* k, v [T * Hkv, D] f32 -> the rows' slots (f16 round to nearest even, or
  * f32); dec [T * Hkv] or NULL: dec[r] > 0 sets expire[rows[r].exp_idx]. */
 cudaError_t lethe_cu_kv_store(const lethe_cu_kv_view *kv, const float *k, const float *v, const float *dec,
@@ -163,11 +200,18 @@ cudaError_t lethe_cu_kv_store(const lethe_cu_kv_view *kv, const float *k, const 
  * grid (T * Hkv, cap) depends on cap alone, so a captured CUDA graph stays
  * valid while n_split changes (surplus CTAs exit at once). decode == 0: the
  * tiled kernel, one CTA per (block, KV head) with up to 32 / G tokens
- * (split and cap unused). */
+ * (split and cap unused); decode == LETHE_CU_ATTN_TC: the tensor-core
+ * kernel (lethe_cu_attention_tc; wts must be NULL). */
 cudaError_t lethe_cu_attention(const lethe_cu_kv_view *kv, const float *q, float *out, const lethe_cu_attn_work *work,
                                int n_blocks, int decode, const int32_t *plists, const int32_t *qpos, int Hkv, int G,
                                float scale, const int32_t *split, int cap, float *part, float *wts, int wstride,
                                cudaStream_t stream);
+/* The tensor-core prefill kernel alone (lethe_cu_attention with decode =
+ * LETHE_CU_ATTN_TC comes here): grid (n_blocks, Hkv), blocks of at most
+ * LETHE_CU_ATTN_TC_ROWS / G tokens, no weights. */
+cudaError_t lethe_cu_attention_tc(const lethe_cu_kv_view *kv, const float *q, float *out,
+                                  const lethe_cu_attn_work *work, int n_blocks, const int32_t *plists,
+                                  const int32_t *qpos, int Hkv, int G, float scale, cudaStream_t stream);
 /* wts (TOVA / H2O, else NULL): [T][Hkv * G][wstride] f32, filled with NaN
  * bytes by the caller: every key's softmax weight exp(s - M) / den of its
  * query (cuda_attn.cuh cu_score_weight), -1 where it has none; slots

@@ -2,11 +2,12 @@
  * host from the cache's bookkeeping (core/kv_cache.h), exactly as the CPU
  * kernels (backends/cpu/cpu_attention.c) find slots and previous tokens.
  * Header-only (static functions of plain C) so that the CUDA module
- * (cuda_ops.c) and tests/test_cuda_host.c build the very same tables; the
+ * (cuda_ops.c) and tests/test_cuda_host_attn.c build the very same tables; the
  * module cannot call liblethe's hidden functions, so nothing here does.
  *
  * Legend: T tokens of the micro-batch, Hkv KV heads, G = Hq / Hkv, P slots per
- * page, L slots of a stream, BQ = 32 / G tokens per prefill block.
+ * page, L slots of a stream, BQ = rows / G tokens per prefill block (rows =
+ * 32 for the tiled f32 kernel, 64 for the tensor-core kernel).
  * Errors: a LETHE_ERR_* status and a message in `err`.
  */
 #ifndef LETHE_CUDA_KV_META_H
@@ -71,9 +72,11 @@ static inline void cu_attn_plan_free(cu_attn_plan *p) {
     memset(p, 0, sizeof *p);
 }
 
-/* Block count and kernel choice only (no allocation): also for sizing. */
-static inline int32_t cu_attn_blocks(const lethe_node *n, int G, bool force_decode, bool *decode) {
-    const int32_t T = n->ub->n_tokens, BQ = 32 / G;
+/* Block count and kernel choice only (no allocation): also for sizing.
+ * rows: query rows per prefill block (LETHE_CU_ATTN_ROWS for the tiled f32
+ * kernel, LETHE_CU_ATTN_TC_ROWS for the tensor-core one): BQ = rows / G. */
+static inline int32_t cu_attn_blocks_rows(const lethe_node *n, int G, bool force_decode, int rows, bool *decode) {
+    const int32_t T = n->ub->n_tokens, BQ = rows / G;
     bool dec = true;
     for (int32_t t = 1; t < T; t++)
         if (n->ub->seq_id[t] == n->ub->seq_id[t - 1]) dec = false;
@@ -90,6 +93,9 @@ static inline int32_t cu_attn_blocks(const lethe_node *n, int G, bool force_deco
     }
     return nb;
 }
+static inline int32_t cu_attn_blocks(const lethe_node *n, int G, bool force_decode, bool *decode) {
+    return cu_attn_blocks_rows(n, G, force_decode, LETHE_CU_ATTN_ROWS, decode);
+}
 
 static inline int32_t cu_attn_lmax(const lethe_node *n) {
     const lethe_kv_cache *kv = n->kv;
@@ -105,23 +111,29 @@ static inline int32_t cu_attn_lmax(const lethe_node *n) {
     return m;
 }
 
-/* force_decode: one token per block whatever the batch (tests run both paths). */
-static inline int cu_attn_plan_build(const lethe_node *n, int G, bool force_decode, cu_attn_plan *p, char *err,
-                              size_t errlen) {
+/* force_decode: one token per block whatever the batch (tests run both paths).
+ * rows: query rows per prefill block (cu_attn_blocks_rows).
+ * stream_off: NULL, the lists are copied into p->plists (staged by the
+ * plan); else a device-resident mirror holds every stream's list
+ * (cuda_plist.h) and stream_off[si] is where stream si's starts (-1: no
+ * extent, the stream has no page): the work entries point there and
+ * p->plists stays empty. */
+static inline int cu_attn_plan_build_at(const lethe_node *n, int G, bool force_decode, int rows,
+                                        const int32_t *stream_off, cu_attn_plan *p, char *err, size_t errlen) {
     const lethe_kv_cache *kv = n->kv;
     const int layer = n->iparams[0];
-    const int32_t T = n->ub->n_tokens, Hkv = kv->n_head_kv, BQ = 32 / G;
+    const int32_t T = n->ub->n_tokens, Hkv = kv->n_head_kv, BQ = rows / G;
     memset(p, 0, sizeof *p);
     for (int32_t t = 0; t < T; t++)
         if (n->ub->seq_id[t] < 0 || n->ub->seq_id[t] >= kv->n_seq) {
             snprintf(err, errlen, "ATTENTION token %d: sequence %d out of range", t, n->ub->seq_id[t]);
             return LETHE_ERR_INVALID_ARG;
         }
-    p->n_blocks = cu_attn_blocks(n, G, force_decode, &p->decode);
+    p->n_blocks = cu_attn_blocks_rows(n, G, force_decode, rows, &p->decode);
     int32_t *start = malloc((size_t)kv->n_seq * (size_t)Hkv * sizeof(int32_t));   /* [n_seq][Hkv] list start */
     p->work = malloc((size_t)p->n_blocks * (size_t)Hkv * sizeof *p->work);
     size_t cap = 0;
-    for (int q = 0; q < kv->n_seq; q++)
+    for (int q = 0; q < kv->n_seq && !stream_off; q++)
         for (int h = 0; h < Hkv; h++) cap += (size_t)lethe_kv_stream_at(kv, q, layer, h)->n_pages;
     p->plists = malloc((cap ? cap : 1) * sizeof(int32_t));
     if (!start || !p->work || !p->plists) {
@@ -143,7 +155,10 @@ static inline int cu_attn_plan_build(const lethe_node *n, int G, bool force_deco
         for (int32_t h = 0; h < Hkv; h++) {
             const lethe_kv_stream *s = lethe_kv_stream_at(kv, seq, layer, h);
             int32_t *sp = &start[(size_t)seq * Hkv + h];
-            if (*sp < 0) {
+            if (*sp < 0 && stream_off) {
+                const int32_t o = stream_off[((size_t)seq * kv->n_layer + layer) * Hkv + h];
+                *sp = o >= 0 ? o : 0;
+            } else if (*sp < 0) {
                 *sp = (int32_t)p->n_plist;
                 memcpy(p->plists + p->n_plist, s->pages, (size_t)s->n_pages * sizeof(int32_t));
                 p->n_plist += (size_t)s->n_pages;
@@ -157,6 +172,21 @@ static inline int cu_attn_plan_build(const lethe_node *n, int G, bool force_deco
     }
     free(start);
     return LETHE_OK;
+}
+
+/* Does a prefill ATTENTION node (not decode) run the tensor-core kernel?
+ * prefill_tc: the backend allows it (cu_plan_env). The kernel needs an f16
+ * cache, D 64 or 128, and no raw scores out (TOVA / H2O write every key's
+ * weight; QUEST always takes the decode plan). */
+static inline bool cu_attn_use_tc(const lethe_node *n, int G, bool decode, int prefill_tc) {
+    const lethe_kv_cache *kv = n->kv;
+    return prefill_tc && !decode && !kv->score && !kv->kmin &&
+           lethe_cu_attn_tc_ok(kv->head_dim, G, kv->type == LETHE_F16);
+}
+
+static inline int cu_attn_plan_build(const lethe_node *n, int G, bool force_decode, cu_attn_plan *p, char *err,
+                                     size_t errlen) {
+    return cu_attn_plan_build_at(n, G, force_decode, LETHE_CU_ATTN_ROWS, NULL, p, err, errlen);
 }
 
 /* ---- score policies */

@@ -1,7 +1,7 @@
 /* cuda_kv_move.h — the index math of the KV row-move kernels (k_kv_move.cu),
  * behind the backend's buffer_move_rows (core/backend.h: a compaction's K/V
  * rows, a fork's pages, moved inside the managed KV buffer). Plain C that
- * nvcc also compiles as __host__ __device__, so that tests/test_cuda_host.c
+ * nvcc also compiles as __host__ __device__, so that tests/test_cuda_host_kv_move.c
  * runs the very lanes on the host; the module cannot call liblethe, so
  * nothing here does.
  *

@@ -9,10 +9,15 @@
  * into scratch), f32 weights cublasSgemm.
  *
  * compute() builds the range's launch plan (cuda_plan.h: every launch and
- * its arguments, the per-step tables in one staging buffer), copies the
- * staging bytes once, then either launches the plan's kernels one by one or,
+ * its arguments, the per-step tables in one staging buffer), uploads what
+ * changed in the KV cache's page lists into their device mirror
+ * (cuda_plist.h), copies the staging bytes once, then either launches the plan's kernels one by one or,
  * for a decode step of the whole graph with LETHE_CUDA_GRAPHS=1, replays a
  * captured CUDA graph of the same launches (cuda_graph.c).
+ *
+ * Fused decode passes (LETHE_CUDA_FUSE, on unless "0"): the plan folds a
+ * residual ADD into the next RMS_NORM's launch and lets RMS_NORM / SWIGLU
+ * write the q8 blocks their GEMVs read (cuda_plan.c, cuda_fuse.cuh).
  *
  * KV_STORE and ATTENTION run here when the context's KV cache lives in this
  * backend's managed buffer (buffer_alloc_shared): the host resolves slots and
@@ -114,7 +119,8 @@ bool lethe_cu_supports_op(lethe_backend *be, const lethe_node *n) {
 }
 
 size_t lethe_cu_scratch_need(const cu_ctx *c, const lethe_node *n) {
-    const cu_plan_env env = {NULL, NULL, c->sm_count, 0, NULL, NULL, NULL, c->gemv_variant, lethe_cu_gemv_act_bytes};
+    const cu_plan_env env = {NULL, NULL, c->sm_count, 0, NULL, NULL, NULL, c->gemv_variant, lethe_cu_gemv_act_bytes,
+                             c->prefill_tc, 0};
     return cu_plan_scratch_need(n, &env, c->graphs);
 }
 
@@ -163,6 +169,7 @@ static const char *const k_kind_name[] = {
     [CU_K_GEMV] = "gemv", [CU_K_MATMUL] = "matmul (cuBLAS)", [CU_K_KV_STORE] = "kv_store",
     [CU_K_ATTENTION] = "attention", [CU_K_FILL] = "fill (weights)", [CU_K_COPY_BACK] = "copy back",
     [CU_K_QUEST_BOUNDS] = "quest_bounds", [CU_K_QUEST_SELECT] = "quest_select", [CU_K_TOP_K] = "top_k",
+    [CU_K_NORM_FUSED] = "rms_norm (fused)", [CU_K_SWIGLU_Q8] = "swiglu (fused q8)",
 };
 
 /* Prefill matmul: cuBLAS on f16/bf16 operands (quantized weights
@@ -229,7 +236,13 @@ static cudaError_t launch_one(cu_ctx *c, const cu_launch *l, uint8_t *up) {
         return lethe_cu_dms_decision((int)i[0], A(0), i[1], i[1], A(1), i[2], (int)i[3], (int)i[4], (int)i[5],
                                      l->f[0], l->f[1], l->f[2], (int)i[6], A(2), s);
     case CU_K_GEMV:
+        if (i[6])   /* a fused launch already wrote x's q8 blocks to A(3) */
+            return lethe_cu_gemv_xq((int)i[0], A(0), (size_t)i[1], A(3), A(2), i[2], i[3], i[4], (int)i[5], s);
         return lethe_cu_gemv((int)i[0], A(0), (size_t)i[1], A(1), A(2), i[2], i[3], i[4], (int)i[5], A(3), s);
+    case CU_K_NORM_FUSED:
+        return lethe_cu_norm_fused(A(0), A(1), A(2), A(3), A(4), A(5), i[0], i[1], l->f[0], s);
+    case CU_K_SWIGLU_Q8:
+        return lethe_cu_swiglu_q8(A(0), A(1), A(2), A(3), i[0], s);
     case CU_K_KV_STORE: {
         const lethe_cu_kv_view v = {A(4), NULL, A(5), 0, (size_t)i[2], (int)i[3], (int)i[1], NULL, NULL};
         return lethe_cu_kv_store(&v, A(0), A(1), A(2), A(3), i[0], s);
@@ -296,10 +309,11 @@ lethe_status lethe_cu_compute(lethe_backend *be, lethe_graph *g, int begin, int 
     /* a decode step of the whole graph may replay a CUDA graph: its plan is bucketed */
     const bool graph = c->graphs && whole_graph(g, begin, end) && cu_plan_decode_shaped(g, begin, end);
     const cu_plan_env env = {be, be, c->sm_count, (uint64_t)(uintptr_t)c->d_err, env_resolve, env_scratch,
-                             env_kv_prepare, c->gemv_variant, lethe_cu_gemv_act_bytes};
+                             env_kv_prepare, c->gemv_variant, lethe_cu_gemv_act_bytes, c->prefill_tc, c->fuse};
+    const cu_plist_env pl = {be, lethe_cu_plist_env};
     cu_plan plan;
     char err[200];
-    int rc = cu_plan_build(&plan, &env, g, begin, end, graph, err, sizeof err);
+    int rc = cu_plan_build_pl(&plan, &env, &pl, g, begin, end, graph, err, sizeof err);
     if (rc != LETHE_OK) return err[0] ? CU_FAIL((lethe_status)rc, "cuda: %s", err) : (lethe_status)rc;
     lethe_status st = lethe_cu_upload_reserve(c, plan.up_size);
     if (st != LETHE_OK) {
@@ -311,7 +325,9 @@ lethe_status lethe_cu_compute(lethe_backend *be, lethe_graph *g, int begin, int 
     for (int k = 0; k < plan.n_launches; k++) used_err |= plan.launches[k].kind == CU_K_GET_ROWS;
     lethe_cu_clock_begin(c);
     bool done = false;
-    if (graph && plan.capturable) st = lethe_cu_graph_run(c, &plan, &done);
+    /* the page lists that changed, into the mirrors' arenas (outside any graph: their size varies) */
+    st = lethe_cu_plist_apply(c, &plan);
+    if (st == LETHE_OK && graph && plan.capturable) st = lethe_cu_graph_run(c, &plan, &done);
     if (st == LETHE_OK && !done) st = lethe_cu_enqueue(c, &plan);
     /* nothing stays in flight after compute(), also after a failure: the
      * staging and upload buffers are reused by the next call */
@@ -330,6 +346,7 @@ lethe_status lethe_cu_compute(lethe_backend *be, lethe_graph *g, int begin, int 
      * brought: KV reads (QUEST's from its rewritten work entries), the
      * TOVA / H2O fold into kv->score */
     if (st == LETHE_OK && e == cudaSuccess) cu_plan_finish(&plan, c->up_host);
+    if (st == LETHE_OK && e == cudaSuccess) st = lethe_cu_plist_verify(c, &plan);
     cu_plan_free(&plan);
     if (st != LETHE_OK) return st;
     if (e != cudaSuccess)

@@ -30,6 +30,7 @@
 #define PREFILL_CHUNK_BYTES ((size_t)64 << 20)
 #define PLIST_MIN_CAP 64            /* bucketed page lists: at least this many pages */
 #define WSTRIDE_MIN 64              /* bucketed TOVA / H2O weight rows: at least this many slots */
+#define CU_PLAN_NORM_MAX_E 11904    /* = cuda_fuse.cuh's CU_NORM_MAX_E: NORM_FUSED's row in shared memory */
 
 /* ------------------------------------------------------ tensor helpers */
 
@@ -317,14 +318,212 @@ static uint64_t fnv(uint64_t h, const void *data, size_t n) {
 /* One ATTENTION node's first-pass results. */
 typedef struct attn_pre {
     cu_attn_plan t;
+    cu_plist_mirror *m;           /* the cache's device-resident lists, NULL: staged */
     int G;
     int32_t chunk, n_split;
     int32_t ref_ny;               /* QUEST: CTAs per work item of the bounds kernel (grid y) */
     int32_t wstride;              /* TOVA / H2O: the weights' row stride */
+    bool tc;                      /* prefill on the tensor-core kernel (blocks of 64 / G tokens) */
 } attn_pre;
 
+/* ------------------------------------------------------- fused passes
+ * Found by pattern over the node range; the graph (and so every other
+ * backend) is untouched. A decode step's layer is, in node order:
+ *   ... ADD (x = x + o) [DMS_DECISION] RMS_NORM (h = norm(x)) MATMUL q, k, v (h) ...
+ *   ... ADD (x = x + o) RMS_NORM MATMUL gate, up (h) SWIGLU (s) MATMUL down (s) ADD ...
+ * What each node's turn in pass 2 launches (fuse_node):
+ *  - an ADD whose first reader after it is an RMS_NORM of its rows is
+ *    computed by that norm's NORM_FUSED launch (x' written there too),
+ *    launched at the ADD's turn ("early") or at the norm's ("late"),
+ *    whichever the memory plan allows (fold_add);
+ *  - an RMS_NORM or SWIGLU read by decode GEMVs on q8-family weights
+ *    (those that would quantize their activations, k_gemv.cu) writes their
+ *    q8 blocks into the fused area of the scratch once; the GEMVs read them
+ *    (act_ready), no k_quant_q8 each. Its f32 result is written only when
+ *    another node reads it, it is an output, or a reader lies outside the
+ *    range (the executor's last_use says so).
+ * One fused area: a producer's blocks stay until its last GEMV; a producer
+ * placed before that keeps its GEMVs quantizing for themselves. */
+typedef struct fuse_node {
+    int32_t emit;     /* >= 0: this node's turn launches NORM_FUSED for RMS_NORM node `emit` */
+    int32_t add;      /* RMS_NORM: the ADD its launch computes too (-1: none) */
+    bool skip;        /* no launch of its own (an ADD folded in, a norm launched as NORM_FUSED) */
+    bool q8, f32;     /* RMS_NORM / SWIGLU: q8 blocks into the fused area; the f32 result too */
+    bool xq;          /* MATMUL: a GEMV on the fused area's blocks */
+} fuse_node;
+
+/* [lo, hi) of a computed node's result on the device; false: a leaf (weights
+ * and inputs never share the executor's arena). Unknown: may overlap. */
+static bool dev_range(const cu_plan_env *env, const lethe_node *n, uint64_t r[2], bool *known) {
+    *known = true;
+    if (!n || n->op == LETHE_OP_NONE) return false;
+    if ((n->t.buf && (const void *)n->t.buf->backend != env->backend) || env->resolve(env->user, n, &r[0]) != LETHE_OK) {
+        *known = false;
+        return true;
+    }
+    r[1] = r[0] + cu_nbytes(&n->t);
+    return true;
+}
+
+/* May the results of x and y share bytes? (false for leaves) */
+static bool may_overlap(const cu_plan_env *env, const lethe_node *x, const lethe_node *y) {
+    uint64_t a[2], b[2];
+    bool ka, kb;
+    if (!dev_range(env, x, a, &ka) || !dev_range(env, y, b, &kb)) return false;
+    if (!ka || !kb) return true;
+    return a[0] < b[1] && b[0] < a[1];
+}
+
+/* Does MATMUL m read x as a decode GEMV on q8 activations of width K? */
+static bool q8_gemv_of(const cu_plan_env *env, const lethe_node *m, const lethe_node *x, int64_t K) {
+    if (m->op != LETHE_OP_MATMUL || m->src[1] != x || m->src[0] == x) return false;
+    const lethe_tensor *w = &m->src[0]->t;
+    const int64_t T = cu_nrows(&x->t);
+    return T <= LETHE_CU_GEMV_MAX_T && w->ne[0] == K && gemv_act(env, w, T) != 0;
+}
+
+/* Can RMS_NORM i compute its source ADD too, and at whose turn? Returns the
+ * ADD's index (-1: no) and *early (launch at the ADD's turn).
+ * The executor's memory plan is what constrains it: the ADD's sources s0,
+ * s1 are released after the ADD, so a node between the two (a DMS decision)
+ * may get their bytes ("late" would then read them overwritten), and the
+ * norm's result y may get them too. "early" writes y before the nodes
+ * between, so y must not share bytes with what they read or write. y may
+ * share s0's or s1's bytes inside the one launch only when one CTA reads
+ * and writes those bytes (T = 1, or the very same range: row r of both):
+ * every read of a row is before the launch's barrier, every write after. */
+static int fold_add(const cu_plan_env *env, const lethe_graph *g, int begin, int i, bool write_y, bool *early) {
+    const lethe_node *n = &g->nodes[i], *a = n->src[0];
+    if (!a || a->op != LETHE_OP_ADD) return -1;
+    const int ai = (int)(a - g->nodes);
+    const lethe_node *s0 = a->src[0], *s1 = a->src[1];
+    if (ai < begin || ai >= i || !s0 || !s1 || s0->op == LETHE_OP_NONE || s1->op == LETHE_OP_NONE) return -1;
+    const int64_t T = cu_nrows(&a->t);
+    if (cu_nrows(&s0->t) != T || cu_nrows(&s1->t) != T || s0->t.ne[0] != a->t.ne[0] || s1->t.ne[0] != a->t.ne[0])
+        return -1;   /* no broadcast (biases), the norm's rows */
+    if (write_y && T > 1) {
+        uint64_t ry[2], r0[2], r1[2];
+        bool ky, k0, k1;
+        dev_range(env, n, ry, &ky);
+        dev_range(env, s0, r0, &k0);
+        dev_range(env, s1, r1, &k1);
+        if (!ky || !k0 || !k1) return -1;
+        if ((may_overlap(env, n, s0) && (ry[0] != r0[0] || ry[1] != r0[1])) ||
+            (may_overlap(env, n, s1) && (ry[0] != r1[0] || ry[1] != r1[1])))
+            return -1;
+    }
+    bool late = true, ok_early = true;
+    for (int m = ai + 1; m < i; m++) {
+        const lethe_node *x = &g->nodes[m];
+        if (x->op == LETHE_OP_NONE) continue;
+        for (int s = 0; s < LETHE_MAX_SRC; s++) {
+            if (x->src[s] == a) return -1;   /* the norm is not the ADD's first reader */
+            if (write_y && x->src[s] && may_overlap(env, n, x->src[s])) ok_early = false;
+        }
+        if (may_overlap(env, x, s0) || may_overlap(env, x, s1)) late = false;
+        if (write_y && may_overlap(env, x, n)) ok_early = false;
+    }
+    if (!late && !ok_early) return -1;
+    *early = ok_early;
+    return ai;
+}
+
+/* The fusion decisions for nodes [begin, end) (f[i - begin]); *area: the
+ * fused area's bytes (0: none). */
+static void fuse_plan(const cu_plan_env *env, const lethe_graph *g, int begin, int end, fuse_node *f, size_t *area) {
+    for (int i = begin; i < end; i++) f[i - begin] = (fuse_node){-1, -1, false, false, false, false};
+    *area = 0;
+    if (!env->fuse) return;
+    int busy = -1;   /* the fused area's blocks are read up to this node */
+    for (int i = begin; i < end; i++) {
+        const lethe_node *n = &g->nodes[i];
+        if ((n->op != LETHE_OP_RMS_NORM && n->op != LETHE_OP_SWIGLU) || !n->src[0]) continue;
+        const lethe_tensor *x = &n->src[0]->t;
+        const int64_t E = x->ne[0], T = cu_nrows(x);
+        if (n->op == LETHE_OP_RMS_NORM && E > CU_PLAN_NORM_MAX_E) continue;   /* the row in shared memory */
+        /* who reads the result: GEMVs that can take its q8 blocks, anything else */
+        int n_q8 = 0, last = -1;
+        const lethe_node *w0 = NULL;
+        bool other = n->is_output || n->last_use >= end;
+        for (int k = i + 1; k < g->n_nodes; k++) {
+            const lethe_node *m = &g->nodes[k];
+            for (int s = 0; s < LETHE_MAX_SRC; s++) {
+                if (m->src[s] != n) continue;
+                if (k < end && q8_gemv_of(env, m, n, E)) {
+                    n_q8++;
+                    last = k;
+                    w0 = m->src[0];
+                } else {
+                    other = true;
+                }
+            }
+        }
+        bool q8 = n_q8 > 0 && E % 32 == 0, early = false;
+        int ai = -1;
+        for (int pass = 0; pass < 2; pass++) {
+            ai = n->op == LETHE_OP_RMS_NORM ? fold_add(env, g, begin, i, !q8 || other, &early) : -1;
+            const int at = ai >= 0 && early ? ai : i;   /* where the producer's launch goes */
+            if (!q8 || at > busy) break;
+            q8 = false;   /* the area still holds blocks a GEMV will read: no q8, so y is written: again */
+        }
+        fuse_node *fn = &f[i - begin];
+        if (q8) {
+            fn->q8 = true;
+            fn->f32 = other;
+            busy = last;
+            const size_t b = gemv_act(env, &w0->t, T);
+            *area = b > *area ? b : *area;
+            for (int k = i + 1; k <= last; k++)
+                if (q8_gemv_of(env, &g->nodes[k], n, E)) f[k - begin].xq = true;
+        } else {
+            fn->f32 = true;
+        }
+        if (n->op == LETHE_OP_SWIGLU) continue;   /* SWIGLU_Q8 at its own turn (q8) or plain */
+        if (ai >= 0) {
+            fn->add = ai;
+            f[ai - begin].skip = true;
+            f[(early ? ai : i) - begin].emit = i;
+            fn->skip = true;
+        } else if (q8) {
+            fn->emit = i;
+            fn->skip = true;
+        }
+    }
+}
+
+/* The NORM_FUSED launch of RMS_NORM node i (at its turn or its ADD's). */
+static int plan_norm_fused(cu_plan *p, const cu_plan_env *env, lethe_graph *g, int i, const fuse_node *fz,
+                           uint64_t area, char *err, size_t errlen) {
+    lethe_node *n = &g->nodes[i];
+    const lethe_node *a = fz->add >= 0 ? &g->nodes[fz->add] : NULL;
+    cu_launch *l = launch_add(p, CU_K_NORM_FUSED, i);
+    int st;
+    if (!l) OOM("launches");
+#define ARGF(s, x)                                                                         \
+    do {                                                                                   \
+        if ((st = arg_node(p, env, l, (s), (x), err, errlen)) != LETHE_OK) return st;       \
+    } while (0)
+    if (a) {
+        ARGF(0, a->src[0]);
+        ARGF(1, a->src[1]);
+        ARGF(2, a);
+    } else {
+        ARGF(0, n->src[0]);
+    }
+    ARGF(3, n->src[1]);
+    if (fz->f32) ARGF(4, n);
+    if (fz->q8) l->p[5] = area;
+#undef ARGF
+    l->i[0] = cu_nrows(&n->src[0]->t);
+    l->i[1] = n->src[0]->t.ne[0];
+    l->i[2] = fz->add;
+    l->f[0] = n->fparams[0];
+    p->n_fused += 1 + (a != NULL);
+    return LETHE_OK;
+}
+
 static int plan_node(cu_plan *p, const cu_plan_env *env, lethe_graph *g, int i, attn_pre *ap, uint64_t scratch,
-                     char *err, size_t errlen) {
+                     const fuse_node *fz, uint64_t area, char *err, size_t errlen) {
     lethe_node *n = &g->nodes[i];
     const lethe_tensor *a = n->src[0] ? &n->src[0]->t : NULL;
     int st;
@@ -379,6 +578,10 @@ static int plan_node(cu_plan *p, const cu_plan_env *env, lethe_graph *g, int i, 
         if (!gemv) {
             l->p[3] = scratch;
             p->capturable = false;
+        } else if (fz->xq) {                 /* a fused launch wrote x's q8 blocks (cuda_fuse.cuh) */
+            l->p[3] = area;
+            l->i[6] = 1;
+            p->n_fused++;
         } else if (gemv_act(env, wt, T)) {   /* the activations quantized to q8 blocks first (k_gemv.cu) */
             l->p[3] = scratch;
         }
@@ -420,6 +623,16 @@ static int plan_node(cu_plan *p, const cu_plan_env *env, lethe_graph *g, int i, 
         l->i[2] = n->iparams[0];
         return LETHE_OK;
     case LETHE_OP_SWIGLU:
+        if (fz->q8) {   /* and its q8 blocks for the down projection (cuda_fuse.cuh) */
+            NEW(CU_K_SWIGLU_Q8);
+            ARG(0, n->src[0]);
+            ARG(1, n->src[1]);
+            if (fz->f32) ARG(2, n);
+            l->p[3] = area;
+            l->i[0] = cu_nrows(a) * a->ne[0];
+            p->n_fused++;
+            return LETHE_OK;
+        }
         NEW(CU_K_SWIGLU);
         ARG(0, n->src[0]);
         ARG(1, n->src[1]);
@@ -503,11 +716,12 @@ static int plan_node(cu_plan *p, const cu_plan_env *env, lethe_graph *g, int i, 
         const size_t pl_cap = p->bucketed ? (size_t)p->plist_cap : t->n_plist;
         const size_t work_bytes = (size_t)n_items * sizeof *t->work;
         /* the tables first: QUEST's selection addresses them too */
-        size_t o_work, o_pl, o_pos, o_split;
+        size_t o_work, o_pl = 0, o_pos, o_split;
         const int32_t split[2] = {ap->chunk, ap->n_split};
+        if (!ap->m) p->plist_staged += pl_cap * sizeof(int32_t);
         if (stage_add(p, CU_R_WORK, i, t->work, work_bytes, work_bytes, false, &o_work) ||
-            stage_add(p, CU_R_PLISTS, i, t->plists, t->n_plist * sizeof(int32_t), pl_cap * sizeof(int32_t), false,
-                      &o_pl) ||
+            (!ap->m && stage_add(p, CU_R_PLISTS, i, t->plists, t->n_plist * sizeof(int32_t),
+                                 pl_cap * sizeof(int32_t), false, &o_pl)) ||
             stage_add(p, CU_R_POS, i, n->ub->pos, (size_t)n->ub->n_tokens * sizeof(int32_t),
                       (size_t)n->ub->n_tokens * sizeof(int32_t), true, &o_pos) ||
             stage_add(p, CU_R_SPLIT, i, split, sizeof split, sizeof split, false, &o_split))
@@ -579,7 +793,8 @@ static int plan_node(cu_plan *p, const cu_plan_env *env, lethe_graph *g, int i, 
         ARG(0, n->src[0]);
         ARG(1, n);
         STAGED(2, o_work);
-        STAGED(3, o_pl);
+        if (ap->m) l->p[3] = ap->m->dev;   /* the mirror's arena: fixed until it grows */
+        else STAGED(3, o_pl);
         STAGED(4, o_pos);
         STAGED(5, o_split);
         l->p[6] = cap > 1 ? scratch : 0;
@@ -588,7 +803,7 @@ static int plan_node(cu_plan *p, const cu_plan_env *env, lethe_graph *g, int i, 
         l->p[9] = (uint64_t)(uintptr_t)kv->expire;
         if (score) RESULT(10, r_w);
         l->i[0] = t->n_blocks;
-        l->i[1] = t->decode;
+        l->i[1] = t->decode ? LETHE_CU_ATTN_DECODE : ap->tc ? LETHE_CU_ATTN_TC : LETHE_CU_ATTN_TILED;
         l->i[2] = Hkv;
         l->i[3] = ap->G;
         l->i[4] = cap;
@@ -631,6 +846,11 @@ static int plan_node(cu_plan *p, const cu_plan_env *env, lethe_graph *g, int i, 
 
 int cu_plan_build(cu_plan *p, const cu_plan_env *env, lethe_graph *g, int begin, int end, bool bucketed, char *err,
                   size_t errlen) {
+    return cu_plan_build_pl(p, env, NULL, g, begin, end, bucketed, err, errlen);
+}
+
+int cu_plan_build_pl(cu_plan *p, const cu_plan_env *env, const cu_plist_env *pl, lethe_graph *g, int begin, int end,
+                     bool bucketed, char *err, size_t errlen) {
     memset(p, 0, sizeof *p);
     err[0] = 0;
     p->bucketed = bucketed;
@@ -654,7 +874,21 @@ int cu_plan_build(cu_plan *p, const cu_plan_env *env, lethe_graph *g, int begin,
             st = LETHE_ERR_INVALID_ARG;
             break;
         }
-        if ((st = cu_attn_plan_build(n, x->G, n->kv->kmin != NULL, &x->t, err, errlen)) != LETHE_OK) break;
+        bool decode;
+        (void)cu_attn_blocks(n, x->G, n->kv->kmin != NULL, &decode);
+        x->tc = cu_attn_use_tc(n, x->G, decode, env->prefill_tc);
+        if (pl && pl->mirror && !n->kv->kmin) {   /* the cache's device-resident lists, synced once per plan */
+            for (int k = 0; k < p->n_mirrors && !x->m; k++)
+                if (p->mirrors[k]->kv_uid == n->kv->uid) x->m = p->mirrors[k];
+            if (!x->m && p->n_mirrors < CU_PLAN_MIRRORS) {
+                err[0] = 0;
+                if ((st = pl->mirror(pl->user, n->kv, &x->m)) != LETHE_OK) break;
+                if (x->m) p->mirrors[p->n_mirrors++] = x->m;
+            }
+        }
+        if ((st = cu_attn_plan_build_at(n, x->G, n->kv->kmin != NULL, x->tc ? LETHE_CU_ATTN_TC_ROWS : LETHE_CU_ATTN_ROWS,
+                                        x->m ? x->m->off : NULL, &x->t, err, errlen)) != LETHE_OK)
+            break;
         cu_plan_attn_splits(n, env->sm_count, x->t.n_blocks, x->t.decode, &x->chunk, &x->n_split);
         if (n->kv->kmin) {   /* plain: one CTA per stale page of the longest refresh (prefill); graph: 1 */
             int32_t *tmp = malloc((size_t)x->t.n_blocks * n->kv->n_head_kv * 2 * sizeof(int32_t));
@@ -674,6 +908,14 @@ int cu_plan_build(cu_plan *p, const cu_plan_env *env, lethe_graph *g, int begin,
         if (x->t.decode && x->n_split > max_split) max_split = x->n_split;
         if ((int64_t)x->t.n_plist > max_pl) max_pl = (int32_t)x->t.n_plist;
     }
+    /* the fused passes (before the scratch: their area is a part of it) */
+    fuse_node *fz = st == LETHE_OK ? malloc((size_t)(end > begin ? end - begin : 1) * sizeof *fz) : NULL;
+    size_t area = 0;
+    if (st == LETHE_OK && !fz) {
+        snprintf(err, errlen, "launch plan: out of memory (fusion)");
+        st = LETHE_ERR_OOM;
+    }
+    if (st == LETHE_OK) fuse_plan(env, g, begin, end, fz, &area);
     if (st == LETHE_OK) {
         if (bucketed) {
             p->span_cap = cu_pow2_ceil(max_split);
@@ -687,12 +929,17 @@ int cu_plan_build(cu_plan *p, const cu_plan_env *env, lethe_graph *g, int begin,
             if (n->op == LETHE_OP_ATTENTION) {
                 const attn_pre *x = &ap[a++];
                 s = x->t.decode ? part_bytes(n, x->G, x->t.n_blocks, bucketed ? p->span_cap : x->n_split) : 0;
-            } else if (n->op == LETHE_OP_MATMUL || n->op == LETHE_OP_TOP_K) {
+            } else if ((n->op == LETHE_OP_MATMUL && !fz[i - begin].xq) || n->op == LETHE_OP_TOP_K) {
                 s = cu_plan_scratch_need(n, env, false);
             }
             need = s > need ? s : need;
         }
         p->scratch_bytes = need;
+        if (area) {   /* the fused q8 area after what the other launches share */
+            p->fuse_off = (need + 255) / 256 * 256;
+            p->fuse_bytes = area;
+            p->scratch_bytes = p->fuse_off + area;
+        }
     }
     uint64_t scratch = 0;
     if (st == LETHE_OK && p->scratch_bytes) {
@@ -710,17 +957,25 @@ int cu_plan_build(cu_plan *p, const cu_plan_env *env, lethe_graph *g, int begin,
         }
     }
     a = 0;
+    const uint64_t xq_area = area ? scratch + p->fuse_off : 0;
     for (int i = begin; i < end && st == LETHE_OK; i++) {
         if (g->nodes[i].op == LETHE_OP_NONE) continue;
-        st = plan_node(p, env, g, i, g->nodes[i].op == LETHE_OP_ATTENTION ? &ap[a] : NULL, scratch, err, errlen);
+        const fuse_node *f = &fz[i - begin];
+        if (f->emit >= 0 && (st = plan_norm_fused(p, env, g, f->emit, &fz[f->emit - begin], xq_area, err, errlen)))
+            break;
+        if (!f->skip)
+            st = plan_node(p, env, g, i, g->nodes[i].op == LETHE_OP_ATTENTION ? &ap[a] : NULL, scratch, f, xq_area,
+                           err, errlen);
         a += g->nodes[i].op == LETHE_OP_ATTENTION;
     }
     for (int k = 0; k < n_attn; k++) cu_attn_plan_free(&ap[k].t);
     free(ap);
+    free(fz);
     if (st != LETHE_OK) {
         cu_plan_free(p);
         return st;
     }
+    for (int k = 0; k < p->n_mirrors; k++) p->plist_bytes += cu_plist_pending_bytes(p->mirrors[k]);
     /* the device-only areas after the staged bytes: final offsets */
     const size_t base = (p->stage_size + STAGE_ALIGN - 1) / STAGE_ALIGN * STAGE_ALIGN, results = p->up_size;
     p->result_off = base;

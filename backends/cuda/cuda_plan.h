@@ -27,7 +27,20 @@
  * [0, stage_size) staged bytes (copied in), then [result_off, up_size)
  * device-only areas the kernels write (weights, QUEST's page lists).
  *
- * Plain C with no CUDA call, so tests/test_cuda_host.c builds the very plans
+ * Fused decode passes (env.fuse): found by pattern over the node range,
+ * the graph untouched (cuda_plan.c "fusion"): an ADD whose only next reader
+ * is an RMS_NORM runs inside that norm's launch (NORM_FUSED), and an
+ * RMS_NORM or SWIGLU whose readers include decode GEMVs on q8-family
+ * weights writes the q8 blocks those GEMVs read (NORM_FUSED / SWIGLU_Q8
+ * into the fused area of the scratch; GEMV act_ready = 1), its f32 result
+ * only when another node reads it.
+ *
+ * Page lists: staged per ATTENTION node (CU_R_PLISTS), or, when the module
+ * offers a device-resident mirror of the cache's lists (cuda_plist.h,
+ * cu_plan_build_pl), read from the mirror's arena with only what changed
+ * uploaded (cu_plan.plist_bytes).
+ *
+ * Plain C with no CUDA call, so tests/test_cuda_host_plan*.c build the very plans
  * the module runs. The module side (device addresses, weights, scratch)
  * comes through cu_plan_env callbacks.
  *
@@ -38,6 +51,7 @@
 #define LETHE_CUDA_PLAN_H
 
 #include "cuda_kv_meta.h"   /* graph.h, kv_cache.h, the kernels' table types */
+#include "cuda_plist.h"     /* device-resident page lists */
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -51,17 +65,22 @@ typedef enum cu_kind {
     CU_K_SWIGLU,          /* p: gate, up, y; i: n                                                    */
     CU_K_ROPE,            /* p: x, y, pos, invf; i: T, H, D, n_rot, neox, borrow_g                   */
     CU_K_DMS,             /* p: x, y, pos; i: mode, xw, T, Hkv, G, per_layer, layer; f: scale, offset, rate */
-    CU_K_GEMV,            /* p: w, x, y, act (q8 activations in scratch; 0: none); i: wtype, row_bytes, N, K, T, variant */
+    CU_K_GEMV,            /* p: w, x, y, act (q8 activations in scratch; 0: none); i: wtype, row_bytes, N, K, T, variant,
+                             act_ready (1: act = the fused area, already holding x's q8 blocks: no quantization) */
     CU_K_MATMUL,          /* prefill (cuBLAS; never captured) p: w, x, y, scratch; i: wtype, row_bytes, N, K, T */
     CU_K_KV_STORE,        /* p: k, v, dec (0: none), rows, pool, expire; i: n_rows, D, slot_bytes, f16 */
     CU_K_ATTENTION,       /* p: q, out, work, plists, qpos, split, part, pool, pos, expire, wts (0: none);
-                             i: n_blocks, decode, Hkv, G, cap, page_bytes, slot_bytes, f16, D, wstride; f: scale */
+                             i: n_blocks, kernel (LETHE_CU_ATTN_TILED / _DECODE / _TC), Hkv, G, cap, page_bytes,
+                             slot_bytes, f16, D, wstride; f: scale */
     CU_K_FILL,            /* p0: upload-buffer area; i: bytes, byte value (TOVA / H2O weights: NaN bytes)    */
     CU_K_COPY_BACK,       /* p0: upload-buffer area; i: bytes: device -> the same offset of pinned staging    */
     CU_K_QUEST_BOUNDS,    /* p: pool, kmin, kmax, ref, work, plists; i: n_items, page_bytes, slot_bytes, f16, D, ny */
     CU_K_QUEST_SELECT,    /* p: q, work, plists, qpos, pos, kmin, kmax, sel (= plists + sel_base);
                              i: n_items (grid), sel_base, k, Hkv, G, D                                       */
     CU_K_TOP_K,           /* p: x, out, scratch (0: one segment per row); i: T, V, k (k_topk.cu)            */
+    CU_K_NORM_FUSED,      /* p: a, b (0: no ADD), sum (the ADD's node, 0: none), w (0: none), y (0: not written),
+                             xq (the fused area, 0: none); i: T, E, add node (-1: none); f: eps (cuda_fuse.cuh) */
+    CU_K_SWIGLU_Q8,       /* p: gate, up, y (0: not written), xq (the fused area); i: n                      */
 } cu_kind;
 
 #define CU_LP 12   /* pointer arguments of a launch */
@@ -141,7 +160,25 @@ typedef struct cu_plan_env {
      * quantized activations (k_gemv.cu lethe_cu_gemv_act_bytes; NULL: none) */
     int gemv_variant;
     size_t (*gemv_act_bytes)(int wtype, int64_t K, int64_t T, int variant);
+    /* prefill ATTENTION on the tensor-core kernel where it applies
+     * (cu_attn_use_tc: f16 cache, D 64 / 128, no TOVA / H2O); 0: the tiled
+     * f32 kernel always (LETHE_CUDA_PREFILL_ATTN=f32) */
+    int prefill_tc;
+    /* fused decode passes (LETHE_CUDA_FUSE, on unless "0"): ADD + RMS_NORM,
+     * and RMS_NORM / SWIGLU writing the q8 blocks their GEMVs read (cuda_fuse.cuh) */
+    int fuse;
 } cu_plan_env;
+
+/* The module's device-resident page lists (cuda_plist.h): the mirror of a
+ * cache, synced with it now; asked once per cache and plan. *m NULL: the
+ * plan stages that cache's lists itself. QUEST caches never ask (the
+ * selection writes its lists next to the staged ones). */
+typedef struct cu_plist_env {
+    void *user;
+    int (*mirror)(void *user, const lethe_kv_cache *kv, cu_plist_mirror **m);
+} cu_plist_env;
+
+#define CU_PLAN_MIRRORS 4   /* caches with a page-list mirror in one plan (more: staged) */
 
 typedef struct cu_plan {
     cu_launch *launches;
@@ -159,7 +196,17 @@ typedef struct cu_plan {
     int32_t span_cap;             /* bucketed: the decode attention grid's span count (1: none) */
     int32_t plist_cap;            /* bucketed: page-list capacity of each ATTENTION node */
     size_t scratch_bytes;
+    size_t fuse_off, fuse_bytes;  /* the fused q8 area in the scratch: [fuse_off, + fuse_bytes) (0: none) */
+    int n_fused;                  /* NORM_FUSED / SWIGLU_Q8 launches, GEMVs on their blocks, ADDs folded in */
     uint64_t key;                 /* hash of the launch list and the staging size */
+    /* Page lists. With a mirror (cu_plan_build_pl) the attention launches read the
+     * mirror's device arena (a launch argument, not staged) and the mirror's
+     * pending upload goes before the plan's staging copy (cuda_ops.c); the
+     * bytes a step moves for page lists are plist_staged + plist_bytes. */
+    cu_plist_mirror *mirrors[CU_PLAN_MIRRORS];   /* the mirrors this plan's attention reads */
+    int n_mirrors;
+    size_t plist_bytes;           /* the mirrors' pending uploads after the plan's syncs */
+    size_t plist_staged;          /* page-list bytes inside [0, stage_size) (QUEST, no mirror) */
 } cu_plan;
 
 /* --- tensor helpers the module shares with the plan */
@@ -190,6 +237,10 @@ int32_t cu_plan_attn_lmax(const lethe_node *n);
  * err: the plan's own message ("" when a callback failed: it reported). */
 int cu_plan_build(cu_plan *p, const cu_plan_env *env, lethe_graph *g, int begin, int end, bool bucketed, char *err,
                   size_t errlen);
+/* The same with the page lists of caches read from their device mirrors
+ * (pl NULL: every list staged, as cu_plan_build). */
+int cu_plan_build_pl(cu_plan *p, const cu_plan_env *env, const cu_plist_env *pl, lethe_graph *g, int begin, int end,
+                     bool bucketed, char *err, size_t errlen);
 void cu_plan_free(cu_plan *p);
 /* After the compute's sync (the plan's launches, or its replayed graph, are
  * done; up_host holds what its COPY_BACK launches brought): the KV reads,

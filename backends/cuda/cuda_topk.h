@@ -1,5 +1,5 @@
 /* cuda_topk.h — TOP_K's selection logic (graph.h), shared by the kernel
- * (k_topk.cu) and tests/test_cuda_host.c, which runs it on the host with the
+ * (k_topk.cu) and tests/test_cuda_host_topk.c, which runs it on the host with the
  * lanes of a block emulated one after another against the CPU backend's
  * reference (backends/cpu/cpu_topk.c). Plain C that nvcc also compiles as
  * __host__ __device__; the module cannot call liblethe, so nothing here does.

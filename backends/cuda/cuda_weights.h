@@ -1,5 +1,5 @@
 /* cuda_weights.h — the CUDA device's weight cache, in plain C (no CUDA
- * call), so tests/test_cuda_host.c runs it on the host.
+ * call), so tests/test_cuda_host_weights.c runs it on the host.
  *
  * One cache per device (cu_dev in cuda_internal.h), shared by every backend
  * on it under the device's lock: weights found by their host address, each

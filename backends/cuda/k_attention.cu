@@ -38,7 +38,9 @@
  * one round trip over the bus when they live in host memory): a tile no row can see is skipped
  * (the causal part of a fresh prompt); K and V rows converted to f32 in
  * shared memory; each row's scores, online softmax in registers. Exact
- * f32 arithmetic on CUDA cores (no tensor cores yet: docs/CUDA.md).
+ * f32 arithmetic on CUDA cores. The plan sends f16 caches with D 64 / 128
+ * and no TOVA / H2O weights to the tensor-core kernel instead
+ * (k_attn_tc.cu, decode = LETHE_CU_ATTN_TC); this one keeps the rest.
  *
  * Score policies. TOVA / H2O (wts != NULL): each key's raw score goes to
  * wts [T][Hq][wstride] as it is computed; once the query's final max and
@@ -677,6 +679,9 @@ extern "C" cudaError_t lethe_cu_attention(const lethe_cu_kv_view *kv, const floa
                                           const int32_t *split, int cap, float *part, float *wts, int wstride,
                                           cudaStream_t stream) {
     if (n_blocks <= 0) return cudaSuccess;
+    if (decode == LETHE_CU_ATTN_TC)   /* k_attn_tc.cu; never with weights (cuda_plan.c) */
+        return wts ? cudaErrorInvalidValue
+                   : lethe_cu_attention_tc(kv, q, out, work, n_blocks, plists, qpos, Hkv, G, scale, stream);
     if (!lethe_cu_attn_shape_ok(kv->D, G) || Hkv <= 0 || Hkv > 65535 || cap < 1 || cap > LETHE_CU_ATTN_MAX_SPLIT ||
         (decode && !split) || (decode && cap > 1 && !part) || (int64_t)n_blocks * Hkv > 0x7fffffffLL ||
         (wts && wstride <= 0))

@@ -1,14 +1,17 @@
-/* k_elementwise.cu — GET_ROWS, RMS_NORM, ADD/MUL, SWIGLU, DMS_DECISION.
+/* k_elementwise.cu — GET_ROWS, RMS_NORM, ADD/MUL, SWIGLU, DMS_DECISION, and
+ * the fused decode passes (ADD + RMS_NORM + q8 blocks, SWIGLU + q8 blocks;
+ * cuda_fuse.cuh has their arithmetic and why).
  *
  * Legend: T rows (tokens), E / N / n row widths or element counts, R gathered
  * rows, Nw rows of the weight, Hkv KV heads, G query heads per KV head,
- * D head dim. All activations f32, contiguous [rows, width].
+ * D head dim, xq q8 activation blocks [rows][E / 32][64 B] (cuda_gemv.cuh).
+ * All activations f32, contiguous [rows, width].
  * These ops are memory-bound and tiny next to the matmuls: plain grid-stride
  * code, one block per row where a row reduction is needed.
  */
 #include "cuda_kernels.h"
 #include "cuda_launch.cuh"
-#include "cuda_quant.cuh"
+#include "cuda_fuse.cuh"   /* cuda_quant.cuh, cuda_gemv.cuh's q8 blocks */
 
 extern "C" int lethe_cu_wtype_ok(int t) { return cu_block_bytes(t) != 0; }
 
@@ -49,15 +52,14 @@ extern "C" cudaError_t lethe_cu_get_rows(int wtype, const void *w, size_t row_by
 
 /* ------------------------------------------------------------ RMS_NORM */
 
-/* grid (T), block 256. Double partial sums: E up to ~8k squares stay within
- * the element-wise 1e-7 bound against the CPU (which sums in double too). */
-__global__ void k_rms_norm(const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ y,
-                           int64_t E, float eps) {
+/* The block's sum of squares (each thread's partial ss) -> the row's scale,
+ * in THE order of every RMS_NORM launch (cuda_fuse.cuh): warp butterflies,
+ * then warp 0 over the CU_NORM_THREADS / 32 warp sums. Double partial sums:
+ * E up to ~8k squares stay within the element-wise 1e-7 bound against the
+ * CPU (which sums in double too). Ends with a barrier: shared memory the
+ * threads wrote before it is visible to all after it. */
+__device__ __forceinline__ float block_rms_scale(double ss, int64_t E, float eps) {
     __shared__ double part[32];
-    const float *xr = x + blockIdx.x * E;
-    float *yr = y + blockIdx.x * E;
-    double ss = 0.0;
-    for (int64_t i = threadIdx.x; i < E; i += blockDim.x) ss += (double)xr[i] * xr[i];
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
     if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
@@ -69,14 +71,80 @@ __global__ void k_rms_norm(const float *__restrict__ x, const float *__restrict_
         if (threadIdx.x == 0) part[0] = ss;
     }
     __syncthreads();
-    const float scale = (float)(1.0 / sqrt(part[0] / (double)E + (double)eps));
-    for (int64_t i = threadIdx.x; i < E; i += blockDim.x) yr[i] = w ? xr[i] * scale * w[i] : xr[i] * scale;
+    return cu_rms_scale(part[0], E, eps);
+}
+
+/* grid (T), block CU_NORM_THREADS. */
+__global__ void __launch_bounds__(CU_NORM_THREADS)
+k_rms_norm(const float *__restrict__ x, const float *__restrict__ w, float *__restrict__ y, int64_t E, float eps) {
+    const float *xr = x + blockIdx.x * E;
+    float *yr = y + blockIdx.x * E;
+    double ss = 0.0;
+    for (int64_t i = threadIdx.x; i < E; i += blockDim.x) ss = cu_sq_add(ss, xr[i]);
+    const float scale = block_rms_scale(ss, E, eps);
+    for (int64_t i = threadIdx.x; i < E; i += blockDim.x) yr[i] = cu_rms_apply(xr[i], scale, w, i);
 }
 
 extern "C" cudaError_t lethe_cu_rms_norm(const float *x, const float *w, float *y, int64_t T, int64_t E, float eps,
                                          cudaStream_t stream) {
     if (T <= 0) return cudaSuccess;
-    LETHE_CU_LAUNCH((unsigned)T, 256, 0, stream, k_rms_norm)(x, w, y, E, eps);
+    LETHE_CU_LAUNCH((unsigned)T, CU_NORM_THREADS, 0, stream, k_rms_norm)(x, w, y, E, eps);
+    return cudaGetLastError();
+}
+
+/* Fused decode passes (cuda_fuse.cuh). grid (T), block CU_NORM_THREADS,
+ * dynamic shared memory cu_norm_pad(E) floats: the row x' (= a + b, or a).
+ * Phase 1, thread t: elements t, t + 256, ... (k_rms_norm's order): x'
+ * (written to sum when the ADD is fused), its padded shared copy, the sum
+ * of squares. Phase 2: the normalized row as k_rms_norm writes it (y,
+ * element-strided) or, with xq, per q8 block k (thread k, k + 256, ...):
+ * its 32 values (to y as well when y), then k_quant_q8's block. */
+/* a, b and y carry no __restrict__: y may share a source's bytes (cuda_plan.c fold_add: the very
+ * same rows, or one row), which is safe only because all reads precede the barrier. */
+__global__ void __launch_bounds__(CU_NORM_THREADS)
+k_norm_fused(const float *a, const float *b, float *sum, const float *__restrict__ w, float *y,
+             uint8_t *__restrict__ xq, int64_t E, float eps) {
+    LETHE_CU_DYN_SHARED(float, row);   /* [cu_norm_pad(E)] */
+    const size_t r0 = (size_t)blockIdx.x * (size_t)E;
+    double ss = 0.0;
+    for (int64_t i = threadIdx.x; i < E; i += blockDim.x) {
+        const float v = b ? cu_fadd(a[r0 + i], b[r0 + i]) : a[r0 + i];
+        if (sum) sum[r0 + i] = v;
+        row[cu_norm_pad(i)] = v;
+        ss = cu_sq_add(ss, v);
+    }
+    const float scale = block_rms_scale(ss, E, eps);   /* its barriers publish row[] */
+    if (!xq) {
+        for (int64_t i = threadIdx.x; i < E; i += blockDim.x) y[r0 + i] = cu_rms_apply(row[cu_norm_pad(i)], scale, w, i);
+        return;
+    }
+    const int64_t nb = E / 32;
+    for (int64_t k = threadIdx.x; k < nb; k += blockDim.x) {
+        float v[32];
+        cu_norm_block(row, k, scale, w, v);
+        if (y) {
+            float4 *dst = (float4 *)(y + r0 + 32 * k);
+#pragma unroll
+            for (int j = 0; j < 8; j++) dst[j] = make_float4(v[4 * j], v[4 * j + 1], v[4 * j + 2], v[4 * j + 3]);
+        }
+        uint8_t out[CU_Q8_BLOCK_BYTES];
+        cu_q8_quant_block(v, out);
+        uint4 *dq = (uint4 *)(xq + ((size_t)blockIdx.x * (size_t)nb + (size_t)k) * CU_Q8_BLOCK_BYTES);
+#pragma unroll
+        for (int j = 0; j < CU_Q8_BLOCK_BYTES / 16; j++) {
+            uint4 u;
+            memcpy(&u, out + 16 * j, 16);
+            dq[j] = u;
+        }
+    }
+}
+
+extern "C" cudaError_t lethe_cu_norm_fused(const float *a, const float *b, float *sum, const float *w, float *y,
+                                           void *xq, int64_t T, int64_t E, float eps, cudaStream_t stream) {
+    if (T <= 0) return cudaSuccess;
+    if (E <= 0 || E > CU_NORM_MAX_E || (xq && E % 32 != 0) || (!xq && !y)) return cudaErrorInvalidValue;
+    const size_t smem = (size_t)cu_norm_pad(E) * sizeof(float);
+    LETHE_CU_LAUNCH((unsigned)T, CU_NORM_THREADS, smem, stream, k_norm_fused)(a, b, sum, w, y, (uint8_t *)xq, E, eps);
     return cudaGetLastError();
 }
 
@@ -105,12 +173,52 @@ extern "C" cudaError_t lethe_cu_binary(int mul, const float *a, const float *b, 
 
 __global__ void k_swiglu(const float *__restrict__ g, const float *__restrict__ u, float *__restrict__ y, int64_t n) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-        y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        y[i] = cu_silu_mul(g[i], u[i]);
 }
 
 extern "C" cudaError_t lethe_cu_swiglu(const float *gate, const float *up, float *y, int64_t n, cudaStream_t stream) {
     if (n <= 0) return cudaSuccess;
     LETHE_CU_LAUNCH(grid_for(n, 256), 256, 0, stream, k_swiglu)(gate, up, y, n);
+    return cudaGetLastError();
+}
+
+/* SWIGLU then the q8 blocks of its result (cuda_fuse.cuh): one thread per
+ * block of 32 (k_quant_q8's mapping), y [n] written only when non-NULL. */
+__global__ void k_swiglu_q8(const float *__restrict__ g, const float *__restrict__ u, float *__restrict__ y,
+                            uint8_t *__restrict__ xq, int64_t n_blocks) {
+    const int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= n_blocks) return;
+    float gv[32], uv[32], v[32];
+    const float4 *gs = (const float4 *)(g + 32 * k), *us = (const float4 *)(u + 32 * k);
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        const float4 x = __ldg(gs + j), z = __ldg(us + j);
+        gv[4 * j] = x.x; gv[4 * j + 1] = x.y; gv[4 * j + 2] = x.z; gv[4 * j + 3] = x.w;
+        uv[4 * j] = z.x; uv[4 * j + 1] = z.y; uv[4 * j + 2] = z.z; uv[4 * j + 3] = z.w;
+    }
+    cu_swiglu_block(gv, uv, 0, v);
+    if (y) {
+        float4 *dst = (float4 *)(y + 32 * k);
+#pragma unroll
+        for (int j = 0; j < 8; j++) dst[j] = make_float4(v[4 * j], v[4 * j + 1], v[4 * j + 2], v[4 * j + 3]);
+    }
+    uint8_t out[CU_Q8_BLOCK_BYTES];
+    cu_q8_quant_block(v, out);
+    uint4 *dq = (uint4 *)(xq + (size_t)k * CU_Q8_BLOCK_BYTES);
+#pragma unroll
+    for (int j = 0; j < CU_Q8_BLOCK_BYTES / 16; j++) {
+        uint4 q;
+        memcpy(&q, out + 16 * j, 16);
+        dq[j] = q;
+    }
+}
+
+extern "C" cudaError_t lethe_cu_swiglu_q8(const float *gate, const float *up, float *y, void *xq, int64_t n,
+                                          cudaStream_t stream) {
+    if (n <= 0) return cudaSuccess;
+    if (n % 32 != 0 || !xq) return cudaErrorInvalidValue;
+    const int64_t nb = n / 32;
+    LETHE_CU_LAUNCH((unsigned)((nb + 127) / 128), 128, 0, stream, k_swiglu_q8)(gate, up, y, (uint8_t *)xq, nb);
     return cudaGetLastError();
 }
 

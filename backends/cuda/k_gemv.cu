@@ -21,6 +21,10 @@
  * of a block are one broadcast load per part (every lane of that part in
  * the warp reads the same bytes).
  *
+ * lethe_cu_gemv_xq: the activations' q8 blocks were already written by a
+ * fused norm / swiglu launch (cuda_fuse.cuh, the plan decides): k_gemv_q8
+ * alone, no k_quant_q8.
+ *
  * f32 / f16 / bf16 (k_gemv_f): a warp owns 4 rows, lanes split K, 16-byte
  * weight loads, each activation load serves the 4 rows; butterfly sums.
  *
@@ -206,9 +210,10 @@ extern "C" size_t lethe_cu_gemv_act_bytes(int wtype, int64_t K, int64_t T, int v
     return (size_t)T * (size_t)(K / 32) * CU_Q8_BLOCK_BYTES;
 }
 
+/* act_ready: act already holds x's q8 blocks (a fused launch wrote them). */
 template <int WT>
 static cudaError_t gemv_t(const void *w, size_t row_bytes, const float *x, float *y, int64_t N, int64_t K, int64_t T,
-                          int variant, void *act, cudaStream_t stream) {
+                          int variant, void *act, bool act_ready, cudaStream_t stream) {
     const uint8_t *wb = (const uint8_t *)w;
     if (variant == LETHE_CU_GEMV_OLD) {
         const unsigned grid = (unsigned)((N + GEMV_WARPS - 1) / GEMV_WARPS);
@@ -223,7 +228,8 @@ static cudaError_t gemv_t(const void *w, size_t row_bytes, const float *x, float
     if constexpr (is_q8_type(WT)) {
         if (!act) return cudaErrorInvalidValue;
         const int64_t nblk = T * (K / 32);
-        LETHE_CU_LAUNCH((unsigned)((nblk + 127) / 128), 128, 0, stream, k_quant_q8)(x, (uint8_t *)act, nblk);
+        if (!act_ready)
+            LETHE_CU_LAUNCH((unsigned)((nblk + 127) / 128), 128, 0, stream, k_quant_q8)(x, (uint8_t *)act, nblk);
         const uint8_t *xq = (const uint8_t *)act;
         const bool wide = variant == LETHE_CU_GEMV_WIDE;
         const int64_t rows_per_cta = wide ? 16 : 2 * 8;   /* q8_warps<LPR>() * 32 / LPR */
@@ -258,7 +264,17 @@ extern "C" cudaError_t lethe_cu_gemv(int wtype, const void *w, size_t row_bytes,
     /* the float kernel's 16-byte loads need 16-byte aligned rows (whole
      * weights are: cudaMalloc, row_bytes a multiple of 64) */
     if (!is_q8_type(wtype) && (((uintptr_t)w | row_bytes) & 15u)) variant = LETHE_CU_GEMV_OLD;
-#define L(WT) return gemv_t<WT>(w, row_bytes, x, y, N, K, T, variant, act, stream)
+#define L(WT) return gemv_t<WT>(w, row_bytes, x, y, N, K, T, variant, act, false, stream)
+    CU_WTYPE_DISPATCH(wtype, L)
+#undef L
+}
+
+extern "C" cudaError_t lethe_cu_gemv_xq(int wtype, const void *w, size_t row_bytes, const void *xq, float *y,
+                                        int64_t N, int64_t K, int64_t T, int variant, cudaStream_t stream) {
+    if (N <= 0 || T <= 0) return cudaSuccess;
+    if (K % 32 != 0 || T > LETHE_CU_GEMV_MAX_T || !xq || !is_q8_type(wtype) || variant == LETHE_CU_GEMV_OLD)
+        return cudaErrorInvalidValue;
+#define L(WT) return gemv_t<WT>(w, row_bytes, NULL, y, N, K, T, variant, (void *)xq, true, stream)
     CU_WTYPE_DISPATCH(wtype, L)
 #undef L
 }

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 
 #include <deque>
+#include <memory>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -31,6 +32,8 @@ extern "C" char lethe_emu_shared_begin[] __attribute__((weak));
 extern "C" char lethe_emu_shared_end[] __attribute__((weak));
 
 namespace lethe_emu {
+
+void mma_warp_ref(const uint32_t a[32][4], const uint32_t b[32][2], float c[32][4]);   /* emu_mma.cc */
 
 uint3 g_thread_idx, g_block_idx;
 dim3 g_block_dim, g_grid_dim;
@@ -52,6 +55,9 @@ struct thr {
     int kind = 0, pred = 0, mode = 0, arg = 0, width = 32;
     unsigned mask = 0;
     uint64_t val = 0, result = 0;
+    /* mma: this lane's fragments (its own registers, valid while it waits) */
+    const uint32_t *ma = nullptr, *mb = nullptr;
+    float *mc = nullptr;
     const char *file = "";
     int line = 0;
     /* cp.async: copies not yet committed, committed groups not yet landed */
@@ -74,12 +80,13 @@ struct grid_run {
     bool failed = false;
     std::string msg;
     uint64_t rng = 0;
+    char *dyn = nullptr;   /* dynamic shared memory of the grid's blocks */
 };
 
 grid_run g;   /* one grid at a time (the runtime holds its lock) */
 int g_order = -1;
 uint64_t g_seed = 1;
-uint64_t g_launches, g_blocks, g_threads;
+uint64_t g_launches, g_blocks, g_threads, g_mmas;
 
 /* ---- shared memory poison. A kernel's __shared__ arrays are statics in
  * the gathered section, sorted by name: one kernel's lie together. Before
@@ -158,6 +165,7 @@ const char *kind_name(int k) {
     case COLL_WARP_SYNC: return "__syncwarp";
     case COLL_SHFL: return "__shfl_*_sync";
     case COLL_BALLOT: return "__ballot_sync";
+    case COLL_MMA: return "mma.sync (cu_mma_m16n8k16)";
     }
     return "?";
 }
@@ -214,7 +222,19 @@ bool resolve_warps() {
                     ready = false;   /* a divergent collective: reported as a deadlock if nothing else moves */
             }
             if (!ready) continue;
-            if (a.kind == COLL_BALLOT) {
+            if (a.kind == COLL_MMA) {
+                uint32_t fa[32][4], fb[32][2];
+                float fc[32][4];
+                for (int k = 0; k < 32; k++) {
+                    const thr &b = g.t[w0 + k];
+                    memcpy(fa[k], b.ma, sizeof fa[k]);
+                    memcpy(fb[k], b.mb, sizeof fb[k]);
+                    memcpy(fc[k], b.mc, sizeof fc[k]);
+                }
+                mma_warp_ref(fa, fb, fc);
+                for (int k = 0; k < 32; k++) memcpy(g.t[w0 + k].mc, fc[k], sizeof fc[k]);
+                g_mmas++;
+            } else if (a.kind == COLL_BALLOT) {
                 unsigned bits = 0;
                 for (int k = 0; k < 32; k++)
                     if ((m >> k & 1u) && g.t[w0 + k].pred) bits |= 1u << k;
@@ -388,6 +408,17 @@ unsigned warp_ballot(unsigned mask, int pred, const char *file, int line) {
     return (unsigned)wait_here(COLL_BALLOT, file, line).result;
 }
 
+void warp_mma(float c[4], const uint32_t a[4], const uint32_t b[2], const char *file, int line) {
+    thr &me = g.t[g.cur];
+    me.mask = 0xffffffffu;   /* .aligned: the whole warp, every lane */
+    me.ma = a;
+    me.mb = b;
+    me.mc = c;
+    wait_here(COLL_MMA, file, line);
+}
+
+void *dyn_shared() { return g.dyn; }
+
 void cp_async16(void *dst, const void *src) {
     copy16 c;
     c.dst = dst;
@@ -408,8 +439,8 @@ void cp_async_wait(int n) {
 }
 
 /* Runs a whole grid now; returns false (message in *msg) when a block failed. */
-bool run_grid(const char *name, const void *kernel, dim3 grid, dim3 block, const std::function<void()> &body,
-              std::string *msg) {
+bool run_grid(const char *name, const void *kernel, dim3 grid, dim3 block, size_t smem,
+              const std::function<void()> &body, std::string *msg) {
     if (g_order < 0) {
         g_order = LETHE_CU_EMU_FORWARD;
         const char *e = getenv("LETHE_CUDA_EMU_ORDER");
@@ -428,6 +459,9 @@ bool run_grid(const char *name, const void *kernel, dim3 grid, dim3 block, const
     g_block_dim = block;
     g_grid_dim = grid;
     g_launches++;
+    /* exactly smem bytes (none: no buffer), so under ASan a read past them is reported */
+    std::unique_ptr<char[]> dyn(smem ? new char[smem] : nullptr);
+    g.dyn = dyn.get();
     for (unsigned z = 0; z < grid.z && !g.failed; z++)
         for (unsigned y = 0; y < grid.y && !g.failed; y++)
             for (unsigned x = 0; x < grid.x && !g.failed; x++) {
@@ -437,6 +471,7 @@ bool run_grid(const char *name, const void *kernel, dim3 grid, dim3 block, const
                 const bool learn = sb && se > sb && it == g_sranges.end();
                 if (learn) poison(sb, se);
                 else if (it != g_sranges.end()) poison(it->second.lo, it->second.hi);
+                if (g.dyn) poison(g.dyn, g.dyn + smem);
                 run_block(make_uint3(x, y, z));
                 if (learn) {
                     const srange r = written(sb, se);
@@ -448,6 +483,7 @@ bool run_grid(const char *name, const void *kernel, dim3 grid, dim3 block, const
                               (size_t)(r.hi - r.lo));
                 }
             }
+    g.dyn = nullptr;
     if (g.failed) *msg = g.msg;
     return !g.failed;
 }
@@ -458,6 +494,8 @@ void set_order(int order, uint64_t seed) {
 }
 
 int shared_size_checked() { return shared_limit_checked() && lethe_emu_shared_begin != nullptr; }
+
+uint64_t mma_count() { return g_mmas; }
 
 void stats(uint64_t *l, uint64_t *b, uint64_t *t) {
     if (l) *l = g_launches;

@@ -51,15 +51,22 @@ extern uint3 g_thread_idx, g_block_idx;
 extern dim3 g_block_dim, g_grid_dim;
 
 /* Collectives (emu_block.cc). `file`/`line` name the call site for errors. */
-enum coll_kind { COLL_BAR = 1, COLL_BAR_OR, COLL_BAR_AND, COLL_BAR_COUNT, COLL_WARP_SYNC, COLL_SHFL, COLL_BALLOT };
+enum coll_kind { COLL_BAR = 1, COLL_BAR_OR, COLL_BAR_AND, COLL_BAR_COUNT, COLL_WARP_SYNC, COLL_SHFL, COLL_BALLOT, COLL_MMA };
 enum shfl_mode { SHFL_IDX, SHFL_UP, SHFL_DOWN, SHFL_XOR };
 int block_sync(int kind, int pred, const char *file, int line);
 void warp_sync(unsigned mask, const char *file, int line);
 uint64_t warp_shfl(unsigned mask, uint64_t v, int mode, int arg, int width, const char *file, int line);
 unsigned warp_ballot(unsigned mask, int pred, const char *file, int line);
+/* mma.sync.aligned.m16n8k16 (cuda_mma.cuh): a collective of the whole warp.
+ * Every one of the 32 lanes must arrive (a lane that exited or is not in the
+ * block fails the launch, like any collective); then the lanes' fragments
+ * are gathered, lethe_mma_m16n8k16_ref (the project's warp reference) runs
+ * once, and each lane gets its D registers back in c. */
+void warp_mma(float c[4], const uint32_t a[4], const uint32_t b[2], const char *file, int line);
 
 /* cp.async (emulated with its semantics: the 16 bytes are read at issue and
  * land in shared memory only when a wait retires their group). */
+void *dyn_shared();   /* the running block's dynamic shared memory (emu_block.cc) */
 void cp_async16(void *dst, const void *src);
 void cp_async_commit();
 void cp_async_wait(int n);
@@ -106,6 +113,13 @@ static inline T from_u64(uint64_t u) {
 
 #define LETHE_CU_LAUNCH(grid, block, smem, stream, ...) \
     ::lethe_emu::make_launcher(#__VA_ARGS__, (grid), (block), (smem), (stream), __VA_ARGS__)
+
+/* cuda_mma.cuh's host build of cu_mma_m16n8k16 reaches the warp through this */
+#define LETHE_CU_EMU_MMA(c, a, b) ::lethe_emu::warp_mma((c), (a), (b), __FILE__, __LINE__)
+
+/* dynamic shared memory (cuda_launch.cuh): the launch's smem bytes, per
+ * block, filled with 0xFF bytes (NaN) before each block like __shared__ */
+#define LETHE_CU_DYN_SHARED(T, name) T *const name = (T *)::lethe_emu::dyn_shared()
 
 #define threadIdx (::lethe_emu::g_thread_idx)
 #define blockIdx (::lethe_emu::g_block_idx)

@@ -13,7 +13,8 @@
 
 namespace lethe_emu {
 
-bool run_grid(const char *name, const void *kernel, dim3 grid, dim3 block, const std::function<void()> &body, std::string *msg);
+bool run_grid(const char *name, const void *kernel, dim3 grid, dim3 block, size_t smem, const std::function<void()> &body,
+              std::string *msg);
 void set_order(int order, uint64_t seed);
 void stats(uint64_t *l, uint64_t *b, uint64_t *t);
 int shared_size_checked();
@@ -37,7 +38,7 @@ void exec_grid(const grid_work &w) {
     std::lock_guard<std::recursive_mutex> lk(g_exec_mu);
     if (sticky_error() != cudaSuccess) return;   /* a faulted context runs nothing more */
     std::string msg;
-    if (!run_grid(w.name, w.kernel, w.grid, w.block, w.body, &msg)) {
+    if (!run_grid(w.name, w.kernel, w.grid, w.block, w.smem, w.body, &msg)) {
         fprintf(stderr, "%s\n", msg.c_str());
         std::lock_guard<std::mutex> lk2(g_err_mu);
         if (g_sticky == cudaSuccess) {
@@ -57,7 +58,7 @@ cudaError_t launch(const char *name, const void *kernel, dim3 grid, dim3 block, 
         set_last_error(cudaErrorInvalidConfiguration);
         return cudaErrorInvalidConfiguration;
     }
-    grid_work w{name, kernel, grid, block, std::move(body)};
+    grid_work w{name, kernel, grid, block, smem, std::move(body)};
     const cudaError_t e = stream_submit_grid(stream, std::move(w));
     set_last_error(e);
     return e;

@@ -14,6 +14,7 @@ struct grid_work {
     const char *name;
     const void *kernel;   /* the kernel function: its shared memory's range (emu_block.cc) */
     dim3 grid, block;
+    size_t smem;   /* dynamic shared memory bytes */
     std::function<void()> body;
 };
 

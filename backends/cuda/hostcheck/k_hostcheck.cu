@@ -1,5 +1,5 @@
 /* k_hostcheck.cu — the CUDA kernels' block decoding and GEMV lane code run
- * on the host, for tests/test_cuda_host.c: CI has no GPU, but it can still
+ * on the host, for tests/test_cuda_host_*.c: CI has no GPU, but it can still
  * check that the device code reads every GGUF block type exactly as the CPU
  * backend does and that the GEMV's lane/part mapping covers each weight once.
  * Built into a small static library (not the module); no kernel is launched.
@@ -184,11 +184,17 @@ static void host_decode_span(const lethe_cu_kv_view *kv, const float *q, const l
  * decode grid's span count (>= n_split, cuda_plan.h's bucket): spans past
  * n_split are CTAs that exit at once (their partials stay poisoned: NaN),
  * partials are laid out with stride cap, and the combine reads n_split. */
+extern "C" int lethe_cu_host_attention_tc(const lethe_cu_kv_view *kv, const float *q, float *out,
+                                          const lethe_cu_attn_work *work, int n_blocks, const int32_t *plists,
+                                          const int32_t *qpos, int Hkv, int G, float scale);
+
 extern "C" int lethe_cu_host_attention(const lethe_cu_kv_view *kv, const float *q, float *out,
                                        const lethe_cu_attn_work *work, int n_blocks, int decode,
                                        const int32_t *plists, const int32_t *qpos, int Hkv, int G, float scale,
                                        int chunk, int n_split, int cap, float *wts, int wstride) {
     const int D = kv->D, Hq = Hkv * G;
+    if (decode == LETHE_CU_ATTN_TC)   /* the tensor-core kernel (k_hostcheck_mma.cu), as lethe_cu_attention */
+        return wts ? -1 : lethe_cu_host_attention_tc(kv, q, out, work, n_blocks, plists, qpos, Hkv, G, scale);
     if (!lethe_cu_attn_shape_ok(D, G) || chunk % CU_KV_P != 0 || n_split < 1 || cap < n_split) return -1;
     if (wts)   /* the caller's fill: NaN bytes where no kernel writes */
         memset(wts, 0xFF, sizeof(float) * (size_t)(decode ? n_blocks : work[(size_t)(n_blocks - 1) * Hkv].t0 +
