@@ -3,6 +3,7 @@
  * Built like the real kernels (backends/cuda/emu/emu_device.h). */
 #include "emu_device.h"
 #include "cuda_launch.cuh"
+#include "cuda_mma.cuh"
 
 /* thread 5 leaves before a barrier the others wait at */
 __global__ void k_exit_before_barrier(int *out) {
@@ -90,6 +91,60 @@ __global__ void k_big_shared(int *out) {
     out[threadIdx.x] = s[threadIdx.x + 1] + s[sizeof s - 2 - threadIdx.x];
 }
 
+/* mma.sync m16n8k16 per warp: warp w's A = a + 256 w ([16][16] row-major),
+ * B = b + 128 w ([16][8], k rows), C = D = c + 128 w ([16][8]); lanes load
+ * and store their fragments by cuda_mma.cuh's layout functions. `leave`:
+ * that lane returns before the mma (the warp is then incomplete). */
+__global__ void k_mma(const float *a, const float *b, float *c, int leave) {
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    if ((int)threadIdx.x == leave) return;
+    uint32_t fa[4], fb[2];
+    float fc[4];
+    for (int r = 0; r < 4; r++) {
+        float h[2];
+        for (int x = 0; x < 2; x++) {
+            int row, col;
+            cu_mma_a_rc(lane, r, x, &row, &col);
+            h[x] = a[256 * w + 16 * row + col];
+        }
+        fa[r] = cu_h2_pack(h[0], h[1]);
+    }
+    for (int r = 0; r < 2; r++) {
+        float h[2];
+        for (int x = 0; x < 2; x++) {
+            int row, col;
+            cu_mma_b_rc(lane, r, x, &row, &col);
+            h[x] = b[128 * w + 8 * row + col];
+        }
+        fb[r] = cu_h2_pack(h[0], h[1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        int row, col;
+        cu_mma_c_rc(lane, i, &row, &col);
+        fc[i] = c[128 * w + 8 * row + col];
+    }
+    cu_mma_m16n8k16(fc, fa, fb);
+    for (int i = 0; i < 4; i++) {
+        int row, col;
+        cu_mma_c_rc(lane, i, &row, &col);
+        c[128 * w + 8 * row + col] = fc[i];
+    }
+}
+
+/* dynamic shared memory (LETHE_CU_DYN_SHARED): block 0 writes it, block 1
+ * only reads: it must see poison, as with __shared__ */
+__global__ void k_dyn_uninit(int *out) {
+    LETHE_CU_DYN_SHARED(int, s);
+    if (blockIdx.x == 0) s[threadIdx.x] = 9;
+    __syncthreads();
+    out[blockIdx.x * 64 + threadIdx.x] = s[threadIdx.x];
+}
+
+extern "C" int lethe_emu_selftest_mma(int threads, int leave, const float *a, const float *b, float *c) {
+    LETHE_CU_LAUNCH(1, threads, 0, 0, k_mma)(a, b, c, leave);
+    return (int)cudaGetLastError();
+}
+
 extern "C" int lethe_emu_selftest(int which, void *a, void *b, void *c) {
     switch (which) {
     case 0: LETHE_CU_LAUNCH(1, 64, 0, 0, k_exit_before_barrier)((int *)a); break;
@@ -102,6 +157,7 @@ extern "C" int lethe_emu_selftest(int which, void *a, void *b, void *c) {
     case 7: LETHE_CU_LAUNCH(1, 2048, 0, 0, k_norace)((int *)a); break;   /* over 1024 threads */
     case 10: LETHE_CU_LAUNCH(1, 64, 0, 0, k_big_shared)((int *)a); break;
     case 9: LETHE_CU_LAUNCH(2, 64, 0, 0, k_uninit)((int *)a); break;
+    case 11: LETHE_CU_LAUNCH(2, 64, 64 * sizeof(int), 0, k_dyn_uninit)((int *)a); break;
     case 8: LETHE_CU_LAUNCH(dim3(1, 70000), 64, 0, 0, k_norace)((int *)a); break;   /* grid y over 65535 */
     }
     return (int)cudaGetLastError();

@@ -36,6 +36,7 @@
 #include "emu_api.h"
 
 int lethe_emu_selftest(int which, void *a, void *b, void *c);
+int lethe_emu_selftest_mma(int threads, int leave, const float *a, const float *b, float *c);
 
 #define N_ORDERS 3
 static void set_order(int o) { lethe_cu_emu_set_order(o, 12345); }
@@ -133,6 +134,13 @@ static void test_selftest(void **state) {
         assert_int_equal(sh[i], 7);
         assert_int_equal(sh[64 + i], -1);
     }
+    /* so does dynamic shared memory */
+    lethe_emu_selftest(11, sh, NULL, NULL);
+    no_emu_error("uninitialized dynamic shared memory");
+    for (int i = 0; i < 64; i++) {
+        assert_int_equal(sh[i], 9);
+        assert_int_equal(sh[64 + i], -1);
+    }
     /* static shared memory over 48 KiB fails the launch (where the emulator measures it) */
     if (lethe_cu_emu_checks_shared_size()) {
         lethe_emu_selftest(10, sh, NULL, NULL);
@@ -153,6 +161,34 @@ static void test_selftest(void **state) {
         }
     }
     no_emu_error("collectives");
+    /* mma.sync m16n8k16: two warps, each D = A B + C on small integers
+     * (exact in f16 and f32), every order; a warp with a lane gone, or not
+     * whole in the block, fails like any collective */
+    float ma[512], mb[256], mc[256], md[256];
+    for (int i = 0; i < 512; i++) ma[i] = (float)((i * 7 + 3) % 11) - 5.0f;
+    for (int i = 0; i < 256; i++) mb[i] = (float)((i * 5 + 1) % 9) - 4.0f;
+    for (int o = 0; o < N_ORDERS; o++) {
+        set_order(o);
+        for (int i = 0; i < 256; i++) mc[i] = (float)(i % 13);
+        assert_int_equal(lethe_emu_selftest_mma(64, -1, ma, mb, mc), 0);
+        no_emu_error("mma");
+        for (int w = 0; w < 2; w++)
+            for (int m = 0; m < 16; m++)
+                for (int n = 0; n < 8; n++) {
+                    float d = (float)((128 * w + 8 * m + n) % 13);
+                    for (int k = 0; k < 16; k++) d += ma[256 * w + 16 * m + k] * mb[128 * w + 8 * k + n];
+                    md[128 * w + 8 * m + n] = d;
+                }
+        for (int i = 0; i < 256; i++) assert_float_equal(mc[i], md[i], 0.0f);
+    }
+    set_order(LETHE_CU_EMU_FORWARD);
+    lethe_emu_selftest_mma(64, 35, ma, mb, mc);
+    assert_int_not_equal(lethe_cu_emu_take_error(msg, sizeof msg), 0);
+    assert_non_null(strstr(msg, "lane 3 exited"));
+    assert_non_null(strstr(msg, "mma.sync"));
+    lethe_emu_selftest_mma(48, -1, ma, mb, mc);
+    assert_int_not_equal(lethe_cu_emu_take_error(msg, sizeof msg), 0);
+    assert_non_null(strstr(msg, "lane 16 is not in the block"));
 }
 
 /* ------------------------------------------------------ elementwise */

@@ -18,6 +18,15 @@
  * fails with cudaErrorLaunchFailure and the launch's message: kernel, block,
  * threads and the source lines of their barriers. Like a device fault it is
  * sticky (lethe_cu_emu_take_error clears it, for tests).
+ *
+ * What ran (for the tests that must reach a path: the tensor-core attention,
+ * the fused passes, the page-list kernels): at exit the emulator counts the
+ * grids it ran per launch (the kernel as the launch spells it, e.g.
+ * k_attn_prefill_tc<128>) and the mma.sync warp steps. A name in the lists
+ * below is a launch so spelled, or a kernel's name before its template
+ * arguments (k_attn_prefill_tc: both). LETHE_CUDA_EMU_STATS=1
+ * prints them to stderr; LETHE_CUDA_EMU_REQUIRE=k1,k2 ends the process with
+ * status 3 if one of them never ran, LETHE_CUDA_EMU_FORBID=k1,k2 if one did.
  */
 #ifndef LETHE_CUDA_EMU_API_H
 #define LETHE_CUDA_EMU_API_H

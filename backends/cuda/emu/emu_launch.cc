@@ -8,6 +8,10 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <map>
 #include <mutex>
 #include <string>
 
@@ -18,6 +22,7 @@ bool run_grid(const char *name, const void *kernel, dim3 grid, dim3 block, size_
 void set_order(int order, uint64_t seed);
 void stats(uint64_t *l, uint64_t *b, uint64_t *t);
 int shared_size_checked();
+uint64_t mma_count();
 
 static std::recursive_mutex g_exec_mu;   /* one grid at a time, process-wide */
 static std::mutex g_err_mu;
@@ -34,9 +39,60 @@ cudaError_t sticky_error() {
     return g_sticky;
 }
 
+/* Grids run per launch site (its kernel expression, e.g.
+ * k_attn_prefill_tc<64>), replays of captured graphs included: what the tests' environment asks
+ * about at exit (LETHE_CUDA_EMU_STATS / _REQUIRE / _FORBID, emu_api.h). */
+static std::map<std::string, uint64_t> g_ran;
+
+static void at_exit_check() {
+    std::lock_guard<std::recursive_mutex> lk(g_exec_mu);
+    const char *st = getenv("LETHE_CUDA_EMU_STATS");
+    if (st && *st && strcmp(st, "0")) {
+        std::string s = "cuda emulator: grids run:";
+        for (auto &kv : g_ran) s += " " + kv.first + " " + std::to_string(kv.second) + ",";
+        s += " mma.sync warp steps " + std::to_string(mma_count());
+        fprintf(stderr, "%s\n", s.c_str());
+    }
+    bool bad = false;
+    for (int forbid = 0; forbid < 2; forbid++) {
+        const char *e = getenv(forbid ? "LETHE_CUDA_EMU_FORBID" : "LETHE_CUDA_EMU_REQUIRE");
+        std::string list = e ? e : "";
+        size_t i = 0;
+        while (i < list.size()) {
+            size_t j = list.find(',', i);
+            if (j == std::string::npos) j = list.size();
+            const std::string k = list.substr(i, j - i);
+            i = j + 1;
+            if (k.empty()) continue;
+            uint64_t n = 0;   /* k names a launch (k_attn_prefill_tc<64>) or all of a kernel's (k_attn_prefill_tc) */
+            for (auto &kv : g_ran)
+                if (kv.first == k || kv.first.compare(0, kv.first.find('<'), k) == 0) n += kv.second;
+            if (!forbid && n == 0) {
+                fprintf(stderr, "cuda emulator: kernel %s never ran (LETHE_CUDA_EMU_REQUIRE)\n", k.c_str());
+                bad = true;
+            } else if (forbid && n != 0) {
+                fprintf(stderr, "cuda emulator: kernel %s ran %llu grids (LETHE_CUDA_EMU_FORBID)\n", k.c_str(),
+                        (unsigned long long)n);
+                bad = true;
+            }
+        }
+    }
+    if (bad) _exit(3);   /* the test fails: the path it was meant to exercise was not taken */
+}
+
+static void count_grid(const char *name) {
+    static bool registered;
+    if (!registered) {
+        registered = true;
+        atexit(at_exit_check);
+    }
+    g_ran[name]++;
+}
+
 void exec_grid(const grid_work &w) {
     std::lock_guard<std::recursive_mutex> lk(g_exec_mu);
     if (sticky_error() != cudaSuccess) return;   /* a faulted context runs nothing more */
+    count_grid(w.name);
     std::string msg;
     if (!run_grid(w.name, w.kernel, w.grid, w.block, w.smem, w.body, &msg)) {
         fprintf(stderr, "%s\n", msg.c_str());
