@@ -10,7 +10,8 @@
 #   plists   device-resident page lists (default; with LETHE_CUDA_PLIST_CHECK=1,
 #            which compares the mirror at every compute and reads the arena
 #            back) vs LETHE_CUDA_PLISTS=staged: bit for bit, DMS decode steps,
-#            prefill chunks over a history, and CUDA graphs on
+#            prefill chunks over a history (long enough that lists relocate),
+#            and CUDA graphs on
 #   prefill  tensor-core prefill attention (default, Q and P rounded to f16) vs
 #            LETHE_CUDA_PREFILL_ATTN=f32: prompts in chunks of 48 over a DMS
 #            history; every position's logits within NMSE 1e-5 and the same
@@ -84,6 +85,13 @@ for what in "$@"; do
                 -m "$m" --tokens "$toks" "${dms[@]}" -c 256 -b $b || continue
             same "plists-b$b-dev" "plists-b$b-staged" "plists, batches of $b (DMS): device lists (checked every compute) == staged [$(ran "plists-b$b-dev" 'k_plist')]"
         done
+        # 700 tokens in chunks of 64: lists outgrow their extents (relocated on the device: k_plist_move)
+        long="$("$PY" -c "print(','.join(str(i * 37 % 500 + 3) for i in range(700)))")"
+        run plists-long-dev LETHE_CUDA_PLIST_CHECK=1 LETHE_CUDA_EMU_REQUIRE=k_plist_scatter,k_plist_move -- \
+            -m "$m" --tokens "$long" "${dms[@]}" -c 1024 -b 64 &&
+            run plists-long-staged LETHE_CUDA_PLISTS=staged LETHE_CUDA_EMU_FORBID=k_plist_scatter,k_plist_move -- \
+                -m "$m" --tokens "$long" "${dms[@]}" -c 1024 -b 64 &&
+            same plists-long-dev plists-long-staged "plists, 700 tokens in chunks of 64 (DMS): device lists (checked) == staged [$(ran plists-long-dev 'k_plist')]"
         run plists-graphs-dev LETHE_CUDA_GRAPHS=1 LETHE_CUDA_PLIST_CHECK=1 LETHE_CUDA_EMU_REQUIRE=k_plist_scatter -- \
             -m "$m" --tokens "$toks" "${dms[@]}" -c 256 -b 1 &&
             run plists-graphs-staged LETHE_CUDA_GRAPHS=1 LETHE_CUDA_PLISTS=staged -- \
