@@ -80,10 +80,13 @@ static void at_exit_check() {
     if (bad) _exit(3);   /* the test fails: the path it was meant to exercise was not taken */
 }
 
+/* not a function-local static: those are .bss._ZZ* sections, which
+ * emu_shared.ld gathers as __shared__ memory and fills with 0xFF bytes */
+static bool g_at_exit_registered;
+
 static void count_grid(const char *name) {
-    static bool registered;
-    if (!registered) {
-        registered = true;
+    if (!g_at_exit_registered) {
+        g_at_exit_registered = true;
         atexit(at_exit_check);
     }
     g_ran[name]++;
