@@ -7,7 +7,8 @@
  * What it checks: a thread that exits, or waits at another barrier (another
  * source line or kind), while others wait at __syncthreads; a warp
  * collective whose mask names a lane that exited, is not in the block or
- * waits at something else; a shuffle reading a lane outside its mask. Each
+ * waits at something else (mma.sync: always the whole warp); a shuffle
+ * reading a lane outside its mask. Each
  * fails the launch with a message naming kernel, block, threads and lines.
  * What it does not model: concurrency (threads never run at once: no data
  * race can tear a value; a race shows only as an order dependence), the
