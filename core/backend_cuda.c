@@ -13,6 +13,7 @@
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* The module once a backend of it started (it stays loaded), so that
  * lethe_backend_cuda_forget reaches its devices without ever loading it. */
@@ -27,22 +28,33 @@ void lethe_backend_cuda_forget(const void *lo, size_t size) {
 }
 
 lethe_backend *lethe_backend_cuda_new(int device) {
-#ifndef LETHE_HAVE_CUDA
+    /* tests only: LETHE_CUDA_EMU=1 loads the same module built on the CPU
+     * emulator of the device (liblethe-cuda-emu.so, docs/CUDA.md), no driver */
+    const char *emu = getenv("LETHE_CUDA_EMU");
+    const bool use_emu = emu && *emu && strcmp(emu, "0") != 0;
+#if !defined(LETHE_HAVE_CUDA) && !defined(LETHE_HAVE_CUDA_EMU)
     (void)device;
+    (void)use_emu;
     lethe_fail(LETHE_ERR_BACKEND, "cuda: this build has no CUDA backend (the CUDA toolkit was not found at build time)");
     return NULL;
 #else
     const char *env = getenv("LETHE_CUDA_DEVICE");
     if (env && *env) device = atoi(env);
-    void *drv = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
-    if (!drv) {
-        const char *why = dlerror();
-        lethe_fail(LETHE_ERR_BACKEND, "cuda: no NVIDIA driver on this machine (%s)", why ? why : "libcuda.so.1 not found");
+    if (!use_emu) {
+#ifndef LETHE_HAVE_CUDA
+        lethe_fail(LETHE_ERR_BACKEND, "cuda: this build has no CUDA backend (the CUDA toolkit was not found at build time)");
         return NULL;
+#endif
+        void *drv = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+        if (!drv) {
+            const char *why = dlerror();
+            lethe_fail(LETHE_ERR_BACKEND, "cuda: no NVIDIA driver on this machine (%s)", why ? why : "libcuda.so.1 not found");
+            return NULL;
+        }
+        dlclose(drv);
     }
-    dlclose(drv);
     const lethe_backend_module *m = NULL;
-    if (lethe_backend_module_load("cuda", &m) != LETHE_OK) return NULL;
+    if (lethe_backend_module_load(use_emu ? "cuda-emu" : "cuda", &m) != LETHE_OK) return NULL;
     int n = m->device_count ? m->device_count() : 0;
     if (n <= 0) {
         lethe_fail(LETHE_ERR_BACKEND, "cuda: the driver reports no usable CUDA device");

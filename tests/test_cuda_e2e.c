@@ -40,9 +40,12 @@ static void log_sink(lethe_log_level level, const char *msg, void *user) {
     if (level >= LETHE_LOG_WARN) fprintf(stderr, "%s\n", msg);
 }
 
-/* Greedy continuation of a fixed prompt; the first step's logits into `logits0`. */
-static void run(const char *path, const char *backend, lethe_kv_policy_kind pol, lethe_token *out, float **logits0,
-                int32_t *n_vocab) {
+/* Greedy continuation of a fixed prompt: out[s] = the argmax of step s;
+ * every step's logits into *logits ([N_GEN][n_vocab], malloc'ed). With
+ * `force` the step feeds force[s] instead of its own argmax (teacher
+ * forcing: both backends then see the same history at every step). */
+static void run(const char *path, const char *backend, lethe_kv_policy_kind pol, const lethe_token *force,
+                lethe_token *out, float **logits, int32_t *n_vocab) {
     lethe_model_params mp = lethe_model_default_params();
     mp.backend = backend;
     lethe_status st;
@@ -68,39 +71,63 @@ static void run(const char *path, const char *backend, lethe_kv_policy_kind pol,
     for (int s = 0; s < N_GEN; s++) {
         const float *lg = lethe_get_logits(ctx, -1);
         assert_non_null(lg);
-        if (s == 0) {
-            *logits0 = malloc((size_t)mi.n_vocab * sizeof(float));
-            memcpy(*logits0, lg, (size_t)mi.n_vocab * sizeof(float));
-        }
+        if (s == 0) *logits = malloc((size_t)N_GEN * (size_t)mi.n_vocab * sizeof(float));
+        memcpy(*logits + (size_t)s * (size_t)mi.n_vocab, lg, (size_t)mi.n_vocab * sizeof(float));
         lethe_token best = 0;
         for (int32_t v = 1; v < mi.n_vocab; v++)
             if (lg[v] > lg[best]) best = v;
         out[s] = best;
-        assert_int_equal(lethe_decode(ctx, lethe_batch_one(&best, 1)), LETHE_OK);
+        const lethe_token next = force ? force[s] : best;
+        assert_int_equal(lethe_decode(ctx, lethe_batch_one(&next, 1)), LETHE_OK);
     }
     lethe_context_free(ctx);
     lethe_model_free(m);
 }
 
+/* A step's choices differ at a near-tie: each backend ranks the other's
+ * token within TIE_LOGITS of its own (the CPU's q8-rounded activations move
+ * logits by ~0.05 on SmolLM2; a kernel bug moves them by far more). */
+#define TIE_LOGITS 0.1f
+
 static void compare(const char *what, const char *path, lethe_kv_policy_kind pol) {
     lethe_token a[N_GEN], b[N_GEN];
     float *la = NULL, *lb = NULL;
     int32_t nv = 0;
-    run(path, "cpu", pol, a, &la, &nv);
+    run(path, "cpu", pol, NULL, a, &la, &nv);
     g_saw_cuda_log = false;
-    run(path, g_backend, pol, b, &lb, &nv);
+    run(path, g_backend, pol, a, b, &lb, &nv);   /* teacher-forced by the CPU's tokens */
     if (!strcmp(g_backend, "cuda") && !g_saw_cuda_log) fail_msg("%s: the CUDA backend did not start", what);
-    const double e = tu_nmse(la, lb, (size_t)nv);
-    int same = 0;
-    while (same < N_GEN && a[same] == b[same]) same++;
-    print_message("  %-34s logits NMSE %.3g, greedy tokens equal: %d of %d\n", what, e, same, N_GEN);
+    const double e = tu_nmse(la, lb, (size_t)nv);   /* the first step */
+    int same = 0, ties = 0, bad = -1;
+    float gap_a = 0.0f, gap_b = 0.0f;
+    for (int s = 0; s < N_GEN; s++) {
+        if (a[s] == b[s]) {
+            same++;
+            continue;
+        }
+        const float *ra = la + (size_t)s * (size_t)nv, *rb = lb + (size_t)s * (size_t)nv;
+        const float ga = ra[a[s]] - ra[b[s]], gb = rb[b[s]] - rb[a[s]];
+        if (ga < TIE_LOGITS && gb < TIE_LOGITS) ties++;
+        else if (bad < 0) {
+            bad = s;
+            gap_a = ga;
+            gap_b = gb;
+        }
+    }
+    print_message("  %-34s logits NMSE %.3g, greedy tokens equal: %d of %d (near-ties %d)\n", what, e, same, N_GEN, ties);
     free(la);
     free(lb);
     /* The CPU rounds activations to q8 for quantized weights, the GPU keeps
      * them f32: logits differ by that rounding (seen 1e-4 on lavapipe), and
-     * a greedy stream may part at a near-tie after several tokens. */
+     * a greedy choice may differ at a near-tie (SmolLM2: 0.02 logits apart
+     * at one step of this prompt; the device's f16 prefill attention moves
+     * it to the other side). Both runs see the CPU's tokens, so every step
+     * is compared. */
     if (!(e < 2e-3)) fail_msg("%s: logits NMSE %.3g >= 2e-3", what, e);
-    if (same < N_MATCH) fail_msg("%s: greedy streams part after %d tokens (want >= %d)", what, same, N_MATCH);
+    if (bad >= 0)
+        fail_msg("%s: step %d: the CPU chose %d, %s %d: %.3g / %.3g logits apart (a near-tie is < %.2g)", what, bad,
+                 a[bad], g_backend, b[bad], gap_a, gap_b, TIE_LOGITS);
+    if (same < N_MATCH) fail_msg("%s: greedy choices agree at %d of %d steps (want >= %d)", what, same, N_GEN, N_MATCH);
 }
 
 static char *synth(const char *arch, lethe_dtype t, int dms_variant) {

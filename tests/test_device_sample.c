@@ -328,5 +328,8 @@ int main(void) {
         cmocka_unit_test(test_vulkan),
         cmocka_unit_test(test_cuda),
     };
+    /* LETHE_TEST_FILTER=test_cuda: the CUDA run alone (ctest test_device_sample_cuda_emu) */
+    const char *filter = getenv("LETHE_TEST_FILTER");
+    if (filter && *filter) cmocka_set_test_filter(filter);
     return cmocka_run_group_tests(tests, setup, teardown);
 }

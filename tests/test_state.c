@@ -26,6 +26,8 @@ static char *synth(uint64_t seed) {
     p.dms_variant = 1;
     p.dms_window = 4;
     p.seed = seed;
+    const char *be = getenv("LETHE_TEST_STATE_BACKEND");
+    if (be && *be) p.n_embd = 128;   /* head dim 32: the CUDA attention kernels take 32/64/128/256, not 16 */
     char *path = tu_write_temp("", 0);
     if (lethe_synth_write(path, p) != LETHE_OK) fail_msg("synth: %s", lethe_last_error());
     return path;
@@ -36,8 +38,14 @@ static int setup(void **state) {
     g_path = synth(5);
     g_other = synth(6);
     lethe_status st;
-    g_model = lethe_model_load(g_path, lethe_model_default_params(), &st);
-    g_model2 = lethe_model_load(g_other, lethe_model_default_params(), &st);
+    /* LETHE_TEST_STATE_BACKEND=cuda (ctest test_cuda_state_emu, on the CPU
+     * emulator of the device): the same saves and loads with the cache on
+     * that backend, whose page-list mirror must follow every load */
+    lethe_model_params mp = lethe_model_default_params();
+    const char *be = getenv("LETHE_TEST_STATE_BACKEND");
+    if (be && *be) mp.backend = be;
+    g_model = lethe_model_load(g_path, mp, &st);
+    g_model2 = lethe_model_load(g_other, mp, &st);
     if (!g_model || !g_model2) fail_msg("load: %s", lethe_last_error());
     return 0;
 }

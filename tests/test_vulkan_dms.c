@@ -81,7 +81,11 @@ static char *make_model(lethe_dtype wtype, int dms_variant) {
     lethe_synth_params p = lethe_synth_default_params();
     p.arch = "llama";
     p.n_layer = N_LAYER;
+#ifdef LETHE_DMS_CUDA
+    p.n_embd = 128;   /* head dim 32: the CUDA attention kernels take 32/64/128/256 (16 left KV ops on the CPU) */
+#else
     p.n_embd = 64;
+#endif
     p.n_head = 4;
     p.n_head_kv = N_HEAD_KV;
     p.n_ff = 96;

@@ -607,7 +607,12 @@ out:
     return be;
 }
 
-static const lethe_backend_module k_module = {LETHE_BACKEND_MODULE_ABI, "cuda", cu_device_count, cu_create, cu_forget};
+/* "cuda-emu" when built on the CPU emulator of the device (cmake/cuda_emu.cmake) */
+#ifndef LETHE_CUDA_MODULE_NAME
+#define LETHE_CUDA_MODULE_NAME "cuda"
+#endif
+static const lethe_backend_module k_module = {LETHE_BACKEND_MODULE_ABI, LETHE_CUDA_MODULE_NAME, cu_device_count, cu_create,
+                                              cu_forget};
 
 __attribute__((visibility("default"))) const lethe_backend_module *lethe_backend_module_entry(const lethe_module_host *host) {
     if (!host || host->abi != LETHE_BACKEND_MODULE_ABI) return NULL;

@@ -222,6 +222,8 @@ CU_HD void cu_copy16(uint8_t *s, const uint8_t *g) {
                  "l"(g) : "memory");
 #elif defined(__CUDA_ARCH__)
     *(uint4 *)s = *(const uint4 *)g;
+#elif defined(LETHE_CUDA_EMU)
+    lethe_emu::cp_async16(s, g);   /* lands at the wait that retires its group (emu/emu_device.h) */
 #else
     memcpy(s, g, 16);
 #endif

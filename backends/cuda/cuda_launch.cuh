@@ -16,4 +16,11 @@
 #define LETHE_CU_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<(grid), (block), (smem), (stream)>>>
 #endif
 
+/* A kernel's dynamic shared memory (the launch's smem bytes), as an array
+ * `T name[]`: `extern __shared__ T name[]` for nvcc; the emulator points it
+ * at its per-block buffer. */
+#ifndef LETHE_CU_DYN_SHARED
+#define LETHE_CU_DYN_SHARED(T, name) extern __shared__ T name[]
+#endif
+
 #endif

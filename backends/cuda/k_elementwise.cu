@@ -104,7 +104,7 @@ extern "C" cudaError_t lethe_cu_rms_norm(const float *x, const float *w, float *
 __global__ void __launch_bounds__(CU_NORM_THREADS)
 k_norm_fused(const float *a, const float *b, float *sum, const float *__restrict__ w, float *y,
              uint8_t *__restrict__ xq, int64_t E, float eps) {
-    extern __shared__ float row[];   /* [cu_norm_pad(E)] */
+    LETHE_CU_DYN_SHARED(float, row);   /* [cu_norm_pad(E)] */
     const size_t r0 = (size_t)blockIdx.x * (size_t)E;
     double ss = 0.0;
     for (int64_t i = threadIdx.x; i < E; i += blockDim.x) {

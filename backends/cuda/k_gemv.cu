@@ -88,12 +88,16 @@ __global__ void k_quant_q8(const float *__restrict__ x, uint8_t *__restrict__ xq
 __device__ __forceinline__ void cp_async_commit() {
 #if __CUDA_ARCH__ >= 800
     asm volatile("cp.async.commit_group;\n" ::: "memory");
+#elif defined(LETHE_CUDA_EMU)
+    lethe_emu::cp_async_commit();   /* the CPU emulator's cp.async (emu/emu_device.h) */
 #endif
 }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
 #if __CUDA_ARCH__ >= 800
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");   /* no shared load moves above it */
+#elif defined(LETHE_CUDA_EMU)
+    lethe_emu::cp_async_wait(N);
 #endif
 }
 
