@@ -184,6 +184,17 @@ void cu_plan_finish(const cu_plan *p, const uint8_t *up_host) {
     }
 }
 
+/* Room for one more region in p->regions (0; -1 out of memory). */
+static int region_room(cu_plan *p) {
+    if (p->n_regions < p->cap_regions) return 0;
+    const int c = p->cap_regions ? 2 * p->cap_regions : 32;
+    cu_region *r = realloc(p->regions, (size_t)c * sizeof *r);
+    if (!r) return -1;
+    p->regions = r;
+    p->cap_regions = c;
+    return 0;
+}
+
 /* A staging region of `cap_bytes` (>= size) holding `size` bytes from
  * `host` (NULL: zeros, the caller fills it through stage + off); the rest
  * zeroed. dedup: a region of the same kind and host address is reused. */
@@ -207,13 +218,7 @@ static int stage_add(cu_plan *p, int kind, int node, const void *host, size_t si
         p->stage = s;
         p->stage_cap = c;
     }
-    if (p->n_regions == p->cap_regions) {
-        const int c = p->cap_regions ? 2 * p->cap_regions : 32;
-        cu_region *r = realloc(p->regions, (size_t)c * sizeof *r);
-        if (!r) return -1;
-        p->regions = r;
-        p->cap_regions = c;
-    }
+    if (region_room(p)) return -1;
     memset(p->stage + p->stage_size, 0, end - p->stage_size);   /* alignment padding too: stable bytes */
     if (host && size) memcpy(p->stage + o, host, size);
     p->regions[p->n_regions++] = (cu_region){kind, node, o, cap_bytes, host, false};
@@ -226,13 +231,7 @@ static int stage_add(cu_plan *p, int kind, int node, const void *host, size_t si
  * start of the device-only areas (fixed up once the staged bytes are all
  * laid out). */
 static int result_add(cu_plan *p, int kind, int node, size_t bytes, size_t *rel) {
-    if (p->n_regions == p->cap_regions) {
-        const int c = p->cap_regions ? 2 * p->cap_regions : 32;
-        cu_region *r = realloc(p->regions, (size_t)c * sizeof *r);
-        if (!r) return -1;
-        p->regions = r;
-        p->cap_regions = c;
-    }
+    if (region_room(p)) return -1;
     const size_t o = p->up_size;   /* during the build: the device-only areas' running size */
     p->regions[p->n_regions++] = (cu_region){kind, node, o, bytes ? bytes : 4, NULL, true};
     p->up_size = (o + (bytes ? bytes : 4) + STAGE_ALIGN - 1) / STAGE_ALIGN * STAGE_ALIGN;
